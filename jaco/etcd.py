@@ -1,0 +1,258 @@
+"""The etcd adapter: the only module that speaks etcd's API.
+
+It uses the etcd v3 gRPC stubs that ship with `aetcd` over a mutual-TLS `grpc.aio` channel
+(aetcd's own client has no TLS and no learner support). Everything above this module sees
+plain dataclasses and jaco exceptions, so a newer etcd only changes this file and
+`etcd_member.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aetcd import rpc
+
+from jaco.errors import JacoError, Unavailable
+
+_PREFIX_END_BYTE = 0xFF
+
+
+@dataclass(frozen=True)
+class KV:
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int
+    lease: int
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    member_id: int
+    leader_id: int
+    raft_index: int
+    raft_term: int
+    is_learner: bool
+    db_size: int
+    revision: int
+
+
+@dataclass(frozen=True)
+class Member:
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    is_learner: bool
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    kind: str  # "put" or "delete"
+    kv: KV
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+class EtcdError(JacoError):
+    """etcd refused an operation for a reason that retrying will not fix."""
+
+
+def prefix_end(prefix: str) -> bytes:
+    raw = bytearray(prefix.encode())
+    for i in range(len(raw) - 1, -1, -1):
+        if raw[i] < _PREFIX_END_BYTE:
+            raw[i] += 1
+            return bytes(raw[: i + 1])
+    return b"\0"
+
+
+def _kv(kv: Any) -> KV:
+    return KV(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision, kv.lease)
+
+
+def _translate(exc: grpc.aio.AioRpcError) -> JacoError:
+    code = exc.code()
+    detail = exc.details() or code.name
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return Unavailable(f"the local etcd member is not answering: {detail}")
+    return EtcdError(f"etcd: {detail}")
+
+
+def op_put(key: str, value: bytes, lease: int = 0) -> Any:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=value, lease=lease))
+
+
+def op_delete(key: str) -> Any:
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key.encode()))
+
+
+def cmp_mod_revision(key: str, revision: int) -> Any:
+    """True while `key` was last modified at `revision` (0: while it does not exist)."""
+    return rpc.Compare(
+        result=rpc.Compare.EQUAL,
+        target=rpc.Compare.MOD,
+        key=key.encode(),
+        mod_revision=revision,
+    )
+
+
+class Etcd:
+    """An async client of one etcd member (the local one, over loopback mutual TLS)."""
+
+    def __init__(self, endpoint: str, tls: TlsFiles, timeout: float = 10.0) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=tls.ca.read_bytes(),
+            private_key=tls.key.read_bytes(),
+            certificate_chain=tls.cert.read_bytes(),
+        )
+        self._channel = grpc.aio.secure_channel(
+            endpoint,
+            credentials,
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.ssl_target_name_override", "localhost"),
+            ],
+        )
+        self._kv = rpc.KVStub(self._channel)
+        self._lease = rpc.LeaseStub(self._channel)
+        self._watch = rpc.WatchStub(self._channel)
+        self._cluster = rpc.ClusterStub(self._channel)
+        self._maintenance = rpc.MaintenanceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return await method(request, timeout=timeout or self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from None
+
+    async def get(self, key: str, revision: int = 0) -> tuple[KV | None, int]:
+        """One key (at `revision`, or the latest), and the store revision read."""
+        request = rpc.RangeRequest(key=key.encode(), revision=revision)
+        resp = await self._call(self._kv.Range, request)
+        return (_kv(resp.kvs[0]) if resp.kvs else None), resp.header.revision
+
+    async def get_prefix(
+        self, prefix: str, revision: int = 0, serializable: bool = False
+    ) -> tuple[list[KV], int]:
+        """All keys under `prefix` (at `revision`, or the latest), and the revision read."""
+        request = rpc.RangeRequest(
+            key=prefix.encode(),
+            range_end=prefix_end(prefix),
+            revision=revision,
+            serializable=serializable,
+            sort_order=rpc.RangeRequest.ASCEND,
+            sort_target=rpc.RangeRequest.KEY,
+        )
+        resp = await self._call(self._kv.Range, request)
+        return [_kv(kv) for kv in resp.kvs], resp.header.revision
+
+    async def txn(
+        self, compares: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()
+    ) -> tuple[bool, int]:
+        """Run a transaction; returns (succeeded, revision after it)."""
+        request = rpc.TxnRequest(compare=compares, success=success, failure=failure)
+        resp = await self._call(self._kv.Txn, request)
+        return resp.succeeded, resp.header.revision
+
+    async def lease_grant(self, ttl: int) -> int:
+        resp = await self._call(self._lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl))
+        return int(resp.ID)
+
+    async def lease_keepalive(self, lease_id: int) -> bool:
+        """Refresh a lease once; False when it has already expired."""
+        try:
+            call = self._lease.LeaseKeepAlive(
+                iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=self.timeout
+            )
+            async for reply in call:
+                return bool(reply.TTL > 0)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from None
+        return False
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        await self._call(self._lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
+
+    async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+        create = rpc.WatchRequest(
+            create_request=rpc.WatchCreateRequest(
+                key=prefix.encode(), range_end=prefix_end(prefix), start_revision=start_revision
+            )
+        )
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        await queue.put(create)
+
+        async def requests() -> AsyncIterator[Any]:
+            while True:
+                yield await queue.get()
+
+        call = self._watch.Watch(requests())
+        try:
+            async for resp in call:
+                if resp.canceled:
+                    raise EtcdError(f"etcd cancelled the watch: {resp.cancel_reason}")
+                for event in resp.events:
+                    kind = "delete" if event.type == rpc.Event.DELETE else "put"
+                    yield WatchEvent(kind, _kv(event.kv))
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from None
+        finally:
+            call.cancel()
+
+    async def status(self, timeout: float | None = None) -> MemberStatus:
+        resp = await self._call(self._maintenance.Status, rpc.StatusRequest(), timeout)
+        return MemberStatus(
+            member_id=resp.header.member_id,
+            leader_id=resp.leader,
+            raft_index=resp.raftIndex,
+            raft_term=resp.raftTerm,
+            is_learner=resp.isLearner,
+            db_size=resp.dbSize,
+            revision=resp.header.revision,
+        )
+
+    async def members(self) -> list[Member]:
+        resp = await self._call(self._cluster.MemberList, rpc.MemberListRequest())
+        return [
+            Member(m.ID, m.name, tuple(m.peerURLs), m.isLearner) for m in resp.members
+        ]
+
+    async def add_learner(self, peer_url: str) -> tuple[int, list[Member]]:
+        """Add a non-voting member (a join must never cost the cluster its quorum)."""
+        request = rpc.MemberAddRequest(peerURLs=[peer_url], isLearner=True)
+        resp = await self._call(self._cluster.MemberAdd, request)
+        members = [Member(m.ID, m.name, tuple(m.peerURLs), m.isLearner) for m in resp.members]
+        return resp.member.ID, members
+
+    async def promote(self, member_id: int) -> None:
+        await self._call(self._cluster.MemberPromote, rpc.MemberPromoteRequest(ID=member_id))
+
+    async def remove_member(self, member_id: int) -> None:
+        await self._call(self._cluster.MemberRemove, rpc.MemberRemoveRequest(ID=member_id))
+
+    async def snapshot(self, timeout: float) -> AsyncIterator[bytes]:
+        """etcd's Maintenance.Snapshot stream, byte for byte (it ends with a SHA-256 trailer)."""
+        call = self._maintenance.Snapshot(rpc.SnapshotRequest(), timeout=timeout)
+        try:
+            async for resp in call:
+                if resp.blob:
+                    yield resp.blob
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from None
+        finally:
+            call.cancel()
