@@ -1,0 +1,50 @@
+# Two commands work on a fresh Debian/Ubuntu machine (as root, or with sudo available):
+#   make demo   a local 3-node cluster with sample deployments, shown by the CLI
+#   make test   lint, type-check and the whole test suite against real processes
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := etcd-server etcd-client bubblewrap age
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: deps venv test lint typecheck demo proto clean
+
+deps:
+	@missing=""; \
+	for b in etcd:etcd-server etcdctl:etcd-client bwrap:bubblewrap age:age; do \
+	  command -v $${b%%:*} >/dev/null || missing="$$missing $${b##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check jaco flows tests bench infra
+	$(VENV)/bin/ruff format --check jaco flows tests bench infra
+
+typecheck: venv
+	$(VENV)/bin/mypy jaco flows
+
+test: deps venv lint typecheck
+	$(VENV)/bin/pytest -q
+
+demo: deps venv
+	$(PY) -m infra.demo
+
+# Regenerates jaco/v1/ from proto/ (the generated modules are committed).
+proto: venv
+	PATH=$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -Iproto --python_out=. \
+	  --grpc_python_out=. --mypy_out=. proto/jaco/v1/jaco.proto
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

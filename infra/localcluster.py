@@ -1,0 +1,262 @@
+"""Real jaco nodes on one machine, for tests and `make demo`.
+
+Every process is started on free loopback ports and stopped by PID.
+
+Nothing here is mocked: `jaco` and `jacod` run as the installed console scripts, each jacod
+runs its own etcd member, and the CLI talks TLS gRPC to the daemons.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+JACO = str(BIN / "jaco")
+JACOD = str(BIN / "jacod")
+
+_used_ports: set[int] = set()
+
+
+def free_port() -> int:
+    """A loopback port that is free now and not handed out before in this run."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _used_ports:
+            _used_ports.add(port)
+            return port
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - keep polling, report the last one
+            last = exc
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def run(
+    args: list[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    input_: str | None = None,
+) -> Result:
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        input=input_,
+        check=False,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@dataclass
+class Node:
+    name: str
+    data_dir: Path
+    api_port: int = field(default_factory=free_port)
+    client_port: int = field(default_factory=free_port)
+    peer_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def server(self) -> str:
+        return f"127.0.0.1:{self.api_port}"
+
+    def port_flags(self) -> list[str]:
+        return [
+            "--data-dir",
+            str(self.data_dir),
+            "--advertise-host",
+            "127.0.0.1",
+            "--api-port",
+            str(self.api_port),
+            "--etcd-client-port",
+            str(self.client_port),
+            "--etcd-peer-port",
+            str(self.peer_port),
+        ]
+
+    def start(self) -> None:
+        log = open(self.data_dir.parent / f"{self.name}.jacod.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [JACOD, "--name", self.name, "--data-dir", str(self.data_dir), "--listen", self.server],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+
+    def etcd_pid(self) -> int | None:
+        """The PID of this node's etcd child (read from /proc; None when it has none)."""
+        if self.process is None:
+            return None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        with contextlib.suppress(OSError):
+            for pid in children.read_text().split():
+                if "etcd" in Path(f"/proc/{pid}/comm").read_text():
+                    return int(pid)
+        return None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.process is None:
+            return None
+        proc, self.process = self.process, None
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def log(self) -> str:
+        path = self.data_dir.parent / f"{self.name}.jacod.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+class Cluster:
+    """A cluster of real nodes under one temporary directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.nodes: dict[str, Node] = {}
+        self.token = ""
+
+    def jaco(
+        self,
+        *args: str,
+        server: str | None = None,
+        token: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+    ) -> Result:
+        first = next(iter(self.nodes.values()), None)
+        base = {
+            "JACO_TOKEN": self.token if token is None else token,
+            "JACO_SERVER": server or (first.server if first else ""),
+        }
+        return run([JACO, *args], env={**base, **(env or {})}, timeout=timeout)
+
+    def ok(self, *args: str, **kwargs: Any) -> Result:
+        result = self.jaco(*args, **kwargs)
+        assert result.code == 0, f"jaco {' '.join(args)} failed ({result.code}): {result.err}"
+        return result
+
+    def new_node(self, name: str) -> Node:
+        node = Node(name, self.root / name)
+        self.nodes[name] = node
+        return node
+
+    def init(self, name: str = "node-1") -> Node:
+        node = self.new_node(name)
+        token_file = self.root / "admin.token"
+        result = run(
+            [
+                JACO,
+                "cluster",
+                "init",
+                "--name",
+                name,
+                *node.port_flags(),
+                "--token-file",
+                str(token_file),
+            ]
+        )
+        assert result.code == 0, result.err
+        self.token = token_file.read_text().strip()
+        node.start()
+        self.wait_ready([name])
+        return node
+
+    def join(self, name: str, via: Node | None = None) -> Node:
+        via = via or self.ready_node()
+        join_token = self.ok("node", "issue-join-token", server=via.server).out.strip()
+        node = self.new_node(name)
+        result = run(
+            [
+                JACO,
+                "node",
+                "join",
+                "--peer",
+                via.server,
+                "--token",
+                join_token,
+                "--name",
+                name,
+                *node.port_flags(),
+            ]
+        )
+        assert result.code == 0, result.err
+        node.start()
+        return node
+
+    def ready_node(self) -> Node:
+        return next(n for n in self.nodes.values() if n.process is not None)
+
+    def states(self, via: Node | None = None) -> dict[str, str]:
+        reply = self.ok("cluster", "status", "--json", server=(via or self.ready_node()).server)
+        return {n["name"]: n["state"] for n in reply.json()["nodes"]}
+
+    def wait_ready(self, names: list[str], via: Node | None = None, timeout: float = 90) -> None:
+        def all_ready() -> bool:
+            states = self.states(via)
+            return all(states.get(n) == "READY" for n in names)
+
+        wait_for(all_ready, timeout, f"nodes {names} READY")
+
+    def leader(self, via: Node | None = None) -> Node:
+        reply = self.ok("cluster", "status", "--json", server=(via or self.ready_node()).server)
+        names = [n["name"] for n in reply.json()["nodes"] if n["leader"]]
+        assert names, "no leader reported"
+        return self.nodes[names[0]]
+
+    def stop_all(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+
+@contextlib.contextmanager
+def cluster_of(root: Path, size: int) -> Iterator[Cluster]:
+    cluster = Cluster(root)
+    try:
+        cluster.init("node-1")
+        for i in range(2, size + 1):
+            cluster.join(f"node-{i}")
+            cluster.wait_ready([f"node-{i}"])
+        yield cluster
+    finally:
+        cluster.stop_all()
