@@ -16,7 +16,7 @@ from pathlib import Path
 from jaco import pki, tokens
 from jaco.client import Client, Connection, fetch_pinned_ca
 from jaco.config import DataDir, NodeConfig, check_name, url_host, write_private
-from jaco.errors import JacoError
+from jaco.errors import InvalidArgument, JacoError
 from jaco.etcd_member import EtcdMember
 from jaco.ipam import check_subnet
 from jaco.state import Store, new_cluster_id, now
@@ -30,6 +30,18 @@ class Ports:
     etcd_client_port: int = 2379
     etcd_peer_port: int = 2380
 
+    def check(self) -> None:
+        named = {
+            "--api-port": self.api_port,
+            "--etcd-client-port": self.etcd_client_port,
+            "--etcd-peer-port": self.etcd_peer_port,
+        }
+        for flag, port in named.items():
+            if not 1 <= port <= 65535:
+                raise InvalidArgument(f"{flag} {port} is not a port number (1-65535)")
+        if len(set(named.values())) != len(named):
+            raise InvalidArgument("the API, etcd client and etcd peer ports must differ")
+
 
 def default_advertise_host() -> str:
     try:
@@ -38,13 +50,13 @@ def default_advertise_host() -> str:
         return "127.0.0.1"
 
 
-def _write_pki(data: DataDir, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> None:
+def write_pki(data: DataDir, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> None:
     write_private(data.ca_cert, ca_pem)
     write_private(data.node_cert, cert_pem)
     write_private(data.node_key, key_pem)
 
 
-def _cleanup_on_failure(data: DataDir, created: bool) -> None:
+def empty_data_dir(data: DataDir, created: bool) -> None:
     """Leave an empty data dir behind on failure, never a half-primed one."""
     if data.path.is_dir():
         for child in data.path.iterdir():
@@ -59,6 +71,7 @@ def _cleanup_on_failure(data: DataDir, created: bool) -> None:
 def init_cluster(data: DataDir, name: str, ports: Ports, subnet: str) -> tuple[str, str]:
     """Create a cluster on this node; returns (cluster_id, first operator token)."""
     check_name("node", name)
+    ports.check()
     subnet = check_subnet(subnet)
     data.require_empty()
     created = not data.path.exists()
@@ -66,13 +79,16 @@ def init_cluster(data: DataDir, name: str, ports: Ports, subnet: str) -> tuple[s
     try:
         cluster_id = new_cluster_id()
         ca = pki.create_ca(cluster_id)
-        node = pki.issue(ca, name, pki.node_hosts(name, ports.advertise_host),
-                         pki.NODE_VALID_DAYS)
-        _write_pki(data, ca.cert_pem, node.cert_pem, node.key_pem)
+        node = pki.issue(ca, name, pki.node_hosts(name, ports.advertise_host), pki.NODE_VALID_DAYS)
+        write_pki(data, ca.cert_pem, node.cert_pem, node.key_pem)
         config = NodeConfig(
-            name=name, cluster_id=cluster_id, advertise_host=ports.advertise_host,
-            api_port=ports.api_port, etcd_client_port=ports.etcd_client_port,
-            etcd_peer_port=ports.etcd_peer_port, initial_cluster="",
+            name=name,
+            cluster_id=cluster_id,
+            advertise_host=ports.advertise_host,
+            api_port=ports.api_port,
+            etcd_client_port=ports.etcd_client_port,
+            etcd_peer_port=ports.etcd_peer_port,
+            initial_cluster="",
             initial_cluster_state="new",
         )
         config.initial_cluster = f"{name}={config.peer_url}"
@@ -80,7 +96,7 @@ def init_cluster(data: DataDir, name: str, ports: Ports, subnet: str) -> tuple[s
         asyncio.run(_bootstrap_store(data, config, ca, token, subnet))
         data.save(config)
     except BaseException:
-        _cleanup_on_failure(data, created)
+        empty_data_dir(data, created)
         raise
     return cluster_id, str(token)
 
@@ -92,9 +108,14 @@ async def _bootstrap_store(
     etcd = await member.start()
     try:
         status = await etcd.status()
-        node = {"name": config.name, "api_address": config.api_address,
-                "peer_url": config.peer_url, "member_id": f"{status.member_id:x}",
-                "voter": True, "joined_at": now()}
+        node = {
+            "name": config.name,
+            "api_address": config.api_address,
+            "peer_url": config.peer_url,
+            "member_id": f"{status.member_id:x}",
+            "voter": True,
+            "joined_at": now(),
+        }
         await Store(etcd).bootstrap(config.cluster_id, ca, node, token, subnet)
     finally:
         await member.stop()
@@ -103,6 +124,7 @@ async def _bootstrap_store(
 def join_cluster(data: DataDir, name: str, ports: Ports, peer: str, join_token: str) -> str:
     """Prime this node's data dir to join the cluster at `peer`; returns the cluster id."""
     check_name("node", name)
+    ports.check()
     parsed = tokens.parse_token(join_token, tokens.JOIN)
     data.require_empty()
     ca_pem = fetch_pinned_ca(peer, parsed.ca_fingerprint)
@@ -112,21 +134,32 @@ def join_cluster(data: DataDir, name: str, ports: Ports, peer: str, join_token: 
         csr_pem, key_pem = pki.make_csr(name, pki.node_hosts(name, ports.advertise_host))
         peer_url = f"https://{url_host(ports.advertise_host)}:{ports.etcd_peer_port}"
         api_address = f"{url_host(ports.advertise_host)}:{ports.api_port}"
-        request = pb.JoinRequest(token=join_token, name=name, api_address=api_address,
-                                 peer_url=peer_url, csr_pem=csr_pem.decode())
+        request = pb.JoinRequest(
+            token=join_token,
+            name=name,
+            api_address=api_address,
+            peer_url=peer_url,
+            csr_pem=csr_pem.decode(),
+        )
         with Client(Connection(peer, join_token, ca_pem), timeout=60) as client:
             reply = client.call("Join", request)
         if pki.fingerprint(reply.ca_pem.encode()) != parsed.ca_fingerprint:
             raise JacoError("the peer answered with a CA that does not match the join token")
-        _write_pki(data, reply.ca_pem.encode(), reply.cert_pem.encode(), key_pem)
-        data.save(NodeConfig(
-            name=name, cluster_id=reply.cluster_id, advertise_host=ports.advertise_host,
-            api_port=ports.api_port, etcd_client_port=ports.etcd_client_port,
-            etcd_peer_port=ports.etcd_peer_port, initial_cluster=reply.initial_cluster,
-            initial_cluster_state="existing",
-        ))
+        write_pki(data, reply.ca_pem.encode(), reply.cert_pem.encode(), key_pem)
+        data.save(
+            NodeConfig(
+                name=name,
+                cluster_id=reply.cluster_id,
+                advertise_host=ports.advertise_host,
+                api_port=ports.api_port,
+                etcd_client_port=ports.etcd_client_port,
+                etcd_peer_port=ports.etcd_peer_port,
+                initial_cluster=reply.initial_cluster,
+                initial_cluster_state="existing",
+            )
+        )
     except BaseException:
-        _cleanup_on_failure(data, created)
+        empty_data_dir(data, created)
         raise
     return str(reply.cluster_id)
 

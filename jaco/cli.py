@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import socket
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -18,13 +17,24 @@ from typing import Annotated, Any, TypeVar
 import typer
 from google.protobuf.json_format import MessageToDict
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from jaco import __version__
+from jaco.archive import read_archive
+from jaco.backup import DEFAULT_TIMEOUT, take_backup
 from jaco.bootstrap import Ports, default_advertise_host, init_cluster, join_cluster
 from jaco.client import Client, open_client
 from jaco.config import DataDir, data_dir_from_env, write_private
 from jaco.errors import InvalidArgument, JacoError
+from jaco.restore import restore
 from jaco.v1 import jaco_pb2 as pb
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,7 +42,9 @@ out = Console()
 err = Console(stderr=True)
 
 app = typer.Typer(
-    name="jaco", no_args_is_help=True, add_completion=False,
+    name="jaco",
+    no_args_is_help=True,
+    add_completion=False,
     help="Operate a jaco cluster: deployments, routes, certs, tokens, the audit log, nodes, "
     "and backups of all of it.",
 )
@@ -41,23 +53,36 @@ route_app = typer.Typer(no_args_is_help=True, help="HTTP routes to deployments."
 cert_app = typer.Typer(no_args_is_help=True, help="Certificates issued by the cluster CA.")
 token_app = typer.Typer(no_args_is_help=True, help="Operator tokens (the cluster keeps hashes).")
 node_app = typer.Typer(no_args_is_help=True, help="Add nodes to the cluster.")
-audit_app = typer.Typer(invoke_without_command=True,
-                        help="The append-only, hash-chained audit log.")
+backup_app = typer.Typer(
+    invoke_without_command=True,
+    help="Write a consistent snapshot of all cluster state to a tarball.",
+)
+audit_app = typer.Typer(
+    invoke_without_command=True, help="The append-only, hash-chained audit log."
+)
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(route_app, name="route")
 app.add_typer(cert_app, name="cert")
 app.add_typer(token_app, name="token")
 app.add_typer(node_app, name="node")
 app.add_typer(audit_app, name="audit")
+app.add_typer(backup_app, name="backup")
 
 Server = Annotated[
-    str, typer.Option("--server", "-s", envvar="JACO_SERVER",
-                      help="A jacod API address HOST:PORT (env JACO_SERVER).")
+    str,
+    typer.Option(
+        "--server",
+        "-s",
+        envvar="JACO_SERVER",
+        help="A jacod API address HOST:PORT (env JACO_SERVER).",
+    ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="The node's data dir "
-                              "(default $JACO_DATA_DIR or /var/lib/jaco).")
+    Path | None,
+    typer.Option(
+        "--data-dir", help="The node's data dir (default $JACO_DATA_DIR or /var/lib/jaco)."
+    ),
 ]
 AdvertiseHost = Annotated[
     str | None, typer.Option(help="Host or IP other nodes and clients reach this node at.")
@@ -90,8 +115,9 @@ def _data_dir(path: Path | None) -> DataDir:
 
 def _print_json(message: Any) -> None:
     if hasattr(message, "DESCRIPTOR"):
-        message = MessageToDict(message, preserving_proto_field_name=True,
-                                always_print_fields_with_no_presence=True)
+        message = MessageToDict(
+            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
     out.print_json(json.dumps(message))
 
 
@@ -112,16 +138,19 @@ def cluster_init(
     etcd_client_port: ClientPort = 2379,
     etcd_peer_port: PeerPort = 2380,
     subnet: Annotated[str, typer.Option(help="Subnet replica IPs come from.")] = "10.42.0.0/16",
-    token_file: Annotated[Path | None, typer.Option(
-        help="Also write the first operator token to this file (mode 0600).")] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="Also write the first operator token to this file (mode 0600)."),
+    ] = None,
 ) -> None:
     """Create a new cluster on this (stopped) node with an empty data dir.
 
     Creates the cluster id, the cluster CA, this node's certificates, a single-member etcd and
     the first operator token, which is printed once: store it like a password.
     """
-    ports = Ports(advertise_host or default_advertise_host(), api_port, etcd_client_port,
-                  etcd_peer_port)
+    ports = Ports(
+        advertise_host or default_advertise_host(), api_port, etcd_client_port, etcd_peer_port
+    )
     data = _data_dir(data_dir)
     cluster_id, token = init_cluster(data, name, ports, subnet)
     if token_file:
@@ -147,8 +176,9 @@ def cluster_status(server: Server = "", as_json: AsJson = False) -> None:
     for col in ("NAME", "ADDRESS", "STATE", "LEADER", "RAFT INDEX", "RAFT TERM"):
         table.add_column(col)
     for n in reply.nodes:
-        table.add_row(n.name, n.address, n.state, "*" if n.leader else "",
-                      str(n.raft_index), str(n.raft_term))
+        table.add_row(
+            n.name, n.address, n.state, "*" if n.leader else "", str(n.raft_index), str(n.raft_term)
+        )
     out.print(table)
 
 
@@ -171,8 +201,14 @@ def status(server: Server = "", as_json: AsJson = False) -> None:
             table.add_row(d.name, d.image, str(d.replicas), "-", "-", "-")
         for i, r in enumerate(d.placed):
             first = i == 0
-            table.add_row(d.name if first else "", d.image if first else "",
-                          str(d.replicas) if first else "", r.id, r.ip, r.node)
+            table.add_row(
+                d.name if first else "",
+                d.image if first else "",
+                str(d.replicas) if first else "",
+                r.id,
+                r.ip,
+                r.node,
+            )
     out.print(table)
 
 
@@ -203,8 +239,9 @@ def deploy(
     as_json: AsJson = False,
 ) -> None:
     """Create a deployment: its replicas get nodes and IPs from the cluster."""
-    request = pb.DeployRequest(name=name, image=image, replicas=_check_count(replicas),
-                               env=_parse_env(env or []))
+    request = pb.DeployRequest(
+        name=name, image=image, replicas=_check_count(replicas), env=_parse_env(env or [])
+    )
     with _client(server) as client:
         reply = client.call("Deploy", request)
     if as_json:
@@ -217,7 +254,7 @@ def deploy(
 @operator_errors
 def scale(
     name: Annotated[str, typer.Argument(help="Deployment name.")],
-    replicas: Annotated[int, typer.Argument(help="New replica count.")],
+    replicas: Annotated[int, typer.Option(help="New replica count.")],
     server: Server = "",
 ) -> None:
     """Change a deployment's replica count (IPs of removed replicas are released)."""
@@ -228,8 +265,9 @@ def scale(
 
 @app.command("rm")
 @operator_errors
-def remove(name: Annotated[str, typer.Argument(help="Deployment name.")],
-           server: Server = "") -> None:
+def remove(
+    name: Annotated[str, typer.Argument(help="Deployment name.")], server: Server = ""
+) -> None:
     """Delete a deployment, its replicas and their IPs."""
     with _client(server) as client:
         client.call("RemoveDeployment", pb.RemoveDeploymentRequest(name=name))
@@ -251,8 +289,9 @@ def route_add(
 ) -> None:
     """Route HOST/PATH to a deployment's port."""
     with _client(server) as client:
-        reply = client.call("AddRoute", pb.Route(name=name, host=host, path=path,
-                                                 deployment=deployment, port=port))
+        reply = client.call(
+            "AddRoute", pb.Route(name=name, host=host, path=path, deployment=deployment, port=port)
+        )
     out.print(f"Route {reply.name}: {reply.host}{reply.path} -> {reply.deployment}:{reply.port}")
 
 
@@ -274,8 +313,7 @@ def route_ls(server: Server = "", as_json: AsJson = False) -> None:
 
 @route_app.command("rm")
 @operator_errors
-def route_rm(name: Annotated[str, typer.Argument(help="Route name.")],
-             server: Server = "") -> None:
+def route_rm(name: Annotated[str, typer.Argument(help="Route name.")], server: Server = "") -> None:
     """Remove a route."""
     with _client(server) as client:
         client.call("RemoveRoute", pb.RemoveRouteRequest(name=name))
@@ -300,13 +338,17 @@ def cert_issue(
     if not out_dir.is_dir():
         raise InvalidArgument(f"--out-dir {out_dir} is not a directory")
     with _client(server) as client:
-        reply = client.call("IssueCert", pb.IssueCertRequest(
-            common_name=common_name, dns_names=dns or [], valid_days=days))
+        reply = client.call(
+            "IssueCert",
+            pb.IssueCertRequest(common_name=common_name, dns_names=dns or [], valid_days=days),
+        )
     write_private(out_dir / f"{common_name}.crt", reply.cert_pem.encode())
     write_private(out_dir / f"{common_name}.key", reply.key_pem.encode())
     write_private(out_dir / "ca.crt", reply.ca_pem.encode())
-    out.print(f"Issued certificate {reply.info.serial} for {common_name} "
-              f"(until {reply.info.not_after}) into {out_dir}")
+    out.print(
+        f"Issued certificate {reply.info.serial} for {common_name} "
+        f"(until {reply.info.not_after}) into {out_dir}"
+    )
 
 
 @cert_app.command("ls")
@@ -333,14 +375,17 @@ def cert_ls(server: Server = "", as_json: AsJson = False) -> None:
 def token_create(
     role: Annotated[str, typer.Option(help="admin (read/write) or viewer (read-only).")] = "admin",
     description: Annotated[str, typer.Option(help="Who or what the token is for.")] = "",
-    file: Annotated[Path | None, typer.Option(help="Write the token to this file (0600) "
-                                              "instead of printing it.")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(help="Write the token to this file (0600) instead of printing it."),
+    ] = None,
     server: Server = "",
 ) -> None:
     """Create an operator token. It is shown once; the cluster keeps only its SHA-256."""
     with _client(server) as client:
-        reply = client.call("CreateToken", pb.CreateTokenRequest(role=role,
-                                                                 description=description))
+        reply = client.call(
+            "CreateToken", pb.CreateTokenRequest(role=role, description=description)
+        )
     if file:
         write_private(file, reply.token.encode() + b"\n")
         out.print(f"Created {role} token {reply.info.id}; written to {file}")
@@ -367,8 +412,10 @@ def token_ls(server: Server = "", as_json: AsJson = False) -> None:
 
 @token_app.command("revoke")
 @operator_errors
-def token_revoke(token_id: Annotated[str, typer.Argument(help="Token id (see `jaco token ls`).")],
-                 server: Server = "") -> None:
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="Token id (see `jaco token ls`).")],
+    server: Server = "",
+) -> None:
     """Revoke an operator token; it stops authenticating at once, on every node."""
     with _client(server) as client:
         client.call("RevokeToken", pb.RevokeTokenRequest(id=token_id))
@@ -382,12 +429,15 @@ def token_revoke(token_id: Annotated[str, typer.Argument(help="Token id (see `ja
 @operator_errors
 def audit(
     ctx: typer.Context,
-    type_: Annotated[list[str] | None, typer.Option("--type", help="Only these event types "
-                                                    "(repeatable), e.g. BACKUP_TAKEN.")] = None,
+    type_: Annotated[
+        list[str] | None,
+        typer.Option("--type", help="Only these event types (repeatable), e.g. BACKUP_TAKEN."),
+    ] = None,
     since: Annotated[str, typer.Option(help="Only events at or after (RFC 3339).")] = "",
     until: Annotated[str, typer.Option(help="Only events before (RFC 3339).")] = "",
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")]
-    = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events.")
+    ] = False,
     server: Server = "",
     as_json: AsJson = False,
 ) -> None:
@@ -399,11 +449,22 @@ def audit(
     with _client(server) as client:
         for event in client.stream("Audit", request, timeout=None if follow else 60):
             if as_json:
-                print(json.dumps({**MessageToDict(event, preserving_proto_field_name=True),
-                                  "detail": json.loads(event.detail_json)}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            **MessageToDict(event, preserving_proto_field_name=True),
+                            "detail": json.loads(event.detail_json),
+                        }
+                    ),
+                    flush=True,
+                )
             else:
-                out.print(f"{event.seq:>6} {event.at} {event.type:<22} {event.actor:<20} "
-                          f"{event.detail_json}", highlight=False, soft_wrap=True)
+                out.print(
+                    f"{event.seq:>6} {event.at} {event.type:<22} {event.actor:<20} "
+                    f"{event.detail_json}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
 
 
 @audit_app.command("verify")
@@ -439,10 +500,13 @@ def issue_join_token(
 @operator_errors
 def node_join(
     peer: Annotated[str, typer.Option(help="A running node's API address HOST:PORT.")],
-    token: Annotated[str, typer.Option(envvar="JACO_JOIN_TOKEN",
-                                       help="A join token from `jaco node issue-join-token`.")],
-    name: Annotated[str | None, typer.Option(help="This node's name (default: hostname).")]
-    = None,
+    token: Annotated[
+        str,
+        typer.Option(
+            envvar="JACO_JOIN_TOKEN", help="A join token from `jaco node issue-join-token`."
+        ),
+    ],
+    name: Annotated[str | None, typer.Option(help="This node's name (default: hostname).")] = None,
     data_dir: DataDirOpt = None,
     advertise_host: AdvertiseHost = None,
     api_port: ApiPort = 7000,
@@ -455,13 +519,134 @@ def node_join(
     join never costs the cluster its quorum.
     """
     node_name = name or socket.gethostname().split(".")[0].lower()
-    ports = Ports(advertise_host or default_advertise_host(), api_port, etcd_client_port,
-                  etcd_peer_port)
+    ports = Ports(
+        advertise_host or default_advertise_host(), api_port, etcd_client_port, etcd_peer_port
+    )
     data = _data_dir(data_dir)
     cluster_id = join_cluster(data, node_name, ports, peer, token)
     out.print(f"Node {node_name} admitted to cluster {cluster_id}; data dir {data.path} primed.")
-    out.print(f"Start it with: systemctl start jaco  (or: jacod --name {node_name} "
-              f"--data-dir {data.path})")
+    out.print(
+        f"Start it with: systemctl start jaco  (or: jacod --name {node_name} "
+        f"--data-dir {data.path})"
+    )
+
+
+# -- backup and restore ---------------------------------------------------------------------
+
+
+@backup_app.callback()
+@operator_errors
+def backup(
+    ctx: typer.Context,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="The archive to write, e.g. cluster-$(date +%F).tar.gz."
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Deadline for the whole backup, seconds.")
+    ] = DEFAULT_TIMEOUT,
+    server: Server = "",
+) -> None:
+    """Stream a snapshot, consistent at one raft index, into a tarball (mode 0600).
+
+    The archive holds the cluster CA key and token hashes: encrypt it before it leaves the
+    host. `jaco backup inspect FILE` verifies an archive.
+    """
+    if ctx.invoked_subcommand:
+        return
+    if output is None:
+        raise InvalidArgument("--output FILE is required (or use `jaco backup inspect FILE`)")
+    if output.is_dir():
+        raise InvalidArgument(f"--output {output} is a directory; name the archive file")
+    output = output.absolute()
+    with _client(server) as client, _progress() as bar:
+        task = bar.add_task("snapshot", total=None)
+        result = take_backup(
+            client,
+            output,
+            timeout,
+            on_meta=lambda meta: bar.update(task, total=meta["snapshot_size"]),
+            progress=lambda n: bar.advance(task, n),
+        )
+    out.print(
+        f"Wrote {result.size} bytes to {output.name}"
+        f" (snapshot index {result.meta['snapshot_index']})",
+        highlight=False,
+    )
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+@backup_app.command("inspect")
+@operator_errors
+def backup_inspect(
+    archive: Annotated[Path, typer.Argument(help="A jaco backup archive (.tar.gz).")],
+    as_json: AsJson = False,
+) -> None:
+    """Verify an archive (structure, meta.json, snapshot checksum) and show what it holds."""
+    verified = read_archive(archive)
+    meta = verified.meta
+    if as_json:
+        return _print_json({**meta, "archive_size": verified.archive_size, "verified": True})
+    table = Table(title=f"{archive.name}: verified", show_header=False)
+    for key in (
+        "cluster_id",
+        "snapshot_index",
+        "snapshot_term",
+        "leader_at_snapshot",
+        "taken_at",
+        "jaco_version",
+        "format",
+        "snapshot_size",
+        "snapshot_sha256",
+        "state_digest",
+    ):
+        table.add_row(key, str(meta[key]))
+    table.add_row("records", ", ".join(f"{k}={v}" for k, v in meta["counts"].items()))
+    out.print(table)
+
+
+@app.command("restore")
+@operator_errors
+def restore_cmd(
+    input_: Annotated[Path, typer.Option("--input", "-i", help="The backup archive.")],
+    name: Annotated[str, typer.Option(help="This node's name in the restored cluster.")],
+    data_dir: DataDirOpt = None,
+    advertise_host: AdvertiseHost = None,
+    api_port: ApiPort = 7000,
+    etcd_client_port: ClientPort = 2379,
+    etcd_peer_port: PeerPort = 2380,
+) -> None:
+    """Prime a fresh node (daemon stopped, empty data dir) from a backup.
+
+    The whole archive is verified before anything is written. The next jacod start comes up as
+    the single voter of the same cluster (same id, same CA: old tokens still work) and records
+    RESTORE_COMPLETED. Other nodes then rejoin with `jaco node issue-join-token` / `node join`.
+    """
+    ports = Ports(
+        advertise_host or default_advertise_host(), api_port, etcd_client_port, etcd_peer_port
+    )
+    data = _data_dir(data_dir)
+    meta = restore(input_, data, name, ports)
+    out.print(
+        f"Restored cluster {meta['cluster_id']} at index {meta['snapshot_index']} "
+        f"(taken {meta['taken_at']}) into {data.path} as node {name}; "
+        f"state digest {meta['state_digest'][:16]}… verified."
+    )
+    out.print(f"Start it: systemctl start jaco  (or: jacod --name {name} --data-dir {data.path})")
 
 
 def version_callback(value: bool) -> None:
@@ -472,8 +657,12 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", callback=version_callback,
-                                          is_eager=True, help="Show the version.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Show the version."
+        ),
+    ] = False,
 ) -> None:
     """Operate a jaco cluster."""
 
@@ -483,4 +672,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -108,7 +108,8 @@ class Client:
         host, port = split_server(conn.server)
         credentials = grpc.ssl_channel_credentials(root_certificates=conn.ca_pem)
         self.channel = grpc.secure_channel(
-            f"{host}:{port}", credentials,
+            f"{host}:{port}",
+            credentials,
             options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
         )
         self.stub = pb_grpc.JacoStub(self.channel)

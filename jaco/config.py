@@ -1,13 +1,13 @@
 """A node's data dir: its layout, its node.json, and the checks commands make on it.
 
-    $JACO_DATA_DIR/           (default /var/lib/jaco, mode 0700)
-      node.json               this node's identity and ports
-      pki/ca.crt              the cluster CA certificate
-      pki/node.crt node.key   this node's certificate and key (0600)
-      etcd/                   the etcd member's data
-      etcd.log                the etcd member's log
-      jacod.lock              held (flock) by the running jacod
-      restore.json            left by `jaco restore` until the first boot records it
+$JACO_DATA_DIR/           (default /var/lib/jaco, mode 0700)
+  node.json               this node's identity and ports
+  pki/ca.crt              the cluster CA certificate
+  pki/node.crt node.key   this node's certificate and key (0600)
+  etcd/                   the etcd member's data
+  etcd.log                the etcd member's log
+  jacod.lock              held (flock) by the running jacod
+  restore.json            left by `jaco restore` until the first boot records it
 """
 
 from __future__ import annotations

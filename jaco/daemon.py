@@ -15,7 +15,6 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import grpc
 
@@ -45,6 +44,7 @@ class Node:
         self._etcd: Etcd | None = None
         self._store: Store | None = None
         self._lease: int | None = None
+        self.backup_lock = asyncio.Lock()
 
     @property
     def etcd(self) -> Etcd:
@@ -59,6 +59,7 @@ class Node:
     async def run(self, stop: asyncio.Event) -> None:
         self._etcd = await self.member.start()
         self._store = Store(self._etcd)
+        await self._complete_restore()
         server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
         pb_grpc.add_JacoServicer_to_server(JacoService(self), server)
         chain = self.data.node_cert.read_bytes() + self.data.ca_cert.read_bytes()
@@ -84,9 +85,28 @@ class Node:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if self._lease is not None:
-                with contextlib.suppress(JacoError):
-                    await self.etcd.lease_revoke(self._lease)
+                # Tell the others at once that this node is going (bounded: quorum may be gone).
+                with contextlib.suppress(JacoError, TimeoutError):
+                    await asyncio.wait_for(self.etcd.lease_revoke(self._lease), 2)
             await self.member.stop()
+
+    async def _complete_restore(self) -> None:
+        """After `jaco restore`: become the only member and record RESTORE_COMPLETED, once."""
+        if not self.data.restore_marker.exists():
+            return
+        marker = json.loads(self.data.restore_marker.read_text())
+        status = await self.etcd.status()
+        node = {
+            "name": self.config.name,
+            "api_address": self.config.api_address,
+            "peer_url": self.config.peer_url,
+            "member_id": f"{status.member_id:x}",
+            "voter": True,
+            "joined_at": now(),
+        }
+        if await self.store.complete_restore(node, marker):
+            log.info("restore from index %s completed", marker["snapshot_index"])
+        self.data.restore_marker.unlink()
 
     async def _watch_etcd(self, stop: asyncio.Event) -> None:
         """A jacod without its etcd is useless: exit (and let systemd restart us)."""
@@ -110,10 +130,15 @@ class Node:
                 if not status.is_learner:
                     if self._lease is None or not await self.etcd.lease_keepalive(self._lease):
                         self._lease = await self.etcd.lease_grant(ALIVE_TTL)
-                    beat = {"name": self.config.name, "address": self.config.api_address,
-                            "raft_index": status.raft_index, "raft_term": status.raft_term,
-                            "member_id": f"{status.member_id:x}",
-                            "leader_id": f"{status.leader_id:x}", "at": now()}
+                    beat = {
+                        "name": self.config.name,
+                        "address": self.config.api_address,
+                        "raft_index": status.raft_index,
+                        "raft_term": status.raft_term,
+                        "member_id": f"{status.member_id:x}",
+                        "leader_id": f"{status.leader_id:x}",
+                        "at": now(),
+                    }
                     await self.etcd.txn([], [op_put(key, encode(beat), self._lease)])
             except JacoError as exc:
                 log.warning("heartbeat: %s", exc.message)
@@ -138,8 +163,9 @@ class Node:
                 for node in await self.store.nodes():
                     mid = int(node["member_id"], 16) if node.get("member_id") else 0
                     if not node.get("voter") and mid in voters:
-                        await self.store.update_node(actor, node["name"], "NODE_PROMOTED",
-                                                     voter=True)
+                        await self.store.update_node(
+                            actor, node["name"], "NODE_PROMOTED", voter=True
+                        )
             except JacoError as exc:
                 log.warning("promoter: %s", exc.message)
 
@@ -151,12 +177,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "must have been primed by `jaco cluster init`, `jaco node join` or `jaco restore`.",
     )
     parser.add_argument("--name", required=True, help="this node's name (as primed)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="the node's data dir (default $JACO_DATA_DIR or /var/lib/jaco)")
-    parser.add_argument("--listen", default=None,
-                        help="API address to listen on (default 0.0.0.0:<api port from init>)")
-    parser.add_argument("--etcd-client-port", type=int, default=None,
-                        help="loopback port of the etcd client API (default: as primed)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="the node's data dir (default $JACO_DATA_DIR or /var/lib/jaco)",
+    )
+    parser.add_argument(
+        "--listen",
+        default=None,
+        help="API address to listen on (default 0.0.0.0:<api port from init>)",
+    )
+    parser.add_argument(
+        "--etcd-client-port",
+        type=int,
+        default=None,
+        help="loopback port of the etcd client API (default: as primed)",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -172,8 +209,9 @@ async def _serve(node: Node) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     data = DataDir(args.data_dir or data_dir_from_env())
     try:
         config = data.load()
@@ -189,10 +227,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"jacod: {exc.message}", file=sys.stderr)
         sys.exit(exc.exit_code)
     sys.exit(code)
-
-
-def describe(config: NodeConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(config.__dict__))
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ class Etcd:
         self._maintenance = rpc.MaintenanceStub(self._channel)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:
@@ -160,6 +160,25 @@ class Etcd:
         )
         resp = await self._call(self._kv.Range, request)
         return [_kv(kv) for kv in resp.kvs], resp.header.revision
+
+    async def iter_prefix(self, prefix: str, revision: int, page: int = 1000) -> AsyncIterator[KV]:
+        """All keys under `prefix` at `revision`, fetched a page at a time (bounded memory)."""
+        start, end = prefix.encode(), prefix_end(prefix)
+        while True:
+            request = rpc.RangeRequest(
+                key=start,
+                range_end=end,
+                revision=revision,
+                limit=page,
+                sort_order=rpc.RangeRequest.ASCEND,
+                sort_target=rpc.RangeRequest.KEY,
+            )
+            resp = await self._call(self._kv.Range, request)
+            for kv in resp.kvs:
+                yield _kv(kv)
+            if not resp.more or not resp.kvs:
+                return
+            start = resp.kvs[-1].key + b"\0"
 
     async def txn(
         self, compares: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()
@@ -228,9 +247,7 @@ class Etcd:
 
     async def members(self) -> list[Member]:
         resp = await self._call(self._cluster.MemberList, rpc.MemberListRequest())
-        return [
-            Member(m.ID, m.name, tuple(m.peerURLs), m.isLearner) for m in resp.members
-        ]
+        return [Member(m.ID, m.name, tuple(m.peerURLs), m.isLearner) for m in resp.members]
 
     async def add_learner(self, peer_url: str) -> tuple[int, list[Member]]:
         """Add a non-voting member (a join must never cost the cluster its quorum)."""

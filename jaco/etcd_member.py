@@ -100,8 +100,9 @@ class EtcdMember:
         return f"127.0.0.1:{self.config.etcd_client_port}"
 
     async def start(self, ready_timeout: float = 60.0) -> Etcd:
-        log = os.fdopen(os.open(self.data.etcd_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
-                        "ab")
+        log = os.fdopen(
+            os.open(self.data.etcd_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab"
+        )
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *member_args(self.data, self.config),
@@ -171,9 +172,11 @@ def snapshot_status(path: Path) -> dict[str, int]:
     `etcdctl snapshot status` checks the bolt file (and the SHA-256 trailer is not part of it).
     """
     tool = shutil.which("etcdutl")
-    cmd = [tool, "snapshot", "status", str(path), "-w", "json"] if tool else [
-        etcd_binary("etcdctl"), "snapshot", "status", str(path), "-w", "json"
-    ]
+    cmd = (
+        [tool, "snapshot", "status", str(path), "-w", "json"]
+        if tool
+        else [etcd_binary("etcdctl"), "snapshot", "status", str(path), "-w", "json"]
+    )
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     if result.returncode != 0:
         raise JacoError(f"etcd could not read the snapshot: {result.stderr.strip()[-300:]}")

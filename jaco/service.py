@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import grpc
@@ -27,6 +27,7 @@ from jaco.errors import (
     Unavailable,
     grpc_code_name,
 )
+from jaco.snapshot import take_snapshot
 from jaco.state import Principal, Store, now
 from jaco.v1 import jaco_pb2 as pb
 from jaco.v1 import jaco_pb2_grpc as pb_grpc
@@ -35,9 +36,9 @@ if TYPE_CHECKING:
     from jaco.daemon import Node
 
 log = logging.getLogger("jacod.api")
-F = TypeVar("F", bound=Callable[..., Any])
 READ, WRITE = "read", "write"
 JOIN_WAIT = 30.0
+BACKUP_CHUNK = 1024 * 1024
 
 
 def _bearer(context: grpc.aio.ServicerContext) -> str:
@@ -47,19 +48,19 @@ def _bearer(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
-def rpc(access: str) -> Callable[[F], F]:
+def rpc(access: str) -> Callable[[Callable[..., Any]], Any]:
     """Authenticate, authorise and map JacoErrors to status codes for one unary RPC."""
 
-    def wrap(method: F) -> F:
+    def wrap(method: Callable[..., Any]) -> Any:
         @functools.wraps(method)
-        async def handler(self: JacoService, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handler(self: JacoService, request: Any, context: Any) -> Any:
             try:
                 principal = await self.authorize(context, access)
                 return await method(self, request, context, principal)
             except JacoError as exc:
                 await context.abort(grpc.StatusCode[grpc_code_name(exc)], exc.message)
 
-        return handler  # type: ignore[return-value]
+        return handler
 
     return wrap
 
@@ -80,25 +81,46 @@ def _deployment(d: dict[str, Any]) -> pb.Deployment:
 
 
 def _route(r: dict[str, Any]) -> pb.Route:
-    return pb.Route(name=r["name"], host=r["host"], path=r["path"],
-                    deployment=r["deployment"], port=r["port"], created_at=r["created_at"])
+    return pb.Route(
+        name=r["name"],
+        host=r["host"],
+        path=r["path"],
+        deployment=r["deployment"],
+        port=r["port"],
+        created_at=r["created_at"],
+    )
 
 
 def _token_info(t: dict[str, Any]) -> pb.TokenInfo:
-    return pb.TokenInfo(id=t["id"], role=t["role"], description=t.get("description", ""),
-                        created_at=t["created_at"], revoked=bool(t.get("revoked")))
+    return pb.TokenInfo(
+        id=t["id"],
+        role=t["role"],
+        description=t.get("description", ""),
+        created_at=t["created_at"],
+        revoked=bool(t.get("revoked")),
+    )
 
 
 def _cert_info(c: dict[str, Any]) -> pb.CertInfo:
-    return pb.CertInfo(serial=c["serial"], common_name=c["common_name"],
-                       dns_names=c["dns_names"], not_after=c["not_after"],
-                       issued_at=c["issued_at"])
+    return pb.CertInfo(
+        serial=c["serial"],
+        common_name=c["common_name"],
+        dns_names=c["dns_names"],
+        not_after=c["not_after"],
+        issued_at=c["issued_at"],
+    )
 
 
 def audit_event(e: dict[str, Any]) -> pb.AuditEvent:
-    return pb.AuditEvent(seq=e["seq"], type=e["type"], at=e["at"], actor=e["actor"],
-                         detail_json=json.dumps(e["detail"], sort_keys=True),
-                         prev_hash=e["prev_hash"], hash=e["hash"])
+    return pb.AuditEvent(
+        seq=e["seq"],
+        type=e["type"],
+        at=e["at"],
+        actor=e["actor"],
+        detail_json=json.dumps(e["detail"], sort_keys=True),
+        prev_hash=e["prev_hash"],
+        hash=e["hash"],
+    )
 
 
 def _parse_time(text: str, what: str) -> dt.datetime | None:
@@ -137,8 +159,9 @@ class JacoService(pb_grpc.JacoServicer):
     async def Status(self, request: Any, context: Any, who: Principal) -> pb.StatusResponse:
         cluster = await self.store.cluster()
         deps = await self.store.deployments()
-        return pb.StatusResponse(cluster_id=cluster["cluster_id"],
-                                 deployments=[_deployment(d) for d in deps])
+        return pb.StatusResponse(
+            cluster_id=cluster["cluster_id"], deployments=[_deployment(d) for d in deps]
+        )
 
     @rpc(READ)
     async def ClusterStatus(self, request: Any, context: Any, who: Principal) -> Any:
@@ -155,22 +178,30 @@ class JacoService(pb_grpc.JacoServicer):
                 state = "JOINING"
             else:
                 state = "READY" if beat else "DOWN"
-            out.append(pb.Node(
-                name=n["name"], address=n["api_address"], state=state,
-                leader=bool(member_id) and member_id == leader,
-                raft_index=beat["raft_index"] if beat else 0,
-                raft_term=beat["raft_term"] if beat else 0,
-                member_id=n.get("member_id", ""), voter=bool(n.get("voter")),
-            ))
+            out.append(
+                pb.Node(
+                    name=n["name"],
+                    address=n["api_address"],
+                    state=state,
+                    leader=bool(member_id) and member_id == leader,
+                    raft_index=beat["raft_index"] if beat else 0,
+                    raft_term=beat["raft_term"] if beat else 0,
+                    member_id=n.get("member_id", ""),
+                    voter=bool(n.get("voter")),
+                )
+            )
         return pb.ClusterStatusResponse(
-            cluster_id=cluster["cluster_id"], ca_fingerprint=await self.store.ca_fingerprint(),
-            nodes=out, served_by=self.node.config.name,
+            cluster_id=cluster["cluster_id"],
+            ca_fingerprint=await self.store.ca_fingerprint(),
+            nodes=out,
+            served_by=self.node.config.name,
         )
 
     @rpc(WRITE)
     async def Deploy(self, request: Any, context: Any, who: Principal) -> pb.Deployment:
-        await self.store.deploy(who.actor, request.name, request.image, request.replicas,
-                                dict(request.env))
+        await self.store.deploy(
+            who.actor, request.name, request.image, request.replicas, dict(request.env)
+        )
         return await self._one_deployment(request.name)
 
     @rpc(WRITE)
@@ -191,8 +222,14 @@ class JacoService(pb_grpc.JacoServicer):
 
     @rpc(WRITE)
     async def AddRoute(self, request: Any, context: Any, who: Principal) -> pb.Route:
-        route = await self.store.add_route(who.actor, request.name, request.host,
-                                           request.path or "/", request.deployment, request.port)
+        route = await self.store.add_route(
+            who.actor,
+            request.name,
+            request.host,
+            request.path or "/",
+            request.deployment,
+            request.port,
+        )
         return _route(route)
 
     @rpc(READ)
@@ -210,8 +247,12 @@ class JacoService(pb_grpc.JacoServicer):
             who.actor, request.common_name, list(request.dns_names), request.valid_days or 90
         )
         ca = await self.store.ca()
-        return pb.IssuedCert(info=_cert_info(info), cert_pem=pair.cert_pem.decode(),
-                             key_pem=pair.key_pem.decode(), ca_pem=ca.cert_pem.decode())
+        return pb.IssuedCert(
+            info=_cert_info(info),
+            cert_pem=pair.cert_pem.decode(),
+            key_pem=pair.key_pem.decode(),
+            ca_pem=ca.cert_pem.decode(),
+        )
 
     @rpc(READ)
     async def ListCerts(self, request: Any, context: Any, who: Principal) -> pb.CertList:
@@ -219,10 +260,15 @@ class JacoService(pb_grpc.JacoServicer):
 
     @rpc(WRITE)
     async def CreateToken(self, request: Any, context: Any, who: Principal) -> pb.CreatedToken:
-        token = await self.store.create_token(who.actor, request.role or "admin",
-                                              request.description)
-        info = pb.TokenInfo(id=token.id, role=request.role or "admin",
-                            description=request.description, created_at=now())
+        token = await self.store.create_token(
+            who.actor, request.role or "admin", request.description
+        )
+        info = pb.TokenInfo(
+            id=token.id,
+            role=request.role or "admin",
+            description=request.description,
+            created_at=now(),
+        )
         return pb.CreatedToken(info=info, token=str(token))
 
     @rpc(READ)
@@ -237,8 +283,9 @@ class JacoService(pb_grpc.JacoServicer):
     @rpc(READ)
     async def VerifyAudit(self, request: Any, context: Any, who: Principal) -> Any:
         check = await self.store.verify_audit()
-        return pb.AuditVerification(ok=check.ok, events=check.events,
-                                    first_bad_seq=check.first_bad_seq, reason=check.reason)
+        return pb.AuditVerification(
+            ok=check.ok, events=check.events, first_bad_seq=check.first_bad_seq, reason=check.reason
+        )
 
     async def Audit(
         self, request: Any, context: grpc.aio.ServicerContext
@@ -251,9 +298,11 @@ class JacoService(pb_grpc.JacoServicer):
 
             def wanted(e: dict[str, Any]) -> bool:
                 at = dt.datetime.fromisoformat(e["at"])
-                return ((not types or e["type"] in types)
-                        and (since is None or at >= since)
-                        and (until is None or at < until))
+                return (
+                    (not types or e["type"] in types)
+                    and (since is None or at >= since)
+                    and (until is None or at < until)
+                )
 
             events, revision = await self.store.audit_events()
             for event in events:
@@ -277,6 +326,33 @@ class JacoService(pb_grpc.JacoServicer):
         except JacoError as exc:
             await context.abort(grpc.StatusCode[grpc_code_name(exc)], exc.message)
             raise  # unreachable: abort raises
+
+    async def Backup(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.BackupChunk]:
+        snap = None
+        try:
+            who = await self.authorize(context, WRITE)
+            async with self.node.backup_lock:
+                snap = await take_snapshot(self.store, self.node.data.path / "backup-tmp")
+                yield pb.BackupChunk(meta_json=json.dumps(snap.meta, sort_keys=True))
+                with open(snap.path, "rb") as source:  # noqa: ASYNC230 - reads go to a thread
+                    while chunk := await asyncio.to_thread(source.read, BACKUP_CHUNK):
+                        yield pb.BackupChunk(data=chunk)
+                await self.store.record(
+                    who.actor,
+                    "BACKUP_TAKEN",
+                    snapshot_index=snap.meta["snapshot_index"],
+                    snapshot_sha256=snap.meta["snapshot_sha256"],
+                    snapshot_size=snap.meta["snapshot_size"],
+                    served_by=self.node.config.name,
+                )
+                log.info("backup at index %s sent", snap.meta["snapshot_index"])
+        except JacoError as exc:
+            await context.abort(grpc.StatusCode[grpc_code_name(exc)], exc.message)
+        finally:
+            if snap is not None:
+                snap.path.unlink(missing_ok=True)
 
     async def _add_learner(self, peer_url: str) -> tuple[int, list[Any]]:
         """etcd refuses membership changes until every voter has been connected for 5 s
@@ -306,21 +382,32 @@ class JacoService(pb_grpc.JacoServicer):
         cert_pem = pki.sign_csr(ca, request.csr_pem.encode(), name, hosts)
         await self.store.check_join(request.token, name)
         member_id, members = await self._add_learner(request.peer_url)
-        node = {"name": name, "api_address": request.api_address, "peer_url": request.peer_url,
-                "member_id": f"{member_id:x}", "voter": False, "joined_at": now()}
+        node = {
+            "name": name,
+            "api_address": request.api_address,
+            "peer_url": request.peer_url,
+            "member_id": f"{member_id:x}",
+            "voter": False,
+            "joined_at": now(),
+        }
         try:
             await self.store.finish_join(request.token, node)
         except JacoError:
             # The token was used concurrently (or expired meanwhile): undo the member.
             await self.node.etcd.remove_member(member_id)
             raise
-        names = {int(n["member_id"], 16): n["name"] for n in await self.store.nodes()
-                 if n.get("member_id")}
-        initial = ",".join(
-            f"{m.name or names.get(m.id, name)}={m.peer_urls[0]}" for m in members
-        )
+        names = {
+            int(n["member_id"], 16): n["name"]
+            for n in await self.store.nodes()
+            if n.get("member_id")
+        }
+        initial = ",".join(f"{m.name or names.get(m.id, name)}={m.peer_urls[0]}" for m in members)
         cluster = await self.store.cluster()
         log.info("node %s joins as etcd learner %x", name, member_id)
-        return pb.JoinResponse(cluster_id=cluster["cluster_id"], ca_pem=ca.cert_pem.decode(),
-                               cert_pem=cert_pem.decode(), initial_cluster=initial,
-                               member_id=f"{member_id:x}")
+        return pb.JoinResponse(
+            cluster_id=cluster["cluster_id"],
+            ca_pem=ca.cert_pem.decode(),
+            cert_pem=cert_pem.decode(),
+            initial_cluster=initial,
+            member_id=f"{member_id:x}",
+        )

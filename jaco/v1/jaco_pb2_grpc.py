@@ -119,6 +119,11 @@ class JacoStub:
                 request_serializer=jaco_dot_v1_dot_jaco__pb2.JoinRequest.SerializeToString,
                 response_deserializer=jaco_dot_v1_dot_jaco__pb2.JoinResponse.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_stream(
+                '/jaco.v1.Jaco/Backup',
+                request_serializer=jaco_dot_v1_dot_jaco__pb2.BackupRequest.SerializeToString,
+                response_deserializer=jaco_dot_v1_dot_jaco__pb2.BackupChunk.FromString,
+                _registered_method=True)
 
 
 class JacoServicer:
@@ -231,6 +236,15 @@ class JacoServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """A snapshot of the whole store, consistent at one revision: first one chunk with the
+        archive's meta.json (complete: index, size, SHA-256, counts, digest), then the raw
+        snapshot bytes in chunks. Admin tokens only: the snapshot holds the CA key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JacoServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -318,6 +332,11 @@ def add_JacoServicer_to_server(servicer, server):
                     servicer.Join,
                     request_deserializer=jaco_dot_v1_dot_jaco__pb2.JoinRequest.FromString,
                     response_serializer=jaco_dot_v1_dot_jaco__pb2.JoinResponse.SerializeToString,
+            ),
+            'Backup': grpc.unary_stream_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=jaco_dot_v1_dot_jaco__pb2.BackupRequest.FromString,
+                    response_serializer=jaco_dot_v1_dot_jaco__pb2.BackupChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -779,6 +798,33 @@ class Jaco:
             '/jaco.v1.Jaco/Join',
             jaco_dot_v1_dot_jaco__pb2.JoinRequest.SerializeToString,
             jaco_dot_v1_dot_jaco__pb2.JoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jaco.v1.Jaco/Backup',
+            jaco_dot_v1_dot_jaco__pb2.BackupRequest.SerializeToString,
+            jaco_dot_v1_dot_jaco__pb2.BackupChunk.FromString,
             options,
             channel_credentials,
             insecure,
