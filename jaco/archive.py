@@ -152,8 +152,8 @@ def write_archive(
     tmp = directory / f".{output.name}.partial-{os.getpid()}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except PermissionError:
-        raise InvalidArgument(f"cannot write to {directory}: permission denied") from None
+    except OSError as exc:
+        raise InvalidArgument(f"cannot write to {directory}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as raw:
             with _gzip_open(raw) as gz, tarfile.open(fileobj=gz, mode="w|") as tar:
@@ -221,12 +221,22 @@ def read_archive(path: Path, sink: IO[bytes] | None = None) -> VerifiedArchive:
     try:
         with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
             meta = _read_members(gz, sink)  # type: ignore[arg-type]
+            _drain_padding(gz)  # reaching gzip's end checks its CRC and length
         return VerifiedArchive(meta, path.stat().st_size)
     except PermissionError:
         raise InvalidArgument(f"cannot read {path}: permission denied") from None
     except (EOFError, zlib.error, gzip.BadGzipFile, tarfile.TarError) as exc:
         reason = exc or "unexpected end of data"
         raise ArchiveError(f"{path.name} is corrupt or truncated: {reason}") from None
+
+
+def _drain_padding(gz: IO[bytes]) -> None:
+    """After tar's end marker only zero padding may follow, and not much of it."""
+    seen = 0
+    while chunk := gz.read(CHUNK):
+        seen += len(chunk)
+        if chunk.count(0) != len(chunk) or seen > 16 * CHUNK:
+            raise ArchiveError("unexpected data after the end of the archive")
 
 
 def _read_members(gz: IO[bytes], sink: IO[bytes] | None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from jaco import __version__
-from jaco.archive import read_archive
+from jaco.archive import check_version, read_archive
 from jaco.backup import DEFAULT_TIMEOUT, take_backup
 from jaco.bootstrap import Ports, default_advertise_host, init_cluster, join_cluster
 from jaco.client import Client, open_client
@@ -105,6 +105,11 @@ def operator_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
+        except OSError as exc:  # the filesystem refused: say what and where, no traceback
+            where = f": {exc.filename}" if exc.filename else ""
+            err.print(f"[red]error:[/red] {exc.strerror or exc}{where}", highlight=False,
+                      soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -596,11 +601,15 @@ def backup_inspect(
     archive: Annotated[Path, typer.Argument(help="A jaco backup archive (.tar.gz).")],
     as_json: AsJson = False,
 ) -> None:
-    """Verify an archive (structure, meta.json, snapshot checksum) and show what it holds."""
+    """Verify an archive (structure, meta.json, snapshot checksum) and show what it holds.
+
+    Exits non-zero if the archive is damaged, or intact but from another major version.
+    """
     verified = read_archive(archive)
     meta = verified.meta
     if as_json:
-        return _print_json({**meta, "archive_size": verified.archive_size, "verified": True})
+        _print_json({**meta, "archive_size": verified.archive_size, "verified": True})
+        return check_version(meta)
     table = Table(title=f"{archive.name}: verified", show_header=False)
     for key in (
         "cluster_id",
@@ -617,6 +626,7 @@ def backup_inspect(
         table.add_row(key, str(meta[key]))
     table.add_row("records", ", ".join(f"{k}={v}" for k, v in meta["counts"].items()))
     out.print(table)
+    check_version(meta)  # intact, but can this jaco restore it?
 
 
 @app.command("restore")

@@ -1,0 +1,66 @@
+"""A byte-level TCP proxy on loopback that can cut or slow a connection: real network faults.
+
+TLS passes through untouched (the proxy never sees plaintext); the client sees exactly what it
+would see if the server died or the network stalled mid-stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+
+class FaultyProxy:
+    def __init__(self, target_port: int, cut_after: int | None = None,
+                 delay_per_chunk: float = 0.0) -> None:
+        self.target_port = target_port
+        self.cut_after = cut_after  # bytes from server to client before the connection drops
+        self.delay = delay_per_chunk
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.cuts = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
+        passed = 0
+        try:
+            while chunk := src.recv(65536):
+                if downstream and self.delay:
+                    time.sleep(self.delay)
+                if downstream and self.cut_after is not None and passed + len(chunk) > self.cut_after:
+                    self.cuts += 1
+                    dst.sendall(chunk[: self.cut_after - passed])
+                    break
+                dst.sendall(chunk)
+                passed += len(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                    s.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()

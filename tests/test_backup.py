@@ -1,0 +1,141 @@
+"""`jaco backup` failure modes: nothing ever lands under the final name, and the CLI says why.
+
+The network faults come from a real TCP proxy that cuts or stalls the connection; the full
+and read-only disks are real tmpfs mounts (the suite runs as root, as CI does).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jaco.client import open_client
+from jaco.v1 import jaco_pb2 as pb
+from infra.localcluster import JACO, Cluster, cluster_of, wait_for
+from tests.netfaults import FaultyProxy
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One node holding ~2 MiB of incompressible state, so a backup takes several chunks."""
+    with cluster_of(tmp_path_factory.mktemp("big"), 1) as cluster:
+        with open_client(cluster.nodes["node-1"].server, cluster.token) as client:
+            for i in range(3):
+                blob = base64.b64encode(os.urandom(600_000)).decode()
+                client.call("Deploy", pb.DeployRequest(name=f"bulk{i}", image="x:1",
+                                                       env={"BLOB": blob}))
+        yield cluster
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def _no_archive_left(directory: Path) -> None:
+    assert [p.name for p in directory.iterdir() if p.name != "lost+found"] == []
+
+
+def _events(cluster: Cluster) -> int:
+    return len(cluster.ok("audit", "--type", "BACKUP_TAKEN", "--json").out.splitlines())
+
+
+def test_backup_writes_private_archive_and_records_event(big: Cluster, tmp_path: Path) -> None:
+    before = _events(big)
+    out = tmp_path / "ok.tar.gz"
+    result = big.ok("backup", "--output", str(out))
+    assert result.out.startswith(f"Wrote {out.stat().st_size} bytes to ok.tar.gz")
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert out.stat().st_size > 1_500_000
+    assert _events(big) == before + 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ok.tar.gz"]
+
+
+def test_server_dying_mid_stream_leaves_no_file(big: Cluster, tmp_path: Path) -> None:
+    proxy = FaultyProxy(big.nodes["node-1"].api_port, cut_after=300_000)
+    try:
+        result = big.jaco("backup", "--output", str(tmp_path / "cut.tar.gz"),
+                          server=proxy.address)
+    finally:
+        proxy.close()
+    assert proxy.cuts >= 1
+    assert result.code != 0 and "Traceback" not in result.err
+    assert "unavailable" in result.err.lower() or "connection" in result.err.lower()
+    _no_archive_left(tmp_path)
+
+
+def test_deadline_leaves_no_file(big: Cluster, tmp_path: Path) -> None:
+    proxy = FaultyProxy(big.nodes["node-1"].api_port, delay_per_chunk=0.05)
+    try:
+        result = big.jaco("backup", "--output", str(tmp_path / "slow.tar.gz"), "--timeout", "1.5",
+                          server=proxy.address)
+    finally:
+        proxy.close()
+    assert result.code != 0
+    assert "did not answer in time" in result.err or "Deadline" in result.err
+    _no_archive_left(tmp_path)
+
+
+def test_ctrl_c_leaves_no_file(big: Cluster, tmp_path: Path) -> None:
+    proxy = FaultyProxy(big.nodes["node-1"].api_port, delay_per_chunk=0.05)
+    env = {**os.environ, "JACO_TOKEN": big.token, "JACO_SERVER": proxy.address}
+    try:
+        proc = subprocess.Popen([JACO, "backup", "--output", str(tmp_path / "int.tar.gz")],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        wait_for(lambda: any(p.name.startswith(".int.tar.gz.partial") for p in tmp_path.iterdir()),
+                 30, "the backup to start writing")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proxy.close()
+    assert proc.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    _no_archive_left(tmp_path)
+
+
+def test_full_disk_leaves_no_file(big: Cluster, tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "small", "size=256k") as small:
+        result = big.jaco("backup", "--output", str(small / "full.tar.gz"))
+        assert result.code != 0 and "Traceback" not in result.err
+        assert "is full; nothing was written" in result.err
+        _no_archive_left(small)
+
+
+def test_unwritable_or_missing_output_dir(big: Cluster, tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
+        result = big.jaco("backup", "--output", str(ro / "x.tar.gz"))
+        assert result.code != 0
+        assert "cannot write to" in result.err and "Traceback" not in result.err
+    result = big.jaco("backup", "--output", str(tmp_path / "nope" / "x.tar.gz"))
+    assert result.code != 0 and "does not exist" in result.err
+    result = big.jaco("backup", "--output", str(tmp_path))
+    assert result.code != 0 and "is a directory" in result.err
+
+
+def test_bad_tokens_get_no_backup(big: Cluster, tmp_path: Path) -> None:
+    before = _events(big)
+    viewer = big.ok("token", "create", "--role", "viewer").out.strip().splitlines()[-1]
+    result = big.jaco("backup", "--output", str(tmp_path / "v.tar.gz"), token=viewer)
+    assert result.code != 0 and "is read-only" in result.err
+    doomed = big.ok("token", "create").out.strip().splitlines()[-1]
+    big.ok("token", "revoke", doomed.split(".")[3])
+    result = big.jaco("backup", "--output", str(tmp_path / "r.tar.gz"), token=doomed)
+    assert result.code != 0 and "has been revoked" in result.err
+    forged = doomed[: doomed.rindex(".") + 1] + "B" * 43
+    result = big.jaco("backup", "--output", str(tmp_path / "f.tar.gz"), token=forged)
+    assert result.code != 0 and "not valid for this cluster" in result.err
+    _no_archive_left(tmp_path)
+    assert _events(big) == before

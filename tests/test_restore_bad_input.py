@@ -1,0 +1,198 @@
+"""`jaco restore` and `jaco backup inspect` against hostile and broken archives.
+
+Each case: a one-line error naming the problem, exit code != 0, no traceback, and the data
+dir exactly as it was (an empty directory stays empty; a missing one is not created).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.localcluster import JACO, Cluster, Node, cluster_of, run
+from tests import archives as A
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Path]]:
+    root = tmp_path_factory.mktemp("source")
+    with cluster_of(root, 1) as cluster:
+        cluster.ok("deploy", "web", "--image", "nginx:1", "--replicas", "2")
+        archive = root / "good.tar.gz"
+        cluster.ok("backup", "--output", str(archive))
+        yield cluster, archive
+
+
+def _meta_variant(change: Callable[[dict], None]) -> Callable[[Path, Path], Path]:  # type: ignore[type-arg]
+    def make(good: Path, out: Path) -> Path:
+        meta, snap = A.members(good)
+        change(meta)
+        return A.build(out, [A.regular("meta.json", A.meta_bytes(meta)),
+                             A.regular("snapshot.bin", snap)])
+
+    return make
+
+
+def _truncated(good: Path, out: Path) -> Path:
+    data = good.read_bytes()
+    out.write_bytes(data[: len(data) // 2])
+    return out
+
+
+def _flip_compressed(good: Path, out: Path) -> Path:
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    out.write_bytes(bytes(data))
+    return out
+
+
+def _flip_snapshot(good: Path, out: Path) -> Path:
+    meta, snap = A.members(good)
+    flipped = bytearray(snap)
+    flipped[len(flipped) // 3] ^= 0x01
+    return A.build(out, [A.regular("meta.json", A.meta_bytes(meta)),
+                         A.regular("snapshot.bin", bytes(flipped))])
+
+
+def _with_entries(extra: Callable[[dict, bytes], list]) -> Callable[[Path, Path], Path]:  # type: ignore[type-arg]
+    def make(good: Path, out: Path) -> Path:
+        meta, snap = A.members(good)
+        return A.build(out, extra(meta, snap))
+
+    return make
+
+
+def _not_gzip(good: Path, out: Path) -> Path:
+    out.write_bytes(b"this is not an archive\n")
+    return out
+
+
+def _wrong_digest(meta: dict) -> None:  # type: ignore[type-arg]
+    meta["state_digest"] = "0" * 64
+
+
+CASES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
+    ("truncated gzip", _truncated, "is corrupt or truncated"),
+    # Depending on where it lands, the flip breaks inflate, the gzip CRC or the snapshot hash.
+    ("flipped byte in the compressed stream", _flip_compressed,
+     "is corrupt or truncated|does not match the SHA-256"),
+    ("data appended after the archive", lambda g, o: (o.write_bytes(g.read_bytes() + b"junk"), o)[1],
+     "is corrupt or truncated|unexpected data after the end"),
+    ("flipped byte in snapshot.bin", _flip_snapshot, "does not match the SHA-256"),
+    ("not gzip at all", _not_gzip, "is corrupt or truncated"),
+    ("meta.json missing a field", _meta_variant(lambda m: m.pop("snapshot_index")),
+     "lacks the field 'snapshot_index'"),
+    ("meta.json wrong type", _meta_variant(lambda m: m.update(snapshot_index="7")),
+     "field 'snapshot_index' has the wrong type"),
+    ("meta.json not JSON", _with_entries(lambda m, s: [A.regular("meta.json", b"{nope"),
+                                                       A.regular("snapshot.bin", s)]),
+     "meta.json is not valid JSON"),
+    ("another major version", _meta_variant(lambda m: m.update(jaco_version="2.0.0")),
+     "restore needs the same major version"),
+    ("unknown format", _meta_variant(lambda m: m.update(format=9)), "format 9 is not supported"),
+    ("state digest not matching content", _meta_variant(_wrong_digest),
+     "does not hold exactly what was backed up"),
+    ("an extra member", _with_entries(lambda m, s: [A.regular("meta.json", A.meta_bytes(m)),
+                                                    A.regular("snapshot.bin", s),
+                                                    A.regular("extra.sh", b"rm -rf /")]),
+     "unexpected member 'extra.sh'"),
+    ("a missing member", _with_entries(lambda m, s: [A.regular("meta.json", A.meta_bytes(m))]),
+     "the archive lacks snapshot.bin"),
+    ("snapshot before meta", _with_entries(lambda m, s: [A.regular("snapshot.bin", s),
+                                                         A.regular("meta.json", A.meta_bytes(m))]),
+     "snapshot.bin comes before meta.json"),
+    ("a member named ../x", _with_entries(lambda m, s: [A.regular("meta.json", A.meta_bytes(m)),
+                                                        A.regular("../x", b"owned")]),
+     "unexpected member '../x'"),
+    ("an absolute member", _with_entries(lambda m, s: [A.regular("/etc/cron.d/x", b"owned")]),
+     "unexpected member '/etc/cron.d/x'"),
+    ("a symlink member", _with_entries(lambda m, s: [
+        A.regular("meta.json", A.meta_bytes(m)),
+        A.special("snapshot.bin", tarfile.SYMTYPE, "/etc/shadow")]),
+     "member 'snapshot.bin' is not a regular file"),
+    ("a device member", _with_entries(lambda m, s: [
+        A.regular("meta.json", A.meta_bytes(m)), A.special("snapshot.bin", tarfile.CHRTYPE)]),
+     "member 'snapshot.bin' is not a regular file"),
+    ("a member claiming a huge size", _with_entries(lambda m, s: [
+        A.regular("meta.json", A.meta_bytes(m)),
+        A.regular("snapshot.bin", s, size=2**40)]),
+     "meta.json says"),
+    ("a huge meta.json", _with_entries(lambda m, s: [A.regular("meta.json", b" " * (2 << 20))]),
+     "meta.json is larger than any real one"),
+]
+
+
+def _restore(node: Node, archive: Path) -> tuple[int, str]:
+    result = run([JACO, "restore", "--input", str(archive), "--name", node.name,
+                  *node.port_flags()], timeout=120)
+    assert "Traceback" not in result.err + result.out
+    return result.code, result.err
+
+
+@pytest.mark.parametrize(("label", "make", "message"), CASES, ids=[c[0] for c in CASES])
+def test_restore_refuses_bad_archive(source: tuple[Cluster, Path], tmp_path: Path, label: str,
+                                     make: Callable[[Path, Path], Path], message: str) -> None:
+    _, good = source
+    bad = make(good, tmp_path / "bad.tar.gz")
+    digest = hashlib.sha256(bad.read_bytes()).hexdigest()
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    node = Node("r1", data_dir)
+    code, err = _restore(node, bad)
+    assert code != 0
+    assert re.search(message, err), err
+    assert list(data_dir.iterdir()) == [], "restore left something in the data dir"
+    assert hashlib.sha256(bad.read_bytes()).hexdigest() == digest
+    if label != "state digest not matching content":  # only a restore can compare the digest
+        inspect = run([JACO, "backup", "inspect", str(bad)])
+        assert inspect.code != 0 and re.search(message, inspect.err)
+
+
+def test_inspect_prints_verified_meta(source: tuple[Cluster, Path]) -> None:
+    _, good = source
+    meta, _ = A.members(good)
+    result = run([JACO, "backup", "inspect", str(good), "--json"])
+    assert result.code == 0, result.err
+    shown = result.json()
+    assert shown["verified"] is True
+    for key in ("cluster_id", "snapshot_index", "snapshot_term", "jaco_version", "taken_at",
+                "leader_at_snapshot", "snapshot_sha256", "state_digest", "counts"):
+        assert shown[key] == meta[key]
+    assert shown["counts"]["deployments"] == 1 and shown["counts"]["replicas"] == 2
+
+
+def test_restore_refuses_missing_or_directory_input(tmp_path: Path) -> None:
+    node = Node("r1", tmp_path / "data")
+    code, err = _restore(node, tmp_path / "nope.tar.gz")
+    assert code != 0 and "nope.tar.gz does not exist" in err
+    code, err = _restore(node, tmp_path)
+    assert code != 0 and "is not a regular file" in err
+    assert not node.data_dir.exists()
+
+
+def test_restore_refuses_non_empty_data_dir(source: tuple[Cluster, Path], tmp_path: Path) -> None:
+    _, good = source
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    keep = data_dir / "precious"
+    keep.write_text("do not touch")
+    code, err = _restore(Node("r1", data_dir), good)
+    assert code != 0 and "is not empty; refusing to overwrite it" in err
+    assert [p.name for p in data_dir.iterdir()] == ["precious"]
+    assert keep.read_text() == "do not touch"
+
+
+def test_restore_refuses_running_daemon(source: tuple[Cluster, Path]) -> None:
+    cluster, good = source
+    node = cluster.nodes["node-1"]
+    before = sorted(os.listdir(node.data_dir))
+    code, err = _restore(Node("node-1", node.data_dir), good)
+    assert code != 0 and "jacod is running on" in err
+    assert sorted(os.listdir(node.data_dir)) == before
+    assert cluster.ok("status", "--json").json()["deployments"][0]["name"] == "web"
