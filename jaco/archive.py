@@ -221,7 +221,7 @@ def read_archive(path: Path, sink: IO[bytes] | None = None) -> VerifiedArchive:
     try:
         with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
             meta = _read_members(gz, sink)  # type: ignore[arg-type]
-            _drain_padding(gz)  # reaching gzip's end checks its CRC and length
+            _drain_padding(gz)  # type: ignore[arg-type]  # reaching gzip's end checks its CRC and length
         return VerifiedArchive(meta, path.stat().st_size)
     except PermissionError:
         raise InvalidArgument(f"cannot read {path}: permission denied") from None

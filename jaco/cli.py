@@ -107,8 +107,9 @@ def operator_errors(fn: F) -> F:
             raise typer.Exit(130) from None
         except OSError as exc:  # the filesystem refused: say what and where, no traceback
             where = f": {exc.filename}" if exc.filename else ""
-            err.print(f"[red]error:[/red] {exc.strerror or exc}{where}", highlight=False,
-                      soft_wrap=True)
+            err.print(
+                f"[red]error:[/red] {exc.strerror or exc}{where}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -565,6 +566,7 @@ def backup(
         raise InvalidArgument("--output FILE is required (or use `jaco backup inspect FILE`)")
     if output.is_dir():
         raise InvalidArgument(f"--output {output} is a directory; name the archive file")
+    shown = str(output)
     output = output.absolute()
     with _client(server) as client, _progress() as bar:
         task = bar.add_task("snapshot", total=None)
@@ -575,9 +577,11 @@ def backup(
             on_meta=lambda meta: bar.update(task, total=meta["snapshot_size"]),
             progress=lambda n: bar.advance(task, n),
         )
-    out.print(
-        f"Wrote {result.size} bytes to {output.name}"
-        f" (snapshot index {result.meta['snapshot_index']})",
+    out.print(f"Wrote {result.size} bytes to {shown}", highlight=False, soft_wrap=True)
+    meta = result.meta
+    err.print(
+        f"snapshot index {meta['snapshot_index']}, term {meta['snapshot_term']}, "
+        f"leader {meta['leader_at_snapshot']}, cluster {meta['cluster_id']}",
         highlight=False,
     )
 

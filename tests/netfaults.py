@@ -13,8 +13,9 @@ import time
 
 
 class FaultyProxy:
-    def __init__(self, target_port: int, cut_after: int | None = None,
-                 delay_per_chunk: float = 0.0) -> None:
+    def __init__(
+        self, target_port: int, cut_after: int | None = None, delay_per_chunk: float = 0.0
+    ) -> None:
         self.target_port = target_port
         self.cut_after = cut_after  # bytes from server to client before the connection drops
         self.delay = delay_per_chunk
@@ -47,9 +48,10 @@ class FaultyProxy:
             while chunk := src.recv(65536):
                 if downstream and self.delay:
                     time.sleep(self.delay)
-                if downstream and self.cut_after is not None and passed + len(chunk) > self.cut_after:
+                cut = self.cut_after if downstream else None
+                if cut is not None and passed + len(chunk) > cut:
                     self.cuts += 1
-                    dst.sendall(chunk[: self.cut_after - passed])
+                    dst.sendall(chunk[: cut - passed])
                     break
                 dst.sendall(chunk)
                 passed += len(chunk)

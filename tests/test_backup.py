@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from infra.localcluster import JACO, Cluster, cluster_of, wait_for
 from jaco.client import open_client
 from jaco.v1 import jaco_pb2 as pb
-from infra.localcluster import JACO, Cluster, cluster_of, wait_for
 from tests.netfaults import FaultyProxy
 
 
@@ -29,8 +29,9 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         with open_client(cluster.nodes["node-1"].server, cluster.token) as client:
             for i in range(3):
                 blob = base64.b64encode(os.urandom(600_000)).decode()
-                client.call("Deploy", pb.DeployRequest(name=f"bulk{i}", image="x:1",
-                                                       env={"BLOB": blob}))
+                client.call(
+                    "Deploy", pb.DeployRequest(name=f"bulk{i}", image="x:1", env={"BLOB": blob})
+                )
         yield cluster
 
 
@@ -56,7 +57,8 @@ def test_backup_writes_private_archive_and_records_event(big: Cluster, tmp_path:
     before = _events(big)
     out = tmp_path / "ok.tar.gz"
     result = big.ok("backup", "--output", str(out))
-    assert result.out.startswith(f"Wrote {out.stat().st_size} bytes to ok.tar.gz")
+    assert result.out.strip() == f"Wrote {out.stat().st_size} bytes to {out}"
+    assert "snapshot index" in result.err
     assert out.stat().st_mode & 0o777 == 0o600
     assert out.stat().st_size > 1_500_000
     assert _events(big) == before + 1
@@ -66,8 +68,7 @@ def test_backup_writes_private_archive_and_records_event(big: Cluster, tmp_path:
 def test_server_dying_mid_stream_leaves_no_file(big: Cluster, tmp_path: Path) -> None:
     proxy = FaultyProxy(big.nodes["node-1"].api_port, cut_after=300_000)
     try:
-        result = big.jaco("backup", "--output", str(tmp_path / "cut.tar.gz"),
-                          server=proxy.address)
+        result = big.jaco("backup", "--output", str(tmp_path / "cut.tar.gz"), server=proxy.address)
     finally:
         proxy.close()
     assert proxy.cuts >= 1
@@ -79,8 +80,14 @@ def test_server_dying_mid_stream_leaves_no_file(big: Cluster, tmp_path: Path) ->
 def test_deadline_leaves_no_file(big: Cluster, tmp_path: Path) -> None:
     proxy = FaultyProxy(big.nodes["node-1"].api_port, delay_per_chunk=0.05)
     try:
-        result = big.jaco("backup", "--output", str(tmp_path / "slow.tar.gz"), "--timeout", "1.5",
-                          server=proxy.address)
+        result = big.jaco(
+            "backup",
+            "--output",
+            str(tmp_path / "slow.tar.gz"),
+            "--timeout",
+            "1.5",
+            server=proxy.address,
+        )
     finally:
         proxy.close()
     assert result.code != 0
@@ -92,11 +99,18 @@ def test_ctrl_c_leaves_no_file(big: Cluster, tmp_path: Path) -> None:
     proxy = FaultyProxy(big.nodes["node-1"].api_port, delay_per_chunk=0.05)
     env = {**os.environ, "JACO_TOKEN": big.token, "JACO_SERVER": proxy.address}
     try:
-        proc = subprocess.Popen([JACO, "backup", "--output", str(tmp_path / "int.tar.gz")],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-        wait_for(lambda: any(p.name.startswith(".int.tar.gz.partial") for p in tmp_path.iterdir()),
-                 30, "the backup to start writing")
+        proc = subprocess.Popen(
+            [JACO, "backup", "--output", str(tmp_path / "int.tar.gz")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(
+            lambda: any(p.name.startswith(".int.tar.gz.partial") for p in tmp_path.iterdir()),
+            30,
+            "the backup to start writing",
+        )
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     finally:

@@ -14,8 +14,9 @@ from tests.archives import members
 
 def restore_into(cluster: Cluster, archive: Path, name: str) -> tuple[Node, str]:
     node = cluster.new_node(name)
-    result = run([JACO, "restore", "--input", str(archive), "--name", name, *node.port_flags()],
-                 timeout=180)
+    result = run(
+        [JACO, "restore", "--input", str(archive), "--name", name, *node.port_flags()], timeout=180
+    )
     assert result.code == 0, result.err
     return node, result.out
 
@@ -36,16 +37,19 @@ def test_seed_drill_backup_restore_rejoin(tmp_path: Path) -> None:
 
         archive = tmp_path / "cluster-2026-05-25.tar.gz"
         out = prod.ok("backup", "--output", str(archive), server=follower.server).out
-        assert f"to {archive.name}" in out and out.startswith(f"Wrote {archive.stat().st_size} ")
+        assert out.strip() == f"Wrote {archive.stat().st_size} bytes to {archive}"
         assert archive.stat().st_mode & 0o777 == 0o600
         meta, _ = members(archive)
         assert meta["leader_at_snapshot"] == prod.leader().name
-        taken = [json.loads(x) for x in prod.ok("audit", "--type", "BACKUP_TAKEN", "--json")
-                 .out.splitlines()]
+        taken = [
+            json.loads(x)
+            for x in prod.ok("audit", "--type", "BACKUP_TAKEN", "--json").out.splitlines()
+        ]
         assert [e["detail"]["snapshot_index"] for e in taken] == [meta["snapshot_index"]]
         # GNU tar is an independent reader of the archive.
-        listing = subprocess.run(["tar", "tzf", str(archive)], capture_output=True, text=True,
-                                 check=True).stdout.split()
+        listing = subprocess.run(
+            ["tar", "tzf", str(archive)], capture_output=True, text=True, check=True
+        ).stdout.split()
         assert listing == ["meta.json", "snapshot.bin"]
 
     # A separate "host": nothing of prod is running any more.

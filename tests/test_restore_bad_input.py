@@ -33,8 +33,9 @@ def _meta_variant(change: Callable[[dict], None]) -> Callable[[Path, Path], Path
     def make(good: Path, out: Path) -> Path:
         meta, snap = A.members(good)
         change(meta)
-        return A.build(out, [A.regular("meta.json", A.meta_bytes(meta)),
-                             A.regular("snapshot.bin", snap)])
+        return A.build(
+            out, [A.regular("meta.json", A.meta_bytes(meta)), A.regular("snapshot.bin", snap)]
+        )
 
     return make
 
@@ -56,8 +57,9 @@ def _flip_snapshot(good: Path, out: Path) -> Path:
     meta, snap = A.members(good)
     flipped = bytearray(snap)
     flipped[len(flipped) // 3] ^= 0x01
-    return A.build(out, [A.regular("meta.json", A.meta_bytes(meta)),
-                         A.regular("snapshot.bin", bytes(flipped))])
+    return A.build(
+        out, [A.regular("meta.json", A.meta_bytes(meta)), A.regular("snapshot.bin", bytes(flipped))]
+    )
 
 
 def _with_entries(extra: Callable[[dict, bytes], list]) -> Callable[[Path, Path], Path]:  # type: ignore[type-arg]
@@ -66,6 +68,11 @@ def _with_entries(extra: Callable[[dict, bytes], list]) -> Callable[[Path, Path]
         return A.build(out, extra(meta, snap))
 
     return make
+
+
+def _appended(good: Path, out: Path) -> Path:
+    out.write_bytes(good.read_bytes() + b"junk")
+    return out
 
 
 def _not_gzip(good: Path, out: Path) -> Path:
@@ -80,64 +87,136 @@ def _wrong_digest(meta: dict) -> None:  # type: ignore[type-arg]
 CASES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
     ("truncated gzip", _truncated, "is corrupt or truncated"),
     # Depending on where it lands, the flip breaks inflate, the gzip CRC or the snapshot hash.
-    ("flipped byte in the compressed stream", _flip_compressed,
-     "is corrupt or truncated|does not match the SHA-256"),
-    ("data appended after the archive", lambda g, o: (o.write_bytes(g.read_bytes() + b"junk"), o)[1],
-     "is corrupt or truncated|unexpected data after the end"),
+    (
+        "flipped byte in the compressed stream",
+        _flip_compressed,
+        "is corrupt or truncated|does not match the SHA-256",
+    ),
+    (
+        "data appended after the archive",
+        lambda g, o: (o.write_bytes(g.read_bytes() + b"junk"), o)[1],
+        "is corrupt or truncated|unexpected data after the end",
+    ),
     ("flipped byte in snapshot.bin", _flip_snapshot, "does not match the SHA-256"),
     ("not gzip at all", _not_gzip, "is corrupt or truncated"),
-    ("meta.json missing a field", _meta_variant(lambda m: m.pop("snapshot_index")),
-     "lacks the field 'snapshot_index'"),
-    ("meta.json wrong type", _meta_variant(lambda m: m.update(snapshot_index="7")),
-     "field 'snapshot_index' has the wrong type"),
-    ("meta.json not JSON", _with_entries(lambda m, s: [A.regular("meta.json", b"{nope"),
-                                                       A.regular("snapshot.bin", s)]),
-     "meta.json is not valid JSON"),
-    ("another major version", _meta_variant(lambda m: m.update(jaco_version="2.0.0")),
-     "restore needs the same major version"),
+    (
+        "meta.json missing a field",
+        _meta_variant(lambda m: m.pop("snapshot_index")),
+        "lacks the field 'snapshot_index'",
+    ),
+    (
+        "meta.json wrong type",
+        _meta_variant(lambda m: m.update(snapshot_index="7")),
+        "field 'snapshot_index' has the wrong type",
+    ),
+    (
+        "meta.json not JSON",
+        _with_entries(
+            lambda m, s: [A.regular("meta.json", b"{nope"), A.regular("snapshot.bin", s)]
+        ),
+        "meta.json is not valid JSON",
+    ),
+    (
+        "another major version",
+        _meta_variant(lambda m: m.update(jaco_version="2.0.0")),
+        "restore needs the same major version",
+    ),
     ("unknown format", _meta_variant(lambda m: m.update(format=9)), "format 9 is not supported"),
-    ("state digest not matching content", _meta_variant(_wrong_digest),
-     "does not hold exactly what was backed up"),
-    ("an extra member", _with_entries(lambda m, s: [A.regular("meta.json", A.meta_bytes(m)),
-                                                    A.regular("snapshot.bin", s),
-                                                    A.regular("extra.sh", b"rm -rf /")]),
-     "unexpected member 'extra.sh'"),
-    ("a missing member", _with_entries(lambda m, s: [A.regular("meta.json", A.meta_bytes(m))]),
-     "the archive lacks snapshot.bin"),
-    ("snapshot before meta", _with_entries(lambda m, s: [A.regular("snapshot.bin", s),
-                                                         A.regular("meta.json", A.meta_bytes(m))]),
-     "snapshot.bin comes before meta.json"),
-    ("a member named ../x", _with_entries(lambda m, s: [A.regular("meta.json", A.meta_bytes(m)),
-                                                        A.regular("../x", b"owned")]),
-     "unexpected member '../x'"),
-    ("an absolute member", _with_entries(lambda m, s: [A.regular("/etc/cron.d/x", b"owned")]),
-     "unexpected member '/etc/cron.d/x'"),
-    ("a symlink member", _with_entries(lambda m, s: [
-        A.regular("meta.json", A.meta_bytes(m)),
-        A.special("snapshot.bin", tarfile.SYMTYPE, "/etc/shadow")]),
-     "member 'snapshot.bin' is not a regular file"),
-    ("a device member", _with_entries(lambda m, s: [
-        A.regular("meta.json", A.meta_bytes(m)), A.special("snapshot.bin", tarfile.CHRTYPE)]),
-     "member 'snapshot.bin' is not a regular file"),
-    ("a member claiming a huge size", _with_entries(lambda m, s: [
-        A.regular("meta.json", A.meta_bytes(m)),
-        A.regular("snapshot.bin", s, size=2**40)]),
-     "meta.json says"),
-    ("a huge meta.json", _with_entries(lambda m, s: [A.regular("meta.json", b" " * (2 << 20))]),
-     "meta.json is larger than any real one"),
+    (
+        "state digest not matching content",
+        _meta_variant(_wrong_digest),
+        "does not hold exactly what was backed up",
+    ),
+    (
+        "an extra member",
+        _with_entries(
+            lambda m, s: [
+                A.regular("meta.json", A.meta_bytes(m)),
+                A.regular("snapshot.bin", s),
+                A.regular("extra.sh", b"rm -rf /"),
+            ]
+        ),
+        "unexpected member 'extra.sh'",
+    ),
+    (
+        "a missing member",
+        _with_entries(lambda m, s: [A.regular("meta.json", A.meta_bytes(m))]),
+        "the archive lacks snapshot.bin",
+    ),
+    (
+        "snapshot before meta",
+        _with_entries(
+            lambda m, s: [A.regular("snapshot.bin", s), A.regular("meta.json", A.meta_bytes(m))]
+        ),
+        "snapshot.bin comes before meta.json",
+    ),
+    (
+        "a member named ../x",
+        _with_entries(
+            lambda m, s: [A.regular("meta.json", A.meta_bytes(m)), A.regular("../x", b"owned")]
+        ),
+        "unexpected member '../x'",
+    ),
+    (
+        "an absolute member",
+        _with_entries(lambda m, s: [A.regular("/etc/cron.d/x", b"owned")]),
+        "unexpected member '/etc/cron.d/x'",
+    ),
+    (
+        "a symlink member",
+        _with_entries(
+            lambda m, s: [
+                A.regular("meta.json", A.meta_bytes(m)),
+                A.special("snapshot.bin", tarfile.SYMTYPE, "/etc/shadow"),
+            ]
+        ),
+        "member 'snapshot.bin' is not a regular file",
+    ),
+    (
+        "a device member",
+        _with_entries(
+            lambda m, s: [
+                A.regular("meta.json", A.meta_bytes(m)),
+                A.special("snapshot.bin", tarfile.CHRTYPE),
+            ]
+        ),
+        "member 'snapshot.bin' is not a regular file",
+    ),
+    (
+        "a member claiming a huge size",
+        _with_entries(
+            lambda m, s: [
+                A.regular("meta.json", A.meta_bytes(m)),
+                A.regular("snapshot.bin", s, size=2**40),
+            ]
+        ),
+        "meta.json says",
+    ),
+    (
+        "a huge meta.json",
+        _with_entries(lambda m, s: [A.regular("meta.json", b" " * (2 << 20))]),
+        "meta.json is larger than any real one",
+    ),
 ]
 
 
 def _restore(node: Node, archive: Path) -> tuple[int, str]:
-    result = run([JACO, "restore", "--input", str(archive), "--name", node.name,
-                  *node.port_flags()], timeout=120)
+    result = run(
+        [JACO, "restore", "--input", str(archive), "--name", node.name, *node.port_flags()],
+        timeout=120,
+    )
     assert "Traceback" not in result.err + result.out
     return result.code, result.err
 
 
 @pytest.mark.parametrize(("label", "make", "message"), CASES, ids=[c[0] for c in CASES])
-def test_restore_refuses_bad_archive(source: tuple[Cluster, Path], tmp_path: Path, label: str,
-                                     make: Callable[[Path, Path], Path], message: str) -> None:
+def test_restore_refuses_bad_archive(
+    source: tuple[Cluster, Path],
+    tmp_path: Path,
+    label: str,
+    make: Callable[[Path, Path], Path],
+    message: str,
+) -> None:
     _, good = source
     bad = make(good, tmp_path / "bad.tar.gz")
     digest = hashlib.sha256(bad.read_bytes()).hexdigest()
@@ -161,8 +240,17 @@ def test_inspect_prints_verified_meta(source: tuple[Cluster, Path]) -> None:
     assert result.code == 0, result.err
     shown = result.json()
     assert shown["verified"] is True
-    for key in ("cluster_id", "snapshot_index", "snapshot_term", "jaco_version", "taken_at",
-                "leader_at_snapshot", "snapshot_sha256", "state_digest", "counts"):
+    for key in (
+        "cluster_id",
+        "snapshot_index",
+        "snapshot_term",
+        "jaco_version",
+        "taken_at",
+        "leader_at_snapshot",
+        "snapshot_sha256",
+        "state_digest",
+        "counts",
+    ):
         assert shown[key] == meta[key]
     assert shown["counts"]["deployments"] == 1 and shown["counts"]["replicas"] == 2
 
