@@ -14,10 +14,16 @@ import time
 
 class FaultyProxy:
     def __init__(
-        self, target_port: int, cut_after: int | None = None, delay_per_chunk: float = 0.0
+        self,
+        target_port: int,
+        cut_after: int | None = None,
+        delay_per_chunk: float = 0.0,
+        cut_upstream_once_after: int | None = None,
     ) -> None:
         self.target_port = target_port
         self.cut_after = cut_after  # bytes from server to client before the connection drops
+        # bytes from client to server before one connection (the first to get there) drops
+        self.cut_upstream_once_after = cut_upstream_once_after
         self.delay = delay_per_chunk
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -48,8 +54,10 @@ class FaultyProxy:
             while chunk := src.recv(65536):
                 if downstream and self.delay:
                     time.sleep(self.delay)
-                cut = self.cut_after if downstream else None
+                cut = self.cut_after if downstream else self.cut_upstream_once_after
                 if cut is not None and passed + len(chunk) > cut:
+                    if not downstream:
+                        self.cut_upstream_once_after = None
                     self.cuts += 1
                     dst.sendall(chunk[: cut - passed])
                     break

@@ -1,0 +1,58 @@
+"""Which backups to keep: the last N, plus grandfather-father-son (daily, weekly, monthly).
+
+Backups are identified by their key, `…/{YYYY}/{MM}/{DD}/cluster-{YYYY-MM-DD}-{index}.tar.gz.age`:
+the date and snapshot index order them. For each daily/weekly/monthly bucket the newest backup
+is kept. The newest verified backup is never deleted, nor are objects under object lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field
+
+KEY_RE = re.compile(r"cluster-(\d{4}-\d{2}-\d{2})-(\d+)\.tar\.gz\.age$")
+
+
+class RetentionPolicy(BaseModel):
+    keep_last: int = Field(7, ge=1, description="Always keep this many newest backups.")
+    daily: int = Field(7, ge=0, description="Keep the newest backup of each of the last N days.")
+    weekly: int = Field(4, ge=0, description="…of each of the last N ISO weeks.")
+    monthly: int = Field(12, ge=0, description="…of each of the last N months.")
+    dry_run: bool = Field(False, description="Report what would be deleted; delete nothing.")
+
+
+@dataclass(frozen=True)
+class Backup:
+    key: str
+    day: dt.date
+    index: int
+
+
+def parse_key(key: str) -> Backup | None:
+    match = KEY_RE.search(key)
+    if not match:
+        return None
+    return Backup(key, dt.date.fromisoformat(match.group(1)), int(match.group(2)))
+
+
+def to_keep(backups: list[Backup], policy: RetentionPolicy) -> set[str]:
+    ordered = sorted(backups, key=lambda b: (b.day, b.index), reverse=True)
+    keep = {b.key for b in ordered[: policy.keep_last]}
+    buckets = [
+        (policy.daily, lambda b: b.day),
+        (policy.weekly, lambda b: b.day.isocalendar()[:2]),
+        (policy.monthly, lambda b: (b.day.year, b.day.month)),
+    ]
+    for count, bucket_of in buckets:
+        seen: list[object] = []
+        for backup in ordered:  # newest first: the first of each bucket is its newest
+            bucket = bucket_of(backup)
+            if bucket not in seen:
+                if len(seen) == count:
+                    break
+                seen.append(bucket)
+                keep.add(backup.key)
+    return keep

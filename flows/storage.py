@@ -1,0 +1,222 @@
+"""Where encrypted backups are kept: one small interface, an S3 and a local-directory backend.
+
+Like restic's backends, the pipeline does not care where bytes go. Keys are '/'-separated;
+objects carry string metadata. S3 uses the standard AWS configuration unchanged (environment,
+profiles, `AWS_ENDPOINT_URL_S3` for S3-compatible stores) and multipart uploads with SHA-256
+checksums; an upload either completes whole or leaves nothing (s3transfer aborts the
+multipart upload on failure).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from flows.errors import StorageError
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    modified: dt.datetime
+    locked: bool = False
+
+
+class BackupStore(Protocol):
+    name: str
+
+    def put(self, key: str, path: Path, metadata: dict[str, str]) -> None: ...
+    def get(self, key: str, path: Path) -> dict[str, str]: ...
+    def delete(self, key: str) -> None: ...
+    def list(self, prefix: str) -> Iterator[StoredObject]: ...
+    def exists(self, key: str) -> bool: ...
+
+
+_PERMANENT_S3_CODES = {
+    "AccessDenied",
+    "NoSuchBucket",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccountProblem",
+    "InvalidBucketName",
+    "NoSuchKey",
+    "404",
+    "403",
+}
+
+
+def _s3_error(exc: Exception, what: str) -> StorageError:
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        message = exc.response.get("Error", {}).get("Message", "") or code
+        return StorageError(
+            f"S3 {what}: {code} {message}".strip(), permanent=code in _PERMANENT_S3_CODES
+        )
+    return StorageError(f"S3 {what}: {exc}")
+
+
+class S3Store:
+    def __init__(
+        self, bucket: str, connect_timeout: float = 5, read_timeout: float = 60, client: Any = None
+    ) -> None:
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.name = f"s3://{bucket}"
+        self.client = client or boto3.client(
+            "s3",
+            config=Config(
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
+        )
+        self.transfer = TransferConfig(
+            multipart_threshold=16 * MIB, multipart_chunksize=16 * MIB, max_concurrency=4
+        )
+
+    def put(self, key: str, path: Path, metadata: dict[str, str]) -> None:
+        try:
+            self.client.upload_file(
+                str(path),
+                self.bucket,
+                key,
+                Config=self.transfer,
+                ExtraArgs={
+                    "Metadata": metadata,
+                    "ChecksumAlgorithm": "SHA256",
+                    "ContentType": "application/octet-stream",
+                },
+            )
+        except Exception as exc:  # noqa: BLE001 - boto3 raises many types; classify them
+            raise _s3_error(exc, f"upload of {key}") from None
+
+    def get(self, key: str, path: Path) -> dict[str, str]:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+            self.client.download_file(self.bucket, key, str(path), Config=self.transfer)
+        except Exception as exc:  # noqa: BLE001
+            raise _s3_error(exc, f"download of {key}") from None
+        return dict(head.get("Metadata", {}))
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001
+            raise _s3_error(exc, f"delete of {key}") from None
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise _s3_error(exc, f"head of {key}") from None
+
+    def _locked(self, key: str) -> bool:
+        head = self.client.head_object(Bucket=self.bucket, Key=key)
+        until = head.get("ObjectLockRetainUntilDate")
+        if until is not None and until > dt.datetime.now(dt.UTC):
+            return True
+        return bool(head.get("ObjectLockLegalHoldStatus") == "ON")
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield StoredObject(
+                        obj["Key"], obj["Size"], obj["LastModified"], self._locked(obj["Key"])
+                    )
+        except StorageError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise _s3_error(exc, f"listing of {prefix}") from None
+
+
+class LocalStore:
+    """A directory with the same key layout; metadata in a sidecar `.meta` file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.name = str(root)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise StorageError(f"key {key!r} escapes {self.root}", permanent=True)
+        return path
+
+    def put(self, key: str, path: Path, metadata: dict[str, str]) -> None:
+        import json
+
+        target = self._path(key)
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.partial")
+        try:
+            shutil.copyfile(path, tmp)
+            os.chmod(tmp, 0o600)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            meta_path = target.with_name(target.name + ".meta")
+            meta_path.write_text(json.dumps(metadata, sort_keys=True))
+            os.chmod(meta_path, 0o600)
+            os.replace(tmp, target)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(
+                f"local copy to {target} failed: {exc.strerror}", permanent=exc.errno == 28
+            ) from None
+
+    def get(self, key: str, path: Path) -> dict[str, str]:
+        import json
+
+        source = self._path(key)
+        shutil.copyfile(source, path)
+        meta_path = source.with_name(source.name + ".meta")
+        return json.loads(meta_path.read_text()) if meta_path.exists() else {}
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".meta").unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        for path in sorted(self.root.rglob("*.age")):
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix):
+                stat = path.stat()
+                yield StoredObject(
+                    key, stat.st_size, dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC)
+                )
+
+
+def open_store(url: str) -> BackupStore:
+    """`s3://BUCKET` or `file:///DIR` (a plain path also means a directory)."""
+    if url.startswith("s3://"):
+        bucket = url[len("s3://") :].strip("/")
+        if not bucket or "/" in bucket:
+            raise StorageError(f"invalid S3 store {url!r}: use s3://BUCKET", permanent=True)
+        return S3Store(bucket)
+    path = url[len("file://") :] if url.startswith("file://") else url
+    return LocalStore(Path(path))

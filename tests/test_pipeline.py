@@ -1,0 +1,313 @@
+"""The backup-cluster flow against a real cluster, a real SeaweedFS and a real Prefect server.
+
+Nothing is mocked: the flow runs on `prefect_test_harness`, takes backups over TLS gRPC,
+encrypts with pyrage, uploads with boto3 to SeaweedFS, and the `age` CLI and GNU tar check
+the result independently. Network faults come from a real TCP proxy.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.backup import BackupParams, backup_cluster
+from flows.retention import RetentionPolicy
+from infra.localcluster import Cluster, cluster_of
+from infra.seaweed import SeaweedS3, running_seaweed
+from jaco.client import open_client
+from jaco.v1 import jaco_pb2 as pb
+from tests.netfaults import FaultyProxy
+
+BUCKET = "backups"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
+        server.create_bucket(BUCKET)
+        yield server
+
+
+def age_keygen(path: Path) -> str:
+    """A real age identity file; returns its recipient (public key)."""
+    subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
+    for line in path.read_text().splitlines():
+        if line.startswith("# public key: "):
+            return line.split(": ", 1)[1]
+    raise AssertionError("age-keygen wrote no public key")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("keys")
+    return {
+        "identity": root / "ops.key",
+        "recipient": age_keygen(root / "ops.key"),
+        "other": root / "other.key",
+        "other_recipient": age_keygen(root / "other.key"),
+    }
+
+
+@pytest.fixture
+def env(
+    monkeypatch: pytest.MonkeyPatch,
+    s3: SeaweedS3,
+    keys: dict[str, Any],
+    cluster3: Cluster,
+    prefect: None,
+) -> dict[str, Any]:
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("JACO_TOKEN", cluster3.token)
+    monkeypatch.setenv("JACO_AGE_IDENTITY_FILE", str(keys["identity"]))
+    return {"s3": s3, "keys": keys, "cluster": cluster3}
+
+
+def params(source: Cluster, keys: dict[str, Any], local: Path, **over: Any) -> BackupParams:
+    values: dict[str, Any] = {
+        "cluster": "prod",
+        "servers": [n.server for n in source.nodes.values()],
+        "bucket": BUCKET,
+        "prefix": "jaco",
+        "recipients": [keys["recipient"]],
+        "local_dir": str(local),
+        "retention": RetentionPolicy(keep_last=30),
+    }
+    values.update(over)
+    return BackupParams(**values)
+
+
+def run_flow(p: BackupParams) -> Any:
+    return backup_cluster(p, return_state=True)
+
+
+def objects(s3: SeaweedS3, prefix: str = "jaco/") -> dict[str, int]:
+    listing = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return {o["Key"]: o["Size"] for o in listing.get("Contents", [])}
+
+
+def no_pending_uploads(s3: SeaweedS3) -> bool:
+    return not s3.client().list_multipart_uploads(Bucket=BUCKET).get("Uploads")
+
+
+def test_happy_path(env: dict[str, Any], tmp_path: Path) -> None:
+    s3, keys, cluster = env["s3"], env["keys"], env["cluster"]
+    cluster.ok("deploy", "pipeline-web", "--image", "nginx:1", "--replicas", "2")
+    state = run_flow(
+        params(
+            cluster,
+            keys,
+            tmp_path / "local",
+            recipients=[keys["recipient"], keys["other_recipient"]],
+        )
+    )
+    assert state.is_completed(), state.message
+    result = state.result()
+    key = result["key"]
+    assert key.startswith(f"jaco/{result['cluster_id']}/")
+    assert key.endswith(f"-{result['snapshot_index']}.tar.gz.age")
+
+    head = s3.client().head_object(Bucket=BUCKET, Key=key)
+    assert head["Metadata"]["cluster-id"] == result["cluster_id"]
+    assert head["Metadata"]["snapshot-index"] == str(result["snapshot_index"])
+    assert head["Metadata"]["plaintext-sha256"] == result["plaintext_sha256"]
+    assert head["Metadata"]["ciphertext-sha256"] == result["ciphertext_sha256"]
+    assert head["ContentLength"] == result["size"]
+
+    downloaded = tmp_path / "dl.tar.gz.age"
+    s3.client().download_file(BUCKET, key, str(downloaded))
+    local = Path(result["local_copy"])
+    assert local.read_bytes() == downloaded.read_bytes()
+    assert local.stat().st_mode & 0o777 == 0o600
+    # Independent readers: the age CLI (either recipient's identity) and GNU tar.
+    for identity in (keys["identity"], keys["other"]):
+        plain = tmp_path / f"plain-{identity.name}.tar.gz"
+        subprocess.run(
+            ["age", "-d", "-i", str(identity), "-o", str(plain), str(downloaded)], check=True
+        )
+        listing = subprocess.run(
+            ["tar", "tzf", str(plain)], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert listing == ["meta.json", "snapshot.bin"]
+    # No plaintext archive is left behind in the working directory.
+    assert list((tmp_path / "local" / ".work").iterdir()) == []
+    assert [r["stage"] for r in result["stages"]] == [
+        "take-backup",
+        "encrypt",
+        "upload",
+        "local-copy",
+        "verify",
+        "prune",
+    ]
+    assert _artifact_texts_without(cluster.token.split(".")[4], "jaco-backup-prod")
+
+
+def _artifact_texts_without(secret: str, key: str) -> bool:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+    assert found, f"no artifact {key}"
+    text = json.dumps([str(a.data) for a in found])
+    assert "snapshot index" in text
+    return secret not in text
+
+
+def test_s3_outage_is_ridden_out_by_retries(env: dict[str, Any], tmp_path: Path) -> None:
+    s3, keys, cluster = env["s3"], env["keys"], env["cluster"]
+    before = objects(s3)
+    s3.stop()
+    restart = threading.Timer(4.0, s3.start)
+    restart.start()
+    try:
+        state = run_flow(params(cluster, keys, tmp_path / "local"))
+    finally:
+        restart.join()
+    assert state.is_completed(), state.message
+    key = state.result()["key"]
+    assert set(objects(s3)) - set(before) == {key}
+    assert no_pending_uploads(s3)
+
+
+def test_connection_cut_mid_upload_leaves_no_truncated_object(
+    env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3, keys, cluster = env["s3"], env["keys"], env["cluster"]
+    with open_client(cluster.nodes["node-1"].server, cluster.token) as client:
+        for i in range(3):  # ~2.4 MiB of incompressible state: a multipart upload
+            blob = base64.b64encode(os.urandom(600_000)).decode()
+            client.call(
+                "Deploy", pb.DeployRequest(name=f"blob{i}", image="x:1", env={"BLOB": blob})
+            )
+    proxy = FaultyProxy(s3.s3_port, cut_upstream_once_after=1_500_000)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{proxy.address}")
+    monkeypatch.setenv("JACO_S3_PART_MIB", "1")
+    try:
+        state = run_flow(params(cluster, keys, tmp_path / "local"))
+    finally:
+        proxy.close()
+        for i in range(3):
+            cluster.ok("rm", f"blob{i}")
+    assert proxy.cuts == 1
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert objects(s3)[result["key"]] == result["size"] > 2_000_000
+    assert no_pending_uploads(s3)
+
+
+def test_leader_dying_mid_backup_costs_one_server_not_the_run(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    keys, cluster = env["keys"], env["cluster"]
+    leader = cluster.leader()
+    follower = next(n for n in cluster.nodes.values() if n is not leader)
+    # The leader's connection dies after 20 kB of the stream: what a crash looks like.
+    proxy = FaultyProxy(leader.api_port, cut_after=20_000)
+    try:
+        state = run_flow(
+            params(cluster, keys, tmp_path / "local", servers=[proxy.address, follower.server])
+        )
+    finally:
+        proxy.close()
+    assert proxy.cuts >= 1
+    assert state.is_completed(), state.message
+    runs = _task_runs(state, "take-backup")
+    assert [r.run_count for r in runs] == [1]  # the same attempt moved to the next server
+
+
+def test_leader_node_killed(
+    env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = env["keys"]
+    with cluster_of(tmp_path / "c", 3) as cluster:
+        monkeypatch.setenv("JACO_TOKEN", cluster.token)
+        leader = cluster.leader()
+        leader.stop(9)
+        servers = [leader.server] + [n.server for n in cluster.nodes.values() if n is not leader]
+        state = run_flow(
+            params(cluster, keys, tmp_path / "local", cluster="killed", servers=servers)
+        )
+        assert state.is_completed(), state.message
+        assert state.result()["snapshot_index"] > 0
+
+
+def test_wrong_verify_identity_fails_and_removes_the_object(
+    env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3, keys, cluster = env["s3"], env["keys"], env["cluster"]
+    monkeypatch.setenv("JACO_AGE_IDENTITY_FILE", str(keys["other"]))  # not a recipient
+    before = objects(s3)
+    state = run_flow(params(cluster, keys, tmp_path / "local"))
+    assert state.is_failed()
+    assert "does not decrypt with the verify identity" in str(state.message) + _failure(state)
+    assert objects(s3) == before
+    assert not list((tmp_path / "local").rglob("*.age"))
+    assert [r.run_count for r in _task_runs(state, "verify")] == [1]  # permanent: no retry
+
+
+def test_bad_token_fails_fast_and_alerts(
+    env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = env["cluster"]
+    forged = cluster.token[: cluster.token.rindex(".") + 1] + "C" * 43
+    monkeypatch.setenv("JACO_TOKEN", forged)
+    received: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            length = int(self.headers["Content-Length"])
+            received.append(json.loads(self.rfile.read(length)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("JACO_ALERT_WEBHOOK", f"http://127.0.0.1:{server.server_port}/hook")
+    try:
+        started = time.monotonic()
+        state = run_flow(params(cluster, env["keys"], tmp_path / "local"))
+        assert time.monotonic() - started < 60
+    finally:
+        server.shutdown()
+    assert state.is_failed()
+    assert "not valid for this cluster" in str(state.message) + _failure(state)
+    assert [r.run_count for r in _task_runs(state, "take-backup")] == [1]
+    assert len(received) == 1 and received[0]["flow"] == "backup-cluster"
+    assert forged.split(".")[4] not in json.dumps(received)
+
+
+def _task_runs(state: Any, name: str) -> list[Any]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    return [r for r in runs if r.name.startswith(name)]
+
+
+def _failure(state: Any) -> str:
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001
+        return str(exc)
+    return ""

@@ -1,0 +1,93 @@
+"""Retention (GFS) against real S3 and a local directory, with a hand-computed expectation."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flows.retention import RetentionPolicy, parse_key
+from flows.tasks import prune_task
+from infra.seaweed import SeaweedS3, running_seaweed
+
+BUCKET = "retention"
+PREFIX = "jaco/c1/"
+POLICY = RetentionPolicy(keep_last=3, daily=7, weekly=4, monthly=6)
+# One backup a day from 2026-01-01 to 2026-11-25 (a Wednesday, ISO week 48). By hand:
+# last 3: Nov 23-25; daily 7: Nov 19-25; weekly 4: Nov 25 (wk 48), Nov 22 (47), Nov 15 (46),
+# Nov 8 (45); monthly 6: Nov 25, Oct 31, Sep 30, Aug 31, Jul 31, Jun 30.
+EXPECTED = {
+    "2026-11-19",
+    "2026-11-20",
+    "2026-11-21",
+    "2026-11-22",
+    "2026-11-23",
+    "2026-11-24",
+    "2026-11-25",
+    "2026-11-15",
+    "2026-11-08",
+    "2026-10-31",
+    "2026-09-30",
+    "2026-08-31",
+    "2026-07-31",
+    "2026-06-30",
+}
+PROTECTED = "2026-03-03"  # "the newest verified backup" stand-in: never deleted
+
+
+def key_of(day: dt.date) -> str:
+    return f"{PREFIX}{day:%Y/%m/%d}/cluster-{day.isoformat()}-{day.toordinal()}.tar.gz.age"
+
+
+def all_days() -> list[dt.date]:
+    first, last = dt.date(2026, 1, 1), dt.date(2026, 11, 25)
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
+        server.create_bucket(BUCKET)
+        yield server
+
+
+def remaining_days(keys: list[str]) -> set[str]:
+    parsed = [parse_key(k) for k in keys]
+    return {b.day.isoformat() for b in parsed if b is not None}
+
+
+def test_gfs_on_s3(s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch, prefect: None) -> None:
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    client = s3.client()
+    for day in all_days():
+        client.put_object(Bucket=BUCKET, Key=key_of(day), Body=b"x")
+    client.put_object(Bucket=BUCKET, Key=f"{PREFIX}notes.txt", Body=b"not a backup")
+
+    dry = prune_task(
+        f"s3://{BUCKET}",
+        PREFIX,
+        POLICY.model_copy(update={"dry_run": True}),
+        key_of(dt.date(2026, 3, 3)),
+    )
+    assert len(dry["deleted"]) == len(all_days()) - len(EXPECTED) - 1
+    assert len(client.list_objects_v2(Bucket=BUCKET, Prefix=PREFIX)["Contents"]) == 330
+
+    result = prune_task(f"s3://{BUCKET}", PREFIX, POLICY, key_of(dt.date(2026, 3, 3)))
+    listing = client.list_objects_v2(Bucket=BUCKET, Prefix=PREFIX)["Contents"]
+    keys = [o["Key"] for o in listing]
+    assert remaining_days(keys) == EXPECTED | {PROTECTED}
+    assert f"{PREFIX}notes.txt" in keys  # not a backup: never touched
+    assert sorted(result["deleted"]) == sorted(dry["deleted"])
+
+
+def test_gfs_on_local_directory(tmp_path: Path, prefect: None) -> None:
+    for day in all_days():
+        path = tmp_path / key_of(day)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    prune_task(f"file://{tmp_path}", PREFIX, POLICY, key_of(dt.date(2026, 3, 3)))
+    keys = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.age")]
+    assert remaining_days(keys) == EXPECTED | {PROTECTED}
