@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -311,3 +312,44 @@ def _failure(state: Any) -> str:
     except Exception as exc:  # noqa: BLE001
         return str(exc)
     return ""
+
+
+def test_command_line_entry_prints_a_summary(env: dict[str, Any], tmp_path: Path) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    cluster, keys = env["cluster"], env["keys"]
+    child_env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    server = cluster.nodes["node-2"].server
+    args = [
+        "jaco-backup",
+        "--cluster",
+        "cli",
+        "--server",
+        server,
+        "--bucket",
+        BUCKET,
+        "--recipient",
+        keys["recipient"],
+        "--local-dir",
+        str(tmp_path / "local"),
+    ]
+    bin_dir = Path(sys.executable).parent
+    done = subprocess.run(
+        [str(bin_dir / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Backed up cli at index" in done.stdout and "encrypted" in done.stdout
+    assert "verify" in done.stdout
+    bad = subprocess.run(
+        [str(bin_dir / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        env={**child_env, "JACO_TOKEN": "nope"},
+        timeout=300,
+    )
+    assert bad.returncode == 1 and "backup failed" in bad.stderr
+    assert "the token is malformed" in bad.stderr

@@ -91,3 +91,32 @@ def test_gfs_on_local_directory(tmp_path: Path, prefect: None) -> None:
     prune_task(f"file://{tmp_path}", PREFIX, POLICY, key_of(dt.date(2026, 3, 3)))
     keys = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.age")]
     assert remaining_days(keys) == EXPECTED | {PROTECTED}
+
+
+def test_objects_under_object_lock_are_skipped(
+    s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch, prefect: None
+) -> None:
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    s3.create_bucket("locked", object_lock=True)
+    client = s3.client()
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    old_locked = key_of(dt.date(2026, 2, 14))
+    client.put_object(
+        Bucket="locked",
+        Key=old_locked,
+        Body=b"x",
+        ObjectLockMode="COMPLIANCE",
+        ObjectLockRetainUntilDate=until,
+    )
+    old_free = key_of(dt.date(2026, 2, 15))
+    client.put_object(Bucket="locked", Key=old_free, Body=b"x")
+    newest = key_of(dt.date(2026, 11, 25))
+    client.put_object(Bucket="locked", Key=newest, Body=b"x")
+
+    policy = RetentionPolicy(keep_last=1, daily=0, weekly=0, monthly=0)
+    result = prune_task("s3://locked", PREFIX, policy, newest)
+    assert result["locked"] == [old_locked]
+    assert result["deleted"] == [old_free]
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="locked", Prefix=PREFIX)["Contents"]]
+    assert sorted(keys) == sorted([old_locked, newest])
