@@ -16,7 +16,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 from uuid import UUID
 
 from prefect import flow
@@ -66,6 +66,15 @@ class BackupParams(BaseModel):
     )
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
     timeout_seconds: float = Field(300, gt=0, description="Deadline of the Backup RPC.")
+    drill_every: int = Field(
+        0,
+        ge=0,
+        description="Run a restore drill after every Nth "
+        "successful backup of this cluster (0: never, 1: every backup).",
+    )
+    drill_driver: Literal["bwrap", "docker"] = Field(
+        "bwrap", description="Sandbox driver for those drills."
+    )
 
 
 def alert_on_failure(flow: Any, flow_run: Any, state: Any) -> None:
@@ -88,6 +97,16 @@ def alert_on_failure(flow: Any, flow_run: Any, state: Any) -> None:
     request = urllib.request.Request(url, data=body, method="POST", headers=headers)  # noqa: S310
     with contextlib.suppress(OSError):
         urllib.request.urlopen(request, timeout=10).close()  # noqa: S310
+
+
+def _backups_counted(cluster: str) -> int:
+    """Count successful backups per cluster in a Prefect variable (for drill_every)."""
+    from prefect.variables import Variable
+
+    name = f"jaco_backups_{cluster.replace('-', '_')}"
+    count = int(str(Variable.get(name, default=0))) + 1
+    Variable.set(name, count, overwrite=True)
+    return count
 
 
 def ensure_limit(name: str) -> None:
@@ -236,7 +255,22 @@ def backup_cluster(params: BackupParams) -> dict[str, Any]:
         key=f"jaco-backups-{params.cluster}",
         description=f"recent backups of {params.cluster}",
     )
+    drill = None
+    if params.drill_every and _backups_counted(params.cluster) % params.drill_every == 0:
+        from flows.drill import DrillParams, drill_restore
+
+        drill = drill_restore(
+            DrillParams(
+                cluster=params.cluster,
+                bucket=params.bucket,
+                prefix=params.prefix,
+                key=key,
+                driver=params.drill_driver,
+                workdir=str(Path(params.local_dir) / ".drills"),
+            )
+        )
     return {
+        "drill": drill,
         "key": key,
         "bucket": params.bucket,
         "snapshot_index": meta["snapshot_index"],

@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,40 +154,65 @@ def upload_task(store_url: str, path: str, key: str, metadata: dict[str, str]) -
     return {"store": store.name, "key": key, "seconds": time.monotonic() - started}
 
 
+@dataclass(frozen=True)
+class FetchedBackup:
+    plaintext: Path
+    metadata: dict[str, str]
+    ciphertext_sha256: str
+    plaintext_sha256: str
+    meta: dict[str, Any]
+    download_seconds: float
+    decrypt_seconds: float
+
+
+def fetch_and_decrypt(store_url: str, key: str, directory: Path) -> FetchedBackup:
+    """Download `key`, check it against its own metadata, decrypt it with the operator's
+    identity (hashing as it goes) and verify the archive. The plaintext lands in `directory`."""
+    identities = load_identities(identity_file())
+    store = open_store(store_url)
+    started = time.monotonic()
+    cipher = directory / "backup.tar.gz.age"
+    metadata = store.get(key, cipher)
+    download_seconds = time.monotonic() - started
+    cipher_sha = sha256_file(cipher)
+    if metadata.get("ciphertext-sha256", cipher_sha) != cipher_sha:
+        raise VerifyFailed(
+            f"{key} in {store.name} is damaged: its content does not match the "
+            "ciphertext checksum recorded at upload"
+        )
+    started = time.monotonic()
+    plain = directory / "backup.tar.gz"
+    fd = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        sink = HashingWriter(out)
+        decrypt_to(cipher, sink, identities)
+    cipher.unlink()
+    plain_sha = sink.sha256.hexdigest()
+    if metadata.get("plaintext-sha256", plain_sha) != plain_sha:
+        raise VerifyFailed(f"{key} decrypts to another archive than the one uploaded")
+    meta = read_archive(plain).meta
+    return FetchedBackup(
+        plain, metadata, cipher_sha, plain_sha, meta, download_seconds, time.monotonic() - started
+    )
+
+
 @task(name="verify", timeout_seconds=3600, **RETRY)
 def verify_task(store_url: str, key: str, expected: dict[str, Any]) -> dict[str, Any]:
     """Download, check the ciphertext checksum, decrypt, check archive, meta and snapshot."""
     started = time.monotonic()
-    store = open_store(store_url)
-    identities = load_identities(identity_file())
     with tempfile.TemporaryDirectory(prefix="jaco-verify-") as tmp:
-        cipher = Path(tmp) / "backup.tar.gz.age"
-        metadata = store.get(key, cipher)
-        download_seconds = time.monotonic() - started
-        cipher_sha = sha256_file(cipher)
-        if cipher_sha != expected["ciphertext_sha256"]:
-            raise VerifyFailed(
-                f"{key} in {store.name} differs from what was uploaded "
-                "(ciphertext SHA-256 mismatch)"
-            )
-        if metadata.get("ciphertext-sha256", cipher_sha) != cipher_sha:
-            raise VerifyFailed(f"{key}'s metadata names another ciphertext checksum")
-        plain = Path(tmp) / "backup.tar.gz"
-        fd = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            sink = HashingWriter(out)
-            decrypt_to(cipher, sink, identities)
-        if sink.sha256.hexdigest() != expected["plaintext_sha256"]:
-            raise VerifyFailed(f"{key} decrypts to another archive than was taken")
-        meta = read_archive(plain).meta
-        for field in ("cluster_id", "snapshot_index", "snapshot_sha256", "state_digest"):
-            if meta[field] != expected["meta"][field]:
-                raise VerifyFailed(f"{key}'s meta.json has another {field} than was taken")
+        fetched = fetch_and_decrypt(store_url, key, Path(tmp))
+    if fetched.ciphertext_sha256 != expected["ciphertext_sha256"]:
+        raise VerifyFailed(f"{key} differs from what was uploaded (ciphertext SHA-256)")
+    if fetched.plaintext_sha256 != expected["plaintext_sha256"]:
+        raise VerifyFailed(f"{key} decrypts to another archive than was taken")
+    for field in ("cluster_id", "snapshot_index", "snapshot_sha256", "state_digest"):
+        if fetched.meta[field] != expected["meta"][field]:
+            raise VerifyFailed(f"{key}'s meta.json has another {field} than was taken")
     return {
-        "store": store.name,
         "key": key,
         "seconds": time.monotonic() - started,
-        "download_seconds": download_seconds,
+        "download_seconds": fetched.download_seconds,
     }
 
 

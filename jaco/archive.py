@@ -58,6 +58,8 @@ META_FIELDS: dict[str, type | tuple[type, ...]] = {
     "counts": dict,
     "state_digest": str,
 }
+# Written by this version and checked when present; archives without them stay readable.
+OPTIONAL_META_FIELDS: dict[str, type] = {"ca_fingerprint": str}
 
 
 class ArchiveError(JacoError):
@@ -82,6 +84,9 @@ def validate_meta(raw: bytes) -> dict[str, Any]:
             raise ArchiveError(f"meta.json lacks the field {name!r}")
         value = meta[name]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ArchiveError(f"meta.json field {name!r} has the wrong type")
+    for name, kind in OPTIONAL_META_FIELDS.items():
+        if name in meta and not isinstance(meta[name], kind):
             raise ArchiveError(f"meta.json field {name!r} has the wrong type")
     if meta["format"] != FORMAT:
         raise ArchiveError(

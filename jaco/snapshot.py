@@ -68,5 +68,6 @@ async def take_snapshot(store: Store, directory: Path) -> Snapshot:
         "snapshot_size": size,
         "counts": counts,
         "state_digest": state_digest,
+        "ca_fingerprint": await store.ca_fingerprint(),
     }
     return Snapshot(path, meta)
