@@ -29,11 +29,11 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 lint: venv
-	$(VENV)/bin/ruff check jaco flows tests bench infra
-	$(VENV)/bin/ruff format --check jaco flows tests bench infra
+	$(VENV)/bin/ruff check jaco flows deployments tests bench infra
+	$(VENV)/bin/ruff format --check jaco flows deployments tests bench infra
 
 typecheck: venv
-	$(VENV)/bin/mypy jaco flows
+	$(VENV)/bin/mypy jaco flows deployments
 
 test: deps venv lint typecheck
 	$(VENV)/bin/pytest -q

@@ -284,6 +284,26 @@ def backup_cluster(params: BackupParams) -> dict[str, Any]:
     }
 
 
+@flow(name="prune-backups", on_failure=[alert_on_failure])
+def prune_backups(
+    cluster_id: str,
+    bucket: str,
+    local_dir: str,
+    prefix: str = "jaco",
+    retention: RetentionPolicy | None = None,
+) -> list[dict[str, Any]]:
+    """Retention on its own schedule: the newest backup in each store is always kept."""
+    from flows.drill import find_backup_task
+
+    policy = retention or RetentionPolicy()
+    scope = f"{prefix.strip('/')}/{cluster_id}/"
+    results = []
+    for url in (f"s3://{bucket}", f"file://{local_dir}"):
+        newest = find_backup_task(url, scope)
+        results.append(prune_task(url, scope, policy, newest))
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m flows.backup",

@@ -7,10 +7,13 @@ os.environ.setdefault("JACO_RETRY_BACKOFF", "1")
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from infra.localcluster import Cluster, cluster_of
+from infra.seaweed import running_seaweed
+from tests.pipeline import BUCKET, age_keygen, params
 
 
 @pytest.fixture(scope="module")
@@ -34,3 +37,32 @@ def prefect() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="module")
+def stored(
+    tmp_path_factory: pytest.TempPathFactory, cluster3: Cluster, prefect: None
+) -> Iterator[dict[str, Any]]:
+    """A cluster with state, SeaweedFS and one backup of it taken through the pipeline;
+    the pipeline's environment (token, S3 credentials, age identity) is set meanwhile."""
+    root = tmp_path_factory.mktemp("drill")
+    keys = {"identity": root / "ops.key", "recipient": age_keygen(root / "ops.key")}
+    with running_seaweed(root / "s3") as s3, pytest.MonkeyPatch.context() as mp:
+        s3.create_bucket(BUCKET)
+        for name, value in s3.env().items():
+            mp.setenv(name, value)
+        mp.setenv("JACO_TOKEN", cluster3.token)
+        mp.setenv("JACO_AGE_IDENTITY_FILE", str(keys["identity"]))
+        cluster3.ok("deploy", "web", "--image", "nginx:1", "--replicas", "3")
+        cluster3.ok("route", "add", "www", "--host", "www.example.com", "--deployment", "web")
+        from flows.backup import backup_cluster
+
+        state = backup_cluster(params(cluster3, keys, root / "local"), return_state=True)
+        assert state.is_completed(), state.message
+        yield {
+            "s3": s3,
+            "keys": keys,
+            "cluster": cluster3,
+            "key": state.result()["key"],
+            "root": root,
+        }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,8 @@ from flows.drill import DrillParams, drill_restore
 from flows.errors import PipelineError
 from flows.sandbox import BwrapSandbox, DockerSandbox
 from infra.localcluster import Cluster
-from infra.seaweed import SeaweedS3, running_seaweed
-from tests.test_pipeline import BUCKET, age_keygen, params
+from infra.seaweed import SeaweedS3
+from tests.pipeline import BUCKET, params
 
 CHECKS = [
     "restore",
@@ -30,32 +29,6 @@ CHECKS = [
     "ca fingerprint",
     "state digest",
 ]
-
-
-@pytest.fixture(scope="module")
-def stored(
-    tmp_path_factory: pytest.TempPathFactory, cluster3: Cluster, prefect: None
-) -> Iterator[dict[str, Any]]:
-    """A cluster with state, SeaweedFS, and one backup of it taken through the pipeline."""
-    root = tmp_path_factory.mktemp("drill")
-    keys = {"identity": root / "ops.key", "recipient": age_keygen(root / "ops.key")}
-    with running_seaweed(root / "s3") as s3, pytest.MonkeyPatch.context() as mp:
-        s3.create_bucket(BUCKET)
-        for name, value in s3.env().items():
-            mp.setenv(name, value)
-        mp.setenv("JACO_TOKEN", cluster3.token)
-        mp.setenv("JACO_AGE_IDENTITY_FILE", str(keys["identity"]))
-        cluster3.ok("deploy", "web", "--image", "nginx:1", "--replicas", "3")
-        cluster3.ok("route", "add", "www", "--host", "www.example.com", "--deployment", "web")
-        state = backup_cluster(params(cluster3, keys, root / "local"), return_state=True)
-        assert state.is_completed(), state.message
-        yield {
-            "s3": s3,
-            "keys": keys,
-            "cluster": cluster3,
-            "key": state.result()["key"],
-            "root": root,
-        }
 
 
 def sandbox_processes(name: str) -> list[int]:

@@ -22,14 +22,12 @@ from typing import Any
 import pytest
 
 from flows.backup import BackupParams, backup_cluster
-from flows.retention import RetentionPolicy
 from infra.localcluster import Cluster, cluster_of
 from infra.seaweed import SeaweedS3, running_seaweed
 from jaco.client import open_client
 from jaco.v1 import jaco_pb2 as pb
 from tests.netfaults import FaultyProxy
-
-BUCKET = "backups"
+from tests.pipeline import BUCKET, age_keygen, params
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +35,6 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
         server.create_bucket(BUCKET)
         yield server
-
-
-def age_keygen(path: Path) -> str:
-    """A real age identity file; returns its recipient (public key)."""
-    subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
-    for line in path.read_text().splitlines():
-        if line.startswith("# public key: "):
-            return line.split(": ", 1)[1]
-    raise AssertionError("age-keygen wrote no public key")
 
 
 @pytest.fixture(scope="module")
@@ -72,20 +61,6 @@ def env(
     monkeypatch.setenv("JACO_TOKEN", cluster3.token)
     monkeypatch.setenv("JACO_AGE_IDENTITY_FILE", str(keys["identity"]))
     return {"s3": s3, "keys": keys, "cluster": cluster3}
-
-
-def params(source: Cluster, keys: dict[str, Any], local: Path, **over: Any) -> BackupParams:
-    values: dict[str, Any] = {
-        "cluster": "prod",
-        "servers": [n.server for n in source.nodes.values()],
-        "bucket": BUCKET,
-        "prefix": "jaco",
-        "recipients": [keys["recipient"]],
-        "local_dir": str(local),
-        "retention": RetentionPolicy(keep_last=30),
-    }
-    values.update(over)
-    return BackupParams(**values)
 
 
 def run_flow(p: BackupParams) -> Any:

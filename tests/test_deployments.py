@@ -1,0 +1,98 @@
+"""The deployments load against a real Prefect server; an on-demand drill runs through the API."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from infra.localcluster import wait_for
+from tests.pipeline import BUCKET
+
+NAMES = [
+    "backup-cluster/backup-prod",
+    "drill-restore/weekly-drill-prod",
+    "drill-restore/drill-prod",
+    "prune-backups/retention-prod",
+]
+
+
+def _config(stored: dict[str, Any], path: Path) -> Path:
+    cluster = stored["cluster"]
+    servers = ", ".join(f'"{n.server}"' for n in cluster.nodes.values())
+    cluster_id = cluster.ok("cluster", "status", "--json").json()["cluster_id"]
+    path.write_text(f"""
+[clusters.prod]
+servers = [{servers}]
+bucket = "{BUCKET}"
+recipients = ["{stored["keys"]["recipient"]}"]
+local_dir = "{stored["root"] / "local"}"
+cluster_id = "{cluster_id}"
+backup_cron = "0 * * * *"
+drill_rejoin = false
+""")
+    return path
+
+
+def test_serve_registers_deployments_and_an_on_demand_drill_completes(
+    stored: dict[str, Any], tmp_path: Path
+) -> None:
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    config = _config(stored, tmp_path / "clusters.toml")
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "deployments.serve", "--config", str(config)],
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    try:
+
+        def registered() -> bool:
+            with get_client(sync_client=True) as client:
+                for name in NAMES:
+                    client.read_deployment_by_name(name)
+            return True
+
+        wait_for(registered, 120, "the deployments to be registered")
+        with get_client(sync_client=True) as client:
+            backup = client.read_deployment_by_name("backup-cluster/backup-prod")
+            assert [s.schedule.cron for s in backup.schedules] == ["0 * * * *"]
+            assert backup.parameters["params"]["bucket"] == BUCKET
+            on_demand = client.read_deployment_by_name("drill-restore/drill-prod")
+            assert on_demand.schedules == []
+        # "Custom run": parameters edited for this run only.
+        params = {**on_demand.parameters["params"], "workdir": str(tmp_path / "drills")}
+        started = time.monotonic()
+        run = run_deployment("drill-restore/drill-prod", parameters={"params": params}, timeout=600)
+        assert run.state is not None and run.state.is_completed(), (
+            run.state,
+            (tmp_path / "serve.log").read_text()[-3000:],
+        )
+        assert time.monotonic() - started < 600
+        assert list((tmp_path / "drills").iterdir()) == []
+    finally:
+        serving.terminate()
+        serving.wait(30)
+        log.close()
+
+
+def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[clusters.prod]\nservers = "not-a-list"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "deployments.serve", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "is not a valid jaco site configuration" in result.stderr
+    assert "Traceback" not in result.stderr
