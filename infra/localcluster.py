@@ -202,24 +202,16 @@ class Cluster:
         self.wait_ready([name])
         return node
 
+    def try_join(self, name: str, join_token: str, via: Node) -> tuple[Node, Result]:
+        """`jaco node join` for a new node (not started); the caller judges the result."""
+        node = self.new_node(name)
+        args = ["node", "join", "--peer", via.server, "--token", join_token, "--name", name]
+        return node, run([JACO, *args, *node.port_flags()], timeout=90)
+
     def join(self, name: str, via: Node | None = None) -> Node:
         via = via or self.ready_node()
         join_token = self.ok("node", "issue-join-token", server=via.server).out.strip()
-        node = self.new_node(name)
-        result = run(
-            [
-                JACO,
-                "node",
-                "join",
-                "--peer",
-                via.server,
-                "--token",
-                join_token,
-                "--name",
-                name,
-                *node.port_flags(),
-            ]
-        )
+        node, result = self.try_join(name, join_token, via)
         assert result.code == 0, result.err
         node.start()
         return node

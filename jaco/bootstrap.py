@@ -43,6 +43,22 @@ class Ports:
             raise InvalidArgument("the API, etcd client and etcd peer ports must differ")
 
 
+def single_member_config(name: str, cluster_id: str, ports: Ports) -> NodeConfig:
+    """A node that starts a store of its own (a new cluster, or a restored one)."""
+    config = NodeConfig(
+        name=name,
+        cluster_id=cluster_id,
+        advertise_host=ports.advertise_host,
+        api_port=ports.api_port,
+        etcd_client_port=ports.etcd_client_port,
+        etcd_peer_port=ports.etcd_peer_port,
+        initial_cluster="",
+        initial_cluster_state="new",
+    )
+    config.initial_cluster = f"{name}={config.peer_url}"
+    return config
+
+
 def default_advertise_host() -> str:
     try:
         return socket.gethostbyname(socket.gethostname())
@@ -81,17 +97,7 @@ def init_cluster(data: DataDir, name: str, ports: Ports, subnet: str) -> tuple[s
         ca = pki.create_ca(cluster_id)
         node = pki.issue(ca, name, pki.node_hosts(name, ports.advertise_host), pki.NODE_VALID_DAYS)
         write_pki(data, ca.cert_pem, node.cert_pem, node.key_pem)
-        config = NodeConfig(
-            name=name,
-            cluster_id=cluster_id,
-            advertise_host=ports.advertise_host,
-            api_port=ports.api_port,
-            etcd_client_port=ports.etcd_client_port,
-            etcd_peer_port=ports.etcd_peer_port,
-            initial_cluster="",
-            initial_cluster_state="new",
-        )
-        config.initial_cluster = f"{name}={config.peer_url}"
+        config = single_member_config(name, cluster_id, ports)
         token = tokens.new_token(tokens.OPERATOR, pki.fingerprint(ca.cert_pem))
         asyncio.run(_bootstrap_store(data, config, ca, token, subnet))
         data.save(config)

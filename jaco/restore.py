@@ -21,7 +21,7 @@ from typing import Any
 
 from jaco import pki
 from jaco.archive import ArchiveError, check_version, read_archive
-from jaco.bootstrap import Ports, empty_data_dir, write_pki
+from jaco.bootstrap import Ports, empty_data_dir, single_member_config, write_pki
 from jaco.config import DataDir, NodeConfig, check_name, write_private
 from jaco.etcd_member import EtcdMember, snapshot_restore, snapshot_status
 from jaco.state import Store
@@ -51,17 +51,7 @@ def restore(archive: Path, data: DataDir, name: str, ports: Ports) -> dict[str, 
 
 
 def _prime(snapshot: Path, data: DataDir, name: str, ports: Ports, meta: dict[str, Any]) -> None:
-    config = NodeConfig(
-        name=name,
-        cluster_id=meta["cluster_id"],
-        advertise_host=ports.advertise_host,
-        api_port=ports.api_port,
-        etcd_client_port=ports.etcd_client_port,
-        etcd_peer_port=ports.etcd_peer_port,
-        initial_cluster="",
-        initial_cluster_state="new",
-    )
-    config.initial_cluster = f"{name}={config.peer_url}"
+    config = single_member_config(name, meta["cluster_id"], ports)
     snapshot_restore(snapshot, data, config)
     hosts = pki.node_hosts(name, ports.advertise_host)
     throwaway = pki.create_ca("restore")

@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import time
 
-from infra.localcluster import JACO, Cluster, run
+from infra.localcluster import Cluster, Node, Result
 
 
-def _join(cluster: Cluster, name: str, token: str):  # type: ignore[no-untyped-def]
-    node = cluster.new_node(name)
-    via = cluster.nodes["node-1"]
-    return node, run(
-        [
-            JACO,
-            "node",
-            "join",
-            "--peer",
-            via.server,
-            "--token",
-            token,
-            "--name",
-            name,
-            *node.port_flags(),
-        ],
-        timeout=90,
-    )
+def _join(cluster: Cluster, name: str, token: str) -> tuple[Node, Result]:
+    return cluster.try_join(name, token, cluster.nodes["node-1"])
 
 
 def test_join_token_is_single_use(single: Cluster) -> None:
