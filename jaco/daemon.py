@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -57,6 +58,8 @@ class Node:
         return self._store
 
     async def run(self, stop: asyncio.Event) -> None:
+        # A jacod killed mid-backup leaves its snapshot temp file: it holds the CA key.
+        shutil.rmtree(self.data.path / "backup-tmp", ignore_errors=True)
         self._etcd = await self.member.start()
         self._store = Store(self._etcd)
         await self._complete_restore()

@@ -153,3 +153,15 @@ def test_bad_tokens_get_no_backup(big: Cluster, tmp_path: Path) -> None:
     assert result.code != 0 and "not valid for this cluster" in result.err
     _no_archive_left(tmp_path)
     assert _events(big) == before
+
+
+def test_stale_server_snapshot_is_removed_on_restart(tmp_path: Path) -> None:
+    with cluster_of(tmp_path / "c", 1) as cluster:
+        node = cluster.nodes["node-1"]
+        stale = node.data_dir / "backup-tmp" / "snapshot-1-2.bin"
+        stale.parent.mkdir(mode=0o700, exist_ok=True)
+        stale.write_bytes(b"CA key inside")  # what a jacod killed mid-backup leaves
+        node.stop()
+        node.start()
+        cluster.wait_ready(["node-1"])
+        assert not stale.exists()
