@@ -161,3 +161,19 @@ def test_docker_driver_needs_an_engine() -> None:
             "a Docker engine is available: the driver would need an image built "
             "from infra/Dockerfile to be exercised"
         )
+
+
+def test_drill_past_its_timeout_is_killed_and_wiped(stored: dict[str, Any], tmp_path: Path) -> None:
+    # The same path a cancelled run takes: the worker kills bwrap, and --die-with-parent
+    # takes the sandbox's pid namespace (jacod, etcd, the agent) down with it.
+    state = drill(stored, tmp_path / "work", timeout_seconds=2)
+    assert state.is_failed()
+    assert "drill step sandbox-drill failed" in str(state.message)
+    assert "did not finish within 2s" in str(state.message)
+    assert list((tmp_path / "work").iterdir()) == []
+    leftovers = [
+        p
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and b"flows.drill_agent" in _cmdline(p)
+    ]
+    assert leftovers == []
