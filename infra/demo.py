@@ -86,7 +86,10 @@ def main() -> None:
     (ROOT / "keys").mkdir(parents=True, mode=0o700)
     port = args.ui_port if port_free(args.ui_port) else free_port()
     print("Starting a 3-node jaco cluster on 127.0.0.1 (init + 2 joins)...", flush=True)
-    with cluster_of(ROOT / "cluster", 3) as cluster, running_seaweed(ROOT / "s3") as s3:
+    with (
+        cluster_of(ROOT / "cluster", 3, outlive_parent=args.keep) as cluster,
+        running_seaweed(ROOT / "s3") as s3,
+    ):
         show(cluster, "deploy", "web", "--image", "nginx:1.27", "--replicas", "3")
         show(
             cluster,

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jaco.etcd_member import die_with_parent
+
 BIN = Path(sys.executable).parent
 JACO = str(BIN / "jaco")
 JACOD = str(BIN / "jacod")
@@ -90,6 +92,9 @@ class Node:
     client_port: int = field(default_factory=free_port)
     peer_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    # False: the daemon dies with the process that started it (an interrupted test run leaves
+    # no orphans). Start nodes from the main thread: the signal follows the starting thread.
+    outlive_parent: bool = False
 
     @property
     def server(self) -> str:
@@ -116,6 +121,7 @@ class Node:
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
+            preexec_fn=None if self.outlive_parent else die_with_parent,
         )
         log.close()
 
@@ -151,8 +157,9 @@ class Node:
 class Cluster:
     """A cluster of real nodes under one temporary directory."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, outlive_parent: bool = False) -> None:
         self.root = root
+        self.outlive_parent = outlive_parent
         self.nodes: dict[str, Node] = {}
         self.token = ""
 
@@ -177,7 +184,7 @@ class Cluster:
         return result
 
     def new_node(self, name: str) -> Node:
-        node = Node(name, self.root / name)
+        node = Node(name, self.root / name, outlive_parent=self.outlive_parent)
         self.nodes[name] = node
         return node
 
@@ -242,8 +249,8 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster_of(root: Path, size: int) -> Iterator[Cluster]:
-    cluster = Cluster(root)
+def cluster_of(root: Path, size: int, outlive_parent: bool = False) -> Iterator[Cluster]:
+    cluster = Cluster(root, outlive_parent)
     try:
         cluster.init("node-1")
         for i in range(2, size + 1):
