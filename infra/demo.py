@@ -178,10 +178,10 @@ def keep_running(
     token_file.chmod(0o600)
     pids = [str(n.process.pid) for n in cluster.nodes.values() if n.process]
     print(
-        f"\nStill running: Prefect UI http://127.0.0.1:{port}, S3 {endpoint}, jacod PIDs "
+        f"\nStill running: Prefect UI http://127.0.0.1:{port} and jacod PIDs "
         f"{' '.join(pids)}.\n  export JACO_TOKEN=$(cat {token_file}) "
         f"JACO_SERVER={cluster.nodes['node-1'].server}\n  jaco status\n"
-        f"Stop with: kill {' '.join(pids)} {prefect.pid} (and the weed process)."
+        f"Stop with: kill {' '.join(pids)} {prefect.pid}. (S3 at {endpoint} stops now.)"
     )
     for node in cluster.nodes.values():
         node.process = None  # detach: leaving the context must not stop them
