@@ -109,29 +109,43 @@ def check_version(meta: dict[str, Any], ours: str = __version__) -> None:
 
 
 class _HashingReader:
-    """A read()-able view of an iterator of chunks that counts and hashes what passes."""
+    """A read()-able view of an iterator of chunks that counts and hashes what passes.
+
+    tarfile insists on full reads of its buffer size, so reads are assembled across chunk
+    boundaries; each byte is copied once (slicing the rest of a chunk on every read would copy
+    it over and over).
+    """
 
     def __init__(self, chunks: Iterator[bytes], progress: Callable[[int], None]) -> None:
         self._chunks = chunks
-        self._buffer = b""
+        self._chunk = b""
+        self._offset = 0
         self.size = 0
         self.sha256 = hashlib.sha256()
         self._progress = progress
 
+    def _next_chunk(self) -> bool:
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            return False
+        self.size += len(chunk)
+        self.sha256.update(chunk)
+        self._progress(len(chunk))
+        self._chunk, self._offset = chunk, 0
+        return True
+
     def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self._buffer) < n:
-            chunk = next(self._chunks, None)
-            if chunk is None:
+        parts: list[bytes] = []
+        need = n if n >= 0 else float("inf")
+        while need > 0:
+            if self._offset >= len(self._chunk) and not self._next_chunk():
                 break
-            self.size += len(chunk)
-            self.sha256.update(chunk)
-            self._progress(len(chunk))
-            self._buffer += chunk
-        if n < 0:
-            data, self._buffer = self._buffer, b""
-        else:
-            data, self._buffer = self._buffer[:n], self._buffer[n:]
-        return data
+            end = len(self._chunk) if need == float("inf") else self._offset + int(need)
+            part = self._chunk[self._offset : end]
+            self._offset += len(part)
+            need -= len(part)
+            parts.append(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
