@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := etcd-server etcd-client bubblewrap age
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps venv test lint typecheck demo proto clean
+.PHONY: deps venv test lint typecheck demo proto clean bench
 
 deps:
 	@missing=""; \
@@ -40,6 +40,11 @@ test: deps venv lint typecheck
 
 demo: deps venv
 	$(PY) -m infra.demo
+
+# Stage-by-stage benchmarks against their references at 64 MiB, 512 MiB and 2 GiB
+# (one size: $(PY) -m bench.run --size 64). Results also go to bench/results/.
+bench: deps venv
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 # Regenerates jaco/v1/ from proto/ (the generated modules are committed).
 proto: venv

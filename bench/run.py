@@ -1,0 +1,727 @@
+"""Benchmarks: every stage of the backup pipeline against its reference, one table per size.
+
+    python -m bench.run                      # 64 MiB, 512 MiB and 2 GiB of snapshot
+    python -m bench.run --size 64 --size 512 # some of them
+    python -m bench.run --size 64 --repeat 3 # median of 3 runs per stage
+
+For each size a real single-node jaco cluster is built (jacod + its etcd, 8 GiB backend quota)
+with real deployments through the API (a long audit log) plus incompressible bulk records under
+/jaco/v1/bulk/ to reach the size. Each measured stage runs in its own process (jaco's Python
+stages through `bench.stage`, the references as their own binaries) and its peak RSS is that
+process's own. Results are printed and written to bench/results/<timestamp>.json. Targets are
+measured and reported, never asserted. Everything listens on 127.0.0.1 and is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from infra.localcluster import Cluster, Node, free_port, wait_for
+from infra.seaweed import SeaweedS3
+
+MIB = 1024 * 1024
+PY = sys.executable
+BIN = Path(PY).parent
+RESULTS = Path(__file__).parent / "results"
+BUCKET = "bench"
+QUOTA = 8 * 1024**3
+DEPLOYS = {64: 200, 512: 300, 2048: 400}
+_no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+# -- measuring one process ------------------------------------------------------------------
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 1800) -> dict:
+    """Run `cmd` to completion; wall seconds and the peak RSS the kernel recorded for it."""
+    # Through GNU time, not fork+wait4 from here: Linux carries a process's peak RSS across
+    # exec, so any child forked from this (large) process would report at least our own peak.
+    # time is small; the peak it reports is the child's own (plus children it reaped itself,
+    # which is why jaco's CLIs also report their RUSAGE_SELF).
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        with tempfile.NamedTemporaryFile(prefix="jaco-bench-rss-", delete=False) as f:
+            rss_file = Path(f.name)
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd],
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+        )
+        proc.wait()
+        seconds = time.monotonic() - started
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+        lines = rss_file.read_text().split() if rss_file.exists() else ["0"]
+        rss_file.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(cmd[:4])}… exited {proc.returncode}: "
+            f"{stderr.decode(errors='replace')[-800:]}"
+        )
+    return {"seconds": seconds, "rss_kib": int(lines[-1]), "stdout": stdout.decode()[-2000:]}
+
+
+def stage(name: str, args: dict[str, Any], env: dict[str, str], work: Path) -> dict:
+    """A Python stage in its own process (bench.stage); seconds are the call's own."""
+    result_file = work / f".result-{name}.json"
+    outer = measure([PY, "-m", "bench.stage", name, json.dumps(args), str(result_file)], env)
+    inner = json.loads(result_file.read_text())
+    result_file.unlink()
+    return {**inner, "wall_seconds": outer["seconds"]}
+
+
+def jaco_cli(args: list[str], env: dict[str, str], work: Path) -> dict:
+    """The `jaco` CLI in-process in a child: wall seconds incl. startup, its own peak RSS."""
+    result_file = work / ".result-cli.json"
+    outer = measure([PY, "-m", "bench.stage", "cli", str(result_file), "--", *args], env)
+    inner = json.loads(result_file.read_text())
+    result_file.unlink()
+    return {"seconds": outer["seconds"], "rss_kib": inner["rss_kib"], "stdout": outer["stdout"]}
+
+
+def repeat(n: int, fn: Callable[[], dict]) -> dict:
+    runs = [fn() for _ in range(n)]
+    best = dict(runs[-1])
+    best["seconds"] = statistics.median(r["seconds"] for r in runs)
+    best["rss_kib"] = max(r["rss_kib"] for r in runs)
+    best["runs"] = [round(r["seconds"], 3) for r in runs]
+    return best
+
+
+def reset_peak(pid: int) -> None:
+    """Reset the kernel's peak-RSS mark of a running process (Linux clear_refs 5)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def stop_pid(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- building a cluster of a given size -------------------------------------------------------
+
+
+def etcdctl(node: Node) -> list[str]:
+    pki = node.data_dir / "pki"
+    return [
+        "etcdctl",
+        f"--endpoints=https://127.0.0.1:{node.client_port}",
+        f"--cacert={pki / 'ca.crt'}",
+        f"--cert={pki / 'node.crt'}",
+        f"--key={pki / 'node.key'}",
+    ]
+
+
+async def _fill(node: Node, total: int, value_bytes: int) -> int:
+    from jaco.config import DataDir
+    from jaco.etcd import Etcd, op_put
+
+    etcd = Etcd(f"127.0.0.1:{node.client_port}", DataDir(node.data_dir).tls, timeout=60)
+    per_txn = max(1, (1300 * 1024) // (value_bytes + 64))
+    keys = max(1, total // value_bytes)
+    gate = asyncio.Semaphore(4)
+
+    async def batch(first: int) -> None:
+        async with gate:
+            ops = [
+                op_put(f"/jaco/v1/bulk/{i:08d}", os.urandom(value_bytes))
+                for i in range(first, min(first + per_txn, keys))
+            ]
+            await etcd.txn([], ops)
+
+    try:
+        await asyncio.gather(*(batch(i) for i in range(0, keys, per_txn)))
+    finally:
+        await etcd.close()
+    return keys
+
+
+def deploy_latencies(client: Any, prefix: str, n: int, until: Any = None) -> list[float]:
+    from jaco.v1 import jaco_pb2 as pb
+
+    out: list[float] = []
+    i = 0
+    while (until is None and i < n) or (until is not None and (until() or i < n)):
+        started = time.perf_counter()
+        client.call(
+            "Deploy", pb.DeployRequest(name=f"{prefix}-{i}", image="nginx:1.27", replicas=1)
+        )
+        out.append(time.perf_counter() - started)
+        i += 1
+    return out
+
+
+def build(root: Path, size_mib: int, value_kib: int) -> tuple[Cluster, dict[str, Any]]:
+    from jaco.client import open_client
+    from jaco.v1 import jaco_pb2 as pb
+
+    root.mkdir(parents=True)
+    cluster = Cluster(root)
+    cluster.init("node-1")
+    node = cluster.nodes["node-1"]
+    started = time.monotonic()
+    with open_client(node.server, cluster.token) as client:
+        for i in range(DEPLOYS.get(size_mib, 300)):
+            client.call(
+                "Deploy",
+                pb.DeployRequest(
+                    name=f"app-{i}", image=f"registry.local/app-{i}:1.{i}", replicas=1 + i % 3
+                ),
+            )
+    deploy_seconds = time.monotonic() - started
+    status = json.loads(measure([*etcdctl(node), "endpoint", "status", "-w", "json"])["stdout"])
+    db = status[0]["Status"]["dbSize"]
+    started = time.monotonic()
+    keys = asyncio.run(_fill(node, size_mib * MIB - db, value_kib * 1024))
+    fill_seconds = time.monotonic() - started
+    status = json.loads(measure([*etcdctl(node), "endpoint", "status", "-w", "json"])["stdout"])
+    return cluster, {
+        "deployments": DEPLOYS.get(size_mib, 300),
+        "deploy_seconds": round(deploy_seconds, 1),
+        "bulk_keys": keys,
+        "bulk_value_kib": value_kib,
+        "fill_seconds": round(fill_seconds, 1),
+        "db_size": status[0]["Status"]["dbSize"],
+        "revision": status[0]["Status"]["header"]["revision"],
+    }
+
+
+# -- the stages --------------------------------------------------------------------------------
+
+
+def wait_http(url: str, timeout: float = 300) -> None:
+    def ok() -> bool:
+        with _no_proxy.open(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+
+    wait_for(ok, timeout, url)
+
+
+def restore_jaco(archive: Path, work: Path, token: str) -> dict:
+    from jaco.client import open_client
+    from jaco.v1 import jaco_pb2 as pb
+
+    data = work / "restored"
+    api, client_port, peer = free_port(), free_port(), free_port()
+    started = time.monotonic()
+    cli = jaco_cli(
+        [
+            "restore",
+            "--input",
+            str(archive),
+            "--name",
+            "restored",
+            "--data-dir",
+            str(data),
+            "--advertise-host",
+            "127.0.0.1",
+            "--api-port",
+            str(api),
+            "--etcd-client-port",
+            str(client_port),
+            "--etcd-peer-port",
+            str(peer),
+        ],
+        {},
+        work,
+    )
+    restore_seconds = time.monotonic() - started
+    log = open(work / "restored.jacod.log", "ab")  # noqa: SIM115
+    jacod = subprocess.Popen(
+        [str(BIN / "jacod"), "--name", "restored", "--data-dir", str(data)]
+        + ["--listen", f"127.0.0.1:{api}"],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+    )
+    log.close()
+    try:
+
+        def ready() -> bool:
+            with open_client(f"127.0.0.1:{api}", token, timeout=5) as client:
+                reply = client.call("ClusterStatus", pb.ClusterStatusRequest(), timeout=5)
+            return any(n.name == "restored" and n.state == "READY" for n in reply.nodes)
+
+        wait_for(ready, 600, "restored node READY")
+        seconds = time.monotonic() - started
+        jacod_kib = peak_kib(jacod.pid)
+    finally:
+        stop_pid(jacod)
+        shutil.rmtree(data, ignore_errors=True)
+    return {
+        "seconds": seconds,
+        "restore_seconds": restore_seconds,
+        "rss_kib": cli["rss_kib"],
+        "jacod_rss_kib": jacod_kib,
+    }
+
+
+def restore_reference(snapshot: Path, work: Path) -> dict:
+    data = work / "bare-etcd"
+    client_port, peer = free_port(), free_port()
+    peer_url = f"http://127.0.0.1:{peer}"
+    started = time.monotonic()
+    tool = measure(
+        ["etcdctl", "snapshot", "restore", str(snapshot), "--name", "bare"]
+        + [f"--data-dir={data}", f"--initial-cluster=bare={peer_url}"]
+        + [f"--initial-advertise-peer-urls={peer_url}"],
+        {"ETCDCTL_API": "3"},
+    )
+    log = open(work / "bare-etcd.log", "ab")  # noqa: SIM115
+    etcd = subprocess.Popen(
+        ["etcd", "--name=bare", f"--data-dir={data}"]
+        + [f"--listen-client-urls=http://127.0.0.1:{client_port}"]
+        + [f"--advertise-client-urls=http://127.0.0.1:{client_port}"]
+        + [f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}"]
+        + [f"--initial-cluster=bare={peer_url}", f"--quota-backend-bytes={QUOTA}"],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+    )
+    log.close()
+    try:
+        wait_http(f"http://127.0.0.1:{client_port}/health")
+        seconds = time.monotonic() - started
+        etcd_kib = peak_kib(etcd.pid)
+    finally:
+        stop_pid(etcd)
+        shutil.rmtree(data, ignore_errors=True)
+    return {"seconds": seconds, "rss_kib": tool["rss_kib"], "etcd_rss_kib": etcd_kib}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> dict[str, Any]:
+    from jaco.client import open_client
+
+    root = ctx["root"] / f"size-{size_mib}"
+    print(f"\n== {size_mib} MiB: building the cluster …", flush=True)
+    cluster, built = build(root, size_mib, value_kib)
+    node = cluster.nodes["node-1"]
+    work = root / "work"
+    work.mkdir()
+    env = {
+        "JACO_TOKEN": cluster.token,
+        "JACO_SERVER": node.server,
+        "JACO_AGE_IDENTITY_FILE": str(ctx["key_file"]),
+        **ctx["s3"].env(),
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+        "PREFECT_API_URL": ctx["prefect_url"],
+        "PREFECT_HOME": str(ctx["root"] / "prefect"),
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
+    print(f"   built: {built}", flush=True)
+    jacod_pid = node.process.pid if node.process else 0
+    rows: dict[str, Any] = {"built": built}
+    try:
+        # snapshot to file
+        ref_snap = work / "etcdctl.db"
+
+        def save() -> dict:
+            ref_snap.unlink(missing_ok=True)
+            return measure(
+                [*etcdctl(node), "snapshot", "save", str(ref_snap)], {"ETCDCTL_API": "3"}
+            )
+
+        ref = repeat(reps, save)
+        archive = work / "cluster.tar.gz"
+        jacod_peaks: list[int] = []
+
+        def backup() -> dict:
+            archive.unlink(missing_ok=True)
+            reset_peak(jacod_pid)
+            r = jaco_cli(["backup", "--output", str(archive)], env, work)
+            jacod_peaks.append(peak_kib(jacod_pid))
+            return r
+
+        ours = repeat(reps, backup)
+        snap_size = ref_snap.stat().st_size
+        rows["snapshot"] = {
+            "bytes": snap_size,
+            "jaco": ours,
+            "ref": ref,
+            "jacod_rss_kib": max(jacod_peaks),
+        }
+        print(f"   snapshot: {ours['seconds']:.2f}s vs {ref['seconds']:.2f}s", flush=True)
+
+        # encrypt
+        arch_size = archive.stat().st_size
+        recipients = [ctx["recipient"]]
+
+        def encrypt() -> dict:
+            (work / "cluster.tar.gz.age").unlink(missing_ok=True)
+            return stage("encrypt", {"archive": str(archive), "recipients": recipients}, env, work)
+
+        enc = repeat(reps, encrypt)
+        age_out = work / "age.out"
+        age = repeat(
+            reps, lambda: measure(["age", "-r", recipients[0], "-o", str(age_out), str(archive)])
+        )
+        cp = repeat(reps, lambda: measure(["cp", str(archive), str(work / "copy.out")]))
+        age_out.unlink()
+        (work / "copy.out").unlink()
+        rows["encrypt"] = {"bytes": arch_size, "jaco": enc, "ref": age, "cp": cp}
+        print(f"   encrypt: {enc['seconds']:.2f}s vs age {age['seconds']:.2f}s", flush=True)
+
+        # upload / download
+        cipher = Path(enc["path"])
+        cipher_size = cipher.stat().st_size
+        key = f"bench/{size_mib}/cluster.tar.gz.age"
+        metadata = {"plaintext-sha256": enc["plaintext_sha256"]}
+        metadata["ciphertext-sha256"] = enc["ciphertext_sha256"]
+        up_args = {"store": f"s3://{BUCKET}", "path": str(cipher), "key": key, "metadata": metadata}
+        up = repeat(reps, lambda: stage("upload", up_args, env, work))
+        ref_key = f"ref/{size_mib}/cluster.tar.gz.age"
+        b_up_args = {"bucket": BUCKET, "path": str(cipher), "key": ref_key}
+        b_up = repeat(reps, lambda: stage("boto3-upload", b_up_args, env, work))
+        rows["upload"] = {"bytes": cipher_size, "jaco": up, "ref": b_up}
+        expected = {
+            "ciphertext_sha256": enc["ciphertext_sha256"],
+            "plaintext_sha256": enc["plaintext_sha256"],
+            "meta": json.loads(
+                subprocess.run(
+                    [str(BIN / "jaco"), "backup", "inspect", str(archive), "--json"],
+                    capture_output=True,
+                    check=True,
+                ).stdout
+            ),
+        }
+        v_args = {"store": f"s3://{BUCKET}", "key": key, "expected": expected}
+        ver = repeat(reps, lambda: stage("verify", v_args, env, work))
+        dl = work / "download.out"
+        b_down = repeat(
+            reps,
+            lambda: stage(
+                "boto3-download", {"bucket": BUCKET, "key": ref_key, "path": str(dl)}, env, work
+            ),
+        )
+        dl.unlink(missing_ok=True)
+        rows["download"] = {"bytes": cipher_size, "jaco": ver, "ref": b_down}
+        print(
+            f"   upload: {up['seconds']:.2f}s vs {b_up['seconds']:.2f}s; verify "
+            f"{ver['seconds']:.2f}s (download {ver['download_seconds']:.2f}s) vs "
+            f"{b_down['seconds']:.2f}s",
+            flush=True,
+        )
+        cipher.unlink()
+
+        # restore to READY
+        r_ours = repeat(reps, lambda: restore_jaco(archive, work, cluster.token))
+        r_ref = repeat(reps, lambda: restore_reference(ref_snap, work))
+        rows["restore"] = {"bytes": snap_size, "jaco": r_ours, "ref": r_ref}
+        print(f"   restore: {r_ours['seconds']:.2f}s vs {r_ref['seconds']:.2f}s", flush=True)
+        ref_snap.unlink()
+        archive.unlink()
+
+        # the whole backup-cluster flow
+        flow_args = {
+            "params": {
+                "cluster": f"bench-{size_mib}",
+                "servers": [node.server],
+                "bucket": BUCKET,
+                "prefix": f"flow{size_mib}",
+                "recipients": recipients,
+                "local_dir": str(work / "local"),
+                "timeout_seconds": 1800,
+            }
+        }
+        flow = stage("flow", flow_args, env, work)
+        shutil.rmtree(work / "local", ignore_errors=True)
+        ref_sum = sum(
+            rows[k]["ref"]["seconds"] for k in ("snapshot", "encrypt", "upload", "download")
+        )
+        rows["pipeline"] = {
+            "bytes": snap_size,
+            "jaco": flow,
+            "ref": {"seconds": ref_sum + cp["seconds"], "rss_kib": 0},
+        }
+        print(f"   pipeline: {flow['seconds']:.2f}s vs sum {ref_sum:.2f}s", flush=True)
+
+        # write latency without and during a backup
+        with open_client(node.server, cluster.token) as client:
+            quiet = deploy_latencies(client, "quiet", 100)
+            out = work / "during.tar.gz"
+            proc = subprocess.Popen(
+                [str(BIN / "jaco"), "backup", "--output", str(out)],
+                env={**os.environ, **env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            busy = deploy_latencies(client, "busy", 20, until=lambda: proc.poll() is None)
+            proc.wait()
+            out.unlink(missing_ok=True)
+        rows["write_latency"] = {
+            "quiet_p50_ms": pct(quiet, 0.5) * 1000,
+            "quiet_p99_ms": pct(quiet, 0.99) * 1000,
+            "backup_p50_ms": pct(busy, 0.5) * 1000,
+            "backup_p99_ms": pct(busy, 0.99) * 1000,
+            "quiet_n": len(quiet),
+            "backup_n": len(busy),
+        }
+    finally:
+        cluster.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+
+def _mib(kib: float) -> str:
+    return f"{kib / 1024:.0f}" if kib else "-"
+
+
+def _rate(nbytes: int, seconds: float) -> str:
+    return f"{nbytes / MIB / seconds:.0f}" if seconds else "-"
+
+
+def table(size_mib: int, r: dict[str, Any]) -> list[str]:
+    snap, enc, up, down = r["snapshot"], r["encrypt"], r["upload"], r["download"]
+    res, pipe = r["restore"], r["pipeline"]
+    lines = [
+        f"\n### {size_mib} MiB (snapshot {snap['bytes'] / MIB:.0f} MiB, archive "
+        f"{enc['bytes'] / MIB:.0f} MiB, {r['built']['deployments']} deployments, "
+        f"{r['built']['bulk_keys']} bulk keys of {r['built']['bulk_value_kib']} KiB)",
+        "",
+        "| stage | jaco s | MiB/s | RSS MiB | reference | ref s | MiB/s | RSS MiB | jaco/ref |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, nbytes: int, ours: dict, ref_name: str, ref: dict) -> None:
+        s, rs = ours["seconds"], ref["seconds"]
+        lines.append(
+            f"| {name} | {s:.2f} | {_rate(nbytes, s)} | {_mib(ours['rss_kib'])} | {ref_name} | "
+            f"{rs:.2f} | {_rate(nbytes, rs)} | {_mib(ref['rss_kib'])} | {s / rs:.2f} |"
+        )
+
+    row("snapshot to file", snap["bytes"], snap["jaco"], "etcdctl snapshot save", snap["ref"])
+    lines.append(
+        f"| (jacod server peak during backup) | | | {_mib(snap['jacod_rss_kib'])} | | | | | |"
+    )
+    row("encrypt", enc["bytes"], enc["jaco"], "age CLI", enc["ref"])
+    row("encrypt", enc["bytes"], enc["jaco"], "cp", enc["cp"])
+    lines.append(
+        f"| (encrypt task: age-encrypt part only) | {enc['jaco']['task_seconds']:.2f} | "
+        f"{_rate(enc['bytes'], enc['jaco']['task_seconds'])} | | age CLI | "
+        f"{enc['ref']['seconds']:.2f} | | | "
+        f"{enc['jaco']['task_seconds'] / enc['ref']['seconds']:.2f} |"
+    )
+    row("upload", up["bytes"], up["jaco"], "boto3 upload_file", up["ref"])
+    dl_only = {"seconds": down["jaco"]["download_seconds"], "rss_kib": down["jaco"]["rss_kib"]}
+    row("download (in verify)", down["bytes"], dl_only, "boto3 download_file", down["ref"])
+    row("verify task (whole)", down["bytes"], down["jaco"], "boto3 download_file", down["ref"])
+    row("restore to READY", res["bytes"], res["jaco"], "etcdctl restore + etcd", res["ref"])
+    lines.append(
+        f"| (jaco restore CLI alone; jacod / bare etcd RSS) | "
+        f"{res['jaco']['restore_seconds']:.2f} | | {_mib(res['jaco']['jacod_rss_kib'])} | | | | "
+        f"{_mib(res['ref']['etcd_rss_kib'])} | |"
+    )
+    row("whole pipeline", pipe["bytes"], pipe["jaco"], "sum of references (+cp)", pipe["ref"])
+    for st in pipe["jaco"].get("stages", []):
+        lines.append(
+            f"| (flow stage {st['stage']}) | {st['seconds']} | {st['MiB/s']} | | | | | | |"
+        )
+    wl = r["write_latency"]
+    lines.append(
+        f"\nwrite latency (Deploy RPC): quiet p50 {wl['quiet_p50_ms']:.1f} ms p99 "
+        f"{wl['quiet_p99_ms']:.1f} ms (n={wl['quiet_n']}); during a backup p50 "
+        f"{wl['backup_p50_ms']:.1f} ms p99 {wl['backup_p99_ms']:.1f} ms (n={wl['backup_n']})"
+    )
+    return lines
+
+
+def targets(results: dict[int, dict[str, Any]]) -> list[str]:
+    lines = ["\n### targets (measured, not asserted)", ""]
+
+    def check(label: str, ok: bool, detail: str) -> None:
+        lines.append(f"- [{'met' if ok else 'MISSED'}] {label}: {detail}")
+
+    for size, r in results.items():
+
+        def ratio(k: str, r: dict[str, Any] = r) -> float:
+            return float(r[k]["jaco"]["seconds"] / r[k]["ref"]["seconds"])
+
+        check(
+            f"{size} MiB backup ≤1.25x etcdctl",
+            ratio("snapshot") <= 1.25,
+            f"{ratio('snapshot'):.2f}x",
+        )
+        check(f"{size} MiB restore ≤1.25x", ratio("restore") <= 1.25, f"{ratio('restore'):.2f}x")
+        check(f"{size} MiB encrypt ≤1.5x age", ratio("encrypt") <= 1.5, f"{ratio('encrypt'):.2f}x")
+        check(f"{size} MiB upload ≤1.0x boto3", ratio("upload") <= 1.0, f"{ratio('upload'):.2f}x")
+        d = r["download"]["jaco"]["download_seconds"] / r["download"]["ref"]["seconds"]
+        check(
+            f"{size} MiB download ≤1.0x boto3",
+            d <= 1.0,
+            f"{d:.2f}x (verify whole: {ratio('download'):.2f}x)",
+        )
+        check(
+            f"{size} MiB pipeline ≤1.2x sum", ratio("pipeline") <= 1.2, f"{ratio('pipeline'):.2f}x"
+        )
+        peaks = {
+            k: r[k]["jaco"]["rss_kib"] / 1024
+            for k in ("snapshot", "encrypt", "upload", "download", "restore", "pipeline")
+        }
+        peaks["jacod(backup)"] = r["snapshot"]["jacod_rss_kib"] / 1024
+        worst = max(peaks, key=lambda k: peaks[k])
+        check(
+            f"{size} MiB every stage <200 MiB RSS",
+            peaks[worst] < 200,
+            f"max {worst} {peaks[worst]:.0f} MiB",
+        )
+        wl = r["write_latency"]
+        lat = wl["backup_p99_ms"] / wl["quiet_p99_ms"]
+        check(f"{size} MiB write p99 during backup ≤2x", lat <= 2, f"{lat:.2f}x")
+    if len(results) > 1:
+        small, large = min(results), max(results)
+        for k in ("snapshot", "encrypt", "upload", "download", "restore", "pipeline"):
+            a = results[small][k]["jaco"]["rss_kib"] / 1024
+            b = results[large][k]["jaco"]["rss_kib"] / 1024
+            check(
+                f"RSS flat {small}→{large} MiB: {k}", b <= a * 1.25 + 10, f"{a:.0f} → {b:.0f} MiB"
+            )
+        a = results[small]["snapshot"]["jacod_rss_kib"] / 1024
+        b = results[large]["snapshot"]["jacod_rss_kib"] / 1024
+        check(
+            f"RSS flat {small}→{large} MiB: jacod during backup",
+            b <= a * 1.25 + 10,
+            f"{a:.0f} → {b:.0f} MiB",
+        )
+    return lines
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def start_prefect(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    home = root / "prefect"
+    home.mkdir()
+    log = open(root / "prefect.log", "ab")  # noqa: SIM115
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}/api"
+    wait_http(f"{url}/health", 120)
+    return proc, url
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--size", type=int, action="append", choices=[64, 512, 2048])
+    parser.add_argument("--repeat", type=int, default=0, help="runs per stage (median)")
+    parser.add_argument("--value-kib", type=int, default=48, help="size of each bulk record")
+    parser.add_argument("--workdir", default="/var/tmp", help="where the clusters live")
+    args = parser.parse_args(argv)
+    sizes = args.size or [64, 512, 2048]
+    root = Path(tempfile.mkdtemp(prefix="jaco-bench-", dir=args.workdir))
+    s3 = SeaweedS3(root / "s3")
+    prefect: subprocess.Popen[bytes] | None = None
+    results: dict[int, dict[str, Any]] = {}
+    started = dt.datetime.now(dt.UTC)
+    try:
+        key_file = root / "age.key"
+        subprocess.run(["age-keygen", "-o", str(key_file)], check=True, capture_output=True)
+        recipient = next(
+            line.split(": ", 1)[1]
+            for line in key_file.read_text().splitlines()
+            if "public key" in line
+        )
+        s3.start()
+        s3.create_bucket(BUCKET)
+        prefect, prefect_url = start_prefect(root)
+        ctx = {
+            "root": root,
+            "s3": s3,
+            "key_file": key_file,
+            "recipient": recipient,
+            "prefect_url": prefect_url,
+        }
+        startup = measure([PY, "-m", "bench.stage", "cli", str(root / "v.json"), "--", "--version"])
+        for size in sizes:
+            reps = args.repeat or (3 if size <= 64 else 1)
+            results[size] = run_size(size, ctx, reps, args.value_kib)
+            for line in table(size, results[size]):
+                print(line)
+            print(flush=True)
+            # the stored objects of this size are not needed any more
+            client = s3.client()
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+                for obj in page.get("Contents", []):
+                    client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    finally:
+        if prefect is not None:
+            stop_pid(prefect)
+        s3.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"(jaco CLI startup, `jaco --version`: {startup['seconds']:.2f}s)")
+    for line in targets(results):
+        print(line)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{started:%Y%m%dT%H%M%SZ}.json"
+    out.write_text(
+        json.dumps(
+            {
+                "started": started.isoformat(),
+                "cli_startup_seconds": startup["seconds"],
+                "sizes": {str(k): v for k, v in results.items()},
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""One measured stage in its own process, so that its peak RSS is its own.
+
+`python -m bench.stage NAME JSON_ARGS RESULT_FILE` runs one stage in this process, times the
+call itself (imports excluded) and writes `{"seconds", "rss_kib", ...}` to RESULT_FILE.
+`python -m bench.stage cli RESULT_FILE -- ARGS...` runs the `jaco` CLI in-process (startup and
+imports included, like a user's shell would see) and reports this process's own peak RSS, not
+that of the children it starts (etcd, etcdctl).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _rss_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _encrypt(args: dict[str, Any]) -> dict[str, Any]:
+    from flows.tasks import encrypt_task
+
+    return dict(encrypt_task.fn(args["archive"], args["recipients"]))
+
+
+def _upload(args: dict[str, Any]) -> dict[str, Any]:
+    from flows.tasks import upload_task
+
+    return dict(upload_task.fn(args["store"], args["path"], args["key"], args["metadata"]))
+
+
+def _verify(args: dict[str, Any]) -> dict[str, Any]:
+    from flows.tasks import verify_task
+
+    return dict(verify_task.fn(args["store"], args["key"], args["expected"]))
+
+
+def _boto3_upload(args: dict[str, Any]) -> dict[str, Any]:
+    import boto3
+
+    boto3.client("s3").upload_file(args["path"], args["bucket"], args["key"])
+    return {}
+
+
+def _boto3_download(args: dict[str, Any]) -> dict[str, Any]:
+    import boto3
+
+    boto3.client("s3").download_file(args["bucket"], args["key"], args["path"])
+    return {}
+
+
+def _flow(args: dict[str, Any]) -> dict[str, Any]:
+    from flows.backup import BackupParams, backup_cluster
+
+    result = backup_cluster(BackupParams(**args["params"]))
+    return {"stages": result["stages"], "size": result["size"], "key": result["key"]}
+
+
+STAGES = {
+    "encrypt": _encrypt,
+    "upload": _upload,
+    "verify": _verify,
+    "boto3-upload": _boto3_upload,
+    "boto3-download": _boto3_download,
+    "flow": _flow,
+}
+
+
+def _cli(result_file: Path, argv: list[str]) -> int:
+    from jaco.cli import main
+
+    sys.argv = ["jaco", *argv]
+    code: Any = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    result_file.write_text(json.dumps({"rss_kib": _rss_kib(), "code": code}))
+    return code if isinstance(code, int) else 1
+
+
+def run() -> int:
+    if sys.argv[1] == "cli":
+        return _cli(Path(sys.argv[2]), sys.argv[4:] if sys.argv[3] == "--" else sys.argv[3:])
+    name, args, result_file = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3])
+    fn = STAGES[name]
+    # Imports happen before the clock starts: the stage, not the interpreter, is measured.
+    if name in ("encrypt", "upload", "verify"):
+        import logging
+
+        import flows.tasks
+
+        # Called outside a flow run (`task.fn`): Prefect's run logger has no context there.
+        flows.tasks.get_run_logger = lambda: logging.getLogger("bench")  # type: ignore[assignment]
+    if name == "flow":
+        import flows.backup  # noqa: F401
+    if name.startswith("boto3"):
+        import boto3  # noqa: F401
+    started = time.monotonic()
+    extra = fn(args)
+    seconds = time.monotonic() - started
+    extra = {("task_seconds" if k == "seconds" else k): v for k, v in extra.items()}
+    result_file.write_text(json.dumps({**extra, "seconds": seconds, "rss_kib": _rss_kib()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
