@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import IO, Any
 
 import pyrage
 
 from flows.errors import PipelineError, VerifyFailed
+from jaco.archive import ArchiveError, read_archive_stream
 
 CHUNK = 1024 * 1024
 
@@ -54,6 +56,19 @@ def load_identities(path: Path) -> list[Any]:
     return identities
 
 
+class HashingReader:
+    """A read-only source that hashes what is read from it."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self.sha256 = hashlib.sha256()
+        self._source = source
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._source.read(n)
+        self.sha256.update(data)
+        return data
+
+
 class HashingWriter:
     """A write-only sink that hashes (and optionally forwards) what it is given."""
 
@@ -82,8 +97,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def encrypt_file(source: Path, target: Path, recipients: list[str], extra: Any = None) -> None:
-    """Encrypt to every recipient; written to a temp name, fsynced, renamed, mode 0600."""
+def encrypt_file(
+    source: Path, target: Path, recipients: list[str], extra: Any = None
+) -> tuple[str, str]:
+    """Encrypt to every recipient; written to a temp name, fsynced, renamed, mode 0600.
+
+    Returns the SHA-256 of the plaintext and of the ciphertext, hashed on the way through.
+    """
     parsed = [parse_recipient(r) for r in recipients]
     if not parsed:
         raise PipelineError("no age recipients: the archive would leave the host unencrypted")
@@ -93,13 +113,15 @@ def encrypt_file(source: Path, target: Path, recipients: list[str], extra: Any =
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with open(source, "rb") as src, os.fdopen(fd, "wb") as out:
-            pyrage.encrypt_io(src, out, parsed)
+            reader, writer = HashingReader(src), HashingWriter(out)
+            pyrage.encrypt_io(reader, writer, parsed)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return reader.sha256.hexdigest(), writer.sha256.hexdigest()
 
 
 def decrypt_to(source: Path, sink: IO[bytes] | HashingWriter, identities: list[Any]) -> None:
@@ -113,7 +135,34 @@ def decrypt_to(source: Path, sink: IO[bytes] | HashingWriter, identities: list[A
         ) from None
 
 
-def plaintext_sha256(ciphertext: Path, identities: list[Any]) -> str:
-    sink = HashingWriter()
-    decrypt_to(ciphertext, sink, identities)
-    return sink.sha256.hexdigest()
+def decrypt_and_read_archive(ciphertext: Path, identities: list[Any]) -> tuple[str, dict[str, Any]]:
+    """Decrypt (in a thread) straight into the archive reader through a pipe: the plaintext
+    never touches the disk. Returns the plaintext SHA-256 and the verified meta.json."""
+    read_fd, write_fd = os.pipe()
+    sinks: list[HashingWriter] = []
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(write_fd, "wb") as pipe:
+                sinks.append(HashingWriter(pipe))
+                decrypt_to(ciphertext, sinks[0], identities)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+            failure.append(exc)
+
+    producer = threading.Thread(target=produce, name="decrypt", daemon=True)
+    producer.start()
+    try:
+        with os.fdopen(read_fd, "rb") as pipe:
+            meta = read_archive_stream(pipe, name=ciphertext.name)
+            while pipe.read(CHUNK):  # let the decrypter finish (and check its tag)
+                pass
+    except ArchiveError:
+        producer.join()
+        if failure and not isinstance(failure[0], BrokenPipeError):
+            raise failure[0] from None  # a decryption failure explains the broken archive
+        raise
+    producer.join()
+    if failure:
+        raise failure[0]
+    return sinks[0].sha256.hexdigest(), meta

@@ -23,7 +23,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
-from flows.crypto import HashingWriter, decrypt_to, encrypt_file, load_identities, sha256_file
+from flows.crypto import (
+    HashingWriter,
+    decrypt_and_read_archive,
+    decrypt_to,
+    encrypt_file,
+    load_identities,
+    sha256_file,
+)
 from flows.errors import PipelineError, VerifyFailed, is_transient
 from flows.retention import RetentionPolicy, parse_key, to_keep
 from flows.storage import open_store
@@ -123,9 +130,8 @@ def encrypt_task(archive: str, recipients: list[str]) -> dict[str, Any]:
     started = time.monotonic()
     source = Path(archive)
     target = source.with_name(source.name + ".age")
-    plain_sha = sha256_file(source)
     proof = pyrage.x25519.Identity.generate()
-    encrypt_file(source, target, recipients, extra=proof.to_public())
+    plain_sha, cipher_sha = encrypt_file(source, target, recipients, extra=proof.to_public())
     encrypt_seconds = time.monotonic() - started
     sink = HashingWriter()
     decrypt_to(target, sink, [proof])
@@ -138,7 +144,7 @@ def encrypt_task(archive: str, recipients: list[str]) -> dict[str, Any]:
     return {
         "path": str(target),
         "plaintext_sha256": plain_sha,
-        "ciphertext_sha256": sha256_file(target),
+        "ciphertext_sha256": cipher_sha,
         "size": target.stat().st_size,
         "seconds": encrypt_seconds,
         "verify_seconds": time.monotonic() - started - encrypt_seconds,
@@ -200,20 +206,22 @@ def fetch_and_decrypt(store_url: str, key: str, directory: Path) -> FetchedBacku
 def verify_task(store_url: str, key: str, expected: dict[str, Any]) -> dict[str, Any]:
     """Download, check the ciphertext checksum, decrypt, check archive, meta and snapshot."""
     started = time.monotonic()
+    identities = load_identities(identity_file())
     with tempfile.TemporaryDirectory(prefix="jaco-verify-") as tmp:
-        fetched = fetch_and_decrypt(store_url, key, Path(tmp))
-    if fetched.ciphertext_sha256 != expected["ciphertext_sha256"]:
-        raise VerifyFailed(f"{key} differs from what was uploaded (ciphertext SHA-256)")
-    if fetched.plaintext_sha256 != expected["plaintext_sha256"]:
+        cipher = Path(tmp) / "backup.tar.gz.age"
+        metadata = open_store(store_url).get(key, cipher)
+        download_seconds = time.monotonic() - started
+        if sha256_file(cipher) != expected["ciphertext_sha256"]:
+            raise VerifyFailed(f"{key} differs from what was uploaded (ciphertext SHA-256)")
+        if metadata.get("ciphertext-sha256") != expected["ciphertext_sha256"]:
+            raise VerifyFailed(f"{key}'s metadata names another ciphertext checksum")
+        plain_sha, meta = decrypt_and_read_archive(cipher, identities)
+    if plain_sha != expected["plaintext_sha256"]:
         raise VerifyFailed(f"{key} decrypts to another archive than was taken")
     for field in ("cluster_id", "snapshot_index", "snapshot_sha256", "state_digest"):
-        if fetched.meta[field] != expected["meta"][field]:
+        if meta[field] != expected["meta"][field]:
             raise VerifyFailed(f"{key}'s meta.json has another {field} than was taken")
-    return {
-        "key": key,
-        "seconds": time.monotonic() - started,
-        "download_seconds": fetched.download_seconds,
-    }
+    return {"key": key, "seconds": time.monotonic() - started, "download_seconds": download_seconds}
 
 
 @task(name="prune", timeout_seconds=900, **RETRY)

@@ -23,18 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+# isal's igzip reads and writes the same gzip format several times faster than zlib
+# (DESIGN.md's figures); it checks the CRC and length like the stdlib does.
+from isal import igzip, isal_zlib
+
 from jaco import __version__
 from jaco.errors import InvalidArgument, JacoError
 
-try:  # igzip writes the same gzip format ~10x faster than zlib (DESIGN.md figures)
-    from isal import igzip as _gzip_writer
 
-    def _gzip_open(raw: IO[bytes]) -> IO[bytes]:
-        return _gzip_writer.IGzipFile(fileobj=raw, mode="wb", compresslevel=1)  # type: ignore[return-value]
-except ImportError:  # pragma: no cover - isal is a declared dependency
-
-    def _gzip_open(raw: IO[bytes]) -> IO[bytes]:
-        return gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1)  # type: ignore[return-value]
+def _gzip_open(raw: IO[bytes], mode: str = "wb") -> IO[bytes]:
+    level = {"compresslevel": 1} if mode == "wb" else {}
+    return igzip.IGzipFile(fileobj=raw, mode=mode, **level)  # type: ignore[return-value]
 
 
 FORMAT = 1
@@ -238,15 +237,25 @@ def read_archive(path: Path, sink: IO[bytes] | None = None) -> VerifiedArchive:
     if not path.is_file():
         raise InvalidArgument(f"{path} is not a regular file")
     try:
-        with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-            meta = _read_members(gz, sink)  # type: ignore[arg-type]
-            _drain_padding(gz)  # type: ignore[arg-type]  # reaching gzip's end checks its CRC and length
-        return VerifiedArchive(meta, path.stat().st_size)
+        with open(path, "rb") as raw:
+            meta = read_archive_stream(raw, sink, path.name)
     except PermissionError:
         raise InvalidArgument(f"cannot read {path}: permission denied") from None
-    except (EOFError, zlib.error, gzip.BadGzipFile, tarfile.TarError) as exc:
+    return VerifiedArchive(meta, path.stat().st_size)
+
+
+def read_archive_stream(
+    raw: IO[bytes], sink: IO[bytes] | None = None, name: str = "the archive"
+) -> dict[str, Any]:
+    """`read_archive` for a stream (e.g. a pipe from a decrypter); returns the verified meta."""
+    try:
+        with _gzip_open(raw, "rb") as gz:
+            meta = _read_members(gz, sink)
+            _drain_padding(gz)  # reaching gzip's end checks its CRC and length
+        return meta
+    except (EOFError, zlib.error, isal_zlib.error, gzip.BadGzipFile, tarfile.TarError) as exc:  # type: ignore[misc]
         reason = exc or "unexpected end of data"
-        raise ArchiveError(f"{path.name} is corrupt or truncated: {reason}") from None
+        raise ArchiveError(f"{name} is corrupt or truncated: {reason}") from None
 
 
 def _drain_padding(gz: IO[bytes]) -> None:

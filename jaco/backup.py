@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,18 @@ def take_backup(
 ) -> BackupResult:
     """Stream a snapshot from the server into `output` (atomically, mode 0600)."""
     stream = client.stream("Backup", pb.BackupRequest(), timeout=timeout)
+    try:
+        return _write(stream, output, on_meta, progress)
+    finally:
+        stream.close()  # cancel the call now, before the caller closes the channel
+
+
+def _write(
+    stream: Iterator[Any],
+    output: Path,
+    on_meta: Callable[[dict[str, Any]], None],
+    progress: Callable[[int], None],
+) -> BackupResult:
     first = next(stream, None)
     if first is None or first.WhichOneof("part") != "meta_json":
         raise ArchiveError("the server did not start the backup with its meta.json")
@@ -44,4 +55,4 @@ def take_backup(
             yield message.data
 
     size = write_archive(output, meta, chunks(), progress)
-    return BackupResult(output, size, json.loads(json.dumps(meta)))
+    return BackupResult(output, size, meta)

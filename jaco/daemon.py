@@ -63,7 +63,14 @@ class Node:
         self._etcd = await self.member.start()
         self._store = Store(self._etcd)
         await self._complete_restore()
-        server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                # accept the clients' keepalive pings (every 10 s, also mid-stream)
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ]
+        )
         pb_grpc.add_JacoServicer_to_server(JacoService(self), server)
         chain = self.data.node_cert.read_bytes() + self.data.ca_cert.read_bytes()
         credentials = grpc.ssl_server_credentials([(self.data.node_key.read_bytes(), chain)])

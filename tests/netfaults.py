@@ -24,6 +24,10 @@ class FaultyProxy:
         self.cut_after = cut_after  # bytes from server to client before the connection drops
         # bytes from client to server before one connection (the first to get there) drops
         self.cut_upstream_once_after = cut_upstream_once_after
+        # bytes from server to client after which the peer goes silent: nothing is forwarded
+        # any more in either direction, and nothing is closed (a host that lost power)
+        self.blackhole_after: int | None = None
+        self.blackholed = threading.Event()
         self.delay = delay_per_chunk
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -52,6 +56,12 @@ class FaultyProxy:
         passed = 0
         try:
             while chunk := src.recv(65536):
+                if self.blackholed.is_set():
+                    continue  # swallow everything, answer nothing
+                hole = self.blackhole_after if downstream else None
+                if hole is not None and passed + len(chunk) > hole:
+                    self.blackholed.set()
+                    continue
                 if downstream and self.delay:
                     time.sleep(self.delay)
                 cut = self.cut_after if downstream else self.cut_upstream_once_after
@@ -68,7 +78,11 @@ class FaultyProxy:
         finally:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
+                    # shutdown first: close() alone does not wake the other pump's recv(),
+                    # which keeps the connection open and the peer never notices the cut
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                    s.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
                     s.close()
 
     def close(self) -> None:

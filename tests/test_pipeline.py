@@ -204,6 +204,27 @@ def test_leader_dying_mid_backup_costs_one_server_not_the_run(
     assert [r.run_count for r in runs] == [1]  # the same attempt moved to the next server
 
 
+def test_leader_going_silent_is_detected_by_keepalive(env: dict[str, Any], tmp_path: Path) -> None:
+    keys, cluster = env["keys"], env["cluster"]
+    leader = cluster.leader()
+    follower = next(n for n in cluster.nodes.values() if n is not leader)
+    # After 20 kB the leader answers nothing and closes nothing: a host that lost power.
+    proxy = FaultyProxy(leader.api_port)
+    proxy.blackhole_after = 20_000
+    try:
+        started = time.monotonic()
+        state = run_flow(
+            params(cluster, keys, tmp_path / "local", servers=[proxy.address, follower.server])
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        proxy.close()
+    assert proxy.blackholed.is_set()
+    assert state.is_completed(), state.message
+    assert elapsed < 200  # keepalive, not the 300 s call deadline, ended the silent call
+    assert [r.run_count for r in _task_runs(state, "take-backup")] == [1]
+
+
 def test_leader_node_killed(
     env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
