@@ -88,18 +88,13 @@ class BwrapSandbox:
                 cmd += ["--ro-bind", top, top]
         for etc in ("passwd", "group", "hosts", "nsswitch.conf", "localtime", "ssl"):
             cmd += ["--ro-bind-try", f"/etc/{etc}", f"/etc/{etc}"]
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/lib/jaco"]
+        # bwrap mounts in order: the installation is bound after the fresh tmpfs mounts, so a
+        # checkout or venv that lives under /tmp stays visible inside.
         for install in _install_paths():
             cmd += ["--ro-bind", install, install]
         venv_bin = str(Path(sys.prefix) / "bin")
         cmd += [
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            "--tmpfs",
-            "/tmp",
-            "--tmpfs",
-            "/var/lib/jaco",
             "--ro-bind",
             str(inputs),
             "/input",

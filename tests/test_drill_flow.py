@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -177,3 +178,11 @@ def test_drill_past_its_timeout_is_killed_and_wiped(stored: dict[str, Any], tmp_
         if p.name.isdigit() and b"flows.drill_agent" in _cmdline(p)
     ]
     assert leftovers == []
+
+
+def test_installation_is_mounted_over_the_sandbox_tmpfs() -> None:
+    # CI clones into any folder, /tmp included: the venv must not vanish under the fresh /tmp.
+    cmd = BwrapSandbox().command(Path("/inputs"), [])
+    tmpfs_at = max(i for i, arg in enumerate(cmd) if arg == "--tmpfs")
+    binds = [i for i, arg in enumerate(cmd) if arg == "--ro-bind" and cmd[i + 1] == sys.prefix]
+    assert binds and all(i > tmpfs_at for i in binds)
