@@ -248,10 +248,7 @@ def backup_cluster(params: BackupParams) -> dict[str, Any]:
         reverse=True,
     )[:20]
     create_table_artifact(
-        [
-            {"key": o.key, "bytes": o.size, "stored": o.modified.isoformat(), "locked": o.locked}
-            for o in recent
-        ],
+        [{"key": o.key, "bytes": o.size, "stored": o.modified.isoformat()} for o in recent],
         key=f"jaco-backups-{params.cluster}",
         description=f"recent backups of {params.cluster}",
     )

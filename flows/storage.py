@@ -27,7 +27,6 @@ class StoredObject:
     key: str
     size: int
     modified: dt.datetime
-    locked: bool = False
 
 
 class BackupStore(Protocol):
@@ -37,7 +36,7 @@ class BackupStore(Protocol):
     def get(self, key: str, path: Path) -> dict[str, str]: ...
     def delete(self, key: str) -> None: ...
     def list(self, prefix: str) -> Iterator[StoredObject]: ...
-    def exists(self, key: str) -> bool: ...
+    def is_locked(self, key: str) -> bool: ...
 
 
 _PERMANENT_S3_CODES = {
@@ -117,19 +116,12 @@ class S3Store:
         except Exception as exc:  # noqa: BLE001
             raise _s3_error(exc, f"delete of {key}") from None
 
-    def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
+    def is_locked(self, key: str) -> bool:
+        """Under S3 object lock (retention not yet expired, or a legal hold)?"""
         try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001
             raise _s3_error(exc, f"head of {key}") from None
-
-    def _locked(self, key: str) -> bool:
-        head = self.client.head_object(Bucket=self.bucket, Key=key)
         until = head.get("ObjectLockRetainUntilDate")
         if until is not None and until > dt.datetime.now(dt.UTC):
             return True
@@ -142,9 +134,7 @@ class S3Store:
             )
             for page in pages:
                 for obj in page.get("Contents", []):
-                    yield StoredObject(
-                        obj["Key"], obj["Size"], obj["LastModified"], self._locked(obj["Key"])
-                    )
+                    yield StoredObject(obj["Key"], obj["Size"], obj["LastModified"])
         except StorageError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -198,8 +188,8 @@ class LocalStore:
         path.unlink(missing_ok=True)
         path.with_name(path.name + ".meta").unlink(missing_ok=True)
 
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+    def is_locked(self, key: str) -> bool:
+        return False  # a directory has no object lock
 
     def list(self, prefix: str) -> Iterator[StoredObject]:
         for path in sorted(self.root.rglob("*.age")):

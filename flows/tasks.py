@@ -160,32 +160,42 @@ def upload_task(store_url: str, path: str, key: str, metadata: dict[str, str]) -
     return {"store": store.name, "key": key, "seconds": time.monotonic() - started}
 
 
+def download_checked(
+    store_url: str, key: str, cipher: Path, expected_sha256: str | None = None
+) -> tuple[dict[str, str], float]:
+    """Download `key` to `cipher`; its SHA-256 must be the one recorded at upload (and
+    `expected_sha256`, when the caller knows it). Returns the metadata and the seconds taken."""
+    store = open_store(store_url)
+    started = time.monotonic()
+    metadata = store.get(key, cipher)
+    seconds = time.monotonic() - started
+    recorded = metadata.get("ciphertext-sha256")
+    if recorded is None:
+        raise VerifyFailed(f"{key} in {store.name} carries no ciphertext checksum")
+    if sha256_file(cipher) != recorded:
+        raise VerifyFailed(
+            f"{key} in {store.name} is damaged: its content does not match the "
+            "ciphertext checksum recorded at upload"
+        )
+    if expected_sha256 is not None and recorded != expected_sha256:
+        raise VerifyFailed(f"{key} differs from what was uploaded (ciphertext SHA-256)")
+    return metadata, seconds
+
+
 @dataclass(frozen=True)
 class FetchedBackup:
     plaintext: Path
-    metadata: dict[str, str]
-    ciphertext_sha256: str
-    plaintext_sha256: str
     meta: dict[str, Any]
     download_seconds: float
     decrypt_seconds: float
 
 
 def fetch_and_decrypt(store_url: str, key: str, directory: Path) -> FetchedBackup:
-    """Download `key`, check it against its own metadata, decrypt it with the operator's
-    identity (hashing as it goes) and verify the archive. The plaintext lands in `directory`."""
+    """Download and check `key`, decrypt it with the operator's identity (hashing as it goes)
+    and verify the archive. The plaintext lands in `directory`."""
     identities = load_identities(identity_file())
-    store = open_store(store_url)
-    started = time.monotonic()
     cipher = directory / "backup.tar.gz.age"
-    metadata = store.get(key, cipher)
-    download_seconds = time.monotonic() - started
-    cipher_sha = sha256_file(cipher)
-    if metadata.get("ciphertext-sha256", cipher_sha) != cipher_sha:
-        raise VerifyFailed(
-            f"{key} in {store.name} is damaged: its content does not match the "
-            "ciphertext checksum recorded at upload"
-        )
+    metadata, download_seconds = download_checked(store_url, key, cipher)
     started = time.monotonic()
     plain = directory / "backup.tar.gz"
     fd = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -193,13 +203,10 @@ def fetch_and_decrypt(store_url: str, key: str, directory: Path) -> FetchedBacku
         sink = HashingWriter(out)
         decrypt_to(cipher, sink, identities)
     cipher.unlink()
-    plain_sha = sink.sha256.hexdigest()
-    if metadata.get("plaintext-sha256", plain_sha) != plain_sha:
+    if metadata.get("plaintext-sha256") != sink.sha256.hexdigest():
         raise VerifyFailed(f"{key} decrypts to another archive than the one uploaded")
     meta = read_archive(plain).meta
-    return FetchedBackup(
-        plain, metadata, cipher_sha, plain_sha, meta, download_seconds, time.monotonic() - started
-    )
+    return FetchedBackup(plain, meta, download_seconds, time.monotonic() - started)
 
 
 @task(name="verify", timeout_seconds=3600, **RETRY)
@@ -209,12 +216,9 @@ def verify_task(store_url: str, key: str, expected: dict[str, Any]) -> dict[str,
     identities = load_identities(identity_file())
     with tempfile.TemporaryDirectory(prefix="jaco-verify-") as tmp:
         cipher = Path(tmp) / "backup.tar.gz.age"
-        metadata = open_store(store_url).get(key, cipher)
-        download_seconds = time.monotonic() - started
-        if sha256_file(cipher) != expected["ciphertext_sha256"]:
-            raise VerifyFailed(f"{key} differs from what was uploaded (ciphertext SHA-256)")
-        if metadata.get("ciphertext-sha256") != expected["ciphertext_sha256"]:
-            raise VerifyFailed(f"{key}'s metadata names another ciphertext checksum")
+        _, download_seconds = download_checked(
+            store_url, key, cipher, expected["ciphertext_sha256"]
+        )
         plain_sha, meta = decrypt_and_read_archive(cipher, identities)
     if plain_sha != expected["plaintext_sha256"]:
         raise VerifyFailed(f"{key} decrypts to another archive than was taken")
@@ -233,8 +237,9 @@ def prune_task(
     objects = list(store.list(prefix))
     backups = [b for b in (parse_key(o.key) for o in objects) if b is not None]
     keep = to_keep(backups, policy) | {protect}
-    locked = {o.key for o in objects if o.locked}
-    doomed = sorted(b.key for b in backups if b.key not in keep and b.key not in locked)
+    candidates = sorted(b.key for b in backups if b.key not in keep)
+    locked = {key for key in candidates if store.is_locked(key)}  # asked only where it matters
+    doomed = [key for key in candidates if key not in locked]
     if not policy.dry_run:
         for key in doomed:
             store.delete(key)
@@ -244,7 +249,7 @@ def prune_task(
         "would delete" if policy.dry_run else "deleted",
         len(doomed),
         len(backups) - len(doomed),
-        len(locked & {b.key for b in backups}),
+        len(locked),
     )
     return {
         "store": store.name,
