@@ -163,13 +163,15 @@ class Node:
                 status = await self.etcd.status()
                 if status.leader_id != status.member_id:
                     continue
-                members = await self.etcd.members()
-                for member in members:
+                voters = set()
+                for member in await self.etcd.members():
                     if member.is_learner:
                         with contextlib.suppress(EtcdError):  # not caught up yet
                             await self.etcd.promote(member.id)
                             log.info("promoted etcd learner %x to voter", member.id)
-                voters = {m.id for m in await self.etcd.members() if not m.is_learner}
+                            voters.add(member.id)
+                    else:
+                        voters.add(member.id)
                 for node in await self.store.nodes():
                     mid = int(node["member_id"], 16) if node.get("member_id") else 0
                     if not node.get("voter") and mid in voters:
