@@ -134,15 +134,10 @@ def stop_pid(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
 # -- building a cluster of a given size -------------------------------------------------------
 
 
-def etcdctl(node: Node) -> list[str]:
-    pki = node.data_dir / "pki"
-    return [
-        "etcdctl",
-        f"--endpoints=https://127.0.0.1:{node.client_port}",
-        f"--cacert={pki / 'ca.crt'}",
-        f"--cert={pki / 'node.crt'}",
-        f"--key={pki / 'node.key'}",
-    ]
+def endpoint_status(node: Node) -> Any:
+    return json.loads(
+        measure([*node.etcdctl_command(), "endpoint", "status", "-w", "json"])["stdout"]
+    )
 
 
 async def _fill(node: Node, total: int, value_bytes: int) -> int:
@@ -202,12 +197,12 @@ def build(root: Path, size_mib: int, value_kib: int) -> tuple[Cluster, dict[str,
                 ),
             )
     deploy_seconds = time.monotonic() - started
-    status = json.loads(measure([*etcdctl(node), "endpoint", "status", "-w", "json"])["stdout"])
+    status = endpoint_status(node)
     db = status[0]["Status"]["dbSize"]
     started = time.monotonic()
     keys = asyncio.run(_fill(node, size_mib * MIB - db, value_kib * 1024))
     fill_seconds = time.monotonic() - started
-    status = json.loads(measure([*etcdctl(node), "endpoint", "status", "-w", "json"])["stdout"])
+    status = endpoint_status(node)
     return cluster, {
         "deployments": DEPLOYS.get(size_mib, 300),
         "deploy_seconds": round(deploy_seconds, 1),
@@ -357,7 +352,7 @@ def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> d
         def save() -> dict:
             ref_snap.unlink(missing_ok=True)
             return measure(
-                [*etcdctl(node), "snapshot", "save", str(ref_snap)], {"ETCDCTL_API": "3"}
+                [*node.etcdctl_command(), "snapshot", "save", str(ref_snap)], {"ETCDCTL_API": "3"}
             )
 
         ref = repeat(reps, save)

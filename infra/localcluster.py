@@ -149,6 +149,13 @@ class Node:
                 proc.wait()
         return proc.returncode
 
+    def etcdctl_command(self) -> list[str]:
+        """`etcdctl` talking to this node's etcd member with the node's own client cert."""
+        pki = self.data_dir / "pki"
+        return ["etcdctl", f"--endpoints=https://127.0.0.1:{self.client_port}",
+                f"--cacert={pki / 'ca.crt'}", f"--cert={pki / 'node.crt'}",
+                f"--key={pki / 'node.key'}"]
+
     def log(self) -> str:
         path = self.data_dir.parent / f"{self.name}.jacod.log"
         return path.read_text(errors="replace") if path.exists() else ""

@@ -9,25 +9,9 @@ from infra.localcluster import Cluster
 
 
 def _etcdctl(cluster: Cluster, *args: str, input_: str | None = None) -> str:
-    node = cluster.nodes["node-1"]
-    pki = node.data_dir / "pki"
-    cmd = [
-        "etcdctl",
-        f"--endpoints=https://127.0.0.1:{node.client_port}",
-        f"--cacert={pki / 'ca.crt'}",
-        f"--cert={pki / 'node.crt'}",
-        f"--key={pki / 'node.key'}",
-        *args,
-    ]
-    proc = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        input=input_,
-        check=True,
-        env={"ETCDCTL_API": "3"},
-        timeout=30,
-    )
+    command = [*cluster.nodes["node-1"].etcdctl_command(), *args]
+    proc = subprocess.run(command, capture_output=True, text=True, input=input_, check=True,
+                          env={"ETCDCTL_API": "3"}, timeout=30)
     return proc.stdout
 
 
