@@ -11,7 +11,6 @@ import asyncio
 import shutil
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 
 from jaco import pki, tokens
 from jaco.client import Client, Connection, fetch_pinned_ca
@@ -168,7 +167,3 @@ def join_cluster(data: DataDir, name: str, ports: Ports, peer: str, join_token: 
         empty_data_dir(data, created)
         raise
     return str(reply.cluster_id)
-
-
-def write_token_file(path: Path, token: str) -> None:
-    write_private(path, token.encode() + b"\n")

@@ -542,13 +542,6 @@ class Store:
 
         await self.mutate(actor, fn)
 
-    async def forget_node(self, actor: str, name: str, reason: str) -> None:
-        async def fn(view: View, change: Change) -> None:
-            change.delete(P_NODES + name)
-            change.audit("NODE_REMOVED", name=name, reason=reason)
-
-        await self.mutate(actor, fn)
-
     async def nodes(self) -> list[dict[str, Any]]:
         return await (await self.view()).list(P_NODES)
 
