@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,24 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.ports import free_port
 from jaco.etcd_member import die_with_parent
 
 BIN = Path(sys.executable).parent
 JACO = str(BIN / "jaco")
 JACOD = str(BIN / "jacod")
-
-_used_ports: set[int] = set()
-
-
-def free_port() -> int:
-    """A loopback port that is free now and not handed out before in this run."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _used_ports:
-            _used_ports.add(port)
-            return port
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
@@ -152,9 +139,13 @@ class Node:
     def etcdctl_command(self) -> list[str]:
         """`etcdctl` talking to this node's etcd member with the node's own client cert."""
         pki = self.data_dir / "pki"
-        return ["etcdctl", f"--endpoints=https://127.0.0.1:{self.client_port}",
-                f"--cacert={pki / 'ca.crt'}", f"--cert={pki / 'node.crt'}",
-                f"--key={pki / 'node.key'}"]
+        return [
+            "etcdctl",
+            f"--endpoints=https://127.0.0.1:{self.client_port}",
+            f"--cacert={pki / 'ca.crt'}",
+            f"--cert={pki / 'node.crt'}",
+            f"--key={pki / 'node.key'}",
+        ]
 
     def log(self) -> str:
         path = self.data_dir.parent / f"{self.name}.jacod.log"

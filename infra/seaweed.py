@@ -27,39 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from infra.ports import free_port, free_port_pair
+
+_no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 WEED = str(Path(sys.executable).parent / "weed")
 REGION = "us-east-1"
 GRPC_PORT_OFFSET = 10000  # weed's admin worker dials admin.port + this, whatever -admin.port.grpc
-
-_used_ports: set[int] = set()
-_no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def free_port() -> int:
-    """A loopback port that is free now and not handed out before in this process."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if port not in _used_ports:
-            _used_ports.add(port)
-            return port
-
-
-def free_port_pair(offset: int) -> tuple[int, int]:
-    """Free loopback ports `p` and `p + offset`, for services that derive one from the other."""
-    while True:
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port: int = a.getsockname()[1]
-            if port + offset > 65535 or {port, port + offset} & _used_ports:
-                continue
-            try:
-                b.bind(("127.0.0.1", port + offset))
-            except OSError:
-                continue
-        _used_ports.update((port, port + offset))
-        return port, port + offset
 
 
 def _port_is_free(port: int) -> bool:
