@@ -10,8 +10,15 @@ from infra.localcluster import Cluster
 
 def _etcdctl(cluster: Cluster, *args: str, input_: str | None = None) -> str:
     command = [*cluster.nodes["node-1"].etcdctl_command(), *args]
-    proc = subprocess.run(command, capture_output=True, text=True, input=input_, check=True,
-                          env={"ETCDCTL_API": "3"}, timeout=30)
+    proc = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        input=input_,
+        check=True,
+        env={"ETCDCTL_API": "3"},
+        timeout=30,
+    )
     return proc.stdout
 
 
