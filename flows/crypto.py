@@ -124,13 +124,18 @@ def encrypt_file(
     return reader.sha256.hexdigest(), writer.sha256.hexdigest()
 
 
-def decrypt_to(source: Path, sink: IO[bytes] | HashingWriter, identities: list[Any]) -> None:
+def decrypt_to(
+    source: Path,
+    sink: IO[bytes] | HashingWriter,
+    identities: list[Any],
+    key_name: str = "the verify identity",
+) -> None:
     try:
         with open(source, "rb") as src:
             pyrage.decrypt_io(src, sink, identities)
     except pyrage.DecryptError as exc:
         raise VerifyFailed(
-            f"the backup does not decrypt with the verify identity ({exc}): wrong key, or the "
+            f"the backup does not decrypt with {key_name} ({exc}): wrong key, or the "
             "ciphertext is damaged"
         ) from None
 

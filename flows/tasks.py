@@ -134,7 +134,7 @@ def encrypt_task(archive: str, recipients: list[str]) -> dict[str, Any]:
     plain_sha, cipher_sha = encrypt_file(source, target, recipients, extra=proof.to_public())
     encrypt_seconds = time.monotonic() - started
     sink = HashingWriter()
-    decrypt_to(target, sink, [proof])
+    decrypt_to(target, sink, [proof], "this run's proof key")
     if sink.sha256.hexdigest() != plain_sha:
         target.unlink(missing_ok=True)
         raise PipelineError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import json
 import os
 import tarfile
@@ -175,7 +176,7 @@ def write_archive(
     try:
         with os.fdopen(fd, "wb") as raw:
             with _gzip_open(raw) as gz, tarfile.open(fileobj=gz, mode="w|") as tar:
-                tar.addfile(_tarinfo(META_NAME, len(meta_bytes)), _BytesReader(meta_bytes))
+                tar.addfile(_tarinfo(META_NAME, len(meta_bytes)), io.BytesIO(meta_bytes))
                 reader = _HashingReader(iter(snapshot), progress)
                 tar.addfile(_tarinfo(SNAPSHOT_NAME, meta["snapshot_size"]), reader)  # type: ignore[arg-type]
                 if reader.read(1) or reader.size != meta["snapshot_size"]:
@@ -201,15 +202,6 @@ def write_archive(
         if isinstance(exc, tarfile.StreamError | OSError) and not isinstance(exc, JacoError):
             raise JacoError(f"writing {output} failed: {exc}") from None
         raise
-
-
-class _BytesReader:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def read(self, n: int = -1) -> bytes:
-        data, self._data = (self._data, b"") if n < 0 else (self._data[:n], self._data[n:])
-        return data
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -31,7 +31,7 @@ from jaco import __version__
 from jaco.archive import check_version, read_archive
 from jaco.backup import DEFAULT_TIMEOUT, take_backup
 from jaco.bootstrap import Ports, default_advertise_host, init_cluster, join_cluster
-from jaco.client import Client, open_client
+from jaco.client import open_client
 from jaco.config import DataDir, data_dir_from_env, write_private
 from jaco.errors import InvalidArgument, JacoError
 from jaco.restore import restore
@@ -127,10 +127,6 @@ def _print_json(message: Any) -> None:
     out.print_json(json.dumps(message))
 
 
-def _client(server: str) -> Client:
-    return open_client(server)
-
-
 # -- cluster --------------------------------------------------------------------------------
 
 
@@ -174,7 +170,7 @@ def cluster_init(
 @operator_errors
 def cluster_status(server: Server = "", as_json: AsJson = False) -> None:
     """Nodes of the cluster: name, address, state, leader, raft index and term."""
-    with _client(server) as client:
+    with open_client(server) as client:
         reply = client.call("ClusterStatus", pb.ClusterStatusRequest())
     if as_json:
         return _print_json(reply)
@@ -195,7 +191,7 @@ def cluster_status(server: Server = "", as_json: AsJson = False) -> None:
 @operator_errors
 def status(server: Server = "", as_json: AsJson = False) -> None:
     """Deployments with their replicas, IPs and nodes."""
-    with _client(server) as client:
+    with open_client(server) as client:
         reply = client.call("Status", pb.StatusRequest())
     if as_json:
         return _print_json(reply)
@@ -248,7 +244,7 @@ def deploy(
     request = pb.DeployRequest(
         name=name, image=image, replicas=_check_count(replicas), env=_parse_env(env or [])
     )
-    with _client(server) as client:
+    with open_client(server) as client:
         reply = client.call("Deploy", request)
     if as_json:
         return _print_json(reply)
@@ -264,7 +260,7 @@ def scale(
     server: Server = "",
 ) -> None:
     """Change a deployment's replica count (IPs of removed replicas are released)."""
-    with _client(server) as client:
+    with open_client(server) as client:
         reply = client.call("Scale", pb.ScaleRequest(name=name, replicas=_check_count(replicas)))
     out.print(f"Scaled {reply.name} to {reply.replicas} replica(s)")
 
@@ -275,7 +271,7 @@ def remove(
     name: Annotated[str, typer.Argument(help="Deployment name.")], server: Server = ""
 ) -> None:
     """Delete a deployment, its replicas and their IPs."""
-    with _client(server) as client:
+    with open_client(server) as client:
         client.call("RemoveDeployment", pb.RemoveDeploymentRequest(name=name))
     out.print(f"Removed {name}")
 
@@ -294,7 +290,7 @@ def route_add(
     server: Server = "",
 ) -> None:
     """Route HOST/PATH to a deployment's port."""
-    with _client(server) as client:
+    with open_client(server) as client:
         reply = client.call(
             "AddRoute", pb.Route(name=name, host=host, path=path, deployment=deployment, port=port)
         )
@@ -305,7 +301,7 @@ def route_add(
 @operator_errors
 def route_ls(server: Server = "", as_json: AsJson = False) -> None:
     """List routes."""
-    with _client(server) as client:
+    with open_client(server) as client:
         reply = client.call("ListRoutes", pb.Empty())
     if as_json:
         return _print_json(reply)
@@ -321,7 +317,7 @@ def route_ls(server: Server = "", as_json: AsJson = False) -> None:
 @operator_errors
 def route_rm(name: Annotated[str, typer.Argument(help="Route name.")], server: Server = "") -> None:
     """Remove a route."""
-    with _client(server) as client:
+    with open_client(server) as client:
         client.call("RemoveRoute", pb.RemoveRouteRequest(name=name))
     out.print(f"Removed route {name}")
 
@@ -343,7 +339,7 @@ def cert_issue(
         raise InvalidArgument("--days must be positive")
     if not out_dir.is_dir():
         raise InvalidArgument(f"--out-dir {out_dir} is not a directory")
-    with _client(server) as client:
+    with open_client(server) as client:
         reply = client.call(
             "IssueCert",
             pb.IssueCertRequest(common_name=common_name, dns_names=dns or [], valid_days=days),
@@ -361,7 +357,7 @@ def cert_issue(
 @operator_errors
 def cert_ls(server: Server = "", as_json: AsJson = False) -> None:
     """List certificates issued by the cluster CA."""
-    with _client(server) as client:
+    with open_client(server) as client:
         reply = client.call("ListCerts", pb.Empty())
     if as_json:
         return _print_json(reply)
@@ -388,7 +384,7 @@ def token_create(
     server: Server = "",
 ) -> None:
     """Create an operator token. It is shown once; the cluster keeps only its SHA-256."""
-    with _client(server) as client:
+    with open_client(server) as client:
         reply = client.call(
             "CreateToken", pb.CreateTokenRequest(role=role, description=description)
         )
@@ -404,7 +400,7 @@ def token_create(
 @operator_errors
 def token_ls(server: Server = "", as_json: AsJson = False) -> None:
     """List operator tokens (ids and roles; secrets are never stored)."""
-    with _client(server) as client:
+    with open_client(server) as client:
         reply = client.call("ListTokens", pb.Empty())
     if as_json:
         return _print_json(reply)
@@ -423,7 +419,7 @@ def token_revoke(
     server: Server = "",
 ) -> None:
     """Revoke an operator token; it stops authenticating at once, on every node."""
-    with _client(server) as client:
+    with open_client(server) as client:
         client.call("RevokeToken", pb.RevokeTokenRequest(id=token_id))
     out.print(f"Revoked token {token_id}")
 
@@ -452,7 +448,7 @@ def audit(
         ctx.obj = server
         return
     request = pb.AuditRequest(types=type_ or [], since=since, until=until, follow=follow)
-    with _client(server) as client:
+    with open_client(server) as client:
         for event in client.stream("Audit", request, timeout=None if follow else 60):
             if as_json:
                 print(
@@ -477,7 +473,7 @@ def audit(
 @operator_errors
 def audit_verify(ctx: typer.Context, server: Server = "") -> None:
     """Recompute the audit log's hash chain; exit 1 if any event was altered or removed."""
-    with _client(server or ctx.obj or "") as client:
+    with open_client(server or ctx.obj or "") as client:
         reply = client.call("VerifyAudit", pb.Empty())
     if reply.ok:
         out.print(f"Audit chain intact: {reply.events} events")
@@ -496,7 +492,7 @@ def issue_join_token(
     server: Server = "",
 ) -> None:
     """Issue a single-use, expiring token for one new node to join."""
-    with _client(server) as client:
+    with open_client(server) as client:
         reply = client.call("IssueJoinToken", pb.IssueJoinTokenRequest(ttl_seconds=ttl))
     err.print(f"Single-use join token (expires {reply.expires_at}):")
     out.print(reply.token, highlight=False, soft_wrap=True)
@@ -568,7 +564,7 @@ def backup(
         raise InvalidArgument(f"--output {output} is a directory; name the archive file")
     shown = str(output)
     output = output.absolute()
-    with _client(server) as client, _progress() as bar:
+    with open_client(server) as client, _progress() as bar:
         task = bar.add_task("snapshot", total=None)
         result = take_backup(
             client,

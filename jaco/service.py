@@ -260,16 +260,10 @@ class JacoService(pb_grpc.JacoServicer):
 
     @rpc(WRITE)
     async def CreateToken(self, request: Any, context: Any, who: Principal) -> pb.CreatedToken:
-        token = await self.store.create_token(
+        token, record = await self.store.create_token(
             who.actor, request.role or "admin", request.description
         )
-        info = pb.TokenInfo(
-            id=token.id,
-            role=request.role or "admin",
-            description=request.description,
-            created_at=now(),
-        )
-        return pb.CreatedToken(info=info, token=str(token))
+        return pb.CreatedToken(info=_token_info(record), token=str(token))
 
     @rpc(READ)
     async def ListTokens(self, request: Any, context: Any, who: Principal) -> pb.TokenList:

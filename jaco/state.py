@@ -432,17 +432,20 @@ class Store:
 
     # -- operator tokens -----------------------------------------------------------------
 
-    async def create_token(self, actor: str, role: str, description: str) -> tokens.Token:
+    async def create_token(
+        self, actor: str, role: str, description: str
+    ) -> tuple[tokens.Token, dict[str, Any]]:
         if role not in ROLES:
             raise InvalidArgument(f"invalid role {role!r}: use one of {', '.join(ROLES)}")
         token = tokens.new_token(tokens.OPERATOR, await self.ca_fingerprint())
+        record = _token_record(token, role, description)
 
         async def fn(view: View, change: Change) -> None:
-            change.put(P_TOKENS + token.id, _token_record(token, role, description))
+            change.put(P_TOKENS + token.id, record)
             change.audit("TOKEN_CREATED", id=token.id, role=role)
 
         await self.mutate(actor, fn)
-        return token
+        return token, record
 
     async def revoke_token(self, actor: str, token_id: str) -> None:
         async def fn(view: View, change: Change) -> None:
