@@ -60,6 +60,13 @@ def _flow(args: dict[str, Any]) -> dict[str, Any]:
     return {"stages": result["stages"], "size": result["size"], "key": result["key"]}
 
 
+def _drill(args: dict[str, Any]) -> dict[str, Any]:
+    from flows.drill import DrillParams, drill_restore
+
+    result = drill_restore(DrillParams(**args["params"]))
+    return {"rto_seconds": result["rto_seconds"], "checks": len(result["checks"])}
+
+
 STAGES = {
     "encrypt": _encrypt,
     "upload": _upload,
@@ -67,6 +74,7 @@ STAGES = {
     "boto3-upload": _boto3_upload,
     "boto3-download": _boto3_download,
     "flow": _flow,
+    "drill": _drill,
 }
 
 
@@ -96,8 +104,9 @@ def run() -> int:
 
         # Called outside a flow run (`task.fn`): Prefect's run logger has no context there.
         flows.tasks.get_run_logger = lambda: logging.getLogger("bench")  # type: ignore[assignment]
-    if name == "flow":
+    if name in ("flow", "drill"):
         import flows.backup  # noqa: F401
+        import flows.drill  # noqa: F401
     if name.startswith("boto3"):
         import boto3  # noqa: F401
     started = time.monotonic()

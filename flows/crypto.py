@@ -1,10 +1,11 @@
-"""age encryption of archives with pyrage, streaming, and the proof that it worked.
+"""age encryption of archives with pyrage, streaming, hashed on the way through.
 
 `pyrage.encrypt_io` / `decrypt_io` stream in constant memory (the other pyrage calls hold the
-whole file and the GIL). pyrage can report success after a failed final write, so an
-encryption is only trusted after its ciphertext has been decrypted again and the plaintext's
-SHA-256 matched. Keys are in age's own formats: `age1…` X25519 recipients, `ssh-ed25519 …`
-public keys, and identity files of `AGE-SECRET-KEY-1…` lines (what `age-keygen` writes).
+whole file). pyrage can report success after a failed final write, so an encryption is only
+trusted once its ciphertext has been decrypted again and the plaintext's SHA-256 matched:
+the pipeline's verify step does that on the uploaded object. Keys are in age's own
+formats: `age1…` X25519 recipients, `ssh-ed25519 …` public keys, and identity files of
+`AGE-SECRET-KEY-1…` lines (what `age-keygen` writes).
 """
 
 from __future__ import annotations
@@ -97,26 +98,23 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def encrypt_file(
-    source: Path, target: Path, recipients: list[str], extra: Any = None
-) -> tuple[str, str]:
-    """Encrypt to every recipient; written to a temp name, fsynced, renamed, mode 0600.
+def encrypt_file(source: Path, target: Path, recipients: list[str]) -> tuple[str, str]:
+    """Encrypt to every recipient; written to a temp name and renamed, mode 0600.
 
     Returns the SHA-256 of the plaintext and of the ciphertext, hashed on the way through.
+    The file is the pipeline's scratch copy, uploaded and deleted within the run: it is not
+    fsynced (the stores make their own copies durable).
     """
     parsed = [parse_recipient(r) for r in recipients]
     if not parsed:
         raise PipelineError("no age recipients: the archive would leave the host unencrypted")
-    if extra is not None:
-        parsed.append(extra)
     tmp = target.with_name(f".{target.name}.partial")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with open(source, "rb") as src, os.fdopen(fd, "wb") as out:
+        # pyrage reads 8 KiB at a time: a 1 MiB buffer turns those into few system calls.
+        with open(source, "rb", buffering=CHUNK) as src, os.fdopen(fd, "wb") as out:
             reader, writer = HashingReader(src), HashingWriter(out)
             pyrage.encrypt_io(reader, writer, parsed)
-            out.flush()
-            os.fsync(out.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -124,34 +122,38 @@ def encrypt_file(
     return reader.sha256.hexdigest(), writer.sha256.hexdigest()
 
 
-def decrypt_to(
-    source: Path,
-    sink: IO[bytes] | HashingWriter,
-    identities: list[Any],
-    key_name: str = "the verify identity",
-) -> None:
+def decrypt_to(source: Path, sink: IO[bytes] | HashingWriter, identities: list[Any]) -> str:
+    """Decrypt `source` into `sink`; returns the ciphertext's SHA-256, hashed as it is read."""
     try:
-        with open(source, "rb") as src:
-            pyrage.decrypt_io(src, sink, identities)
+        with open(source, "rb", buffering=CHUNK) as src:
+            reader = HashingReader(src)
+            pyrage.decrypt_io(reader, sink, identities)
+            while reader.read(CHUNK):  # whatever age did not need is still part of the object
+                pass
     except pyrage.DecryptError as exc:
         raise VerifyFailed(
-            f"the backup does not decrypt with {key_name} ({exc}): wrong key, or the "
+            f"the backup does not decrypt with the verify identity ({exc}): wrong key, or the "
             "ciphertext is damaged"
         ) from None
+    return reader.sha256.hexdigest()
 
 
-def decrypt_and_read_archive(ciphertext: Path, identities: list[Any]) -> tuple[str, dict[str, Any]]:
+def decrypt_and_read_archive(
+    ciphertext: Path, identities: list[Any]
+) -> tuple[str, str, dict[str, Any]]:
     """Decrypt (in a thread) straight into the archive reader through a pipe: the plaintext
-    never touches the disk. Returns the plaintext SHA-256 and the verified meta.json."""
+    never touches the disk. Returns the ciphertext's and the plaintext's SHA-256 and the
+    verified meta.json."""
     read_fd, write_fd = os.pipe()
     sinks: list[HashingWriter] = []
+    cipher_sha: list[str] = []
     failure: list[BaseException] = []
 
     def produce() -> None:
         try:
             with os.fdopen(write_fd, "wb") as pipe:
                 sinks.append(HashingWriter(pipe))
-                decrypt_to(ciphertext, sinks[0], identities)
+                cipher_sha.append(decrypt_to(ciphertext, sinks[0], identities))
         except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
             failure.append(exc)
 
@@ -170,4 +172,4 @@ def decrypt_and_read_archive(ciphertext: Path, identities: list[Any]) -> tuple[s
     producer.join()
     if failure:
         raise failure[0]
-    return sinks[0].sha256.hexdigest(), meta
+    return cipher_sha[0], sinks[0].sha256.hexdigest(), meta

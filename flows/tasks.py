@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyrage
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
@@ -34,7 +33,7 @@ from flows.crypto import (
 from flows.errors import PipelineError, VerifyFailed, is_transient
 from flows.retention import RetentionPolicy, parse_key, to_keep
 from flows.storage import open_store
-from jaco.archive import read_archive
+from jaco.archive import ArchiveError, read_archive
 from jaco.backup import take_backup
 from jaco.client import open_client
 from jaco.errors import InvalidArgument, Unavailable
@@ -121,33 +120,23 @@ def take_backup_task(servers: list[str], workdir: str, timeout: float) -> dict[s
 
 @task(name="encrypt", timeout_seconds=1800, **RETRY)
 def encrypt_task(archive: str, recipients: list[str]) -> dict[str, Any]:
-    """age-encrypt to all recipients, then prove the ciphertext decrypts to the same bytes.
+    """age-encrypt to all recipients, hashing plaintext and ciphertext on the way through.
 
-    The proof uses a throwaway identity made for this run and added as one more recipient:
-    it needs no secret here, and its key is gone when the task ends. Whether the operator's
-    own identity decrypts the stored object is for `verify` to prove, independently.
+    That the stored object decrypts, with the operator's own identity, to exactly this
+    plaintext (SHA-256) is what `verify` proves after the upload; a backup that fails it is
+    deleted from every store. (Decrypting here as well, with a throwaway key, proved nothing
+    more and cost a second pass over the file.)
     """
     started = time.monotonic()
     source = Path(archive)
     target = source.with_name(source.name + ".age")
-    proof = pyrage.x25519.Identity.generate()
-    plain_sha, cipher_sha = encrypt_file(source, target, recipients, extra=proof.to_public())
-    encrypt_seconds = time.monotonic() - started
-    sink = HashingWriter()
-    decrypt_to(target, sink, [proof], "this run's proof key")
-    if sink.sha256.hexdigest() != plain_sha:
-        target.unlink(missing_ok=True)
-        raise PipelineError(
-            "the ciphertext does not decrypt to the archive (the encryption "
-            "silently failed); nothing was uploaded"
-        )
+    plain_sha, cipher_sha = encrypt_file(source, target, recipients)
     return {
         "path": str(target),
         "plaintext_sha256": plain_sha,
         "ciphertext_sha256": cipher_sha,
         "size": target.stat().st_size,
-        "seconds": encrypt_seconds,
-        "verify_seconds": time.monotonic() - started - encrypt_seconds,
+        "seconds": time.monotonic() - started,
     }
 
 
@@ -160,26 +149,30 @@ def upload_task(store_url: str, path: str, key: str, metadata: dict[str, str]) -
     return {"store": store.name, "key": key, "seconds": time.monotonic() - started}
 
 
-def download_checked(
-    store_url: str, key: str, cipher: Path, expected_sha256: str | None = None
-) -> tuple[dict[str, str], float]:
-    """Download `key` to `cipher`; its SHA-256 must be the one recorded at upload (and
-    `expected_sha256`, when the caller knows it). Returns the metadata and the seconds taken."""
+def download(store_url: str, key: str, cipher: Path) -> tuple[dict[str, str], float]:
+    """Download `key` to `cipher` (boto3's parallel ranged GETs); it must carry the ciphertext
+    checksum recorded at upload. Returns the metadata and the seconds taken."""
     store = open_store(store_url)
     started = time.monotonic()
     metadata = store.get(key, cipher)
     seconds = time.monotonic() - started
-    recorded = metadata.get("ciphertext-sha256")
-    if recorded is None:
+    if "ciphertext-sha256" not in metadata:
         raise VerifyFailed(f"{key} in {store.name} carries no ciphertext checksum")
-    if sha256_file(cipher) != recorded:
-        raise VerifyFailed(
-            f"{key} in {store.name} is damaged: its content does not match the "
-            "ciphertext checksum recorded at upload"
-        )
-    if expected_sha256 is not None and recorded != expected_sha256:
-        raise VerifyFailed(f"{key} differs from what was uploaded (ciphertext SHA-256)")
     return metadata, seconds
+
+
+def check_ciphertext(
+    key: str, actual: str, metadata: dict[str, str], expected: str | None = None
+) -> None:
+    """The downloaded ciphertext's SHA-256 (hashed while decrypting) against the one recorded
+    at upload, and against `expected` when the caller knows what was uploaded."""
+    if actual != metadata["ciphertext-sha256"]:
+        raise VerifyFailed(
+            f"{key} is damaged: its content does not match the ciphertext checksum recorded "
+            "at upload"
+        )
+    if expected is not None and actual != expected:
+        raise VerifyFailed(f"{key} differs from what was uploaded (ciphertext SHA-256)")
 
 
 @dataclass(frozen=True)
@@ -191,18 +184,23 @@ class FetchedBackup:
 
 
 def fetch_and_decrypt(store_url: str, key: str, directory: Path) -> FetchedBackup:
-    """Download and check `key`, decrypt it with the operator's identity (hashing as it goes)
-    and verify the archive. The plaintext lands in `directory`."""
+    """Download and check `key`, decrypt it with the operator's identity (hashing both sides
+    as it goes) and verify the archive. The plaintext lands in `directory`."""
     identities = load_identities(identity_file())
     cipher = directory / "backup.tar.gz.age"
-    metadata, download_seconds = download_checked(store_url, key, cipher)
+    metadata, download_seconds = download(store_url, key, cipher)
     started = time.monotonic()
     plain = directory / "backup.tar.gz"
     fd = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         sink = HashingWriter(out)
-        decrypt_to(cipher, sink, identities)
+        try:
+            cipher_sha = decrypt_to(cipher, sink, identities)
+        except VerifyFailed:
+            check_ciphertext(key, sha256_file(cipher), metadata)  # damage, if that is why
+            raise
     cipher.unlink()
+    check_ciphertext(key, cipher_sha, metadata)
     if metadata.get("plaintext-sha256") != sink.sha256.hexdigest():
         raise VerifyFailed(f"{key} decrypts to another archive than the one uploaded")
     meta = read_archive(plain).meta
@@ -211,15 +209,19 @@ def fetch_and_decrypt(store_url: str, key: str, directory: Path) -> FetchedBacku
 
 @task(name="verify", timeout_seconds=3600, **RETRY)
 def verify_task(store_url: str, key: str, expected: dict[str, Any]) -> dict[str, Any]:
-    """Download, check the ciphertext checksum, decrypt, check archive, meta and snapshot."""
+    """Download, decrypt straight into the archive reader, and check on the way: ciphertext
+    and plaintext checksums, archive structure, meta.json and the snapshot's SHA-256."""
     started = time.monotonic()
     identities = load_identities(identity_file())
     with tempfile.TemporaryDirectory(prefix="jaco-verify-") as tmp:
         cipher = Path(tmp) / "backup.tar.gz.age"
-        _, download_seconds = download_checked(
-            store_url, key, cipher, expected["ciphertext_sha256"]
-        )
-        plain_sha, meta = decrypt_and_read_archive(cipher, identities)
+        metadata, download_seconds = download(store_url, key, cipher)
+        try:
+            cipher_sha, plain_sha, meta = decrypt_and_read_archive(cipher, identities)
+        except (VerifyFailed, ArchiveError):
+            check_ciphertext(key, sha256_file(cipher), metadata, expected["ciphertext_sha256"])
+            raise
+    check_ciphertext(key, cipher_sha, metadata, expected["ciphertext_sha256"])
     if plain_sha != expected["plaintext_sha256"]:
         raise VerifyFailed(f"{key} decrypts to another archive than was taken")
     for field in ("cluster_id", "snapshot_index", "snapshot_sha256", "state_digest"):

@@ -1,9 +1,11 @@
-"""The backup archive: `cluster-YYYY-MM-DD.tar.gz` holding `meta.json` then `snapshot.bin`.
+"""The backup archive: `cluster-YYYY-MM-DD.tar.gz` holding `snapshot.bin` then `meta.json`.
 
 Written streaming (constant memory) through a gzip encoder into a temp name that is fsynced
-and renamed, mode 0600: a failed write never leaves a file under the final name. Reading is
-hostile-input code: exactly the two expected members, in order, regular files only, bounded
-sizes, and the snapshot's size and SHA-256 checked against meta.json. Nothing from the
+and renamed, mode 0600: a failed write never leaves a file under the final name. meta.json
+comes last because it is read from the finished snapshot (archive format 2); format 1
+archives, meta.json first, stay readable. Reading is hostile-input code: exactly the two
+expected members, in an order their format allows, regular files only, bounded sizes, and
+the snapshot's size and SHA-256 checked against meta.json. Nothing from the
 archive is ever executed or unpickled; meta.json is parsed as JSON and validated field by
 field. This module knows nothing of gRPC, etcd or S3.
 """
@@ -37,7 +39,8 @@ def _gzip_open(raw: IO[bytes], mode: str = "wb") -> IO[bytes]:
     return igzip.IGzipFile(fileobj=raw, mode=mode, **level)  # type: ignore[return-value]
 
 
-FORMAT = 1
+FORMAT = 2  # 2: snapshot.bin, then meta.json; 1 (still read): meta.json first
+FORMATS = (1, 2)
 META_NAME = "meta.json"
 SNAPSHOT_NAME = "snapshot.bin"
 MAX_META_BYTES = 1024 * 1024
@@ -88,9 +91,10 @@ def validate_meta(raw: bytes) -> dict[str, Any]:
     for name, kind in OPTIONAL_META_FIELDS.items():
         if name in meta and not isinstance(meta[name], kind):
             raise ArchiveError(f"meta.json field {name!r} has the wrong type")
-    if meta["format"] != FORMAT:
+    if meta["format"] not in FORMATS:
         raise ArchiveError(
-            f"archive format {meta['format']} is not supported (this jaco reads format {FORMAT})"
+            f"archive format {meta['format']} is not supported (this jaco reads formats "
+            f"{', '.join(map(str, FORMATS))})"
         )
     if not 0 <= meta["snapshot_size"] <= MAX_SNAPSHOT_BYTES:
         raise ArchiveError("meta.json claims an impossible snapshot size")
@@ -159,12 +163,16 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 
 def write_archive(
     output: Path,
-    meta: dict[str, Any],
+    snapshot_size: int,
     snapshot: Iterable[bytes],
+    meta: Callable[[], dict[str, Any]],
     progress: Callable[[int], None] = lambda n: None,
 ) -> int:
-    """Write meta + snapshot chunks to `output` atomically; returns the archive's size."""
-    meta_bytes = json.dumps(meta, indent=2, sort_keys=True).encode() + b"\n"
+    """Write snapshot.bin (`snapshot_size` bytes, from chunks), then meta.json as `meta()`
+    returns it once the chunks are done, to `output` atomically; returns the archive's size.
+
+    The snapshot's size and SHA-256 as received must match those meta.json records.
+    """
     directory = output.parent
     if not directory.is_dir():
         raise InvalidArgument(f"the output directory {directory} does not exist")
@@ -176,16 +184,22 @@ def write_archive(
     try:
         with os.fdopen(fd, "wb") as raw:
             with _gzip_open(raw) as gz, tarfile.open(fileobj=gz, mode="w|") as tar:
-                tar.addfile(_tarinfo(META_NAME, len(meta_bytes)), io.BytesIO(meta_bytes))
                 reader = _HashingReader(iter(snapshot), progress)
-                tar.addfile(_tarinfo(SNAPSHOT_NAME, meta["snapshot_size"]), reader)  # type: ignore[arg-type]
-                if reader.read(1) or reader.size != meta["snapshot_size"]:
+                tar.addfile(_tarinfo(SNAPSHOT_NAME, snapshot_size), reader)  # type: ignore[arg-type]
+                if reader.read(1):
                     raise ArchiveError(
-                        f"the server sent {reader.size} snapshot bytes, announced "
-                        f"{meta['snapshot_size']}"
+                        f"the server sent more than the {snapshot_size} snapshot bytes it announced"
                     )
-                if reader.sha256.hexdigest() != meta["snapshot_sha256"]:
+                described = meta()
+                if reader.size != described["snapshot_size"]:
+                    raise ArchiveError(
+                        f"the server sent {reader.size} snapshot bytes; its meta.json says "
+                        f"{described['snapshot_size']}"
+                    )
+                if reader.sha256.hexdigest() != described["snapshot_sha256"]:
                     raise ArchiveError("the snapshot received does not match its SHA-256")
+                meta_bytes = json.dumps(described, indent=2, sort_keys=True).encode() + b"\n"
+                tar.addfile(_tarinfo(META_NAME, len(meta_bytes)), io.BytesIO(meta_bytes))
             raw.flush()
             os.fsync(raw.fileno())
             size = raw.tell()
@@ -242,7 +256,14 @@ def read_archive_stream(
     """`read_archive` for a stream (e.g. a pipe from a decrypter); returns the verified meta."""
     try:
         with _gzip_open(raw, "rb") as gz:
-            meta = _read_members(gz, sink)
+            try:
+                meta = _read_members(gz, sink)
+            except ArchiveError:
+                # A corrupt stream can also look like a wrong layout: reaching gzip's end (and
+                # its CRC check) first tells which, so the operator hears "corrupt".
+                while gz.read(CHUNK):
+                    pass
+                raise
             _drain_padding(gz)  # reaching gzip's end checks its CRC and length
         return meta
     except (EOFError, zlib.error, isal_zlib.error, gzip.BadGzipFile, tarfile.TarError) as exc:  # type: ignore[misc]
@@ -260,7 +281,9 @@ def _drain_padding(gz: IO[bytes]) -> None:
 
 
 def _read_members(gz: IO[bytes], sink: IO[bytes] | None) -> dict[str, Any]:
+    """snapshot.bin then meta.json (format 2), or meta.json first (format 1, older jaco)."""
     meta: dict[str, Any] | None = None
+    snapshot: tuple[int, str] | None = None  # size, SHA-256 as read
     seen: list[str] = []
     with tarfile.open(fileobj=gz, mode="r|") as tar:
         for member in tar:
@@ -275,27 +298,38 @@ def _read_members(gz: IO[bytes], sink: IO[bytes] | None) -> dict[str, Any]:
                 if member.size > MAX_META_BYTES:
                     raise ArchiveError("meta.json is larger than any real one")
                 meta = validate_meta(data.read())
-                continue
-            if meta is None:
-                raise ArchiveError("snapshot.bin comes before meta.json")
-            if member.size != meta["snapshot_size"]:
+                if snapshot is None and meta["format"] != 1:
+                    raise ArchiveError("meta.json comes before snapshot.bin in a format 2 archive")
+            elif member.size > MAX_SNAPSHOT_BYTES:
+                raise ArchiveError("snapshot.bin is larger than any snapshot jaco writes")
+            elif meta is not None and member.size != meta["snapshot_size"]:
                 raise ArchiveError(
                     f"snapshot.bin is {member.size} bytes; meta.json says {meta['snapshot_size']}"
                 )
-            digest = hashlib.sha256()
-            remaining = member.size
-            while remaining:
-                chunk = data.read(min(CHUNK, remaining))
-                if not chunk:
-                    raise ArchiveError("snapshot.bin is truncated")
-                remaining -= len(chunk)
-                digest.update(chunk)
-                if sink is not None:
-                    sink.write(chunk)
-            if digest.hexdigest() != meta["snapshot_sha256"]:
-                raise ArchiveError("snapshot.bin does not match the SHA-256 in meta.json")
-    if seen != [META_NAME, SNAPSHOT_NAME]:
+            else:
+                snapshot = member.size, _copy_hashing(data, member.size, sink)
+    if seen not in ([META_NAME, SNAPSHOT_NAME], [SNAPSHOT_NAME, META_NAME]):
         missing = {META_NAME, SNAPSHOT_NAME} - set(seen)
         raise ArchiveError(f"the archive lacks {', '.join(sorted(missing))}")
-    assert meta is not None
+    assert meta is not None and snapshot is not None
+    if snapshot[0] != meta["snapshot_size"]:
+        raise ArchiveError(
+            f"snapshot.bin is {snapshot[0]} bytes; meta.json says {meta['snapshot_size']}"
+        )
+    if snapshot[1] != meta["snapshot_sha256"]:
+        raise ArchiveError("snapshot.bin does not match the SHA-256 in meta.json")
     return meta
+
+
+def _copy_hashing(data: IO[bytes], size: int, sink: IO[bytes] | None) -> str:
+    digest = hashlib.sha256()
+    remaining = size
+    while remaining:
+        chunk = data.read(min(CHUNK, remaining))
+        if not chunk:
+            raise ArchiveError("snapshot.bin is truncated")
+        remaining -= len(chunk)
+        digest.update(chunk)
+        if sink is not None:
+            sink.write(chunk)
+    return digest.hexdigest()

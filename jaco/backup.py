@@ -25,13 +25,13 @@ def take_backup(
     client: Client,
     output: Path,
     timeout: float = DEFAULT_TIMEOUT,
-    on_meta: Callable[[dict[str, Any]], None] = lambda meta: None,
+    on_size: Callable[[int], None] = lambda size: None,
     progress: Callable[[int], None] = lambda n: None,
 ) -> BackupResult:
     """Stream a snapshot from the server into `output` (atomically, mode 0600)."""
     stream = client.stream("Backup", pb.BackupRequest(), timeout=timeout)
     try:
-        return _write(stream, output, on_meta, progress)
+        return _write(stream, output, on_size, progress)
     finally:
         stream.close()  # cancel the call now, before the caller closes the channel
 
@@ -39,20 +39,40 @@ def take_backup(
 def _write(
     stream: Iterator[Any],
     output: Path,
-    on_meta: Callable[[dict[str, Any]], None],
+    on_size: Callable[[int], None],
     progress: Callable[[int], None],
 ) -> BackupResult:
-    first = next(stream, None)
-    if first is None or first.WhichOneof("part") != "meta_json":
-        raise ArchiveError("the server did not start the backup with its meta.json")
-    meta = validate_meta(first.meta_json.encode())
-    on_meta(meta)
+    """Format 2 servers send the size, the data, then meta.json; format 1 servers (older
+    jacod) send meta.json first. Either way the archive is written snapshot first."""
+    first: Any = next(stream, None)
+    kind = first.WhichOneof("part") if first is not None else None
+    received: dict[str, Any] = {}
+    if kind == "snapshot_size":
+        size = first.snapshot_size
+    elif kind == "meta_json":
+        received = validate_meta(first.meta_json.encode())
+        size = received["snapshot_size"]
+    else:
+        raise ArchiveError("the server did not start the backup with the snapshot's size")
+    on_size(size)
 
     def chunks() -> Iterator[bytes]:
         for message in stream:
-            if message.WhichOneof("part") != "data":
-                raise ArchiveError("the server sent a second meta.json mid-stream")
-            yield message.data
+            part = message.WhichOneof("part")
+            if part == "data":
+                yield message.data
+            elif part == "meta_json" and not received:
+                received.update(validate_meta(message.meta_json.encode()))
+                return
+            else:
+                raise ArchiveError(f"the server sent an unexpected {part} mid-stream")
 
-    size = write_archive(output, meta, chunks(), progress)
-    return BackupResult(output, size, meta)
+    def meta() -> dict[str, Any]:
+        if not received:
+            raise ArchiveError("the server ended the backup without its meta.json")
+        if next(stream, None) is not None:
+            raise ArchiveError("the server sent data after the backup's meta.json")
+        return received
+
+    archive_size = write_archive(output, size, chunks(), meta, progress)
+    return BackupResult(output, archive_size, received)

@@ -570,7 +570,7 @@ def backup(
             client,
             output,
             timeout,
-            on_meta=lambda meta: bar.update(task, total=meta["snapshot_size"]),
+            on_size=lambda size: bar.update(task, total=size),
             progress=lambda n: bar.advance(task, n),
         )
     out.print(f"Wrote {result.size} bytes to {shown}", highlight=False, soft_wrap=True)

@@ -262,13 +262,14 @@ class Etcd:
     async def remove_member(self, member_id: int) -> None:
         await self._call(self._cluster.MemberRemove, rpc.MemberRemoveRequest(ID=member_id))
 
-    async def snapshot(self, timeout: float) -> AsyncIterator[bytes]:
-        """etcd's Maintenance.Snapshot stream, byte for byte (it ends with a SHA-256 trailer)."""
+    async def snapshot(self, timeout: float) -> AsyncIterator[tuple[bytes, int]]:
+        """etcd's Maintenance.Snapshot stream, byte for byte (it ends with a SHA-256 trailer):
+        (piece, bytes of the database still to come after it)."""
         call = self._maintenance.Snapshot(rpc.SnapshotRequest(), timeout=timeout)
         try:
             async for resp in call:
                 if resp.blob:
-                    yield resp.blob
+                    yield resp.blob, resp.remaining_bytes
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from None
         finally:

@@ -167,28 +167,6 @@ class EtcdMember:
             await process.wait()
 
 
-def snapshot_status(path: Path) -> dict[str, int]:
-    """etcd's own reading of a snapshot file: its store revision, key count and hash.
-
-    `etcdctl snapshot status` checks the bolt file (and the SHA-256 trailer is not part of it).
-    """
-    tool = shutil.which("etcdutl")
-    cmd = (
-        [tool, "snapshot", "status", str(path), "-w", "json"]
-        if tool
-        else [etcd_binary("etcdctl"), "snapshot", "status", str(path), "-w", "json"]
-    )
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-    if result.returncode != 0:
-        raise JacoError(f"etcd could not read the snapshot: {result.stderr.strip()[-300:]}")
-    raw = json.loads(result.stdout)
-    return {
-        "revision": int(raw["revision"]),
-        "total_keys": int(raw["totalKey"]),
-        "hash": int(raw["hash"]),
-    }
-
-
 def snapshot_restore(snapshot: Path, data: DataDir, config: NodeConfig) -> None:
     """Restore a snapshot file into a fresh single-member etcd data dir."""
     tool = shutil.which("etcdutl") or etcd_binary("etcdctl")

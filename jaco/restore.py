@@ -1,30 +1,32 @@
 """`jaco restore`: prime an empty data dir from a backup archive.
 
 Order matters. Everything about the archive is verified (structure, meta.json, snapshot size
-and SHA-256, version) into a private temp dir before the data dir is touched. Then etcd's own
-restore writes a single-member store; a throwaway PKI lets the member start once so that the
-cluster CA can be read back out and the state digest at `snapshot_index` compared with the one
-in meta.json; then the node gets a certificate from the cluster's own CA. On the next jacod
-start the node comes up as the only voter of the same cluster and records RESTORE_COMPLETED.
-Any failure leaves the data dir as it was: empty.
+and SHA-256, version) into a private temp dir before the data dir is touched. The snapshot
+file itself is then read (jaco.bolt, no etcd started, nothing executed): its revision must be
+`snapshot_index`, its state digest and counts those in meta.json, its cluster the one named;
+the cluster CA comes out of it. Meanwhile etcd's own restore writes a single-member store,
+and the node gets a certificate from the cluster's own CA. On the next jacod start the node
+comes up as the only voter of the same cluster and records RESTORE_COMPLETED. Any failure
+leaves the data dir as it was: empty.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import tempfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from jaco import pki
 from jaco.archive import ArchiveError, check_version, read_archive
+from jaco.bolt import SnapshotFileError
 from jaco.bootstrap import Ports, empty_data_dir, single_member_config, write_pki
-from jaco.config import DataDir, NodeConfig, check_name, write_private
-from jaco.etcd_member import EtcdMember, snapshot_restore, snapshot_status
-from jaco.state import Store
+from jaco.config import DataDir, check_name, write_private
+from jaco.etcd_member import snapshot_restore
+from jaco.snapshot import SnapshotState, read_snapshot_state
 
 
 def restore(archive: Path, data: DataDir, name: str, ports: Ports) -> dict[str, Any]:
@@ -38,8 +40,6 @@ def restore(archive: Path, data: DataDir, name: str, ports: Ports) -> dict[str, 
         with os.fdopen(fd, "wb") as sink:
             meta = read_archive(archive, sink).meta
         check_version(meta)
-        if snapshot_status(snapshot)["revision"] != meta["snapshot_index"]:
-            raise ArchiveError("snapshot.bin is not at the index meta.json names")
         created = not data.path.exists()
         data.create()
         try:
@@ -52,13 +52,15 @@ def restore(archive: Path, data: DataDir, name: str, ports: Ports) -> dict[str, 
 
 def _prime(snapshot: Path, data: DataDir, name: str, ports: Ports, meta: dict[str, Any]) -> None:
     config = single_member_config(name, meta["cluster_id"], ports)
-    snapshot_restore(snapshot, data, config)
-    hosts = pki.node_hosts(name, ports.advertise_host)
-    throwaway = pki.create_ca("restore")
-    temp = pki.issue(throwaway, name, hosts, 1)
-    write_pki(data, throwaway.cert_pem, temp.cert_pem, temp.key_pem)
-    ca = asyncio.run(_check_restored_store(data, config, meta))
-    node = pki.issue(ca, name, hosts, pki.NODE_VALID_DAYS)
+    # Reading the snapshot's state and etcd's restore each take a while: run them together.
+    with ThreadPoolExecutor(1) as pool:
+        checked = pool.submit(_check_snapshot, snapshot, meta)
+        try:
+            snapshot_restore(snapshot, data, config)
+        finally:
+            state = checked.result()  # its error, if any, wins: it says what is wrong
+    ca = state.ca
+    node = pki.issue(ca, name, pki.node_hosts(name, ports.advertise_host), pki.NODE_VALID_DAYS)
     write_pki(data, ca.cert_pem, node.cert_pem, node.key_pem)
     marker = {
         "restore_id": uuid.uuid4().hex,
@@ -70,22 +72,23 @@ def _prime(snapshot: Path, data: DataDir, name: str, ports: Ports, meta: dict[st
     data.save(config)
 
 
-async def _check_restored_store(
-    data: DataDir, config: NodeConfig, meta: dict[str, Any]
-) -> pki.KeyPair:
-    member = EtcdMember(data, config)
-    etcd = await member.start()
+def _check_snapshot(snapshot: Path, meta: dict[str, Any]) -> SnapshotState:
     try:
-        store = Store(etcd)
-        cluster = await store.cluster()
-        if cluster["cluster_id"] != meta["cluster_id"]:
-            raise ArchiveError("the snapshot holds another cluster than meta.json names")
-        counts, digest = await store.state_digest(meta["snapshot_index"])
-        if digest != meta["state_digest"] or counts != meta["counts"]:
-            raise ArchiveError(
-                "the restored store does not hold exactly what was backed up (state digest "
-                "differs from meta.json)"
-            )
-        return await store.ca()
-    finally:
-        await member.stop()
+        state = read_snapshot_state(snapshot)
+    except SnapshotFileError as exc:
+        raise ArchiveError(f"snapshot.bin is not a readable jaco store: {exc}") from None
+    if state.revision != meta["snapshot_index"]:
+        raise ArchiveError(
+            f"snapshot.bin is at index {state.revision}; meta.json says {meta['snapshot_index']}"
+        )
+    if state.cluster.get("cluster_id") != meta["cluster_id"]:
+        raise ArchiveError("the snapshot holds another cluster than meta.json names")
+    if state.state_digest != meta["state_digest"] or state.counts != meta["counts"]:
+        raise ArchiveError(
+            "the snapshot does not hold exactly what was backed up (state digest differs "
+            "from meta.json)"
+        )
+    fingerprint = meta.get("ca_fingerprint")
+    if fingerprint is not None and fingerprint != pki.fingerprint(state.ca.cert_pem):
+        raise ArchiveError("the snapshot's cluster CA is not the one meta.json names")
+    return state

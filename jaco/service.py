@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -27,7 +28,7 @@ from jaco.errors import (
     Unavailable,
     grpc_code_name,
 )
-from jaco.snapshot import take_snapshot
+from jaco.snapshot import Announce, stream_snapshot
 from jaco.state import Principal, Store, now
 from jaco.v1 import jaco_pb2 as pb
 from jaco.v1 import jaco_pb2_grpc as pb_grpc
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("jacod.api")
 READ, WRITE = "read", "write"
 JOIN_WAIT = 30.0
-BACKUP_CHUNK = 1024 * 1024
 
 
 def _bearer(context: grpc.aio.ServicerContext) -> str:
@@ -324,29 +324,32 @@ class JacoService(pb_grpc.JacoServicer):
     async def Backup(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.BackupChunk]:
-        snap = None
         try:
             who = await self.authorize(context, WRITE)
-            async with self.node.backup_lock:
-                snap = await take_snapshot(self.store, self.node.data.path / "backup-tmp")
-                yield pb.BackupChunk(meta_json=json.dumps(snap.meta, sort_keys=True))
-                with open(snap.path, "rb") as source:  # noqa: ASYNC230 - reads go to a thread
-                    while chunk := await asyncio.to_thread(source.read, BACKUP_CHUNK):
-                        yield pb.BackupChunk(data=chunk)
+            meta: dict[str, Any] = {}
+            async with (
+                self.node.backup_lock,
+                aclosing(stream_snapshot(self.store, self.node.data.path / "backup-tmp")) as parts,
+            ):
+                async for part in parts:
+                    if isinstance(part, bytes):
+                        yield pb.BackupChunk(data=part)
+                    elif isinstance(part, Announce):
+                        yield pb.BackupChunk(snapshot_size=part.size)
+                    else:
+                        meta = part
+                        yield pb.BackupChunk(meta_json=json.dumps(meta, sort_keys=True))
                 await self.store.record(
                     who.actor,
                     "BACKUP_TAKEN",
-                    snapshot_index=snap.meta["snapshot_index"],
-                    snapshot_sha256=snap.meta["snapshot_sha256"],
-                    snapshot_size=snap.meta["snapshot_size"],
+                    snapshot_index=meta["snapshot_index"],
+                    snapshot_sha256=meta["snapshot_sha256"],
+                    snapshot_size=meta["snapshot_size"],
                     served_by=self.node.config.name,
                 )
-                log.info("backup at index %s sent", snap.meta["snapshot_index"])
+                log.info("backup at index %s sent", meta["snapshot_index"])
         except JacoError as exc:
             await context.abort(grpc.StatusCode[grpc_code_name(exc)], exc.message)
-        finally:
-            if snap is not None:
-                snap.path.unlink(missing_ok=True)
 
     async def _add_learner(self, peer_url: str) -> tuple[int, list[Any]]:
         """etcd refuses membership changes until every voter has been connected for 5 s

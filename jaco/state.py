@@ -53,6 +53,7 @@ P_ROUTES = ROOT + "routes/"
 P_ISSUED = ROOT + "certs/issued/"
 P_TOKENS = ROOT + "tokens/"
 P_JOIN = ROOT + "join_tokens/"
+B_ROOT, B_ALIVE = ROOT.encode(), P_ALIVE.encode()
 
 T = TypeVar("T")
 
@@ -80,6 +81,29 @@ def replica_id(deployment: str, index: int) -> str:
 def table_of(key: str) -> str:
     """The table a key belongs to (first path element under the root)."""
     return key[len(ROOT) :].split("/", 1)[0]
+
+
+class StateDigest:
+    """Per-table counts and a SHA-256 over records fed in key order, liveness keys left out.
+
+    The one definition of the state digest: the live store (`Store.state_digest`) and a
+    snapshot file (`jaco.snapshot.read_snapshot_state`) both feed it.
+    """
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._counts: Counter[str] = Counter()
+
+    def add(self, key: bytes, value: bytes) -> None:
+        if not key.startswith(B_ROOT) or key.startswith(B_ALIVE):
+            return
+        self._sha.update(len(key).to_bytes(4, "big") + key)
+        self._sha.update(len(value).to_bytes(8, "big"))
+        self._sha.update(value)
+        self._counts[table_of(key.decode())] += 1
+
+    def result(self) -> tuple[dict[str, int], str]:
+        return dict(sorted(self._counts.items())), self._sha.hexdigest()
 
 
 class View:
@@ -574,16 +598,10 @@ class Store:
         Liveness keys are left out: they are heartbeats, not state. Computed the same way on
         the backed-up cluster and on the restored store, it proves the restore is exact.
         """
-        digest = hashlib.sha256()
-        counts: Counter[str] = Counter()
+        digest = StateDigest()
         async for kv in self.etcd.iter_prefix(ROOT, revision):
-            if kv.key.startswith(P_ALIVE):
-                continue
-            key = kv.key.encode()
-            digest.update(len(key).to_bytes(4, "big") + key)
-            digest.update(len(kv.value).to_bytes(8, "big") + kv.value)
-            counts[table_of(kv.key)] += 1
-        return dict(sorted(counts.items())), digest.hexdigest()
+            digest.add(kv.key.encode(), kv.value)
+        return digest.result()
 
     async def complete_restore(self, node: dict[str, Any], marker: dict[str, Any]) -> bool:
         """First boot after `jaco restore`: this node becomes the only member; once only."""

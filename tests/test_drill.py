@@ -50,7 +50,7 @@ def test_seed_drill_backup_restore_rejoin(tmp_path: Path) -> None:
         listing = subprocess.run(
             ["tar", "tzf", str(archive)], capture_output=True, text=True, check=True
         ).stdout.split()
-        assert listing == ["meta.json", "snapshot.bin"]
+        assert listing == ["snapshot.bin", "meta.json"]
 
     # A separate "host": nothing of prod is running any more.
     drill = Cluster(tmp_path / "drill")

@@ -46,19 +46,24 @@ class BackupChunk(_message.Message):
 
     META_JSON_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_SIZE_FIELD_NUMBER: _builtins.int
     meta_json: _builtins.str
+    """Format 1 servers send meta.json first; format 2 servers send it last, after the data."""
     data: _builtins.bytes
+    snapshot_size: _builtins.int
+    """Format 2: the first message, the size of snapshot.bin in bytes."""
     def __init__(
         self,
         *,
         meta_json: _builtins.str = ...,
         data: _builtins.bytes = ...,
+        snapshot_size: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "meta_json", b"meta_json", "part", b"part"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "meta_json", b"meta_json", "part", b"part", "snapshot_size", b"snapshot_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "meta_json", b"meta_json", "part", b"part"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "meta_json", b"meta_json", "part", b"part", "snapshot_size", b"snapshot_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["meta_json", "data"]  # noqa: Y015
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["meta_json", "data", "snapshot_size"]  # noqa: Y015
     _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 

@@ -237,9 +237,10 @@ class JacoServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Backup(self, request, context):
-        """A snapshot of the whole store, consistent at one revision: first one chunk with the
-        archive's meta.json (complete: index, size, SHA-256, counts, digest), then the raw
-        snapshot bytes in chunks. Admin tokens only: the snapshot holds the CA key.
+        """A snapshot of the whole store, consistent at one revision: first the size of the
+        snapshot, then its raw bytes in chunks as etcd sends them, then the archive's meta.json
+        (complete: index, size, SHA-256, counts, digest, all read from the bytes sent).
+        Admin tokens only: the snapshot holds the CA key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
