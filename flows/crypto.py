@@ -135,6 +135,11 @@ def decrypt_to(source: Path, sink: IO[bytes] | HashingWriter, identities: list[A
             f"the backup does not decrypt with the verify identity ({exc}): wrong key, or the "
             "ciphertext is damaged"
         ) from None
+    except OSError as exc:
+        if exc.errno is not None:  # the disk, not the data
+            raise
+        # pyrage reports a payload that fails authentication as a plain OSError
+        raise VerifyFailed(f"the backup's ciphertext is damaged or truncated ({exc})") from None
     return reader.sha256.hexdigest()
 
 

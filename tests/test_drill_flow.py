@@ -167,7 +167,8 @@ def test_docker_driver_needs_an_engine() -> None:
 def test_drill_past_its_timeout_is_killed_and_wiped(stored: dict[str, Any], tmp_path: Path) -> None:
     # The same path a cancelled run takes: the worker kills bwrap, and --die-with-parent
     # takes the sandbox's pid namespace (jacod, etcd, the agent) down with it.
-    state = drill(stored, tmp_path / "work", timeout_seconds=2)
+    # A full drill (with a second node rejoining) takes several seconds: far past 2 s.
+    state = drill(stored, tmp_path / "work", timeout_seconds=2, rejoin=True)
     assert state.is_failed()
     assert "drill step sandbox-drill failed" in str(state.message)
     assert "did not finish within 2s" in str(state.message)

@@ -115,7 +115,7 @@ def test_happy_path(env: dict[str, Any], tmp_path: Path) -> None:
         listing = subprocess.run(
             ["tar", "tzf", str(plain)], capture_output=True, text=True, check=True
         ).stdout.split()
-        assert listing == ["meta.json", "snapshot.bin"]
+        assert listing == ["snapshot.bin", "meta.json"]
     # No plaintext archive is left behind in the working directory.
     assert list((tmp_path / "local" / ".work").iterdir()) == []
     assert [r["stage"] for r in result["stages"]] == [
