@@ -10,6 +10,8 @@ formats: `age1…` X25519 recipients, `ssh-ed25519 …` public keys, and identit
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import threading
@@ -22,6 +24,7 @@ from flows.errors import PipelineError, VerifyFailed
 from jaco.archive import ArchiveError, read_archive_stream
 
 CHUNK = 1024 * 1024
+PIPE_BYTES = 1024 * 1024  # Linux's default pipe-max-size
 
 
 def parse_recipient(text: str) -> Any:
@@ -150,6 +153,8 @@ def decrypt_and_read_archive(
     never touches the disk. Returns the ciphertext's and the plaintext's SHA-256 and the
     verified meta.json."""
     read_fd, write_fd = os.pipe()
+    with contextlib.suppress(OSError):  # 64 KiB by default: threads would take turns per chunk
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     sinks: list[HashingWriter] = []
     cipher_sha: list[str] = []
     failure: list[BaseException] = []

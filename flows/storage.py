@@ -2,7 +2,7 @@
 
 Like restic's backends, the pipeline does not care where bytes go. Keys are '/'-separated;
 objects carry string metadata. S3 uses the standard AWS configuration unchanged (environment,
-profiles, `AWS_ENDPOINT_URL_S3` for S3-compatible stores) and multipart uploads with SHA-256
+profiles, `AWS_ENDPOINT_URL_S3` for S3-compatible stores) and multipart uploads with per-part
 checksums; an upload either completes whole or leaves nothing (s3transfer aborts the
 multipart upload on failure).
 """
@@ -93,11 +93,9 @@ class S3Store:
                 self.bucket,
                 key,
                 Config=self.transfer,
-                ExtraArgs={
-                    "Metadata": metadata,
-                    "ChecksumAlgorithm": "SHA256",
-                    "ContentType": "application/octet-stream",
-                },
+                # Each part carries boto3's default CRC32 checksum, checked by the server; the
+                # object as a whole is checked by verify against its recorded SHA-256.
+                ExtraArgs={"Metadata": metadata, "ContentType": "application/octet-stream"},
             )
         except Exception as exc:  # noqa: BLE001 - boto3 raises many types; classify them
             raise _s3_error(exc, f"upload of {key}") from None

@@ -39,6 +39,12 @@ def _gzip_open(raw: IO[bytes], mode: str = "wb") -> IO[bytes]:
     return igzip.IGzipFile(fileobj=raw, mode=mode, **level)  # type: ignore[return-value]
 
 
+def _tar_stream(gz: IO[bytes], mode: str) -> tarfile.TarFile:
+    """A streaming tar over gzip that moves 1 MiB at a time: tarfile's default 10 KiB
+    records and 16 KiB copies made the gzip codec (and the disk) do 50 times as many calls."""
+    return tarfile.open(fileobj=gz, mode=mode, bufsize=CHUNK, copybufsize=CHUNK)  # type: ignore[call-overload]
+
+
 FORMAT = 2  # 2: snapshot.bin, then meta.json; 1 (still read): meta.json first
 FORMATS = (1, 2)
 META_NAME = "meta.json"
@@ -183,7 +189,7 @@ def write_archive(
         raise InvalidArgument(f"cannot write to {directory}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as raw:
-            with _gzip_open(raw) as gz, tarfile.open(fileobj=gz, mode="w|") as tar:
+            with _gzip_open(raw) as gz, _tar_stream(gz, "w|") as tar:
                 reader = _HashingReader(iter(snapshot), progress)
                 tar.addfile(_tarinfo(SNAPSHOT_NAME, snapshot_size), reader)  # type: ignore[arg-type]
                 if reader.read(1):
@@ -285,7 +291,7 @@ def _read_members(gz: IO[bytes], sink: IO[bytes] | None) -> dict[str, Any]:
     meta: dict[str, Any] | None = None
     snapshot: tuple[int, str] | None = None  # size, SHA-256 as read
     seen: list[str] = []
-    with tarfile.open(fileobj=gz, mode="r|") as tar:
+    with _tar_stream(gz, "r|") as tar:
         for member in tar:
             seen.append(member.name)
             if member.name not in (META_NAME, SNAPSHOT_NAME) or seen.count(member.name) > 1:
