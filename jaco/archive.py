@@ -28,15 +28,17 @@ from typing import IO, Any
 
 # isal's igzip reads and writes the same gzip format several times faster than zlib
 # (DESIGN.md's figures); it checks the CRC and length like the stdlib does.
-from isal import igzip, isal_zlib
+from isal import igzip_threaded, isal_zlib
 
 from jaco import __version__
 from jaco.errors import InvalidArgument, JacoError
 
 
 def _gzip_open(raw: IO[bytes], mode: str = "wb") -> IO[bytes]:
+    """gzip through isal with the codec (and the raw I/O) on a thread of its own: it escapes
+    the GIL, so receiving, hashing and compressing overlap."""
     level = {"compresslevel": 1} if mode == "wb" else {}
-    return igzip.IGzipFile(fileobj=raw, mode=mode, **level)  # type: ignore[return-value]
+    return igzip_threaded.open(raw, mode, threads=1, block_size=1024 * 1024, **level)  # type: ignore[no-any-return]
 
 
 def _tar_stream(gz: IO[bytes], mode: str) -> tarfile.TarFile:

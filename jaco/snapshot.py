@@ -14,7 +14,8 @@ import datetime as dt
 import hashlib
 import json
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from jaco import __version__, pki
 from jaco.archive import FORMAT
 from jaco.bolt import BoltFile, SnapshotFileError
 from jaco.errors import Unavailable
+from jaco.etcd import Etcd
 from jaco.state import B_ALIVE, B_ROOT, K_CA, K_CLUSTER, K_HEAD, StateDigest, Store
 
 SNAPSHOT_TIMEOUT = 600.0
@@ -68,6 +70,25 @@ def read_snapshot_state(path: Path) -> SnapshotState:
     return SnapshotState(revision, counts, state_digest, cluster, keypair)
 
 
+async def _pieces(etcd: Etcd) -> AsyncIterator[int | bytes]:
+    """etcd's 32 KiB snapshot pieces in 1 MiB chunks, preceded by the total size (an int)."""
+    pending: list[bytes] = []
+    pending_bytes = 0
+    announced = False
+    async for blob, remaining in etcd.snapshot(SNAPSHOT_TIMEOUT):
+        if not announced:
+            announced = True
+            yield len(blob) + remaining + ETCD_TRAILER
+        pending.append(blob)
+        pending_bytes += len(blob)
+        if pending_bytes >= MESSAGE_BYTES:
+            yield b"".join(pending)
+            pending.clear()
+            pending_bytes = 0
+    if pending:
+        yield b"".join(pending)
+
+
 @dataclass(frozen=True)
 class Announce:
     """The first part of a snapshot stream: how many bytes snapshot.bin will have."""
@@ -92,24 +113,28 @@ async def stream_snapshot(
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         # No fsync: this is a scratch copy, deleted after streaming (a crash removes it anyway).
-        with os.fdopen(fd, "wb") as out:
-            pending: list[bytes] = []
-            pending_bytes = 0
-            async for blob, remaining in etcd.snapshot(SNAPSHOT_TIMEOUT):
-                if expected < 0:
-                    expected = len(blob) + remaining + ETCD_TRAILER
-                    yield Announce(expected)
-                out.write(blob)
-                digest.update(blob)
-                size += len(blob)
-                pending.append(blob)
-                pending_bytes += len(blob)
-                if pending_bytes >= MESSAGE_BYTES:
-                    yield b"".join(pending)
-                    pending.clear()
-                    pending_bytes = 0
-            if pending:
-                yield b"".join(pending)
+        # Writing and hashing it happen on a thread (both release the GIL), one 1 MiB piece
+        # at a time and in order, while the event loop passes the same piece on.
+        with os.fdopen(fd, "wb") as out, ThreadPoolExecutor(1) as scratch:
+            loop = asyncio.get_running_loop()
+            writing: asyncio.Future[None] | None = None
+
+            def persist(chunk: bytes) -> None:
+                out.write(chunk)
+                digest.update(chunk)
+
+            async for piece in _pieces(etcd):
+                if isinstance(piece, int):
+                    expected = piece
+                    yield Announce(piece)
+                    continue
+                if writing is not None:
+                    await writing
+                writing = loop.run_in_executor(scratch, persist, piece)
+                size += len(piece)
+                yield piece
+            if writing is not None:
+                await writing
         if size != expected:
             raise Unavailable(f"etcd's snapshot stream ended after {size} of {expected} bytes")
         status = await etcd.status()
