@@ -56,6 +56,9 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         with tempfile.NamedTemporaryFile(prefix="jaco-bench-rss-", delete=False) as f:
             rss_file = Path(f.name)
+        # Every stage starts with no dirty pages of the previous one still being written back
+        # (uploads land on this disk too, through SeaweedFS): order must not pick winners.
+        os.sync()
         started = time.monotonic()
         proc = subprocess.Popen(
             ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd],

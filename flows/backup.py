@@ -208,10 +208,18 @@ def backup_cluster(params: BackupParams) -> dict[str, Any]:
                 "plaintext-sha256": enc["plaintext_sha256"],
                 "ciphertext-sha256": enc["ciphertext_sha256"],
             }
+            # The local copy is written while S3 uploads (disk and network in parallel); its
+            # row shows only the time it kept the run waiting after the upload.
             with stages.stage("upload", enc["size"]):
-                upload_task(s3_url, enc["path"], key, metadata)
+                local_copy = upload_task.submit(local_url, enc["path"], key, metadata)
+                try:
+                    upload_task(s3_url, enc["path"], key, metadata)
+                except Exception:
+                    local_copy.wait()  # an unverified copy must not outlive a failed run
+                    open_store(local_url).delete(key)
+                    raise
             with stages.stage("local-copy", enc["size"]):
-                upload_task(local_url, enc["path"], key, metadata)
+                local_copy.result()
             with stages.stage("verify", enc["size"]):
                 try:
                     verify_task(s3_url, key, {**enc, "meta": meta})

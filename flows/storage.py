@@ -50,9 +50,16 @@ _PERMANENT_S3_CODES = {
 }
 
 
-def _s3_error(exc: Exception, what: str) -> StorageError:
+def _s3_error(exc: BaseException, what: str) -> StorageError:
     from botocore.exceptions import ClientError
 
+    # upload_file wraps S3's answer in S3UploadFailedError (the ClientError is its context):
+    # without unwrapping, a refusal for good (bad credentials) looked transient and was retried.
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ClientError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        exc = cause
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         message = exc.response.get("Error", {}).get("Message", "") or code

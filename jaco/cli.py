@@ -30,11 +30,9 @@ from rich.table import Table
 from jaco import __version__
 from jaco.archive import check_version, read_archive
 from jaco.backup import DEFAULT_TIMEOUT, take_backup
-from jaco.bootstrap import Ports, default_advertise_host, init_cluster, join_cluster
 from jaco.client import open_client
 from jaco.config import DataDir, data_dir_from_env, write_private
 from jaco.errors import InvalidArgument, JacoError
-from jaco.restore import restore
 from jaco.v1 import jaco_pb2 as pb
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -150,6 +148,8 @@ def cluster_init(
     Creates the cluster id, the cluster CA, this node's certificates, a single-member etcd and
     the first operator token, which is printed once: store it like a password.
     """
+    from jaco.bootstrap import Ports, default_advertise_host, init_cluster
+
     ports = Ports(
         advertise_host or default_advertise_host(), api_port, etcd_client_port, etcd_peer_port
     )
@@ -521,6 +521,8 @@ def node_join(
     join never costs the cluster its quorum.
     """
     node_name = name or socket.gethostname().split(".")[0].lower()
+    from jaco.bootstrap import Ports, default_advertise_host, join_cluster
+
     ports = Ports(
         advertise_host or default_advertise_host(), api_port, etcd_client_port, etcd_peer_port
     )
@@ -646,6 +648,10 @@ def restore_cmd(
     the single voter of the same cluster (same id, same CA: old tokens still work) and records
     RESTORE_COMPLETED. Other nodes then rejoin with `jaco node issue-join-token` / `node join`.
     """
+    # Imported here: the node-side modules (PKI, etcd) would cost every command startup time.
+    from jaco.bootstrap import Ports, default_advertise_host
+    from jaco.restore import restore
+
     ports = Ports(
         advertise_host or default_advertise_host(), api_port, etcd_client_port, etcd_peer_port
     )

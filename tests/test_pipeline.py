@@ -159,6 +159,23 @@ def test_s3_outage_is_ridden_out_by_retries(env: dict[str, Any], tmp_path: Path)
     assert no_pending_uploads(s3)
 
 
+def test_upload_refused_for_good_leaves_no_local_copy_either(
+    env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local copy is written while S3 uploads; when the upload fails for good (here: S3
+    refuses the credentials), the run fails at once (no retries) and takes the copy back."""
+    s3, keys, cluster = env["s3"], env["keys"], env["cluster"]
+    before = objects(s3)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    state = run_flow(params(cluster, keys, tmp_path / "local"))
+    assert state.is_failed()
+    assert "SignatureDoesNotMatch" in str(state.message) + _failure(state)
+    assert objects(s3) == before
+    assert [r.run_count for r in _task_runs(state, "upload") if r.state.is_failed()] == [1]
+    local = tmp_path / "local"
+    assert not [p for p in local.rglob("*") if p.is_file()], "a local copy outlived the run"
+
+
 def test_connection_cut_mid_upload_leaves_no_truncated_object(
     env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
