@@ -9,7 +9,7 @@ plain dataclasses and jaco exceptions, so a newer etcd only changes this file an
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +80,13 @@ def _kv(kv: Any) -> KV:
     return KV(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision, kv.lease)
 
 
-def _translate(exc: grpc.aio.AioRpcError) -> JacoError:
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.ssl_target_name_override", "localhost"),
+]
+
+
+def _translate(exc: Any) -> JacoError:  # an RpcError that is also a grpc.Call
     code = exc.code()
     detail = exc.details() or code.name
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -117,14 +123,8 @@ class Etcd:
             private_key=tls.key.read_bytes(),
             certificate_chain=tls.cert.read_bytes(),
         )
-        self._channel = grpc.aio.secure_channel(
-            endpoint,
-            credentials,
-            options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.ssl_target_name_override", "localhost"),
-            ],
-        )
+        self._credentials = credentials
+        self._channel = grpc.aio.secure_channel(endpoint, credentials, options=CHANNEL_OPTIONS)
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
         self._watch = rpc.WatchStub(self._channel)
@@ -262,15 +262,32 @@ class Etcd:
     async def remove_member(self, member_id: int) -> None:
         await self._call(self._cluster.MemberRemove, rpc.MemberRemoveRequest(ID=member_id))
 
-    async def snapshot(self, timeout: float) -> AsyncIterator[tuple[bytes, int]]:
-        """etcd's Maintenance.Snapshot stream, byte for byte (it ends with a SHA-256 trailer):
-        (piece, bytes of the database still to come after it)."""
-        call = self._maintenance.Snapshot(rpc.SnapshotRequest(), timeout=timeout)
+    def snapshot_blocking(self, timeout: float) -> SnapshotStream:
+        """etcd's Maintenance.Snapshot stream, byte for byte (it ends with a SHA-256 trailer),
+        for a worker thread: a blocking channel of its own keeps the 32 KiB pieces (tens of
+        thousands per GiB) off the event loop."""
+        return SnapshotStream(self.endpoint, self._credentials, timeout)
+
+
+class SnapshotStream:
+    """Iterates (piece, bytes of the database still to come after it); `cancel` from any
+    thread ends it."""
+
+    def __init__(self, endpoint: str, credentials: grpc.ChannelCredentials, timeout: float):
+        self._channel = grpc.secure_channel(endpoint, credentials, options=CHANNEL_OPTIONS)
+        stub = rpc.MaintenanceStub(self._channel)
+        self._call = stub.Snapshot(rpc.SnapshotRequest(), timeout=timeout)
+
+    def __iter__(self) -> Iterator[tuple[bytes, int]]:
         try:
-            async for resp in call:
+            for resp in self._call:
                 if resp.blob:
                     yield resp.blob, resp.remaining_bytes
-        except grpc.aio.AioRpcError as exc:
+        except grpc.RpcError as exc:
             raise _translate(exc) from None
         finally:
-            call.cancel()
+            self.cancel()
+
+    def cancel(self) -> None:
+        self._call.cancel()
+        self._channel.close()
