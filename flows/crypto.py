@@ -61,36 +61,68 @@ def load_identities(path: Path) -> list[Any]:
 
 
 class HashingReader:
-    """A read-only source that hashes what is read from it."""
+    """A read-only source that hashes what is read from it.
+
+    pyrage asks for 8 KiB at a time; reading and hashing 1 MiB blocks and handing out slices
+    keeps the system calls and the hash updates (each one a GIL release) few.
+    """
 
     def __init__(self, source: IO[bytes]) -> None:
         self.sha256 = hashlib.sha256()
         self._source = source
+        self._block = memoryview(b"")
+        self._at = 0
 
     def read(self, n: int = -1) -> bytes:
-        data = self._source.read(n)
-        self.sha256.update(data)
-        return data
+        if self._at >= len(self._block):
+            block = self._source.read(CHUNK)
+            self.sha256.update(block)
+            self._block, self._at = memoryview(block), 0
+        if n < 0:
+            parts = [self._block[self._at :].tobytes()]
+            self._at = len(self._block)
+            while block := self._source.read(CHUNK):
+                self.sha256.update(block)
+                parts.append(block)
+            return b"".join(parts)
+        piece = self._block[self._at : self._at + n].tobytes()
+        self._at += len(piece)
+        return piece
 
 
 class HashingWriter:
-    """A write-only sink that hashes (and optionally forwards) what it is given."""
+    """A write-only sink that hashes (and optionally forwards) what it is given, in 1 MiB
+    blocks: `flush` (or `close`) passes on what is still buffered."""
 
     def __init__(self, forward: IO[bytes] | None = None) -> None:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self._forward = forward
+        self._buffer = bytearray()
 
     def write(self, data: bytes) -> int:
-        self.sha256.update(data)
+        self._buffer += data
         self.size += len(data)
-        if self._forward is not None:
-            self._forward.write(data)
+        if len(self._buffer) >= CHUNK:
+            self._pass_on()
         return len(data)
 
+    def _pass_on(self) -> None:
+        if self._buffer:
+            self.sha256.update(self._buffer)
+            if self._forward is not None:
+                self._forward.write(self._buffer)
+            self._buffer = bytearray()
+
     def flush(self) -> None:
+        self._pass_on()
         if self._forward is not None:
             self._forward.flush()
+
+    def hexdigest(self) -> str:
+        """The SHA-256 of everything written (passes on what is buffered first)."""
+        self._pass_on()
+        return self.sha256.hexdigest()
 
 
 def sha256_file(path: Path) -> str:
@@ -118,11 +150,12 @@ def encrypt_file(source: Path, target: Path, recipients: list[str]) -> tuple[str
         with open(source, "rb", buffering=CHUNK) as src, os.fdopen(fd, "wb") as out:
             reader, writer = HashingReader(src), HashingWriter(out)
             pyrage.encrypt_io(reader, writer, parsed)
+            cipher_sha = writer.hexdigest()  # flushes the last block
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return reader.sha256.hexdigest(), writer.sha256.hexdigest()
+    return reader.sha256.hexdigest(), cipher_sha
 
 
 def decrypt_to(source: Path, sink: IO[bytes] | HashingWriter, identities: list[Any]) -> str:
@@ -131,6 +164,7 @@ def decrypt_to(source: Path, sink: IO[bytes] | HashingWriter, identities: list[A
         with open(source, "rb", buffering=CHUNK) as src:
             reader = HashingReader(src)
             pyrage.decrypt_io(reader, sink, identities)
+            sink.flush()
             while reader.read(CHUNK):  # whatever age did not need is still part of the object
                 pass
     except pyrage.DecryptError as exc:
@@ -182,4 +216,4 @@ def decrypt_and_read_archive(
     producer.join()
     if failure:
         raise failure[0]
-    return cipher_sha[0], sinks[0].sha256.hexdigest(), meta
+    return cipher_sha[0], sinks[0].hexdigest(), meta

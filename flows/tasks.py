@@ -201,7 +201,7 @@ def fetch_and_decrypt(store_url: str, key: str, directory: Path) -> FetchedBacku
             raise
     cipher.unlink()
     check_ciphertext(key, cipher_sha, metadata)
-    if metadata.get("plaintext-sha256") != sink.sha256.hexdigest():
+    if metadata.get("plaintext-sha256") != sink.hexdigest():
         raise VerifyFailed(f"{key} decrypts to another archive than the one uploaded")
     meta = read_archive(plain).meta
     return FetchedBackup(plain, meta, download_seconds, time.monotonic() - started)
