@@ -160,16 +160,15 @@ def test_s3_outage_is_ridden_out_by_retries(env: dict[str, Any], tmp_path: Path)
 
 
 def test_upload_refused_for_good_leaves_no_local_copy_either(
-    env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env: dict[str, Any], tmp_path: Path
 ) -> None:
     """The local copy is written while S3 uploads; when the upload fails for good (here: S3
-    refuses the credentials), the run fails at once (no retries) and takes the copy back."""
+    refuses the bucket's name), the run fails at once (no retries) and takes the copy back."""
     s3, keys, cluster = env["s3"], env["keys"], env["cluster"]
     before = objects(s3)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    state = run_flow(params(cluster, keys, tmp_path / "local"))
+    state = run_flow(params(cluster, keys, tmp_path / "local", bucket="ab"))
     assert state.is_failed()
-    assert "SignatureDoesNotMatch" in str(state.message) + _failure(state)
+    assert "InvalidBucketName" in str(state.message) + _failure(state)
     assert objects(s3) == before
     assert [r.run_count for r in _task_runs(state, "upload") if r.state.is_failed()] == [1]
     local = tmp_path / "local"
