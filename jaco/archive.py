@@ -193,7 +193,15 @@ def write_archive(
         with os.fdopen(fd, "wb") as raw:
             with _gzip_open(raw) as gz, _tar_stream(gz, "w|") as tar:
                 reader = _HashingReader(iter(snapshot), progress)
-                tar.addfile(_tarinfo(SNAPSHOT_NAME, snapshot_size), reader)  # type: ignore[arg-type]
+                try:
+                    tar.addfile(_tarinfo(SNAPSHOT_NAME, snapshot_size), reader)  # type: ignore[arg-type]
+                except OSError as exc:
+                    if exc.errno is not None or reader.size >= snapshot_size:
+                        raise
+                    raise ArchiveError(  # tarfile's "unexpected end of data"
+                        f"the server ended the snapshot after {reader.size} of the "
+                        f"{snapshot_size} bytes it announced"
+                    ) from None
                 if reader.read(1):
                     raise ArchiveError(
                         f"the server sent more than the {snapshot_size} snapshot bytes it announced"

@@ -1,0 +1,132 @@
+"""The client side of the Backup RPC: what `jaco backup` makes of the messages it receives.
+
+Servers of this version send the snapshot's size, its bytes, then meta.json (format 2);
+servers of the previous version send meta.json first (format 1, during a rolling upgrade).
+Both must give a verified archive; every malformed stream must give a clear error and no
+file. The messages are real protobuf messages fed to the real archive writer; the gRPC
+transport around them is exercised by tests/test_backup.py against real servers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jaco.archive import read_archive
+from jaco.backup import _write
+from jaco.errors import JacoError
+from jaco.v1 import jaco_pb2 as pb
+
+SNAPSHOT = os.urandom(3 * 1024 * 1024 + 17)
+
+
+def _meta(snapshot: bytes = SNAPSHOT, **over: Any) -> dict[str, Any]:
+    meta = {
+        "cluster_id": "c0ffee",
+        "snapshot_index": 42,
+        "snapshot_term": 3,
+        "jaco_version": "1.0.0",
+        "taken_at": "2026-11-26T00:00:00+00:00",
+        "leader_at_snapshot": "node-1",
+        "format": 2,
+        "snapshot_sha256": hashlib.sha256(snapshot).hexdigest(),
+        "snapshot_size": len(snapshot),
+        "counts": {"deployments": 1},
+        "state_digest": "ab" * 32,
+    }
+    meta.update(over)
+    return meta
+
+
+def _data(snapshot: bytes = SNAPSHOT) -> Iterator[pb.BackupChunk]:
+    for at in range(0, len(snapshot), 1024 * 1024):
+        yield pb.BackupChunk(data=snapshot[at : at + 1024 * 1024])
+
+
+def _format2(meta: dict[str, Any], size: int = len(SNAPSHOT)) -> list[pb.BackupChunk]:
+    return [
+        pb.BackupChunk(snapshot_size=size),
+        *_data(),
+        pb.BackupChunk(meta_json=json.dumps(meta)),
+    ]
+
+
+def _members(archive: Path) -> list[str]:
+    with tarfile.open(archive, "r:gz") as tar:
+        return tar.getnames()
+
+
+def test_format_2_stream_gives_a_verified_archive(tmp_path: Path) -> None:
+    out = tmp_path / "b.tar.gz"
+    sizes: list[int] = []
+    result = _write(iter(_format2(_meta())), out, sizes.append, lambda n: None)
+    assert sizes == [len(SNAPSHOT)]
+    assert result.meta["snapshot_index"] == 42
+    assert read_archive(out).meta == result.meta
+    assert _members(out) == ["snapshot.bin", "meta.json"]
+    assert out.stat().st_mode & 0o777 == 0o600
+
+
+def test_format_1_server_still_works(tmp_path: Path) -> None:
+    """A jacod of the previous version sends meta.json first."""
+    out = tmp_path / "b.tar.gz"
+    meta = _meta(format=1)
+    stream = [pb.BackupChunk(meta_json=json.dumps(meta)), *_data()]
+    result = _write(iter(stream), out, lambda s: None, lambda n: None)
+    assert read_archive(out).meta == result.meta == meta
+
+
+@pytest.mark.parametrize(
+    ("label", "stream", "message"),
+    [
+        ("nothing at all", [], "did not start the backup with the snapshot's size"),
+        (
+            "data before the size",
+            [*_data(), pb.BackupChunk(meta_json=json.dumps(_meta()))],
+            "did not start the backup with the snapshot's size",
+        ),
+        ("no meta.json at the end", _format2(_meta())[:-1], "ended the backup without its"),
+        (
+            "data after meta.json",
+            [*_format2(_meta()), pb.BackupChunk(data=b"more")],
+            "sent data after the backup's meta.json",
+        ),
+        (
+            "meta.json naming another SHA-256",
+            _format2(_meta(snapshot_sha256="0" * 64)),
+            "does not match its SHA-256",
+        ),
+        (
+            "meta.json naming another size",
+            _format2(_meta(snapshot_size=len(SNAPSHOT) - 1)),
+            "its meta.json says",
+        ),
+        (
+            "fewer bytes than announced",
+            _format2(_meta(), size=len(SNAPSHOT) + 1),
+            f"ended the snapshot after {len(SNAPSHOT)} of the {len(SNAPSHOT) + 1} bytes",
+        ),
+        ("more bytes than announced", _format2(_meta(), size=len(SNAPSHOT) - 1), "more than"),
+        (
+            "meta.json not JSON",
+            [*_format2(_meta())[:-1], pb.BackupChunk(meta_json="{nope")],
+            "meta.json is not valid JSON",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_malformed_streams_leave_no_file(
+    tmp_path: Path, label: str, stream: list[pb.BackupChunk], message: str
+) -> None:
+    out = tmp_path / "b.tar.gz"
+    with pytest.raises(JacoError, match=message) as raised:
+        _write(iter(stream), out, lambda s: None, lambda n: None)
+    assert "Traceback" not in str(raised.value)
+    assert list(tmp_path.iterdir()) == [], f"{label}: something was left behind"
