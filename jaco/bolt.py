@@ -120,23 +120,27 @@ class BoltFile:
             raise SnapshotFileError(f"the snapshot file's page {page_id} is damaged")
         return offset, flags, count, (overflow + 1) * self.page_size
 
-    def _leaves(self, page_id: int, seen: set[int]) -> Iterator[tuple[int, int, bytes]]:
-        """Leaf pages under `page_id`, in key order: (page offset, element count, first page)."""
-        offset, flags, count, length = self._page(page_id, seen)
-        if flags & LEAF:
-            yield offset, count, self.read(offset, min(length, self.page_size))
-            return
-        if not flags & BRANCH:
-            raise SnapshotFileError(f"the snapshot file's page {page_id} is not a tree page")
-        page = self.read(offset, length)
-        children = []
-        for i in range(count):
-            at = PAGE_HEADER.size + i * BRANCH_ELEMENT.size
-            if at + BRANCH_ELEMENT.size > length:
-                raise SnapshotFileError(f"the snapshot file's page {page_id} is damaged")
-            children.append(BRANCH_ELEMENT.unpack_from(page, at)[2])
-        for child in children:
-            yield from self._leaves(child, seen)
+    def _leaves(self, root: int, seen: set[int]) -> Iterator[tuple[int, int, bytes]]:
+        """Leaf pages under `root`, in key order: (page offset, element count, first page).
+
+        Walked with an explicit stack: a hostile file cannot make it recurse without bound."""
+        stack = [root]
+        while stack:
+            page_id = stack.pop()
+            offset, flags, count, length = self._page(page_id, seen)
+            if flags & LEAF:
+                yield offset, count, self.read(offset, min(length, self.page_size))
+                continue
+            if not flags & BRANCH:
+                raise SnapshotFileError(f"the snapshot file's page {page_id} is not a tree page")
+            page = self.read(offset, length)
+            children = []
+            for i in range(count):
+                at = PAGE_HEADER.size + i * BRANCH_ELEMENT.size
+                if at + BRANCH_ELEMENT.size > length:
+                    raise SnapshotFileError(f"the snapshot file's page {page_id} is damaged")
+                children.append(BRANCH_ELEMENT.unpack_from(page, at)[2])
+            stack.extend(reversed(children))
 
     def _elements(
         self, offset: int, count: int, head: bytes, peek: int

@@ -56,6 +56,10 @@ def read_snapshot_state(path: Path) -> SnapshotState:
         records: dict[bytes, bytes] = {}
         wanted = {K_CLUSTER.encode(), K_CA.encode()}
         for key in sorted(k for k in latest if k.startswith(B_ROOT) and not k.startswith(B_ALIVE)):
+            try:
+                key.decode()
+            except UnicodeDecodeError:
+                raise SnapshotFileError("the snapshot holds a key that is not UTF-8") from None
             value = bolt.value(latest[key])
             digest.add(key, value)
             if key in wanted:
@@ -66,6 +70,8 @@ def read_snapshot_state(path: Path) -> SnapshotState:
         cluster = json.loads(records[K_CLUSTER.encode()])
         ca = json.loads(records[K_CA.encode()])
         keypair = pki.KeyPair(ca["cert_pem"].encode(), ca["key_pem"].encode())
+        if not isinstance(cluster.get("cluster_id"), str):
+            raise TypeError
     except (ValueError, KeyError, TypeError, AttributeError):
         raise SnapshotFileError("the snapshot's cluster identity or CA record is damaged") from None
     counts, state_digest = digest.result()

@@ -150,6 +150,11 @@ def test_reader_refuses_damaged_files_cleanly(
     data[key_root * page_size + 8] = 0x10  # flags: a freelist page where the tree needs one
     with pytest.raises(SnapshotFileError, match="not a tree page"):
         read(data)
+    # A key that is no longer UTF-8 (found by a CI run of the random flips above).
+    key = f"{BULK}007-042".encode()
+    assert good.count(key) >= 1
+    with pytest.raises(SnapshotFileError, match="not UTF-8"):
+        read(good.replace(key, key[:-2] + b"\xb9" + key[-1:]))
 
     for size in [0, 17, 4096, 8192, *sorted(rng.sample(range(16384, len(good) // 2), 20))]:
         damaged.write_bytes(good[:size])
