@@ -9,6 +9,7 @@ followed by a restore drill in a bubblewrap sandbox, and a summary of where to l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import socket
@@ -126,9 +127,21 @@ def main() -> None:
                 return
         finally:
             if not args.keep:
+                _flush_prefect_logs()  # else they are sent at exit, to a server gone by then
                 prefect.terminate()
                 prefect.wait(30)
     sys.exit(code)
+
+
+def _flush_prefect_logs() -> None:
+    import logging
+
+    from prefect.logging.handlers import APILogHandler
+
+    for handler in logging.getLogger("prefect").handlers + logging.getLogger().handlers:
+        if isinstance(handler, APILogHandler):
+            with contextlib.suppress(Exception):
+                handler.flush()
 
 
 def run_pipeline(cluster: Cluster, recipient: str, port: int) -> int:

@@ -34,6 +34,9 @@ BUCKET_LEAF = 0x01
 KEY_BUCKET = b"key"
 REVISION_KEY = 17  # 8-byte main revision, "_", 8-byte sub revision (+ "t" for a tombstone)
 PEEK = 4096  # enough of a KeyValue to read its key (keys are short; the key comes first)
+# etcd refuses requests over --max-request-bytes (1.5 MiB by default): a record claiming more
+# is damage, and must not make the reader allocate it.
+MAX_RECORD = 64 * 1024 * 1024
 
 
 class SnapshotFileError(Exception):
@@ -151,6 +154,8 @@ class BoltFile:
             if at + LEAF_ELEMENT.size > len(head):
                 head = self.read(offset, at + LEAF_ELEMENT.size)
             flags, pos, ksize, vsize = LEAF_ELEMENT.unpack_from(head, at)
+            if ksize + vsize > MAX_RECORD:
+                raise SnapshotFileError("the snapshot holds a record larger than etcd allows")
             start = at + pos
             want = ksize + min(vsize, peek)
             if start + want <= len(head):

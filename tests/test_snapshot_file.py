@@ -150,6 +150,13 @@ def test_reader_refuses_damaged_files_cleanly(
     data[key_root * page_size + 8] = 0x10  # flags: a freelist page where the tree needs one
     with pytest.raises(SnapshotFileError, match="not a tree page"):
         read(data)
+    data = bytearray(good)  # the first record of the key bucket's first leaf claims 4 GiB
+    with BoltFile(snapshot) as bolt:
+        first_leaf = next(bolt._leaves(key_root, set()))[0] // page_size
+    at = first_leaf * page_size + 16 + 12  # element 0: flags, pos, key size, value size
+    data[at : at + 4] = b"\xff\xff\xff\xff"
+    with pytest.raises(SnapshotFileError, match="larger than etcd allows"):
+        read(data)
     # A key that is no longer UTF-8 (found by a CI run of the random flips above).
     key = f"{BULK}007-042".encode()
     assert good.count(key) >= 1
