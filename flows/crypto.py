@@ -146,8 +146,8 @@ def encrypt_file(source: Path, target: Path, recipients: list[str]) -> tuple[str
     tmp = target.with_name(f".{target.name}.partial")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        # pyrage reads 8 KiB at a time: a 1 MiB buffer turns those into few system calls.
-        with open(source, "rb", buffering=CHUNK) as src, os.fdopen(fd, "wb") as out:
+        # Unbuffered source: HashingReader already reads it in 1 MiB blocks.
+        with open(source, "rb", buffering=0) as src, os.fdopen(fd, "wb") as out:
             reader, writer = HashingReader(src), HashingWriter(out)
             pyrage.encrypt_io(reader, writer, parsed)
             cipher_sha = writer.hexdigest()  # flushes the last block
@@ -161,7 +161,7 @@ def encrypt_file(source: Path, target: Path, recipients: list[str]) -> tuple[str
 def decrypt_to(source: Path, sink: IO[bytes] | HashingWriter, identities: list[Any]) -> str:
     """Decrypt `source` into `sink`; returns the ciphertext's SHA-256, hashed as it is read."""
     try:
-        with open(source, "rb", buffering=CHUNK) as src:
+        with open(source, "rb", buffering=0) as src:
             reader = HashingReader(src)
             pyrage.decrypt_io(reader, sink, identities)
             sink.flush()

@@ -126,7 +126,6 @@ def test_malformed_streams_leave_no_file(
     tmp_path: Path, label: str, stream: list[pb.BackupChunk], message: str
 ) -> None:
     out = tmp_path / "b.tar.gz"
-    with pytest.raises(JacoError, match=message) as raised:
+    with pytest.raises(JacoError, match=message):
         _write(iter(stream), out, lambda s: None, lambda n: None)
-    assert "Traceback" not in str(raised.value)
     assert list(tmp_path.iterdir()) == [], f"{label}: something was left behind"
