@@ -144,8 +144,8 @@ def endpoint_status(node: Node) -> Any:
 
 
 async def _fill(node: Node, total: int, value_bytes: int) -> int:
-    from jaco.config import DataDir
-    from jaco.etcd import Etcd, op_put
+    from jaco.model.etcd import Etcd, op_put
+    from jaco.node.config import DataDir
 
     etcd = Etcd(f"127.0.0.1:{node.client_port}", DataDir(node.data_dir).tls, timeout=60)
     per_txn = max(1, (1300 * 1024) // (value_bytes + 64))
@@ -183,7 +183,7 @@ def deploy_latencies(client: Any, prefix: str, n: int, until: Any = None) -> lis
 
 
 def build(root: Path, size_mib: int, value_kib: int) -> tuple[Cluster, dict[str, Any]]:
-    from jaco.client import open_client
+    from jaco.client.connection import open_client
     from jaco.v1 import jaco_pb2 as pb
 
     root.mkdir(parents=True)
@@ -229,7 +229,7 @@ def wait_http(url: str, timeout: float = 300) -> None:
 
 
 def restore_jaco(archive: Path, work: Path, token: str) -> dict:
-    from jaco.client import open_client
+    from jaco.client.connection import open_client
     from jaco.v1 import jaco_pb2 as pb
 
     data = work / "restored"
@@ -326,7 +326,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> dict[str, Any]:
-    from jaco.client import open_client
+    from jaco.client.connection import open_client
 
     root = ctx["root"] / f"size-{size_mib}"
     print(f"\n== {size_mib} MiB: building the cluster …", flush=True)

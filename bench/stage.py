@@ -9,6 +9,7 @@ that of the children it starts (etcd, etcdctl).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import sys
@@ -24,19 +25,27 @@ def _rss_kib() -> int:
 def _encrypt(args: dict[str, Any]) -> dict[str, Any]:
     from flows.tasks import encrypt_task
 
-    return dict(encrypt_task.fn(args["archive"], args["recipients"]))
+    done = encrypt_task.fn(Path(args["archive"]), args["recipients"])
+    return {**dataclasses.asdict(done), "path": str(done.path)}
 
 
 def _upload(args: dict[str, Any]) -> dict[str, Any]:
     from flows.tasks import upload_task
 
-    return dict(upload_task.fn(args["store"], args["path"], args["key"], args["metadata"]))
+    path = Path(args["path"])
+    return {"seconds": upload_task.fn(args["store"], path, args["key"], args["metadata"])}
 
 
 def _verify(args: dict[str, Any]) -> dict[str, Any]:
-    from flows.tasks import verify_task
+    from flows.tasks import Encrypted, verify_task
+    from jaco.public import BackupMeta
 
-    return dict(verify_task.fn(args["store"], args["key"], args["expected"]))
+    expected = args["expected"]
+    meta = BackupMeta.model_validate(expected["meta"], strict=False)
+    encrypted = Encrypted(
+        Path(), expected["plaintext_sha256"], expected["ciphertext_sha256"], 0, 0.0
+    )
+    return {"download_seconds": verify_task.fn(args["store"], args["key"], meta, encrypted)}
 
 
 def _boto3_upload(args: dict[str, Any]) -> dict[str, Any]:
@@ -54,14 +63,16 @@ def _boto3_download(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _flow(args: dict[str, Any]) -> dict[str, Any]:
-    from flows.backup import BackupParams, backup_cluster
+    from flows.backup_flow import backup_cluster
+    from flows.params import BackupParams
 
     result = backup_cluster(BackupParams(**args["params"]))
     return {"stages": result["stages"], "size": result["size"], "key": result["key"]}
 
 
 def _drill(args: dict[str, Any]) -> dict[str, Any]:
-    from flows.drill import DrillParams, drill_restore
+    from flows.drill_flow import drill_restore
+    from flows.params import DrillParams
 
     result = drill_restore(DrillParams(**args["params"]))
     return {"rto_seconds": result["rto_seconds"], "checks": len(result["checks"])}
@@ -79,7 +90,7 @@ STAGES = {
 
 
 def _cli(result_file: Path, argv: list[str]) -> int:
-    from jaco.cli import main
+    from jaco.cli.main import main
 
     sys.argv = ["jaco", *argv]
     code: Any = 0
@@ -105,8 +116,8 @@ def run() -> int:
         # Called outside a flow run (`task.fn`): Prefect's run logger has no context there.
         flows.tasks.get_run_logger = lambda: logging.getLogger("bench")  # type: ignore[assignment]
     if name in ("flow", "drill"):
-        import flows.backup  # noqa: F401
-        import flows.drill  # noqa: F401
+        import flows.backup_flow  # noqa: F401
+        import flows.drill_flow  # noqa: F401
     if name.startswith("boto3"):
         import boto3  # noqa: F401
     started = time.monotonic()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
-from flows.backup import BackupParams
 from flows.errors import PipelineError
+from flows.params import BackupParams
 
 
 class ClusterConfig(BackupParams):

@@ -18,9 +18,11 @@ from typing import Any
 from prefect import serve
 
 from deployments.config import ClusterConfig, load_config
-from flows.backup import BackupParams, backup_cluster, prune_backups
-from flows.drill import DrillParams, drill_restore
+from flows.backup_flow import backup_cluster
+from flows.drill_flow import drill_restore
 from flows.errors import PipelineError
+from flows.params import BackupParams, DrillParams
+from flows.prune_flow import prune_backups
 
 
 def deployments_for(name: str, cluster: ClusterConfig) -> list[Any]:

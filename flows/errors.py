@@ -1,57 +1,37 @@
-"""Pipeline errors, split by what a retry can do about them.
+"""Pipeline errors. Like jaco's own, each says where it is raised whether a retry could help
+(`retryable`); Prefect retries a task only then (flows.tasks.retry_transient).
 
-Prefect retries a task when `is_transient` says so; a bad token, a permission problem or a
-corrupt archive fails the run at once with its message. Everything here pickles (Prefect
-moves exceptions between processes; gRPC's own errors do not pickle).
+Everything here pickles (Prefect moves exceptions between processes; gRPC's own errors do
+not pickle).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from jaco.archive import ArchiveError, IncompatibleVersion
-from jaco.errors import (
-    InvalidArgument,
-    JacoError,
-    NotFound,
-    PermissionDenied,
-    TrustError,
-    Unauthenticated,
-)
+from jaco.public import JacoError
 
 
 class PipelineError(JacoError):
     """A step failed for a reason a retry will not fix."""
+
+    retryable = False
 
 
 class VerifyFailed(PipelineError):
     """The stored backup is not what was taken: wrong key, damaged object, bad archive."""
 
 
-class StorageError(JacoError):
-    """The object store failed; `permanent` says whether a retry could help."""
+class DrillFailed(PipelineError):
+    """A restore drill did not prove the backup restorable."""
 
-    def __init__(self, message: str, permanent: bool = False) -> None:
+
+class StorageError(JacoError):
+    """The object store failed; `retryable` says whether trying again could help."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
         super().__init__(message)
-        self.permanent = permanent
+        self.retryable = retryable
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.message, self.permanent))
-
-
-PERMANENT: tuple[type[BaseException], ...] = (
-    Unauthenticated,
-    PermissionDenied,
-    InvalidArgument,
-    NotFound,
-    TrustError,
-    ArchiveError,
-    IncompatibleVersion,
-    PipelineError,
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, StorageError):
-        return not exc.permanent
-    return not isinstance(exc, PERMANENT)
+        return (type(self), (self.message, self.retryable))

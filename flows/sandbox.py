@@ -116,7 +116,7 @@ class BwrapSandbox:
             "--",
             sys.executable,
             "-m",
-            "flows.drill_agent",
+            "jaco.drill.agent",
             *args,
         ]
         return cmd
@@ -157,7 +157,7 @@ class DockerSandbox:
     def run_agent(self, inputs: Path, args: list[str], timeout: float) -> AgentResult:
         container = self.client.containers.run(
             self.image,
-            ["python", "-m", "flows.drill_agent", *args],
+            ["python", "-m", "jaco.drill.agent", *args],
             name=self.name,
             detach=True,
             network_mode="none",

@@ -10,6 +10,7 @@ multipart upload on failure).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flows.errors import StorageError
+from jaco.public import private_output, write_private
+
+CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ def _s3_error(exc: BaseException, what: str) -> StorageError:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         message = exc.response.get("Error", {}).get("Message", "") or code
         return StorageError(
-            f"S3 {what}: {code} {message}".strip(), permanent=code in _PERMANENT_S3_CODES
+            f"S3 {what}: {code} {message}".strip(), retryable=code not in _PERMANENT_S3_CODES
         )
     return StorageError(f"S3 {what}: {exc}")
 
@@ -156,42 +160,39 @@ class LocalStore:
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if not path.is_relative_to(self.root.resolve()):
-            raise StorageError(f"key {key!r} escapes {self.root}", permanent=True)
+            raise StorageError(f"key {key!r} escapes {self.root}", retryable=False)
         return path
 
     def put(self, key: str, path: Path, metadata: dict[str, str]) -> None:
-        import json
-
+        """The metadata sidecar, then the object, each written atomically and durably: a
+        crash leaves the object whole or absent (a lone sidecar is never listed)."""
         target = self._path(key)
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.partial")
         try:
-            shutil.copyfile(path, tmp)
-            os.chmod(tmp, 0o600)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            meta_path = target.with_name(target.name + ".meta")
-            meta_path.write_text(json.dumps(metadata, sort_keys=True))
-            os.chmod(meta_path, 0o600)
-            os.replace(tmp, target)
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_private(_sidecar(target), json.dumps(metadata, sort_keys=True).encode())
+            with open(path, "rb") as source, private_output(target) as out:
+                shutil.copyfileobj(source, out, CHUNK)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            _sidecar(target).unlink(missing_ok=True)
             raise StorageError(
-                f"local copy to {target} failed: {exc.strerror}", permanent=exc.errno == 28
+                f"local copy to {target} failed: {exc.strerror}", retryable=exc.errno != 28
             ) from None
 
     def get(self, key: str, path: Path) -> dict[str, str]:
-        import json
-
         source = self._path(key)
-        shutil.copyfile(source, path)
-        meta_path = source.with_name(source.name + ".meta")
-        return json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        try:
+            metadata = json.loads(_sidecar(source).read_text())
+            shutil.copyfile(source, path)
+        except FileNotFoundError:
+            raise StorageError(f"{key} is not in {self.root}", retryable=False) from None
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"reading {key} from {self.root} failed: {exc}") from None
+        return dict(metadata)
 
     def delete(self, key: str) -> None:
         path = self._path(key)
         path.unlink(missing_ok=True)
-        path.with_name(path.name + ".meta").unlink(missing_ok=True)
+        _sidecar(path).unlink(missing_ok=True)
 
     def is_locked(self, key: str) -> bool:
         return False  # a directory has no object lock
@@ -206,12 +207,16 @@ class LocalStore:
                 )
 
 
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".meta")
+
+
 def open_store(url: str) -> BackupStore:
     """`s3://BUCKET` or `file:///DIR` (a plain path also means a directory)."""
     if url.startswith("s3://"):
         bucket = url[len("s3://") :].strip("/")
         if not bucket or "/" in bucket:
-            raise StorageError(f"invalid S3 store {url!r}: use s3://BUCKET", permanent=True)
+            raise StorageError(f"invalid S3 store {url!r}: use s3://BUCKET", retryable=False)
         return S3Store(bucket)
     path = url[len("file://") :] if url.startswith("file://") else url
     return LocalStore(Path(path))

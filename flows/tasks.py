@@ -1,45 +1,51 @@
-"""The pipeline's steps as retriable Prefect tasks.
+"""The pipeline's steps as Prefect tasks; flows call them through `retrying(...)`.
 
 Tasks pass paths and object keys, never large payloads. Each bounds the call it makes (gRPC
-deadline, boto3 timeouts, Prefect's `timeout_seconds`), retries with exponential backoff and
-jitter, and does not retry permanent errors (bad token, permission denied, corrupt data).
-Secrets come from the environment (`JACO_TOKEN`, the AWS chain, `JACO_AGE_IDENTITY_FILE`),
-never from parameters, logs or artifacts.
+deadline, boto3 timeouts, Prefect's `timeout_seconds`), and `retrying` adds retries with
+exponential backoff and jitter that skip errors whose `retryable` is false (bad token,
+permission denied, corrupt data). The retry settings are read from the environment when a
+flow runs, not when this module is imported. Secrets come from the environment
+(`JACO_TOKEN`, the AWS chain, `JACO_AGE_IDENTITY_FILE`), never from parameters, logs or
+artifacts.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
-from flows.crypto import (
+from flows.errors import PipelineError, VerifyFailed
+from flows.retention import RetentionPolicy, parse_key, to_keep
+from flows.storage import open_store
+from jaco.public import (
+    ArchiveError,
+    BackupMeta,
+    DecryptionFailed,
     HashingWriter,
+    InvalidArgument,
+    Unavailable,
+    create_private,
     decrypt_and_read_archive,
     decrypt_to,
     encrypt_file,
+    is_retryable,
     load_identities,
+    open_client,
+    read_archive,
     sha256_file,
+    take_backup,
 )
-from flows.errors import PipelineError, VerifyFailed, is_transient
-from flows.retention import RetentionPolicy, parse_key, to_keep
-from flows.storage import open_store
-from jaco.archive import ArchiveError, read_archive
-from jaco.backup import take_backup
-from jaco.client import open_client
-from jaco.errors import InvalidArgument, Unavailable
 
-RETRIES = int(os.environ.get("JACO_TASK_RETRIES", "4"))
-BACKOFF = float(os.environ.get("JACO_RETRY_BACKOFF", "2"))
+T = TypeVar("T", bound=Task[Any, Any])
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -47,17 +53,21 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
     except Exception as exc:  # noqa: BLE001 - classify whatever the task raised
-        return is_transient(exc)
+        return is_retryable(exc)
     return True
 
 
-RETRY: dict[str, Any] = {
-    "cache_policy": NO_CACHE,  # every run must really back up; inputs are paths and keys
-    "retries": RETRIES,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=BACKOFF),
-    "retry_jitter_factor": 0.5,
-    "retry_condition_fn": retry_transient,
-}
+def retrying(step: T) -> T:
+    """`step` with the pipeline's retry policy (JACO_TASK_RETRIES, default 4;
+    JACO_RETRY_BACKOFF seconds, default 2, doubling, with jitter)."""
+    return step.with_options(  # type: ignore[return-value]
+        retries=int(os.environ.get("JACO_TASK_RETRIES", "4")),
+        retry_delay_seconds=exponential_backoff(
+            backoff_factor=float(os.environ.get("JACO_RETRY_BACKOFF", "2"))
+        ),
+        retry_jitter_factor=0.5,
+        retry_condition_fn=retry_transient,
+    )
 
 
 def identity_file() -> Path:
@@ -70,16 +80,34 @@ def identity_file() -> Path:
     return Path(path)
 
 
-def backup_key(prefix: str, meta: dict[str, Any]) -> str:
-    day = dt.date.fromisoformat(meta["taken_at"][:10])
+def backup_key(prefix: str, meta: BackupMeta) -> str:
+    day = meta.taken_on
     return (
-        f"{prefix.strip('/')}/{meta['cluster_id']}/{day:%Y/%m/%d}/"
-        f"cluster-{day.isoformat()}-{meta['snapshot_index']}.tar.gz.age"
+        f"{prefix.strip('/')}/{meta.cluster_id}/{day:%Y/%m/%d}/"
+        f"cluster-{day.isoformat()}-{meta.snapshot_index}.tar.gz.age"
     )
 
 
-@task(name="take-backup", timeout_seconds=900, **RETRY)
-def take_backup_task(servers: list[str], workdir: str, timeout: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Taken:
+    path: Path
+    meta: BackupMeta
+    size: int
+    server: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Encrypted:
+    path: Path
+    plaintext_sha256: str
+    ciphertext_sha256: str
+    size: int
+    seconds: float
+
+
+@task(name="take-backup", timeout_seconds=900, cache_policy=NO_CACHE)
+def take_backup_task(servers: list[str], workdir: str, timeout: float) -> Taken:
     """The Backup RPC into a local archive; on UNAVAILABLE the next server is tried."""
     logger = get_run_logger()
     if not servers:
@@ -102,24 +130,18 @@ def take_backup_task(servers: list[str], workdir: str, timeout: float) -> dict[s
         seconds = time.monotonic() - started
         logger.info(
             "backup at index %s from %s: %d bytes in %.2fs",
-            result.meta["snapshot_index"],
+            result.meta.snapshot_index,
             server,
             result.size,
             seconds,
         )
-        return {
-            "path": str(output),
-            "meta": result.meta,
-            "size": result.size,
-            "server": server,
-            "seconds": seconds,
-        }
+        return Taken(output, result.meta, result.size, server, seconds)
     assert last is not None
     raise last
 
 
-@task(name="encrypt", timeout_seconds=1800, **RETRY)
-def encrypt_task(archive: str, recipients: list[str]) -> dict[str, Any]:
+@task(name="encrypt", timeout_seconds=1800, cache_policy=NO_CACHE)
+def encrypt_task(archive: Path, recipients: list[str]) -> Encrypted:
     """age-encrypt to all recipients, hashing plaintext and ciphertext on the way through.
 
     That the stored object decrypts, with the operator's own identity, to exactly this
@@ -128,25 +150,21 @@ def encrypt_task(archive: str, recipients: list[str]) -> dict[str, Any]:
     more and cost a second pass over the file.)
     """
     started = time.monotonic()
-    source = Path(archive)
-    target = source.with_name(source.name + ".age")
-    plain_sha, cipher_sha = encrypt_file(source, target, recipients)
-    return {
-        "path": str(target),
-        "plaintext_sha256": plain_sha,
-        "ciphertext_sha256": cipher_sha,
-        "size": target.stat().st_size,
-        "seconds": time.monotonic() - started,
-    }
+    target = archive.with_name(archive.name + ".age")
+    plain_sha, cipher_sha = encrypt_file(archive, target, recipients)
+    return Encrypted(
+        target, plain_sha, cipher_sha, target.stat().st_size, time.monotonic() - started
+    )
 
 
-@task(name="upload", timeout_seconds=3600, **RETRY)
-def upload_task(store_url: str, path: str, key: str, metadata: dict[str, str]) -> dict[str, Any]:
+@task(name="upload", timeout_seconds=3600, cache_policy=NO_CACHE)
+def upload_task(store_url: str, path: Path, key: str, metadata: dict[str, str]) -> float:
+    """Store the encrypted archive under `key`; returns the seconds it took."""
     started = time.monotonic()
     store = open_store(store_url)
-    store.put(key, Path(path), metadata)
+    store.put(key, path, metadata)
     get_run_logger().info("stored %s in %s", key, store.name)
-    return {"store": store.name, "key": key, "seconds": time.monotonic() - started}
+    return time.monotonic() - started
 
 
 def download(store_url: str, key: str, cipher: Path) -> tuple[dict[str, str], float]:
@@ -178,7 +196,7 @@ def check_ciphertext(
 @dataclass(frozen=True)
 class FetchedBackup:
     plaintext: Path
-    meta: dict[str, Any]
+    meta: BackupMeta
     download_seconds: float
     decrypt_seconds: float
 
@@ -191,12 +209,11 @@ def fetch_and_decrypt(store_url: str, key: str, directory: Path) -> FetchedBacku
     metadata, download_seconds = download(store_url, key, cipher)
     started = time.monotonic()
     plain = directory / "backup.tar.gz"
-    fd = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
+    with create_private(plain) as out:
         sink = HashingWriter(out)
         try:
             cipher_sha = decrypt_to(cipher, sink, identities)
-        except VerifyFailed:
+        except DecryptionFailed:
             check_ciphertext(key, sha256_file(cipher), metadata)  # damage, if that is why
             raise
     cipher.unlink()
@@ -207,30 +224,38 @@ def fetch_and_decrypt(store_url: str, key: str, directory: Path) -> FetchedBacku
     return FetchedBackup(plain, meta, download_seconds, time.monotonic() - started)
 
 
-@task(name="verify", timeout_seconds=3600, **RETRY)
-def verify_task(store_url: str, key: str, expected: dict[str, Any]) -> dict[str, Any]:
+@task(name="verify", timeout_seconds=3600, cache_policy=NO_CACHE)
+def verify_task(store_url: str, key: str, taken: BackupMeta, encrypted: Encrypted) -> float:
     """Download, decrypt straight into the archive reader, and check on the way: ciphertext
-    and plaintext checksums, archive structure, meta.json and the snapshot's SHA-256."""
-    started = time.monotonic()
+    and plaintext checksums, archive structure, meta.json and the snapshot's SHA-256.
+    Returns the seconds the download took."""
     identities = load_identities(identity_file())
     with tempfile.TemporaryDirectory(prefix="jaco-verify-") as tmp:
         cipher = Path(tmp) / "backup.tar.gz.age"
         metadata, download_seconds = download(store_url, key, cipher)
         try:
             cipher_sha, plain_sha, meta = decrypt_and_read_archive(cipher, identities)
-        except (VerifyFailed, ArchiveError):
-            check_ciphertext(key, sha256_file(cipher), metadata, expected["ciphertext_sha256"])
+        except (DecryptionFailed, ArchiveError):
+            check_ciphertext(key, sha256_file(cipher), metadata, encrypted.ciphertext_sha256)
             raise
-    check_ciphertext(key, cipher_sha, metadata, expected["ciphertext_sha256"])
-    if plain_sha != expected["plaintext_sha256"]:
+    check_ciphertext(key, cipher_sha, metadata, encrypted.ciphertext_sha256)
+    if plain_sha != encrypted.plaintext_sha256:
         raise VerifyFailed(f"{key} decrypts to another archive than was taken")
     for field in ("cluster_id", "snapshot_index", "snapshot_sha256", "state_digest"):
-        if meta[field] != expected["meta"][field]:
+        if getattr(meta, field) != getattr(taken, field):
             raise VerifyFailed(f"{key}'s meta.json has another {field} than was taken")
-    return {"key": key, "seconds": time.monotonic() - started, "download_seconds": download_seconds}
+    return download_seconds
 
 
-@task(name="prune", timeout_seconds=900, **RETRY)
+@task(name="find-backup", cache_policy=NO_CACHE)
+def find_backup_task(store_url: str, prefix: str) -> str:
+    backups = [b for b in (parse_key(o.key) for o in open_store(store_url).list(prefix)) if b]
+    if not backups:
+        raise PipelineError(f"no backup under {store_url}/{prefix}")
+    return max(backups, key=lambda b: (b.day, b.index)).key
+
+
+@task(name="prune", timeout_seconds=900, cache_policy=NO_CACHE)
 def prune_task(
     store_url: str, prefix: str, policy: RetentionPolicy, protect: str
 ) -> dict[str, Any]:

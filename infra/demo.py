@@ -145,7 +145,8 @@ def _flush_prefect_logs() -> None:
 
 
 def run_pipeline(cluster: Cluster, recipient: str, port: int) -> int:
-    from flows.backup import BackupParams, backup_cluster
+    from flows.backup_flow import backup_cluster
+    from flows.params import BackupParams
 
     params = BackupParams(
         cluster="demo",

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.ports import free_port
-from jaco.etcd_member import die_with_parent
+from jaco.node.etcd_member import die_with_parent
 
 BIN = Path(sys.executable).parent
 JACO = str(BIN / "jaco")

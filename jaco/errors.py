@@ -1,40 +1,53 @@
 """The exceptions jaco raises for expected failures.
 
-Each carries a message an operator can act on and the exit code the CLI uses; anything
-that is not a JacoError is a bug and is allowed to show a traceback.
+Each carries a message an operator can act on, the exit code the CLI uses, and whether trying
+again could help (`retryable`: the pipeline retries only those). Anything that is not a
+JacoError is a bug and is allowed to show a traceback.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class JacoError(Exception):
     """An expected failure with an operator-facing message."""
 
     exit_code = 1
+    retryable = True
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Prefect moves exceptions between processes; keep them picklable with their message.
+        return (type(self), (self.message,))
+
 
 class InvalidArgument(JacoError):
     exit_code = 2
+    retryable = False
 
 
 class NotFound(JacoError):
     exit_code = 3
+    retryable = False
 
 
 class AlreadyExists(JacoError):
     exit_code = 4
+    retryable = False
 
 
 class Unauthenticated(JacoError):
     exit_code = 5
+    retryable = False
 
 
 class PermissionDenied(JacoError):
     exit_code = 6
+    retryable = False
 
 
 class Unavailable(JacoError):
@@ -53,16 +66,31 @@ class DataDirError(JacoError):
     """The node's data dir is not in the state the command needs (empty, initialised, ...)."""
 
     exit_code = 9
+    retryable = False
 
 
 class DaemonRunning(JacoError):
     exit_code = 10
+    retryable = False
 
 
 class TrustError(JacoError):
     """The server could not be authenticated (wrong CA, fingerprint mismatch)."""
 
     exit_code = 11
+    retryable = False
+
+
+class ArchiveError(JacoError):
+    """The archive is unreadable, incomplete, tampered with or not a jaco backup."""
+
+    exit_code = 12
+    retryable = False
+
+
+class IncompatibleVersion(JacoError):
+    exit_code = 13
+    retryable = False
 
 
 # The gRPC status code each error travels as (by name, so this module needs no gRPC).
@@ -92,3 +120,9 @@ def from_grpc_code(code_name: str, message: str) -> JacoError:
     if code_name == "DEADLINE_EXCEEDED":
         return Unavailable(f"the server did not answer in time: {message}")
     return JacoError(message)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Could trying again help? JacoErrors say so themselves; anything else (a dropped
+    connection, a timeout from a library) is treated as transient."""
+    return bool(getattr(exc, "retryable", True))

@@ -1,10 +1,6 @@
 from __future__ import annotations
 
 import os
-
-# Retries in the flow tests: the same policy, shorter waits (read when flows.tasks is imported).
-os.environ.setdefault("JACO_RETRY_BACKOFF", "1")
-
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +10,17 @@ import pytest
 from infra.localcluster import Cluster, cluster_of
 from infra.seaweed import running_seaweed
 from tests.pipeline import BUCKET, age_keygen, params
+
+# Prefect's servers in the tests (and every process the tests start) send no usage reports.
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def shorter_retry_waits() -> Iterator[None]:
+    """Retries in the flow tests: the same policy, shorter waits (read when a flow runs)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JACO_RETRY_BACKOFF", "1")
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +62,7 @@ def stored(
         mp.setenv("JACO_AGE_IDENTITY_FILE", str(keys["identity"]))
         cluster3.ok("deploy", "web", "--image", "nginx:1", "--replicas", "3")
         cluster3.ok("route", "add", "www", "--host", "www.example.com", "--deployment", "web")
-        from flows.backup import backup_cluster
+        from flows.backup_flow import backup_cluster
 
         state = backup_cluster(params(cluster3, keys, root / "local"), return_state=True)
         assert state.is_completed(), state.message

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from flows.backup import BackupParams
+from flows.params import BackupParams
 from flows.retention import RetentionPolicy
 from infra.localcluster import Cluster
 

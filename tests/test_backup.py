@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from infra.localcluster import JACO, Cluster, cluster_of, wait_for
-from jaco.client import open_client
+from jaco.client.connection import open_client
 from jaco.v1 import jaco_pb2 as pb
 from tests.netfaults import FaultyProxy
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from jaco.archive import read_archive
-from jaco.backup import _write
+from jaco.archive.format import read_archive
+from jaco.archive.meta import BackupMeta
+from jaco.client.backup import write_backup_stream
 from jaco.errors import JacoError
 from jaco.v1 import jaco_pb2 as pb
 
@@ -66,9 +67,9 @@ def _members(archive: Path) -> list[str]:
 def test_format_2_stream_gives_a_verified_archive(tmp_path: Path) -> None:
     out = tmp_path / "b.tar.gz"
     sizes: list[int] = []
-    result = _write(iter(_format2(_meta())), out, sizes.append, lambda n: None)
+    result = write_backup_stream(iter(_format2(_meta())), out, sizes.append, lambda n: None)
     assert sizes == [len(SNAPSHOT)]
-    assert result.meta["snapshot_index"] == 42
+    assert result.meta.snapshot_index == 42
     assert read_archive(out).meta == result.meta
     assert _members(out) == ["snapshot.bin", "meta.json"]
     assert out.stat().st_mode & 0o777 == 0o600
@@ -79,8 +80,8 @@ def test_format_1_server_still_works(tmp_path: Path) -> None:
     out = tmp_path / "b.tar.gz"
     meta = _meta(format=1)
     stream = [pb.BackupChunk(meta_json=json.dumps(meta)), *_data()]
-    result = _write(iter(stream), out, lambda s: None, lambda n: None)
-    assert read_archive(out).meta == result.meta == meta
+    result = write_backup_stream(iter(stream), out, lambda s: None, lambda n: None)
+    assert read_archive(out).meta == result.meta == BackupMeta.parse(json.dumps(meta))
 
 
 @pytest.mark.parametrize(
@@ -117,7 +118,7 @@ def test_format_1_server_still_works(tmp_path: Path) -> None:
         (
             "meta.json not JSON",
             [*_format2(_meta())[:-1], pb.BackupChunk(meta_json="{nope")],
-            "meta.json is not valid JSON",
+            "meta.json is not valid: it is not a JSON object",
         ),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
@@ -127,5 +128,5 @@ def test_malformed_streams_leave_no_file(
 ) -> None:
     out = tmp_path / "b.tar.gz"
     with pytest.raises(JacoError, match=message):
-        _write(iter(stream), out, lambda s: None, lambda n: None)
+        write_backup_stream(iter(stream), out, lambda s: None, lambda n: None)
     assert list(tmp_path.iterdir()) == [], f"{label}: something was left behind"

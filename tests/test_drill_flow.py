@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from flows.backup import backup_cluster
-from flows.drill import DrillParams, drill_restore
+from flows.backup_flow import backup_cluster
+from flows.drill_flow import drill_restore
 from flows.errors import PipelineError
+from flows.params import DrillParams
 from flows.sandbox import BwrapSandbox, DockerSandbox
 from infra.localcluster import Cluster
 from infra.seaweed import SeaweedS3
@@ -94,7 +95,7 @@ def test_failed_check_fails_the_run_and_still_wipes(
     assert not [
         p
         for p in Path("/proc").iterdir()
-        if p.name.isdigit() and b"flows.drill_agent" in _cmdline(p)
+        if p.name.isdigit() and b"jaco.drill.agent" in _cmdline(p)
     ]
 
 
@@ -176,7 +177,7 @@ def test_drill_past_its_timeout_is_killed_and_wiped(stored: dict[str, Any], tmp_
     leftovers = [
         p
         for p in Path("/proc").iterdir()
-        if p.name.isdigit() and b"flows.drill_agent" in _cmdline(p)
+        if p.name.isdigit() and b"jaco.drill.agent" in _cmdline(p)
     ]
     assert leftovers == []
 

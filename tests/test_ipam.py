@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from infra.localcluster import Cluster
-from jaco.client import open_client
+from jaco.client.connection import open_client
 from jaco.v1 import jaco_pb2 as pb
 
 

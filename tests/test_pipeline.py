@@ -22,10 +22,11 @@ from typing import Any
 
 import pytest
 
-from flows.backup import BackupParams, backup_cluster
+from flows.backup_flow import backup_cluster
+from flows.params import BackupParams
 from infra.localcluster import Cluster, cluster_of
 from infra.seaweed import SeaweedS3, running_seaweed
-from jaco.client import open_client
+from jaco.client.connection import open_client
 from jaco.v1 import jaco_pb2 as pb
 from tests.netfaults import FaultyProxy
 from tests.pipeline import BUCKET, age_keygen, params
@@ -279,14 +280,14 @@ def test_encryption_that_silently_went_wrong_is_caught_and_removed(
     happen here, so it is simulated (the one stand-in in this module): the ciphertext holds
     the archive minus its last bytes while encrypt reports the whole archive's hashes. Verify,
     which decrypts the stored object with the operator's key, must refuse it."""
-    import flows.crypto
     import flows.tasks
+    from jaco.public import encrypt_file, sha256_file
 
     s3, keys, cluster = env["s3"], env["keys"], env["cluster"]
-    real = flows.crypto.encrypt_file
+    real = encrypt_file
 
     def short_write(source: Path, target: Path, recipients: list[str]) -> tuple[str, str]:
-        plain_sha = flows.crypto.sha256_file(source)
+        plain_sha = sha256_file(source)
         cut = source.with_name("cut")
         cut.write_bytes(source.read_bytes()[:-100])
         _, cipher_sha = real(cut, target, recipients)

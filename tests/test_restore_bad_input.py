@@ -129,7 +129,7 @@ CASES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
         _with_entries(
             lambda m, s: [A.regular("snapshot.bin", s), A.regular("meta.json", b"{nope")]
         ),
-        "meta.json is not valid JSON",
+        "meta.json is not valid: it is not a JSON object",
     ),
     (
         "another major version",

@@ -1,4 +1,4 @@
-"""jaco.bolt / read_snapshot_state: what a snapshot file holds, read from the file alone.
+"""jaco.archive.bolt / snapshot_file: what a snapshot file holds, read from the file alone.
 
 Backups compute meta.json and restores check it this way, so the reader is held to two
 independent references: etcd's own `etcdctl snapshot status` (the revision) and the live
@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 
 from infra.localcluster import Cluster, Node, cluster_of
-from jaco import pki
-from jaco.bolt import BoltFile, SnapshotFileError
-from jaco.config import DataDir
-from jaco.etcd import Etcd, op_delete, op_put
-from jaco.snapshot import read_snapshot_state
-from jaco.state import P_ALIVE, ROOT, Store
+from jaco.archive.bolt import BoltFile, SnapshotFileError
+from jaco.model import pki
+from jaco.model.etcd import Etcd, op_delete, op_put
+from jaco.archive.snapshot_file import read_snapshot_state
+from jaco.model.keys import P_ALIVE, ROOT
+from jaco.model.store import Store
+from jaco.node.config import DataDir
 
 BULK = ROOT + "bulk/"
 
@@ -96,7 +97,8 @@ def test_reader_agrees_with_etcd_and_the_live_store(
     async def live() -> tuple[dict[str, int], str]:
         etcd = _etcd(node)
         try:
-            return await Store(etcd).state_digest(state.revision)
+            at = await Store(etcd).state_digest(state.revision)
+            return at.counts, at.state_digest
         finally:
             await etcd.close()
 
@@ -152,7 +154,7 @@ def test_reader_refuses_damaged_files_cleanly(
         read(data)
     data = bytearray(good)  # the first record of the key bucket's first leaf claims 4 GiB
     with BoltFile(snapshot) as bolt:
-        first_leaf = next(bolt._leaves(key_root, set()))[0] // page_size
+        first_leaf = next(bolt.leaves(key_root, set()))[0] // page_size
     at = first_leaf * page_size + 16 + 12  # element 0: flags, pos, key size, value size
     data[at : at + 4] = b"\xff\xff\xff\xff"
     with pytest.raises(SnapshotFileError, match="larger than etcd allows"):

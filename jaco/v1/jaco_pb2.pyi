@@ -751,6 +751,54 @@ class AuditEvent(_message.Message):
 Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
 
 @_typing.final
+class AuditAnchor(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """an audit head recorded outside the cluster: event number..."""
+    hash: _builtins.str
+    """...and that event's hash"""
+    source: _builtins.str
+    """where it was recorded (shown in the answer)"""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        hash: _builtins.str = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hash", b"hash", "seq", b"seq", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditAnchor: _TypeAlias = AuditAnchor  # noqa: Y015
+
+@_typing.final
+class VerifyAuditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANCHORS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def anchors(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditAnchor]: ...
+    def __init__(
+        self,
+        *,
+        anchors: _abc.Iterable[Global___AuditAnchor] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchors", b"anchors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyAuditRequest: _TypeAlias = VerifyAuditRequest  # noqa: Y015
+
+@_typing.final
 class AuditVerification(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -758,10 +806,12 @@ class AuditVerification(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     FIRST_BAD_SEQ_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    ANCHORS_CHECKED_FIELD_NUMBER: _builtins.int
     ok: _builtins.bool
     events: _builtins.int
     first_bad_seq: _builtins.int
     reason: _builtins.str
+    anchors_checked: _builtins.int
     def __init__(
         self,
         *,
@@ -769,14 +819,86 @@ class AuditVerification(_message.Message):
         events: _builtins.int = ...,
         first_bad_seq: _builtins.int = ...,
         reason: _builtins.str = ...,
+        anchors_checked: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "first_bad_seq", b"first_bad_seq", "ok", b"ok", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchors_checked", b"anchors_checked", "events", b"events", "first_bad_seq", b"first_bad_seq", "ok", b"ok", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuditVerification: _TypeAlias = AuditVerification  # noqa: Y015
+
+@_typing.final
+class StateDigestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateDigestRequest: _TypeAlias = StateDigestRequest  # noqa: Y015
+
+@_typing.final
+class StateDigestResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CountsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    STATE_DIGEST_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_SEQ_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_HASH_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    state_digest: _builtins.str
+    audit_head_seq: _builtins.int
+    audit_head_hash: _builtins.str
+    @_builtins.property
+    def counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        state_digest: _builtins.str = ...,
+        audit_head_seq: _builtins.int = ...,
+        audit_head_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_head_hash", b"audit_head_hash", "audit_head_seq", b"audit_head_seq", "counts", b"counts", "revision", b"revision", "state_digest", b"state_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateDigestResponse: _TypeAlias = StateDigestResponse  # noqa: Y015
 
 @_typing.final
 class IssueJoinTokenRequest(_message.Message):

@@ -106,8 +106,13 @@ class JacoStub:
                 _registered_method=True)
         self.VerifyAudit = channel.unary_unary(
                 '/jaco.v1.Jaco/VerifyAudit',
-                request_serializer=jaco_dot_v1_dot_jaco__pb2.Empty.SerializeToString,
+                request_serializer=jaco_dot_v1_dot_jaco__pb2.VerifyAuditRequest.SerializeToString,
                 response_deserializer=jaco_dot_v1_dot_jaco__pb2.AuditVerification.FromString,
+                _registered_method=True)
+        self.StateDigest = channel.unary_unary(
+                '/jaco.v1.Jaco/StateDigest',
+                request_serializer=jaco_dot_v1_dot_jaco__pb2.StateDigestRequest.SerializeToString,
+                response_deserializer=jaco_dot_v1_dot_jaco__pb2.StateDigestResponse.FromString,
                 _registered_method=True)
         self.IssueJoinToken = channel.unary_unary(
                 '/jaco.v1.Jaco/IssueJoinToken',
@@ -217,7 +222,16 @@ class JacoServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyAudit(self, request, context):
-        """Recomputes the hash chain of the whole audit log.
+        """Recomputes the hash chain of the whole audit log; with anchors (audit heads recorded
+        outside the cluster, e.g. in backups) also proves the chain still extends each of them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StateDigest(self, request, context):
+        """Per-table record counts and the state digest of the store at one revision (0: now),
+        and the audit head there: what a backup's meta.json records, computed by the server.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -321,8 +335,13 @@ def add_JacoServicer_to_server(servicer, server):
             ),
             'VerifyAudit': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyAudit,
-                    request_deserializer=jaco_dot_v1_dot_jaco__pb2.Empty.FromString,
+                    request_deserializer=jaco_dot_v1_dot_jaco__pb2.VerifyAuditRequest.FromString,
                     response_serializer=jaco_dot_v1_dot_jaco__pb2.AuditVerification.SerializeToString,
+            ),
+            'StateDigest': grpc.unary_unary_rpc_method_handler(
+                    servicer.StateDigest,
+                    request_deserializer=jaco_dot_v1_dot_jaco__pb2.StateDigestRequest.FromString,
+                    response_serializer=jaco_dot_v1_dot_jaco__pb2.StateDigestResponse.SerializeToString,
             ),
             'IssueJoinToken': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueJoinToken,
@@ -743,8 +762,35 @@ class Jaco:
             request,
             target,
             '/jaco.v1.Jaco/VerifyAudit',
-            jaco_dot_v1_dot_jaco__pb2.Empty.SerializeToString,
+            jaco_dot_v1_dot_jaco__pb2.VerifyAuditRequest.SerializeToString,
             jaco_dot_v1_dot_jaco__pb2.AuditVerification.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StateDigest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jaco.v1.Jaco/StateDigest',
+            jaco_dot_v1_dot_jaco__pb2.StateDigestRequest.SerializeToString,
+            jaco_dot_v1_dot_jaco__pb2.StateDigestResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,191 @@
+"""age encryption of archives with pyrage, streaming, hashed on the way through.
+
+`pyrage.encrypt_io` / `decrypt_io` stream in constant memory (the other pyrage calls hold the
+whole file). pyrage can report success after a failed final write, so an encryption is only
+trusted once its ciphertext has been decrypted again and the plaintext's SHA-256 matched:
+the pipeline's verify step does that on the uploaded object. Keys are in age's own
+formats: `age1…` X25519 recipients, `ssh-ed25519 …` public keys, and identity files of
+`AGE-SECRET-KEY-1…` lines (what `age-keygen` writes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+import pyrage
+
+from jaco.archive.format import read_archive_stream
+from jaco.archive.meta import BackupMeta
+from jaco.errors import ArchiveError, InvalidArgument, JacoError
+from jaco.files import CHUNK, HashingReader, private_output
+
+PIPE_BYTES = 1024 * 1024  # Linux's default pipe-max-size
+AGE_MAGIC = b"age-encryption.org/v1\n"
+
+
+class DecryptionFailed(JacoError):
+    """The ciphertext does not decrypt with the identity given: wrong key, or damage."""
+
+    exit_code = 14
+    retryable = False
+
+
+def is_age_file(path: Path) -> bool:
+    """Does the file start like an age file (its binary format's header line)?"""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(AGE_MAGIC)) == AGE_MAGIC
+    except OSError:
+        return False
+
+
+def parse_recipient(text: str) -> Any:
+    text = text.strip()
+    try:
+        if text.startswith("age1"):
+            return pyrage.x25519.Recipient.from_str(text)
+        if text.startswith("ssh-ed25519 "):
+            return pyrage.ssh.Recipient.from_str(text)
+    except pyrage.RecipientError as exc:
+        raise InvalidArgument(f"invalid age recipient {text[:24]}…: {exc}") from None
+    raise InvalidArgument(
+        f"unsupported age recipient {text[:24]!r}: use an age1… X25519 key or ssh-ed25519"
+    )
+
+
+def load_identities(path: Path) -> list[Any]:
+    """X25519 identities from an age identity file (comments and blank lines allowed)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read the age identity file {path}: {exc.strerror}") from None
+    identities = []
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            try:
+                identities.append(pyrage.x25519.Identity.from_str(line))
+            except pyrage.IdentityError:
+                raise InvalidArgument(f"{path} holds a line that is not an age identity") from None
+    if not identities:
+        raise InvalidArgument(f"{path} holds no age identity")
+    return identities
+
+
+class HashingWriter:
+    """A write-only sink that hashes (and optionally forwards) what it is given, in 1 MiB
+    blocks: `flush` (or `close`) passes on what is still buffered."""
+
+    def __init__(self, forward: IO[bytes] | None = None) -> None:
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self._forward = forward
+        self._buffer = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self._buffer += data
+        self.size += len(data)
+        if len(self._buffer) >= CHUNK:
+            self._pass_on()
+        return len(data)
+
+    def _pass_on(self) -> None:
+        if self._buffer:
+            self.sha256.update(self._buffer)
+            if self._forward is not None:
+                self._forward.write(self._buffer)
+            self._buffer = bytearray()
+
+    def flush(self) -> None:
+        self._pass_on()
+        if self._forward is not None:
+            self._forward.flush()
+
+    def hexdigest(self) -> str:
+        """The SHA-256 of everything written (passes on what is buffered first)."""
+        self._pass_on()
+        return self.sha256.hexdigest()
+
+
+def encrypt_file(source: Path, target: Path, recipients: list[str]) -> tuple[str, str]:
+    """Encrypt to every recipient; written to a temp name and renamed, mode 0600.
+
+    Returns the SHA-256 of the plaintext and of the ciphertext, hashed on the way through.
+    The file is the pipeline's scratch copy, uploaded and deleted within the run: it is not
+    fsynced (the stores make their own copies durable).
+    """
+    parsed = [parse_recipient(r) for r in recipients]
+    if not parsed:
+        raise InvalidArgument("no age recipients: the archive would leave the host unencrypted")
+    # Unbuffered source: HashingReader already reads it in 1 MiB blocks.
+    with open(source, "rb", buffering=0) as src, private_output(target, durable=False) as out:
+        reader, writer = HashingReader(src), HashingWriter(out)
+        pyrage.encrypt_io(reader, writer, parsed)
+        cipher_sha = writer.hexdigest()  # flushes the last block
+    return reader.hexdigest(), cipher_sha
+
+
+def decrypt_to(source: Path, sink: IO[bytes] | HashingWriter, identities: list[Any]) -> str:
+    """Decrypt `source` into `sink`; returns the ciphertext's SHA-256, hashed as it is read."""
+    try:
+        with open(source, "rb", buffering=0) as src:
+            reader = HashingReader(src)
+            pyrage.decrypt_io(reader, sink, identities)
+            sink.flush()
+            reader.drain()  # whatever age did not need is still part of the object
+    except pyrage.DecryptError as exc:
+        raise DecryptionFailed(
+            f"the backup does not decrypt with the verify identity ({exc}): wrong key, or the "
+            "ciphertext is damaged"
+        ) from None
+    except OSError as exc:
+        if exc.errno is not None:  # the disk, not the data
+            raise
+        # pyrage reports a payload that fails authentication as a plain OSError
+        raise DecryptionFailed(f"the backup's ciphertext is damaged or truncated ({exc})") from None
+    return reader.hexdigest()
+
+
+def decrypt_and_read_archive(
+    ciphertext: Path, identities: list[Any]
+) -> tuple[str, str, BackupMeta]:
+    """Decrypt (in a thread) straight into the archive reader through a pipe: the plaintext
+    never touches the disk. Returns the ciphertext's and the plaintext's SHA-256 and the
+    verified meta.json."""
+    read_fd, write_fd = os.pipe()
+    with contextlib.suppress(OSError):  # 64 KiB by default: threads would take turns per chunk
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    sinks: list[HashingWriter] = []
+    cipher_sha: list[str] = []
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(write_fd, "wb") as pipe:
+                sinks.append(HashingWriter(pipe))
+                cipher_sha.append(decrypt_to(ciphertext, sinks[0], identities))
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+            failure.append(exc)
+
+    producer = threading.Thread(target=produce, name="decrypt", daemon=True)
+    producer.start()
+    try:
+        with os.fdopen(read_fd, "rb") as pipe:
+            meta = read_archive_stream(pipe, name=ciphertext.name)
+            while pipe.read(CHUNK):  # let the decrypter finish (and check its tag)
+                pass
+    except ArchiveError:
+        producer.join()
+        if failure and not isinstance(failure[0], BrokenPipeError):
+            raise failure[0] from None  # a decryption failure explains the broken archive
+        raise
+    producer.join()
+    if failure:
+        raise failure[0]
+    return cipher_sha[0], sinks[0].hexdigest(), meta

@@ -1,0 +1,224 @@
+"""Read an etcd snapshot file directly: a minimal, read-only bbolt reader.
+
+An etcd snapshot is a bbolt database (plus a 32-byte SHA-256 trailer). Its `key` bucket holds
+every stored revision of every key, ordered by revision, each value an mvccpb.KeyValue. From
+it this module derives what a backup's meta.json needs, without starting etcd and without
+asking the live cluster: the store revision the snapshot is at, and the latest value of every
+live key at that revision.
+
+Only data is read, never executed: pages are parsed with struct and bounds checks, values with
+protobuf. A malformed file raises SnapshotFileError (never an IndexError or a hang: every
+page is visited at most once). Reads use pread on page-sized ranges, so memory stays bounded
+by the largest single value, whatever the file size.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aetcd.rpc import kv_pb2
+
+MAGIC = 0xED0CDAED
+VERSION = 2
+PAGE_HEADER = struct.Struct("<QHHI")  # id, flags, count, overflow
+META = struct.Struct("<IIII QQ QQQ Q")  # magic, version, page size, flags, root, seq, ..., sum
+BRANCH_ELEMENT = struct.Struct("<IIQ")  # pos, key size, page id
+LEAF_ELEMENT = struct.Struct("<IIII")  # flags, pos, key size, value size
+BUCKET = struct.Struct("<QQ")  # root page id, sequence
+BRANCH, LEAF = 0x01, 0x02
+BUCKET_LEAF = 0x01
+KEY_BUCKET = b"key"
+REVISION_KEY = 17  # 8-byte main revision, "_", 8-byte sub revision (+ "t" for a tombstone)
+PEEK = 4096  # enough of a KeyValue to read its key (keys are short; the key comes first)
+# etcd refuses requests over --max-request-bytes (1.5 MiB by default): a record claiming more
+# is damage, and must not make the reader allocate it.
+MAX_RECORD = 64 * 1024 * 1024
+
+
+class SnapshotFileError(Exception):
+    """The file is not a readable etcd snapshot (or is damaged)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The latest stored version of one key: where its KeyValue lies in the file."""
+
+    revision: int
+    offset: int
+    size: int
+
+
+def _fnv64a(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+class BoltFile:
+    """One bbolt file opened for reading."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        try:
+            self.size = os.fstat(self.fd).st_size
+            self.page_size, self.root = self._meta()
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> BoltFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise SnapshotFileError("the snapshot file is truncated (a page lies past its end)")
+        data = os.pread(self.fd, size, offset)
+        if len(data) != size:
+            raise SnapshotFileError("the snapshot file is truncated")
+        return data
+
+    def _meta(self) -> tuple[int, int]:
+        """The newest valid of the two meta pages: (page size, root bucket page)."""
+        first = self.read(0, PAGE_HEADER.size + META.size) if self.size >= 80 else b""
+        if len(first) < 80:
+            raise SnapshotFileError("the snapshot file is too short to be an etcd snapshot")
+        page_size = META.unpack_from(first, PAGE_HEADER.size)[2]
+        if page_size < 512 or page_size > 1 << 16 or page_size & (page_size - 1):
+            raise SnapshotFileError("the snapshot file is not a bbolt database (bad page size)")
+        best: tuple[int, int, int] | None = None
+        for page in (0, 1):
+            raw = self.read(page * page_size + PAGE_HEADER.size, META.size)
+            magic, version, _, _, root, _, _, pages, txid, checksum = META.unpack(raw)
+            if magic != MAGIC or version != VERSION or _fnv64a(raw[:-8]) != checksum:
+                continue
+            if best is None or txid > best[0]:
+                best = (txid, root, pages)
+        if best is None:
+            raise SnapshotFileError("the snapshot file is not a bbolt database (no valid meta)")
+        if best[2] * page_size > self.size:
+            raise SnapshotFileError(
+                f"the snapshot file is truncated: {self.size} bytes of {best[2] * page_size}"
+            )
+        return page_size, best[1]
+
+    def _page(self, page_id: int, seen: set[int]) -> tuple[int, int, int, int]:
+        """(offset, flags, element count, length in bytes) of one page, visited once."""
+        if page_id in seen or page_id < 2:
+            raise SnapshotFileError("the snapshot file's page tree is damaged (a page loops)")
+        seen.add(page_id)
+        offset = page_id * self.page_size
+        pid, flags, count, overflow = PAGE_HEADER.unpack(self.read(offset, PAGE_HEADER.size))
+        if pid != page_id:
+            raise SnapshotFileError(f"the snapshot file's page {page_id} is damaged")
+        return offset, flags, count, (overflow + 1) * self.page_size
+
+    def leaves(self, root: int, seen: set[int]) -> Iterator[tuple[int, int, bytes]]:
+        """Leaf pages under `root`, in key order: (page offset, element count, first page).
+
+        Walked with an explicit stack: a hostile file cannot make it recurse without bound."""
+        stack = [root]
+        while stack:
+            page_id = stack.pop()
+            offset, flags, count, length = self._page(page_id, seen)
+            if flags & LEAF:
+                yield offset, count, self.read(offset, min(length, self.page_size))
+                continue
+            if not flags & BRANCH:
+                raise SnapshotFileError(f"the snapshot file's page {page_id} is not a tree page")
+            page = self.read(offset, length)
+            children = []
+            for i in range(count):
+                at = PAGE_HEADER.size + i * BRANCH_ELEMENT.size
+                if at + BRANCH_ELEMENT.size > length:
+                    raise SnapshotFileError(f"the snapshot file's page {page_id} is damaged")
+                children.append(BRANCH_ELEMENT.unpack_from(page, at)[2])
+            stack.extend(reversed(children))
+
+    def _elements(
+        self, offset: int, count: int, head: bytes, peek: int
+    ) -> Iterator[tuple[int, bytes, int, int, bytes]]:
+        """(flags, key, value offset, value size, the first `peek` bytes of the value)."""
+        for i in range(count):
+            at = PAGE_HEADER.size + i * LEAF_ELEMENT.size
+            if at + LEAF_ELEMENT.size > len(head):
+                head = self.read(offset, at + LEAF_ELEMENT.size)
+            flags, pos, ksize, vsize = LEAF_ELEMENT.unpack_from(head, at)
+            if ksize + vsize > MAX_RECORD:
+                raise SnapshotFileError("the snapshot holds a record larger than etcd allows")
+            start = at + pos
+            want = ksize + min(vsize, peek)
+            if start + want <= len(head):
+                data = head[start : start + want]
+            else:
+                data = self.read(offset + start, want)
+            yield flags, data[:ksize], offset + start + ksize, vsize, data[ksize:]
+
+    def bucket_root(self, name: bytes) -> int:
+        """The root page of a top-level bucket (etcd never stores its big buckets inline)."""
+        for offset, count, head in self.leaves(self.root, set()):
+            for flags, key, _, vsize, value in self._elements(offset, count, head, BUCKET.size):
+                if key == name:
+                    if not flags & BUCKET_LEAF or vsize < BUCKET.size:
+                        raise SnapshotFileError(f"the snapshot's {name!r} is not a bucket")
+                    root = BUCKET.unpack_from(value)[0]
+                    if root == 0:
+                        raise SnapshotFileError(f"the snapshot's {name!r} bucket is inline")
+                    return int(root)
+        raise SnapshotFileError(f"the snapshot has no {name!r} bucket (not an etcd store)")
+
+    def latest(self) -> tuple[int, dict[bytes, Entry]]:
+        """The store revision and, for every key alive at it, where its latest value lies."""
+        latest: dict[bytes, Entry] = {}
+        revision = 0
+        for offset, count, head in self.leaves(self.bucket_root(KEY_BUCKET), set()):
+            for _, rev_key, value_at, vsize, peek in self._elements(offset, count, head, PEEK):
+                if len(rev_key) not in (REVISION_KEY, REVISION_KEY + 1) or rev_key[8:9] != b"_":
+                    raise SnapshotFileError("the snapshot's key bucket holds a malformed revision")
+                main = int.from_bytes(rev_key[:8], "big")
+                revision = max(revision, main)
+                key = _key_of(peek, vsize, value_at, self)
+                if len(rev_key) > REVISION_KEY:  # a tombstone: the key was deleted
+                    latest.pop(key, None)
+                else:
+                    latest[key] = Entry(main, value_at, vsize)
+        return revision, latest
+
+    def value(self, entry: Entry) -> bytes:
+        kv = kv_pb2.KeyValue()
+        try:
+            kv.ParseFromString(self.read(entry.offset, entry.size))
+        except Exception as exc:  # protobuf's DecodeError
+            raise SnapshotFileError("the snapshot holds a damaged key-value record") from exc
+        return bytes(kv.value)
+
+
+def _key_of(peek: bytes, vsize: int, value_at: int, bolt: BoltFile) -> bytes:
+    """The key of a KeyValue record (field 1, written first by etcd); falls back to a parse."""
+    if peek[:1] == b"\x0a":
+        length, shift, at = 0, 0, 1
+        while at < len(peek) and shift < 35:
+            byte = peek[at]
+            length |= (byte & 0x7F) << shift
+            at += 1
+            shift += 7
+            if not byte & 0x80:
+                if at + length <= len(peek):
+                    return peek[at : at + length]
+                break
+    kv = kv_pb2.KeyValue()
+    try:
+        kv.ParseFromString(bolt.read(value_at, vsize))
+    except Exception as exc:
+        raise SnapshotFileError("the snapshot holds a damaged key-value record") from exc
+    return bytes(kv.key)

@@ -1,0 +1,69 @@
+"""What an etcd snapshot file of a jaco store holds, read from the file alone.
+
+Revision, per-table counts, the state digest, the cluster's identity and its CA: read through
+jaco.archive.bolt (no etcd started, nothing executed), so the server can describe the very
+bytes it sent and restore can check them before trusting them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jaco.archive.bolt import BoltFile, SnapshotFileError
+from jaco.model import pki
+from jaco.model.digest import StateDigest
+from jaco.model.keys import B_ALIVE, B_ROOT, K_CA, K_CLUSTER, K_HEAD
+
+
+@dataclass(frozen=True)
+class SnapshotState:
+    """What a snapshot file holds, read from the file alone."""
+
+    revision: int
+    counts: dict[str, int]
+    state_digest: str
+    cluster: dict[str, Any]
+    ca: pki.KeyPair
+    audit_head: dict[str, Any] | None
+
+
+def read_snapshot_state(path: Path) -> SnapshotState:
+    """Revision, counts, digest, cluster identity, CA and audit head of an etcd snapshot file.
+
+    Raises SnapshotFileError if the file is not a readable etcd snapshot of a jaco store.
+    """
+    with BoltFile(path) as bolt:
+        revision, latest = bolt.latest()
+        digest = StateDigest()
+        records: dict[bytes, bytes] = {}
+        wanted = {K_CLUSTER.encode(), K_CA.encode(), K_HEAD.encode()}
+        for key in sorted(k for k in latest if k.startswith(B_ROOT) and not k.startswith(B_ALIVE)):
+            try:
+                key.decode()
+            except UnicodeDecodeError:
+                raise SnapshotFileError("the snapshot holds a key that is not UTF-8") from None
+            value = bolt.value(latest[key])
+            digest.add(key, value)
+            if key in wanted:
+                records[key] = value
+    if K_CLUSTER.encode() not in records or K_CA.encode() not in records:
+        raise SnapshotFileError("the snapshot holds no jaco cluster (no identity or CA)")
+    try:
+        cluster = json.loads(records[K_CLUSTER.encode()])
+        ca = json.loads(records[K_CA.encode()])
+        keypair = pki.KeyPair(ca["cert_pem"].encode(), ca["key_pem"].encode())
+        if not isinstance(cluster.get("cluster_id"), str):
+            raise TypeError
+        head = json.loads(records[K_HEAD.encode()]) if K_HEAD.encode() in records else None
+        if head is not None and not (
+            isinstance(head.get("seq"), int) and isinstance(head.get("hash"), str)
+        ):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise SnapshotFileError("the snapshot's cluster identity or CA record is damaged") from None
+    counts, state_digest = digest.result()
+    audit_head = {"seq": head["seq"], "hash": head["hash"]} if head else None
+    return SnapshotState(revision, counts, state_digest, cluster, keypair, audit_head)

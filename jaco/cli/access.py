@@ -1,0 +1,74 @@
+"""`jaco token`: operator tokens (the cluster keeps only their hashes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from jaco.cli.common import (
+    AsJson,
+    Server,
+    operator_errors,
+    out,
+    print_json,
+)
+from jaco.client.connection import open_client
+from jaco.files import write_private
+from jaco.v1 import jaco_pb2 as pb
+
+token_app = typer.Typer(no_args_is_help=True, help="Operator tokens (the cluster keeps hashes).")
+
+
+@token_app.command("create")
+@operator_errors
+def token_create(
+    role: Annotated[str, typer.Option(help="admin (read/write) or viewer (read-only).")] = "admin",
+    description: Annotated[str, typer.Option(help="Who or what the token is for.")] = "",
+    file: Annotated[
+        Path | None,
+        typer.Option(help="Write the token to this file (0600) instead of printing it."),
+    ] = None,
+    server: Server = "",
+) -> None:
+    """Create an operator token. It is shown once; the cluster keeps only its SHA-256."""
+    with open_client(server) as client:
+        reply = client.call(
+            "CreateToken", pb.CreateTokenRequest(role=role, description=description)
+        )
+    if file:
+        write_private(file, reply.token.encode() + b"\n")
+        out.print(f"Created {role} token {reply.info.id}; written to {file}")
+    else:
+        out.print(f"Created {role} token {reply.info.id} (shown once):")
+        out.print(reply.token, highlight=False, soft_wrap=True)
+
+
+@token_app.command("ls")
+@operator_errors
+def token_ls(server: Server = "", as_json: AsJson = False) -> None:
+    """List operator tokens (ids and roles; secrets are never stored)."""
+    with open_client(server) as client:
+        reply = client.call("ListTokens", pb.Empty())
+    if as_json:
+        return print_json(reply)
+    table = Table()
+    for col in ("ID", "ROLE", "DESCRIPTION", "CREATED", "REVOKED"):
+        table.add_column(col)
+    for t in reply.tokens:
+        table.add_row(t.id, t.role, t.description, t.created_at, "yes" if t.revoked else "")
+    out.print(table)
+
+
+@token_app.command("revoke")
+@operator_errors
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="Token id (see `jaco token ls`).")],
+    server: Server = "",
+) -> None:
+    """Revoke an operator token; it stops authenticating at once, on every node."""
+    with open_client(server) as client:
+        client.call("RevokeToken", pb.RevokeTokenRequest(id=token_id))
+    out.print(f"Revoked token {token_id}")

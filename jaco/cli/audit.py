@@ -1,0 +1,77 @@
+"""`jaco audit`: the append-only, hash-chained audit log."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from google.protobuf.json_format import MessageToDict
+
+from jaco.cli.common import (
+    AsJson,
+    Server,
+    err,
+    operator_errors,
+    out,
+    safe,
+)
+from jaco.client.connection import open_client
+from jaco.v1 import jaco_pb2 as pb
+
+audit_app = typer.Typer(
+    invoke_without_command=True, help="The append-only, hash-chained audit log."
+)
+
+
+@audit_app.callback()
+@operator_errors
+def audit(
+    ctx: typer.Context,
+    type_: Annotated[
+        list[str] | None,
+        typer.Option("--type", help="Only these event types (repeatable), e.g. BACKUP_TAKEN."),
+    ] = None,
+    since: Annotated[str, typer.Option(help="Only events at or after (RFC 3339).")] = "",
+    until: Annotated[str, typer.Option(help="Only events before (RFC 3339).")] = "",
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events.")
+    ] = False,
+    server: Server = "",
+    as_json: AsJson = False,
+) -> None:
+    """Show the audit log, oldest first. `jaco audit verify` checks its hash chain."""
+    if ctx.invoked_subcommand:
+        ctx.obj = server
+        return
+    request = pb.AuditRequest(types=type_ or [], since=since, until=until, follow=follow)
+    with open_client(server) as client:
+        for event in client.stream("Audit", request, timeout=None if follow else 60):
+            if as_json:
+                print(
+                    json.dumps(
+                        {
+                            **MessageToDict(event, preserving_proto_field_name=True),
+                            "detail": json.loads(event.detail_json),
+                        }
+                    ),
+                    flush=True,
+                )
+            else:
+                line = f"{event.seq:>6} {event.at} {event.type:<22} {event.actor:<20} "
+                out.print(safe(line + event.detail_json), soft_wrap=True)
+
+
+@audit_app.command("verify")
+@operator_errors
+def audit_verify(ctx: typer.Context, server: Server = "") -> None:
+    """Recompute the audit log's hash chain; exit 1 if any event was altered or removed."""
+    with open_client(server or ctx.obj or "") as client:
+        reply = client.call("VerifyAudit", pb.VerifyAuditRequest())
+    if reply.ok:
+        out.print(f"Audit chain intact: {reply.events} events")
+    else:
+        err.print(
+            f"[red]Audit chain broken at event {reply.first_bad_seq}:[/red] {safe(reply.reason)}"
+        )
+        raise typer.Exit(1)

@@ -1,0 +1,150 @@
+"""`jaco backup`, `jaco backup inspect` and `jaco restore`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from jaco.archive.format import read_archive
+from jaco.cli.common import (
+    AdvertiseHost,
+    ApiPort,
+    AsJson,
+    ClientPort,
+    DataDirOpt,
+    PeerPort,
+    Server,
+    err,
+    open_data_dir,
+    operator_errors,
+    out,
+    print_json,
+    progress,
+    safe,
+)
+from jaco.client.backup import DEFAULT_TIMEOUT, take_backup
+from jaco.client.connection import open_client
+from jaco.errors import InvalidArgument
+
+app = typer.Typer()
+backup_app = typer.Typer(
+    invoke_without_command=True,
+    help="Write a consistent snapshot of all cluster state to a tarball.",
+)
+
+
+@backup_app.callback()
+@operator_errors
+def backup(
+    ctx: typer.Context,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="The archive to write, e.g. cluster-$(date +%F).tar.gz."
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Deadline for the whole backup, seconds.")
+    ] = DEFAULT_TIMEOUT,
+    server: Server = "",
+) -> None:
+    """Stream a snapshot, consistent at one raft index, into a tarball (mode 0600).
+
+    The archive holds the cluster CA key and token hashes: encrypt it before it leaves the
+    host. `jaco backup inspect FILE` verifies an archive.
+    """
+    if ctx.invoked_subcommand:
+        return
+    if output is None:
+        raise InvalidArgument("--output FILE is required (or use `jaco backup inspect FILE`)")
+    if output.is_dir():
+        raise InvalidArgument(f"--output {output} is a directory; name the archive file")
+    shown = str(output)
+    output = output.absolute()
+    with open_client(server) as client, progress() as bar:
+        task = bar.add_task("snapshot", total=None)
+        result = take_backup(
+            client,
+            output,
+            timeout,
+            on_size=lambda size: bar.update(task, total=size),
+            progress=lambda n: bar.advance(task, n),
+        )
+    out.print(f"Wrote {result.size} bytes to {safe(shown)}", soft_wrap=True)
+    meta = result.meta
+    err.print(
+        f"snapshot index {meta.snapshot_index}, term {meta.snapshot_term}, "
+        f"leader {meta.leader_at_snapshot}, cluster {meta.cluster_id}"
+    )
+
+
+@backup_app.command("inspect")
+@operator_errors
+def backup_inspect(
+    archive: Annotated[Path, typer.Argument(help="A jaco backup archive (.tar.gz).")],
+    as_json: AsJson = False,
+) -> None:
+    """Verify an archive (structure, meta.json, snapshot checksum) and show what it holds.
+
+    Exits non-zero if the archive is damaged, or intact but from another major version.
+    """
+    verified = read_archive(archive)
+    meta = verified.meta
+    if as_json:
+        shown = meta.model_dump(mode="json", exclude_none=True)
+        print_json({**shown, "archive_size": verified.archive_size, "verified": True})
+        return meta.check_version()
+    table = Table(title=f"{safe(archive.name)}: verified", show_header=False)
+    for key in (
+        "cluster_id",
+        "snapshot_index",
+        "snapshot_term",
+        "leader_at_snapshot",
+        "taken_at",
+        "jaco_version",
+        "format",
+        "snapshot_size",
+        "snapshot_sha256",
+        "state_digest",
+    ):
+        table.add_row(key, safe(getattr(meta, key)))
+    table.add_row("records", safe(", ".join(f"{k}={v}" for k, v in meta.counts.items())))
+    out.print(table)
+    meta.check_version()  # intact, but can this jaco restore it?
+
+
+@app.command("restore")
+@operator_errors
+def restore_cmd(
+    input_: Annotated[Path, typer.Option("--input", "-i", help="The backup archive.")],
+    name: Annotated[str, typer.Option(help="This node's name in the restored cluster.")],
+    data_dir: DataDirOpt = None,
+    advertise_host: AdvertiseHost = None,
+    api_port: ApiPort = 7000,
+    etcd_client_port: ClientPort = 2379,
+    etcd_peer_port: PeerPort = 2380,
+) -> None:
+    """Prime a fresh node (daemon stopped, empty data dir) from a backup.
+
+    The whole archive is verified before anything is written. The next jacod start comes up as
+    the single voter of the same cluster (same id, same CA: old tokens still work) and records
+    RESTORE_COMPLETED. Other nodes then rejoin with `jaco node issue-join-token` / `node join`.
+    """
+    # Imported here: the node-side modules (PKI, etcd) would cost every command startup time.
+    from jaco.node.bootstrap import Ports, default_advertise_host
+    from jaco.node.restore import restore
+
+    ports = Ports(
+        advertise_host or default_advertise_host(), api_port, etcd_client_port, etcd_peer_port
+    )
+    data = open_data_dir(data_dir)
+    meta = restore(input_, data, name, ports)
+    out.print(
+        f"Restored cluster {meta.cluster_id} at index {meta.snapshot_index} "
+        f"(taken {meta.taken_at.isoformat()}) into {safe(data.path)} as node {name}; "
+        f"state digest {meta.state_digest[:16]}… verified."
+    )
+    out.print(f"Start it: systemctl start jaco  (or: jacod --name {name} --data-dir {data.path})")

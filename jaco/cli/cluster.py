@@ -1,0 +1,137 @@
+"""`jaco cluster` and `jaco node`: create a cluster, show its nodes, add nodes to it."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from jaco.cli.common import (
+    AdvertiseHost,
+    ApiPort,
+    AsJson,
+    ClientPort,
+    DataDirOpt,
+    PeerPort,
+    Server,
+    err,
+    open_data_dir,
+    operator_errors,
+    out,
+    print_json,
+)
+from jaco.client.connection import open_client
+from jaco.files import write_private
+from jaco.v1 import jaco_pb2 as pb
+
+cluster_app = typer.Typer(no_args_is_help=True, help="Create a cluster; show its nodes.")
+node_app = typer.Typer(no_args_is_help=True, help="Add nodes to the cluster.")
+
+
+@cluster_app.command("init")
+@operator_errors
+def cluster_init(
+    name: Annotated[str, typer.Option(help="This node's name.")],
+    data_dir: DataDirOpt = None,
+    advertise_host: AdvertiseHost = None,
+    api_port: ApiPort = 7000,
+    etcd_client_port: ClientPort = 2379,
+    etcd_peer_port: PeerPort = 2380,
+    subnet: Annotated[str, typer.Option(help="Subnet replica IPs come from.")] = "10.42.0.0/16",
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="Also write the first operator token to this file (mode 0600)."),
+    ] = None,
+) -> None:
+    """Create a new cluster on this (stopped) node with an empty data dir.
+
+    Creates the cluster id, the cluster CA, this node's certificates, a single-member etcd and
+    the first operator token, which is printed once: store it like a password.
+    """
+    from jaco.node.bootstrap import Ports, default_advertise_host, init_cluster
+
+    ports = Ports(
+        advertise_host or default_advertise_host(), api_port, etcd_client_port, etcd_peer_port
+    )
+    data = open_data_dir(data_dir)
+    cluster_id, token = init_cluster(data, name, ports, subnet)
+    if token_file:
+        write_private(token_file, token.encode() + b"\n")
+    out.print(f"Created cluster {cluster_id} with node {name} in {data.path}")
+    out.print(f"Start it with: jacod --name {name} --data-dir {data.path}")
+    if token_file:
+        out.print(f"The first operator token was written to {token_file} (mode 0600).")
+    else:
+        out.print("First operator token (shown once; export it as JACO_TOKEN):")
+        out.print(token, highlight=False, soft_wrap=True)
+
+
+@cluster_app.command("status")
+@operator_errors
+def cluster_status(server: Server = "", as_json: AsJson = False) -> None:
+    """Nodes of the cluster: name, address, state, leader, raft index and term."""
+    with open_client(server) as client:
+        reply = client.call("ClusterStatus", pb.ClusterStatusRequest())
+    if as_json:
+        return print_json(reply)
+    table = Table(title=f"cluster {reply.cluster_id}")
+    for col in ("NAME", "ADDRESS", "STATE", "LEADER", "RAFT INDEX", "RAFT TERM"):
+        table.add_column(col)
+    for n in reply.nodes:
+        table.add_row(
+            n.name, n.address, n.state, "*" if n.leader else "", str(n.raft_index), str(n.raft_term)
+        )
+    out.print(table)
+
+
+@node_app.command("issue-join-token")
+@operator_errors
+def issue_join_token(
+    ttl: Annotated[int, typer.Option(help="Seconds until the token expires.")] = 3600,
+    server: Server = "",
+) -> None:
+    """Issue a single-use, expiring token for one new node to join."""
+    with open_client(server) as client:
+        reply = client.call("IssueJoinToken", pb.IssueJoinTokenRequest(ttl_seconds=ttl))
+    err.print(f"Single-use join token (expires {reply.expires_at}):")
+    out.print(reply.token, highlight=False, soft_wrap=True)
+
+
+@node_app.command("join")
+@operator_errors
+def node_join(
+    peer: Annotated[str, typer.Option(help="A running node's API address HOST:PORT.")],
+    token: Annotated[
+        str,
+        typer.Option(
+            envvar="JACO_JOIN_TOKEN", help="A join token from `jaco node issue-join-token`."
+        ),
+    ],
+    name: Annotated[str | None, typer.Option(help="This node's name (default: hostname).")] = None,
+    data_dir: DataDirOpt = None,
+    advertise_host: AdvertiseHost = None,
+    api_port: ApiPort = 7000,
+    etcd_client_port: ClientPort = 2379,
+    etcd_peer_port: PeerPort = 2380,
+) -> None:
+    """Join this (stopped, empty) node to a running cluster; then start jacod.
+
+    The node enters as an etcd learner and is promoted to voter once it has caught up, so a
+    join never costs the cluster its quorum.
+    """
+    node_name = name or socket.gethostname().split(".")[0].lower()
+    from jaco.node.bootstrap import Ports, default_advertise_host, join_cluster
+
+    ports = Ports(
+        advertise_host or default_advertise_host(), api_port, etcd_client_port, etcd_peer_port
+    )
+    data = open_data_dir(data_dir)
+    cluster_id = join_cluster(data, node_name, ports, peer, token)
+    out.print(f"Node {node_name} admitted to cluster {cluster_id}; data dir {data.path} primed.")
+    out.print(
+        f"Start it with: systemctl start jaco  (or: jacod --name {node_name} "
+        f"--data-dir {data.path})"
+    )

@@ -1,0 +1,117 @@
+"""What every `jaco` command shares: options, one-line errors, output helpers.
+
+Expected failures print one line to stderr and exit with the error's code; never a
+traceback. Text that comes from a server or an archive is printed escaped: no markup, no
+control characters reach the terminal.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from google.protobuf.json_format import MessageToDict
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from jaco.errors import JacoError
+from jaco.node.config import DataDir, data_dir_from_env
+
+F = TypeVar("F", bound=Callable[..., Any])
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+Server = Annotated[
+    str,
+    typer.Option(
+        "--server",
+        "-s",
+        envvar="JACO_SERVER",
+        help="A jacod API address HOST:PORT (env JACO_SERVER).",
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="The node's data dir (default $JACO_DATA_DIR or /var/lib/jaco)."
+    ),
+]
+AdvertiseHost = Annotated[
+    str | None, typer.Option(help="Host or IP other nodes and clients reach this node at.")
+]
+ApiPort = Annotated[int, typer.Option(help="Port the jacod API will listen on.")]
+ClientPort = Annotated[int, typer.Option(help="Loopback port of the node's etcd client API.")]
+PeerPort = Annotated[int, typer.Option(help="Port of the node's etcd peer (raft) traffic.")]
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def safe(text: object) -> str:
+    """`text` made harmless for the terminal: rich markup escaped, control characters
+    (ANSI escapes, carriage returns, newlines...) shown as \\xNN instead of acted on."""
+    cleaned = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text).replace("\n", "\\n"))
+    return escape(cleaned)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {safe(message)}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def operator_errors(fn: F) -> F:
+    """Turn JacoErrors into one line on stderr and the error's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except JacoError as exc:
+            raise fail(exc.message, exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except OSError as exc:  # the filesystem refused: say what and where, no traceback
+            where = f": {exc.filename}" if exc.filename else ""
+            raise fail(f"{exc.strerror or exc}{where}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def open_data_dir(path: Path | None) -> DataDir:
+    return DataDir(path or data_dir_from_env())
+
+
+def print_json(message: Any) -> None:
+    if hasattr(message, "DESCRIPTOR"):
+        message = MessageToDict(
+            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+    print(json.dumps(message, indent=2, default=str), flush=True)
+
+
+def progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )

@@ -1,0 +1,60 @@
+"""`jaco`: the operator CLI.
+
+Online commands are thin clients of a jacod's gRPC API (`--server` / JACO_SERVER and
+JACO_TOKEN). Offline commands (`cluster init`, `node join`, `restore`) prime a stopped node's
+data dir. Each command group lives in a module of its own; this one assembles them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from jaco import __version__
+from jaco.cli import access, audit, backup, cluster, pipeline, workloads
+from jaco.cli.common import out
+
+app = typer.Typer(
+    name="jaco",
+    no_args_is_help=True,
+    add_completion=False,
+    help="Operate a jaco cluster: deployments, routes, certs, tokens, the audit log, nodes, "
+    "and backups of all of it.",
+)
+app.add_typer(workloads.app)
+app.add_typer(backup.app)
+app.add_typer(cluster.cluster_app, name="cluster")
+app.add_typer(workloads.route_app, name="route")
+app.add_typer(workloads.cert_app, name="cert")
+app.add_typer(access.token_app, name="token")
+app.add_typer(cluster.node_app, name="node")
+app.add_typer(audit.audit_app, name="audit")
+app.add_typer(backup.backup_app, name="backup")
+app.add_typer(pipeline.pipeline_app, name="pipeline")
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out.print(f"jaco {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Show the version."
+        ),
+    ] = False,
+) -> None:
+    """Operate a jaco cluster."""
+
+
+def main() -> None:
+    app(prog_name="jaco")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Workloads: `jaco status`, `deploy`, `scale`, `rm`, `jaco route …` and `jaco cert …`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from jaco.cli.common import (
+    AsJson,
+    Server,
+    operator_errors,
+    out,
+    print_json,
+)
+from jaco.client.connection import open_client
+from jaco.errors import InvalidArgument
+from jaco.files import write_private
+from jaco.v1 import jaco_pb2 as pb
+
+app = typer.Typer()
+route_app = typer.Typer(no_args_is_help=True, help="HTTP routes to deployments.")
+cert_app = typer.Typer(no_args_is_help=True, help="Certificates issued by the cluster CA.")
+
+
+@app.command("status")
+@operator_errors
+def status(server: Server = "", as_json: AsJson = False) -> None:
+    """Deployments with their replicas, IPs and nodes."""
+    with open_client(server) as client:
+        reply = client.call("Status", pb.StatusRequest())
+    if as_json:
+        return print_json(reply)
+    table = Table(title=f"deployments of cluster {reply.cluster_id}")
+    for col in ("DEPLOYMENT", "IMAGE", "REPLICAS", "REPLICA", "IP", "NODE"):
+        table.add_column(col)
+    for d in reply.deployments:
+        if not d.placed:
+            table.add_row(d.name, d.image, str(d.replicas), "-", "-", "-")
+        for i, r in enumerate(d.placed):
+            first = i == 0
+            table.add_row(
+                d.name if first else "",
+                d.image if first else "",
+                str(d.replicas) if first else "",
+                r.id,
+                r.ip,
+                r.node,
+            )
+    out.print(table)
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"invalid --env {pair!r}: use KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def _check_count(replicas: int) -> int:
+    if replicas < 0:
+        raise InvalidArgument(f"replicas cannot be negative ({replicas})")
+    return replicas
+
+
+@app.command("deploy")
+@operator_errors
+def deploy(
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    image: Annotated[str, typer.Option(help="Container image, e.g. nginx:1.27.")],
+    replicas: Annotated[int, typer.Option(help="How many replicas to run.")] = 1,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
+    server: Server = "",
+    as_json: AsJson = False,
+) -> None:
+    """Create a deployment: its replicas get nodes and IPs from the cluster."""
+    request = pb.DeployRequest(
+        name=name, image=image, replicas=_check_count(replicas), env=_parse_env(env or [])
+    )
+    with open_client(server) as client:
+        reply = client.call("Deploy", request)
+    if as_json:
+        return print_json(reply)
+    ips = ", ".join(r.ip for r in reply.placed) or "none"
+    out.print(f"Deployed {reply.name} ({reply.image}) with {reply.replicas} replica(s): {ips}")
+
+
+@app.command("scale")
+@operator_errors
+def scale(
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    replicas: Annotated[int, typer.Option(help="New replica count.")],
+    server: Server = "",
+) -> None:
+    """Change a deployment's replica count (IPs of removed replicas are released)."""
+    with open_client(server) as client:
+        reply = client.call("Scale", pb.ScaleRequest(name=name, replicas=_check_count(replicas)))
+    out.print(f"Scaled {reply.name} to {reply.replicas} replica(s)")
+
+
+@app.command("rm")
+@operator_errors
+def remove(
+    name: Annotated[str, typer.Argument(help="Deployment name.")], server: Server = ""
+) -> None:
+    """Delete a deployment, its replicas and their IPs."""
+    with open_client(server) as client:
+        client.call("RemoveDeployment", pb.RemoveDeploymentRequest(name=name))
+    out.print(f"Removed {name}")
+
+
+@route_app.command("add")
+@operator_errors
+def route_add(
+    name: Annotated[str, typer.Argument(help="Route name.")],
+    host: Annotated[str, typer.Option(help="Host name the route serves.")],
+    deployment: Annotated[str, typer.Option(help="Deployment that receives the traffic.")],
+    port: Annotated[int, typer.Option(help="Container port.")] = 80,
+    path: Annotated[str, typer.Option(help="Path prefix.")] = "/",
+    server: Server = "",
+) -> None:
+    """Route HOST/PATH to a deployment's port."""
+    with open_client(server) as client:
+        reply = client.call(
+            "AddRoute", pb.Route(name=name, host=host, path=path, deployment=deployment, port=port)
+        )
+    out.print(f"Route {reply.name}: {reply.host}{reply.path} -> {reply.deployment}:{reply.port}")
+
+
+@route_app.command("ls")
+@operator_errors
+def route_ls(server: Server = "", as_json: AsJson = False) -> None:
+    """List routes."""
+    with open_client(server) as client:
+        reply = client.call("ListRoutes", pb.Empty())
+    if as_json:
+        return print_json(reply)
+    table = Table()
+    for col in ("NAME", "HOST", "PATH", "DEPLOYMENT", "PORT"):
+        table.add_column(col)
+    for r in reply.routes:
+        table.add_row(r.name, r.host, r.path, r.deployment, str(r.port))
+    out.print(table)
+
+
+@route_app.command("rm")
+@operator_errors
+def route_rm(name: Annotated[str, typer.Argument(help="Route name.")], server: Server = "") -> None:
+    """Remove a route."""
+    with open_client(server) as client:
+        client.call("RemoveRoute", pb.RemoveRouteRequest(name=name))
+    out.print(f"Removed route {name}")
+
+
+@cert_app.command("issue")
+@operator_errors
+def cert_issue(
+    common_name: Annotated[str, typer.Argument(help="Certificate common name.")],
+    out_dir: Annotated[Path, typer.Option(help="Where to write NAME.crt, NAME.key, ca.crt.")],
+    dns: Annotated[list[str] | None, typer.Option(help="DNS name or IP, repeatable.")] = None,
+    days: Annotated[int, typer.Option(help="Validity in days.")] = 90,
+    server: Server = "",
+) -> None:
+    """Issue a certificate signed by the cluster CA (the key is written 0600, never stored)."""
+    if days <= 0:
+        raise InvalidArgument("--days must be positive")
+    if not out_dir.is_dir():
+        raise InvalidArgument(f"--out-dir {out_dir} is not a directory")
+    with open_client(server) as client:
+        reply = client.call(
+            "IssueCert",
+            pb.IssueCertRequest(common_name=common_name, dns_names=dns or [], valid_days=days),
+        )
+    write_private(out_dir / f"{common_name}.crt", reply.cert_pem.encode())
+    write_private(out_dir / f"{common_name}.key", reply.key_pem.encode())
+    write_private(out_dir / "ca.crt", reply.ca_pem.encode())
+    out.print(
+        f"Issued certificate {reply.info.serial} for {common_name} "
+        f"(until {reply.info.not_after}) into {out_dir}"
+    )
+
+
+@cert_app.command("ls")
+@operator_errors
+def cert_ls(server: Server = "", as_json: AsJson = False) -> None:
+    """List certificates issued by the cluster CA."""
+    with open_client(server) as client:
+        reply = client.call("ListCerts", pb.Empty())
+    if as_json:
+        return print_json(reply)
+    table = Table()
+    for col in ("SERIAL", "COMMON NAME", "NAMES", "NOT AFTER"):
+        table.add_column(col)
+    for c in reply.certs:
+        table.add_row(c.serial, c.common_name, ", ".join(c.dns_names), c.not_after)
+    out.print(table)

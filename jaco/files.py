@@ -1,0 +1,228 @@
+"""Files that hold secrets or must never be seen half-written, and hashing while streaming.
+
+One way to do each: `write_private` (small files) and `private_output` (streams) write a
+temp name in the target's directory (`.NAME.partial-PID`, created O_EXCL, mode 0600, held
+under flock while it is written), fsync it, rename it into place and fsync the directory, so
+a crash leaves either the old file or the new one, never a torn one; a failure removes the
+temp file, and `sweep_partials` removes those of writers that died (their flock is gone).
+`HashingReader` hashes what passes through any `read()`-able source, in 1 MiB blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+from jaco.errors import InvalidArgument, JacoError
+
+CHUNK = 1024 * 1024
+PARTIAL = ".partial-"
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_private(path: Path, mode: str = "wb") -> IO[bytes]:
+    """A new file, readable by its owner only; refuses to open anything that exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    return os.fdopen(fd, mode)
+
+
+def check_output_target(path: Path) -> bool:
+    """Whether `path` exists as a regular file that a write would replace.
+
+    Anything else that exists there (a device, a directory, a FIFO, a socket, a symlink) is
+    refused: replacing `/dev/null` with a file holding the CA key is never what was meant.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISREG(info.st_mode):
+        return True
+    kind = _kind(info.st_mode)
+    raise InvalidArgument(f"{path} is {kind}, not a regular file; refusing to replace it")
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+@contextlib.contextmanager
+def private_output(path: Path, durable: bool = True) -> Iterator[IO[bytes]]:
+    """Write `path` atomically: yields the temp file; on a clean exit it replaces `path`.
+
+    `durable=False` skips the fsyncs, for scratch copies deleted within the same run.
+    """
+    directory = path.parent
+    if not directory.is_dir():
+        raise InvalidArgument(f"the directory {directory} does not exist")
+    check_output_target(path)
+    tmp = directory / f".{path.name}{PARTIAL}{os.getpid()}"
+    try:
+        out = create_private(tmp)
+    except FileExistsError:
+        tmp.unlink()  # ours, from an earlier failed attempt in this very process
+        out = create_private(tmp)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot write to {directory}: {exc.strerror}") from None
+    try:
+        with out:
+            fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # tells sweep_partials we are alive
+            yield out
+            out.flush()
+            if durable:
+                os.fsync(out.fileno())
+            check_output_target(path)  # still not a device/dir/link swapped in meanwhile
+            os.replace(tmp, path)
+        if durable:
+            fsync_dir(directory)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`, readable by its owner only, atomically and durably."""
+    with private_output(path) as out:
+        out.write(data)
+
+
+def sweep_partials(directory: Path) -> list[Path]:
+    """Remove temp files of `private_output` writers that died (nobody holds their flock)."""
+    removed: list[Path] = []
+    with contextlib.suppress(OSError):
+        for candidate in directory.iterdir():
+            if not (candidate.name.startswith(".") and PARTIAL in candidate.name):
+                continue
+            try:
+                fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer
+            finally:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
+
+
+def disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+
+
+def require_space(directory: Path, needed: int, what: str) -> None:
+    """Refuse, before writing anything, when `directory`'s filesystem cannot hold `needed`."""
+    free = os.statvfs(directory)
+    available = free.f_bavail * free.f_frsize
+    if needed > available:
+        raise JacoError(
+            f"{what} needs {needed} bytes but the filesystem holding {directory} has only "
+            f"{available} free; nothing was written"
+        )
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class ChunkReader:
+    """A `read()`-able view of an iterator of byte chunks (reads assembled across chunks)."""
+
+    def __init__(self, chunks: Iterator[bytes], progress: Callable[[int], None] | None = None):
+        self._chunks = chunks
+        self._chunk = b""
+        self._offset = 0
+        self._progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        parts: list[bytes] = []
+        need = n if n >= 0 else -1
+        while need:
+            if self._offset >= len(self._chunk):
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                if self._progress is not None:
+                    self._progress(len(chunk))
+                self._chunk, self._offset = chunk, 0
+            end = len(self._chunk) if need < 0 else self._offset + need
+            part = self._chunk[self._offset : end]
+            self._offset += len(part)
+            if need > 0:
+                need -= len(part)
+            parts.append(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class HashingReader:
+    """A read-only source that counts and hashes what is read from it.
+
+    The source is read in 1 MiB blocks whatever the caller asks for (pyrage asks for 8 KiB):
+    the system calls and the hash updates (each one a GIL release) stay few. A read of a
+    whole block or more with nothing buffered passes straight through, uncopied.
+    """
+
+    def __init__(self, source: IO[bytes] | ChunkReader) -> None:
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self._source = source
+        self._block = memoryview(b"")
+        self._at = 0
+
+    def _take(self, block: bytes) -> bytes:
+        self.sha256.update(block)
+        self.size += len(block)
+        return block
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            parts = [self._block[self._at :].tobytes()]
+            self._at = len(self._block)
+            while block := self._source.read(CHUNK):
+                parts.append(self._take(block))
+            return b"".join(parts)
+        if self._at >= len(self._block):
+            if n >= CHUNK:
+                return self._take(self._source.read(n))
+            self._block, self._at = memoryview(self._take(self._source.read(CHUNK))), 0
+        piece = self._block[self._at : self._at + n].tobytes()
+        self._at += len(piece)
+        return piece
+
+    def drain(self) -> None:
+        """Read (and hash) whatever the consumer did not need."""
+        self._at = len(self._block)
+        while self.read(CHUNK):
+            pass
+
+    def hexdigest(self) -> str:
+        return self.sha256.hexdigest()

@@ -1,0 +1,164 @@
+"""The cluster's nodes, its creation, joins, restores, and the audit log's reads."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from jaco.errors import AlreadyExists, NotFound
+from jaco.model import audit, pki, tokens
+from jaco.model.access import Access, token_record
+from jaco.model.digest import StateDigest
+from jaco.model.engine import Change, View
+from jaco.model.keys import (
+    K_CA,
+    K_CLUSTER,
+    K_HEAD,
+    P_ALIVE,
+    P_EVENTS,
+    P_JOIN,
+    P_NODES,
+    P_TOKENS,
+    ROOT,
+    decode,
+    now,
+)
+
+
+@dataclass(frozen=True)
+class StateAt:
+    """What the store held at one revision, in the terms of a backup's meta.json."""
+
+    revision: int
+    counts: dict[str, int]
+    state_digest: str
+    audit_head: dict[str, Any] | None
+
+
+class Membership(Access):
+    async def bootstrap(
+        self,
+        cluster_id: str,
+        ca: pki.KeyPair,
+        node: dict[str, Any],
+        first_token: tokens.Token,
+        subnet: str,
+    ) -> None:
+        async def fn(view: View, change: Change) -> None:
+            if await view.get(K_CLUSTER) is not None:
+                raise AlreadyExists("this store already holds a cluster")
+            change.put(K_CLUSTER, {"cluster_id": cluster_id, "created_at": now(), "subnet": subnet})
+            change.put(
+                K_CA,
+                {
+                    "cert_pem": ca.cert_pem.decode(),
+                    "key_pem": ca.key_pem.decode(),
+                    "fingerprint": pki.fingerprint(ca.cert_pem),
+                },
+            )
+            change.put(P_NODES + node["name"], node)
+            change.put(P_TOKENS + first_token.id, token_record(first_token, "admin", "initial"))
+            change.audit("CLUSTER_INITIALIZED", cluster_id=cluster_id, node=node["name"])
+            change.audit("TOKEN_CREATED", id=first_token.id, role="admin")
+
+        await self.mutate(f"node:{node['name']}", fn)
+
+    async def finish_join(self, text: str, node: dict[str, Any]) -> None:
+        """Consume the join token and record the node, atomically: a token admits one node."""
+        token = tokens.parse_token(text, tokens.JOIN)
+
+        async def fn(view: View, change: Change) -> None:
+            await self._join_token_record(view, token)
+            if await view.get(P_NODES + node["name"]) is not None:
+                raise AlreadyExists(f"a node named {node['name']} is already in the cluster")
+            change.delete(P_JOIN + token.id)
+            change.put(P_NODES + node["name"], node)
+            change.audit(
+                "NODE_JOINING",
+                name=node["name"],
+                join_token=token.id,
+                address=node["api_address"],
+                member_id=node["member_id"],
+            )
+
+        await self.mutate(f"node:{node['name']}", fn)
+
+    async def update_node(self, actor: str, name: str, event: str, **fields: Any) -> None:
+        async def fn(view: View, change: Change) -> None:
+            node = await view.get(P_NODES + name)
+            if node is None:
+                raise NotFound(f"no node named {name}")
+            node.pop("schema", None)
+            change.put(P_NODES + name, {**node, **fields})
+            change.audit(event, name=name, **fields)
+
+        await self.mutate(actor, fn)
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        return await (await self.view()).list(P_NODES)
+
+    async def alive(self) -> dict[str, dict[str, Any]]:
+        kvs, _ = await self.etcd.get_prefix(P_ALIVE)
+        return {kv.key[len(P_ALIVE) :]: decode(kv) for kv in kvs}
+
+    # -- audit ---------------------------------------------------------------------------
+
+    async def audit_events(self) -> tuple[list[dict[str, Any]], int]:
+        kvs, revision = await self.etcd.get_prefix(P_EVENTS)
+        return [decode(kv) for kv in kvs], revision
+
+    async def follow_audit(self, after_revision: int) -> AsyncIterator[dict[str, Any]]:
+        async for event in self.etcd.watch_prefix(P_EVENTS, after_revision + 1):
+            if event.kind == "put":
+                yield decode(event.kv)
+
+    async def verify_audit(self, anchors: Iterable[audit.Anchor] = ()) -> audit.ChainCheck:
+        view = await self.view()
+        head = await view.get(K_HEAD)
+        kvs, _ = await self.etcd.get_prefix(P_EVENTS, revision=view.revision)
+        return audit.verify_chain((audit.parse_event(kv.value) for kv in kvs), head, anchors)
+
+    async def state_digest(self, revision: int = 0) -> StateAt:
+        """Per-table record counts, a SHA-256 over every record and the audit head, at one
+        revision (0: the latest).
+
+        Liveness keys are left out: they are heartbeats, not state. Computed the same way on
+        the backed-up cluster and on the restored store, it proves the restore is exact.
+        """
+        if not revision:
+            _, revision = await self.etcd.get(K_HEAD)
+        digest = StateDigest()
+        head: dict[str, Any] | None = None
+        async for kv in self.etcd.iter_prefix(ROOT, revision):
+            digest.add(kv.key.encode(), kv.value)
+            if kv.key == K_HEAD:
+                head = decode(kv)
+        counts, state_digest = digest.result()
+        return StateAt(revision, counts, state_digest, head)
+
+    async def complete_restore(self, node: dict[str, Any], marker: dict[str, Any]) -> bool:
+        """First boot after `jaco restore`: this node becomes the only member; once only."""
+
+        async def fn(view: View, change: Change) -> bool:
+            cluster = await view.get(K_CLUSTER)
+            assert cluster is not None
+            if cluster.get("restored_from") == marker["restore_id"]:
+                return False
+            old = [n["name"] for n in await view.list(P_NODES)]
+            for name in old:
+                if name != node["name"]:
+                    change.delete(P_NODES + name)
+            change.put(P_NODES + node["name"], node)
+            cluster.pop("schema", None)
+            change.put(K_CLUSTER, {**cluster, "restored_from": marker["restore_id"]})
+            change.audit(
+                "RESTORE_COMPLETED",
+                snapshot_index=marker["snapshot_index"],
+                taken_at=marker["taken_at"],
+                restored_as=node["name"],
+                nodes_before=old,
+            )
+            return True
+
+        return await self.mutate(f"node:{node['name']}", fn)

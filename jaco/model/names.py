@@ -1,0 +1,45 @@
+"""Names of nodes, deployments and routes: what the cluster accepts."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from jaco.errors import InvalidArgument
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def check_name(kind: str, name: str) -> str:
+    if not NAME_RE.match(name):
+        raise InvalidArgument(
+            f"invalid {kind} name {name!r}: use 1-63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def check_host(host: str, what: str = "host") -> str:
+    """An IP address, or a DNS name (internationalised names in their ASCII form).
+
+    Returns the form certificates and URLs use; anything else is InvalidArgument.
+    """
+    text = host.strip("[]")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    try:
+        ascii_name = text.encode("idna").decode("ascii").lower().rstrip(".")
+    except UnicodeError:
+        ascii_name = ""
+    labels = ascii_name.split(".")
+    if not ascii_name or len(ascii_name) > 253 or not all(_LABEL_RE.match(x) for x in labels):
+        raise InvalidArgument(
+            f"invalid {what} {host!r}: use an IP address or a DNS name (letters, digits, "
+            "'-' and '.')"
+        )
+    return ascii_name

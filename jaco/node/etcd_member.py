@@ -1,0 +1,186 @@
+"""Running an etcd member as a child process, and etcd's offline tools.
+
+jacod supervises exactly one member. Its client port listens on 127.0.0.1 with mutual TLS;
+its peer port uses mutual TLS with certificates from the cluster CA. The child gets
+PR_SET_PDEATHSIG so that it never outlives a jacod that was killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from jaco.errors import JacoError, Unavailable
+from jaco.model.etcd import Etcd
+from jaco.node.config import DataDir, NodeConfig
+
+_PR_SET_PDEATHSIG = 1
+MAX_TXN_OPS = 2048
+QUOTA_BACKEND_BYTES = 8 * 1024 * 1024 * 1024
+
+
+class EtcdNotFound(JacoError):
+    pass
+
+
+def etcd_binary(name: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        raise EtcdNotFound(
+            f"the `{name}` binary is not on PATH; install etcd (Debian: apt-get install "
+            "etcd-server etcd-client)"
+        )
+    return path
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the thread that started it exits."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _listen_host(host: str) -> str:
+    try:
+        ipaddress.ip_address(host)
+        return host.strip("[]")
+    except ValueError:
+        return "0.0.0.0"
+
+
+def member_args(data: DataDir, config: NodeConfig) -> list[str]:
+    tls = data.tls
+    peer_listen = f"https://{_listen_host(config.advertise_host)}:{config.etcd_peer_port}"
+    client = f"https://127.0.0.1:{config.etcd_client_port}"
+    return [
+        etcd_binary("etcd"),
+        f"--name={config.name}",
+        f"--data-dir={data.etcd_dir}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer_listen}",
+        f"--initial-advertise-peer-urls={config.peer_url}",
+        f"--initial-cluster={config.initial_cluster}",
+        f"--initial-cluster-state={config.initial_cluster_state}",
+        f"--initial-cluster-token={config.cluster_id}",
+        f"--cert-file={tls.cert}",
+        f"--key-file={tls.key}",
+        f"--trusted-ca-file={tls.ca}",
+        "--client-cert-auth",
+        f"--peer-cert-file={tls.cert}",
+        f"--peer-key-file={tls.key}",
+        f"--peer-trusted-ca-file={tls.ca}",
+        "--peer-client-cert-auth",
+        f"--max-txn-ops={MAX_TXN_OPS}",
+        f"--quota-backend-bytes={QUOTA_BACKEND_BYTES}",
+        "--auto-compaction-mode=periodic",
+        "--auto-compaction-retention=1h",
+        "--logger=zap",
+        "--log-outputs=stderr",
+    ]
+
+
+class EtcdMember:
+    """One etcd child process and a client connected to it."""
+
+    def __init__(self, data: DataDir, config: NodeConfig) -> None:
+        self.data = data
+        self.config = config
+        self.process: asyncio.subprocess.Process | None = None
+        self.client: Etcd | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.config.etcd_client_port}"
+
+    async def start(self, ready_timeout: float = 60.0) -> Etcd:
+        log = os.fdopen(
+            os.open(self.data.etcd_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab"
+        )
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *member_args(self.data, self.config),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=die_with_parent,
+            )
+        finally:
+            log.close()
+        self.client = Etcd(self.endpoint, self.data.tls)
+        await self._wait_ready(ready_timeout)
+        return self.client
+
+    async def _wait_ready(self, timeout: float) -> None:
+        assert self.client is not None and self.process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.returncode is not None:
+                raise Unavailable(
+                    f"etcd exited with code {self.process.returncode} during start: "
+                    f"{self.last_log_error()} (log: {self.data.etcd_log})"
+                )
+            try:
+                await self.client.status(timeout=2)
+                return
+            except Unavailable:
+                if time.monotonic() > deadline:
+                    raise Unavailable(
+                        f"etcd did not answer within {timeout:.0f}s; see {self.data.etcd_log}"
+                    ) from None
+                await asyncio.sleep(0.2)
+
+    def last_log_error(self) -> str:
+        """The last error etcd logged (its log is JSON lines), for one-line messages."""
+        try:
+            lines = self.data.etcd_log.read_text(errors="replace").splitlines()[-50:]
+        except OSError:
+            return "no log"
+        for line in reversed(lines):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("level") in ("error", "fatal", "panic"):
+                return f"{entry.get('msg')}: {entry.get('error', '')}".rstrip(": ")
+        return lines[-1] if lines else "no log"
+
+    async def stop(self, timeout: float = 20.0) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+        process, self.process = self.process, None
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+def snapshot_restore(snapshot: Path, data: DataDir, config: NodeConfig) -> None:
+    """Restore a snapshot file into a fresh single-member etcd data dir."""
+    tool = shutil.which("etcdutl") or etcd_binary("etcdctl")
+    cmd = [
+        tool,
+        "snapshot",
+        "restore",
+        str(snapshot),
+        f"--name={config.name}",
+        f"--data-dir={data.etcd_dir}",
+        f"--initial-cluster={config.initial_cluster}",
+        f"--initial-cluster-token={config.cluster_id}",
+        f"--initial-advertise-peer-urls={config.peer_url}",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+    if result.returncode != 0:
+        raise JacoError(f"etcd could not restore the snapshot: {result.stderr.strip()[-400:]}")

@@ -1,0 +1,78 @@
+"""The face of jaco that the pipeline (flows/) uses: import from here, nothing deeper.
+
+Taking a backup from a cluster, reading and encrypting archives, the typed meta.json, the
+errors (each says whether a retry could help), and the file helpers. Everything else in jaco
+is free to move without touching the pipeline.
+"""
+
+from __future__ import annotations
+
+from jaco.archive.age import (
+    DecryptionFailed,
+    HashingWriter,
+    decrypt_and_read_archive,
+    decrypt_to,
+    encrypt_file,
+    is_age_file,
+    load_identities,
+    parse_recipient,
+)
+from jaco.archive.format import read_archive, read_archive_stream
+from jaco.archive.meta import AuditHead, BackupMeta
+from jaco.client.backup import BackupResult, take_backup
+from jaco.client.connection import Client, open_client
+from jaco.errors import (
+    ArchiveError,
+    IncompatibleVersion,
+    InvalidArgument,
+    JacoError,
+    NotFound,
+    PermissionDenied,
+    TrustError,
+    Unauthenticated,
+    Unavailable,
+    is_retryable,
+)
+from jaco.files import (
+    HashingReader,
+    create_private,
+    private_output,
+    sha256_file,
+    sweep_partials,
+    write_private,
+)
+
+__all__ = [
+    "ArchiveError",
+    "AuditHead",
+    "BackupMeta",
+    "BackupResult",
+    "Client",
+    "DecryptionFailed",
+    "HashingReader",
+    "HashingWriter",
+    "IncompatibleVersion",
+    "InvalidArgument",
+    "JacoError",
+    "NotFound",
+    "PermissionDenied",
+    "TrustError",
+    "Unauthenticated",
+    "Unavailable",
+    "create_private",
+    "decrypt_and_read_archive",
+    "decrypt_to",
+    "encrypt_file",
+    "is_age_file",
+    "is_retryable",
+    "load_identities",
+    "open_client",
+    "parse_recipient",
+    "private_output",
+    "read_archive",
+    "read_archive_stream",
+    "sha256_file",
+    "sweep_partials",
+    "take_backup",
+    "write_private",
+]

@@ -1,0 +1,390 @@
+"""The jaco.v1.Jaco gRPC service: authentication, validation and translation to the model.
+
+Who may call what is one table (`ACCESS`, one row per RPC of the service descriptor): most
+RPCs need `authorization: Bearer <operator token>`, writes need an admin token, and Join is
+authenticated by the single-use join token it carries, checked before anything else in the
+request is read. Expected failures become gRPC status codes with the operator-facing message
+as details.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import grpc
+from google.protobuf.message import Message
+
+from jaco.archive.meta import BackupMeta
+from jaco.errors import (
+    InvalidArgument,
+    JacoError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    grpc_code_name,
+)
+from jaco.model import audit, pki
+from jaco.model.engine import Principal
+from jaco.model.keys import now
+from jaco.model.names import check_name
+from jaco.model.store import Store
+from jaco.server.convert import audit_event, deployment, host_port, message, parse_time
+from jaco.server.node import Node
+from jaco.server.snapshot import Announce, stream_snapshot
+from jaco.v1 import jaco_pb2 as pb
+from jaco.v1 import jaco_pb2_grpc as pb_grpc
+
+log = logging.getLogger("jacod.api")
+READ, WRITE, JOIN = "read", "write", "join"
+JOIN_WAIT = 30.0
+M = TypeVar("M", bound=Message)
+
+# Who may call each RPC: READ (any operator token), WRITE (admin tokens), JOIN (a join token
+# in the request). tests/test_authorization.py runs every row against every kind of token and
+# fails for an RPC without one.
+ACCESS: dict[str, str] = {
+    "Status": READ,
+    "ClusterStatus": READ,
+    "Deploy": WRITE,
+    "Scale": WRITE,
+    "RemoveDeployment": WRITE,
+    "AddRoute": WRITE,
+    "ListRoutes": READ,
+    "RemoveRoute": WRITE,
+    "IssueCert": WRITE,
+    "ListCerts": READ,
+    "CreateToken": WRITE,
+    "ListTokens": READ,
+    "RevokeToken": WRITE,
+    "Audit": READ,
+    "VerifyAudit": READ,
+    "StateDigest": READ,
+    "IssueJoinToken": WRITE,
+    "Join": JOIN,
+    "Backup": WRITE,  # the snapshot holds the CA key
+}
+
+
+def _bearer(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer ") :]
+    return ""
+
+
+Unary = Callable[[Any, Any, Any, Principal], Awaitable[Any]]
+
+
+def rpc(method: Unary) -> Any:
+    """Authenticate, authorise (by the RPC's row in ACCESS) and map JacoErrors to status
+    codes for one unary RPC."""
+
+    async def handler(self: JacoService, request: Any, context: Any) -> Any:
+        try:
+            principal = await self.authorize(context, ACCESS[method.__name__])
+            return await method(self, request, context, principal)
+        except JacoError as exc:
+            await context.abort(grpc.StatusCode[grpc_code_name(exc)], exc.message)
+
+    handler.__name__ = method.__name__
+    handler.__doc__ = method.__doc__
+    return handler
+
+
+class JacoService(pb_grpc.JacoServicer):
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    @property
+    def store(self) -> Store:
+        return self.node.store
+
+    async def authorize(self, context: grpc.aio.ServicerContext, access: str) -> Principal:
+        if self.node.is_learner:
+            raise Unavailable(
+                f"node {self.node.config.name} is still joining the cluster; ask another node"
+            )
+        principal = await self.store.authenticate(_bearer(context))
+        if access == WRITE and principal.role != "admin":
+            raise PermissionDenied(f"token {principal.token_id} is read-only ({principal.role})")
+        return principal
+
+    @rpc
+    async def Status(self, request: Any, context: Any, who: Principal) -> pb.StatusResponse:
+        cluster = await self.store.cluster()
+        deps = await self.store.deployments()
+        return pb.StatusResponse(
+            cluster_id=cluster["cluster_id"], deployments=[deployment(d) for d in deps]
+        )
+
+    @rpc
+    async def ClusterStatus(self, request: Any, context: Any, who: Principal) -> Any:
+        cluster = await self.store.cluster()
+        nodes = await self.store.nodes()
+        alive = await self.store.alive()
+        leader = (await self.node.etcd.status()).leader_id
+        out = []
+        for n in sorted(nodes, key=lambda n: n["name"]):
+            beat = alive.get(n["name"])
+            member_id = int(n["member_id"], 16) if n.get("member_id") else 0
+            if not n.get("voter"):
+                state = "JOINING"
+            else:
+                state = "READY" if beat else "DOWN"
+            out.append(
+                pb.Node(
+                    name=n["name"],
+                    address=n["api_address"],
+                    state=state,
+                    leader=bool(member_id) and member_id == leader,
+                    raft_index=beat["raft_index"] if beat else 0,
+                    raft_term=beat["raft_term"] if beat else 0,
+                    member_id=n.get("member_id", ""),
+                    voter=bool(n.get("voter")),
+                )
+            )
+        return pb.ClusterStatusResponse(
+            cluster_id=cluster["cluster_id"],
+            ca_fingerprint=await self.store.ca_fingerprint(),
+            nodes=out,
+            served_by=self.node.config.name,
+        )
+
+    @rpc
+    async def Deploy(self, request: Any, context: Any, who: Principal) -> pb.Deployment:
+        await self.store.deploy(
+            who.actor, request.name, request.image, request.replicas, dict(request.env)
+        )
+        return await self._one_deployment(request.name)
+
+    @rpc
+    async def Scale(self, request: Any, context: Any, who: Principal) -> pb.Deployment:
+        await self.store.scale(who.actor, request.name, request.replicas)
+        return await self._one_deployment(request.name)
+
+    async def _one_deployment(self, name: str) -> pb.Deployment:
+        for d in await self.store.deployments():
+            if d["name"] == name:
+                return deployment(d)
+        raise NotFound(f"deployment {name} vanished (removed concurrently)")
+
+    @rpc
+    async def RemoveDeployment(self, request: Any, context: Any, who: Principal) -> pb.Empty:
+        await self.store.remove_deployment(who.actor, request.name)
+        return pb.Empty()
+
+    @rpc
+    async def AddRoute(self, request: Any, context: Any, who: Principal) -> pb.Route:
+        route = await self.store.add_route(
+            who.actor,
+            request.name,
+            request.host,
+            request.path or "/",
+            request.deployment,
+            request.port,
+        )
+        return message(pb.Route, route)
+
+    @rpc
+    async def ListRoutes(self, request: Any, context: Any, who: Principal) -> pb.RouteList:
+        return message(pb.RouteList, {"routes": await self.store.routes()})
+
+    @rpc
+    async def RemoveRoute(self, request: Any, context: Any, who: Principal) -> pb.Empty:
+        await self.store.remove_route(who.actor, request.name)
+        return pb.Empty()
+
+    @rpc
+    async def IssueCert(self, request: Any, context: Any, who: Principal) -> pb.IssuedCert:
+        info, pair = await self.store.issue_cert(
+            who.actor, request.common_name, list(request.dns_names), request.valid_days or 90
+        )
+        ca = await self.store.ca()
+        return pb.IssuedCert(
+            info=message(pb.CertInfo, info),
+            cert_pem=pair.cert_pem.decode(),
+            key_pem=pair.key_pem.decode(),
+            ca_pem=ca.cert_pem.decode(),
+        )
+
+    @rpc
+    async def ListCerts(self, request: Any, context: Any, who: Principal) -> pb.CertList:
+        return message(pb.CertList, {"certs": await self.store.certs()})
+
+    @rpc
+    async def CreateToken(self, request: Any, context: Any, who: Principal) -> pb.CreatedToken:
+        token, record = await self.store.create_token(
+            who.actor, request.role or "admin", request.description
+        )
+        return pb.CreatedToken(info=message(pb.TokenInfo, record), token=str(token))
+
+    @rpc
+    async def ListTokens(self, request: Any, context: Any, who: Principal) -> pb.TokenList:
+        return message(pb.TokenList, {"tokens": await self.store.token_list()})
+
+    @rpc
+    async def RevokeToken(self, request: Any, context: Any, who: Principal) -> pb.Empty:
+        await self.store.revoke_token(who.actor, request.id)
+        return pb.Empty()
+
+    @rpc
+    async def VerifyAudit(self, request: Any, context: Any, who: Principal) -> Any:
+        anchors = [audit.Anchor(a.seq, a.hash, a.source) for a in request.anchors]
+        check = await self.store.verify_audit(anchors)
+        return pb.AuditVerification(
+            ok=check.ok,
+            events=check.events,
+            first_bad_seq=check.first_bad_seq,
+            reason=check.reason,
+            anchors_checked=check.anchors_checked,
+        )
+
+    @rpc
+    async def StateDigest(self, request: Any, context: Any, who: Principal) -> Any:
+        state = await self.store.state_digest(request.revision)
+        head = state.audit_head or {}
+        return pb.StateDigestResponse(
+            revision=state.revision,
+            counts=state.counts,
+            state_digest=state.state_digest,
+            audit_head_seq=head.get("seq", 0),
+            audit_head_hash=head.get("hash", ""),
+        )
+
+    async def Audit(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.AuditEvent]:
+        try:
+            await self.authorize(context, ACCESS["Audit"])
+            since = parse_time(request.since, "--since")
+            until = parse_time(request.until, "--until")
+            types = {t.upper() for t in request.types}
+
+            def wanted(e: dict[str, Any]) -> bool:
+                at = dt.datetime.fromisoformat(e["at"])
+                return (
+                    (not types or e["type"] in types)
+                    and (since is None or at >= since)
+                    and (until is None or at < until)
+                )
+
+            events, revision = await self.store.audit_events()
+            for event in events:
+                if wanted(event):
+                    yield audit_event(event)
+            if request.follow:
+                async for event in self.store.follow_audit(revision):
+                    if wanted(event):
+                        yield audit_event(event)
+        except JacoError as exc:
+            await context.abort(grpc.StatusCode[grpc_code_name(exc)], exc.message)
+
+    @rpc
+    async def IssueJoinToken(self, request: Any, context: Any, who: Principal) -> pb.JoinToken:
+        token, expires = await self.store.issue_join_token(who.actor, request.ttl_seconds or 3600)
+        return pb.JoinToken(token=str(token), expires_at=expires)
+
+    async def Join(self, request: Any, context: grpc.aio.ServicerContext) -> pb.JoinResponse:
+        try:
+            return await self._join(request)
+        except JacoError as exc:
+            await context.abort(grpc.StatusCode[grpc_code_name(exc)], exc.message)
+            raise  # unreachable: abort raises
+
+    async def Backup(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.BackupChunk]:
+        try:
+            who = await self.authorize(context, ACCESS["Backup"])
+            meta: BackupMeta | None = None
+            async with (
+                self.node.backup_lock,
+                aclosing(stream_snapshot(self.store, self.node.backup_dir)) as parts,
+            ):
+                async for part in parts:
+                    if isinstance(part, bytes):
+                        yield pb.BackupChunk(data=part)
+                    elif isinstance(part, Announce):
+                        yield pb.BackupChunk(snapshot_size=part.size)
+                    else:
+                        meta = part
+                        yield pb.BackupChunk(meta_json=meta.to_json().decode())
+                assert meta is not None  # stream_snapshot ends with the meta or raises
+                await self.store.record(
+                    who.actor,
+                    "BACKUP_TAKEN",
+                    snapshot_index=meta.snapshot_index,
+                    snapshot_sha256=meta.snapshot_sha256,
+                    snapshot_size=meta.snapshot_size,
+                    served_by=self.node.config.name,
+                )
+                log.info("backup at index %s sent", meta.snapshot_index)
+        except JacoError as exc:
+            await context.abort(grpc.StatusCode[grpc_code_name(exc)], exc.message)
+
+    async def _add_learner(self, peer_url: str) -> tuple[int, list[Any]]:
+        """etcd refuses membership changes until every voter has been connected for 5 s
+        (strict reconfig check), e.g. right after a promotion: wait that out."""
+        deadline = asyncio.get_running_loop().time() + JOIN_WAIT
+        while True:
+            try:
+                return await self.node.etcd.add_learner(peer_url)
+            except JacoError as exc:
+                transient = "unhealthy cluster" in exc.message or "not enough" in exc.message
+                if not transient or asyncio.get_running_loop().time() > deadline:
+                    raise
+            await asyncio.sleep(0.5)
+
+    async def _join(self, request: Any) -> pb.JoinResponse:
+        if self.node.is_learner:
+            raise Unavailable("this node is still joining; join through a ready node")
+        # The token first: nothing else a caller sends is parsed (nor a CSR signed) for
+        # someone who does not hold a valid join token.
+        await self.store.check_join_token(request.token)
+        name = check_name("node", request.name)
+        peer = urlsplit(request.peer_url)
+        if peer.scheme != "https":
+            raise InvalidArgument(f"invalid peer URL {request.peer_url!r}: use https://HOST:PORT")
+        peer_host = host_port(peer.netloc, "peer URL")
+        api_host = host_port(request.api_address, "API address")
+        await self.store.check_node_name_free(name)
+        ca = await self.store.ca()
+        cert_pem = pki.sign_csr(
+            ca, request.csr_pem.encode(), name, pki.node_hosts(name, api_host, peer_host)
+        )
+        member_id, members = await self._add_learner(request.peer_url)
+        node = {
+            "name": name,
+            "api_address": request.api_address,
+            "peer_url": request.peer_url,
+            "member_id": f"{member_id:x}",
+            "voter": False,
+            "joined_at": now(),
+        }
+        try:
+            await self.store.finish_join(request.token, node)
+        except JacoError:
+            # The token was used concurrently (or expired meanwhile): undo the member.
+            await self.node.etcd.remove_member(member_id)
+            raise
+        names = {
+            int(n["member_id"], 16): n["name"]
+            for n in await self.store.nodes()
+            if n.get("member_id")
+        }
+        initial = ",".join(f"{m.name or names.get(m.id, name)}={m.peer_urls[0]}" for m in members)
+        cluster = await self.store.cluster()
+        log.info("node %s joins as etcd learner %x", name, member_id)
+        return pb.JoinResponse(
+            cluster_id=cluster["cluster_id"],
+            ca_pem=ca.cert_pem.decode(),
+            cert_pem=cert_pem.decode(),
+            initial_cluster=initial,
+            member_id=f"{member_id:x}",
+        )

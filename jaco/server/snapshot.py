@@ -1,0 +1,170 @@
+"""Taking a snapshot on a node: etcd's snapshot stream, passed on as it arrives, then its meta.
+
+The snapshot is etcd's own Maintenance.Snapshot stream, byte for byte, so `etcdctl snapshot
+restore` can read it. The bytes go to the caller as etcd sends them (and to a private scratch
+file); once the stream is complete, the meta is read out of that file itself
+(jaco.archive.snapshot_file): its store revision (`snapshot_index`), the per-table counts,
+the state digest and the audit head are those of exactly the bytes sent, with no second read
+of the live store and no extra load on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as dt
+import hashlib
+import os
+import threading
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from jaco import __version__
+from jaco.archive.bolt import SnapshotFileError
+from jaco.archive.meta import FORMAT, AuditHead, BackupMeta
+from jaco.archive.snapshot_file import read_snapshot_state
+from jaco.errors import Unavailable
+from jaco.model import pki
+from jaco.model.etcd import Etcd, SnapshotStream
+from jaco.model.keys import K_HEAD
+from jaco.model.store import Store
+
+SNAPSHOT_TIMEOUT = 600.0
+ETCD_TRAILER = 32  # etcd appends the SHA-256 of the database to its snapshot stream
+MESSAGE_BYTES = 1024 * 1024  # etcd sends 32 KiB pieces; pass them on in 1 MiB messages
+QUEUED_PIECES = 8  # at most this many MiB wait between the receiving thread and the client
+
+
+@dataclass(frozen=True)
+class Announce:
+    """The first part of a snapshot stream: how many bytes snapshot.bin will have."""
+
+    size: int
+
+
+async def stream_snapshot(
+    store: Store, directory: Path
+) -> AsyncGenerator[Announce | bytes | BackupMeta, None]:
+    """Announce the size, pass on the snapshot's bytes, then yield its meta.
+
+    A worker thread receives etcd's stream, writes and hashes a scratch copy in `directory`
+    (mode 0600) and hands 1 MiB pieces to the event loop, which only passes them on: the
+    loop stays free for the API while a snapshot streams. The scratch copy lets the meta be
+    read from the very bytes sent; it is deleted when the generator ends, however it ends.
+    """
+    etcd = store.etcd
+    # A linearizable read first: a follower catches up to the commit index before it snapshots.
+    await etcd.get(K_HEAD)
+    directory.mkdir(mode=0o700, exist_ok=True)  # noqa: ASYNC240 - one syscall
+    path = directory / f"snapshot-{os.getpid()}-{id(store)}.bin"
+    receiver = _Receiver(etcd, path, asyncio.get_running_loop())
+    receiver.start()
+    try:
+        size, expected = 0, -1
+        while (piece := await receiver.pieces.get()) is not None:
+            if isinstance(piece, BaseException):
+                raise piece
+            if isinstance(piece, int):
+                expected = piece
+                yield Announce(piece)
+                continue
+            size += len(piece)
+            yield piece
+        if size != expected:
+            raise Unavailable(f"etcd's snapshot stream ended after {size} of {expected} bytes")
+        status = await etcd.status()
+        try:
+            state = await asyncio.to_thread(read_snapshot_state, path)
+        except SnapshotFileError as exc:
+            raise Unavailable(f"etcd sent an unreadable snapshot: {exc}") from None
+        members = {n.get("member_id"): n["name"] for n in await store.nodes()}
+    finally:
+        await receiver.stop()
+        path.unlink(missing_ok=True)
+    yield BackupMeta(
+        cluster_id=state.cluster["cluster_id"],
+        snapshot_index=state.revision,
+        snapshot_term=status.raft_term,
+        jaco_version=__version__,
+        taken_at=dt.datetime.now(dt.UTC).replace(microsecond=0),
+        leader_at_snapshot=members.get(f"{status.leader_id:x}", f"{status.leader_id:x}"),
+        format=FORMAT,
+        snapshot_sha256=receiver.sha256.hexdigest(),
+        snapshot_size=size,
+        counts=state.counts,
+        state_digest=state.state_digest,
+        ca_fingerprint=pki.fingerprint(state.ca.cert_pem),
+        audit_head=AuditHead(**state.audit_head) if state.audit_head else None,
+    )
+
+
+class _Receiver:
+    """The worker thread of `stream_snapshot`: etcd's 32 KiB pieces in, 1 MiB pieces out
+    (after the total size, an int; then None, or the exception that ended it)."""
+
+    def __init__(self, etcd: Etcd, path: Path, loop: asyncio.AbstractEventLoop) -> None:
+        self.pieces: asyncio.Queue[int | bytes | BaseException | None] = asyncio.Queue(
+            QUEUED_PIECES
+        )
+        self.sha256 = hashlib.sha256()
+        self._etcd, self._path, self._loop = etcd, path, loop
+        self._stopping = threading.Event()
+        self._stream: SnapshotStream | None = None
+        self._thread = threading.Thread(target=self._run, name="snapshot-receiver", daemon=True)
+
+    def start(self) -> None:
+        self._stream = self._etcd.snapshot_blocking(SNAPSHOT_TIMEOUT)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._stream is not None:
+            self._stream.cancel()  # wakes the thread if it waits for etcd
+        await asyncio.to_thread(self._thread.join)
+
+    def _hand_over(self, item: int | bytes | BaseException | None) -> bool:
+        """Queue `item` for the loop, waiting for room; False once the loop has stopped."""
+        future = asyncio.run_coroutine_threadsafe(self.pieces.put(item), self._loop)
+        while not self._stopping.is_set():
+            try:
+                future.result(timeout=0.2)
+                return True
+            except concurrent.futures.TimeoutError:
+                continue
+        future.cancel()
+        return False
+
+    def _run(self) -> None:
+        assert self._stream is not None
+        try:
+            fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            # No fsync: a scratch copy, deleted after streaming (a crash removes it anyway).
+            with os.fdopen(fd, "wb") as out:
+                pending: list[bytes] = []
+                pending_bytes = 0
+                announced = False
+                for blob, remaining in self._stream:
+                    if not announced:
+                        announced = True
+                        if not self._hand_over(len(blob) + remaining + ETCD_TRAILER):
+                            return
+                    pending.append(blob)
+                    pending_bytes += len(blob)
+                    if pending_bytes >= MESSAGE_BYTES or not remaining:
+                        if not self._pass_on(out, pending):
+                            return
+                        pending, pending_bytes = [], 0
+                if pending and not self._pass_on(out, pending):
+                    return
+            self._hand_over(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
+            if not self._stopping.is_set():
+                self._hand_over(exc)
+
+    def _pass_on(self, out: IO[bytes], pending: list[bytes]) -> bool:
+        piece = b"".join(pending)
+        out.write(piece)
+        self.sha256.update(piece)
+        return self._hand_over(piece)

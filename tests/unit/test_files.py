@@ -1,0 +1,96 @@
+"""jaco.files: atomic private writes, refusing what is not a regular file, hashing readers."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaco.errors import InvalidArgument
+from jaco.files import (
+    ChunkReader,
+    HashingReader,
+    check_output_target,
+    private_output,
+    sweep_partials,
+    write_private,
+)
+
+
+def test_private_output_replaces_atomically_with_mode_0600(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    write_private(target, b"old")
+    with pytest.raises(RuntimeError), private_output(target) as out:
+        out.write(b"half")
+        raise RuntimeError("the writer failed")
+    assert target.read_bytes() == b"old"  # the previous content stands
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp file left
+    with private_output(target) as out:
+        out.write(b"new")
+    assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("kind", ["char device", "fifo", "directory", "symlink", "socket"])
+def test_output_onto_anything_but_a_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
+    target = tmp_path / "target"
+    if kind == "char device":
+        os.mknod(target, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # a real /dev/null
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "directory":
+        target.mkdir()
+    elif kind == "symlink":
+        target.symlink_to(tmp_path / "elsewhere")
+    else:
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(target))
+    before = os.lstat(target)
+    with pytest.raises(InvalidArgument, match="not a regular file; refusing to replace it"):
+        write_private(target, b"secret")
+    after = os.lstat(target)
+    assert (after.st_mode, after.st_ino, after.st_rdev) == (
+        before.st_mode,
+        before.st_ino,
+        before.st_rdev,
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+    assert check_output_target(tmp_path / "absent") is False
+
+
+def test_sweep_removes_partials_of_dead_writers_only(tmp_path: Path) -> None:
+    target = tmp_path / "archive.tar.gz"
+    code = (
+        "import os, sys; from pathlib import Path; from jaco.files import private_output\n"
+        "with private_output(Path(sys.argv[1])) as out:\n"
+        "    out.write(b'x'); out.flush(); print('writing', flush=True); os.kill(os.getpid(), 9)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True)
+    assert done.returncode == -9 and b"writing" in done.stdout
+    dead = [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+    assert len(dead) == 1  # what kill -9 left
+    with private_output(tmp_path / "other") as out:
+        assert sweep_partials(tmp_path) == dead  # the live writer's file is left alone
+        out.write(b"y")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]
+
+
+def test_hashing_reader_over_chunks_and_files() -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    chunks = [data[i : i + 32 * 1024] for i in range(0, len(data), 32 * 1024)]
+    seen: list[int] = []
+    reader = HashingReader(ChunkReader(iter(chunks), seen.append))
+    out = b"".join(iter(lambda: reader.read(8192), b""))
+    assert out == data and sum(seen) == len(data)
+    assert reader.hexdigest() == hashlib.sha256(data).hexdigest() and reader.size == len(data)
+    big = HashingReader(io.BytesIO(data))
+    assert big.read(2 * 1024 * 1024) == data[: 2 * 1024 * 1024]  # a big read passes through
+    big.drain()
+    assert big.hexdigest() == hashlib.sha256(data).hexdigest()

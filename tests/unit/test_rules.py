@@ -1,0 +1,204 @@
+"""The model's rules and the archive's shape, without a cluster: seconds, not minutes.
+
+`pytest tests/unit` checks a rule (IP allocation, placement, tokens, the audit chain, names
+and hosts, meta.json, retention) before the end-to-end suite proves it against real
+processes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from flows.retention import Backup, RetentionPolicy, parse_key, to_keep
+from jaco.archive.meta import BackupMeta
+from jaco.errors import (
+    ArchiveError,
+    Conflict,
+    IncompatibleVersion,
+    InvalidArgument,
+    Unauthenticated,
+    Unavailable,
+    is_retryable,
+)
+from jaco.model import audit, ipam, scheduler, tokens
+from jaco.model.digest import StateDigest
+from jaco.model.names import check_host, check_name
+
+
+def test_ipam_hands_out_the_lowest_free_addresses_after_the_gateway() -> None:
+    assert ipam.allocate("10.0.0.0/29", [], 3) == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+    assert ipam.allocate("10.0.0.0/29", ["10.0.0.2", "10.0.0.4"], 2) == ["10.0.0.3", "10.0.0.5"]
+    with pytest.raises(Conflict, match="no free address"):
+        ipam.allocate("10.0.0.0/29", [], 6)  # 6 hosts, one of them the gateway
+    with pytest.raises(InvalidArgument, match="too small"):
+        ipam.check_subnet("10.0.0.0/30")
+    with pytest.raises(InvalidArgument, match="invalid subnet"):
+        ipam.check_subnet("10.0.0.1/24")
+
+
+def test_scheduler_levels_the_load_and_needs_a_node() -> None:
+    assert scheduler.place(["a", "b"], Counter({"a": 2}), 3) == ["b", "b", "a"]
+    with pytest.raises(Unavailable):
+        scheduler.place([], Counter(), 1)
+
+
+def test_tokens_parse_pin_and_compare() -> None:
+    token = tokens.new_token(tokens.OPERATOR, "f" * 64)
+    parsed = tokens.parse_token(str(token))
+    assert parsed == token and parsed.ca_fingerprint == "f" * 64
+    assert tokens.matches(parsed, token.sha256)
+    assert not tokens.matches(parsed, tokens.hash_token("something else"))
+    assert not tokens.matches(parsed, None)  # an unknown id never matches
+    with pytest.raises(Unauthenticated, match="not a join token"):
+        tokens.parse_token(str(token), tokens.JOIN)
+    with pytest.raises(Unauthenticated, match="malformed"):
+        tokens.parse_token(str(token)[:-1] + "!")
+
+
+def _chain(n: int) -> list[dict[str, Any]]:
+    events, prev = [], audit.GENESIS_HASH
+    for seq in range(1, n + 1):
+        event = audit.make_event(seq, prev, "X", "test", "2026-01-01T00:00:00Z", {"n": seq})
+        events.append(event)
+        prev = event["hash"]
+    return events
+
+
+def _head(events: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"seq": events[-1]["seq"], "hash": events[-1]["hash"]}
+
+
+def test_audit_chain_catches_edits_gaps_and_a_cut_head() -> None:
+    events = _chain(5)
+    assert audit.verify_chain(events, _head(events)).ok
+    edited = [dict(e) for e in events]
+    edited[2]["detail"] = {"n": 99}
+    assert audit.verify_chain(edited, _head(events)).first_bad_seq == 3
+    gap = events[:2] + events[3:]
+    assert audit.verify_chain(gap, _head(events)).reason == "event 3 is missing"
+    assert not audit.verify_chain(events[:4], _head(events)).ok
+    assert audit.verify_chain([*events[:2], None], None).reason == "it is not a valid JSON event"
+    assert audit.parse_event(b"not json") is None and audit.parse_event(b"[1]") is None
+
+
+def test_audit_anchor_catches_a_history_rewritten_with_every_hash_recomputed() -> None:
+    events = _chain(5)
+    anchor = audit.Anchor(4, events[3]["hash"], "backup 1")
+    assert audit.verify_chain(events, _head(events), [anchor]).ok
+    # Rewrite event 3 and recompute every later hash and the head: the chain is "intact"...
+    rewritten, prev = [], audit.GENESIS_HASH
+    for e in events:
+        detail = {"n": 99} if e["seq"] == 3 else e["detail"]
+        new = audit.make_event(e["seq"], prev, e["type"], e["actor"], e["at"], detail)
+        rewritten.append(new)
+        prev = new["hash"]
+    assert audit.verify_chain(rewritten, _head(rewritten)).ok
+    # ...but not against the anchor recorded before the rewrite.
+    check = audit.verify_chain(rewritten, _head(rewritten), [anchor])
+    assert not check.ok and check.first_bad_seq == 4 and "rewritten" in check.reason
+    # Deleting the last events and fixing the head: caught by the anchor too.
+    cut = events[:3]
+    check = audit.verify_chain(cut, _head(cut), [anchor])
+    assert not check.ok and "removed" in check.reason
+
+
+def test_names_and_hosts() -> None:
+    assert check_name("node", "node-1") == "node-1"
+    for bad in ("Node", "-a", "a-", "a_b", "", "x" * 64):
+        with pytest.raises(InvalidArgument):
+            check_name("node", bad)
+    assert check_host("10.0.0.1") == "10.0.0.1"
+    assert check_host("[::1]") == "::1"
+    assert check_host("Node-1.Example.com") == "node-1.example.com"
+    assert check_host("bücher.de") == "xn--bcher-kva.de"
+    for bad in ("évil..", "a b", "", "-x.com", "x" * 64 + ".com", "a\x1b[2J"):
+        with pytest.raises(InvalidArgument, match="invalid host"):
+            check_host(bad)
+
+
+def _meta(**over: Any) -> dict[str, Any]:
+    meta = {
+        "cluster_id": "c0ffee",
+        "snapshot_index": 42,
+        "snapshot_term": 3,
+        "jaco_version": "1.0.0",
+        "taken_at": "2026-11-26T00:00:00+00:00",
+        "leader_at_snapshot": "node-1",
+        "format": 2,
+        "snapshot_sha256": "a" * 64,
+        "snapshot_size": 10,
+        "counts": {"deployments": 1},
+        "state_digest": "b" * 64,
+    }
+    meta.update(over)
+    return meta
+
+
+def test_meta_round_trips_and_refuses_what_is_not_meta() -> None:
+    meta = BackupMeta.parse(json.dumps(_meta()))
+    assert BackupMeta.parse(meta.to_json()) == meta
+    assert meta.taken_at == dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
+    with pytest.raises(ArchiveError, match="lacks the field 'snapshot_index'"):
+        BackupMeta.parse(json.dumps({k: v for k, v in _meta().items() if k != "snapshot_index"}))
+    with pytest.raises(ArchiveError, match="'snapshot_index' has the wrong type"):
+        BackupMeta.parse(json.dumps(_meta(snapshot_index="42")))
+    with pytest.raises(ArchiveError, match="format 9 is not supported"):
+        BackupMeta.parse(json.dumps(_meta(format=9)))
+    for markup in ("[bold red blink]x", "\x1b[2J", "a\nerror: fake"):
+        with pytest.raises(ArchiveError, match="'cluster_id' has the wrong type or form"):
+            BackupMeta.parse(json.dumps(_meta(cluster_id=markup)))
+    with pytest.raises(ArchiveError, match="not a JSON object"):
+        BackupMeta.parse("[" * 60_000)  # deep nesting under the size cap: no RecursionError
+    with pytest.raises(ArchiveError, match="larger than any real one"):
+        BackupMeta.parse(json.dumps(_meta(pad="x" * 100_000)))
+    with pytest.raises(IncompatibleVersion, match="same major version"):
+        BackupMeta.parse(json.dumps(_meta(jaco_version="2.0.0"))).check_version()
+
+
+def test_state_digest_leaves_out_liveness_and_other_prefixes() -> None:
+    one, two = StateDigest(), StateDigest()
+    for d in (one, two):
+        d.add(b"/jaco/v1/deployments/web", b"{}")
+    two.add(b"/jaco/v1/alive/node-1", b"beat")
+    two.add(b"/other/key", b"x")
+    assert one.result() == two.result() == ({"deployments": 1}, one.result()[1])
+    three = StateDigest()
+    three.add(b"/jaco/v1/deployments/web", b"{ }")
+    assert three.result()[1] != one.result()[1]
+
+
+def test_retention_keeps_the_newest_and_one_per_period() -> None:
+    day = dt.date(2026, 11, 27)
+    backups = [
+        Backup(f"k/cluster-{(day - dt.timedelta(days=d)).isoformat()}-{i}.tar.gz.age",
+               day - dt.timedelta(days=d), i)
+        for d in range(40) for i in (1, 2)
+    ]  # fmt: skip
+    keep = to_keep(backups, RetentionPolicy(keep_last=3, daily=5, weekly=0, monthly=0))
+    # keep_last: 27-2, 27-1, 26-2; daily: the newest of each of 5 days, 27-2 ... 23-2.
+    assert keep == {f"k/cluster-2026-11-{d}-{i}.tar.gz.age" for d, i in
+                    [(27, 2), (27, 1), (26, 2), (25, 2), (24, 2), (23, 2)]}  # fmt: skip
+    assert parse_key("jaco/x/2026/11/27/cluster-2026-11-27-9.tar.gz.age") == Backup(
+        "jaco/x/2026/11/27/cluster-2026-11-27-9.tar.gz.age", day, 9
+    )
+    assert parse_key("jaco/x/notes.txt") is None
+
+
+def test_errors_say_whether_a_retry_can_help() -> None:
+    assert is_retryable(Unavailable("x")) and is_retryable(Conflict("x"))
+    assert not is_retryable(InvalidArgument("x")) and not is_retryable(ArchiveError("x"))
+    assert is_retryable(ConnectionResetError())  # not ours: assumed transient
+
+
+def test_the_documented_automation_is_one_prefect_accepts() -> None:
+    import yaml
+    from prefect.events.schemas.automations import AutomationCore
+
+    path = __import__("pathlib").Path(__file__).parents[2] / "docs/automation-failed-backup.yaml"
+    automation = AutomationCore.model_validate(yaml.safe_load(path.read_text()))
+    assert "prefect.flow-run.Crashed" in automation.trigger.expect  # type: ignore[union-attr]
