@@ -1,10 +1,15 @@
-"""Serve every jaco deployment for the clusters in one configuration file.
+"""Serve every jaco deployment for the clusters of one site configuration.
 
-    JACO_TOKEN=… JACO_AGE_IDENTITY_FILE=… python -m deployments.serve --config clusters.toml
+    python -m deployments.serve --config /etc/jaco/clusters.toml [--metrics-port 9464]
 
-For each cluster NAME it serves: `backup-cluster/backup-NAME` (cron), `drill-restore/
-weekly-drill-NAME` (cron), `drill-restore/drill-NAME` (on demand: "Custom run" in the UI edits
-its parameters) and `prune-backups/retention-NAME` (cron, when cluster_id is configured).
+For each cluster NAME: `backup-cluster/backup-NAME` (cron), `drill-restore/weekly-drill-NAME`
+(cron), `drill-restore/drill-NAME` (on demand: "Custom run" in the UI edits its parameters)
+and `prune-backups/retention-NAME` (cron); for the site: `watchdog/jaco-watchdog` (every few
+minutes: backups and drills within their objectives, no abandoned runs). Secrets stay where
+each cluster's configuration points (flows/secrets.py); this process needs read access to
+them. With --metrics-port it also serves Prometheus metrics read from the catalogs.
+
+The same deployments on a work pool, for a fleet of workers: `python -m deployments.register`.
 """
 
 from __future__ import annotations
@@ -15,62 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefect import serve
-
-from deployments.config import ClusterConfig, load_config
-from flows.backup_flow import backup_cluster
-from flows.drill_flow import drill_restore
+from deployments.build import site_deployments, watchdog_params
+from flows.config import load_config
 from flows.errors import PipelineError
-from flows.params import BackupParams, DrillParams
-from flows.prune_flow import prune_backups
-
-
-def deployments_for(name: str, cluster: ClusterConfig) -> list[Any]:
-    backup = BackupParams.model_validate(cluster.model_dump(include=set(BackupParams.model_fields)))
-    drill = DrillParams(
-        cluster=cluster.cluster,
-        bucket=cluster.bucket,
-        prefix=cluster.prefix,
-        cluster_id=cluster.cluster_id,
-        rejoin=cluster.drill_rejoin,
-        workdir=str(Path(cluster.local_dir) / ".drills"),
-    )
-    tags = ["jaco", f"cluster:{name}"]
-    made = [
-        backup_cluster.to_deployment(
-            name=f"backup-{name}",
-            cron=cluster.backup_cron,
-            tags=tags,
-            parameters={"params": backup.model_dump()},
-        ),
-        drill_restore.to_deployment(
-            name=f"weekly-drill-{name}",
-            cron=cluster.drill_cron,
-            tags=tags,
-            parameters={"params": drill.model_dump()},
-        ),
-        drill_restore.to_deployment(
-            name=f"drill-{name}",
-            tags=[*tags, "on-demand"],
-            parameters={"params": drill.model_dump()},
-        ),
-    ]
-    if cluster.cluster_id:
-        made.append(
-            prune_backups.to_deployment(
-                name=f"retention-{name}",
-                cron=cluster.prune_cron,
-                tags=tags,
-                parameters={
-                    "cluster_id": cluster.cluster_id,
-                    "bucket": cluster.bucket,
-                    "local_dir": cluster.local_dir,
-                    "prefix": cluster.prefix,
-                    "retention": cluster.retention.model_dump(),
-                },
-            )
-        )
-    return made
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,13 +36,22 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         default=Path(os.environ.get("JACO_CLUSTERS_FILE", "/etc/jaco/clusters.toml")),
     )
+    parser.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here")
+    parser.add_argument("--metrics-address", default="127.0.0.1")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
     except PipelineError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         sys.exit(2)
-    made = [d for name, c in config.clusters.items() for d in deployments_for(name, c)]
+    if args.metrics_port:
+        from flows.metrics import serve_metrics
+
+        serve_metrics(watchdog_params(config).clusters, args.metrics_port, args.metrics_address)
+        print(f"metrics on http://{args.metrics_address}:{args.metrics_port}/metrics", flush=True)
+    from prefect import serve
+
+    made: list[Any] = [d.to_deployment(**kw) for d, kw in site_deployments(config)]
     serve(*made)
 
 

@@ -1,8 +1,11 @@
 """The `backup-cluster` flow: take-backup → encrypt → upload (S3 + local copy) → verify → prune.
 
 Run it from a deployment (see deployments/), from the Prefect UI, or for one cluster from the
-command line (`jaco pipeline run`, alias `jaco-backup`). Parameters are a pydantic model, so
-the UI shows a form; secrets come only from the environment.
+command line (`jaco pipeline run`, alias `jaco-backup`). One backup of a cluster at a time
+(flows.locking), and each run first sweeps what dead runs left. The cluster's id is pinned in
+its catalog on the first backup; a server answering as another cluster fails the run. The
+catalog records the backup when it is stored and marks it verified once verify has proven it;
+a backup that fails verification is deleted from both stores and from the catalog.
 """
 
 from __future__ import annotations
@@ -14,63 +17,49 @@ from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
 
-from prefect import flow
+from prefect import flow, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
-    create_table_artifact,
     update_progress_artifact,
 )
-from prefect.concurrency.sync import concurrency
+from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from flows.alerts import alert_on_failure
+from flows.alerts import current_run, on_run_failure
+from flows.catalog import BackupRecord, Catalog, RunRef, Verified, now
 from flows.drill_flow import drill_restore
+from flows.errors import PipelineError
+from flows.locking import cluster_lock
 from flows.params import BackupParams, DrillParams
-from flows.reports import backup_report
+from flows.reports import backup_report, publish_history
 from flows.storage import open_store
 from flows.tasks import (
-    Encrypted,
-    Taken,
     backup_key,
     encrypt_task,
+    local_copy_task,
     prune_task,
     retrying,
     take_backup_task,
     upload_task,
     verify_task,
 )
+from flows.workdirs import run_workdir, sweep_workdirs
 
 MIB = 1024 * 1024
+BACKUP_TIMEOUT = 2 * 3600
 
 
 def _backups_counted(cluster: str) -> int:
     """Count successful backups per cluster in a Prefect variable (for drill_every).
 
-    Called inside the cluster's concurrency slot: two runs never read-increment-write it
-    at once."""
+    Called inside the cluster's lock: two runs never read-increment-write it at once."""
     from prefect.variables import Variable
 
     name = f"jaco_backups_{cluster.replace('-', '_')}"
     count = int(str(Variable.get(name, default=0))) + 1
     Variable.set(name, count, overwrite=True)
     return count
-
-
-def ensure_limit(name: str) -> None:
-    """A global concurrency limit of 1 per cluster: one backup of a cluster at a time."""
-    from prefect import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with contextlib.suppress(ObjectAlreadyExists):
-                client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=name, limit=1)
-                )
 
 
 class Stages:
@@ -96,91 +85,145 @@ class Stages:
         update_progress_artifact(self.progress, min(done, 100.0))
 
 
-@flow(name="backup-cluster", on_failure=[alert_on_failure], log_prints=False)
+@task(name="prepare", cache_policy=NO_CACHE)
+def prepare_task(params: BackupParams) -> tuple[str | None, list[str]]:
+    """Read the cluster's pinned id, and sweep the work directories dead runs left (the
+    archive before encryption). Called inside the cluster's lock."""
+    catalog = Catalog(open_store(params.s3_url, params.s3), params.prefix, params.cluster)
+    identity = catalog.identity()
+    swept = sweep_workdirs(Path(params.local_dir) / ".work")
+    for item in swept:
+        get_run_logger().warning("swept %s", item)
+    return (identity.cluster_id if identity else params.cluster_id), swept
+
+
+@task(name="sweep", cache_policy=NO_CACHE)
+def sweep_task(params: BackupParams, cluster_id: str) -> list[str]:
+    """Remove the unfinished local copies and multipart uploads of this cluster's dead runs
+    (the key names the cluster id, known once the server has answered). Inside the lock, no
+    live run of the cluster can be writing there."""
+    scope = f"{params.prefix.strip('/')}/{cluster_id}/"
+    swept = open_store(params.local_url).sweep(scope)
+    swept += open_store(params.s3_url, params.s3).sweep(scope)
+    for item in swept:
+        get_run_logger().warning("swept %s", item)
+    return swept
+
+
+@task(name="catalog", cache_policy=NO_CACHE)
+def catalog_task(params: BackupParams, record: BackupRecord, run: RunRef | None) -> None:
+    """Pin the cluster's id (refusing another) and record the backup, in the catalog of S3
+    and of the local copies."""
+    for url, s3 in ((params.s3_url, params.s3), (params.local_url, None)):
+        catalog = Catalog(open_store(url, s3), params.prefix, params.cluster)
+        catalog.pin(record.cluster_id, run)
+        catalog.record_backup(record)
+
+
+@flow(
+    name="backup-cluster",
+    on_failure=[on_run_failure],
+    on_crashed=[on_run_failure],
+    timeout_seconds=BACKUP_TIMEOUT,
+    log_prints=False,
+)
 def backup_cluster(params: BackupParams) -> dict[str, Any]:
     logger = get_run_logger()
-    limit = f"jaco-backup-{params.cluster}"
-    ensure_limit(limit)
+    run = current_run()
     stages = Stages(["take-backup", "encrypt", "upload", "local-copy", "verify", "prune"])
-    workdir = Path(params.local_dir) / ".work"
-    s3_url, local_url = f"s3://{params.bucket}", f"file://{params.local_dir}"
     drill_due = False
-    with concurrency(limit, occupy=1, strict=True, timeout_seconds=3600):
-        taken: Taken | None = None
-        enc: Encrypted | None = None
-        try:
-            with stages.stage("take-backup") as row:
-                taken = retrying(take_backup_task)(
-                    params.servers, str(workdir), params.timeout_seconds
+    lock = f"jaco-backup-{params.cluster}"
+    with (
+        cluster_lock(lock, params.cluster, params.wait_seconds, Path(params.local_dir), logger),
+        run_workdir(Path(params.local_dir) / ".work", f"backup-{params.cluster}") as workdir,
+    ):
+        pinned_id, swept = retrying(prepare_task)(params)
+        with stages.stage("take-backup") as row:
+            taken = retrying(take_backup_task)(
+                params.servers, workdir, params.timeout_seconds, params.secrets
+            )
+            row["bytes"] = taken.size
+        meta = taken.meta
+        for expected, why in ((params.cluster_id, "configured as"), (pinned_id, "pinned to")):
+            if expected and expected != meta.cluster_id:
+                raise PipelineError(
+                    f"the server {taken.server} answered as cluster {meta.cluster_id}, but "
+                    f"{params.cluster} is {why} cluster {expected}: refusing to mix two "
+                    "clusters' backups"
                 )
-                row["bytes"] = taken.size
-            meta = taken.meta
-            with stages.stage("encrypt", taken.size):
-                enc = retrying(encrypt_task)(taken.path, params.recipients)
-            key = backup_key(params.prefix, meta)
-            metadata = {
-                "cluster-id": meta.cluster_id,
-                "snapshot-index": str(meta.snapshot_index),
-                "jaco-version": meta.jaco_version,
-                "plaintext-sha256": enc.plaintext_sha256,
-                "ciphertext-sha256": enc.ciphertext_sha256,
-            }
-            # The local copy is written while S3 uploads (disk and network in parallel); its
-            # row shows only the time it kept the run waiting after the upload.
-            with stages.stage("upload", enc.size):
-                local_copy = retrying(upload_task).submit(local_url, enc.path, key, metadata)
-                try:
-                    retrying(upload_task)(s3_url, enc.path, key, metadata)
-                except Exception:
-                    local_copy.wait()  # an unverified copy must not outlive a failed run
-                    open_store(local_url).delete(key)
-                    raise
-            with stages.stage("local-copy", enc.size):
-                local_copy.result()
-            with stages.stage("verify", enc.size):
-                try:
-                    retrying(verify_task)(s3_url, key, meta, enc)
-                except Exception as exc:
-                    # Compensate explicitly (no transactions around retried tasks): a backup
-                    # that cannot be proven restorable must not look like one.
-                    logger.error("verification failed for good (%s); deleting %s", exc, key)
-                    for url in (s3_url, local_url):
-                        open_store(url).delete(key)
-                    raise
-            pruned = []
-            with stages.stage("prune"):
-                for url in (s3_url, local_url):
-                    pruned.append(
-                        retrying(prune_task)(
-                            url,
-                            f"{params.prefix.strip('/')}/{meta.cluster_id}/",
-                            params.retention,
-                            key,
-                        )
-                    )
-            if params.drill_every:
-                drill_due = _backups_counted(params.cluster) % params.drill_every == 0
-        finally:
-            for item in (taken, enc):
-                if item is not None:
-                    item.path.unlink(missing_ok=True)
+        swept += retrying(sweep_task)(params, meta.cluster_id)
+        with stages.stage("encrypt", taken.size):
+            enc = retrying(encrypt_task)(taken.path, params.recipients)
+        taken.path.unlink()  # the plaintext archive is not needed any more
+        key = backup_key(params.prefix, meta)
+        metadata = {
+            "cluster": params.cluster,
+            "cluster-id": meta.cluster_id,
+            "snapshot-index": str(meta.snapshot_index),
+            "jaco-version": meta.jaco_version,
+            "plaintext-sha256": enc.plaintext_sha256,
+            "ciphertext-sha256": enc.ciphertext_sha256,
+        }
+        record = BackupRecord(
+            cluster=params.cluster,
+            cluster_id=meta.cluster_id,
+            key=key,
+            taken_at=meta.taken_at,
+            snapshot_index=meta.snapshot_index,
+            snapshot_term=meta.snapshot_term,
+            jaco_version=meta.jaco_version,
+            archive_size=taken.size,
+            size=enc.size,
+            plaintext_sha256=enc.plaintext_sha256,
+            ciphertext_sha256=enc.ciphertext_sha256,
+            snapshot_sha256=meta.snapshot_sha256,
+            state_digest=meta.state_digest,
+            counts=meta.counts,
+            audit_head=meta.audit_head,
+            taken_by=run,
+        )
+        # The local copy is written while S3 uploads (disk and network in parallel); its
+        # row shows only the time it kept the run waiting after the upload.
+        with stages.stage("upload", enc.size):
+            local_copy = retrying(local_copy_task).submit(
+                params.local_url, params.s3, enc.path, key, metadata
+            )
+            try:
+                retrying(upload_task)(params.s3_url, params.s3, enc.path, key, metadata)
+            except Exception:
+                local_copy.wait()  # an unverified copy must not outlive a failed run
+                open_store(params.local_url).delete(key)
+                raise
+        with stages.stage("local-copy", enc.size):
+            local_copy.result()
+            retrying(catalog_task)(params, record, run)
+        with stages.stage("verify", enc.size):
+            try:
+                retrying(verify_task)(params, workdir, key, meta, enc)
+            except Exception as exc:
+                # Compensate explicitly (no transactions around retried tasks): a backup
+                # that cannot be proven restorable must not look like one.
+                logger.error("verification failed for good (%s); deleting %s", exc, key)
+                for url, s3 in ((params.s3_url, params.s3), (params.local_url, None)):
+                    open_store(url, s3).delete(key)
+                    Catalog(open_store(url, s3), params.prefix, params.cluster).forget([key])
+                raise
+            record = record.model_copy(update={"verified": Verified(at=now(), run=run)})
+            retrying(catalog_task)(params, record, run)
+        pruned = []
+        with stages.stage("prune"):
+            for url in (params.s3_url, params.local_url):
+                pruned.append(
+                    retrying(prune_task)(params, url, meta.cluster_id, params.retention, key)
+                )
+        if params.drill_every:
+            drill_due = _backups_counted(params.cluster) % params.drill_every == 0
     create_markdown_artifact(
-        backup_report(
-            params.cluster, params.bucket, params.local_dir, meta, key, enc, stages.rows, pruned
-        ),
+        backup_report(params, meta, key, enc, stages.rows, pruned, swept),
         key=f"jaco-backup-{params.cluster}",
         description=f"latest backup of {params.cluster}",
     )
-    recent = sorted(
-        open_store(s3_url).list(f"{params.prefix.strip('/')}/{meta.cluster_id}/"),
-        key=lambda o: o.key,
-        reverse=True,
-    )[:20]
-    create_table_artifact(
-        [{"key": o.key, "bytes": o.size, "stored": o.modified.isoformat()} for o in recent],
-        key=f"jaco-backups-{params.cluster}",
-        description=f"recent backups of {params.cluster}",
-    )
+    publish_history(params)
     drill = None
     if drill_due:
         drill = drill_restore(
@@ -188,6 +231,9 @@ def backup_cluster(params: BackupParams) -> dict[str, Any]:
                 cluster=params.cluster,
                 bucket=params.bucket,
                 prefix=params.prefix,
+                s3=params.s3,
+                secrets=params.secrets,
+                cluster_id=meta.cluster_id,
                 key=key,
                 driver=params.drill_driver,
                 workdir=str(Path(params.local_dir) / ".drills"),
@@ -205,4 +251,5 @@ def backup_cluster(params: BackupParams) -> dict[str, Any]:
         "stages": stages.rows,
         "local_copy": str(Path(params.local_dir) / key),
         "pruned": pruned,
+        "swept": swept,
     }

@@ -1,177 +1,208 @@
-"""The `drill-restore` flow: prove a stored backup restores, in an ephemeral sandbox.
+"""The `drill-restore` flow: prove a stored backup of one cluster restores, in a sandbox.
 
-find the backup (the newest in the bucket unless a key is given: only verified backups stay
-there) → download and decrypt it (the same code as verify) → restore, start and check it inside
-a sandbox (flows/sandbox.py running `python -m jaco.drill.agent`) → wipe the sandbox, always →
-report every check and the measured restore time (RTO). A failed check fails the run and
-names the check.
+find the backup in the cluster's catalog (its newest verified backup unless a key is given;
+only ever a backup recorded under this cluster's pinned id) → download the ciphertext and
+check it is the object recorded (object metadata and checksum) → in a fresh sandbox
+(flows/sandbox.py running `python -m jaco.drill.agent`) decrypt, check meta.json names the
+same cluster, restore, start and check through the API → wipe the sandbox, always → record
+the result in the catalog and report every check and the measured restore time (RTO).
+
+The decrypted archive never touches the host's disk: the sandbox gets the ciphertext, and
+the token and verify identity through a pipe. A failed check fails the run and names it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_client, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
 
-from flows.alerts import alert_on_failure
+from flows.alerts import current_run, on_run_failure
+from flows.catalog import BackupRecord, Catalog, DrillRecord, now
 from flows.errors import DrillFailed
 from flows.params import DrillParams
-from flows.reports import drill_report
-from flows.sandbox import open_sandbox
-from flows.tasks import fetch_and_decrypt, find_backup_task, retrying
-from jaco.public import BackupMeta, create_private
+from flows.reports import drill_report, publish_history
+from flows.sandbox import open_sandbox, sweep_sandboxes
+from flows.storage import open_store
+from flows.tasks import check_ciphertext, download, retrying
+from flows.workdirs import run_workdir, sweep_workdirs
+from jaco.public import BackupMeta, sha256_file
 
-HISTORY_ROWS = 50
-
-
-@dataclass(frozen=True)
-class Fetched:
-    directory: Path
-    plaintext: Path
-    meta: BackupMeta
-    download_seconds: float
-    decrypt_seconds: float
+DRILL_TIMEOUT = 3600
 
 
-@task(name="fetch-backup", timeout_seconds=3600, cache_policy=NO_CACHE)
-def fetch_backup_task(store_url: str, key: str, workdir: str) -> Fetched:
-    Path(workdir).mkdir(mode=0o700, parents=True, exist_ok=True)
-    directory = Path(tempfile.mkdtemp(prefix="fetch-", dir=workdir))
-    try:
-        fetched = fetch_and_decrypt(store_url, key, directory)
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
-    return Fetched(
-        directory,
-        fetched.plaintext,
-        fetched.meta,
-        fetched.download_seconds,
-        fetched.decrypt_seconds,
-    )
+@task(name="find-backup", cache_policy=NO_CACHE)
+def find_backup_task(params: DrillParams) -> tuple[BackupRecord, list[dict[str, Any]]]:
+    """The backup to drill, recorded in this cluster's catalog under its pinned id, and the
+    audit heads of the cluster's earlier backups (the restored chain must extend them)."""
+    catalog = Catalog(open_store(params.s3_url, params.s3), params.prefix, params.cluster)
+    record = _find(params, catalog)
+    return record, _anchors(catalog.backups(), record)
+
+
+def _find(params: DrillParams, catalog: Catalog) -> BackupRecord:
+    pinned = catalog.identity()
+    if pinned is None:
+        raise DrillFailed(
+            f"no backup of {params.cluster} yet (its catalog in s3://{params.bucket} has none)"
+        )
+    if params.cluster_id and params.cluster_id != pinned.cluster_id:
+        raise DrillFailed(
+            f"{params.cluster} is configured as cluster {params.cluster_id} but its catalog is "
+            f"pinned to {pinned.cluster_id}: refusing to drill either"
+        )
+    if params.key:
+        record = catalog.backup(params.key)
+        if record is None or record.cluster_id != pinned.cluster_id:
+            raise DrillFailed(
+                f"{params.key} is not a backup of {params.cluster} (cluster "
+                f"{pinned.cluster_id}) in its catalog: refusing to drill it"
+            )
+        return record
+    verified = [b for b in catalog.backups() if b.verified and b.cluster_id == pinned.cluster_id]
+    if not verified:
+        raise DrillFailed(f"no verified backup of {params.cluster} yet")
+    return verified[0]
+
+
+@task(name="fetch-backup", cache_policy=NO_CACHE)
+def fetch_backup_task(params: DrillParams, record: BackupRecord, directory: Path) -> float:
+    """Download the ciphertext and prove it is the object the catalog recorded, for this
+    cluster (its metadata names the cluster's id, its SHA-256 is the one recorded).
+    Returns the seconds the download took."""
+    cipher = directory / "backup.tar.gz.age"
+    metadata, seconds = download(params.s3_url, params.s3, record.key, cipher)
+    if metadata.get("cluster-id") != record.cluster_id:
+        raise DrillFailed(
+            f"{record.key} says it belongs to cluster {metadata.get('cluster-id')!r}, not "
+            f"{record.cluster_id} ({params.cluster}): refusing to drill it"
+        )
+    check_ciphertext(record.key, sha256_file(cipher), metadata, record.ciphertext_sha256)
+    return seconds
 
 
 @task(name="sandbox-drill", cache_policy=NO_CACHE)
 def sandbox_drill_task(
-    plaintext: Path, meta: BackupMeta, driver: str, rejoin: bool, workdir: str, timeout: float
+    params: DrillParams, record: BackupRecord, anchors: list[dict[str, Any]], directory: Path
 ) -> dict[str, Any]:
-    token = os.environ.get("JACO_TOKEN")
-    if not token:
-        raise DrillFailed("set JACO_TOKEN to an operator token from before the backup")
-    inputs = Path(tempfile.mkdtemp(prefix="inputs-", dir=workdir))
-    try:
-        os.link(plaintext, inputs / "backup.tar.gz")
-        (inputs / "meta.json").write_bytes(meta.to_json())
-        with create_private(inputs / "token") as f:
-            f.write(token.encode())
-        sandbox = open_sandbox(driver)
-        result = sandbox.run_agent(inputs, ["--rejoin"] if rejoin else [], timeout)
-    finally:
-        shutil.rmtree(inputs, ignore_errors=True)  # the sandbox itself is gone with its process
+    """Run the agent in a fresh sandbox; secrets go in through its stdin, never a file."""
+    handed = {
+        "token": params.secrets.read_token(),
+        "identity": params.secrets.read_identity(),
+        "expect": {
+            "cluster_id": record.cluster_id,
+            "snapshot_index": record.snapshot_index,
+            "plaintext_sha256": record.plaintext_sha256,
+            "ciphertext_sha256": record.ciphertext_sha256,
+            "anchors": anchors,
+        },
+    }
+    sandbox = open_sandbox(params.driver)
+    result = sandbox.run_agent(
+        ["--rejoin"] if params.rejoin else [],
+        params.timeout_seconds,
+        header=json.dumps(handed).encode() + b"\n",
+        payload=directory / "backup.tar.gz.age",
+    )
     if not result.report:
         raise DrillFailed(
             f"the drill agent in {sandbox.name} reported nothing (exit "
             f"{result.returncode}): {result.stderr.strip()[-400:]}"
         )
-    return {**result.report, "sandbox": sandbox.name}
+    return {**result.report, "sandbox": sandbox.name, "image": sandbox.image}
 
 
-def _history(key: str, row: dict[str, Any]) -> list[dict[str, Any]]:
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    rows = [row]
-    with contextlib.suppress(Exception), get_client(sync_client=True) as client:
-        latest = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=1,
-        )
-        if latest:
-            data = latest[0].data
-            previous = json.loads(data) if isinstance(data, str) else data
-            if isinstance(previous, list):
-                rows += previous
-    return rows[:HISTORY_ROWS]
+@task(name="record-drill", cache_policy=NO_CACHE)
+def record_drill_task(params: DrillParams, key: str, drill: DrillRecord) -> None:
+    Catalog(open_store(params.s3_url, params.s3), params.prefix, params.cluster).record_drill(
+        key, drill
+    )
 
 
-@flow(name="drill-restore", on_failure=[alert_on_failure])
+def _anchors(catalog_backups: list[BackupRecord], record: BackupRecord) -> list[dict[str, Any]]:
+    """Audit heads of this cluster's earlier backups: the restored chain must pass through
+    every one of them (history older than the backup was not rewritten since)."""
+    return [
+        {"seq": b.audit_head.seq, "hash": b.audit_head.hash, "source": b.key}
+        for b in catalog_backups
+        if b.audit_head
+        and b.cluster_id == record.cluster_id
+        and b.snapshot_index < record.snapshot_index
+    ]
+
+
+@flow(
+    name="drill-restore",
+    on_failure=[on_run_failure],
+    on_crashed=[on_run_failure],
+    timeout_seconds=DRILL_TIMEOUT,
+)
 def drill_restore(params: DrillParams) -> dict[str, Any]:
-    s3_url = f"s3://{params.bucket}"
-    prefix = f"{params.prefix.strip('/')}/" + (f"{params.cluster_id}/" if params.cluster_id else "")
+    logger = get_run_logger()
+    run = current_run()
+    workdir = Path(params.workdir)
+    swept = sweep_workdirs(workdir) + sweep_sandboxes()
+    for item in swept:
+        logger.warning("swept %s", item)
     step = "find-backup"
-    fetched: Fetched | None = None
     try:
-        key = params.key or retrying(find_backup_task)(s3_url, prefix)
-        step = "fetch-backup"
-        fetched = retrying(fetch_backup_task)(s3_url, key, params.workdir)
-        step = "sandbox-drill"
-        report = sandbox_drill_task(
-            fetched.plaintext,
-            fetched.meta,
-            params.driver,
-            params.rejoin,
-            params.workdir,
-            params.timeout_seconds,
-        )
+        record, anchors = retrying(find_backup_task)(params)
+        with run_workdir(workdir, f"drill-{params.cluster}") as directory:
+            step = "fetch-backup"
+            download_seconds = retrying(fetch_backup_task)(params, record, directory)
+            step = "sandbox-drill"
+            started = time.monotonic()
+            report = sandbox_drill_task(params, record, anchors, directory)
+            logger.info("sandbox %s done in %.1fs", report["sandbox"], time.monotonic() - started)
     except Exception as exc:
         message = getattr(exc, "message", str(exc))
         raise DrillFailed(f"drill step {step} failed: {message}") from None
-    finally:
-        if fetched is not None:
-            shutil.rmtree(fetched.directory, ignore_errors=True)
-    timings = report.get("timings", {})
-    rto = (
-        fetched.download_seconds
-        + fetched.decrypt_seconds
-        + timings.get("restore_seconds", 0)
-        + timings.get("ready_seconds", 0)
+    timings = {**report.get("timings", {}), "download_seconds": download_seconds}
+    report["timings"] = timings
+    rto = sum(
+        timings.get(k, 0.0)
+        for k in ("download_seconds", "decrypt_seconds", "restore_seconds", "ready_seconds")
+    )
+    meta = BackupMeta.model_validate(report["meta"], strict=False) if report.get("meta") else None
+    failed = [c for c in report["checks"] if not c["ok"]]
+    passed = bool(report["ok"]) and not failed
+    retrying(record_drill_task)(
+        params,
+        record.key,
+        DrillRecord(
+            at=now(),
+            passed=passed,
+            run=run,
+            rto_seconds=round(rto, 2) if passed else None,
+            failed_checks=[c["name"] for c in failed],
+            reason="; ".join(f"{c['name']}: {c['detail']}" for c in failed)[:2000],
+            driver=params.driver,
+            image=report.get("image") or "",
+        ),
     )
     create_markdown_artifact(
-        drill_report(
-            params.cluster,
-            params.driver,
-            key,
-            fetched.meta,
-            {
-                "download_seconds": fetched.download_seconds,
-                "decrypt_seconds": fetched.decrypt_seconds,
-            },
-            report,
-            rto,
-        ),
+        drill_report(params.cluster, params.driver, record.key, meta, report, rto),
         key=f"jaco-drill-{params.cluster}",
         description=f"latest restore drill of {params.cluster}",
     )
-    failed = [c for c in report["checks"] if not c["ok"]]
-    row = {
-        "key": key,
-        "index": fetched.meta.snapshot_index,
-        "ok": report["ok"],
-        "rto_seconds": round(rto, 2),
-        "failed": ", ".join(c["name"] for c in failed),
-    }
-    create_table_artifact(
-        _history(f"jaco-drills-{params.cluster}", row),
-        key=f"jaco-drills-{params.cluster}",
-        description=f"restore drill history of {params.cluster}",
-    )
-    if failed or not report["ok"]:
+    publish_history(params)
+    if not passed:
         details = "; ".join(f"{c['name']}: {c['detail']}" for c in failed)
         raise DrillFailed(f"drill check(s) failed: {details or 'agent reported failure'}")
     return {
-        "key": key,
+        "key": record.key,
         "rto_seconds": rto,
         "checks": report["checks"],
         "sandbox": report["sandbox"],
-        "snapshot_index": fetched.meta.snapshot_index,
+        "driver": params.driver,
+        "image": report.get("image"),
+        "snapshot_index": record.snapshot_index,
+        "cluster_id": record.cluster_id,
+        "swept": swept,
     }

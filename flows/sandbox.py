@@ -1,29 +1,43 @@
 """Ephemeral sandboxes for restore drills, behind one small driver interface.
 
 A restored node carries the production cluster's identity (its CA, its tokens), so a sandbox
-must never reach production peers. `BwrapSandbox` (the default on Linux) runs the drill agent in
-fresh mount, pid, net, uts, ipc (and cgroup) namespaces: the only network is the sandbox's own
-loopback, the data dir is a tmpfs, the installed jaco is bound read-only, and the environment is
-cleared. When the agent ends, or its parent dies, the pid namespace and every process and tmpfs
-in it go with it. `DockerSandbox` does the same with the image from infra/ on hosts with an
-engine.
+must never reach production peers. Everything goes in through the agent's stdin — a JSON line
+(token, verify identity, what to expect), then the ciphertext — so no secret and no plaintext
+touches the host's disk, and the sandbox needs no host directory at all.
+
+- `BwrapSandbox` runs the agent (`python -m jaco.drill.agent`) in fresh mount, pid, net,
+  uts, ipc (and cgroup) namespaces: the only network is the sandbox's own loopback, the data
+  dir and /tmp are tmpfs, the installed jaco is bound read-only, the environment is cleared.
+  When the agent ends, or its parent dies, the pid namespace and everything in it go.
+- `DockerSandbox` runs it in a throwaway container of the pinned jaco image (`make image`):
+  `--network none`, read-only root, tmpfs data, memory/CPU/pids limits, no capabilities,
+  labelled with the drill and its deadline, `--rm`; `sweep_sandboxes` removes the labelled
+  leftovers of drills whose run died or overran.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import jaco
 from flows.errors import PipelineError
+
+CHUNK = 1024 * 1024
+LABEL = "jaco.drill"
+IMAGE = f"jaco:{jaco.__version__}"
 
 
 @dataclass
@@ -35,8 +49,11 @@ class AgentResult:
 
 class Sandbox(Protocol):
     name: str
+    image: str | None
 
-    def run_agent(self, inputs: Path, args: list[str], timeout: float) -> AgentResult: ...
+    def run_agent(
+        self, args: list[str], timeout: float, header: bytes = b"", payload: Path | None = None
+    ) -> AgentResult: ...
 
 
 def _parse_report(stdout: str) -> dict[str, Any]:
@@ -50,21 +67,77 @@ def _parse_report(stdout: str) -> dict[str, Any]:
     return {}
 
 
+def _feed(stdin: IO[bytes], header: bytes, payload: Path | None) -> None:
+    """Write the header line, then the payload file, then close: the agent's stdin."""
+    with contextlib.suppress(BrokenPipeError, OSError), stdin:
+        stdin.write(header)
+        if payload is not None:
+            with open(payload, "rb") as source:
+                while chunk := source.read(CHUNK):
+                    stdin.write(chunk)
+
+
+def _drain(pipe: IO[bytes], into: list[bytes]) -> None:
+    with pipe:
+        while chunk := pipe.read(65536):
+            into.append(chunk)
+
+
+def _run(cmd: list[str], timeout: float, header: bytes, payload: Path | None, on_timeout: Any,
+         name: str) -> AgentResult:  # fmt: skip
+    """Start the sandbox, stream its stdin, collect its output (each on a thread of its own:
+    `communicate` would close stdin at once), and bound the whole by `timeout`."""
+    process = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdin and process.stdout and process.stderr
+    out: list[bytes] = []
+    err: list[bytes] = []
+    threads = [
+        threading.Thread(target=_feed, args=(process.stdin, header, payload), daemon=True),
+        threading.Thread(target=_drain, args=(process.stdout, out), daemon=True),
+        threading.Thread(target=_drain, args=(process.stderr, err), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        on_timeout()
+        process.kill()
+        process.wait()
+        for thread in threads:
+            thread.join(10)
+        raise PipelineError(
+            f"the drill in sandbox {name} did not finish within {timeout:.0f}s; "
+            f"{b''.join(err).decode(errors='replace')[-300:]}"
+        ) from None
+    for thread in threads:
+        thread.join(10)
+    stdout, stderr = b"".join(out).decode(errors="replace"), b"".join(err).decode(errors="replace")
+    return AgentResult(process.returncode, _parse_report(stdout), stderr)
+
+
 def _install_paths() -> list[str]:
-    """What the agent needs to run jaco: the interpreter, the venv, an editable checkout."""
-    paths = {sys.base_prefix, sys.prefix, sysconfig.get_paths()["purelib"]}
-    package_root = Path(jaco.__file__).resolve().parent.parent
-    paths.add(str(package_root))  # an editable install imports from the checkout
+    """What the agent needs to run jaco: the interpreter, the venv, the jaco package's root
+    (a checkout, installed or not)."""
+    paths = {sys.base_prefix, sys.prefix, sysconfig.get_paths()["purelib"], _package_root()}
     return sorted(p for p in paths if Path(p).exists())
 
 
+def _package_root() -> str:
+    return str(Path(jaco.__file__).resolve().parent.parent)
+
+
 class BwrapSandbox:
+    image: str | None = None
+
     def __init__(self, name: str | None = None) -> None:
         self.name = name or f"drill-{uuid.uuid4().hex[:8]}"
         if not shutil.which("bwrap"):
             raise PipelineError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
 
-    def command(self, inputs: Path, args: list[str]) -> list[str]:
+    def command(self, args: list[str]) -> list[str]:
         cmd = [
             "bwrap",
             "--die-with-parent",
@@ -94,86 +167,146 @@ class BwrapSandbox:
         for install in _install_paths():
             cmd += ["--ro-bind", install, install]
         venv_bin = str(Path(sys.prefix) / "bin")
-        cmd += [
-            "--ro-bind",
-            str(inputs),
-            "/input",
-            "--chdir",
-            "/tmp",
-            "--clearenv",
-            "--setenv",
-            "PATH",
-            f"{venv_bin}:/usr/bin:/bin",
-            "--setenv",
-            "HOME",
-            "/tmp",
-            "--setenv",
-            "JACO_DATA_DIR",
-            "/var/lib/jaco",
-            "--setenv",
-            "LANG",
-            "C.UTF-8",
-            "--",
-            sys.executable,
-            "-m",
-            "jaco.drill.agent",
-            *args,
-        ]
-        return cmd
+        env = {
+            "PATH": f"{venv_bin}:/usr/bin:/bin",
+            "HOME": "/tmp",
+            "JACO_DATA_DIR": "/var/lib/jaco",
+            "LANG": "C.UTF-8",
+            "PYTHONPATH": _package_root(),  # jaco imports however the worker was started
+        }
+        cmd += ["--chdir", "/tmp", "--clearenv"]
+        for key, value in env.items():
+            cmd += ["--setenv", key, value]
+        return [*cmd, "--", sys.executable, "-m", "jaco.drill.agent", *args]
 
-    def run_agent(self, inputs: Path, args: list[str], timeout: float) -> AgentResult:
-        try:
-            done = subprocess.run(
-                self.command(inputs, args),
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            # subprocess.run killed bwrap; --die-with-parent takes the namespace down with it.
-            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
-            raise PipelineError(
-                f"the drill in sandbox {self.name} did not finish within "
-                f"{timeout:.0f}s; {stderr[-300:]}"
-            ) from None
-        return AgentResult(done.returncode, _parse_report(done.stdout), done.stderr)
+    def run_agent(
+        self, args: list[str], timeout: float, header: bytes = b"", payload: Path | None = None
+    ) -> AgentResult:
+        # On a timeout, killing bwrap is enough: --die-with-parent takes the namespace down.
+        return _run(self.command(args), timeout, header, payload, lambda: None, self.name)
+
+
+def docker_available() -> str | None:
+    """None if a Docker engine answers here, else why not."""
+    if not shutil.which("docker"):
+        return "the docker command is not installed"
+    done = subprocess.run(
+        ["docker", "info", "--format", "{{.ServerVersion}}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if done.returncode != 0 or not done.stdout.strip():
+        return f"no Docker engine answers: {done.stderr.strip()[-200:]}"
+    return None
+
+
+def image_present(image: str) -> bool:
+    done = subprocess.run(
+        ["docker", "image", "inspect", image], capture_output=True, timeout=30, check=False
+    )
+    return done.returncode == 0
 
 
 class DockerSandbox:
-    """The agent in a throwaway container (`--network none`, tmpfs data dir, read-only root)."""
+    """The agent in a throwaway container of the pinned jaco image."""
 
-    def __init__(self, image: str = "jaco:latest", name: str | None = None) -> None:
+    def __init__(self, image: str | None = None, name: str | None = None) -> None:
         self.name = name or f"drill-{uuid.uuid4().hex[:8]}"
-        self.image = image
-        try:
-            import docker  # type: ignore[import-untyped]
+        self.image: str | None = image or os.environ.get("JACO_DRILL_IMAGE", IMAGE)
+        why = docker_available()
+        if why:
+            raise PipelineError(f"the docker driver needs a Docker engine: {why}")
+        if not image_present(str(self.image)):
+            raise PipelineError(
+                f"the drill image {self.image} is not in the local Docker engine: build it with "
+                "`make image`"
+            )
 
-            self.client = docker.from_env()
-            self.client.ping()
-        except Exception as exc:  # noqa: BLE001 - no SDK or no engine
-            raise PipelineError(f"the docker driver needs a Docker engine: {exc}") from None
+    def command(self, args: list[str], deadline: float) -> list[str]:
+        return [
+            "docker", "run", "--rm", "-i",
+            "--name", self.name,
+            "--hostname", self.name,
+            "--label", f"{LABEL}={self.name}",
+            "--label", f"{LABEL}.host={socket.gethostname()}",
+            "--label", f"{LABEL}.pid={os.getpid()}",
+            "--label", f"{LABEL}.deadline={int(deadline)}",
+            "--network", "none",
+            "--read-only",
+            "--tmpfs", "/tmp:rw,nosuid,nodev,size=" + os.environ.get("JACO_DRILL_TMPFS", "8g"),
+            "--tmpfs", "/var/lib/jaco:rw,nosuid,nodev,mode=0700,uid=10001,gid=10001,size="
+            + os.environ.get("JACO_DRILL_TMPFS", "8g"),
+            "--memory", os.environ.get("JACO_DRILL_MEMORY", "4g"),
+            "--cpus", os.environ.get("JACO_DRILL_CPUS", "2"),
+            "--pids-limit", "512",
+            "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges",
+            "--env", "JACO_DATA_DIR=/var/lib/jaco",
+            str(self.image),
+            "python", "-m", "jaco.drill.agent", *args,
+        ]  # fmt: skip
 
-    def run_agent(self, inputs: Path, args: list[str], timeout: float) -> AgentResult:
-        container = self.client.containers.run(
-            self.image,
-            ["python", "-m", "jaco.drill.agent", *args],
-            name=self.name,
-            detach=True,
-            network_mode="none",
-            read_only=True,
-            hostname=self.name,
-            tmpfs={"/var/lib/jaco": "", "/tmp": ""},
-            volumes={str(inputs): {"bind": "/input", "mode": "ro"}},
-            environment={"JACO_DATA_DIR": "/var/lib/jaco"},
-        )
+    def run_agent(
+        self, args: list[str], timeout: float, header: bytes = b"", payload: Path | None = None
+    ) -> AgentResult:
+        deadline = time.time() + timeout
         try:
-            status = container.wait(timeout=timeout)
-            stdout = container.logs(stdout=True, stderr=False).decode(errors="replace")
-            stderr = container.logs(stdout=False, stderr=True).decode(errors="replace")
-            return AgentResult(int(status["StatusCode"]), _parse_report(stdout), stderr)
+            return _run(
+                self.command(args, deadline), timeout, header, payload, self.remove, self.name
+            )
         finally:
-            container.remove(force=True)
+            self.remove()  # --rm removes it when it exits; this covers a CLI that failed early
+
+    def remove(self) -> None:
+        subprocess.run(
+            ["docker", "rm", "-f", self.name], capture_output=True, timeout=60, check=False
+        )
+
+
+def sweep_sandboxes() -> list[str]:
+    """Remove drill containers left by runs that died (their process is gone from this host)
+    or that overran their deadline. Nothing to do without a Docker engine."""
+    if docker_available():
+        return []
+    listed = subprocess.run(
+        ["docker", "ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.ID}} {{.Names}}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    removed = []
+    for line in listed.stdout.splitlines():
+        container, _, name = line.partition(" ")
+        labels = _labels(container)
+        ours = labels.get(f"{LABEL}.host") == socket.gethostname()
+        owner_dead = ours and not _alive(labels.get(f"{LABEL}.pid", ""))
+        overran = time.time() > float(labels.get(f"{LABEL}.deadline", "0") or 0)
+        if not (owner_dead or overran):
+            continue
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=60)
+        removed.append(f"the drill container {name} ({'overran' if overran else 'run died'})")
+    return removed
+
+
+def _labels(container: str) -> dict[str, str]:
+    done = subprocess.run(
+        ["docker", "inspect", "--format", "{{json .Config.Labels}}", container],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    try:
+        return dict(json.loads(done.stdout or "{}") or {})
+    except ValueError:
+        return {}
+
+
+def _alive(pid: str) -> bool:
+    return pid.isdigit() and Path(f"/proc/{pid}").exists()
 
 
 def open_sandbox(driver: str) -> Sandbox:

@@ -1,14 +1,16 @@
 """Where encrypted backups are kept: one small interface, an S3 and a local-directory backend.
 
 Like restic's backends, the pipeline does not care where bytes go. Keys are '/'-separated;
-objects carry string metadata. S3 uses the standard AWS configuration unchanged (environment,
-profiles, `AWS_ENDPOINT_URL_S3` for S3-compatible stores) and multipart uploads with per-part
-checksums; an upload either completes whole or leaves nothing (s3transfer aborts the
-multipart upload on failure).
+objects carry string metadata. S3 uses the standard AWS configuration unless the cluster's
+`S3Settings` name an endpoint, profile or credential references, and multipart uploads with
+per-part checksums; an upload either completes whole or leaves nothing (s3transfer aborts the
+multipart upload on failure; `sweep_uploads` removes those of a worker that died). Every error
+is a StorageError that says whether a retry could help.
 """
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import json
 import os
@@ -19,7 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flows.errors import StorageError
-from jaco.public import private_output, write_private
+from flows.secrets import S3Settings, resolve
+from jaco.public import private_output, sweep_partials, write_private
 
 CHUNK = 1024 * 1024
 
@@ -36,9 +39,12 @@ class BackupStore(Protocol):
 
     def put(self, key: str, path: Path, metadata: dict[str, str]) -> None: ...
     def get(self, key: str, path: Path) -> dict[str, str]: ...
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def get_bytes(self, key: str) -> bytes | None: ...
     def delete(self, key: str) -> None: ...
     def list(self, prefix: str) -> Iterator[StoredObject]: ...
     def is_locked(self, key: str) -> bool: ...
+    def sweep(self, prefix: str) -> builtins.list[str]: ...
 
 
 _PERMANENT_S3_CODES = {
@@ -55,7 +61,15 @@ _PERMANENT_S3_CODES = {
 
 
 def _s3_error(exc: BaseException, what: str) -> StorageError:
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import (
+        ClientError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ProfileNotFound,
+    )
+
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | ProfileNotFound):
+        return StorageError(f"S3 {what}: {exc}", retryable=False)  # configuration, not weather
 
     # upload_file wraps S3's answer in S3UploadFailedError (the ClientError is its context):
     # without unwrapping, a refusal for good (bad credentials) looked transient and was retried.
@@ -73,24 +87,49 @@ def _s3_error(exc: BaseException, what: str) -> StorageError:
     return StorageError(f"S3 {what}: {exc}")
 
 
+def _s3_client(settings: S3Settings, connect_timeout: float, read_timeout: float) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    keys: dict[str, str] = {}
+    if settings.access_key_id and settings.secret_access_key:
+        keys = {
+            "aws_access_key_id": resolve(settings.access_key_id, "the S3 access key id"),
+            "aws_secret_access_key": resolve(settings.secret_access_key, "the S3 secret key"),
+        }
+    # A session per store: boto3's default session caches credentials for the whole process,
+    # and one worker serves clusters with different credentials.
+    session = boto3.session.Session(profile_name=settings.profile, **keys)
+    return session.client(
+        "s3",
+        endpoint_url=settings.endpoint,
+        region_name=settings.region,
+        config=Config(
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"max_attempts": 3, "mode": "standard"},
+        ),
+    )
+
+
 class S3Store:
     def __init__(
-        self, bucket: str, connect_timeout: float = 5, read_timeout: float = 60, client: Any = None
+        self,
+        bucket: str,
+        settings: S3Settings | None = None,
+        connect_timeout: float = 5,
+        read_timeout: float = 60,
     ) -> None:
-        import boto3
         from boto3.s3.transfer import TransferConfig
-        from botocore.config import Config
 
         self.bucket = bucket
         self.name = f"s3://{bucket}"
-        self.client = client or boto3.client(
-            "s3",
-            config=Config(
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
-                retries={"max_attempts": 3, "mode": "standard"},
-            ),
-        )
+        try:
+            self.client = _s3_client(settings or S3Settings(), connect_timeout, read_timeout)
+        except StorageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a missing profile, a malformed endpoint
+            raise StorageError(f"S3 client for {self.name}: {exc}", retryable=False) from None
         # boto3's defaults (8 MiB parts, 10 threads) unless JACO_S3_PART_MIB says otherwise:
         # measured in bench/, leaner settings were slower than the reference, and memory
         # stays well under 200 MiB.
@@ -118,6 +157,25 @@ class S3Store:
         except Exception as exc:  # noqa: BLE001
             raise _s3_error(exc, f"download of {key}") from None
         return dict(head.get("Metadata", {}))
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """A small object in one PUT (atomic in S3: readers see the old one or the new one)."""
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType="application/json"
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise _s3_error(exc, f"write of {key}") from None
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """A small object's content, or None if there is none."""
+        try:
+            return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+        except Exception as exc:  # noqa: BLE001
+            error = _s3_error(exc, f"read of {key}")
+            if "NoSuchKey" in error.message or " 404" in error.message:
+                return None
+            raise error from None
 
     def delete(self, key: str) -> None:
         try:
@@ -148,6 +206,25 @@ class S3Store:
             raise
         except Exception as exc:  # noqa: BLE001
             raise _s3_error(exc, f"listing of {prefix}") from None
+
+    def sweep(self, prefix: str) -> builtins.list[str]:
+        """Abort the multipart uploads under `prefix` that a dead run left (each holds parts
+        the bucket bills for; none is ever completed). Call it only while holding the
+        cluster's lock: then no live upload can be under `prefix`."""
+        swept = []
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    swept.append(f"an unfinished upload of s3://{self.bucket}/{upload['Key']}")
+        except Exception as exc:  # noqa: BLE001
+            raise _s3_error(exc, f"listing of unfinished uploads under {prefix}") from None
+        return swept
 
 
 class LocalStore:
@@ -189,6 +266,24 @@ class LocalStore:
             raise StorageError(f"reading {key} from {self.root} failed: {exc}") from None
         return dict(metadata)
 
+    def put_bytes(self, key: str, data: bytes) -> None:
+        target = self._path(key)
+        try:
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_private(target, data)
+        except OSError as exc:
+            raise StorageError(
+                f"writing {target} failed: {exc.strerror}", retryable=exc.errno != 28
+            ) from None
+
+    def get_bytes(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"reading {key} from {self.root} failed: {exc}") from None
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         path.unlink(missing_ok=True)
@@ -198,7 +293,13 @@ class LocalStore:
         return False  # a directory has no object lock
 
     def list(self, prefix: str) -> Iterator[StoredObject]:
-        for path in sorted(self.root.rglob("*.age")):
+        """Every object whose key starts with `prefix` (not sidecars, not temp files)."""
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not base.is_dir():
+            return
+        for path in sorted(base.rglob("*")):
+            if not path.is_file() or path.name.startswith(".") or path.name.endswith(".meta"):
+                continue
             key = path.relative_to(self.root).as_posix()
             if key.startswith(prefix):
                 stat = path.stat()
@@ -206,17 +307,27 @@ class LocalStore:
                     key, stat.st_size, dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC)
                 )
 
+    def sweep(self, prefix: str) -> builtins.list[str]:
+        """Remove the temp files of copies a dead run was writing under `prefix`."""
+        base = self.root / prefix
+        if not base.is_dir():
+            return []
+        swept: list[Path] = []
+        for directory in [base, *(p for p in base.rglob("*") if p.is_dir())]:
+            swept += sweep_partials(directory)
+        return [f"an unfinished local copy {p}" for p in swept]
+
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".meta")
 
 
-def open_store(url: str) -> BackupStore:
+def open_store(url: str, s3: S3Settings | None = None) -> BackupStore:
     """`s3://BUCKET` or `file:///DIR` (a plain path also means a directory)."""
     if url.startswith("s3://"):
         bucket = url[len("s3://") :].strip("/")
         if not bucket or "/" in bucket:
             raise StorageError(f"invalid S3 store {url!r}: use s3://BUCKET", retryable=False)
-        return S3Store(bucket)
+        return S3Store(bucket, s3)
     path = url[len("file://") :] if url.startswith("file://") else url
     return LocalStore(Path(path))

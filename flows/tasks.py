@@ -1,12 +1,14 @@
 """The pipeline's steps as Prefect tasks; flows call them through `retrying(...)`.
 
 Tasks pass paths and object keys, never large payloads. Each bounds the call it makes (gRPC
-deadline, boto3 timeouts, Prefect's `timeout_seconds`), and `retrying` adds retries with
+deadline and keepalive, boto3 timeouts) and the whole run is bounded by its flow's timeout
+(tasks carry none of their own: Prefect mistakes a run's timeout firing inside a task with a
+timeout for the task's, and retries it), and `retrying` adds retries with
 exponential backoff and jitter that skip errors whose `retryable` is false (bad token,
 permission denied, corrupt data). The retry settings are read from the environment when a
-flow runs, not when this module is imported. Secrets come from the environment
-(`JACO_TOKEN`, the AWS chain, `JACO_AGE_IDENTITY_FILE`), never from parameters, logs or
-artifacts.
+flow runs, not when this module is imported. Secrets are read inside the task that needs
+them, from the cluster's references (flows.secrets); never from parameters, never into logs
+or artifacts.
 """
 
 from __future__ import annotations
@@ -23,24 +25,23 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
-from flows.errors import PipelineError, VerifyFailed
+from flows.catalog import Catalog
+from flows.errors import VerifyFailed
+from flows.params import Where
 from flows.retention import RetentionPolicy, parse_key, to_keep
+from flows.secrets import ClusterSecrets, S3Settings
 from flows.storage import open_store
 from jaco.public import (
     ArchiveError,
     BackupMeta,
     DecryptionFailed,
-    HashingWriter,
     InvalidArgument,
     Unavailable,
-    create_private,
     decrypt_and_read_archive,
-    decrypt_to,
     encrypt_file,
     is_retryable,
-    load_identities,
     open_client,
-    read_archive,
+    parse_identities,
     sha256_file,
     take_backup,
 )
@@ -49,11 +50,16 @@ T = TypeVar("T", bound=Task[Any, Any])
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect's retry_condition_fn: retry only what a retry can fix."""
+    """Prefect's retry_condition_fn: retry only what a retry can fix. Never a timeout: the
+    run's own timeout reaches a task as a cancellation, and retrying it would swallow it."""
     try:
         state.result()
     except Exception as exc:  # noqa: BLE001 - classify whatever the task raised
+        if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
+            return False
         return is_retryable(exc)
+    except BaseException:  # noqa: BLE001 - a cancellation
+        return False
     return True
 
 
@@ -68,16 +74,6 @@ def retrying(step: T) -> T:
         retry_jitter_factor=0.5,
         retry_condition_fn=retry_transient,
     )
-
-
-def identity_file() -> Path:
-    path = os.environ.get("JACO_AGE_IDENTITY_FILE")
-    if not path:
-        raise PipelineError(
-            "set JACO_AGE_IDENTITY_FILE to the age identity used to verify "
-            "backups (it is never passed as a parameter)"
-        )
-    return Path(path)
 
 
 def backup_key(prefix: str, meta: BackupMeta) -> str:
@@ -106,19 +102,18 @@ class Encrypted:
     seconds: float
 
 
-@task(name="take-backup", timeout_seconds=900, cache_policy=NO_CACHE)
-def take_backup_task(servers: list[str], workdir: str, timeout: float) -> Taken:
+@task(name="take-backup", cache_policy=NO_CACHE)
+def take_backup_task(
+    servers: list[str], workdir: Path, timeout: float, secrets: ClusterSecrets
+) -> Taken:
     """The Backup RPC into a local archive; on UNAVAILABLE the next server is tried."""
     logger = get_run_logger()
     if not servers:
         raise InvalidArgument("no API servers given")
-    token = os.environ.get("JACO_TOKEN")
-    if not token:
-        raise InvalidArgument("set JACO_TOKEN to an admin operator token")
-    Path(workdir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    token = secrets.read_token()
     last: Exception | None = None
     for server in servers:
-        output = Path(workdir) / f"backup-{os.getpid()}-{time.monotonic_ns()}.tar.gz"
+        output = workdir / f"backup-{time.monotonic_ns()}.tar.gz"
         started = time.monotonic()
         try:
             with open_client(server, token, timeout=timeout) as client:
@@ -140,7 +135,7 @@ def take_backup_task(servers: list[str], workdir: str, timeout: float) -> Taken:
     raise last
 
 
-@task(name="encrypt", timeout_seconds=1800, cache_policy=NO_CACHE)
+@task(name="encrypt", cache_policy=NO_CACHE)
 def encrypt_task(archive: Path, recipients: list[str]) -> Encrypted:
     """age-encrypt to all recipients, hashing plaintext and ciphertext on the way through.
 
@@ -157,20 +152,27 @@ def encrypt_task(archive: Path, recipients: list[str]) -> Encrypted:
     )
 
 
-@task(name="upload", timeout_seconds=3600, cache_policy=NO_CACHE)
-def upload_task(store_url: str, path: Path, key: str, metadata: dict[str, str]) -> float:
+def upload(store_url: str, s3: S3Settings, path: Path, key: str, metadata: dict[str, str]) -> float:
     """Store the encrypted archive under `key`; returns the seconds it took."""
     started = time.monotonic()
-    store = open_store(store_url)
+    store = open_store(store_url, s3)
     store.put(key, path, metadata)
     get_run_logger().info("stored %s in %s", key, store.name)
     return time.monotonic() - started
 
 
-def download(store_url: str, key: str, cipher: Path) -> tuple[dict[str, str], float]:
+# Two tasks over one function: the S3 upload runs while the local copy is written, and each
+# shows in the UI under its own name.
+upload_task = task(name="upload", cache_policy=NO_CACHE)(upload)
+local_copy_task = task(name="local-copy", cache_policy=NO_CACHE)(upload)
+
+
+def download(
+    store_url: str, s3: S3Settings, key: str, cipher: Path
+) -> tuple[dict[str, str], float]:
     """Download `key` to `cipher` (boto3's parallel ranged GETs); it must carry the ciphertext
     checksum recorded at upload. Returns the metadata and the seconds taken."""
-    store = open_store(store_url)
+    store = open_store(store_url, s3)
     started = time.monotonic()
     metadata = store.get(key, cipher)
     seconds = time.monotonic() - started
@@ -193,46 +195,17 @@ def check_ciphertext(
         raise VerifyFailed(f"{key} differs from what was uploaded (ciphertext SHA-256)")
 
 
-@dataclass(frozen=True)
-class FetchedBackup:
-    plaintext: Path
-    meta: BackupMeta
-    download_seconds: float
-    decrypt_seconds: float
-
-
-def fetch_and_decrypt(store_url: str, key: str, directory: Path) -> FetchedBackup:
-    """Download and check `key`, decrypt it with the operator's identity (hashing both sides
-    as it goes) and verify the archive. The plaintext lands in `directory`."""
-    identities = load_identities(identity_file())
-    cipher = directory / "backup.tar.gz.age"
-    metadata, download_seconds = download(store_url, key, cipher)
-    started = time.monotonic()
-    plain = directory / "backup.tar.gz"
-    with create_private(plain) as out:
-        sink = HashingWriter(out)
-        try:
-            cipher_sha = decrypt_to(cipher, sink, identities)
-        except DecryptionFailed:
-            check_ciphertext(key, sha256_file(cipher), metadata)  # damage, if that is why
-            raise
-    cipher.unlink()
-    check_ciphertext(key, cipher_sha, metadata)
-    if metadata.get("plaintext-sha256") != sink.hexdigest():
-        raise VerifyFailed(f"{key} decrypts to another archive than the one uploaded")
-    meta = read_archive(plain).meta
-    return FetchedBackup(plain, meta, download_seconds, time.monotonic() - started)
-
-
-@task(name="verify", timeout_seconds=3600, cache_policy=NO_CACHE)
-def verify_task(store_url: str, key: str, taken: BackupMeta, encrypted: Encrypted) -> float:
+@task(name="verify", cache_policy=NO_CACHE)
+def verify_task(
+    where: Where, workdir: Path, key: str, taken: BackupMeta, encrypted: Encrypted
+) -> float:
     """Download, decrypt straight into the archive reader, and check on the way: ciphertext
     and plaintext checksums, archive structure, meta.json and the snapshot's SHA-256.
     Returns the seconds the download took."""
-    identities = load_identities(identity_file())
-    with tempfile.TemporaryDirectory(prefix="jaco-verify-") as tmp:
+    identities = parse_identities(where.secrets.read_identity(), "the verify identity")
+    with tempfile.TemporaryDirectory(prefix="verify-", dir=workdir) as tmp:
         cipher = Path(tmp) / "backup.tar.gz.age"
-        metadata, download_seconds = download(store_url, key, cipher)
+        metadata, download_seconds = download(where.s3_url, where.s3, key, cipher)
         try:
             cipher_sha, plain_sha, meta = decrypt_and_read_archive(cipher, identities)
         except (DecryptionFailed, ArchiveError):
@@ -247,22 +220,20 @@ def verify_task(store_url: str, key: str, taken: BackupMeta, encrypted: Encrypte
     return download_seconds
 
 
-@task(name="find-backup", cache_policy=NO_CACHE)
-def find_backup_task(store_url: str, prefix: str) -> str:
-    backups = [b for b in (parse_key(o.key) for o in open_store(store_url).list(prefix)) if b]
-    if not backups:
-        raise PipelineError(f"no backup under {store_url}/{prefix}")
-    return max(backups, key=lambda b: (b.day, b.index)).key
-
-
-@task(name="prune", timeout_seconds=900, cache_policy=NO_CACHE)
+@task(name="prune", cache_policy=NO_CACHE)
 def prune_task(
-    store_url: str, prefix: str, policy: RetentionPolicy, protect: str
+    where: Where, store_url: str, cluster_id: str, policy: RetentionPolicy, protect: str | None
 ) -> dict[str, Any]:
-    """Apply the retention policy to one store; never touches `protect` or locked objects."""
-    store = open_store(store_url)
+    """Apply the retention policy to one store; never touches `protect` (the newest backup
+    when None) or locked objects. The catalog of that store forgets what was deleted."""
+    store = open_store(store_url, where.s3)
+    prefix = f"{where.prefix.strip('/')}/{cluster_id}/"
     objects = list(store.list(prefix))
     backups = [b for b in (parse_key(o.key) for o in objects) if b is not None]
+    if not backups:
+        return {"store": store.name, "deleted": [], "kept": [], "locked": [], "dry_run": True}
+    if protect is None:
+        protect = max(backups, key=lambda b: (b.day, b.index)).key
     keep = to_keep(backups, policy) | {protect}
     candidates = sorted(b.key for b in backups if b.key not in keep)
     locked = {key for key in candidates if store.is_locked(key)}  # asked only where it matters
@@ -270,6 +241,7 @@ def prune_task(
     if not policy.dry_run:
         for key in doomed:
             store.delete(key)
+        Catalog(store, where.prefix, where.cluster).forget(doomed)
     get_run_logger().info(
         "%s: %s %d backups, kept %d, %d under object lock",
         store.name,

@@ -33,7 +33,8 @@ _no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 WEED = str(Path(sys.executable).parent / "weed")
 REGION = "us-east-1"
-GRPC_PORT_OFFSET = 10000  # weed's admin worker dials admin.port + this, whatever -admin.port.grpc
+GRPC_PORT_OFFSET = 10000
+READ_ONLY = ("jaco-reader", "jaco-reader-secret")  # noqa: S105 - a local test server's key  # weed's admin worker dials admin.port + this, whatever -admin.port.grpc
 
 
 def _port_is_free(port: int) -> bool:
@@ -132,7 +133,12 @@ class SeaweedS3:
                     "name": self.access_key,
                     "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
                     "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                }
+                },
+                {  # for tests of credentials that may read but not write
+                    "name": READ_ONLY[0],
+                    "credentials": [{"accessKey": READ_ONLY[0], "secretKey": READ_ONLY[1]}],
+                    "actions": ["Read", "List"],
+                },
             ]
         }
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

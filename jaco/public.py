@@ -15,6 +15,7 @@ from jaco.archive.age import (
     encrypt_file,
     is_age_file,
     load_identities,
+    parse_identities,
     parse_recipient,
 )
 from jaco.archive.format import read_archive, read_archive_stream
@@ -67,6 +68,7 @@ __all__ = [
     "is_retryable",
     "load_identities",
     "open_client",
+    "parse_identities",
     "parse_recipient",
     "private_output",
     "read_archive",

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from infra.localcluster import Cluster, cluster_of
+from infra.localcluster import BIN, Cluster, cluster_of, wait_for
+from infra.ports import free_port
 from infra.seaweed import running_seaweed
+from jaco.node.etcd_member import die_with_parent
 from tests.pipeline import BUCKET, age_keygen, params
 
 # Prefect's servers in the tests (and every process the tests start) send no usage reports.
@@ -38,38 +42,100 @@ def single(tmp_path: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="session")
-def prefect() -> Iterator[None]:
-    """A real Prefect server (temporary database) for the flow tests."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prefect server, started as production starts one (`prefect server start`, its
+    background services included: the lease sweeper above all), with a database of its own.
+    Its URL is the API of this process and of every process the tests start."""
+    import urllib.request
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_UI_ENABLED": "false",
+        # No scheduled runs from the deployments the tests register: they trigger runs.
+        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+    }
+    env.pop("PREFECT_API_URL", None)
+    with open(home / "server.log", "wb") as log:
+        server = subprocess.Popen(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=log,
+            preexec_fn=die_with_parent,
+        )
+
+    def healthy() -> bool:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:  # noqa: S310
+            return bool(reply.status == 200)
+
+    try:
+        wait_for(healthy, 180, f"the Prefect server (see {home / 'server.log'})")
+        with pytest.MonkeyPatch.context() as mp, temporary_settings({PREFECT_API_URL: url}):
+            mp.setenv("PREFECT_API_URL", url)
+            yield url
+            drain_prefect()  # while the API is still set: at exit, a temporary one would start
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
-@pytest.fixture(scope="module")
-def stored(
-    tmp_path_factory: pytest.TempPathFactory, cluster3: Cluster, prefect: None
-) -> Iterator[dict[str, Any]]:
-    """A cluster with state, SeaweedFS and one backup of it taken through the pipeline;
-    the pipeline's environment (token, S3 credentials, age identity) is set meanwhile."""
-    root = tmp_path_factory.mktemp("drill")
+def drain_prefect() -> None:
+    """Send the logs and events Prefect's background workers still hold, and stop them."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)
+    EventsWorker.drain_all(timeout=30)
+
+
+@contextlib.contextmanager
+def _stored(root: Path, cluster: Cluster) -> Iterator[dict[str, Any]]:
     keys = {"identity": root / "ops.key", "recipient": age_keygen(root / "ops.key")}
     with running_seaweed(root / "s3") as s3, pytest.MonkeyPatch.context() as mp:
         s3.create_bucket(BUCKET)
         for name, value in s3.env().items():
             mp.setenv(name, value)
-        mp.setenv("JACO_TOKEN", cluster3.token)
+        mp.setenv("JACO_TOKEN", cluster.token)
         mp.setenv("JACO_AGE_IDENTITY_FILE", str(keys["identity"]))
-        cluster3.ok("deploy", "web", "--image", "nginx:1", "--replicas", "3")
-        cluster3.ok("route", "add", "www", "--host", "www.example.com", "--deployment", "web")
+        cluster.ok("deploy", "web", "--image", "nginx:1", "--replicas", "3")
+        cluster.ok("route", "add", "www", "--host", "www.example.com", "--deployment", "web")
         from flows.backup_flow import backup_cluster
 
-        state = backup_cluster(params(cluster3, keys, root / "local"), return_state=True)
+        state = backup_cluster(params(cluster, keys, root / "local"), return_state=True)
         assert state.is_completed(), state.message
         yield {
             "s3": s3,
             "keys": keys,
-            "cluster": cluster3,
+            "cluster": cluster,
             "key": state.result()["key"],
             "root": root,
         }
+
+
+@pytest.fixture(scope="module")
+def stored(
+    tmp_path_factory: pytest.TempPathFactory, cluster3: Cluster, prefect: str
+) -> Iterator[dict[str, Any]]:
+    """A 3-node cluster with state, SeaweedFS and one backup of it taken through the
+    pipeline; the pipeline's environment (token, S3 credentials, age identity) is set
+    meanwhile."""
+    with _stored(tmp_path_factory.mktemp("drill"), cluster3) as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def stored1(tmp_path_factory: pytest.TempPathFactory, prefect: str) -> Iterator[dict[str, Any]]:
+    """The same as `stored` with a 1-node cluster (cheaper, for the pipeline's own tests)."""
+    root = tmp_path_factory.mktemp("stored1")
+    with cluster_of(root / "cluster", 1) as cluster, _stored(root, cluster) as found:
+        yield found

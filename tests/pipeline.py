@@ -34,3 +34,36 @@ def params(source: Cluster, keys: dict[str, Any], local: Path, **over: Any) -> B
     }
     values.update(over)
     return BackupParams(**values)
+
+
+class Webhook:
+    """A real HTTP listener on 127.0.0.1 that records the JSON bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        posts: list[dict[str, Any]] = []
+        self.posts = posts
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                posts.append(json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self, cluster: str | None = None) -> list[str]:
+        return [p["event"] for p in self.posts if cluster is None or p["cluster"] == cluster]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

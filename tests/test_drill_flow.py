@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import socket
 import sys
@@ -12,22 +13,26 @@ from typing import Any
 import pytest
 
 from flows.backup_flow import backup_cluster
+from flows.catalog import Catalog
 from flows.drill_flow import drill_restore
 from flows.errors import PipelineError
 from flows.params import DrillParams
 from flows.sandbox import BwrapSandbox, DockerSandbox
+from flows.storage import open_store
 from infra.localcluster import Cluster
 from infra.seaweed import SeaweedS3
 from tests.pipeline import BUCKET, params
 
 CHECKS = [
+    "backup is the one recorded",
     "restore",
     "ready",
     "old token authenticates",
+    "cluster id",
     "deployments",
     "ip uniqueness",
-    "cluster id",
     "audit history",
+    "audit anchors",
     "ca fingerprint",
     "state digest",
 ]
@@ -51,8 +56,12 @@ def drill(stored: dict[str, Any], workdir: Path, **over: Any) -> Any:
     return drill_restore(DrillParams(**values), return_state=True)
 
 
+def catalog(stored: dict[str, Any]) -> Catalog:
+    return Catalog(open_store(f"s3://{BUCKET}"), "jaco", "prod")
+
+
 def test_real_drill_passes_every_check_and_wipes(stored: dict[str, Any], tmp_path: Path) -> None:
-    state = drill(stored, tmp_path / "work", rejoin=True)
+    state = drill(stored, tmp_path / "work", rejoin=True, key=stored["key"])
     assert state.is_completed(), state.message
     result = state.result()
     assert result["key"] == stored["key"]
@@ -61,20 +70,25 @@ def test_real_drill_passes_every_check_and_wipes(stored: dict[str, Any], tmp_pat
     assert result["rto_seconds"] > 0
     assert sandbox_processes(result["sandbox"]) == []
     assert list((tmp_path / "work").iterdir()) == []
+    recorded = catalog(stored).backup(stored["key"])
+    assert recorded is not None and recorded.last_drill is not None
+    assert recorded.last_drill.passed and recorded.last_drill.rto_seconds == round(
+        result["rto_seconds"], 2
+    )
 
 
 def test_corrupted_backup_fails_and_names_the_step(stored: dict[str, Any], tmp_path: Path) -> None:
     s3: SeaweedS3 = stored["s3"]
     client = s3.client()
     head = client.head_object(Bucket=BUCKET, Key=stored["key"])
-    body = bytearray(client.get_object(Bucket=BUCKET, Key=stored["key"])["Body"].read())
+    good = client.get_object(Bucket=BUCKET, Key=stored["key"])["Body"].read()
+    body = bytearray(good)
     body[len(body) // 2] ^= 0x40
-    damaged = stored["key"].replace(".tar.gz.age", "-damaged.tar.gz.age")
-    client.put_object(Bucket=BUCKET, Key=damaged, Body=bytes(body), Metadata=head["Metadata"])
+    client.put_object(Bucket=BUCKET, Key=stored["key"], Body=bytes(body), Metadata=head["Metadata"])
     try:
-        state = drill(stored, tmp_path / "work", key=damaged)
+        state = drill(stored, tmp_path / "work", key=stored["key"])
     finally:
-        client.delete_object(Bucket=BUCKET, Key=damaged)
+        client.put_object(Bucket=BUCKET, Key=stored["key"], Body=good, Metadata=head["Metadata"])
     assert state.is_failed()
     assert "drill step fetch-backup failed" in str(state.message)
     assert "is damaged" in str(state.message)
@@ -88,10 +102,14 @@ def test_failed_check_fails_the_run_and_still_wipes(
     # A token created after the backup does not exist in the restored cluster.
     newer = cluster.ok("token", "create", "--role", "viewer").out.strip().splitlines()[-1]
     monkeypatch.setenv("JACO_TOKEN", newer)
-    state = drill(stored, tmp_path / "work")
+    state = drill(stored, tmp_path / "work", key=stored["key"])
     assert state.is_failed()
     assert "drill check(s) failed: old token authenticates" in str(state.message)
     assert list((tmp_path / "work").iterdir()) == []
+    recorded = catalog(stored).backup(stored["key"])
+    assert recorded is not None and recorded.last_drill is not None
+    assert not recorded.last_drill.passed
+    assert recorded.last_drill.failed_checks == ["old token authenticates"]
     assert not [
         p
         for p in Path("/proc").iterdir()
@@ -110,9 +128,12 @@ def test_two_drills_at_once_do_not_collide(stored: dict[str, Any], tmp_path: Pat
     states: list[Any] = [None, None]
 
     def run(i: int) -> None:
-        states[i] = drill(stored, tmp_path / f"work{i}")
+        states[i] = drill(stored, tmp_path / f"work{i}", key=stored["key"])
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    # Each thread in this context: Prefect's settings (its API) are context-local.
+    threads = [
+        threading.Thread(target=contextvars.copy_context().run, args=(run, i)) for i in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -125,10 +146,8 @@ def test_sandbox_cannot_reach_the_hosts_loopback(stored: dict[str, Any], tmp_pat
     listener = socket.create_server(("127.0.0.1", 0))
     host_port = f"127.0.0.1:{listener.getsockname()[1]}"
     production = stored["cluster"].nodes["node-1"].server
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
     try:
-        result = BwrapSandbox().run_agent(inputs, ["--probe", host_port, "--probe", production], 60)
+        result = BwrapSandbox().run_agent(["--probe", host_port, "--probe", production], 60)
     finally:
         listener.close()
     probes = {p["address"]: p["reachable"] for p in result.report["probes"]}
@@ -169,7 +188,7 @@ def test_drill_past_its_timeout_is_killed_and_wiped(stored: dict[str, Any], tmp_
     # The same path a cancelled run takes: the worker kills bwrap, and --die-with-parent
     # takes the sandbox's pid namespace (jacod, etcd, the agent) down with it.
     # A full drill (with a second node rejoining) takes several seconds: far past 2 s.
-    state = drill(stored, tmp_path / "work", timeout_seconds=2, rejoin=True)
+    state = drill(stored, tmp_path / "work", timeout_seconds=2, rejoin=True, key=stored["key"])
     assert state.is_failed()
     assert "drill step sandbox-drill failed" in str(state.message)
     assert "did not finish within 2s" in str(state.message)
@@ -184,7 +203,7 @@ def test_drill_past_its_timeout_is_killed_and_wiped(stored: dict[str, Any], tmp_
 
 def test_installation_is_mounted_over_the_sandbox_tmpfs() -> None:
     # CI clones into any folder, /tmp included: the venv must not vanish under the fresh /tmp.
-    cmd = BwrapSandbox().command(Path("/inputs"), [])
+    cmd = BwrapSandbox().command([])
     tmpfs_at = max(i for i, arg in enumerate(cmd) if arg == "--tmpfs")
     binds = [i for i, arg in enumerate(cmd) if arg == "--ro-bind" and cmd[i + 1] == sys.prefix]
     assert binds and all(i > tmpfs_at for i in binds)

@@ -1,13 +1,19 @@
-"""Retention (GFS) against real S3 and a local directory, with a hand-computed expectation."""
+"""Retention (GFS) against real S3 and a local directory, with a hand-computed expectation.
+
+Both the scheduled `prune-backups` flow and the task inside `backup-cluster` are exercised."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prefect import flow
 
+from flows.params import PruneParams
+from flows.prune_flow import prune_backups
 from flows.retention import RetentionPolicy, parse_key
 from flows.tasks import prune_task
 from infra.seaweed import SeaweedS3, running_seaweed
@@ -37,6 +43,18 @@ EXPECTED = {
 PROTECTED = "2026-03-03"  # "the newest verified backup" stand-in: never deleted
 
 
+def where(bucket: str = BUCKET, local: Path | None = None) -> PruneParams:
+    return PruneParams(
+        cluster="c1", bucket=bucket, local_dir=str(local or "/nonexistent"), retention=POLICY
+    )
+
+
+@flow
+def prune(store_url: str, policy: RetentionPolicy, protect: str, bucket: str = BUCKET) -> Any:
+    """The task as the backup flow runs it (inside a flow run)."""
+    return prune_task(where(bucket), store_url, "c1", policy, protect)
+
+
 def key_of(day: dt.date) -> str:
     return f"{PREFIX}{day:%Y/%m/%d}/cluster-{day.isoformat()}-{day.toordinal()}.tar.gz.age"
 
@@ -58,7 +76,7 @@ def remaining_days(keys: list[str]) -> set[str]:
     return {b.day.isoformat() for b in parsed if b is not None}
 
 
-def test_gfs_on_s3(s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch, prefect: None) -> None:
+def test_gfs_on_s3(s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch, prefect: str) -> None:
     for name, value in s3.env().items():
         monkeypatch.setenv(name, value)
     client = s3.client()
@@ -66,16 +84,13 @@ def test_gfs_on_s3(s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch, prefect: None
         client.put_object(Bucket=BUCKET, Key=key_of(day), Body=b"x")
     client.put_object(Bucket=BUCKET, Key=f"{PREFIX}notes.txt", Body=b"not a backup")
 
-    dry = prune_task(
-        f"s3://{BUCKET}",
-        PREFIX,
-        POLICY.model_copy(update={"dry_run": True}),
-        key_of(dt.date(2026, 3, 3)),
+    dry = prune(
+        f"s3://{BUCKET}", POLICY.model_copy(update={"dry_run": True}), key_of(dt.date(2026, 3, 3))
     )
     assert len(dry["deleted"]) == len(all_days()) - len(EXPECTED) - 1
     assert len(client.list_objects_v2(Bucket=BUCKET, Prefix=PREFIX)["Contents"]) == 330
 
-    result = prune_task(f"s3://{BUCKET}", PREFIX, POLICY, key_of(dt.date(2026, 3, 3)))
+    result = prune(f"s3://{BUCKET}", POLICY, key_of(dt.date(2026, 3, 3)))
     listing = client.list_objects_v2(Bucket=BUCKET, Prefix=PREFIX)["Contents"]
     keys = [o["Key"] for o in listing]
     assert remaining_days(keys) == EXPECTED | {PROTECTED}
@@ -83,18 +98,18 @@ def test_gfs_on_s3(s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch, prefect: None
     assert sorted(result["deleted"]) == sorted(dry["deleted"])
 
 
-def test_gfs_on_local_directory(tmp_path: Path, prefect: None) -> None:
+def test_gfs_on_local_directory(tmp_path: Path, prefect: str) -> None:
     for day in all_days():
         path = tmp_path / key_of(day)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
-    prune_task(f"file://{tmp_path}", PREFIX, POLICY, key_of(dt.date(2026, 3, 3)))
+    prune(f"file://{tmp_path}", POLICY, key_of(dt.date(2026, 3, 3)))
     keys = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.age")]
     assert remaining_days(keys) == EXPECTED | {PROTECTED}
 
 
 def test_objects_under_object_lock_are_skipped(
-    s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch, prefect: None
+    s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch, prefect: str
 ) -> None:
     for name, value in s3.env().items():
         monkeypatch.setenv(name, value)
@@ -115,8 +130,42 @@ def test_objects_under_object_lock_are_skipped(
     client.put_object(Bucket="locked", Key=newest, Body=b"x")
 
     policy = RetentionPolicy(keep_last=1, daily=0, weekly=0, monthly=0)
-    result = prune_task("s3://locked", PREFIX, policy, newest)
+    result = prune("s3://locked", policy, newest, bucket="locked")
     assert result["locked"] == [old_locked]
     assert result["deleted"] == [old_free]
     keys = [o["Key"] for o in client.list_objects_v2(Bucket="locked", Prefix=PREFIX)["Contents"]]
     assert sorted(keys) == sorted([old_locked, newest])
+
+
+def test_the_prune_flow_runs_for_real_and_keeps_the_newest(
+    s3: SeaweedS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect: str
+) -> None:
+    """The scheduled `prune-backups` flow: the cluster's pinned id scopes it, the newest backup
+    of each store is kept without being named, and S3 and the local copies are both pruned."""
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    s3.create_bucket("flow")
+    client = s3.client()
+    for day in all_days():
+        client.put_object(Bucket="flow", Key=key_of(day), Body=b"x")
+        path = tmp_path / key_of(day)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    other = "jaco/c2/2026/01/01/cluster-2026-01-01-1.tar.gz.age"  # another cluster's backup
+    client.put_object(Bucket="flow", Key=other, Body=b"x")
+    params = PruneParams(
+        cluster="c1",
+        bucket="flow",
+        local_dir=str(tmp_path),
+        cluster_id="c1",
+        retention=RetentionPolicy(keep_last=1, daily=0, weekly=0, monthly=0),
+    )
+    state = prune_backups(params, return_state=True)
+    assert state.is_completed(), state.message
+    s3_result, local_result = state.result()
+    newest = key_of(all_days()[-1])
+    assert s3_result["kept"] == [newest] and local_result["kept"] == [newest]
+    assert len(s3_result["deleted"]) == len(all_days()) - 1
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="flow")["Contents"]]
+    assert sorted(keys) == sorted([newest, other])
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.age")] == [newest]

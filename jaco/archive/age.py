@@ -62,19 +62,26 @@ def parse_recipient(text: str) -> Any:
 def load_identities(path: Path) -> list[Any]:
     """X25519 identities from an age identity file (comments and blank lines allowed)."""
     try:
-        lines = path.read_text().splitlines()
+        text = path.read_text()
     except OSError as exc:
         raise InvalidArgument(f"cannot read the age identity file {path}: {exc.strerror}") from None
+    return parse_identities(text, str(path))
+
+
+def parse_identities(text: str, source: str = "the identity") -> list[Any]:
+    """X25519 identities from the text of an age identity file (what age-keygen writes)."""
     identities = []
-    for line in lines:
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             try:
                 identities.append(pyrage.x25519.Identity.from_str(line))
             except pyrage.IdentityError:
-                raise InvalidArgument(f"{path} holds a line that is not an age identity") from None
+                raise InvalidArgument(
+                    f"{source} holds a line that is not an age identity"
+                ) from None
     if not identities:
-        raise InvalidArgument(f"{path} holds no age identity")
+        raise InvalidArgument(f"{source} holds no age identity")
     return identities
 
 
@@ -131,10 +138,18 @@ def encrypt_file(source: Path, target: Path, recipients: list[str]) -> tuple[str
     return reader.hexdigest(), cipher_sha
 
 
-def decrypt_to(source: Path, sink: IO[bytes] | HashingWriter, identities: list[Any]) -> str:
-    """Decrypt `source` into `sink`; returns the ciphertext's SHA-256, hashed as it is read."""
+def decrypt_to(
+    source: Path | IO[bytes], sink: IO[bytes] | HashingWriter, identities: list[Any]
+) -> str:
+    """Decrypt `source` (a file, or a stream such as a pipe) into `sink`; returns the
+    ciphertext's SHA-256, hashed as it is read."""
     try:
-        with open(source, "rb", buffering=0) as src:
+        with contextlib.ExitStack() as stack:
+            src = (
+                stack.enter_context(open(source, "rb", buffering=0))
+                if isinstance(source, Path)
+                else source
+            )
             reader = HashingReader(src)
             pyrage.decrypt_io(reader, sink, identities)
             sink.flush()

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from jaco import __version__
-from jaco.cli import access, audit, backup, cluster, pipeline, workloads
+from jaco.cli import access, audit, backup, catalog, cluster, pipeline, workloads
 from jaco.cli.common import out
 
 app = typer.Typer(
@@ -30,6 +30,8 @@ app.add_typer(workloads.cert_app, name="cert")
 app.add_typer(access.token_app, name="token")
 app.add_typer(cluster.node_app, name="node")
 app.add_typer(audit.audit_app, name="audit")
+backup.backup_app.command("ls")(catalog.backup_ls)
+backup.backup_app.command("describe")(catalog.backup_describe)
 app.add_typer(backup.backup_app, name="backup")
 app.add_typer(pipeline.pipeline_app, name="pipeline")
 

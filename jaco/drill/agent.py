@@ -1,11 +1,12 @@
-"""The drill, inside the sandbox: restore → start jacod → READY → checks → (rejoin) → report.
+"""The drill, inside the sandbox: decrypt → restore → start jacod → READY → checks → report.
 
-Runs as `python -m jaco.drill.agent` under bubblewrap (or in a container), with the decrypted
-archive, its verified meta.json and an operator token from before the backup bound read-only
-under /input. Prints one JSON report on its last line of stdout: every check with pass/fail and
-detail, and the measured timings. Everything it starts lives and dies in the sandbox. The
-restored node is checked through its API only (the same token an operator would use), never
-with the node's own etcd credentials.
+Runs as `python -m jaco.drill.agent` under bubblewrap or in a container. Everything comes in
+on stdin: one JSON line (an operator token from before the backup, the age identity that
+decrypts it, what to expect: the cluster's id, the checksums the pipeline recorded, the audit
+heads of earlier backups), then the ciphertext. The plaintext lives only in the sandbox's
+tmpfs. Prints one JSON report on its last line of stdout: every check with pass/fail and
+detail, the backup's meta, the measured timings. Everything it starts lives and dies in the
+sandbox. The checks themselves are in jaco.drill.checks.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from jaco.archive.age import HashingWriter, decrypt_to, parse_identities
 from jaco.archive.meta import BackupMeta
 from jaco.client.connection import Client, connect_info
+from jaco.drill import checks
+from jaco.drill.checks import Expect
 from jaco.errors import JacoError, Unauthenticated
+from jaco.files import create_private
 from jaco.model.tokens import parse_token
 from jaco.node.bootstrap import Ports, join_cluster
 from jaco.node.config import DataDir
@@ -33,6 +38,8 @@ from jaco.node.restore import restore
 from jaco.v1 import jaco_pb2 as pb
 
 DATA = Path(os.environ.get("JACO_DATA_DIR", "/var/lib/jaco"))
+WORK = Path(os.environ.get("TMPDIR", "/tmp"))  # noqa: S108 - the sandbox's own tmpfs
+MAX_HEADER = 1024 * 1024
 
 
 @dataclass
@@ -43,10 +50,11 @@ class Check:
 
 
 class Drill:
-    def __init__(self, archive: Path, meta: BackupMeta, token: str) -> None:
-        self.archive = archive
-        self.meta = meta
+    def __init__(self, token: str, identity: str, expect: Expect) -> None:
         self.token = token
+        self.identity = identity
+        self.expect = expect
+        self.meta: BackupMeta | None = None
         self.checks: list[Check] = []
         self.timings: dict[str, float] = {}
         self.daemons: list[subprocess.Popen[bytes]] = []
@@ -65,21 +73,12 @@ class Drill:
         log = open(DATA / f"{name}.log", "ab")  # noqa: SIM115 - handed to the daemon
         self.daemons.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "jaco.server.daemon",
-                    "--name",
-                    name,
-                    "--data-dir",
-                    str(DATA / name),
-                    "--listen",
-                    listen,
-                ],
+                [sys.executable, "-m", "jaco.server.daemon", "--name", name,
+                 "--data-dir", str(DATA / name), "--listen", listen],
                 stdout=log,
                 stderr=log,
             )
-        )
+        )  # fmt: skip
         log.close()
 
     def client(self, server: str) -> Client:
@@ -103,12 +102,29 @@ class Drill:
             time.sleep(0.3)
         raise JacoError(f"nodes {names} not READY within {timeout:.0f}s (last: {last})")
 
-    def run(self, rejoin: bool) -> None:
-        meta, counts = self.meta, self.meta.counts
+    def run(self, ciphertext: IO[bytes], rejoin: bool) -> None:
+        archive = WORK / "backup.tar.gz"
         started = time.monotonic()
-        if not self.check("restore", lambda: self._restore()):
+        if not self.check("backup is the one recorded", lambda: self._decrypt(ciphertext, archive)):
+            return
+        self.timings["decrypt_seconds"] = time.monotonic() - started
+        started = time.monotonic()
+        if not self.check("restore", lambda: self._restore(archive)):
             return
         self.timings["restore_seconds"] = time.monotonic() - started
+        archive.unlink()
+        meta = self.meta
+        assert meta is not None
+        if meta.cluster_id != self.expect.cluster_id:
+            self.checks.append(
+                Check(
+                    "cluster id",
+                    False,
+                    f"the backup's meta.json names cluster {meta.cluster_id}; the drill is of "
+                    f"cluster {self.expect.cluster_id}: refusing to go on",
+                )
+            )
+            return
         server = "127.0.0.1:7000"
         self.start_jacod("drill-1", server)
         ready_since = time.monotonic()
@@ -132,76 +148,37 @@ class Drill:
 
             if not self.check("old token authenticates", old_token):
                 return
-            deps = list(status.deployments)
-            replicas = [r for d in deps for r in d.placed]
-            self.check(
-                "deployments",
-                lambda: (
-                    len(deps) == counts.get("deployments", 0)
-                    and len(replicas) == counts.get("replicas", 0),
-                    f"{len(deps)} deployments / {len(replicas)} replicas; backup had "
-                    f"{counts.get('deployments', 0)} / {counts.get('replicas', 0)}",
-                ),
-            )
-            ips = [r.ip for r in replicas]
-            distinct = len(set(ips))
-            self.check(
-                "ip uniqueness",
-                lambda: (len(ips) == distinct, f"{len(ips)} replica IPs, {distinct} distinct"),
-            )
-            self.check(
-                "cluster id",
-                lambda: (status.cluster_id == meta.cluster_id, f"{status.cluster_id}"),
-            )
-            self.check("audit history", lambda: self._audit(client))
             cluster = client.call("ClusterStatus", pb.ClusterStatusRequest())
-            pinned = parse_token(self.token).ca_fingerprint
-            expected = meta.ca_fingerprint or pinned
-            self.check(
-                "ca fingerprint",
-                lambda: (
-                    cluster.ca_fingerprint == expected == pinned,
-                    f"{cluster.ca_fingerprint[:16]}… (backup {expected[:16]}…)",
-                ),
-            )
-            self.check("state digest", lambda: self._digest(client))
+            self.check("cluster id", lambda: checks.cluster_id(meta, self.expect, status))
+            self.check("deployments", lambda: checks.deployments(meta, status))
+            self.check("ip uniqueness", lambda: checks.ip_uniqueness(status))
+            self.check("audit history", lambda: checks.audit_history(meta, client))
+            self.check("audit anchors", lambda: checks.audit_anchors(meta, self.expect, client))
+            self.check("ca fingerprint", lambda: checks.ca_fingerprint(meta, self.token, cluster))
+            self.check("state digest", lambda: checks.state_digest(meta, client))
             if rejoin:
                 self.check("rejoin", lambda: self._rejoin(client, server))
 
-    def _restore(self) -> tuple[bool, str]:
-        restored = restore(
-            self.archive, DataDir(DATA / "drill-1"), "drill-1", Ports("127.0.0.1", 7000, 2379, 2380)
-        )
-        return True, f"index {restored.snapshot_index}"
+    def _decrypt(self, ciphertext: IO[bytes], archive: Path) -> tuple[bool, str]:
+        """Decrypt stdin into the sandbox's tmpfs, hashing both sides on the way."""
+        identities = parse_identities(self.identity, "the verify identity")
+        with create_private(archive) as out:
+            plain = HashingWriter(out)
+            cipher_sha = decrypt_to(ciphertext, plain, identities)
+        problems = []
+        if self.expect.ciphertext_sha256 and cipher_sha != self.expect.ciphertext_sha256:
+            problems.append("its ciphertext is not the one recorded at upload")
+        if self.expect.plaintext_sha256 and plain.hexdigest() != self.expect.plaintext_sha256:
+            problems.append("it decrypts to another archive than the one recorded")
+        if problems:
+            return False, "; ".join(problems)
+        return True, f"{plain.size} bytes decrypted; ciphertext and plaintext SHA-256 as recorded"
 
-    def _digest(self, client: Client) -> tuple[bool, str]:
-        """The running node's own store, read through its API at the snapshot index: the
-        same records, counted and hashed the way the backup's meta.json was?"""
-        index = self.meta.snapshot_index
-        state = client.call("StateDigest", pb.StateDigestRequest(revision=index))
-        counts = dict(state.counts)
-        ok = state.state_digest == self.meta.state_digest and counts == self.meta.counts
-        return ok, (
-            f"running store at index {index}: digest {state.state_digest[:16]}… "
-            f"(backup {self.meta.state_digest[:16]}…), {sum(counts.values())} records"
+    def _restore(self, archive: Path) -> tuple[bool, str]:
+        self.meta = restore(
+            archive, DataDir(DATA / "drill-1"), "drill-1", Ports("127.0.0.1", 7000, 2379, 2380)
         )
-
-    def _audit(self, client: Client) -> tuple[bool, str]:
-        events = list(client.stream("Audit", pb.AuditRequest(), timeout=60))
-        history = self.meta.counts.get("audit", 1) - 1  # the table also holds the head
-        restored = [e for e in events if e.type == "RESTORE_COMPLETED"]
-        chain = client.call("VerifyAudit", pb.VerifyAuditRequest())
-        ok = (
-            len(restored) == 1
-            and restored[0].seq == history + 1
-            and [e.seq for e in events[:history]] == list(range(1, history + 1))
-            and chain.ok
-        )
-        return ok, (
-            f"{history} historical events, {len(restored)} RESTORE_COMPLETED "
-            f"(seq {restored[0].seq if restored else '-'}), chain "
-            f"{'intact' if chain.ok else 'BROKEN: ' + chain.reason}"
-        )
+        return True, f"index {self.meta.snapshot_index}"
 
     def _rejoin(self, client: Client, server: str) -> tuple[bool, str]:
         join = client.call("IssueJoinToken", pb.IssueJoinTokenRequest(ttl_seconds=600))
@@ -225,6 +202,14 @@ class Drill:
             except subprocess.TimeoutExpired:
                 daemon.kill()
 
+    def report(self) -> dict[str, Any]:
+        return {
+            "checks": [asdict(c) for c in self.checks],
+            "timings": self.timings,
+            "meta": self.meta.model_dump(mode="json") if self.meta else None,
+            "ok": bool(self.checks) and all(c.ok for c in self.checks),
+        }
+
 
 def probe(address: str) -> dict[str, Any]:
     """Is HOST:PORT reachable from here? (The isolation test asks about the host's ports.)"""
@@ -238,9 +223,6 @@ def probe(address: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--archive", type=Path, default=Path("/input/backup.tar.gz"))
-    parser.add_argument("--meta", type=Path, default=Path("/input/meta.json"))
-    parser.add_argument("--token-file", type=Path, default=Path("/input/token"))
     parser.add_argument("--rejoin", action="store_true")
     parser.add_argument(
         "--probe",
@@ -258,27 +240,25 @@ def main() -> None:
                     "probes": [probe(a) for a in [*args.probe, own]],
                     "hostname": socket.gethostname(),
                     "pid": os.getpid(),
+                    "uid": os.getuid(),
                 }
             )
         )
         return
-    drill = Drill(
-        args.archive, BackupMeta.parse(args.meta.read_bytes()), args.token_file.read_text().strip()
-    )
+    stdin = sys.stdin.buffer
     try:
-        drill.run(args.rejoin)
+        handed = json.loads(stdin.readline(MAX_HEADER))
+        drill = Drill(handed["token"], handed["identity"], Expect.parse(handed["expect"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"the drill's input is not what the pipeline sends: {exc}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        drill.run(stdin, args.rejoin)
     finally:
         drill.stop()
-    print(
-        json.dumps(
-            {
-                "checks": [asdict(c) for c in drill.checks],
-                "timings": drill.timings,
-                "ok": all(c.ok for c in drill.checks),
-            }
-        )
-    )
-    sys.exit(0 if all(c.ok for c in drill.checks) else 1)
+    report = drill.report()
+    print(json.dumps(report))
+    sys.exit(0 if report["ok"] else 1)
 
 
 if __name__ == "__main__":

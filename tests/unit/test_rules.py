@@ -202,3 +202,23 @@ def test_the_documented_automation_is_one_prefect_accepts() -> None:
     path = __import__("pathlib").Path(__file__).parents[2] / "docs/automation-failed-backup.yaml"
     automation = AutomationCore.model_validate(yaml.safe_load(path.read_text()))
     assert "prefect.flow-run.Crashed" in automation.trigger.expect  # type: ignore[union-attr]
+
+
+def test_the_shipped_deployment_files_are_valid() -> None:
+    """deployments/prefect.yaml and clusters.toml work as shipped: every entrypoint names a
+    flow, every parameter set is one its flow accepts."""
+    import importlib
+    from pathlib import Path
+
+    import yaml
+
+    from flows.config import load_config
+
+    top = Path(__file__).parents[2]
+    load_config(top / "deployments/clusters.toml")
+    for deployment in yaml.safe_load((top / "deployments/prefect.yaml").read_text())["deployments"]:
+        module, _, name = deployment["entrypoint"].rpartition(".")
+        flow = getattr(importlib.import_module(module), name)
+        model = flow.fn.__annotations__["params"]
+        model = getattr(importlib.import_module(flow.fn.__module__), model)
+        model.model_validate(deployment["parameters"]["params"])

@@ -1,0 +1,76 @@
+"""Register a site's deployments on a Prefect work pool, for a fleet of workers.
+
+    prefect work-pool create jaco --type process
+    python -m deployments.register --config /etc/jaco/clusters.toml --pool jaco
+    prefect worker start --pool jaco        # on as many hosts as you like
+
+Every worker of the pool can run any cluster's backup, drill or retention; the same cluster is
+never backed up twice at once (a per-cluster lock held through Prefect, flows/locking.py) and
+each run reads that cluster's own secrets through the references in the configuration, so the
+workers need access to them (files, environment or Prefect Secret blocks). Growing past one
+machine is more workers on the same pool: no code change, no configuration change.
+
+The deployments pull the code from --source (a checkout present on every worker host, by
+default this one's path) and run `flows/…` from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, cast
+
+from deployments.build import site_deployments
+from flows.config import load_config
+from flows.errors import PipelineError
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+ENTRYPOINTS = {
+    "backup-cluster": "flows/backup_flow.py:backup_cluster",
+    "drill-restore": "flows/drill_flow.py:drill_restore",
+    "prune-backups": "flows/prune_flow.py:prune_backups",
+    "watchdog": "flows/watchdog_flow.py:watchdog",
+}
+
+
+def register(config_path: Path, pool: str, source: Path) -> list[str]:
+    from prefect import Flow
+
+    config = load_config(config_path)
+    names = []
+    for flow, options in site_deployments(config):
+        remote = cast(
+            Flow[..., Any], Flow.from_source(source=str(source), entrypoint=ENTRYPOINTS[flow.name])
+        )
+        remote.deploy(work_pool_name=pool, print_next_steps=False, **options)
+        names.append(f"{flow.name}/{options['name']}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.register",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ.get("JACO_CLUSTERS_FILE", "/etc/jaco/clusters.toml")),
+    )
+    parser.add_argument("--pool", required=True, help="the work pool (type process)")
+    parser.add_argument("--source", type=Path, default=CHECKOUT, help="the checkout to run")
+    args = parser.parse_args(argv)
+    try:
+        names = register(args.config, args.pool, args.source)
+    except PipelineError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        sys.exit(2)
+    for name in names:
+        print(f"registered {name} on work pool {args.pool}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""The backup catalog: what is known about each cluster's backups, kept with the backups.
+
+Everything that answers "is this cluster recoverable?" reads it: `jaco backup ls/describe`,
+the table artifacts, find-backup for drills, the watchdog and the metrics. Prefect's run
+states are for the operator's eyes, not for decisions; the catalog lives next to the objects
+(small JSON objects under `{prefix}/catalog/{cluster}/`), so it survives the loss of
+Prefect's database and of the worker.
+
+    identity.json                  the cluster id, learned on the first backup and pinned
+    backups/{stem}.json            one per backup: key, index, sizes, checksums, audit head,
+                                   who took it, verified (when, by which run)
+    drills/{stem}/{at}-{run}.json  one per drill of that backup (passed or not, RTO, why)
+    failures/{at}-{kind}-{run}.json  one per failed run (backup, drill, prune, watchdog)
+
+Each object is written whole in one PUT (atomic in S3; rename in a directory), and each has
+a single writer (a backup's record is written by the run that took it, under the cluster's
+lock; drills and failures are new objects), so no locking is needed to read or write it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from flows.errors import PipelineError
+from flows.storage import BackupStore
+from jaco.public import AuditHead
+
+M = TypeVar("M", bound=BaseModel)
+FAILURES_KEPT = 5000  # about a year of hourly trouble
+FAILURES_SHOWN = 50
+
+
+class RunRef(BaseModel):
+    """A Prefect flow run: its id, its name and where to see it."""
+
+    id: str
+    name: str = ""
+    url: str = ""
+
+
+class Identity(BaseModel):
+    cluster: str
+    cluster_id: str
+    pinned_at: dt.datetime
+    pinned_by: RunRef | None = None
+
+
+class Verified(BaseModel):
+    at: dt.datetime
+    run: RunRef | None = None
+
+
+class DrillRecord(BaseModel):
+    at: dt.datetime
+    passed: bool
+    run: RunRef | None = None
+    rto_seconds: float | None = None
+    failed_checks: list[str] = Field(default_factory=list)
+    reason: str = ""
+    driver: str = ""
+    image: str = ""
+
+
+class BackupRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    cluster: str
+    cluster_id: str
+    key: str
+    taken_at: dt.datetime
+    snapshot_index: int
+    snapshot_term: int
+    jaco_version: str
+    archive_size: int
+    size: int
+    plaintext_sha256: str
+    ciphertext_sha256: str
+    snapshot_sha256: str
+    state_digest: str
+    counts: dict[str, int]
+    audit_head: AuditHead | None = None
+    taken_by: RunRef | None = None
+    verified: Verified | None = None
+    lock_until: dt.datetime | None = None
+    drills: list[DrillRecord] = Field(default_factory=list, exclude=True)  # read, not stored
+
+    @property
+    def stem(self) -> str:
+        return stem_of(self.key)
+
+    @property
+    def last_drill(self) -> DrillRecord | None:
+        return max(self.drills, key=lambda d: d.at, default=None)
+
+
+class Failure(BaseModel):
+    at: dt.datetime
+    kind: Literal["backup", "drill", "prune", "watchdog"]
+    reason: str
+    run: RunRef | None = None
+    key: str | None = None
+
+
+class ClusterView(BaseModel):
+    """One cluster's catalog, read whole: what the watchdog, the metrics and `ls` report."""
+
+    cluster: str
+    identity: Identity | None
+    backups: list[BackupRecord]  # newest first
+    failures: list[Failure]  # the newest FAILURES_SHOWN, newest first
+    failure_counts: dict[str, int]  # by kind, all kept
+
+    @property
+    def newest(self) -> BackupRecord | None:
+        return self.backups[0] if self.backups else None
+
+    @property
+    def newest_verified(self) -> BackupRecord | None:
+        return next((b for b in self.backups if b.verified), None)
+
+    def last_passing_drill(self) -> tuple[BackupRecord, DrillRecord] | None:
+        drills = [(b, d) for b in self.backups for d in b.drills if d.passed]
+        return max(drills, key=lambda pair: pair[1].at, default=None)
+
+    def last_drill(self) -> tuple[BackupRecord, DrillRecord] | None:
+        drills = [(b, d) for b in self.backups for d in b.drills]
+        return max(drills, key=lambda pair: pair[1].at, default=None)
+
+
+def stem_of(key: str) -> str:
+    name = key.rsplit("/", 1)[-1]
+    return name.removesuffix(".age").removesuffix(".tar.gz")
+
+
+def _stamp(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Catalog:
+    """One cluster's catalog in one store."""
+
+    def __init__(self, store: BackupStore, prefix: str, cluster: str) -> None:
+        self.store = store
+        self.cluster = cluster
+        self.root = f"{prefix.strip('/')}/catalog/{cluster}/"
+
+    def _read(self, key: str, model: type[M]) -> M | None:
+        raw = self.store.get_bytes(key)
+        if raw is None:
+            return None
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError:
+            raise PipelineError(
+                f"the catalog record {key} in {self.store.name} is damaged"
+            ) from None
+
+    def _write(self, key: str, record: BaseModel) -> None:
+        self.store.put_bytes(key, record.model_dump_json(indent=2).encode() + b"\n")
+
+    def _read_all(self, prefix: str, model: type[M]) -> list[M]:
+        found = []
+        for obj in self.store.list(self.root + prefix):
+            if obj.key.endswith(".json"):
+                record = self._read(obj.key, model)
+                if record is not None:
+                    found.append(record)
+        return found
+
+    # -- identity ----------------------------------------------------------------------------
+
+    def identity(self) -> Identity | None:
+        return self._read(self.root + "identity.json", Identity)
+
+    def check_identity(self, cluster_id: str, source: str) -> None:
+        """Refuse a cluster id other than the one pinned (naming both)."""
+        pinned = self.identity()
+        if pinned is not None and pinned.cluster_id != cluster_id:
+            raise PipelineError(
+                f"{source} answered as cluster {cluster_id}, but {self.cluster} is pinned to "
+                f"cluster {pinned.cluster_id} (since {pinned.pinned_at:%Y-%m-%d %H:%M} UTC): "
+                "refusing to mix two clusters' backups. If the cluster was really re-created, "
+                f"remove {self.root}identity.json"
+            )
+
+    def pin(self, cluster_id: str, run: RunRef | None) -> Identity:
+        self.check_identity(cluster_id, "the server")
+        pinned = self.identity()
+        if pinned is None:
+            pinned = Identity(
+                cluster=self.cluster, cluster_id=cluster_id, pinned_at=now(), pinned_by=run
+            )
+            self._write(self.root + "identity.json", pinned)
+        return pinned
+
+    # -- backups -----------------------------------------------------------------------------
+
+    def record_backup(self, record: BackupRecord) -> None:
+        self._write(f"{self.root}backups/{record.stem}.json", record)
+
+    def backup(self, key: str) -> BackupRecord | None:
+        record = self._read(f"{self.root}backups/{stem_of(key)}.json", BackupRecord)
+        if record is not None:
+            record.drills = self._read_all(f"drills/{stem_of(key)}/", DrillRecord)
+        return record
+
+    def backups(self) -> list[BackupRecord]:
+        """Newest first, each with its drills."""
+        records = self._read_all("backups/", BackupRecord)
+        drills: dict[str, list[DrillRecord]] = {}
+        for obj in self.store.list(self.root + "drills/"):
+            stem = obj.key[len(self.root + "drills/") :].split("/", 1)[0]
+            drill = self._read(obj.key, DrillRecord)
+            if drill is not None:
+                drills.setdefault(stem, []).append(drill)
+        for record in records:
+            record.drills = sorted(drills.get(record.stem, []), key=lambda d: d.at)
+        return sorted(records, key=lambda r: (r.taken_at, r.snapshot_index), reverse=True)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Remove the records of backups that are gone (retention)."""
+        for key in keys:
+            stem = stem_of(key)
+            for obj in list(self.store.list(f"{self.root}drills/{stem}/")):
+                self.store.delete(obj.key)
+            self.store.delete(f"{self.root}backups/{stem}.json")
+
+    # -- drills and failures -----------------------------------------------------------------
+
+    def record_drill(self, key: str, drill: DrillRecord) -> None:
+        run = drill.run.id if drill.run else "local"
+        self._write(f"{self.root}drills/{stem_of(key)}/{_stamp(drill.at)}-{run}.json", drill)
+
+    def record_failure(self, failure: Failure) -> None:
+        run = failure.run.id if failure.run else "local"
+        name = f"{_stamp(failure.at)}-{failure.kind}-{run}.json"
+        self._write(f"{self.root}failures/{name}", failure)
+        old = self._failure_keys()[:-FAILURES_KEPT]
+        for key in old:
+            self.store.delete(key)
+
+    def _failure_keys(self) -> list[str]:
+        """Oldest first (the keys start with a UTC timestamp)."""
+        return sorted(o.key for o in self.store.list(self.root + "failures/"))
+
+    def failures(self, limit: int = FAILURES_SHOWN) -> list[Failure]:
+        """The newest `limit` failures, newest first."""
+        found = [self._read(key, Failure) for key in reversed(self._failure_keys()[-limit:])]
+        return [f for f in found if f is not None]
+
+    def failure_counts(self) -> dict[str, int]:
+        """Failures kept, by kind (read from the keys alone: no object is fetched)."""
+        counts: dict[str, int] = {}
+        for key in self._failure_keys():
+            parts = key.rsplit("/", 1)[-1].split("-")
+            kind = parts[1] if len(parts) > 2 else "unknown"
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+    def view(self) -> ClusterView:
+        return ClusterView(
+            cluster=self.cluster,
+            identity=self.identity(),
+            backups=self.backups(),
+            failures=self.failures(),
+            failure_counts=self.failure_counts(),
+        )
+
+
+def clusters_in(store: BackupStore, prefix: str) -> list[str]:
+    """The cluster names that have a catalog in this store."""
+    root = f"{prefix.strip('/')}/catalog/"
+    names = {obj.key[len(root) :].split("/", 1)[0] for obj in store.list(root)}
+    return sorted(n for n in names if n)

@@ -1,0 +1,111 @@
+"""Prometheus metrics of every cluster's recoverability, read from the catalog on each scrape.
+
+Served by the deployments process when asked (`python -m deployments.serve --metrics-port
+9464`, on 127.0.0.1 unless told otherwise). Per cluster:
+
+    jaco_backup_last_success_timestamp_seconds   newest stored backup (its snapshot time)
+    jaco_backup_last_verified_timestamp_seconds  newest verified backup (its snapshot time)
+    jaco_backup_last_size_bytes                  size of the newest stored backup, encrypted
+    jaco_drill_last_success_timestamp_seconds    newest passing restore drill
+    jaco_drill_last_rto_seconds                  that drill's measured restore time
+    jaco_backup_objective_seconds / jaco_drill_objective_seconds   the configured objectives
+    jaco_failures_total{kind}                    failed runs recorded in the catalog
+    jaco_catalog_up                              1 when the catalog could be read
+
+A scrape reads each catalog at most once per CACHE_SECONDS.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from flows.catalog import Catalog, ClusterView
+from flows.storage import open_store
+from flows.watchdog_flow import Objective
+
+CACHE_SECONDS = 15.0
+KINDS = ("backup", "drill", "prune", "watchdog")
+
+
+class CatalogCollector(Collector):
+    def __init__(self, targets: list[Objective]) -> None:
+        self.targets = targets
+        self._cache: dict[str, tuple[float, ClusterView | None]] = {}
+        self._lock = threading.Lock()
+
+    def _view(self, target: Objective) -> ClusterView | None:
+        with self._lock:
+            cached = self._cache.get(target.cluster)
+            if cached and time.monotonic() - cached[0] < CACHE_SECONDS:
+                return cached[1]
+        try:
+            catalog = Catalog(open_store(target.s3_url, target.s3), target.prefix, target.cluster)
+            view: ClusterView | None = catalog.view()
+        except Exception:  # noqa: BLE001 - reported as jaco_catalog_up 0
+            view = None
+        with self._lock:
+            self._cache[target.cluster] = (time.monotonic(), view)
+        return view
+
+    def collect(self) -> Iterator[Metric]:
+        def gauge(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=["cluster"])
+
+        up = gauge("jaco_catalog_up", "1 when the cluster's backup catalog could be read")
+        success = gauge(
+            "jaco_backup_last_success_timestamp_seconds", "Snapshot time of the newest backup"
+        )
+        verified = gauge(
+            "jaco_backup_last_verified_timestamp_seconds",
+            "Snapshot time of the newest verified backup",
+        )
+        size = gauge("jaco_backup_last_size_bytes", "Encrypted size of the newest backup")
+        drilled = gauge(
+            "jaco_drill_last_success_timestamp_seconds", "Time of the newest passing drill"
+        )
+        rto = gauge("jaco_drill_last_rto_seconds", "Restore time measured by that drill")
+        backup_goal = gauge("jaco_backup_objective_seconds", "max_backup_age (RPO objective)")
+        drill_goal = gauge("jaco_drill_objective_seconds", "max_drill_age")
+        failures = CounterMetricFamily(
+            "jaco_failures", "Failed runs recorded in the catalog", labels=["cluster", "kind"]
+        )
+        for target in self.targets:
+            labels = [target.cluster]
+            backup_goal.add_metric(labels, target.max_backup_age)
+            drill_goal.add_metric(labels, target.max_drill_age)
+            view = self._view(target)
+            up.add_metric(labels, 0 if view is None else 1)
+            if view is None:
+                continue
+            _add(success, labels, view.newest.taken_at.timestamp() if view.newest else None)
+            _add(size, labels, view.newest.size if view.newest else None)
+            newest_verified = view.newest_verified
+            _add(
+                verified, labels, newest_verified.taken_at.timestamp() if newest_verified else None
+            )
+            passing = view.last_passing_drill()
+            _add(drilled, labels, passing[1].at.timestamp() if passing else None)
+            _add(rto, labels, passing[1].rto_seconds if passing else None)
+            for kind in KINDS:
+                failures.add_metric([target.cluster, kind], view.failure_counts.get(kind, 0))
+        yield from (up, success, verified, size, drilled, rto, backup_goal, drill_goal, failures)
+
+
+def _add(family: GaugeMetricFamily, labels: list[str], value: Any) -> None:
+    if value is not None:
+        family.add_metric(labels, float(value))
+
+
+def serve_metrics(targets: list[Objective], port: int, address: str = "127.0.0.1") -> Any:
+    """Start the HTTP endpoint in a background thread; returns the server (to shut down)."""
+    registry = CollectorRegistry()
+    registry.register(CatalogCollector(targets))
+    server, _ = start_http_server(port, addr=address, registry=registry)
+    return server

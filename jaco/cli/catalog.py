@@ -1,0 +1,171 @@
+"""`jaco backup ls` and `jaco backup describe`: what the pipeline's catalog knows.
+
+For each cluster of the site configuration (or one store given with --store), its pinned id,
+its backups (index, snapshot time, size, verified, last drill and RTO) and its recent
+failures, read from the catalog kept next to the backups — the references are velero's
+`backup get`, pgBackRest's `info` and `k3s etcd-snapshot ls`. The pipeline's modules are
+imported when a command runs (the rest of the CLI starts without them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from jaco.cli.common import AsJson, operator_errors, out, print_json, safe
+from jaco.errors import InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from flows.catalog import ClusterView
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="The site configuration (default $JACO_CLUSTERS_FILE or /etc/jaco/clusters.toml).",
+    ),
+]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="Read this store instead: s3://BUCKET (the AWS chain's credentials) or a local "
+        "directory (the pipeline's local copies).",
+    ),
+]
+PrefixOpt = Annotated[str, typer.Option(help="Key prefix, with --store.")]
+
+
+def _views(config: Path | None, store: str | None, prefix: str, only: list[str]) -> list[Any]:
+    from flows.catalog import Catalog, clusters_in
+    from flows.config import load_config
+    from flows.errors import PipelineError
+    from flows.storage import open_store
+
+    try:
+        if store:
+            opened = open_store(store if "://" in store else f"file://{Path(store).absolute()}")
+            names = only or clusters_in(opened, prefix)
+            return [Catalog(opened, prefix, n).view() for n in names]
+        path = config or Path(os.environ.get("JACO_CLUSTERS_FILE", "/etc/jaco/clusters.toml"))
+        site = load_config(path)
+        unknown = sorted(set(only) - set(site.clusters))
+        if unknown:
+            raise InvalidArgument(
+                f"no cluster named {', '.join(unknown)} in {path} (it has "
+                f"{', '.join(sorted(site.clusters)) or 'none'})"
+            )
+        return [
+            Catalog(open_store(c.s3_url, c.s3), c.prefix, name).view()
+            for name, c in site.clusters.items()
+            if not only or name in only
+        ]
+    except PipelineError as exc:
+        raise InvalidArgument(exc.message.splitlines()[0]) from None
+
+
+def _ago(at: dt.datetime | None) -> str:
+    if at is None:
+        return "never"
+    seconds = (dt.datetime.now(dt.UTC) - at).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def _json(view: ClusterView) -> dict[str, Any]:
+    return {
+        "cluster": view.cluster,
+        "cluster_id": view.identity.cluster_id if view.identity else None,
+        "backups": [
+            {**b.model_dump(mode="json"), "drills": [d.model_dump(mode="json") for d in b.drills]}
+            for b in view.backups
+        ],
+        "failures": [f.model_dump(mode="json") for f in view.failures],
+        "failure_counts": view.failure_counts,
+    }
+
+
+@operator_errors
+def backup_ls(
+    cluster: Annotated[
+        list[str] | None, typer.Option("--cluster", "-c", help="Only this cluster (repeatable).")
+    ] = None,
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    prefix: PrefixOpt = "jaco",
+    as_json: AsJson = False,
+) -> None:
+    """List the backups the pipeline keeps, per cluster, from its catalog: verified or not,
+    last restore drill and its RTO, recent failures."""
+    views = _views(config, store, prefix, cluster or [])
+    if as_json:
+        print_json([_json(v) for v in views])
+        return
+    for view in views:
+        pinned = view.identity.cluster_id if view.identity else "not pinned yet"
+        good = view.newest_verified
+        drilled = view.last_passing_drill()
+        out.print(
+            f"[bold]{safe(view.cluster)}[/bold] (cluster {safe(pinned)}): newest verified "
+            f"backup {_ago(good.taken_at if good else None)}, last passing drill "
+            f"{_ago(drilled[1].at if drilled else None)}, "
+            f"{sum(view.failure_counts.values())} failed runs recorded"
+        )
+        table = Table(show_edge=False)
+        for col in ("KEY", "INDEX", "TAKEN", "SIZE", "VERIFIED", "LAST DRILL", "RTO"):
+            table.add_column(col)
+        for b in view.backups:
+            drill = b.last_drill
+            table.add_row(
+                safe(b.key.rsplit("/", 1)[-1]),
+                str(b.snapshot_index),
+                b.taken_at.isoformat(timespec="seconds"),
+                str(b.size),
+                "yes" if b.verified else "NO",
+                ("passed " if drill.passed else "FAILED ") + _ago(drill.at) if drill else "-",
+                f"{drill.rto_seconds:.1f}s" if drill and drill.rto_seconds else "-",
+            )
+        out.print(table)
+        for failure in view.failures[:5]:
+            out.print(
+                f"  failed {failure.kind} {_ago(failure.at)}: {safe(failure.reason[:200])}",
+                soft_wrap=True,
+            )
+
+
+@operator_errors
+def backup_describe(
+    key: Annotated[str, typer.Argument(help="A backup's key or file name (see `ls`).")],
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    prefix: PrefixOpt = "jaco",
+    as_json: AsJson = False,
+) -> None:
+    """Everything the catalog knows about one backup: checksums, audit head, who took and
+    verified it, every drill of it."""
+    name = key.rsplit("/", 1)[-1]
+    for view in _views(config, store, prefix, []):
+        for backup in view.backups:
+            if backup.key == key or backup.key.rsplit("/", 1)[-1] == name:
+                if as_json:
+                    print_json(_json(view.model_copy(update={"backups": [backup]}))["backups"][0])
+                    return
+                table = Table(title=safe(backup.key), show_header=False)
+                for field, value in backup.model_dump(mode="json", exclude={"drills"}).items():
+                    table.add_row(field, safe(value))
+                out.print(table)
+                for drill in backup.drills:
+                    result = "passed" if drill.passed else "FAILED"
+                    rto = f", RTO {drill.rto_seconds:.1f}s" if drill.rto_seconds else ""
+                    why = f": {drill.reason}" if drill.reason else ""
+                    out.print(f"drill {drill.at.isoformat(timespec='seconds')} {result}{rto}"
+                              f" ({safe(drill.driver)}){safe(why)}", soft_wrap=True)  # fmt: skip
+                return
+    raise NotFound(f"no backup {key} in the catalog")

@@ -1,0 +1,125 @@
+"""The drill's checks of a restored node, each through the node's API with an operator token
+from before the backup (what an operator would do), never with the node's own credentials.
+
+Each returns (passed, detail); a check that cannot run (an error, a missing answer) fails.
+The expectations come from the backup's verified meta.json and from the pipeline's catalog
+(the cluster id it pinned, the audit heads of earlier backups).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from jaco.archive.meta import BackupMeta
+from jaco.client.connection import Client
+from jaco.model.tokens import parse_token
+from jaco.v1 import jaco_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What the drilled backup must be and hold, as the pipeline recorded it."""
+
+    cluster_id: str
+    snapshot_index: int = 0
+    plaintext_sha256: str = ""
+    ciphertext_sha256: str = ""
+    anchors: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> Expect:
+        return cls(
+            cluster_id=str(raw["cluster_id"]),
+            snapshot_index=int(raw.get("snapshot_index", 0)),
+            plaintext_sha256=str(raw.get("plaintext_sha256", "")),
+            ciphertext_sha256=str(raw.get("ciphertext_sha256", "")),
+            anchors=list(raw.get("anchors", [])),
+        )
+
+
+Result = tuple[bool, str]
+
+
+def cluster_id(meta: BackupMeta, expect: Expect, status: Any) -> Result:
+    ok = meta.cluster_id == expect.cluster_id == status.cluster_id
+    return ok, (
+        f"restored {status.cluster_id}; backup's meta.json {meta.cluster_id}; "
+        f"drilled cluster {expect.cluster_id}"
+    )
+
+
+def deployments(meta: BackupMeta, status: Any) -> Result:
+    deps = list(status.deployments)
+    replicas = [r for d in deps for r in d.placed]
+    want_deps, want_replicas = meta.counts.get("deployments", 0), meta.counts.get("replicas", 0)
+    ok = len(deps) == want_deps and len(replicas) == want_replicas
+    return ok, (
+        f"{len(deps)} deployments / {len(replicas)} replicas; backup had "
+        f"{want_deps} / {want_replicas}"
+    )
+
+
+def ip_uniqueness(status: Any) -> Result:
+    ips = [r.ip for d in status.deployments for r in d.placed]
+    distinct = len(set(ips))
+    return len(ips) == distinct, f"{len(ips)} replica IPs, {distinct} distinct"
+
+
+def audit_history(meta: BackupMeta, client: Client) -> Result:
+    """Every historical event is there, numbered 1…N, then exactly one RESTORE_COMPLETED,
+    and the hash chain verifies."""
+    events = list(client.stream("Audit", pb.AuditRequest(), timeout=60))
+    history = meta.audit_head.seq if meta.audit_head else meta.counts.get("audit", 1) - 1
+    restored = [e for e in events if e.type == "RESTORE_COMPLETED"]
+    chain = client.call("VerifyAudit", pb.VerifyAuditRequest())
+    ok = (
+        len(restored) == 1
+        and restored[0].seq == history + 1
+        and [e.seq for e in events[:history]] == list(range(1, history + 1))
+        and chain.ok
+    )
+    return ok, (
+        f"{history} historical events, {len(restored)} RESTORE_COMPLETED "
+        f"(seq {restored[0].seq if restored else '-'}), chain "
+        f"{'intact' if chain.ok else 'BROKEN at ' + str(chain.first_bad_seq) + ': ' + chain.reason}"
+    )
+
+
+def audit_anchors(meta: BackupMeta, expect: Expect, client: Client) -> Result:
+    """The restored chain passes through this backup's own audit head and the heads the
+    catalog recorded for earlier backups: history was not rewritten after them."""
+    anchors = [pb.AuditAnchor(**a) for a in expect.anchors]
+    if meta.audit_head is not None:
+        anchors.append(
+            pb.AuditAnchor(seq=meta.audit_head.seq, hash=meta.audit_head.hash, source="meta.json")
+        )
+    if not anchors:
+        return False, "nothing to check against: the backup records no audit head"
+    reply = client.call("VerifyAudit", pb.VerifyAuditRequest(anchors=anchors))
+    detail = f"{reply.anchors_checked} of {len(anchors)} anchors checked"
+    if not reply.ok:
+        return False, f"{detail}; event {reply.first_bad_seq}: {reply.reason}"
+    return reply.anchors_checked == len(anchors), f"{detail}; the chain extends every one"
+
+
+def ca_fingerprint(meta: BackupMeta, token: str, cluster: Any) -> Result:
+    pinned = parse_token(token).ca_fingerprint
+    expected = meta.ca_fingerprint or pinned
+    ok = cluster.ca_fingerprint == expected == pinned
+    return ok, (
+        f"{cluster.ca_fingerprint[:16]}… (backup {expected[:16]}…, token pins {pinned[:16]}…)"
+    )
+
+
+def state_digest(meta: BackupMeta, client: Client) -> Result:
+    """The running node's own store, read through its API at the snapshot index: the same
+    records, counted and hashed the way the backup's meta.json was?"""
+    index = meta.snapshot_index
+    state = client.call("StateDigest", pb.StateDigestRequest(revision=index))
+    counts = dict(state.counts)
+    ok = state.state_digest == meta.state_digest and counts == meta.counts
+    return ok, (
+        f"running store at index {index}: digest {state.state_digest[:16]}… "
+        f"(backup {meta.state_digest[:16]}…), {sum(counts.values())} records"
+    )
