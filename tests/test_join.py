@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
+import signal
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from infra.localcluster import Cluster, Node, Result
+from infra.localcluster import Cluster, Node, Result, run
 
 
 def _join(cluster: Cluster, name: str, token: str) -> tuple[Node, Result]:
@@ -41,3 +45,93 @@ def test_operator_token_is_not_a_join_token(single: Cluster) -> None:
     node, result = _join(single, "node-2", single.token)
     assert result.code != 0 and "this is not a join token" in result.err
     assert not node.data_dir.exists()
+
+
+def test_three_nodes_joining_at_once_all_end_ready(single: Cluster) -> None:
+    """etcd 3.4 admits one learner at a time: the later joins wait for the earlier learner
+    to be promoted (each node is started as soon as its join returns, as an operator would)."""
+    via = single.nodes["node-1"]
+    names = ["node-2", "node-3", "node-4"]
+    tokens = {n: single.ok("node", "issue-join-token").out.strip() for n in names}
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(names)) as pool:
+        joins = [pool.submit(single.try_join, n, tokens[n], via) for n in names]
+        for done in as_completed(joins):
+            node, result = done.result()
+            assert result.code == 0, result.err
+            # At most one line, and only to say whom it waits for.
+            assert len(result.err.splitlines()) <= 1, result.err
+            assert not result.err or WAITING.fullmatch(result.err.strip()), result.err
+            node.start()  # from this (the main) thread: the daemon dies with the test run
+    single.wait_ready(["node-1", *names])
+    print(f"three joins at once: all READY after {time.monotonic() - started:.1f} s")
+    joined = single.ok("audit", "--type", "NODE_JOINING", "--json").out.splitlines()
+    assert sorted(json.loads(e)["detail"]["name"] for e in joined) == names
+    assert _members(single) == {"node-1": False, **dict.fromkeys(names, False)}
+
+
+def test_a_waiting_join_is_bounded_and_its_token_survives(single: Cluster) -> None:
+    via = single.nodes["node-1"]
+    token2, token3, token4 = (single.ok("node", "issue-join-token").out.strip() for _ in "234")
+    node2, result = single.try_join("node-2", token2, via)
+    assert result.code == 0, result.err  # admitted as a learner, but not started yet
+    before = (_audit_count(single), _names(single), _members(single))
+
+    node3 = single.new_node("node-3")
+    node3.data_dir.mkdir(mode=0o700)
+    started = time.monotonic()
+    result = single.run_join(node3, token3, via, "--wait", "12")  # the server holds each 5 s
+    assert 12 <= time.monotonic() - started < 40
+    assert result.code == 7, result.err
+    waiting, error = result.err.splitlines()  # the wait said once, then one line
+    assert WAITING.fullmatch(waiting), waiting
+    assert error.startswith("error: gave up after "), error
+    assert error.endswith(
+        "node node-2 is still catching up as a learner; make sure jacod runs on that node and "
+        "reaches the cluster (see its log), then run this join again (the join token stays "
+        "valid until it expires)"
+    ), error
+    assert "etcd:" not in result.err and "etcdserver" not in result.err
+    assert list(node3.data_dir.iterdir()) == []  # the operator's empty dir stays, empty
+    assert (_audit_count(single), _names(single), _members(single)) == before
+
+    # A join killed while it waits has written nothing: its data dir was never created.
+    node4 = single.new_node("node-4")
+    proc = single.start_join(node4, token4, via)
+    assert WAITING.fullmatch(proc.stderr.readline().strip())  # type: ignore[union-attr]
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert not node4.data_dir.exists()
+    assert (_audit_count(single), _names(single), _members(single)) == before
+
+    # Once the learner is started and promoted, the same token admits the node.
+    node2.start()
+    single.wait_ready(["node-2"])
+    result = single.run_join(node3, token3, via)
+    assert result.code == 0, result.err
+    node3.start()
+    single.wait_ready(["node-1", "node-2", "node-3"])
+
+
+WAITING = re.compile(
+    r"waiting: node node-\d is still catching up as a learner \(etcd admits one learner at a "
+    r"time\); giving up after \d+ s…"
+)
+
+
+def _audit_count(cluster: Cluster) -> int:
+    return len(cluster.ok("audit", "--json").out.splitlines())
+
+
+def _names(cluster: Cluster) -> list[str]:
+    return [n["name"] for n in cluster.ok("cluster", "status", "--json").json()["nodes"]]
+
+
+def _members(cluster: Cluster) -> dict[str, bool]:
+    """etcd's own member list (name: is learner), read with node-1's client certificate."""
+    listing = run([*cluster.nodes["node-1"].etcdctl_command(), "member", "list", "-w", "json"])
+    assert listing.code == 0, listing.err
+    return {
+        m.get("name") or m["peerURLs"][0]: bool(m.get("isLearner"))
+        for m in json.loads(listing.out)["members"]
+    }

@@ -22,6 +22,7 @@ from jaco.cli.common import (
     operator_errors,
     out,
     print_json,
+    safe,
 )
 from jaco.client.connection import open_client
 from jaco.files import write_private
@@ -116,11 +117,19 @@ def node_join(
     api_port: ApiPort = 7000,
     etcd_client_port: ClientPort = 2379,
     etcd_peer_port: PeerPort = 2380,
+    wait: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="How long to wait while an earlier node is still catching up as a learner.",
+        ),
+    ] = 300,
 ) -> None:
     """Join this (stopped, empty) node to a running cluster; then start jacod.
 
     The node enters as an etcd learner and is promoted to voter once it has caught up, so a
-    join never costs the cluster its quorum.
+    join never costs the cluster its quorum. etcd admits one learner at a time: nodes joined
+    back to back wait for each other (up to --wait seconds).
     """
     node_name = name or socket.gethostname().split(".")[0].lower()
     from jaco.node.bootstrap import Ports, default_advertise_host, join_cluster
@@ -129,7 +138,15 @@ def node_join(
         advertise_host or default_advertise_host(), api_port, etcd_client_port, etcd_peer_port
     )
     data = open_data_dir(data_dir)
-    cluster_id = join_cluster(data, node_name, ports, peer, token)
+    cluster_id = join_cluster(
+        data,
+        node_name,
+        ports,
+        peer,
+        token,
+        wait,
+        lambda line: err.print(safe(line), soft_wrap=True),
+    )
     out.print(f"Node {node_name} admitted to cluster {cluster_id}; data dir {data.path} primed.")
     out.print(
         f"Start it with: systemctl start jaco  (or: jacod --name {node_name} "
