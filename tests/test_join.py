@@ -23,8 +23,11 @@ def test_join_token_is_single_use(single: Cluster) -> None:
     single.wait_ready(["node-1", "node-2"])
 
     late, second = _join(single, "node-3", token)
-    assert second.code != 0
-    assert "the join token is unknown, already used or expired" in second.err
+    assert (second.code, second.err) == (
+        5,
+        "error: the join token is unknown, already used or expired: issue a new one with "
+        "`jaco node issue-join-token` on a node of the cluster\n",
+    )
     assert not late.data_dir.exists()
     names = [n["name"] for n in single.ok("cluster", "status", "--json").json()["nodes"]]
     assert names == ["node-1", "node-2"]
@@ -45,6 +48,37 @@ def test_operator_token_is_not_a_join_token(single: Cluster) -> None:
     node, result = _join(single, "node-2", single.token)
     assert result.code != 0 and "this is not a join token" in result.err
     assert not node.data_dir.exists()
+
+
+def test_refused_joins_say_what_to_do_and_change_nothing(single: Cluster) -> None:
+    via = single.nodes["node-1"]
+    token = single.ok("node", "issue-join-token").out.strip()
+    before = (_audit_count(single), _names(single), _members(single))
+
+    taken = Node("node-1", single.root / "taken")
+    result = single.run_join(taken, token, via)
+    assert (result.code, result.err) == (
+        4,
+        "error: a node named node-1 is already in the cluster: give this node another --name\n",
+    )
+    assert not taken.data_dir.exists()
+
+    # etcd's own refusal ("Peer URLs already exists"), in the operator's terms.
+    clash = Node("node-2", single.root / "clash")
+    clash.peer_port = via.peer_port
+    result = single.run_join(clash, token, via)
+    assert (result.code, result.err) == (
+        4,
+        "error: another member of the cluster already has the peer URL "
+        f"https://127.0.0.1:{via.peer_port}: give this node its own --advertise-host or "
+        "--etcd-peer-port\n",
+    )
+    assert not clash.data_dir.exists()
+    assert (_audit_count(single), _names(single), _members(single)) == before
+
+    # Neither refusal used the token up.
+    _, result = _join(single, "node-2", token)
+    assert result.code == 0, result.err
 
 
 def test_three_nodes_joining_at_once_all_end_ready(single: Cluster) -> None:
