@@ -210,15 +210,22 @@ class Cluster:
     def start_join(
         self, node: Node, join_token: str, via: Node, *extra: str
     ) -> subprocess.Popen[str]:
-        """`jaco node join` for `node` (not started), running; stdout and stderr are pipes."""
-        args = ["node", "join", "--peer", via.server, "--token", join_token, "--name", node.name]
-        return subprocess.Popen(
-            [JACO, *args, *node.port_flags(), *extra],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        """`jaco node join` for `node` (not started), running; stdout and stderr are pipes.
+        The token goes in on stdin, as an operator's would: never in an argument list."""
+        args = ["node", "join", "--peer", via.server, "--token-file", "-", "--name", node.name]
+        read_end, write_end = os.pipe()
+        os.write(write_end, join_token.encode())  # far less than a pipe holds
+        os.close(write_end)
+        try:
+            return subprocess.Popen(
+                [JACO, *args, *node.port_flags(), *extra],
+                stdin=read_end,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        finally:
+            os.close(read_end)
 
     def run_join(
         self, node: Node, join_token: str, via: Node, *extra: str, timeout: float = 180

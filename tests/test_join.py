@@ -7,8 +7,9 @@ import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
 
-from infra.localcluster import Cluster, Node, Result, run
+from infra.localcluster import JACO, Cluster, Node, Result, free_port, run
 
 
 def _join(cluster: Cluster, name: str, token: str) -> tuple[Node, Result]:
@@ -133,6 +134,11 @@ def test_a_waiting_join_is_bounded_and_its_token_survives(single: Cluster) -> No
     node4 = single.new_node("node-4")
     proc = single.start_join(node4, token4, via)
     assert WAITING.fullmatch(proc.stderr.readline().strip())  # type: ignore[union-attr]
+    # The token went in on stdin: no other local user can read it from the process table
+    # (read while the join runs: just after exec, cmdline is still empty).
+    cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+    assert b"\0node\0join\0" in cmdline and token4.encode() not in cmdline
+    assert token4.encode() not in Path(f"/proc/{proc.pid}/environ").read_bytes()
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)
     assert not node4.data_dir.exists()
@@ -169,3 +175,64 @@ def _members(cluster: Cluster) -> dict[str, bool]:
         m.get("name") or m["peerURLs"][0]: bool(m.get("isLearner"))
         for m in json.loads(listing.out)["members"]
     }
+
+
+def test_join_token_sources_and_the_deprecated_flag(tmp_path: Path) -> None:
+    """--token-file FILE, --token-file - (stdin), JACO_JOIN_TOKEN; --token still works but
+    warns. Each source is shown read by how far the join then gets (no cluster listens)."""
+    closed = f"127.0.0.1:{free_port()}"
+    data = tmp_path / "data"
+    fake = f"jaco1.join.{'a' * 64}.{'b' * 12}.{'c' * 43}"
+    token_file = tmp_path / "join.token"
+    token_file.write_text(fake + "\n")
+    (tmp_path / "empty").write_text("\n")
+    base = [JACO, "node", "join", "--peer", closed, "--name", "n2", "--data-dir", str(data)]
+    unreachable = f"error: cannot reach {closed}: Connection refused\n"
+    cases: list[tuple[list[str], dict[str, str], str | None, int, str]] = [
+        (["--token-file", str(token_file)], {}, None, 7, unreachable),
+        (["--token-file", "-"], {}, fake, 7, unreachable),
+        ([], {"JACO_JOIN_TOKEN": fake}, None, 7, unreachable),
+        (
+            ["--token", fake],
+            {},
+            None,
+            7,
+            "warning: --token is visible to every local user in the process list; use "
+            "--token-file FILE, --token-file - (stdin) or JACO_JOIN_TOKEN\n" + unreachable,
+        ),
+        (
+            ["--token", fake, "--token-file", str(token_file)],
+            {},
+            None,
+            2,
+            "error: give the join token once: --token-file, not --token too\n",
+        ),
+        (
+            [],
+            {"JACO_JOIN_TOKEN": ""},
+            None,
+            2,
+            "error: no join token: use --token-file FILE, --token-file - (stdin) or set "
+            "JACO_JOIN_TOKEN\n",
+        ),
+        (
+            ["--token-file", str(tmp_path / "missing")],
+            {},
+            None,
+            2,
+            f"error: cannot read the join token from {tmp_path / 'missing'}: No such file or "
+            "directory\n",
+        ),
+        (
+            ["--token-file", str(tmp_path / "empty")],
+            {},
+            None,
+            2,
+            f"error: {tmp_path / 'empty'} holds no join token\n",
+        ),
+        (["--token-file", "-"], {}, "", 2, "error: stdin holds no join token\n"),
+    ]
+    for args, env, stdin, code, err in cases:
+        result = run([*base, *args], env={"JACO_JOIN_TOKEN": "", **env}, input_=stdin)
+        assert (result.code, result.err) == (code, err), args
+        assert not data.exists()
