@@ -110,7 +110,8 @@ def _member_add_error(exc: Any, peer_url: str) -> JacoError:
         return TooManyLearners("another member is still catching up as a learner")
     if "unhealthy cluster" in detail or "not enough started members" in detail:
         return MembershipSettling(
-            "the cluster admits no new member now: a member is down or was added less than 5 s ago"
+            "the cluster admits no new member now: a member is down or was added less than "
+            "5 s ago; check `jaco cluster status`, then run this join again"
         )
     if "Peer URLs already exists" in detail:
         return AlreadyExists(
@@ -290,7 +291,8 @@ class Etcd:
             added = [m.id for m in members if peer_url in m.peer_urls]
             if not added:
                 raise MembershipSettling(
-                    "the cluster admits no new member now: another membership change is under way"
+                    "the cluster admits no new member now: another membership change is "
+                    "under way; run this join again"
                 ) from None
             return added[0], members
         members = [Member(m.ID, m.name, tuple(m.peerURLs), m.isLearner) for m in resp.members]
