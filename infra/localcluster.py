@@ -207,11 +207,43 @@ class Cluster:
         self.wait_ready([name])
         return node
 
-    def try_join(self, name: str, join_token: str, via: Node) -> tuple[Node, Result]:
+    def start_join(
+        self, node: Node, join_token: str, via: Node, *extra: str
+    ) -> subprocess.Popen[str]:
+        """`jaco node join` for `node` (not started), running; stdout and stderr are pipes.
+        The token goes in on stdin, as an operator's would: never in an argument list."""
+        args = ["node", "join", "--peer", via.server, "--token-file", "-", "--name", node.name]
+        read_end, write_end = os.pipe()
+        os.write(write_end, join_token.encode())  # far less than a pipe holds
+        os.close(write_end)
+        try:
+            return subprocess.Popen(
+                [JACO, *args, *node.port_flags(), *extra],
+                stdin=read_end,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        finally:
+            os.close(read_end)
+
+    def run_join(
+        self, node: Node, join_token: str, via: Node, *extra: str, timeout: float = 180
+    ) -> Result:
+        """`jaco node join` for `node` (not started), to its end."""
+        proc = self.start_join(node, join_token, via, *extra)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return Result(proc.returncode, out, err)
+
+    def try_join(self, name: str, join_token: str, via: Node, *extra: str) -> tuple[Node, Result]:
         """`jaco node join` for a new node (not started); the caller judges the result."""
         node = self.new_node(name)
-        args = ["node", "join", "--peer", via.server, "--token", join_token, "--name", name]
-        return node, run([JACO, *args, *node.port_flags()], timeout=90)
+        return node, self.run_join(node, join_token, via, *extra)
 
     def join(self, name: str, via: Node | None = None) -> Node:
         via = via or self.ready_node()

@@ -56,6 +56,11 @@ class Unavailable(JacoError):
     exit_code = 7
 
 
+class LearnerPending(Unavailable):
+    """An earlier node is still catching up as an etcd learner (etcd admits one at a time).
+    A join's token is consumed only once its node is added: the same join may be sent again."""
+
+
 class Conflict(JacoError):
     """A concurrent change won; the operation did not happen."""
 
@@ -106,6 +111,12 @@ GRPC_CODES: dict[type[JacoError], str] = {
 }
 
 
+# The error's class travels too, as trailing metadata, so that the client tells apart errors
+# that share a status code, and jacod's own UNAVAILABLE from a transport failure.
+ERROR_METADATA = "jaco-error"
+BY_NAME: dict[str, type[JacoError]] = {cls.__name__: cls for cls in (*GRPC_CODES, LearnerPending)}
+
+
 def grpc_code_name(error: JacoError) -> str:
     for cls in type(error).__mro__:
         if cls in GRPC_CODES:
@@ -113,7 +124,10 @@ def grpc_code_name(error: JacoError) -> str:
     return "FAILED_PRECONDITION"
 
 
-def from_grpc_code(code_name: str, message: str) -> JacoError:
+def from_grpc_code(code_name: str, message: str, error_name: str = "") -> JacoError:
+    named = BY_NAME.get(error_name)
+    if named is not None and grpc_code_name(named(message)) == code_name:
+        return named(message)
     for cls, name in GRPC_CODES.items():
         if name == code_name:
             return cls(message)

@@ -1,4 +1,6 @@
-"""Authentication: tokens checked on every RPC, roles, revocation, and CA pinning."""
+"""Authentication as the operator meets it: the messages for missing, malformed, forged,
+revoked and read-only tokens, the last admin kept, and CA pinning. That every RPC checks every
+kind of token, and a refusal changes nothing, is tests/test_authorization.py's matrix."""
 
 from __future__ import annotations
 
@@ -48,7 +50,6 @@ def test_viewer_token_reads_but_cannot_write(single: Cluster) -> None:
     viewer = out.strip().splitlines()[-1]
     assert single.ok("status", token=viewer)
     _refused(single.jaco("deploy", "x", "--image", "y:1", token=viewer), "is read-only")
-    assert single.ok("status", "--json").json()["deployments"] == []
 
 
 def test_client_pinned_to_another_cluster_is_refused(single: Cluster, tmp_path: Path) -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
+import signal
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
 
-from infra.localcluster import Cluster, Node, Result
+from infra.localcluster import JACO, Cluster, Node, Result, free_port, run
 
 
 def _join(cluster: Cluster, name: str, token: str) -> tuple[Node, Result]:
@@ -19,8 +24,11 @@ def test_join_token_is_single_use(single: Cluster) -> None:
     single.wait_ready(["node-1", "node-2"])
 
     late, second = _join(single, "node-3", token)
-    assert second.code != 0
-    assert "the join token is unknown, already used or expired" in second.err
+    assert (second.code, second.err) == (
+        5,
+        "error: the join token is unknown, already used or expired: issue a new one with "
+        "`jaco node issue-join-token` on a node of the cluster\n",
+    )
     assert not late.data_dir.exists()
     names = [n["name"] for n in single.ok("cluster", "status", "--json").json()["nodes"]]
     assert names == ["node-1", "node-2"]
@@ -41,3 +49,190 @@ def test_operator_token_is_not_a_join_token(single: Cluster) -> None:
     node, result = _join(single, "node-2", single.token)
     assert result.code != 0 and "this is not a join token" in result.err
     assert not node.data_dir.exists()
+
+
+def test_refused_joins_say_what_to_do_and_change_nothing(single: Cluster) -> None:
+    via = single.nodes["node-1"]
+    token = single.ok("node", "issue-join-token").out.strip()
+    before = (_audit_count(single), _names(single), _members(single))
+
+    taken = Node("node-1", single.root / "taken")
+    result = single.run_join(taken, token, via)
+    assert (result.code, result.err) == (
+        4,
+        "error: a node named node-1 is already in the cluster: give this node another --name\n",
+    )
+    assert not taken.data_dir.exists()
+
+    # etcd's own refusal ("Peer URLs already exists"), in the operator's terms.
+    clash = Node("node-2", single.root / "clash")
+    clash.peer_port = via.peer_port
+    result = single.run_join(clash, token, via)
+    assert (result.code, result.err) == (
+        4,
+        "error: another member of the cluster already has the peer URL "
+        f"https://127.0.0.1:{via.peer_port}: give this node its own --advertise-host or "
+        "--etcd-peer-port\n",
+    )
+    assert not clash.data_dir.exists()
+    assert (_audit_count(single), _names(single), _members(single)) == before
+
+    # Neither refusal used the token up.
+    _, result = _join(single, "node-2", token)
+    assert result.code == 0, result.err
+
+
+def test_three_nodes_joining_at_once_all_end_ready(single: Cluster) -> None:
+    """etcd 3.4 admits one learner at a time: the later joins wait for the earlier learner
+    to be promoted (each node is started as soon as its join returns, as an operator would)."""
+    via = single.nodes["node-1"]
+    names = ["node-2", "node-3", "node-4"]
+    tokens = {n: single.ok("node", "issue-join-token").out.strip() for n in names}
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(names)) as pool:
+        joins = [pool.submit(single.try_join, n, tokens[n], via) for n in names]
+        for done in as_completed(joins):
+            node, result = done.result()
+            assert result.code == 0, result.err
+            # At most one line, and only to say whom it waits for.
+            assert len(result.err.splitlines()) <= 1, result.err
+            assert not result.err or WAITING.fullmatch(result.err.strip()), result.err
+            node.start()  # from this (the main) thread: the daemon dies with the test run
+    single.wait_ready(["node-1", *names])
+    print(f"three joins at once: all READY after {time.monotonic() - started:.1f} s")
+    joined = single.ok("audit", "--type", "NODE_JOINING", "--json").out.splitlines()
+    assert sorted(json.loads(e)["detail"]["name"] for e in joined) == names
+    assert _members(single) == {"node-1": False, **dict.fromkeys(names, False)}
+
+
+def test_a_waiting_join_is_bounded_and_its_token_survives(single: Cluster) -> None:
+    via = single.nodes["node-1"]
+    token2, token3, token4 = (single.ok("node", "issue-join-token").out.strip() for _ in "234")
+    node2, result = single.try_join("node-2", token2, via)
+    assert result.code == 0, result.err  # admitted as a learner, but not started yet
+    before = (_audit_count(single), _names(single), _members(single))
+
+    node3 = single.new_node("node-3")
+    node3.data_dir.mkdir(mode=0o700)
+    started = time.monotonic()
+    result = single.run_join(node3, token3, via, "--wait", "12")  # the server holds each 5 s
+    assert 12 <= time.monotonic() - started < 40
+    assert result.code == 7, result.err
+    waiting, error = result.err.splitlines()  # the wait said once, then one line
+    assert WAITING.fullmatch(waiting), waiting
+    assert error.startswith("error: gave up after "), error
+    assert error.endswith(
+        "node node-2 is still catching up as a learner; make sure jacod runs on that node and "
+        "reaches the cluster (see its log), then run this join again (the join token stays "
+        "valid until it expires)"
+    ), error
+    assert "etcd:" not in result.err and "etcdserver" not in result.err
+    assert list(node3.data_dir.iterdir()) == []  # the operator's empty dir stays, empty
+    assert (_audit_count(single), _names(single), _members(single)) == before
+
+    # A join killed while it waits has written nothing: its data dir was never created.
+    node4 = single.new_node("node-4")
+    proc = single.start_join(node4, token4, via)
+    assert WAITING.fullmatch(proc.stderr.readline().strip())  # type: ignore[union-attr]
+    # The token went in on stdin: no other local user can read it from the process table
+    # (read while the join runs: just after exec, cmdline is still empty).
+    cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+    assert b"\0node\0join\0" in cmdline and token4.encode() not in cmdline
+    assert token4.encode() not in Path(f"/proc/{proc.pid}/environ").read_bytes()
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert not node4.data_dir.exists()
+    assert (_audit_count(single), _names(single), _members(single)) == before
+
+    # Once the learner is started and promoted, the same token admits the node.
+    node2.start()
+    single.wait_ready(["node-2"])
+    result = single.run_join(node3, token3, via)
+    assert result.code == 0, result.err
+    node3.start()
+    single.wait_ready(["node-1", "node-2", "node-3"])
+
+
+WAITING = re.compile(
+    r"waiting: node node-\d is still catching up as a learner \(etcd admits one learner at a "
+    r"time\); giving up after \d+ s…"
+)
+
+
+def _audit_count(cluster: Cluster) -> int:
+    return len(cluster.ok("audit", "--json").out.splitlines())
+
+
+def _names(cluster: Cluster) -> list[str]:
+    return [n["name"] for n in cluster.ok("cluster", "status", "--json").json()["nodes"]]
+
+
+def _members(cluster: Cluster) -> dict[str, bool]:
+    """etcd's own member list (name: is learner), read with node-1's client certificate."""
+    listing = run([*cluster.nodes["node-1"].etcdctl_command(), "member", "list", "-w", "json"])
+    assert listing.code == 0, listing.err
+    return {
+        m.get("name") or m["peerURLs"][0]: bool(m.get("isLearner"))
+        for m in json.loads(listing.out)["members"]
+    }
+
+
+def test_join_token_sources_and_the_deprecated_flag(tmp_path: Path) -> None:
+    """--token-file FILE, --token-file - (stdin), JACO_JOIN_TOKEN; --token still works but
+    warns. Each source is shown read by how far the join then gets (no cluster listens)."""
+    closed = f"127.0.0.1:{free_port()}"
+    data = tmp_path / "data"
+    fake = f"jaco1.join.{'a' * 64}.{'b' * 12}.{'c' * 43}"
+    token_file = tmp_path / "join.token"
+    token_file.write_text(fake + "\n")
+    (tmp_path / "empty").write_text("\n")
+    base = [JACO, "node", "join", "--peer", closed, "--name", "n2", "--data-dir", str(data)]
+    unreachable = f"error: cannot reach {closed}: Connection refused\n"
+    cases: list[tuple[list[str], dict[str, str], str | None, int, str]] = [
+        (["--token-file", str(token_file)], {}, None, 7, unreachable),
+        (["--token-file", "-"], {}, fake, 7, unreachable),
+        ([], {"JACO_JOIN_TOKEN": fake}, None, 7, unreachable),
+        (
+            ["--token", fake],
+            {},
+            None,
+            7,
+            "warning: --token is visible to every local user in the process list; use "
+            "--token-file FILE, --token-file - (stdin) or JACO_JOIN_TOKEN\n" + unreachable,
+        ),
+        (
+            ["--token", fake, "--token-file", str(token_file)],
+            {},
+            None,
+            2,
+            "error: give the join token once: --token-file, not --token too\n",
+        ),
+        (
+            [],
+            {"JACO_JOIN_TOKEN": ""},
+            None,
+            2,
+            "error: no join token: use --token-file FILE, --token-file - (stdin) or set "
+            "JACO_JOIN_TOKEN\n",
+        ),
+        (
+            ["--token-file", str(tmp_path / "missing")],
+            {},
+            None,
+            2,
+            f"error: cannot read the join token from {tmp_path / 'missing'}: No such file or "
+            "directory\n",
+        ),
+        (
+            ["--token-file", str(tmp_path / "empty")],
+            {},
+            None,
+            2,
+            f"error: {tmp_path / 'empty'} holds no join token\n",
+        ),
+        (["--token-file", "-"], {}, "", 2, "error: stdin holds no join token\n"),
+    ]
+    for args, env, stdin, code, err in cases:
+        result = run([*base, *args], env={"JACO_JOIN_TOKEN": "", **env}, input_=stdin)
+        assert (result.code, result.err) == (code, err), args
+        assert not data.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -22,8 +23,11 @@ from jaco.cli.common import (
     operator_errors,
     out,
     print_json,
+    read_secret,
+    safe,
 )
 from jaco.client.connection import open_client
+from jaco.errors import InvalidArgument
 from jaco.files import write_private
 from jaco.v1 import jaco_pb2 as pb
 
@@ -104,24 +108,42 @@ def issue_join_token(
 @operator_errors
 def node_join(
     peer: Annotated[str, typer.Option(help="A running node's API address HOST:PORT.")],
-    token: Annotated[
-        str,
+    token_file: Annotated[
+        Path | None,
         typer.Option(
-            envvar="JACO_JOIN_TOKEN", help="A join token from `jaco node issue-join-token`."
+            metavar="FILE",
+            help="Read the join token (from `jaco node issue-join-token`) from FILE, or from "
+            "stdin with '-'. Or set JACO_JOIN_TOKEN.",
         ),
-    ],
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Deprecated: every local user sees it in the process list. "
+            "Use --token-file or JACO_JOIN_TOKEN."
+        ),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="This node's name (default: hostname).")] = None,
     data_dir: DataDirOpt = None,
     advertise_host: AdvertiseHost = None,
     api_port: ApiPort = 7000,
     etcd_client_port: ClientPort = 2379,
     etcd_peer_port: PeerPort = 2380,
+    wait: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="How long to wait while an earlier node is still catching up as a learner.",
+        ),
+    ] = 300,
 ) -> None:
     """Join this (stopped, empty) node to a running cluster; then start jacod.
 
     The node enters as an etcd learner and is promoted to voter once it has caught up, so a
-    join never costs the cluster its quorum.
+    join never costs the cluster its quorum. etcd admits one learner at a time: nodes joined
+    back to back wait for each other (up to --wait seconds).
     """
+    join_token = _join_token(token, token_file)
     node_name = name or socket.gethostname().split(".")[0].lower()
     from jaco.node.bootstrap import Ports, default_advertise_host, join_cluster
 
@@ -129,9 +151,38 @@ def node_join(
         advertise_host or default_advertise_host(), api_port, etcd_client_port, etcd_peer_port
     )
     data = open_data_dir(data_dir)
-    cluster_id = join_cluster(data, node_name, ports, peer, token)
+    cluster_id = join_cluster(
+        data,
+        node_name,
+        ports,
+        peer,
+        join_token,
+        wait,
+        lambda line: err.print(safe(line), soft_wrap=True),
+    )
     out.print(f"Node {node_name} admitted to cluster {cluster_id}; data dir {data.path} primed.")
     out.print(
         f"Start it with: systemctl start jaco  (or: jacod --name {node_name} "
         f"--data-dir {data.path})"
     )
+
+
+def _join_token(flag: str | None, token_file: Path | None) -> str:
+    """The join token from --token-file, JACO_JOIN_TOKEN or (deprecated) --token."""
+    if flag is not None and token_file is not None:
+        raise InvalidArgument("give the join token once: --token-file, not --token too")
+    if flag is not None:
+        err.print(
+            "warning: --token is visible to every local user in the process list; use "
+            "--token-file FILE, --token-file - (stdin) or JACO_JOIN_TOKEN",
+            soft_wrap=True,
+        )
+        return flag
+    if token_file is not None:
+        return read_secret(token_file, "join token")
+    from_env = os.environ.get("JACO_JOIN_TOKEN", "").strip()
+    if not from_env:
+        raise InvalidArgument(
+            "no join token: use --token-file FILE, --token-file - (stdin) or set JACO_JOIN_TOKEN"
+        )
+    return from_env

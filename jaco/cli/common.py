@@ -8,8 +8,10 @@ control characters reach the terminal.
 from __future__ import annotations
 
 import functools
+import getpass
 import json
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -27,10 +29,11 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from jaco.errors import JacoError
+from jaco.errors import InvalidArgument, JacoError
 from jaco.node.config import DataDir, data_dir_from_env
 
 F = TypeVar("F", bound=Callable[..., Any])
+SECRET_MAX = 64 * 1024  # far more than any token: a wrong file is not read whole
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -90,6 +93,27 @@ def operator_errors(fn: F) -> F:
             raise fail(f"{exc.strerror or exc}{where}") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def read_secret(path: Path, what: str) -> str:
+    """A secret from a file, or from stdin for `-` (without echo on a terminal): never from an
+    argument list, which `ps` shows to every local user."""
+    where = "stdin" if str(path) == "-" else str(path)
+    try:
+        if str(path) != "-":
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read(SECRET_MAX)
+        elif sys.stdin.isatty():
+            text = getpass.getpass(f"{what}: ")
+        else:
+            text = sys.stdin.read(SECRET_MAX)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read the {what} from {where}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"{where} does not hold a {what} (it is not text)") from None
+    if not text.strip():
+        raise InvalidArgument(f"{where} holds no {what}")
+    return text.strip()
 
 
 def open_data_dir(path: Path | None) -> DataDir:

@@ -20,7 +20,14 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from jaco.errors import InvalidArgument, JacoError, TrustError, Unavailable, from_grpc_code
+from jaco.errors import (
+    ERROR_METADATA,
+    InvalidArgument,
+    JacoError,
+    TrustError,
+    Unavailable,
+    from_grpc_code,
+)
 from jaco.model.tokens import OPERATOR, parse_token
 from jaco.v1 import jaco_pb2_grpc as pb_grpc
 
@@ -95,9 +102,12 @@ def connect_info(server: str | None, token: str | None, kind: str = OPERATOR) ->
 def translate(exc: grpc.RpcError) -> JacoError:
     code = exc.code()  # type: ignore[attr-defined]
     details = exc.details() or code.name  # type: ignore[attr-defined]
-    if code == grpc.StatusCode.UNAVAILABLE and "jaco" not in details:
+    trailers: Any = exc.trailing_metadata() or ()  # type: ignore[attr-defined]
+    error_name = next((str(item[1]) for item in trailers if item[0] == ERROR_METADATA), "")
+    # jacod names its own errors; an UNAVAILABLE without a name is the transport's.
+    if code == grpc.StatusCode.UNAVAILABLE and not error_name and "jaco" not in details:
         return Unavailable(f"the server is unavailable: {details}")
-    return from_grpc_code(code.name, details)
+    return from_grpc_code(code.name, details, error_name)
 
 
 class Client:

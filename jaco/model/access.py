@@ -22,6 +22,7 @@ from jaco.model.engine import Change, Engine, Principal, View
 from jaco.model.keys import P_JOIN, P_NODES, P_TOKENS, decode, now
 
 ROLES = ("admin", "viewer")
+ISSUE_ANOTHER = "issue a new one with `jaco node issue-join-token` on a node of the cluster"
 
 
 class Access(Engine):
@@ -103,12 +104,14 @@ class Access(Engine):
 
     async def _join_token_record(self, view: View, token: tokens.Token) -> dict[str, Any]:
         if token.ca_fingerprint != await self.ca_fingerprint():
-            raise Unauthenticated("the join token belongs to another cluster")
+            raise Unauthenticated(f"the join token belongs to another cluster: {ISSUE_ANOTHER}")
         record = await view.get(P_JOIN + token.id)
         if not tokens.matches(token, record["sha256"] if record else None) or not record:
-            raise Unauthenticated("the join token is unknown, already used or expired")
+            raise Unauthenticated(
+                f"the join token is unknown, already used or expired: {ISSUE_ANOTHER}"
+            )
         if dt.datetime.fromisoformat(record["expires_at"]) <= dt.datetime.now(dt.UTC):
-            raise Unauthenticated("the join token has expired")
+            raise Unauthenticated(f"the join token has expired: {ISSUE_ANOTHER}")
         return record
 
     async def check_join_token(self, text: str) -> None:
@@ -118,7 +121,7 @@ class Access(Engine):
 
     async def check_node_name_free(self, name: str) -> None:
         if await (await self.view()).get(P_NODES + name) is not None:
-            raise AlreadyExists(f"a node named {name} is already in the cluster")
+            raise name_taken(name)
 
 
 def token_record(token: tokens.Token, role: str, description: str) -> dict[str, Any]:
@@ -130,3 +133,9 @@ def token_record(token: tokens.Token, role: str, description: str) -> dict[str, 
         "created_at": now(),
         "revoked": False,
     }
+
+
+def name_taken(name: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"a node named {name} is already in the cluster: give this node another --name"
+    )

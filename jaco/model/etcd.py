@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
-from jaco.errors import JacoError, Unavailable
+from jaco.errors import AlreadyExists, JacoError, Unavailable
 
 _PREFIX_END_BYTE = 0xFF
 
@@ -67,6 +67,15 @@ class EtcdError(JacoError):
     """etcd refused an operation for a reason that retrying will not fix."""
 
 
+class TooManyLearners(EtcdError):
+    """etcd (3.4) admits one learner at a time: the next member waits for its promotion."""
+
+
+class MembershipSettling(Unavailable):
+    """etcd refuses membership changes until every voter has been connected for 5 s (its
+    strict reconfiguration check), e.g. right after a promotion or while a voter is down."""
+
+
 def prefix_end(prefix: str) -> bytes:
     raw = bytearray(prefix.encode())
     for i in range(len(raw) - 1, -1, -1):
@@ -92,6 +101,24 @@ def _translate(exc: Any) -> JacoError:  # an RpcError that is also a grpc.Call
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(f"the local etcd member is not answering: {detail}")
     return EtcdError(f"etcd: {detail}")
+
+
+def _member_add_error(exc: Any, peer_url: str) -> JacoError:
+    """etcd's refusals of a new member, in jaco's terms (etcd says them only in words)."""
+    detail = exc.details() or ""
+    if "too many learner members" in detail:
+        return TooManyLearners("another member is still catching up as a learner")
+    if "unhealthy cluster" in detail or "not enough started members" in detail:
+        return MembershipSettling(
+            "the cluster admits no new member now: a member is down or was added less than "
+            "5 s ago; check `jaco cluster status`, then run this join again"
+        )
+    if "Peer URLs already exists" in detail:
+        return AlreadyExists(
+            f"another member of the cluster already has the peer URL {peer_url}: "
+            "give this node its own --advertise-host or --etcd-peer-port"
+        )
+    return _translate(exc)
 
 
 def op_put(key: str, value: bytes, lease: int = 0) -> Any:
@@ -252,7 +279,22 @@ class Etcd:
     async def add_learner(self, peer_url: str) -> tuple[int, list[Member]]:
         """Add a non-voting member (a join must never cost the cluster its quorum)."""
         request = rpc.MemberAddRequest(peerURLs=[peer_url], isLearner=True)
-        resp = await self._call(self._cluster.MemberAdd, request)
+        try:
+            resp = await self._cluster.MemberAdd(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise _member_add_error(exc, peer_url) from None
+            # raft drops a conf change proposed while another one is pending (a promotion, a
+            # join through another node) and etcd waits for it until the deadline; or it was
+            # only slow, and the member is there.
+            members = await self.members()
+            added = [m.id for m in members if peer_url in m.peer_urls]
+            if not added:
+                raise MembershipSettling(
+                    "the cluster admits no new member now: another membership change is "
+                    "under way; run this join again"
+                ) from None
+            return added[0], members
         members = [Member(m.ID, m.name, tuple(m.peerURLs), m.isLearner) for m in resp.members]
         return resp.member.ID, members
 

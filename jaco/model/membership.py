@@ -8,7 +8,7 @@ from typing import Any
 
 from jaco.errors import AlreadyExists, NotFound
 from jaco.model import audit, pki, tokens
-from jaco.model.access import Access, token_record
+from jaco.model.access import Access, name_taken, token_record
 from jaco.model.digest import StateDigest
 from jaco.model.engine import Change, View
 from jaco.model.keys import (
@@ -71,7 +71,7 @@ class Membership(Access):
         async def fn(view: View, change: Change) -> None:
             await self._join_token_record(view, token)
             if await view.get(P_NODES + node["name"]) is not None:
-                raise AlreadyExists(f"a node named {node['name']} is already in the cluster")
+                raise name_taken(node["name"])
             change.delete(P_JOIN + token.id)
             change.put(P_NODES + node["name"], node)
             change.audit(

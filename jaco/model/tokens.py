@@ -55,7 +55,8 @@ def parse_token(text: str, kind: str = OPERATOR) -> Token:
     token = Token(*match.groups())
     if token.kind != kind:
         expected = "an operator token" if kind == OPERATOR else "a join token"
-        raise Unauthenticated(f"this is not {expected} (it is a '{token.kind}' token)")
+        hint = "" if kind == OPERATOR else ": issue one with `jaco node issue-join-token`"
+        raise Unauthenticated(f"this is not {expected} (it is a '{token.kind}' token){hint}")
     return token
 
 

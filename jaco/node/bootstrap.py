@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from jaco.client.connection import Client, Connection, fetch_pinned_ca
-from jaco.errors import InvalidArgument, JacoError
+from jaco.errors import InvalidArgument, LearnerPending, TrustError
 from jaco.files import write_private
 from jaco.model import pki, tokens
 from jaco.model.ipam import check_subnet
@@ -23,6 +26,9 @@ from jaco.model.store import Store
 from jaco.node.config import DataDir, NodeConfig, url_host
 from jaco.node.etcd_member import EtcdMember
 from jaco.v1 import jaco_pb2 as pb
+
+JOIN_WAIT = 300.0  # seconds a join waits, by default, for earlier nodes still catching up
+RESEND_PAUSE = 1.0
 
 
 @dataclass
@@ -129,30 +135,43 @@ async def _bootstrap_store(
         await member.stop()
 
 
-def join_cluster(data: DataDir, name: str, ports: Ports, peer: str, join_token: str) -> str:
-    """Prime this node's data dir to join the cluster at `peer`; returns the cluster id."""
+def join_cluster(
+    data: DataDir,
+    name: str,
+    ports: Ports,
+    peer: str,
+    join_token: str,
+    wait: float = JOIN_WAIT,
+    on_wait: Callable[[str], None] | None = None,
+) -> str:
+    """Prime this node's data dir to join the cluster at `peer`; returns the cluster id.
+
+    While an earlier node is still catching up as a learner the join is sent again, for up
+    to `wait` seconds; `on_wait` is told once. The data dir is written only once the cluster
+    has admitted this node: a join that fails or is killed leaves it as it was.
+    """
     check_name("node", name)
     ports.check()
+    if not 0 <= wait <= 86400:
+        raise InvalidArgument(f"--wait {wait:g} is not a number of seconds from 0 to 86400")
     parsed = tokens.parse_token(join_token, tokens.JOIN)
     data.require_empty()
     ca_pem = fetch_pinned_ca(peer, parsed.ca_fingerprint)
+    csr_pem, key_pem = pki.make_csr(name, pki.node_hosts(name, ports.advertise_host))
+    request = pb.JoinRequest(
+        token=join_token,
+        name=name,
+        api_address=f"{url_host(ports.advertise_host)}:{ports.api_port}",
+        peer_url=f"https://{url_host(ports.advertise_host)}:{ports.etcd_peer_port}",
+        csr_pem=csr_pem.decode(),
+    )
+    with Client(Connection(peer, join_token, ca_pem), timeout=60) as client:
+        reply = _send_join(client, request, wait, on_wait or (lambda _: None))
+    if pki.fingerprint(reply.ca_pem.encode()) != parsed.ca_fingerprint:
+        raise TrustError("the peer answered with a CA that does not match the join token")
     created = not data.path.exists()
     data.create()
     try:
-        csr_pem, key_pem = pki.make_csr(name, pki.node_hosts(name, ports.advertise_host))
-        peer_url = f"https://{url_host(ports.advertise_host)}:{ports.etcd_peer_port}"
-        api_address = f"{url_host(ports.advertise_host)}:{ports.api_port}"
-        request = pb.JoinRequest(
-            token=join_token,
-            name=name,
-            api_address=api_address,
-            peer_url=peer_url,
-            csr_pem=csr_pem.decode(),
-        )
-        with Client(Connection(peer, join_token, ca_pem), timeout=60) as client:
-            reply = client.call("Join", request)
-        if pki.fingerprint(reply.ca_pem.encode()) != parsed.ca_fingerprint:
-            raise JacoError("the peer answered with a CA that does not match the join token")
         write_pki(data, reply.ca_pem.encode(), reply.cert_pem.encode(), key_pem)
         data.save(
             NodeConfig(
@@ -170,3 +189,31 @@ def join_cluster(data: DataDir, name: str, ports: Ports, peer: str, join_token: 
         empty_data_dir(data, created)
         raise
     return str(reply.cluster_id)
+
+
+def _send_join(
+    client: Client, request: pb.JoinRequest, wait: float, on_wait: Callable[[str], None]
+) -> Any:
+    """Send the join until the cluster admits this node. etcd admits one learner at a time:
+    while an earlier node is still catching up the server answers LearnerPending, and the very
+    same request is sent again (its token is consumed only once this node is added)."""
+    started = time.monotonic()
+    told = False
+    while True:
+        try:
+            return client.call("Join", request)
+        except LearnerPending as exc:
+            waited = time.monotonic() - started
+            if waited >= wait:
+                raise LearnerPending(
+                    f"gave up after {waited:.0f} s: {exc.message}; make sure jacod runs on "
+                    "that node and reaches the cluster (see its log), then run this join "
+                    "again (the join token stays valid until it expires)"
+                ) from None
+            if not told:
+                on_wait(
+                    f"waiting: {exc.message} (etcd admits one learner at a time); "
+                    f"giving up after {wait:g} s…"
+                )
+                told = True
+        time.sleep(RESEND_PAUSE)

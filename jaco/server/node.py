@@ -38,6 +38,9 @@ class Node:
         self._store: Store | None = None
         self._lease: int | None = None
         self.backup_lock = asyncio.Lock()
+        # Membership changes through this jacod, one at a time: raft drops a conf change
+        # proposed while another is pending, and etcd then waits for it until its deadline.
+        self.membership_lock = asyncio.Lock()
         self.exit_code = 0
 
     @property
@@ -141,7 +144,8 @@ class Node:
                 for member in await self.etcd.members():
                     if member.is_learner:
                         with contextlib.suppress(EtcdError):  # not caught up yet
-                            await self.etcd.promote(member.id)
+                            async with self.membership_lock:
+                                await self.etcd.promote(member.id)
                             log.info("promoted etcd learner %x to voter", member.id)
                             voters.add(member.id)
                     else:
