@@ -21,9 +21,9 @@ import pytest
 
 from infra.localcluster import Cluster, Node, cluster_of
 from jaco.archive.bolt import BoltFile, SnapshotFileError
+from jaco.archive.snapshot_file import read_snapshot_state
 from jaco.model import pki
 from jaco.model.etcd import Etcd, op_delete, op_put
-from jaco.archive.snapshot_file import read_snapshot_state
 from jaco.model.keys import P_ALIVE, ROOT
 from jaco.model.store import Store
 from jaco.node.config import DataDir
