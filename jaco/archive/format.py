@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import tarfile
 import time
 import zlib
@@ -27,7 +28,14 @@ from isal import igzip_threaded, isal_zlib
 
 from jaco.archive.meta import MAX_META_BYTES, MAX_SNAPSHOT_BYTES, BackupMeta
 from jaco.errors import ArchiveError, InvalidArgument, JacoError
-from jaco.files import CHUNK, ChunkReader, HashingReader, disk_full, private_output
+from jaco.files import (
+    CHUNK,
+    ChunkReader,
+    HashingReader,
+    check_output_target,
+    disk_full,
+    private_output,
+)
 
 META_NAME = "meta.json"
 SNAPSHOT_NAME = "snapshot.bin"
@@ -55,6 +63,19 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def check_archive_output(output: Path) -> bool:
+    """Refuse, before anything is fetched, an output no archive can be written to: a missing
+    or unwritable directory, or anything but a regular file in its place (a device, a
+    directory, a FIFO, a socket, a symbolic link such as /dev/stdout). Returns whether an
+    existing regular file will be replaced."""
+    directory = output.parent
+    if not directory.is_dir():
+        raise InvalidArgument(f"the directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise InvalidArgument(f"cannot write to {directory}: permission denied or read-only")
+    return check_output_target(output)
+
+
 def write_archive(
     output: Path,
     snapshot_size: int,
@@ -67,6 +88,7 @@ def write_archive(
 
     The snapshot's size and SHA-256 as received must match those meta.json records.
     """
+    check_archive_output(output)
     try:
         with private_output(output) as raw:
             with _gzip_open(raw) as gz, _tar_stream(gz, "w|") as tar:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from jaco.archive.format import read_archive
+from jaco.archive.format import check_archive_output, read_archive
 from jaco.cli.common import (
     AdvertiseHost,
     ApiPort,
@@ -28,6 +28,7 @@ from jaco.cli.common import (
 from jaco.client.backup import DEFAULT_TIMEOUT, take_backup
 from jaco.client.connection import open_client
 from jaco.errors import InvalidArgument
+from jaco.files import sweep_partials
 
 app = typer.Typer()
 backup_app = typer.Typer(
@@ -60,10 +61,11 @@ def backup(
         return
     if output is None:
         raise InvalidArgument("--output FILE is required (or use `jaco backup inspect FILE`)")
-    if output.is_dir():
-        raise InvalidArgument(f"--output {output} is a directory; name the archive file")
     shown = str(output)
     output = output.absolute()
+    replaces = check_archive_output(output)  # before the server is contacted
+    for left in sweep_partials(output.parent):
+        err.print(f"removed {safe(left.name)}, left by an interrupted backup", soft_wrap=True)
     with open_client(server) as client, progress() as bar:
         task = bar.add_task("snapshot", total=None)
         result = take_backup(
@@ -74,6 +76,8 @@ def backup(
             progress=lambda n: bar.advance(task, n),
         )
     out.print(f"Wrote {result.size} bytes to {safe(shown)}", soft_wrap=True)
+    if replaces:
+        err.print(f"replaced existing file {safe(shown)}", soft_wrap=True)
     meta = result.meta
     err.print(
         f"snapshot index {meta.snapshot_index}, term {meta.snapshot_term}, "
