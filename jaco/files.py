@@ -18,7 +18,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from jaco.errors import InvalidArgument, JacoError
 
@@ -183,6 +183,10 @@ class ChunkReader:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+class Readable(Protocol):
+    def read(self, n: int, /) -> bytes: ...
+
+
 class HashingReader:
     """A read-only source that counts and hashes what is read from it.
 
@@ -191,7 +195,7 @@ class HashingReader:
     whole block or more with nothing buffered passes straight through, uncopied.
     """
 
-    def __init__(self, source: IO[bytes] | ChunkReader) -> None:
+    def __init__(self, source: Readable) -> None:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self._source = source
