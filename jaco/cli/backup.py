@@ -145,7 +145,7 @@ def restore_cmd(
         advertise_host or default_advertise_host(), api_port, etcd_client_port, etcd_peer_port
     )
     data = open_data_dir(data_dir)
-    meta = restore(input_, data, name, ports)
+    meta = restore(input_, data, name, ports, lambda note: err.print(safe(note), soft_wrap=True))
     out.print(
         f"Restored cluster {meta.cluster_id} at index {meta.snapshot_index} "
         f"(taken {meta.taken_at.isoformat()}) into {safe(data.path)} as node {name}; "
