@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,16 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with cluster_of(tmp_path_factory.mktemp("big"), 1) as cluster:
         fill(cluster, 3)
         yield cluster
+
+
+@pytest.fixture
+def silent_server() -> Iterator[socket.socket]:
+    """A listening TCP socket standing in for the server: a refusal made before contacting
+    the server leaves it with no connection to accept (tests.refusal.untouched)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    yield listener
+    listener.close()
 
 
 @pytest.fixture(scope="session")

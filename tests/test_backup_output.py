@@ -23,10 +23,7 @@ import pytest
 
 from infra.localcluster import JACO, Cluster, run, wait_for
 from tests.netfaults import FaultyProxy
-from tests.refusal import refused
-
-# A token of the right shape: the client would use it to fetch the server's CA.
-SHAPED_TOKEN = f"jaco1.op.{'a' * 64}.{'b' * 12}.{'c' * 43}"
+from tests.refusal import refused, silent_env, untouched
 
 
 def _char_device(path: Path) -> str:
@@ -80,14 +77,9 @@ TARGETS: list[Callable[[Path], str]] = [
 ]
 
 
-@pytest.fixture
-def silent_server() -> Iterator[socket.socket]:
-    """A listening TCP socket standing in for the server: a refusal made before contacting
-    the server leaves it with no connection to accept."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
-    yield listener
-    listener.close()
+@pytest.fixture(autouse=True)
+def _close_sockets() -> Iterator[None]:
+    yield
     for s in _SOCKETS:
         s.close()
     _SOCKETS.clear()
@@ -112,16 +104,10 @@ def test_output_onto_what_is_not_a_regular_file_is_refused_before_the_server_is_
     target = tmp_path / "out.tar.gz"
     kind = make(target)
     before = _snapshot(tmp_path)
-    address = f"127.0.0.1:{silent_server.getsockname()[1]}"
-    result = run(
-        [JACO, "backup", "--output", str(target)],
-        env={"JACO_SERVER": address, "JACO_TOKEN": SHAPED_TOKEN},
-        timeout=30,
-    )
+    result = run([JACO, "backup", "--output", str(target)], env=silent_env(silent_server))
     refused(result, 2, re.escape(f"{target} is {kind}, not a regular file; refusing to replace it"))
     assert _snapshot(tmp_path) == before, "the target or its directory changed"
-    with pytest.raises(BlockingIOError):
-        silent_server.accept()  # nobody knocked: the server was never contacted
+    assert untouched(silent_server), "the server was contacted"
 
 
 def test_replacing_an_existing_archive_is_said_aloud(big: Cluster, tmp_path: Path) -> None:

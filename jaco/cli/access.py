@@ -17,6 +17,7 @@ from jaco.cli.common import (
 )
 from jaco.client.connection import open_client
 from jaco.files import write_private
+from jaco.model.access import check_role
 from jaco.v1 import jaco_pb2 as pb
 
 token_app = typer.Typer(no_args_is_help=True, help="Operator tokens (the cluster keeps hashes).")
@@ -34,6 +35,7 @@ def token_create(
     server: Server = "",
 ) -> None:
     """Create an operator token. It is shown once; the cluster keeps only its SHA-256."""
+    check_role(role)
     with open_client(server) as client:
         reply = client.call(
             "CreateToken", pb.CreateTokenRequest(role=role, description=description)

@@ -17,6 +17,7 @@ from jaco.cli.common import (
     DataDirOpt,
     PeerPort,
     Server,
+    check_range,
     err,
     open_data_dir,
     operator_errors,
@@ -25,7 +26,7 @@ from jaco.cli.common import (
     progress,
     safe,
 )
-from jaco.client.backup import DEFAULT_TIMEOUT, take_backup
+from jaco.client.backup import DEFAULT_TIMEOUT, MAX_TIMEOUT, take_backup
 from jaco.client.connection import open_client
 from jaco.errors import InvalidArgument
 from jaco.files import sweep_partials
@@ -61,6 +62,7 @@ def backup(
         return
     if output is None:
         raise InvalidArgument("--output FILE is required (or use `jaco backup inspect FILE`)")
+    check_range("--timeout", timeout, 0.001, MAX_TIMEOUT, " seconds")
     shown = str(output)
     output = output.absolute()
     replaces = check_archive_output(output)  # before the server is contacted

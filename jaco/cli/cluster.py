@@ -17,6 +17,7 @@ from jaco.cli.common import (
     DataDirOpt,
     PeerPort,
     Server,
+    check_range,
     err,
     open_data_dir,
     operator_errors,
@@ -25,6 +26,7 @@ from jaco.cli.common import (
 )
 from jaco.client.connection import open_client
 from jaco.files import write_private
+from jaco.model.access import MAX_JOIN_TTL
 from jaco.v1 import jaco_pb2 as pb
 
 cluster_app = typer.Typer(no_args_is_help=True, help="Create a cluster; show its nodes.")
@@ -94,6 +96,7 @@ def issue_join_token(
     server: Server = "",
 ) -> None:
     """Issue a single-use, expiring token for one new node to join."""
+    check_range("--ttl", ttl, 1, MAX_JOIN_TTL, " seconds")
     with open_client(server) as client:
         reply = client.call("IssueJoinToken", pb.IssueJoinTokenRequest(ttl_seconds=ttl))
     err.print(f"Single-use join token (expires {reply.expires_at}):")

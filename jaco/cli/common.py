@@ -27,7 +27,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from jaco.errors import JacoError
+from jaco.errors import InvalidArgument, JacoError
 from jaco.node.config import DataDir, data_dir_from_env
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -66,6 +66,13 @@ def safe(text: object) -> str:
     (ANSI escapes, carriage returns, newlines...) shown as \\xNN instead of acted on."""
     cleaned = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text).replace("\n", "\\n"))
     return escape(cleaned)
+
+
+def check_range(flag: str, value: float, low: float, high: float, unit: str = "") -> None:
+    """Refuse a number outside [low, high] (and NaN) before anything is sent: protobuf would
+    raise on an out-of-range integer, and a server should not be asked to judge it."""
+    if not low <= value <= high:  # NaN fails both comparisons
+        raise InvalidArgument(f"invalid {flag} {value}: use {low} to {high}{unit}")
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

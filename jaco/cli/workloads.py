@@ -11,6 +11,7 @@ from rich.table import Table
 from jaco.cli.common import (
     AsJson,
     Server,
+    check_range,
     operator_errors,
     out,
     print_json,
@@ -18,6 +19,8 @@ from jaco.cli.common import (
 from jaco.client.connection import open_client
 from jaco.errors import InvalidArgument
 from jaco.files import write_private
+from jaco.model.deployments import MAX_REPLICAS
+from jaco.model.names import check_host
 from jaco.v1 import jaco_pb2 as pb
 
 app = typer.Typer()
@@ -65,6 +68,8 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
 def _check_count(replicas: int) -> int:
     if replicas < 0:
         raise InvalidArgument(f"replicas cannot be negative ({replicas})")
+    if replicas > MAX_REPLICAS:
+        raise InvalidArgument(f"replicas must be between 0 and {MAX_REPLICAS}, not {replicas}")
     return replicas
 
 
@@ -98,8 +103,9 @@ def scale(
     server: Server = "",
 ) -> None:
     """Change a deployment's replica count (IPs of removed replicas are released)."""
+    request = pb.ScaleRequest(name=name, replicas=_check_count(replicas))
     with open_client(server) as client:
-        reply = client.call("Scale", pb.ScaleRequest(name=name, replicas=_check_count(replicas)))
+        reply = client.call("Scale", request)
     out.print(f"Scaled {reply.name} to {reply.replicas} replica(s)")
 
 
@@ -125,6 +131,8 @@ def route_add(
     server: Server = "",
 ) -> None:
     """Route HOST/PATH to a deployment's port."""
+    check_host(host, "route host")
+    check_range("--port", port, 1, 65535)
     with open_client(server) as client:
         reply = client.call(
             "AddRoute", pb.Route(name=name, host=host, path=path, deployment=deployment, port=port)
@@ -167,8 +175,9 @@ def cert_issue(
     server: Server = "",
 ) -> None:
     """Issue a certificate signed by the cluster CA (the key is written 0600, never stored)."""
-    if days <= 0:
-        raise InvalidArgument("--days must be positive")
+    from jaco.model.pki import NODE_VALID_DAYS  # here: cryptography costs every command 30 ms
+
+    check_range("--days", days, 1, NODE_VALID_DAYS)
     if not out_dir.is_dir():
         raise InvalidArgument(f"--out-dir {out_dir} is not a directory")
     with open_client(server) as client:

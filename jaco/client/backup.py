@@ -14,6 +14,7 @@ from jaco.errors import ArchiveError
 from jaco.v1 import jaco_pb2 as pb
 
 DEFAULT_TIMEOUT = 300.0
+MAX_TIMEOUT = 7 * 86400.0
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,12 @@ processes.
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import json
+import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +30,7 @@ from jaco.errors import (
 )
 from jaco.model import audit, ipam, scheduler, tokens
 from jaco.model.digest import StateDigest
+from jaco.model.engine import Change
 from jaco.model.names import check_host, check_name
 
 
@@ -202,3 +206,49 @@ def test_the_documented_automation_is_one_prefect_accepts() -> None:
     path = __import__("pathlib").Path(__file__).parents[2] / "docs/automation-failed-backup.yaml"
     automation = AutomationCore.model_validate(yaml.safe_load(path.read_text()))
     assert "prefect.flow-run.Crashed" in automation.trigger.expect  # type: ignore[union-attr]
+
+
+def test_every_audit_event_type_the_code_writes_is_listed() -> None:
+    """The event types passed as literals to Change.audit, Engine.record and update_node,
+    read from the code, are exactly audit.EVENT_TYPES (what `jaco audit --type` accepts);
+    and a type not listed cannot be written at all."""
+    written: set[str] = set()
+    for path in (Path(__file__).resolve().parents[2] / "jaco").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            if node.func.attr in ("audit", "record", "update_node"):
+                written |= {
+                    arg.value
+                    for arg in node.args
+                    if isinstance(arg, ast.Constant)
+                    and isinstance(arg.value, str)
+                    and re.fullmatch(r"[A-Z][A-Z_]+", arg.value)
+                }
+    assert written == set(audit.EVENT_TYPES)
+    assert list(audit.EVENT_TYPES) == sorted(audit.EVENT_TYPES)  # shown in this order
+    with pytest.raises(ValueError, match="not in jaco.model.audit.EVENT_TYPES"):
+        Change().audit("SOMETHING_NEW")
+    assert audit.check_types(["backup_taken"]) == {"BACKUP_TAKEN"}
+    with pytest.raises(InvalidArgument, match="invalid --type 'NOPE': use one of BACKUP_TAKEN"):
+        audit.check_types(["nope"])
+
+
+def test_listed_events_are_well_formed_or_damaged() -> None:
+    good = audit.make_event(
+        1, audit.GENESIS_HASH, "BACKUP_TAKEN", "token:x", "2026-01-01T00:00:00+00:00", {}
+    )
+    assert audit.listed_event("000000000001", json.dumps(good).encode()) == good
+    for raw in (
+        b"not json {",
+        b"[]",
+        b'{"seq": "x"}',
+        json.dumps({**good, "at": "yesterday"}).encode(),
+        json.dumps({**good, "at": "2026-01-01T00:00:00"}).encode(),  # no zone
+        json.dumps({**good, "seq": -1}).encode(),
+        json.dumps({**good, "hash": 5}).encode(),
+        b"[" * 100_000,
+    ):
+        listed = audit.listed_event("000000000007", raw)
+        assert listed["type"] == audit.DAMAGED and listed["seq"] == 7, raw[:40]
+    assert audit.listed_event("zzz", b"x")["seq"] == 0
