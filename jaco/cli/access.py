@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from jaco.cli.common import (
     AsJson,
@@ -14,6 +13,8 @@ from jaco.cli.common import (
     operator_errors,
     out,
     print_json,
+    safe,
+    table,
 )
 from jaco.client.connection import open_client
 from jaco.files import write_private
@@ -42,10 +43,10 @@ def token_create(
         )
     if file:
         write_private(file, reply.token.encode() + b"\n")
-        out.print(f"Created {role} token {reply.info.id}; written to {file}")
+        out.print(safe(f"Created {role} token {reply.info.id}; written to {file}"))
     else:
-        out.print(f"Created {role} token {reply.info.id} (shown once):")
-        out.print(reply.token, highlight=False, soft_wrap=True)
+        out.print(safe(f"Created {role} token {reply.info.id} (shown once):"))
+        out.print(safe(reply.token), soft_wrap=True)
 
 
 @token_app.command("ls")
@@ -56,12 +57,11 @@ def token_ls(server: Server = "", as_json: AsJson = False) -> None:
         reply = client.call("ListTokens", pb.Empty())
     if as_json:
         return print_json(reply)
-    table = Table()
-    for col in ("ID", "ROLE", "DESCRIPTION", "CREATED", "REVOKED"):
-        table.add_column(col)
-    for t in reply.tokens:
-        table.add_row(t.id, t.role, t.description, t.created_at, "yes" if t.revoked else "")
-    out.print(table)
+    rows = [
+        (t.id, t.role, t.description, t.created_at, "yes" if t.revoked else "")
+        for t in reply.tokens
+    ]
+    out.print(table(("ID", "ROLE", "DESCRIPTION", "CREATED", "REVOKED"), rows))
 
 
 @token_app.command("revoke")
@@ -73,4 +73,4 @@ def token_revoke(
     """Revoke an operator token; it stops authenticating at once, on every node."""
     with open_client(server) as client:
         client.call("RevokeToken", pb.RevokeTokenRequest(id=token_id))
-    out.print(f"Revoked token {token_id}")
+    out.print(f"Revoked token {safe(token_id)}")

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from jaco.archive.format import check_archive_output, read_archive
 from jaco.cli.common import (
@@ -25,6 +24,7 @@ from jaco.cli.common import (
     print_json,
     progress,
     safe,
+    table,
 )
 from jaco.client.backup import DEFAULT_TIMEOUT, MAX_TIMEOUT, take_backup
 from jaco.client.connection import open_client
@@ -103,7 +103,7 @@ def backup_inspect(
         shown = meta.model_dump(mode="json", exclude_none=True)
         print_json({**shown, "archive_size": verified.archive_size, "verified": True})
         return meta.check_version()
-    table = Table(title=f"{safe(archive.name)}: verified", show_header=False)
+    rows: list[tuple[str, object]] = []
     for key in (
         "cluster_id",
         "snapshot_index",
@@ -116,9 +116,9 @@ def backup_inspect(
         "snapshot_sha256",
         "state_digest",
     ):
-        table.add_row(key, safe(getattr(meta, key)))
-    table.add_row("records", safe(", ".join(f"{k}={v}" for k, v in meta.counts.items())))
-    out.print(table)
+        rows.append((key, getattr(meta, key)))
+    rows.append(("records", ", ".join(f"{k}={v}" for k, v in meta.counts.items())))
+    out.print(table((), rows, f"{archive.name}: verified"))
     meta.check_version()  # intact, but can this jaco restore it?
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from jaco.cli.common import (
     AsJson,
@@ -15,6 +14,8 @@ from jaco.cli.common import (
     operator_errors,
     out,
     print_json,
+    safe,
+    table,
 )
 from jaco.client.connection import open_client
 from jaco.errors import InvalidArgument
@@ -36,23 +37,15 @@ def status(server: Server = "", as_json: AsJson = False) -> None:
         reply = client.call("Status", pb.StatusRequest())
     if as_json:
         return print_json(reply)
-    table = Table(title=f"deployments of cluster {reply.cluster_id}")
-    for col in ("DEPLOYMENT", "IMAGE", "REPLICAS", "REPLICA", "IP", "NODE"):
-        table.add_column(col)
+    rows: list[tuple[object, ...]] = []
     for d in reply.deployments:
         if not d.placed:
-            table.add_row(d.name, d.image, str(d.replicas), "-", "-", "-")
+            rows.append((d.name, d.image, d.replicas, "-", "-", "-"))
         for i, r in enumerate(d.placed):
-            first = i == 0
-            table.add_row(
-                d.name if first else "",
-                d.image if first else "",
-                str(d.replicas) if first else "",
-                r.id,
-                r.ip,
-                r.node,
-            )
-    out.print(table)
+            shown = (d.name, d.image, d.replicas) if i == 0 else ("", "", "")
+            rows.append((*shown, r.id, r.ip, r.node))
+    columns = ("DEPLOYMENT", "IMAGE", "REPLICAS", "REPLICA", "IP", "NODE")
+    out.print(table(columns, rows, f"deployments of cluster {reply.cluster_id}"))
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
@@ -92,7 +85,10 @@ def deploy(
     if as_json:
         return print_json(reply)
     ips = ", ".join(r.ip for r in reply.placed) or "none"
-    out.print(f"Deployed {reply.name} ({reply.image}) with {reply.replicas} replica(s): {ips}")
+    out.print(
+        safe(f"Deployed {reply.name} ({reply.image}) with {reply.replicas} replica(s): {ips}"),
+        soft_wrap=True,
+    )
 
 
 @app.command("scale")
@@ -106,7 +102,7 @@ def scale(
     request = pb.ScaleRequest(name=name, replicas=_check_count(replicas))
     with open_client(server) as client:
         reply = client.call("Scale", request)
-    out.print(f"Scaled {reply.name} to {reply.replicas} replica(s)")
+    out.print(safe(f"Scaled {reply.name} to {reply.replicas} replica(s)"))
 
 
 @app.command("rm")
@@ -117,7 +113,7 @@ def remove(
     """Delete a deployment, its replicas and their IPs."""
     with open_client(server) as client:
         client.call("RemoveDeployment", pb.RemoveDeploymentRequest(name=name))
-    out.print(f"Removed {name}")
+    out.print(f"Removed {safe(name)}")
 
 
 @route_app.command("add")
@@ -134,10 +130,10 @@ def route_add(
     check_host(host, "route host")
     check_range("--port", port, 1, 65535)
     with open_client(server) as client:
-        reply = client.call(
+        r = client.call(
             "AddRoute", pb.Route(name=name, host=host, path=path, deployment=deployment, port=port)
         )
-    out.print(f"Route {reply.name}: {reply.host}{reply.path} -> {reply.deployment}:{reply.port}")
+    out.print(safe(f"Route {r.name}: {r.host}{r.path} -> {r.deployment}:{r.port}"), soft_wrap=True)
 
 
 @route_app.command("ls")
@@ -148,12 +144,8 @@ def route_ls(server: Server = "", as_json: AsJson = False) -> None:
         reply = client.call("ListRoutes", pb.Empty())
     if as_json:
         return print_json(reply)
-    table = Table()
-    for col in ("NAME", "HOST", "PATH", "DEPLOYMENT", "PORT"):
-        table.add_column(col)
-    for r in reply.routes:
-        table.add_row(r.name, r.host, r.path, r.deployment, str(r.port))
-    out.print(table)
+    rows = [(r.name, r.host, r.path, r.deployment, r.port) for r in reply.routes]
+    out.print(table(("NAME", "HOST", "PATH", "DEPLOYMENT", "PORT"), rows))
 
 
 @route_app.command("rm")
@@ -162,7 +154,7 @@ def route_rm(name: Annotated[str, typer.Argument(help="Route name.")], server: S
     """Remove a route."""
     with open_client(server) as client:
         client.call("RemoveRoute", pb.RemoveRouteRequest(name=name))
-    out.print(f"Removed route {name}")
+    out.print(f"Removed route {safe(name)}")
 
 
 @cert_app.command("issue")
@@ -189,8 +181,11 @@ def cert_issue(
     write_private(out_dir / f"{common_name}.key", reply.key_pem.encode())
     write_private(out_dir / "ca.crt", reply.ca_pem.encode())
     out.print(
-        f"Issued certificate {reply.info.serial} for {common_name} "
-        f"(until {reply.info.not_after}) into {out_dir}"
+        safe(
+            f"Issued certificate {reply.info.serial} for {common_name} "
+            f"(until {reply.info.not_after}) into {out_dir}"
+        ),
+        soft_wrap=True,
     )
 
 
@@ -202,9 +197,5 @@ def cert_ls(server: Server = "", as_json: AsJson = False) -> None:
         reply = client.call("ListCerts", pb.Empty())
     if as_json:
         return print_json(reply)
-    table = Table()
-    for col in ("SERIAL", "COMMON NAME", "NAMES", "NOT AFTER"):
-        table.add_column(col)
-    for c in reply.certs:
-        table.add_row(c.serial, c.common_name, ", ".join(c.dns_names), c.not_after)
-    out.print(table)
+    rows = [(c.serial, c.common_name, ", ".join(c.dns_names), c.not_after) for c in reply.certs]
+    out.print(table(("SERIAL", "COMMON NAME", "NAMES", "NOT AFTER"), rows))
