@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
+import jaco.errors
 from flows.retention import Backup, RetentionPolicy, parse_key, to_keep
+from jaco.archive.age import DecryptionFailed
 from jaco.archive.meta import BackupMeta
 from jaco.errors import (
     ArchiveError,
@@ -197,6 +199,20 @@ def test_errors_say_whether_a_retry_can_help() -> None:
     assert is_retryable(Unavailable("x")) and is_retryable(Conflict("x"))
     assert not is_retryable(InvalidArgument("x")) and not is_retryable(ArchiveError("x"))
     assert is_retryable(ConnectionResetError())  # not ours: assumed transient
+
+
+def test_the_documented_exit_codes_are_the_errors_codes() -> None:
+    """docs/backups.md's exit code table names each error class with its code."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "backups.md").read_text()
+    rows = re.findall(r"^\| (\d+) \|.*\(`(\w+)`\)", doc[doc.index("### Exit codes") :], re.M)
+    base = jaco.errors.JacoError
+    errors = [
+        c
+        for c in vars(jaco.errors).values()
+        if isinstance(c, type) and issubclass(c, base) and c is not base
+    ]
+    expected = {c.__name__: c.exit_code for c in [*errors, DecryptionFailed]}
+    assert {name: int(code) for code, name in rows} == expected
 
 
 def test_the_documented_automation_is_one_prefect_accepts() -> None:
