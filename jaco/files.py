@@ -5,7 +5,10 @@ temp name in the target's directory (`.NAME.partial-PID`, created O_EXCL, mode 0
 under flock while it is written), fsync it, rename it into place and fsync the directory, so
 a crash leaves either the old file or the new one, never a torn one; a failure removes the
 temp file, and `sweep_partials` removes those of writers that died (their flock is gone).
-`HashingReader` hashes what passes through any `read()`-able source, in 1 MiB blocks.
+`staged_dir` does the same for a whole directory (`.NAME.restore-PID`, renamed over an absent
+or empty target), and `anonymous_file` holds scratch data that has no name at all, so no crash
+can leave it behind. `HashingReader` hashes what passes through any `read()`-able source, in
+1 MiB blocks.
 """
 
 from __future__ import annotations
@@ -15,15 +18,18 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
+import shutil
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from jaco.errors import InvalidArgument, JacoError
 
 CHUNK = 1024 * 1024
 PARTIAL = ".partial-"
+STAGING = ".restore-"
 
 
 def fsync_dir(directory: Path) -> None:
@@ -111,26 +117,81 @@ def write_private(path: Path, data: bytes) -> None:
         out.write(data)
 
 
-def sweep_partials(directory: Path) -> list[Path]:
-    """Remove temp files of `private_output` writers that died (nobody holds their flock)."""
+@contextlib.contextmanager
+def staged_dir(target: Path, marker: str = STAGING) -> Iterator[Path]:
+    """Build a directory beside `target` and put it in place whole.
+
+    Yields `.NAME<marker>PID` in target's parent (same filesystem, mode 0700, held under
+    flock so `sweep_partials` can tell a live builder's from a dead one's). On a clean exit it
+    is renamed over `target`, which must be absent or an empty directory, and the parent is
+    fsynced; on failure it is removed. A crash at any moment leaves `target` as it was.
+    """
+    parent = target.parent
+    staging = parent / f".{target.name}{marker}{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)  # ours, from an earlier failed attempt
+    os.mkdir(staging, 0o700)
+    fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield staging
+        os.fsync(fd)
+        try:
+            os.rename(staging, target)
+        except OSError as exc:  # not empty (any more), not a directory, a mount point...
+            raise JacoError(f"cannot put {target} in place: {exc.strerror}") from None
+        fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def anonymous_file(directory: Path) -> Iterator[IO[bytes]]:
+    """A private scratch file on `directory`'s filesystem that has no name (O_TMPFILE): the
+    kernel frees it when the last descriptor closes, so no crash can leave it behind. Other
+    processes reach it through `/proc/self/fd/N` when given the descriptor."""
+    try:
+        fd = os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
+    except OSError as exc:  # a filesystem without O_TMPFILE: a name for an instant only
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+        named = directory / f".anonymous-{os.getpid()}"
+        fd = os.open(named, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        named.unlink()
+    with os.fdopen(fd, "w+b") as scratch:
+        yield scratch
+
+
+def sweep_partials(directory: Path, marker: str = PARTIAL, name: str = "") -> list[Path]:
+    """Remove what writers that died left in `directory`: the `.NAME<marker>PID` files of
+    `private_output` or directories of `staged_dir` that nobody holds under flock any more
+    (only those of target NAME when `name` is given)."""
+    pattern = re.compile(rf"^\.{re.escape(name) if name else '.+'}{re.escape(marker)}[0-9]+$")
     removed: list[Path] = []
-    with contextlib.suppress(OSError):
-        for candidate in directory.iterdir():
-            if not (candidate.name.startswith(".") and PARTIAL in candidate.name):
-                continue
-            try:
-                fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live writer
-            finally:
-                os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
+    try:
+        candidates = [p for p in directory.iterdir() if pattern.match(p.name)]
+    except OSError:
+        return removed
+    for candidate in candidates:
+        try:
+            fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        except BlockingIOError:
+            continue  # a live writer
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            if is_dir:
+                shutil.rmtree(candidate)
+            else:
                 candidate.unlink()
-                removed.append(candidate)
+            removed.append(candidate)
     return removed
 
 
@@ -183,6 +244,10 @@ class ChunkReader:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+class Readable(Protocol):
+    def read(self, n: int, /) -> bytes: ...
+
+
 class HashingReader:
     """A read-only source that counts and hashes what is read from it.
 
@@ -191,7 +256,7 @@ class HashingReader:
     whole block or more with nothing buffered passes straight through, uncopied.
     """
 
-    def __init__(self, source: IO[bytes] | ChunkReader) -> None:
+    def __init__(self, source: Readable) -> None:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self._source = source

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
+import struct
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -45,3 +47,62 @@ def special(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInfo
 
 def meta_bytes(meta: dict[str, Any]) -> bytes:
     return json.dumps(meta).encode()
+
+
+# -- archives that cost a naive reader memory, time or disk -------------------------------
+
+ZEROS = 16 * 1024 * 1024
+
+
+@functools.cache
+def _zeros_member() -> bytes:
+    return gzip.compress(b"\0" * ZEROS, compresslevel=9)
+
+
+def zeros_gz(size: int) -> bytes:
+    """`size` zero bytes (rounded up to 16 MiB) as concatenated gzip members, which gzip
+    readers inflate as one stream: 1 GiB costs about 1 MB."""
+    return _zeros_member() * -(-size // ZEROS)
+
+
+def header(name: str, kind: bytes, size: int, fmt: int = tarfile.GNU_FORMAT) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = size
+    return info.tobuf(fmt)
+
+
+def pax_record(key: str, value: str) -> bytes:
+    """One `LEN key=value\\n` record; LEN counts its own digits."""
+    body = f" {key}={value}\n".encode()
+    length = len(body) + len(str(len(body)))
+    length = len(body) + len(str(length))
+    return str(length).encode() + body
+
+
+def pax_header(records: bytes, declared: int | None = None) -> bytes:
+    """A pax 'x' header and its records (declaring `declared` bytes of them if given)."""
+    size = len(records) if declared is None else declared
+    block = records + b"\0" * (-len(records) % tarfile.BLOCKSIZE)
+    return header("./PaxHeaders/snapshot.bin", tarfile.XHDTYPE, size, tarfile.USTAR_FORMAT) + block
+
+
+def bomb(path: Path, head: bytes, zeros: int) -> Path:
+    """gzip of `head` followed by `zeros` zero bytes (which also end the tar)."""
+    path.write_bytes(gzip.compress(head) + zeros_gz(zeros + 2 * tarfile.BLOCKSIZE))
+    return path
+
+
+def bolt_head(page_size: int = 4096) -> bytes:
+    """A first page that looks like an etcd snapshot's (a bbolt meta page)."""
+    page = struct.pack("<QHHI", 0, 0x04, 0, 0)
+    meta = struct.pack("<IIII QQ QQQ", 0xED0CDAED, 2, page_size, 0, 3, 0, 2, 4, 1)
+    meta += struct.pack("<Q", _fnv64a(meta))
+    return (page + meta).ljust(page_size, b"\0")
+
+
+def _fnv64a(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h

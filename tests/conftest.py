@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,9 @@ import pytest
 from infra.localcluster import BIN, Cluster, cluster_of, wait_for
 from infra.ports import free_port
 from infra.seaweed import running_seaweed
+from jaco.client.connection import open_client
 from jaco.node.etcd_member import die_with_parent
+from jaco.v1 import jaco_pb2 as pb
 from tests.pipeline import BUCKET, age_keygen, params
 
 # Prefect's servers in the tests (and every process the tests start) send no usage reports.
@@ -39,6 +43,34 @@ def single(tmp_path: Path) -> Iterator[Cluster]:
     """A fresh 1-node cluster for one test."""
     with cluster_of(tmp_path, 1) as cluster:
         yield cluster
+
+
+def fill(cluster: Cluster, deployments: int, blob_bytes: int = 600_000) -> None:
+    """Incompressible state: deployments `bulk0`… each holding a random env blob."""
+    with open_client(cluster.nodes["node-1"].server, cluster.token) as client:
+        for i in range(deployments):
+            blob = base64.b64encode(os.urandom(blob_bytes)).decode()
+            client.call(
+                "Deploy", pb.DeployRequest(name=f"bulk{i}", image="x:1", env={"BLOB": blob})
+            )
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One node holding ~2 MiB of incompressible state, so a backup takes several chunks."""
+    with cluster_of(tmp_path_factory.mktemp("big"), 1) as cluster:
+        fill(cluster, 3)
+        yield cluster
+
+
+@pytest.fixture
+def silent_server() -> Iterator[socket.socket]:
+    """A listening TCP socket standing in for the server: a refusal made before contacting
+    the server leaves it with no connection to accept (tests.refusal.untouched)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    yield listener
+    listener.close()
 
 
 @pytest.fixture(scope="session")

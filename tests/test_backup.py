@@ -6,7 +6,6 @@ and read-only disks are real tmpfs mounts (the suite runs as root, as CI does).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import signal
@@ -14,25 +13,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from infra.localcluster import JACO, Cluster, cluster_of, wait_for
-from jaco.client.connection import open_client
-from jaco.v1 import jaco_pb2 as pb
 from tests.netfaults import FaultyProxy
-
-
-@pytest.fixture(scope="module")
-def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """One node holding ~2 MiB of incompressible state, so a backup takes several chunks."""
-    with cluster_of(tmp_path_factory.mktemp("big"), 1) as cluster:
-        with open_client(cluster.nodes["node-1"].server, cluster.token) as client:
-            for i in range(3):
-                blob = base64.b64encode(os.urandom(600_000)).decode()
-                client.call(
-                    "Deploy", pb.DeployRequest(name=f"bulk{i}", image="x:1", env={"BLOB": blob})
-                )
-        yield cluster
 
 
 @contextlib.contextmanager

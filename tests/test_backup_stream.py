@@ -24,8 +24,9 @@ from jaco.archive.meta import BackupMeta
 from jaco.client.backup import write_backup_stream
 from jaco.errors import JacoError
 from jaco.v1 import jaco_pb2 as pb
+from tests.archives import bolt_head
 
-SNAPSHOT = os.urandom(3 * 1024 * 1024 + 17)
+SNAPSHOT = bolt_head() + os.urandom(3 * 1024 * 1024 + 17)  # looks like etcd's, to a reader
 
 
 def _meta(snapshot: bytes = SNAPSHOT, **over: Any) -> dict[str, Any]:

@@ -29,7 +29,7 @@ META = struct.Struct("<IIII QQ QQQ Q")  # magic, version, page size, flags, root
 BRANCH_ELEMENT = struct.Struct("<IIQ")  # pos, key size, page id
 LEAF_ELEMENT = struct.Struct("<IIII")  # flags, pos, key size, value size
 BUCKET = struct.Struct("<QQ")  # root page id, sequence
-BRANCH, LEAF = 0x01, 0x02
+BRANCH, LEAF, META_PAGE = 0x01, 0x02, 0x04
 BUCKET_LEAF = 0x01
 KEY_BUCKET = b"key"
 REVISION_KEY = 17  # 8-byte main revision, "_", 8-byte sub revision (+ "t" for a tombstone)
@@ -50,6 +50,21 @@ class Entry:
     revision: int
     offset: int
     size: int
+
+
+def check_head(head: bytes) -> None:
+    """Refuse, from its first page alone, what cannot be a bbolt file: the page must be a
+    meta page with bbolt's magic, version and a page size bbolt uses."""
+    if len(head) < PAGE_HEADER.size + META.size:
+        raise SnapshotFileError("it is too short to be one")
+    flags = PAGE_HEADER.unpack_from(head)[1]
+    magic, version, page_size = META.unpack_from(head, PAGE_HEADER.size)[:3]
+    if flags != META_PAGE or magic != MAGIC or version != VERSION or not _page_size_ok(page_size):
+        raise SnapshotFileError("its first page is not a bbolt meta page")
+
+
+def _page_size_ok(size: int) -> bool:
+    return 512 <= size <= 1 << 16 and not size & (size - 1)
 
 
 def _fnv64a(data: bytes) -> int:
@@ -94,7 +109,7 @@ class BoltFile:
         if len(first) < 80:
             raise SnapshotFileError("the snapshot file is too short to be an etcd snapshot")
         page_size = META.unpack_from(first, PAGE_HEADER.size)[2]
-        if page_size < 512 or page_size > 1 << 16 or page_size & (page_size - 1):
+        if not _page_size_ok(page_size):
             raise SnapshotFileError("the snapshot file is not a bbolt database (bad page size)")
         best: tuple[int, int, int] | None = None
         for page in (0, 1):

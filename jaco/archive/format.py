@@ -3,16 +3,19 @@
 Written streaming (constant memory) through a gzip encoder into a temp name that is fsynced
 and renamed, mode 0600 (jaco.files): a failed write never leaves a file under the final name.
 meta.json comes last because it is read from the finished snapshot (archive format 2);
-format 1 archives, meta.json first, stay readable. Reading is hostile-input code: exactly the
-two expected members, in an order their format allows, regular files only, bounded sizes, and
-the snapshot's size and SHA-256 checked against meta.json. Nothing from the archive is ever
-executed or unpickled. This module knows nothing of gRPC, etcd or S3.
+format 1 archives, meta.json first, stay readable. Reading is hostile-input code, bounded
+before anything is spent: the tar is read by jaco.archive.ustar (headers of the kinds jaco
+writes, nothing loaded whole), exactly the two expected members in an order their format
+allows, bounded sizes, snapshot.bin's first page must be an etcd snapshot's, and its size and
+SHA-256 are checked against meta.json. Nothing from the archive is ever executed or
+unpickled. This module knows nothing of gRPC, etcd or S3.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import os
 import tarfile
 import time
 import zlib
@@ -25,10 +28,20 @@ from typing import IO
 # (docs/benchmarks.md); it checks the CRC and length like the stdlib does.
 from isal import igzip_threaded, isal_zlib
 
+from jaco.archive.bolt import SnapshotFileError, check_head
 from jaco.archive.meta import MAX_META_BYTES, MAX_SNAPSHOT_BYTES, BackupMeta
+from jaco.archive.ustar import TarFormatError, TarReader
 from jaco.errors import ArchiveError, InvalidArgument, JacoError
-from jaco.files import CHUNK, ChunkReader, HashingReader, disk_full, private_output
+from jaco.files import (
+    CHUNK,
+    ChunkReader,
+    HashingReader,
+    check_output_target,
+    disk_full,
+    private_output,
+)
 
+LOOK_AHEAD = 64 * CHUNK
 META_NAME = "meta.json"
 SNAPSHOT_NAME = "snapshot.bin"
 
@@ -40,10 +53,10 @@ def _gzip_open(raw: IO[bytes], mode: str = "wb") -> IO[bytes]:
     return igzip_threaded.open(raw, mode, threads=1, block_size=CHUNK, **level)  # type: ignore[no-any-return]
 
 
-def _tar_stream(gz: IO[bytes], mode: str) -> tarfile.TarFile:
-    """A streaming tar over gzip that moves 1 MiB at a time: tarfile's default 10 KiB
+def _tar_writer(gz: IO[bytes]) -> tarfile.TarFile:
+    """A streaming tar writer over gzip that moves 1 MiB at a time: tarfile's default 10 KiB
     records and 16 KiB copies made the gzip codec (and the disk) do 50 times as many calls."""
-    return tarfile.open(fileobj=gz, mode=mode, bufsize=CHUNK, copybufsize=CHUNK)  # type: ignore[call-overload]
+    return tarfile.open(fileobj=gz, mode="w|", bufsize=CHUNK, copybufsize=CHUNK)  # type: ignore[call-overload]
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -53,6 +66,19 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     info.mtime = int(time.time())
     info.uname = info.gname = "jaco"
     return info
+
+
+def check_archive_output(output: Path) -> bool:
+    """Refuse, before anything is fetched, an output no archive can be written to: a missing
+    or unwritable directory, or anything but a regular file in its place (a device, a
+    directory, a FIFO, a socket, a symbolic link such as /dev/stdout). Returns whether an
+    existing regular file will be replaced."""
+    directory = output.parent
+    if not directory.is_dir():
+        raise InvalidArgument(f"the directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise InvalidArgument(f"cannot write to {directory}: permission denied or read-only")
+    return check_output_target(output)
 
 
 def write_archive(
@@ -67,9 +93,10 @@ def write_archive(
 
     The snapshot's size and SHA-256 as received must match those meta.json records.
     """
+    check_archive_output(output)
     try:
         with private_output(output) as raw:
-            with _gzip_open(raw) as gz, _tar_stream(gz, "w|") as tar:
+            with _gzip_open(raw) as gz, _tar_writer(gz) as tar:
                 reader = HashingReader(ChunkReader(iter(snapshot), progress))
                 try:
                     tar.addfile(_tarinfo(SNAPSHOT_NAME, snapshot_size), reader)  # type: ignore[arg-type]
@@ -115,11 +142,17 @@ class VerifiedArchive:
     archive_size: int
 
 
-def read_archive(path: Path, sink: IO[bytes] | None = None) -> VerifiedArchive:
+Reserve = Callable[[int], None]
+
+
+def read_archive(
+    path: Path, sink: IO[bytes] | None = None, reserve: Reserve | None = None
+) -> VerifiedArchive:
     """Verify the whole archive; stream snapshot.bin into `sink` (or just hash it).
 
-    Raises ArchiveError with what is wrong. The caller must not trust anything written to
-    `sink` unless this returns.
+    `reserve(size)` is called with the snapshot's declared size before its first byte is
+    written (to refuse a size the disk cannot hold). Raises ArchiveError with what is wrong.
+    The caller must not trust anything written to `sink` unless this returns.
     """
     if not path.exists():
         raise InvalidArgument(f"{path} does not exist")
@@ -127,31 +160,39 @@ def read_archive(path: Path, sink: IO[bytes] | None = None) -> VerifiedArchive:
         raise InvalidArgument(f"{path} is not a regular file")
     try:
         with open(path, "rb") as raw:
-            meta = read_archive_stream(raw, sink, path.name)
+            meta = read_archive_stream(raw, sink, path.name, reserve)
     except PermissionError:
         raise InvalidArgument(f"cannot read {path}: permission denied") from None
     return VerifiedArchive(meta, path.stat().st_size)
 
 
 def read_archive_stream(
-    raw: IO[bytes], sink: IO[bytes] | None = None, name: str = "the archive"
+    raw: IO[bytes],
+    sink: IO[bytes] | None = None,
+    name: str = "the archive",
+    reserve: Reserve | None = None,
 ) -> BackupMeta:
     """`read_archive` for a stream (e.g. a pipe from a decrypter); returns the verified meta."""
     try:
         with _gzip_open(raw, "rb") as gz:
             try:
-                meta = _read_members(gz, sink)
+                meta = _read_members(TarReader(gz), sink, reserve)
             except ArchiveError:
-                # A corrupt stream can also look like a wrong layout: reaching gzip's end (and
-                # its CRC check) first tells which, so the operator hears "corrupt".
-                while gz.read(CHUNK):
-                    pass
+                # A corrupt stream can also look like a wrong layout: reading on a little
+                # (gzip's CRC check, if its end is near) tells which, so the operator hears
+                # "corrupt". Only a little: the rest may be a bomb of zeros.
+                _read_on(gz, LOOK_AHEAD)
                 raise
             _drain_padding(gz)  # reaching gzip's end checks its CRC and length
         return meta
-    except (EOFError, zlib.error, isal_zlib.error, gzip.BadGzipFile, tarfile.TarError) as exc:  # type: ignore[misc]
+    except (EOFError, zlib.error, isal_zlib.error, gzip.BadGzipFile, TarFormatError) as exc:  # type: ignore[misc]
         reason = exc or "unexpected end of data"
         raise ArchiveError(f"{name} is corrupt or truncated: {reason}") from None
+
+
+def _read_on(gz: IO[bytes], limit: int) -> None:
+    while limit > 0 and (chunk := gz.read(CHUNK)):
+        limit -= len(chunk)
 
 
 def _drain_padding(gz: IO[bytes]) -> None:
@@ -163,34 +204,31 @@ def _drain_padding(gz: IO[bytes]) -> None:
             raise ArchiveError("unexpected data after the end of the archive")
 
 
-def _read_members(gz: IO[bytes], sink: IO[bytes] | None) -> BackupMeta:
+def _read_members(tar: TarReader, sink: IO[bytes] | None, reserve: Reserve | None) -> BackupMeta:
     """snapshot.bin then meta.json (format 2), or meta.json first (format 1, older jaco)."""
     meta: BackupMeta | None = None
     snapshot: tuple[int, str] | None = None  # size, SHA-256 as read
     seen: list[str] = []
-    with _tar_stream(gz, "r|") as tar:
-        for member in tar:
-            seen.append(member.name)
-            if member.name not in (META_NAME, SNAPSHOT_NAME) or seen.count(member.name) > 1:
-                raise ArchiveError(f"unexpected member {member.name!r} in the archive")
-            if not member.isreg():
-                raise ArchiveError(f"member {member.name!r} is not a regular file")
-            data = tar.extractfile(member)
-            assert data is not None
-            if member.name == META_NAME:
-                if member.size > MAX_META_BYTES:
-                    raise ArchiveError("meta.json is larger than any real one")
-                meta = BackupMeta.parse(data.read())
-                if snapshot is None and meta.format != 1:
-                    raise ArchiveError("meta.json comes before snapshot.bin in a format 2 archive")
-            elif member.size > MAX_SNAPSHOT_BYTES:
-                raise ArchiveError("snapshot.bin is larger than any snapshot jaco writes")
-            elif meta is not None and member.size != meta.snapshot_size:
-                raise ArchiveError(
-                    f"snapshot.bin is {member.size} bytes; meta.json says {meta.snapshot_size}"
-                )
-            else:
-                snapshot = member.size, _copy_hashing(data, member.size, sink)
+    while (member := tar.next()) is not None:
+        seen.append(member.name)
+        if member.name not in (META_NAME, SNAPSHOT_NAME) or seen.count(member.name) > 1:
+            raise ArchiveError(f"unexpected member {member.name!r} in the archive")
+        if member.name == META_NAME:
+            if member.size > MAX_META_BYTES:
+                raise ArchiveError("meta.json is larger than any real one")
+            meta = BackupMeta.parse(tar.read(member.size))
+            if snapshot is None and meta.format != 1:
+                raise ArchiveError("meta.json comes before snapshot.bin in a format 2 archive")
+        elif member.size > MAX_SNAPSHOT_BYTES:
+            raise ArchiveError("snapshot.bin is larger than any snapshot jaco writes")
+        elif meta is not None and member.size != meta.snapshot_size:
+            raise ArchiveError(
+                f"snapshot.bin is {member.size} bytes; meta.json says {meta.snapshot_size}"
+            )
+        else:
+            if reserve is not None:
+                reserve(member.size)
+            snapshot = member.size, _copy_hashing(tar, member.size, sink)
     if seen not in ([META_NAME, SNAPSHOT_NAME], [SNAPSHOT_NAME, META_NAME]):
         missing = {META_NAME, SNAPSHOT_NAME} - set(seen)
         raise ArchiveError(f"the archive lacks {', '.join(sorted(missing))}")
@@ -204,14 +242,20 @@ def _read_members(gz: IO[bytes], sink: IO[bytes] | None) -> BackupMeta:
     return meta
 
 
-def _copy_hashing(data: IO[bytes], size: int, sink: IO[bytes] | None) -> str:
-    reader = HashingReader(data)
-    remaining = size
-    while remaining:
-        chunk = reader.read(min(CHUNK, remaining))
-        if not chunk:
-            raise ArchiveError("snapshot.bin is truncated")
-        remaining -= len(chunk)
+def _copy_hashing(tar: TarReader, size: int, sink: IO[bytes] | None) -> str:
+    """Hash (and copy) snapshot.bin; its first page must look like an etcd snapshot's, so a
+    stream of zeros or junk is refused after a few KiB, not after the gigabytes it claims."""
+    reader = HashingReader(tar)
+    chunk = reader.read(min(CHUNK, size))
+    try:
+        check_head(chunk)
+    except SnapshotFileError as exc:
+        raise ArchiveError(f"snapshot.bin is not an etcd snapshot: {exc}") from None
+    remaining = size - len(chunk)
+    while True:
         if sink is not None:
             sink.write(chunk)
-    return reader.hexdigest()
+        if not remaining:
+            return reader.hexdigest()
+        chunk = reader.read(min(CHUNK, remaining))
+        remaining -= len(chunk)

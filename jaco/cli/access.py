@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from jaco.cli.common import (
     AsJson,
@@ -14,9 +13,12 @@ from jaco.cli.common import (
     operator_errors,
     out,
     print_json,
+    safe,
+    table,
 )
 from jaco.client.connection import open_client
 from jaco.files import write_private
+from jaco.model.access import check_role
 from jaco.v1 import jaco_pb2 as pb
 
 token_app = typer.Typer(no_args_is_help=True, help="Operator tokens (the cluster keeps hashes).")
@@ -34,16 +36,17 @@ def token_create(
     server: Server = "",
 ) -> None:
     """Create an operator token. It is shown once; the cluster keeps only its SHA-256."""
+    check_role(role)
     with open_client(server) as client:
         reply = client.call(
             "CreateToken", pb.CreateTokenRequest(role=role, description=description)
         )
     if file:
         write_private(file, reply.token.encode() + b"\n")
-        out.print(f"Created {role} token {reply.info.id}; written to {file}")
+        out.print(safe(f"Created {role} token {reply.info.id}; written to {file}"))
     else:
-        out.print(f"Created {role} token {reply.info.id} (shown once):")
-        out.print(reply.token, highlight=False, soft_wrap=True)
+        out.print(safe(f"Created {role} token {reply.info.id} (shown once):"))
+        out.print(safe(reply.token), soft_wrap=True)
 
 
 @token_app.command("ls")
@@ -54,12 +57,11 @@ def token_ls(server: Server = "", as_json: AsJson = False) -> None:
         reply = client.call("ListTokens", pb.Empty())
     if as_json:
         return print_json(reply)
-    table = Table()
-    for col in ("ID", "ROLE", "DESCRIPTION", "CREATED", "REVOKED"):
-        table.add_column(col)
-    for t in reply.tokens:
-        table.add_row(t.id, t.role, t.description, t.created_at, "yes" if t.revoked else "")
-    out.print(table)
+    rows = [
+        (t.id, t.role, t.description, t.created_at, "yes" if t.revoked else "")
+        for t in reply.tokens
+    ]
+    out.print(table(("ID", "ROLE", "DESCRIPTION", "CREATED", "REVOKED"), rows))
 
 
 @token_app.command("revoke")
@@ -71,4 +73,4 @@ def token_revoke(
     """Revoke an operator token; it stops authenticating at once, on every node."""
     with open_client(server) as client:
         client.call("RevokeToken", pb.RevokeTokenRequest(id=token_id))
-    out.print(f"Revoked token {token_id}")
+    out.print(f"Revoked token {safe(token_id)}")

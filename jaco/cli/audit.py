@@ -17,6 +17,8 @@ from jaco.cli.common import (
     safe,
 )
 from jaco.client.connection import open_client
+from jaco.model.audit import DAMAGED, check_types
+from jaco.model.names import parse_time
 from jaco.v1 import jaco_pb2 as pb
 
 audit_app = typer.Typer(
@@ -44,9 +46,15 @@ def audit(
     if ctx.invoked_subcommand:
         ctx.obj = server
         return
-    request = pb.AuditRequest(types=type_ or [], since=since, until=until, follow=follow)
+    types = sorted(check_types(type_ or []))
+    parse_time(since, "--since")
+    parse_time(until, "--until")
+    request = pb.AuditRequest(types=types, since=since, until=until, follow=follow)
+    damaged: list[int] = []
     with open_client(server) as client:
         for event in client.stream("Audit", request, timeout=None if follow else 60):
+            if event.type == DAMAGED:
+                damaged.append(event.seq)
             if as_json:
                 print(
                     json.dumps(
@@ -60,6 +68,13 @@ def audit(
             else:
                 line = f"{event.seq:>6} {event.at} {event.type:<22} {event.actor:<20} "
                 out.print(safe(line + event.detail_json), soft_wrap=True)
+    if damaged:
+        numbers = ", ".join(str(seq) for seq in damaged)
+        err.print(
+            f"{len(damaged)} damaged event{'s' if len(damaged) > 1 else ''} in the log "
+            f"({numbers}): `jaco audit verify` checks the chain",
+            soft_wrap=True,
+        )
 
 
 @audit_app.command("verify")

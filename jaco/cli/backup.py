@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from jaco.archive.format import read_archive
+from jaco.archive.format import check_archive_output, read_archive
 from jaco.cli.common import (
     AdvertiseHost,
     ApiPort,
@@ -17,6 +16,7 @@ from jaco.cli.common import (
     DataDirOpt,
     PeerPort,
     Server,
+    check_range,
     err,
     open_data_dir,
     operator_errors,
@@ -24,10 +24,12 @@ from jaco.cli.common import (
     print_json,
     progress,
     safe,
+    table,
 )
-from jaco.client.backup import DEFAULT_TIMEOUT, take_backup
+from jaco.client.backup import DEFAULT_TIMEOUT, MAX_TIMEOUT, take_backup
 from jaco.client.connection import open_client
 from jaco.errors import InvalidArgument
+from jaco.files import sweep_partials
 
 app = typer.Typer()
 backup_app = typer.Typer(
@@ -60,10 +62,12 @@ def backup(
         return
     if output is None:
         raise InvalidArgument("--output FILE is required (or use `jaco backup inspect FILE`)")
-    if output.is_dir():
-        raise InvalidArgument(f"--output {output} is a directory; name the archive file")
+    check_range("--timeout", timeout, 0.001, MAX_TIMEOUT, " seconds")
     shown = str(output)
     output = output.absolute()
+    replaces = check_archive_output(output)  # before the server is contacted
+    for left in sweep_partials(output.parent):
+        err.print(f"removed {safe(left.name)}, left by an interrupted backup", soft_wrap=True)
     with open_client(server) as client, progress() as bar:
         task = bar.add_task("snapshot", total=None)
         result = take_backup(
@@ -74,6 +78,8 @@ def backup(
             progress=lambda n: bar.advance(task, n),
         )
     out.print(f"Wrote {result.size} bytes to {safe(shown)}", soft_wrap=True)
+    if replaces:
+        err.print(f"replaced existing file {safe(shown)}", soft_wrap=True)
     meta = result.meta
     err.print(
         f"snapshot index {meta.snapshot_index}, term {meta.snapshot_term}, "
@@ -97,7 +103,7 @@ def backup_inspect(
         shown = meta.model_dump(mode="json", exclude_none=True)
         print_json({**shown, "archive_size": verified.archive_size, "verified": True})
         return meta.check_version()
-    table = Table(title=f"{safe(archive.name)}: verified", show_header=False)
+    rows: list[tuple[str, object]] = []
     for key in (
         "cluster_id",
         "snapshot_index",
@@ -110,9 +116,9 @@ def backup_inspect(
         "snapshot_sha256",
         "state_digest",
     ):
-        table.add_row(key, safe(getattr(meta, key)))
-    table.add_row("records", safe(", ".join(f"{k}={v}" for k, v in meta.counts.items())))
-    out.print(table)
+        rows.append((key, getattr(meta, key)))
+    rows.append(("records", ", ".join(f"{k}={v}" for k, v in meta.counts.items())))
+    out.print(table((), rows, f"{archive.name}: verified"))
     meta.check_version()  # intact, but can this jaco restore it?
 
 
@@ -141,7 +147,7 @@ def restore_cmd(
         advertise_host or default_advertise_host(), api_port, etcd_client_port, etcd_peer_port
     )
     data = open_data_dir(data_dir)
-    meta = restore(input_, data, name, ports)
+    meta = restore(input_, data, name, ports, lambda note: err.print(safe(note), soft_wrap=True))
     out.print(
         f"Restored cluster {meta.cluster_id} at index {meta.snapshot_index} "
         f"(taken {meta.taken_at.isoformat()}) into {safe(data.path)} as node {name}; "

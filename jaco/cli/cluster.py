@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from jaco.cli.common import (
     AdvertiseHost,
@@ -18,6 +17,7 @@ from jaco.cli.common import (
     DataDirOpt,
     PeerPort,
     Server,
+    check_range,
     err,
     open_data_dir,
     operator_errors,
@@ -25,10 +25,12 @@ from jaco.cli.common import (
     print_json,
     read_secret,
     safe,
+    table,
 )
 from jaco.client.connection import open_client
 from jaco.errors import InvalidArgument
 from jaco.files import write_private
+from jaco.model.access import MAX_JOIN_TTL
 from jaco.v1 import jaco_pb2 as pb
 
 cluster_app = typer.Typer(no_args_is_help=True, help="Create a cluster; show its nodes.")
@@ -81,14 +83,12 @@ def cluster_status(server: Server = "", as_json: AsJson = False) -> None:
         reply = client.call("ClusterStatus", pb.ClusterStatusRequest())
     if as_json:
         return print_json(reply)
-    table = Table(title=f"cluster {reply.cluster_id}")
-    for col in ("NAME", "ADDRESS", "STATE", "LEADER", "RAFT INDEX", "RAFT TERM"):
-        table.add_column(col)
-    for n in reply.nodes:
-        table.add_row(
-            n.name, n.address, n.state, "*" if n.leader else "", str(n.raft_index), str(n.raft_term)
-        )
-    out.print(table)
+    rows = [
+        (n.name, n.address, n.state, "*" if n.leader else "", n.raft_index, n.raft_term)
+        for n in reply.nodes
+    ]
+    columns = ("NAME", "ADDRESS", "STATE", "LEADER", "RAFT INDEX", "RAFT TERM")
+    out.print(table(columns, rows, f"cluster {reply.cluster_id}"))
 
 
 @node_app.command("issue-join-token")
@@ -98,10 +98,11 @@ def issue_join_token(
     server: Server = "",
 ) -> None:
     """Issue a single-use, expiring token for one new node to join."""
+    check_range("--ttl", ttl, 1, MAX_JOIN_TTL, " seconds")
     with open_client(server) as client:
         reply = client.call("IssueJoinToken", pb.IssueJoinTokenRequest(ttl_seconds=ttl))
-    err.print(f"Single-use join token (expires {reply.expires_at}):")
-    out.print(reply.token, highlight=False, soft_wrap=True)
+    err.print(safe(f"Single-use join token (expires {reply.expires_at}):"))
+    out.print(safe(reply.token), soft_wrap=True)
 
 
 @node_app.command("join")

@@ -12,7 +12,7 @@ import getpass
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -28,6 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Table
 
 from jaco.errors import InvalidArgument, JacoError
 from jaco.node.config import DataDir, data_dir_from_env
@@ -61,14 +62,38 @@ ClientPort = Annotated[int, typer.Option(help="Loopback port of the node's etcd 
 PeerPort = Annotated[int, typer.Option(help="Port of the node's etcd peer (raft) traffic.")]
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Control characters, and the Unicode controls that reorder or hide text on a terminal
+# (bidirectional overrides and isolates, as in "Trojan Source").
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def safe(text: object) -> str:
     """`text` made harmless for the terminal: rich markup escaped, control characters
     (ANSI escapes, carriage returns, newlines...) shown as \\xNN instead of acted on."""
-    cleaned = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text).replace("\n", "\\n"))
+    cleaned = _CONTROL.sub(_shown, str(text).replace("\n", "\\n"))
     return escape(cleaned)
+
+
+def _shown(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[object]], title: object = "") -> Table:
+    """A table of what a server or an archive said: the title and every cell escaped."""
+    shown = Table(title=safe(title) if title else None, show_header=bool(columns))
+    for column in columns:
+        shown.add_column(column)
+    for row in rows:
+        shown.add_row(*(safe(cell) for cell in row))
+    return shown
+
+
+def check_range(flag: str, value: float, low: float, high: float, unit: str = "") -> None:
+    """Refuse a number outside [low, high] (and NaN) before anything is sent: protobuf would
+    raise on an out-of-range integer, and a server should not be asked to judge it."""
+    if not low <= value <= high:  # NaN fails both comparisons
+        raise InvalidArgument(f"invalid {flag} {value}: use {low} to {high}{unit}")
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

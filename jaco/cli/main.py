@@ -7,13 +7,14 @@ data dir. Each command group lives in a module of its own; this one assembles th
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 
 from jaco import __version__
 from jaco.cli import access, audit, backup, catalog, cluster, pipeline, workloads
-from jaco.cli.common import out
+from jaco.cli.common import fail, out
 
 app = typer.Typer(
     name="jaco",
@@ -55,7 +56,19 @@ def root(
 
 
 def main() -> None:
-    app(prog_name="jaco")
+    """Run the CLI; the parser's own refusals (an unknown command, a value that is not a
+    number) get one line on stderr like every other refusal, not a usage panel."""
+    try:
+        code = app(prog_name="jaco", standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors, as typer vendors them
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            sys.exit(exc.exit_code)  # the help was shown
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        sys.exit(fail(exc.format_message() + hint, exc.exit_code).exit_code)
+    except typer.Abort:
+        sys.exit(fail("aborted").exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

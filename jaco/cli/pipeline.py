@@ -80,13 +80,15 @@ def run(
         raise typer.Exit(1)
     result = state.result()
     out.print(
-        f"Backed up {params.cluster} at index {result['snapshot_index']} to "
-        f"s3://{result['bucket']}/{result['key']} ({result['size']} bytes, encrypted); "
-        f"local copy {safe(result['local_copy'])}",
+        safe(
+            f"Backed up {params.cluster} at index {result['snapshot_index']} to "
+            f"s3://{result['bucket']}/{result['key']} ({result['size']} bytes, encrypted); "
+            f"local copy {result['local_copy']}"
+        ),
         soft_wrap=True,
     )
     for row in result["stages"]:
-        out.print(f"  {row['stage']:<12} {row['seconds']:>8}s {row['MiB/s']!s:>8} MiB/s")
+        out.print(safe(f"  {row['stage']:<12} {row['seconds']:>8}s {row['MiB/s']!s:>8} MiB/s"))
 
 
 def quiet_prefect() -> None:

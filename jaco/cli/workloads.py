@@ -6,18 +6,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from jaco.cli.common import (
     AsJson,
     Server,
+    check_range,
     operator_errors,
     out,
     print_json,
+    safe,
+    table,
 )
 from jaco.client.connection import open_client
 from jaco.errors import InvalidArgument
 from jaco.files import write_private
+from jaco.model.deployments import MAX_REPLICAS
+from jaco.model.names import check_host
 from jaco.v1 import jaco_pb2 as pb
 
 app = typer.Typer()
@@ -33,23 +37,15 @@ def status(server: Server = "", as_json: AsJson = False) -> None:
         reply = client.call("Status", pb.StatusRequest())
     if as_json:
         return print_json(reply)
-    table = Table(title=f"deployments of cluster {reply.cluster_id}")
-    for col in ("DEPLOYMENT", "IMAGE", "REPLICAS", "REPLICA", "IP", "NODE"):
-        table.add_column(col)
+    rows: list[tuple[object, ...]] = []
     for d in reply.deployments:
         if not d.placed:
-            table.add_row(d.name, d.image, str(d.replicas), "-", "-", "-")
+            rows.append((d.name, d.image, d.replicas, "-", "-", "-"))
         for i, r in enumerate(d.placed):
-            first = i == 0
-            table.add_row(
-                d.name if first else "",
-                d.image if first else "",
-                str(d.replicas) if first else "",
-                r.id,
-                r.ip,
-                r.node,
-            )
-    out.print(table)
+            shown = (d.name, d.image, d.replicas) if i == 0 else ("", "", "")
+            rows.append((*shown, r.id, r.ip, r.node))
+    columns = ("DEPLOYMENT", "IMAGE", "REPLICAS", "REPLICA", "IP", "NODE")
+    out.print(table(columns, rows, f"deployments of cluster {reply.cluster_id}"))
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
@@ -65,6 +61,8 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
 def _check_count(replicas: int) -> int:
     if replicas < 0:
         raise InvalidArgument(f"replicas cannot be negative ({replicas})")
+    if replicas > MAX_REPLICAS:
+        raise InvalidArgument(f"replicas must be between 0 and {MAX_REPLICAS}, not {replicas}")
     return replicas
 
 
@@ -87,7 +85,10 @@ def deploy(
     if as_json:
         return print_json(reply)
     ips = ", ".join(r.ip for r in reply.placed) or "none"
-    out.print(f"Deployed {reply.name} ({reply.image}) with {reply.replicas} replica(s): {ips}")
+    out.print(
+        safe(f"Deployed {reply.name} ({reply.image}) with {reply.replicas} replica(s): {ips}"),
+        soft_wrap=True,
+    )
 
 
 @app.command("scale")
@@ -98,9 +99,10 @@ def scale(
     server: Server = "",
 ) -> None:
     """Change a deployment's replica count (IPs of removed replicas are released)."""
+    request = pb.ScaleRequest(name=name, replicas=_check_count(replicas))
     with open_client(server) as client:
-        reply = client.call("Scale", pb.ScaleRequest(name=name, replicas=_check_count(replicas)))
-    out.print(f"Scaled {reply.name} to {reply.replicas} replica(s)")
+        reply = client.call("Scale", request)
+    out.print(safe(f"Scaled {reply.name} to {reply.replicas} replica(s)"))
 
 
 @app.command("rm")
@@ -111,7 +113,7 @@ def remove(
     """Delete a deployment, its replicas and their IPs."""
     with open_client(server) as client:
         client.call("RemoveDeployment", pb.RemoveDeploymentRequest(name=name))
-    out.print(f"Removed {name}")
+    out.print(f"Removed {safe(name)}")
 
 
 @route_app.command("add")
@@ -125,11 +127,13 @@ def route_add(
     server: Server = "",
 ) -> None:
     """Route HOST/PATH to a deployment's port."""
+    check_host(host, "route host")
+    check_range("--port", port, 1, 65535)
     with open_client(server) as client:
-        reply = client.call(
+        r = client.call(
             "AddRoute", pb.Route(name=name, host=host, path=path, deployment=deployment, port=port)
         )
-    out.print(f"Route {reply.name}: {reply.host}{reply.path} -> {reply.deployment}:{reply.port}")
+    out.print(safe(f"Route {r.name}: {r.host}{r.path} -> {r.deployment}:{r.port}"), soft_wrap=True)
 
 
 @route_app.command("ls")
@@ -140,12 +144,8 @@ def route_ls(server: Server = "", as_json: AsJson = False) -> None:
         reply = client.call("ListRoutes", pb.Empty())
     if as_json:
         return print_json(reply)
-    table = Table()
-    for col in ("NAME", "HOST", "PATH", "DEPLOYMENT", "PORT"):
-        table.add_column(col)
-    for r in reply.routes:
-        table.add_row(r.name, r.host, r.path, r.deployment, str(r.port))
-    out.print(table)
+    rows = [(r.name, r.host, r.path, r.deployment, r.port) for r in reply.routes]
+    out.print(table(("NAME", "HOST", "PATH", "DEPLOYMENT", "PORT"), rows))
 
 
 @route_app.command("rm")
@@ -154,7 +154,7 @@ def route_rm(name: Annotated[str, typer.Argument(help="Route name.")], server: S
     """Remove a route."""
     with open_client(server) as client:
         client.call("RemoveRoute", pb.RemoveRouteRequest(name=name))
-    out.print(f"Removed route {name}")
+    out.print(f"Removed route {safe(name)}")
 
 
 @cert_app.command("issue")
@@ -167,8 +167,9 @@ def cert_issue(
     server: Server = "",
 ) -> None:
     """Issue a certificate signed by the cluster CA (the key is written 0600, never stored)."""
-    if days <= 0:
-        raise InvalidArgument("--days must be positive")
+    from jaco.model.pki import NODE_VALID_DAYS  # here: cryptography costs every command 30 ms
+
+    check_range("--days", days, 1, NODE_VALID_DAYS)
     if not out_dir.is_dir():
         raise InvalidArgument(f"--out-dir {out_dir} is not a directory")
     with open_client(server) as client:
@@ -180,8 +181,11 @@ def cert_issue(
     write_private(out_dir / f"{common_name}.key", reply.key_pem.encode())
     write_private(out_dir / "ca.crt", reply.ca_pem.encode())
     out.print(
-        f"Issued certificate {reply.info.serial} for {common_name} "
-        f"(until {reply.info.not_after}) into {out_dir}"
+        safe(
+            f"Issued certificate {reply.info.serial} for {common_name} "
+            f"(until {reply.info.not_after}) into {out_dir}"
+        ),
+        soft_wrap=True,
     )
 
 
@@ -193,9 +197,5 @@ def cert_ls(server: Server = "", as_json: AsJson = False) -> None:
         reply = client.call("ListCerts", pb.Empty())
     if as_json:
         return print_json(reply)
-    table = Table()
-    for col in ("SERIAL", "COMMON NAME", "NAMES", "NOT AFTER"):
-        table.add_column(col)
-    for c in reply.certs:
-        table.add_row(c.serial, c.common_name, ", ".join(c.dns_names), c.not_after)
-    out.print(table)
+    rows = [(c.serial, c.common_name, ", ".join(c.dns_names), c.not_after) for c in reply.certs]
+    out.print(table(("SERIAL", "COMMON NAME", "NAMES", "NOT AFTER"), rows))

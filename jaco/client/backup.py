@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaco.archive.format import write_archive
+from jaco.archive.format import check_archive_output, write_archive
 from jaco.archive.meta import BackupMeta
 from jaco.client.connection import Client
 from jaco.errors import ArchiveError
 from jaco.v1 import jaco_pb2 as pb
 
 DEFAULT_TIMEOUT = 300.0
+MAX_TIMEOUT = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,10 @@ def take_backup(
     on_size: Callable[[int], None] = lambda size: None,
     progress: Callable[[int], None] | None = None,
 ) -> BackupResult:
-    """Stream a snapshot from the server into `output` (atomically, mode 0600)."""
+    """Stream a snapshot from the server into `output` (atomically, mode 0600).
+
+    An output that cannot take an archive is refused before the server is asked for one."""
+    check_archive_output(output)
     stream = client.stream("Backup", pb.BackupRequest(), timeout=timeout)
     try:
         return write_backup_stream(stream, output, on_size, progress)

@@ -28,6 +28,7 @@ from jaco.errors import (
     Unavailable,
     from_grpc_code,
 )
+from jaco.model.names import check_host
 from jaco.model.tokens import OPERATOR, parse_token
 from jaco.v1 import jaco_pb2_grpc as pb_grpc
 
@@ -43,9 +44,10 @@ def split_server(server: str) -> tuple[str, int]:
         port = parts.port or DEFAULT_PORT
     except ValueError:
         raise InvalidArgument(f"invalid server address {server!r}: use HOST:PORT") from None
-    if not parts.hostname:
-        raise InvalidArgument(f"invalid server address {server!r}: use HOST:PORT")
-    return parts.hostname, port
+    try:
+        return check_host(parts.hostname or "", "server address"), port
+    except InvalidArgument:
+        raise InvalidArgument(f"invalid server address {server!r}: use HOST:PORT") from None
 
 
 def fetch_pinned_ca(server: str, fingerprint: str, timeout: float = 10.0) -> bytes:

@@ -6,13 +6,43 @@ encoding, so altering, removing or reordering any stored event breaks the chain.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from jaco.errors import InvalidArgument
+
 GENESIS_HASH = "0" * 64
+# Every event type the cluster records (tests/unit/test_rules.py reads the code for the
+# types it writes and compares: a new type cannot be left out of this list).
+EVENT_TYPES = (
+    "BACKUP_TAKEN",
+    "CERT_ISSUED",
+    "CLUSTER_INITIALIZED",
+    "DEPLOYMENT_CREATED",
+    "DEPLOYMENT_REMOVED",
+    "DEPLOYMENT_SCALED",
+    "JOIN_TOKEN_ISSUED",
+    "NODE_JOINING",
+    "NODE_PROMOTED",
+    "RESTORE_COMPLETED",
+    "ROUTE_ADDED",
+    "ROUTE_REMOVED",
+    "TOKEN_CREATED",
+    "TOKEN_REVOKED",
+)
+DAMAGED = "DAMAGED"  # how a stored event that is not a well-formed event is listed
+
+
+def check_types(types: Iterable[str]) -> set[str]:
+    """Event types to filter on (any case), each one the cluster records."""
+    wanted = {t.upper() for t in types}
+    for unknown in sorted(wanted - set(EVENT_TYPES)):
+        raise InvalidArgument(f"invalid --type {unknown!r}: use one of {', '.join(EVENT_TYPES)}")
+    return wanted
 
 
 def canonical(obj: Any) -> bytes:
@@ -65,6 +95,30 @@ def parse_event(raw: bytes) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return event if isinstance(event, dict) else None
+
+
+def listed_event(number: str, raw: bytes) -> dict[str, Any]:
+    """A stored event as a listing shows it: a damaged one (not JSON, or not shaped like an
+    event: tampering, or damage) is listed as DAMAGED under the number in its key, neither
+    hidden nor allowed to break the listing. `jaco audit verify` says what is wrong."""
+    event = parse_event(raw)
+    if event is not None and _well_formed(event):
+        return event
+    seq = int(number) if number.isdigit() and len(number) < 19 else 0
+    reason = "the stored event is not a valid JSON event"
+    return {"seq": seq, "type": DAMAGED, "at": "", "actor": "", "detail": {"reason": reason}}
+
+
+def _well_formed(event: dict[str, Any]) -> bool:
+    seq = event.get("seq")
+    if type(seq) is not int or not 0 < seq < 2**63 or not isinstance(event.get("detail"), dict):
+        return False
+    if not all(isinstance(event.get(k), str) for k in ("type", "at", "actor", "prev_hash", "hash")):
+        return False
+    try:
+        return dt.datetime.fromisoformat(event["at"]).tzinfo is not None
+    except ValueError:
+        return False
 
 
 def verify_chain(

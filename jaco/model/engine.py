@@ -56,6 +56,8 @@ class Change:
         self.deletes.append(key)
 
     def audit(self, type_: str, **detail: Any) -> None:
+        if type_ not in audit.EVENT_TYPES:  # a programming error: list it there
+            raise ValueError(f"{type_} is not in jaco.model.audit.EVENT_TYPES")
         self.events.append((type_, detail))
 
 

@@ -106,12 +106,12 @@ class Membership(Access):
 
     async def audit_events(self) -> tuple[list[dict[str, Any]], int]:
         kvs, revision = await self.etcd.get_prefix(P_EVENTS)
-        return [decode(kv) for kv in kvs], revision
+        return [audit.listed_event(kv.key[len(P_EVENTS) :], kv.value) for kv in kvs], revision
 
     async def follow_audit(self, after_revision: int) -> AsyncIterator[dict[str, Any]]:
         async for event in self.etcd.watch_prefix(P_EVENTS, after_revision + 1):
             if event.kind == "put":
-                yield decode(event.kv)
+                yield audit.listed_event(event.kv.key[len(P_EVENTS) :], event.kv.value)
 
     async def verify_audit(self, anchors: Iterable[audit.Anchor] = ()) -> audit.ChainCheck:
         view = await self.view()

@@ -1,7 +1,8 @@
-"""Names of nodes, deployments and routes: what the cluster accepts."""
+"""What the cluster accepts as names of nodes, deployments and routes, as hosts, as times."""
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import re
 
@@ -43,3 +44,14 @@ def check_host(host: str, what: str = "host") -> str:
             "'-' and '.')"
         )
     return ascii_name
+
+
+def parse_time(text: str, what: str) -> dt.datetime | None:
+    """An RFC 3339 time (UTC if it names no zone), None for ""; anything else is refused."""
+    if not text:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidArgument(f"invalid {what} time {text!r}: use RFC 3339") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

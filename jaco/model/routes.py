@@ -7,7 +7,7 @@ from typing import Any
 from jaco.errors import AlreadyExists, InvalidArgument, NotFound
 from jaco.model.engine import Change, Engine, View
 from jaco.model.keys import P_DEPLOYMENTS, P_ROUTES, now
-from jaco.model.names import check_name
+from jaco.model.names import check_host, check_name
 
 
 class Routes(Engine):
@@ -15,8 +15,7 @@ class Routes(Engine):
         self, actor: str, name: str, host: str, path: str, deployment: str, port: int
     ) -> dict[str, Any]:
         check_name("route", name)
-        if not host or any(c.isspace() for c in host) or len(host) > 253:
-            raise InvalidArgument(f"invalid route host {host!r}")
+        host = check_host(host, "route host")
         if not path.startswith("/"):
             raise InvalidArgument(f"invalid route path {path!r}: it must start with '/'")
         if not 1 <= port <= 65535:

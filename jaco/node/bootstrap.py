@@ -21,7 +21,7 @@ from jaco.files import write_private
 from jaco.model import pki, tokens
 from jaco.model.ipam import check_subnet
 from jaco.model.keys import new_cluster_id, now
-from jaco.model.names import check_name
+from jaco.model.names import check_host, check_name
 from jaco.model.store import Store
 from jaco.node.config import DataDir, NodeConfig, url_host
 from jaco.node.etcd_member import EtcdMember
@@ -49,6 +49,7 @@ class Ports:
                 raise InvalidArgument(f"{flag} {port} is not a port number (1-65535)")
         if len(set(named.values())) != len(named):
             raise InvalidArgument("the API, etcd client and etcd peer ports must differ")
+        check_host(self.advertise_host, "--advertise-host")
 
 
 def single_member_config(name: str, cluster_id: str, ports: Ports) -> NodeConfig:

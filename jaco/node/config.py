@@ -91,6 +91,12 @@ class DataDir:
         self.pki.mkdir(mode=0o700, exist_ok=True)
 
     def load(self) -> NodeConfig:
+        if not self.node_json.is_file() and self.path.is_dir() and any(self.path.iterdir()):
+            raise DataDirError(
+                f"{self.path} is not empty but holds no node.json: it is not a data dir jaco "
+                "primed, or a `jaco cluster init` or `node join` was interrupted; empty it, "
+                "then run that again"
+            )
         if not self.node_json.is_file():
             raise DataDirError(
                 f"{self.path} holds no initialised node (no node.json): run "

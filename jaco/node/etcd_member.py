@@ -167,8 +167,13 @@ class EtcdMember:
             await process.wait()
 
 
-def snapshot_restore(snapshot: Path, data: DataDir, config: NodeConfig) -> None:
-    """Restore a snapshot file into a fresh single-member etcd data dir."""
+def snapshot_restore(
+    snapshot: Path, data: DataDir, config: NodeConfig, pass_fds: tuple[int, ...] = ()
+) -> None:
+    """Restore a snapshot file into a fresh single-member etcd data dir.
+
+    The tool dies with the thread that started it: a restore killed midway must not leave it
+    writing into a directory the next attempt removes."""
     tool = shutil.which("etcdutl") or etcd_binary("etcdctl")
     cmd = [
         tool,
@@ -181,6 +186,14 @@ def snapshot_restore(snapshot: Path, data: DataDir, config: NodeConfig) -> None:
         f"--initial-cluster-token={config.cluster_id}",
         f"--initial-advertise-peer-urls={config.peer_url}",
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+    result = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+        pass_fds=pass_fds,
+        preexec_fn=die_with_parent,
+    )
     if result.returncode != 0:
         raise JacoError(f"etcd could not restore the snapshot: {result.stderr.strip()[-400:]}")

@@ -1,20 +1,28 @@
-"""`jaco restore`: prime an empty data dir from a backup archive.
+"""`jaco restore`: prime an empty data dir from a backup archive, all at once or not at all.
 
-Order matters. Everything about the archive is verified (structure, meta.json, snapshot size
-and SHA-256, version) into a private temp dir before the data dir is touched. The snapshot
-file itself is then read (jaco.archive.snapshot_file: no etcd started, nothing executed): its
-revision must be `snapshot_index`, its state digest and counts those in meta.json, its
-cluster the one named; the cluster CA comes out of it. Meanwhile etcd's own restore writes a
-single-member store, and the node gets a certificate from the cluster's own CA. On the next
-jacod start the node comes up as the only voter of the same cluster and records
-RESTORE_COMPLETED. Any failure leaves the data dir as it was: empty.
+The new data dir is built beside the old one (`.NAME.restore-PID`, same filesystem, mode 0700,
+under flock: jaco.files.staged_dir) and renamed over it only when complete, so a crash at any
+moment leaves the data dir as it was; the next attempt removes what a dead one left, and
+says so. The snapshot is extracted into a file with no name on that filesystem
+(jaco.files.anonymous_file): no plaintext copy of the store survives a crash outside the data
+dir, and nothing is written to $TMPDIR. Before a byte of it is written, the filesystem must
+have room for about twice its declared size (the snapshot, and etcd's copy of it).
+
+Everything about the archive is verified as it is extracted (structure, meta.json, snapshot
+size and SHA-256, version). The snapshot file itself is then read (jaco.archive.snapshot_file:
+no etcd started, nothing executed): its revision must be `snapshot_index`, its state digest
+and counts those in meta.json, its cluster the one named; the cluster CA comes out of it.
+Meanwhile etcd's own restore writes a single-member store, and the node gets a certificate
+from the cluster's own CA. On the next jacod start the node comes up as the only voter of
+the same cluster and records RESTORE_COMPLETED.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
+import os
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,42 +30,70 @@ from jaco.archive.bolt import SnapshotFileError
 from jaco.archive.format import read_archive
 from jaco.archive.meta import BackupMeta
 from jaco.archive.snapshot_file import SnapshotState, read_snapshot_state
-from jaco.errors import ArchiveError
-from jaco.files import create_private, write_private
+from jaco.errors import ArchiveError, DataDirError
+from jaco.files import (
+    STAGING,
+    anonymous_file,
+    require_space,
+    staged_dir,
+    sweep_partials,
+    write_private,
+)
 from jaco.model import pki
 from jaco.model.names import check_name
-from jaco.node.bootstrap import Ports, empty_data_dir, single_member_config, write_pki
+from jaco.node.bootstrap import Ports, single_member_config, write_pki
 from jaco.node.config import DataDir
 from jaco.node.etcd_member import snapshot_restore
 
 
-def restore(archive: Path, data: DataDir, name: str, ports: Ports) -> BackupMeta:
+def restore(
+    archive: Path,
+    data: DataDir,
+    name: str,
+    ports: Ports,
+    notify: Callable[[str], None] = lambda message: None,
+) -> BackupMeta:
+    """Restore `archive` into the (absent or empty) data dir; `notify` hears what was cleaned
+    up of earlier attempts that died."""
     check_name("node", name)
     ports.check()
     data.require_stopped()
     data.require_empty()
-    with tempfile.TemporaryDirectory(prefix="jaco-restore-") as tmp:
-        snapshot = Path(tmp) / "snapshot.bin"
-        with create_private(snapshot) as sink:
-            meta = read_archive(archive, sink).meta
+    target = data.path.absolute()
+    parent = target.parent
+    if not parent.is_dir():
+        raise DataDirError(f"{parent}, which is to hold the data dir, does not exist")
+    if target.is_symlink() or os.path.ismount(target):
+        raise DataDirError(
+            f"the data dir {target} is a symbolic link or a mount point: restore builds the "
+            "new data dir beside it and renames it into place; use a directory inside it"
+        )
+    for left in sweep_partials(parent, STAGING, target.name):
+        notify(f"removed {left}, left by an interrupted restore")
+
+    def reserve(size: int) -> None:
+        require_space(parent, 2 * size, "restoring this backup")
+
+    with staged_dir(target) as staging, anonymous_file(staging) as snapshot:
+        meta = read_archive(archive, snapshot, reserve).meta
+        snapshot.flush()
         meta.check_version()
-        created = not data.path.exists()
-        data.create()
-        try:
-            _prime(snapshot, data, name, ports, meta)
-        except BaseException:
-            empty_data_dir(data, created)
-            raise
+        staged = DataDir(staging)
+        staged.create()
+        _prime(snapshot.fileno(), staged, name, ports, meta)
     return meta
 
 
-def _prime(snapshot: Path, data: DataDir, name: str, ports: Ports, meta: BackupMeta) -> None:
+def _prime(snapshot: int, data: DataDir, name: str, ports: Ports, meta: BackupMeta) -> None:
+    """Fill the staged data dir from the snapshot (an open descriptor, reached by path through
+    /proc/self/fd, in this process and in etcd's restore tool)."""
     config = single_member_config(name, meta.cluster_id, ports)
+    path = Path(f"/proc/self/fd/{snapshot}")
     # Reading the snapshot's state and etcd's restore each take a while: run them together.
     with ThreadPoolExecutor(1) as pool:
-        checked = pool.submit(_check_snapshot, snapshot, meta)
+        checked = pool.submit(_check_snapshot, path, meta)
         try:
-            snapshot_restore(snapshot, data, config)
+            snapshot_restore(path, data, config, pass_fds=(snapshot,))
         finally:
             state = checked.result()  # its error, if any, wins: it says what is wrong
     ca = state.ca

@@ -1,9 +1,8 @@
 """Translation at the API's edge: stored records to protobuf messages, request fields to
-checked values (times, HOST:PORT addresses)."""
+checked values (HOST:PORT addresses)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -31,16 +30,6 @@ def deployment(d: dict[str, Any]) -> pb.Deployment:
 
 def audit_event(e: dict[str, Any]) -> pb.AuditEvent:
     return message(pb.AuditEvent, {**e, "detail_json": json.dumps(e["detail"], sort_keys=True)})
-
-
-def parse_time(text: str, what: str) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidArgument(f"invalid {what} time {text!r}: use RFC 3339") from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def host_port(address: str, what: str) -> str:

@@ -29,8 +29,9 @@ from jaco.errors import (
 )
 from jaco.model import audit
 from jaco.model.engine import Principal
+from jaco.model.names import parse_time
 from jaco.model.store import Store
-from jaco.server.convert import audit_event, deployment, message, parse_time
+from jaco.server.convert import audit_event, deployment, message
 from jaco.server.join import admit
 from jaco.server.node import Node
 from jaco.server.snapshot import Announce, stream_snapshot
@@ -266,9 +267,11 @@ class JacoService(pb_grpc.JacoServicer):
             await self.authorize(context, ACCESS["Audit"])
             since = parse_time(request.since, "--since")
             until = parse_time(request.until, "--until")
-            types = {t.upper() for t in request.types}
+            types = audit.check_types(request.types)
 
             def wanted(e: dict[str, Any]) -> bool:
+                if e["type"] == audit.DAMAGED:
+                    return True  # what it was cannot be told: no filter may hide it
                 at = dt.datetime.fromisoformat(e["at"])
                 return (
                     (not types or e["type"] in types)

@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from jaco.errors import InvalidArgument
+from jaco.errors import InvalidArgument, JacoError
 from jaco.files import (
+    STAGING,
     ChunkReader,
     HashingReader,
+    anonymous_file,
     check_output_target,
     private_output,
+    staged_dir,
     sweep_partials,
     write_private,
 )
@@ -94,3 +97,44 @@ def test_hashing_reader_over_chunks_and_files() -> None:
     assert big.read(2 * 1024 * 1024) == data[: 2 * 1024 * 1024]  # a big read passes through
     big.drain()
     assert big.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_staged_dir_is_put_in_place_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "data"
+    target.mkdir()  # an empty directory is replaced
+    with staged_dir(target) as staging:
+        (staging / "node.json").write_text("{}")
+        assert staging.name == f".data.restore-{os.getpid()}"
+        assert stat.S_IMODE(staging.stat().st_mode) == 0o700
+    assert [p.name for p in target.iterdir()] == ["node.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    with pytest.raises(JacoError, match="Directory not empty"), staged_dir(target) as staging:
+        (staging / "other").write_text("x")
+    with pytest.raises(RuntimeError), staged_dir(tmp_path / "fresh") as staging:
+        raise RuntimeError("the builder failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing left either time
+    assert (target / "node.json").read_text() == "{}"
+
+
+def test_sweep_removes_staged_dirs_of_dead_builders_only(tmp_path: Path) -> None:
+    code = (
+        "import os, sys; from pathlib import Path; from jaco.files import staged_dir\n"
+        "with staged_dir(Path(sys.argv[1])) as d:\n"
+        "    (d / 'etcd').mkdir(); print('building', flush=True); os.kill(os.getpid(), 9)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "data")], capture_output=True)
+    assert done.returncode == -9 and b"building" in done.stdout
+    [dead] = tmp_path.iterdir()
+    with staged_dir(tmp_path / "data") as live:
+        assert sweep_partials(tmp_path, STAGING, "data") == [dead]
+        assert sweep_partials(tmp_path, STAGING, "data") == []  # the live one stays
+        assert live.is_dir()
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
+def test_anonymous_file_has_no_name(tmp_path: Path) -> None:
+    with anonymous_file(tmp_path) as scratch:
+        scratch.write(b"plaintext")
+        scratch.flush()
+        assert list(tmp_path.iterdir()) == []
+        assert Path(f"/proc/self/fd/{scratch.fileno()}").read_bytes() == b"plaintext"

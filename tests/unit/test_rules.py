@@ -7,14 +7,19 @@ processes.
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import json
+import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import jaco.errors
 from flows.retention import Backup, RetentionPolicy, parse_key, to_keep
+from jaco.archive.age import DecryptionFailed
 from jaco.archive.meta import BackupMeta
 from jaco.errors import (
     ArchiveError,
@@ -27,6 +32,7 @@ from jaco.errors import (
 )
 from jaco.model import audit, ipam, scheduler, tokens
 from jaco.model.digest import StateDigest
+from jaco.model.engine import Change
 from jaco.model.names import check_host, check_name
 
 
@@ -195,6 +201,20 @@ def test_errors_say_whether_a_retry_can_help() -> None:
     assert is_retryable(ConnectionResetError())  # not ours: assumed transient
 
 
+def test_the_documented_exit_codes_are_the_errors_codes() -> None:
+    """docs/backups.md's exit code table names each error class with its code."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "backups.md").read_text()
+    rows = re.findall(r"^\| (\d+) \|.*\(`(\w+)`\)", doc[doc.index("### Exit codes") :], re.M)
+    base = jaco.errors.JacoError
+    errors = [
+        c
+        for c in vars(jaco.errors).values()
+        if isinstance(c, type) and issubclass(c, base) and c is not base
+    ]
+    expected = {c.__name__: c.exit_code for c in [*errors, DecryptionFailed]}
+    assert {name: int(code) for code, name in rows} == expected
+
+
 def test_the_documented_automation_is_one_prefect_accepts() -> None:
     import yaml
     from prefect.events.schemas.automations import AutomationCore
@@ -222,3 +242,49 @@ def test_the_shipped_deployment_files_are_valid() -> None:
         model = flow.fn.__annotations__["params"]
         model = getattr(importlib.import_module(flow.fn.__module__), model)
         model.model_validate(deployment["parameters"]["params"])
+
+
+def test_every_audit_event_type_the_code_writes_is_listed() -> None:
+    """The event types passed as literals to Change.audit, Engine.record and update_node,
+    read from the code, are exactly audit.EVENT_TYPES (what `jaco audit --type` accepts);
+    and a type not listed cannot be written at all."""
+    written: set[str] = set()
+    for path in (Path(__file__).resolve().parents[2] / "jaco").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            if node.func.attr in ("audit", "record", "update_node"):
+                written |= {
+                    arg.value
+                    for arg in node.args
+                    if isinstance(arg, ast.Constant)
+                    and isinstance(arg.value, str)
+                    and re.fullmatch(r"[A-Z][A-Z_]+", arg.value)
+                }
+    assert written == set(audit.EVENT_TYPES)
+    assert list(audit.EVENT_TYPES) == sorted(audit.EVENT_TYPES)  # shown in this order
+    with pytest.raises(ValueError, match="not in jaco.model.audit.EVENT_TYPES"):
+        Change().audit("SOMETHING_NEW")
+    assert audit.check_types(["backup_taken"]) == {"BACKUP_TAKEN"}
+    with pytest.raises(InvalidArgument, match="invalid --type 'NOPE': use one of BACKUP_TAKEN"):
+        audit.check_types(["nope"])
+
+
+def test_listed_events_are_well_formed_or_damaged() -> None:
+    good = audit.make_event(
+        1, audit.GENESIS_HASH, "BACKUP_TAKEN", "token:x", "2026-01-01T00:00:00+00:00", {}
+    )
+    assert audit.listed_event("000000000001", json.dumps(good).encode()) == good
+    for raw in (
+        b"not json {",
+        b"[]",
+        b'{"seq": "x"}',
+        json.dumps({**good, "at": "yesterday"}).encode(),
+        json.dumps({**good, "at": "2026-01-01T00:00:00"}).encode(),  # no zone
+        json.dumps({**good, "seq": -1}).encode(),
+        json.dumps({**good, "hash": 5}).encode(),
+        b"[" * 100_000,
+    ):
+        listed = audit.listed_event("000000000007", raw)
+        assert listed["type"] == audit.DAMAGED and listed["seq"] == 7, raw[:40]
+    assert audit.listed_event("zzz", b"x")["seq"] == 0
