@@ -5,8 +5,8 @@ must never reach production peers. `BwrapSandbox` (the default on Linux) runs th
 fresh mount, pid, net, uts, ipc (and cgroup) namespaces: the only network is the sandbox's own
 loopback, the data dir is a tmpfs, the installed jaco is bound read-only, and the environment is
 cleared. When the agent ends, or its parent dies, the pid namespace and every process and tmpfs
-in it go with it. `DockerSandbox` does the same with the image from infra/ on hosts with an
-engine.
+in it go with it. `DockerSandbox` does the same with the image `make image` builds
+(infra/image/) on hosts with an engine.
 """
 
 from __future__ import annotations
@@ -143,9 +143,10 @@ class BwrapSandbox:
 class DockerSandbox:
     """The agent in a throwaway container (`--network none`, tmpfs data dir, read-only root)."""
 
-    def __init__(self, image: str = "jaco:latest", name: str | None = None) -> None:
+    def __init__(self, image: str | None = None, name: str | None = None) -> None:
         self.name = name or f"drill-{uuid.uuid4().hex[:8]}"
-        self.image = image
+        # `make image` tags jaco:<version>: the drill runs the same jaco as the worker.
+        self.image = image or f"jaco:{jaco.__version__}"
         try:
             import docker  # type: ignore[import-untyped]
 
