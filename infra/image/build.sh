@@ -146,7 +146,7 @@ build_and_replace() {
   shift
   previous=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
   # The legacy builder: this engine (20.10) has no buildx, and it never pulls a FROM image
-  # that exists locally. The Dockerfile builds with BuildKit too.
+  # that exists locally. (The Dockerfile uses nothing BuildKit lacks; untested there.)
   DOCKER_BUILDKIT=0 docker build --network none --pull=false --force-rm \
     --file "$here/Dockerfile" "${build_args[@]}" --tag "$tag" "$@" "$build/context"
   current=$(docker image inspect -f '{{.Id}}' "$tag")
