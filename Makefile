@@ -1,13 +1,14 @@
 # Two commands work on a fresh Debian/Ubuntu machine (as root, or with sudo available):
 #   make demo   a local 3-node cluster with sample deployments, shown by the CLI
 #   make test   lint, type-check and the whole test suite against real processes
+#   make image  the jaco Docker image (jaco:<version>), built without a registry: docs/image.md
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := etcd-server etcd-client bubblewrap age
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps venv test lint typecheck demo proto clean bench
+.PHONY: deps venv test lint typecheck demo proto clean bench image
 
 deps:
 	@missing=""; \
@@ -46,10 +47,17 @@ demo: deps venv
 bench: deps venv
 	$(PY) -m bench.run $(BENCH_ARGS)
 
+# Debian bookworm base from mmdebstrap -> docker import -> infra/image/Dockerfile; the wheels
+# come from the host, pinned to $(VENV). Build products go to build/image/.
+image: deps venv
+	PYTHON=$(PY) infra/image/build.sh
+
 # Regenerates jaco/v1/ from proto/ (the generated modules are committed).
 proto: venv
 	PATH=$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -Iproto --python_out=. \
 	  --grpc_python_out=. --mypy_out=. proto/jaco/v1/jaco.proto
 
+# --one-file-system: never delete through a mount an interrupted mmdebstrap left behind.
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf --one-file-system build/image

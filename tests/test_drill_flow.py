@@ -179,8 +179,8 @@ def test_docker_driver_needs_an_engine() -> None:
         assert "the docker driver needs a Docker engine" in exc.message
     else:
         pytest.skip(
-            "a Docker engine is available: the driver would need an image built "
-            "from infra/Dockerfile to be exercised"
+            "a Docker engine is available: the driver would need the image from "
+            "`make image` to be exercised"
         )
 
 
