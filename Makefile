@@ -1,6 +1,7 @@
 # Two commands work on a fresh Debian/Ubuntu machine (as root, or with sudo available):
-#   make demo   a local 3-node cluster with sample deployments, shown by the CLI
-#   make test   lint, type-check and the whole test suite against real processes
+#   make demo   a local cluster, S3 and Prefect serving the pipeline's deployments; a backup and
+#               a restore drill run through them
+#   make test   lint, type-check, the image (where a Docker engine answers) and the whole suite
 #   make image  the jaco Docker image (jaco:<version>), built without a registry: docs/image.md
 SHELL := /bin/bash
 VENV ?= .venv
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := etcd-server etcd-client bubblewrap age
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps venv test lint typecheck demo proto clean bench image
+.PHONY: deps venv test lint typecheck demo proto clean bench image test-image
 
 deps:
 	@missing=""; \
@@ -36,8 +37,14 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy jaco flows deployments
 
-test: deps venv lint typecheck
+test: deps venv lint typecheck test-image
 	$(VENV)/bin/pytest -q
+
+# The drill image the docker tests run, built from this checkout; without a Docker engine those
+# tests are skipped (and say why), so this is too.
+test-image:
+	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory image; \
+	else echo "no Docker engine answers: the image is not built, the docker tests will skip"; fi
 
 demo: deps venv
 	$(PY) -m infra.demo
@@ -59,5 +66,5 @@ proto: venv
 
 # --one-file-system: never delete through a mount an interrupted mmdebstrap left behind.
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache *.egg-info
 	rm -rf --one-file-system build/image

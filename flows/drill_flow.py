@@ -115,7 +115,12 @@ def sandbox_drill_task(
             f"the drill agent in {sandbox.name} reported nothing (exit "
             f"{result.returncode}): {result.stderr.strip()[-400:]}"
         )
-    return {**result.report, "sandbox": sandbox.name, "image": sandbox.image}
+    return {
+        **result.report,
+        "sandbox": sandbox.name,
+        "driver": sandbox.driver,
+        "image": sandbox.image,
+    }
 
 
 @task(name="record-drill", cache_policy=NO_CACHE)
@@ -182,12 +187,12 @@ def drill_restore(params: DrillParams) -> dict[str, Any]:
             rto_seconds=round(rto, 2) if passed else None,
             failed_checks=[c["name"] for c in failed],
             reason="; ".join(f"{c['name']}: {c['detail']}" for c in failed)[:2000],
-            driver=params.driver,
+            driver=report["driver"],
             image=report.get("image") or "",
         ),
     )
     create_markdown_artifact(
-        drill_report(params.cluster, params.driver, record.key, meta, report, rto),
+        drill_report(params.cluster, report["driver"], record.key, meta, report, rto),
         key=f"jaco-drill-{params.cluster}",
         description=f"latest restore drill of {params.cluster}",
     )
@@ -200,7 +205,7 @@ def drill_restore(params: DrillParams) -> dict[str, Any]:
         "rto_seconds": rto,
         "checks": report["checks"],
         "sandbox": report["sandbox"],
-        "driver": params.driver,
+        "driver": report["driver"],
         "image": report.get("image"),
         "snapshot_index": record.snapshot_index,
         "cluster_id": record.cluster_id,

@@ -15,7 +15,7 @@ from flows.secrets import ClusterSecrets, S3Settings
 
 CLUSTER_NAME = r"^[a-z0-9][a-z0-9-]{0,40}$"
 CLUSTER_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
-Driver = Literal["bwrap", "docker"]
+Driver = Literal["auto", "bwrap", "docker"]
 
 
 class Where(BaseModel):
@@ -70,12 +70,16 @@ class BackupParams(Where):
         description="Run a restore drill after every Nth "
         "successful backup of this cluster (0: never, 1: every backup).",
     )
-    drill_driver: Driver = Field("bwrap", description="Sandbox driver for those drills.")
+    drill_driver: Driver = Field(
+        "auto", description="Sandbox for those drills (auto: docker where an engine answers)."
+    )
 
 
 class DrillParams(Where):
     key: str | None = Field(None, description="A specific object key; default: the newest.")
-    driver: Driver = Field("bwrap", description="Sandbox driver.")
+    driver: Driver = Field(
+        "auto", description="Sandbox: docker, bwrap, or auto (docker where an engine answers)."
+    )
     rejoin: bool = Field(False, description="Also join a second sandboxed node (full drill).")
     workdir: str = Field("/var/lib/jaco-drills", description="Host scratch space (0700).")
     timeout_seconds: float = Field(900, gt=0)

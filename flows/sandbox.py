@@ -49,6 +49,7 @@ class AgentResult:
 
 class Sandbox(Protocol):
     name: str
+    driver: str
     image: str | None
 
     def run_agent(
@@ -130,6 +131,7 @@ def _package_root() -> str:
 
 
 class BwrapSandbox:
+    driver = "bwrap"
     image: str | None = None
 
     def __init__(self, name: str | None = None) -> None:
@@ -211,6 +213,8 @@ def image_present(image: str) -> bool:
 
 class DockerSandbox:
     """The agent in a throwaway container of the pinned jaco image."""
+
+    driver = "docker"
 
     def __init__(self, image: str | None = None, name: str | None = None) -> None:
         self.name = name or f"drill-{uuid.uuid4().hex[:8]}"
@@ -310,8 +314,12 @@ def _alive(pid: str) -> bool:
 
 
 def open_sandbox(driver: str) -> Sandbox:
+    """`docker` or `bwrap`; `auto` is docker wherever an engine answers and holds the pinned
+    image, bubblewrap elsewhere."""
+    if driver == "auto":
+        driver = "docker" if docker_available() is None and image_present(IMAGE) else "bwrap"
     if driver == "bwrap":
         return BwrapSandbox()
     if driver == "docker":
         return DockerSandbox()
-    raise PipelineError(f"unknown sandbox driver {driver!r}: use bwrap or docker")
+    raise PipelineError(f"unknown sandbox driver {driver!r}: use auto, bwrap or docker")

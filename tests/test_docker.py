@@ -1,0 +1,133 @@
+"""Restore drills in real Docker containers of the image `make image` builds.
+
+Skipped only when no Docker engine answers (and then for that reason alone, which the last
+test checks); where an engine answers, a missing image is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.drill_flow import drill_restore
+from flows.params import DrillParams
+from flows.sandbox import IMAGE, LABEL, DockerSandbox, docker_available, image_present
+from infra.localcluster import wait_for
+from tests.pipeline import BUCKET
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    why = docker_available()
+    if why:
+        pytest.skip(why)
+    if not image_present(IMAGE):
+        pytest.fail(f"a Docker engine answers but the image {IMAGE} is missing: run `make image`")
+    return IMAGE
+
+
+def _drill_containers() -> list[str]:
+    listed = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={LABEL}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return listed.stdout.split()
+
+
+def _volumes() -> set[str]:
+    listed = subprocess.run(["docker", "volume", "ls", "-q"], capture_output=True, text=True)
+    return set(listed.stdout.split())
+
+
+def test_a_drill_in_a_container_passes_and_leaves_nothing(
+    image: str, stored1: dict[str, Any], tmp_path: Path
+) -> None:
+    volumes = _volumes()
+    params = DrillParams(
+        cluster="prod", bucket=BUCKET, workdir=str(tmp_path / "work"), driver="auto",
+        key=stored1["key"],
+    )  # fmt: skip
+    state = drill_restore(params, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["driver"] == "docker" and result["image"] == image  # auto chose docker here
+    assert all(c["ok"] for c in result["checks"]), result["checks"]
+    assert _drill_containers() == []
+    assert _volumes() == volumes
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_the_container_reaches_nothing_but_its_own_loopback(
+    image: str, stored1: dict[str, Any]
+) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    host_port = f"127.0.0.1:{listener.getsockname()[1]}"
+    production = stored1["cluster"].nodes["node-1"].server
+    try:
+        result = DockerSandbox().run_agent(["--probe", host_port, "--probe", production], 60)
+    finally:
+        listener.close()
+    probes = {p["address"]: p["reachable"] for p in result.report["probes"]}
+    assert probes[host_port] is False and probes[production] is False
+    own = [a for a in probes if a not in (host_port, production)]
+    assert len(own) == 1 and probes[own[0]] is True
+    assert result.report["uid"] == 10001  # the image's user, not root
+    assert result.report["hostname"].startswith("drill-")
+    assert _drill_containers() == []
+
+
+def test_a_container_left_by_a_killed_run_is_swept_by_the_next(
+    image: str, stored1: dict[str, Any], tmp_path: Path
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    params = DrillParams(
+        cluster="prod", bucket=BUCKET, workdir=str(tmp_path / "work"), driver="docker",
+        key=stored1["key"], rejoin=True,
+    )  # fmt: skip
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    with open(tmp_path / "drill.log", "wb") as log:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "tests.run_flow", "drill", params.model_dump_json()],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    wait_for(_drill_containers, 120, "the drill container to start")
+    run.kill()  # kill -9 of the flow: the container outlives the docker client
+    run.wait()
+    time.sleep(1)
+    left = _drill_containers()
+    assert left, "the dead run's container"
+    again = drill_restore(params.model_copy(update={"rejoin": False}), return_state=True)
+    assert again.is_completed(), again.message
+    swept = again.result()["swept"]
+    assert any("drill container" in s and "run died" in s for s in swept), swept
+    assert not set(left) & set(_drill_containers())
+    assert _drill_containers() == []
+
+
+def test_without_an_engine_the_docker_tests_are_skipped_for_that_reason_alone(
+    image: str, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+         "tests/test_docker.py", "-k", "not without_an_engine", f"--basetemp={tmp_path / 'bt'}"],
+        env={**os.environ, "DOCKER_HOST": "tcp://127.0.0.1:9"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]
+    skipped = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert len(skipped) == 3 and all("no Docker engine answers" in s for s in skipped), skipped
+    assert "3 skipped" in done.stdout and "passed" not in done.stdout, done.stdout[-500:]
