@@ -164,6 +164,9 @@ def backup_cluster(params: BackupParams) -> dict[str, Any]:
             "plaintext-sha256": enc.plaintext_sha256,
             "ciphertext-sha256": enc.ciphertext_sha256,
         }
+        if meta.audit_head is not None:  # kept with the object (object lock keeps it as is)
+            metadata["audit-head-seq"] = str(meta.audit_head.seq)
+            metadata["audit-head-hash"] = meta.audit_head.hash
         record = BackupRecord(
             cluster=params.cluster,
             cluster_id=meta.cluster_id,

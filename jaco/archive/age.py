@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import pyrage
 
-from jaco.archive.format import read_archive_stream
+from jaco.archive.format import VerifiedArchive, read_archive, read_archive_stream
 from jaco.archive.meta import BackupMeta
 from jaco.errors import ArchiveError, InvalidArgument, JacoError
 from jaco.files import CHUNK, HashingReader, private_output
@@ -204,3 +204,18 @@ def decrypt_and_read_archive(
     if failure:
         raise failure[0]
     return cipher_sha[0], sinks[0].hexdigest(), meta
+
+
+def inspect_backup(path: Path, identity_file: Path | None = None) -> VerifiedArchive:
+    """Verify a backup as the operator has it: a plain archive (`jaco backup`) or an
+    age-encrypted one (the pipeline's `.tar.gz.age`), decrypted in a stream with the
+    identity file given (the plaintext never touches the disk)."""
+    if not is_age_file(path):
+        return read_archive(path)
+    if identity_file is None:
+        raise InvalidArgument(
+            f"{path} is an age-encrypted backup: give --identity FILE (or set "
+            "JACO_AGE_IDENTITY_FILE) to decrypt it as it is read, or decrypt it with `age -d` first"
+        )
+    _, _, meta = decrypt_and_read_archive(path, load_identities(identity_file))
+    return VerifiedArchive(meta, path.stat().st_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,6 +18,7 @@ from jaco.cli.common import (
     safe,
 )
 from jaco.client.connection import open_client
+from jaco.errors import InvalidArgument
 from jaco.model.audit import DAMAGED, check_types
 from jaco.model.names import parse_time
 from jaco.v1 import jaco_pb2 as pb
@@ -79,14 +81,75 @@ def audit(
 
 @audit_app.command("verify")
 @operator_errors
-def audit_verify(ctx: typer.Context, server: Server = "") -> None:
-    """Recompute the audit log's hash chain; exit 1 if any event was altered or removed."""
+def audit_verify(
+    ctx: typer.Context,
+    anchor: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--anchor",
+            help="A backup (.tar.gz, or .tar.gz.age with --identity) whose meta.json recorded "
+            "the audit head; or `catalog` for the heads of every backup the pipeline keeps of "
+            "--cluster. Repeatable. The chain must still pass through each of them.",
+        ),
+    ] = None,
+    cluster: Annotated[
+        str | None, typer.Option(help="With --anchor catalog: the cluster's name.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="With --anchor catalog: the site configuration.")
+    ] = None,
+    identity: Annotated[
+        Path | None,
+        typer.Option(envvar="JACO_AGE_IDENTITY_FILE", help="Decrypts .tar.gz.age anchors."),
+    ] = None,
+    server: Server = "",
+) -> None:
+    """Recompute the audit log's hash chain; exit 1 if any event was altered or removed.
+
+    The cluster can recompute every hash after rewriting history, so the chain alone proves
+    little against someone holding its etcd credentials; audit heads recorded outside the
+    cluster (each backup's meta.json, the pipeline's catalog) do: with --anchor, history
+    older than an anchor cannot be rewritten or cut without this failing.
+    """
+    anchors = [a for source in anchor or [] for a in _anchors(source, cluster, config, identity)]
     with open_client(server or ctx.obj or "") as client:
-        reply = client.call("VerifyAudit", pb.VerifyAuditRequest())
+        reply = client.call("VerifyAudit", pb.VerifyAuditRequest(anchors=anchors))
     if reply.ok:
-        out.print(f"Audit chain intact: {reply.events} events")
+        extends = f"; it extends all {reply.anchors_checked} anchors given" if anchors else ""
+        out.print(f"Audit chain intact: {reply.events} events{extends}")
     else:
         err.print(
-            f"[red]Audit chain broken at event {reply.first_bad_seq}:[/red] {safe(reply.reason)}"
+            f"[red]Audit chain broken at event {reply.first_bad_seq}:[/red] {safe(reply.reason)}",
+            soft_wrap=True,
         )
         raise typer.Exit(1)
+
+
+def _anchors(
+    source: str, cluster: str | None, config: Path | None, identity: Path | None
+) -> list[pb.AuditAnchor]:
+    if source == "catalog":
+        return _catalog_anchors(cluster, config)
+    from jaco.archive.age import inspect_backup
+
+    meta = inspect_backup(Path(source), identity).meta
+    if meta.audit_head is None:
+        raise InvalidArgument(f"{source} records no audit head (taken by an older jaco)")
+    head = meta.audit_head
+    return [pb.AuditAnchor(seq=head.seq, hash=head.hash, source=Path(source).name)]
+
+
+def _catalog_anchors(cluster: str | None, config: Path | None) -> list[pb.AuditAnchor]:
+    from jaco.cli.catalog import catalog_views
+
+    if not cluster:
+        raise InvalidArgument("--anchor catalog needs --cluster NAME")
+    (view,) = catalog_views(config, None, "jaco", [cluster])
+    heads = [
+        pb.AuditAnchor(seq=b.audit_head.seq, hash=b.audit_head.hash, source=b.key)
+        for b in view.backups
+        if b.audit_head is not None
+    ]
+    if not heads:
+        raise InvalidArgument(f"the catalog of {cluster} records no audit head yet")
+    return heads

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from jaco.archive.format import check_archive_output, read_archive
+from jaco.archive.format import check_archive_output
 from jaco.cli.common import (
     AdvertiseHost,
     ApiPort,
@@ -32,6 +32,14 @@ from jaco.errors import InvalidArgument
 from jaco.files import sweep_partials
 
 app = typer.Typer()
+IdentityOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--identity",
+        envvar="JACO_AGE_IDENTITY_FILE",
+        help="An age identity file that decrypts the backup (for .tar.gz.age).",
+    ),
+]
 backup_app = typer.Typer(
     invoke_without_command=True,
     help="Write a consistent snapshot of all cluster state to a tarball.",
@@ -90,14 +98,21 @@ def backup(
 @backup_app.command("inspect")
 @operator_errors
 def backup_inspect(
-    archive: Annotated[Path, typer.Argument(help="A jaco backup archive (.tar.gz).")],
+    archive: Annotated[
+        Path, typer.Argument(help="A jaco backup archive (.tar.gz), or the pipeline's .tar.gz.age.")
+    ],
+    identity: IdentityOpt = None,
     as_json: AsJson = False,
 ) -> None:
     """Verify an archive (structure, meta.json, snapshot checksum) and show what it holds.
 
-    Exits non-zero if the archive is damaged, or intact but from another major version.
+    An age-encrypted backup is decrypted as it is read (--identity, or JACO_AGE_IDENTITY_FILE):
+    nothing decrypted is written to disk. Exits non-zero if the archive is damaged, or intact
+    but from another major version.
     """
-    verified = read_archive(archive)
+    from jaco.archive.age import inspect_backup
+
+    verified = inspect_backup(archive, identity)
     meta = verified.meta
     if as_json:
         shown = meta.model_dump(mode="json", exclude_none=True)

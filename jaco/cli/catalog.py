@@ -41,7 +41,9 @@ StoreOpt = Annotated[
 PrefixOpt = Annotated[str, typer.Option(help="Key prefix, with --store.")]
 
 
-def _views(config: Path | None, store: str | None, prefix: str, only: list[str]) -> list[Any]:
+def catalog_views(
+    config: Path | None, store: str | None, prefix: str, only: list[str]
+) -> list[Any]:
     from flows.catalog import Catalog, clusters_in
     from flows.config import load_config
     from flows.errors import PipelineError
@@ -104,7 +106,7 @@ def backup_ls(
 ) -> None:
     """List the backups the pipeline keeps, per cluster, from its catalog: verified or not,
     last restore drill and its RTO, recent failures."""
-    views = _views(config, store, prefix, cluster or [])
+    views = catalog_views(config, store, prefix, cluster or [])
     if as_json:
         print_json([_json(v) for v in views])
         return
@@ -151,7 +153,7 @@ def backup_describe(
     """Everything the catalog knows about one backup: checksums, audit head, who took and
     verified it, every drill of it."""
     name = key.rsplit("/", 1)[-1]
-    for view in _views(config, store, prefix, []):
+    for view in catalog_views(config, store, prefix, []):
         for backup in view.backups:
             if backup.key == key or backup.key.rsplit("/", 1)[-1] == name:
                 if as_json:

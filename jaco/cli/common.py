@@ -35,8 +35,8 @@ from jaco.node.config import DataDir, data_dir_from_env
 
 F = TypeVar("F", bound=Callable[..., Any])
 SECRET_MAX = 64 * 1024  # far more than any token: a wrong file is not read whole
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 Server = Annotated[
     str,
