@@ -1,71 +1,51 @@
-"""`make demo`: the whole story on local defaults, everything on 127.0.0.1 under .demo/.
+"""`make demo`: the pipeline the way production runs it, on local defaults, under .demo/.
 
 A 3-node jaco cluster with sample state, a SeaweedFS S3 server, a Prefect server with its UI,
-then the backup-cluster flow (take-backup → encrypt → upload → local copy → verify → prune)
-followed by a restore drill in a bubblewrap sandbox, and a summary of where to look.
-`--keep` leaves it all running (the script prints how to use and stop it).
+and `python -m deployments.serve` serving the site's deployments (scheduled backup, weekly
+and on-demand drills, retention, the watchdog, Prometheus metrics) from a site configuration
+whose secrets are references to files. A backup and a restore drill are run *through those
+deployments*; then the summary says where to look, and everything stops.
+
+    python -m infra.demo [--keep]     # --keep: leave it all running, and say how to use it
+    python -m infra.demo --stop       # stop what --keep left (by the PIDs it recorded)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
+from typing import Any
 
-from infra.localcluster import Cluster, cluster_of, free_port, wait_for
-from infra.seaweed import running_seaweed
+from infra import prefect_server
+from infra.localcluster import BIN, JACO, Cluster, cluster_of, run, wait_for
+from infra.ports import free_port
+from infra.seaweed import SeaweedS3, running_seaweed
 
-ROOT = Path(".demo").resolve()
 BUCKET = "jaco-backups"
+DEPLOYMENTS = [
+    "backup-cluster/backup-demo",
+    "drill-restore/weekly-drill-demo",
+    "drill-restore/drill-demo",
+    "prune-backups/retention-demo",
+    "watchdog/jaco-watchdog",
+]
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
 
 
 def show(cluster: Cluster, *args: str) -> None:
-    print(f"\n$ jaco {' '.join(args)}", flush=True)
+    say(f"\n$ jaco {' '.join(args)}")
     print(cluster.ok(*args).out, end="", flush=True)
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def start_prefect(port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(ROOT / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
-    }
-    log = open(ROOT / "prefect.log", "wb")  # noqa: SIM115 - handed to the server
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "prefect"),
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=log,
-        stderr=log,
-    )
-    log.close()
-
-    def healthy() -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
-            return bool(r.status == 200)
-
-    wait_for(healthy, 120, "the Prefect server")
-    return server
 
 
 def age_keygen(path: Path) -> str:
@@ -77,128 +57,223 @@ def age_keygen(path: Path) -> str:
     )
 
 
+def site_config(root: Path, cluster: Cluster, recipient: str) -> Path:
+    token = root / "keys" / "demo.token"
+    token.write_text(cluster.token + "\n")
+    token.chmod(0o600)
+    servers = ", ".join(f'"{n.server}"' for n in cluster.nodes.values())
+    config = root / "clusters.toml"
+    config.write_text(f"""# The demo's site: one cluster, its secrets in files (named here).
+[clusters.demo]
+servers = [{servers}]
+bucket = "{BUCKET}"
+recipients = ["{recipient}"]
+local_dir = "{root / "backups"}"
+drill_workdir = "{root / "drills"}"
+drill_rejoin = false
+max_backup_age = "1h"
+max_drill_age = "7d"
+[clusters.demo.secrets]
+token = "file:{token}"
+verify_identity = "file:{root / "keys" / "verify.key"}"
+""")
+    return config
+
+
+def serve(root: Path, config: Path, env: dict[str, str], metrics: int, keep: bool) -> Any:
+    log = open(root / "serve.log", "wb")  # noqa: SIM115 - handed to the process
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deployments.serve", "--config", str(config),
+         "--metrics-port", str(metrics)],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        start_new_session=keep,  # --keep: it must not die with this process
+    )  # fmt: skip
+    log.close()
+    return process
+
+
+def registered() -> bool:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        for name in DEPLOYMENTS:
+            client.read_deployment_by_name(name)
+    return True
+
+
+def run_through(name: str) -> Any:
+    from prefect.deployments import run_deployment
+
+    say(f"  running {name} ...")
+    started = time.monotonic()
+    run = run_deployment(name, timeout=900)
+    state = run.state
+    say(f"  {name}: {state.name if state else '?'} in {time.monotonic() - started:.0f}s")
+    return run
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--keep", action="store_true", help="leave everything running")
+    parser.add_argument("--stop", action="store_true", help="stop what --keep left running")
     parser.add_argument("--ui-port", type=int, default=4200)
+    parser.add_argument("--root", type=Path, default=Path(".demo"))
     args = parser.parse_args()
-    if ROOT.exists():
-        shutil.rmtree(ROOT)
-    (ROOT / "keys").mkdir(parents=True, mode=0o700)
+    root = args.root.absolute()
+    if args.stop:
+        sys.exit(stop_kept(root))
+    begun = time.monotonic()
+    if root.exists():
+        stop_kept(root, quiet=True)
+        shutil.rmtree(root)
+    (root / "keys").mkdir(parents=True, mode=0o700)
     port = args.ui_port if port_free(args.ui_port) else free_port()
-    print("Starting a 3-node jaco cluster on 127.0.0.1 (init + 2 joins)...", flush=True)
+    say("Starting a 3-node jaco cluster on 127.0.0.1 (init + 2 joins)...")
     with (
-        cluster_of(ROOT / "cluster", 3, outlive_parent=args.keep) as cluster,
-        running_seaweed(ROOT / "s3") as s3,
+        cluster_of(root / "cluster", 3, outlive_parent=args.keep) as cluster,
+        running_seaweed(root / "s3", keep=args.keep) as s3,
     ):
         show(cluster, "deploy", "web", "--image", "nginx:1.27", "--replicas", "3")
-        show(
-            cluster,
-            "deploy",
-            "api",
-            "--image",
-            "ghcr.io/example/api:2.4",
-            "--replicas",
-            "2",
-            "--env",
-            "LOG_LEVEL=info",
-        )
+        show(cluster, "deploy", "api", "--image", "ghcr.io/example/api:2.4", "--replicas", "2",
+             "--env", "LOG_LEVEL=info")  # fmt: skip
         show(cluster, "route", "add", "web", "--host", "www.example.com", "--deployment", "web")
-        show(cluster, "cluster", "status")
         show(cluster, "status")
         s3.create_bucket(BUCKET)
-        print(
-            f"\nSeaweedFS S3 on {s3.endpoint}; starting Prefect on 127.0.0.1:{port}...", flush=True
-        )
-        prefect = start_prefect(port)
-        recipient = age_keygen(ROOT / "keys" / "ops.key")
-        os.environ.update(s3.env())
-        os.environ.update(
-            {
-                "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-                "JACO_TOKEN": cluster.token,
-                "JACO_AGE_IDENTITY_FILE": str(ROOT / "keys" / "ops.key"),
-            }
-        )
+        recipient = age_keygen(root / "keys" / "verify.key")
+        config = site_config(root, cluster, recipient)
+        say(f"\nSeaweedFS S3 on {s3.endpoint}; Prefect server and UI on 127.0.0.1:{port} ...")
+        server = prefect_server.start(root / "prefect", port, ui=True, outlive_parent=args.keep)
+        metrics = free_port()
+        env = {**s3.env(), **server.env()}
+        serving = serve(root, config, env, metrics, args.keep)
         try:
-            code = run_pipeline(cluster, recipient, port)
-            if args.keep:
-                keep_running(cluster, s3.endpoint, port, prefect)
+            with prefect_server.using(server):
+                code = demonstrate(root, cluster, server, serving, config, env, metrics)
+            if args.keep and code == 0:
+                keep_running(root, cluster, s3, server, serving, config, env, metrics)
                 return
         finally:
             if not args.keep:
-                _flush_prefect_logs()  # else they are sent at exit, to a server gone by then
-                prefect.terminate()
-                prefect.wait(30)
+                stop(serving)
+                server.stop()
+    if code == 0:
+        say(f"\nAll done in {time.monotonic() - begun:.0f}s; everything is stopped. "
+            "`python -m infra.demo --keep` leaves it running to explore.")  # fmt: skip
     sys.exit(code)
 
 
-def _flush_prefect_logs() -> None:
-    import logging
-
-    from prefect.logging.handlers import APILogHandler
-
-    for handler in logging.getLogger("prefect").handlers + logging.getLogger().handlers:
-        if isinstance(handler, APILogHandler):
-            with contextlib.suppress(Exception):
-                handler.flush()
-
-
-def run_pipeline(cluster: Cluster, recipient: str, port: int) -> int:
-    from flows.backup_flow import backup_cluster
-    from flows.params import BackupParams
-
-    params = BackupParams(
-        cluster="demo",
-        servers=[n.server for n in cluster.nodes.values()],
-        bucket=BUCKET,
-        recipients=[recipient],
-        local_dir=str(ROOT / "backups"),
-        drill_every=1,
-    )
-    print(
-        "\nRunning backup-cluster (take-backup → encrypt → upload → local copy → verify → "
-        "prune) and a restore drill...",
-        flush=True,
-    )
-    started = time.monotonic()
-    state = backup_cluster(params, return_state=True)
-    if not state.is_completed():
-        print(f"\nThe pipeline FAILED: {state.message}")
+def demonstrate(
+    root: Path, cluster: Cluster, server: Any, serving: Any, config: Path,
+    env: dict[str, str], metrics: int,
+) -> int:  # fmt: skip
+    say(f"\n$ python -m deployments.serve --config {config} --metrics-port {metrics}")
+    wait_for(registered, 180, f"the deployments to be served (see {root / 'serve.log'})")
+    say(f"Serving {len(DEPLOYMENTS)} deployments: {', '.join(DEPLOYMENTS)}")
+    say("\nA backup, then a restore drill, run through those deployments:")
+    backup = run_through("backup-cluster/backup-demo")
+    drill = run_through("drill-restore/drill-demo")
+    ok = all(r.state is not None and r.state.is_completed() for r in (backup, drill))
+    listed = run([JACO, "backup", "ls", "--config", str(config)], env=env)
+    say(f"\n$ jaco backup ls --config {config}")
+    print(listed.out, end="", flush=True)
+    say(drill_summary(config, env))
+    if not ok:
+        failed = next(r for r in (backup, drill) if not r.state or not r.state.is_completed())
+        say(f"\nThe demo FAILED: {failed.name}: {failed.state.message if failed.state else ''}")
+        say(f"(logs: {root / 'serve.log'}, {server.log})")
         return 1
-    result = state.result()
-    print(f"\nBackup of cluster {result['cluster_id']} at index {result['snapshot_index']}:")
-    print(f"  s3://{result['bucket']}/{result['key']}  ({result['size']} bytes, age-encrypted)")
-    print(f"  local copy {result['local_copy']}")
-    for row in result["stages"]:
-        print(f"  {row['stage']:<12} {row['seconds']:>7}s")
-    drill = result["drill"]
-    print(f"\nRestore drill in sandbox {drill['sandbox']}: RTO {drill['rto_seconds']:.1f}s")
-    for check in drill["checks"]:
-        print(f"  [{'pass' if check['ok'] else 'FAIL'}] {check['name']}: {check['detail']}")
-    print(
-        f"\nAll done in {time.monotonic() - started:.0f}s. In the Prefect UI "
-        f"(http://127.0.0.1:{port}): Runs → backup-cluster / drill-restore, and Artifacts → "
-        "jaco-backup-demo, jaco-backups-demo, jaco-drill-demo, jaco-drills-demo."
-    )
+    say(f"""
+In the Prefect UI ({server.ui}):
+  Deployments — backup-demo (hourly), weekly-drill-demo, drill-demo (Run → Quick run or
+    Custom run), retention-demo, jaco-watchdog (every 5 minutes)
+  Runs — the backup and the drill just run; open one, then its Artifacts tab for the report
+    and the tables rendered from the catalog (jaco-backups-demo, jaco-drills-demo)
+Metrics: http://127.0.0.1:{metrics}/metrics (jaco_backup_last_verified_timestamp_seconds, ...)""")
     return 0
 
 
+def drill_summary(config: Path, env: dict[str, str]) -> str:
+    described = run([JACO, "backup", "ls", "--json", "--config", str(config)], env=env)
+    try:
+        drills = [d for c in json.loads(described.out) for b in c["backups"] for d in b["drills"]]
+    except (ValueError, KeyError):
+        return "(the catalog could not be read)"
+    if not drills:
+        return "No drill recorded."
+    last = max(drills, key=lambda d: d["at"])
+    result = "PASSED" if last["passed"] else f"FAILED ({', '.join(last['failed_checks'])})"
+    image = f", image {last['image']}" if last.get("image") else ""
+    rto = f", RTO {last['rto_seconds']:.1f}s" if last.get("rto_seconds") else ""
+    return f"\nRestore drill of demo: {result} in a {last['driver']} sandbox{image}{rto}"
+
+
 def keep_running(
-    cluster: Cluster, endpoint: str, port: int, prefect: subprocess.Popen[bytes]
-) -> None:
-    token_file = ROOT / "admin.token"
-    token_file.write_text(cluster.token + "\n")
-    token_file.chmod(0o600)
-    pids = [str(n.process.pid) for n in cluster.nodes.values() if n.process]
-    print(
-        f"\nStill running: Prefect UI http://127.0.0.1:{port} and jacod PIDs "
-        f"{' '.join(pids)}.\n  export JACO_TOKEN=$(cat {token_file}) "
-        f"JACO_SERVER={cluster.nodes['node-1'].server}\n  jaco status\n"
-        f"Stop with: kill {' '.join(pids)} {prefect.pid}. (S3 at {endpoint} stops now.)"
-    )
+    root: Path, cluster: Cluster, s3: SeaweedS3, server: Any, serving: Any, config: Path,
+    env: dict[str, str], metrics: int,
+) -> None:  # fmt: skip
+    pids = {  # in the order --stop stops them: the server's users before the server
+        "deployments.serve": serving.pid,
+        "prefect server": server.process.pid,
+        **{f"jacod {n.name}": n.process.pid for n in cluster.nodes.values() if n.process},
+        "s3": s3.process.pid if s3.process else 0,
+    }
+    (root / "pids.json").write_text(json.dumps(pids))
     for node in cluster.nodes.values():
         node.process = None  # detach: leaving the context must not stop them
+    s3.process = None
+    node1 = cluster.nodes["node-1"].server
+    exports = " ".join(f"{k}={v}" for k, v in env.items() if k.startswith(("AWS_", "PREFECT_")))
+    say(f"""
+Still running (PIDs in {root / "pids.json"}): the cluster, S3 at {s3.endpoint}, the Prefect UI
+at {server.ui} and the deployments. In a shell:
+  export JACO_TOKEN=$(cat {root / "keys" / "demo.token"}) JACO_SERVER={node1} {exports}
+  {BIN / "jaco"} status
+  {BIN / "jaco"} backup ls --config {config}
+  {BIN / "prefect"} deployment run drill-restore/drill-demo
+  curl -s http://127.0.0.1:{metrics}/metrics | grep ^jaco_
+Stop it all: {sys.executable} -m infra.demo --stop --root {root}""")
+
+
+def stop(process: Any) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def stop_kept(root: Path, quiet: bool = False) -> int:
+    pids_file = root / "pids.json"
+    if not pids_file.exists():
+        if not quiet:
+            print(f"nothing to stop: no {pids_file}", file=sys.stderr)
+        return 0 if quiet else 1
+    for name, pid in json.loads(pids_file.read_text()).items():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if Path(f"/proc/{pid}").exists():
+                os.kill(int(pid), signal.SIGKILL)
+            if not quiet:
+                say(f"stopped {name} (pid {pid})")
+    pids_file.unlink()
+    return 0
+
+
+def port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 if __name__ == "__main__":

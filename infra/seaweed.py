@@ -68,6 +68,7 @@ class SeaweedS3:
     secret_key: str = "jaco-test-secret"  # noqa: S105 - fixed credentials of a local test server
     s3_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    outlive_parent: bool = False
     ports: dict[str, int] = field(default_factory=dict, init=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -170,7 +171,7 @@ class SeaweedS3:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if on_main_thread else None,
+            preexec_fn=_die_with_parent if on_main_thread and not self.outlive_parent else None,
         )
         client = self.client()
         deadline = time.monotonic() + timeout
@@ -264,11 +265,13 @@ class SeaweedS3:
 
 
 @contextlib.contextmanager
-def running_seaweed(data_dir: Path) -> Iterator[SeaweedS3]:
-    """A started SeaweedS3 on data_dir, stopped on exit."""
-    s3 = SeaweedS3(data_dir)
+def running_seaweed(data_dir: Path, keep: bool = False) -> Iterator[SeaweedS3]:
+    """A started SeaweedS3 on data_dir, stopped on exit (unless `keep`: then it also outlives
+    this process, and `process` is set to None by the caller that keeps it)."""
+    s3 = SeaweedS3(data_dir, outlive_parent=keep)
     try:
         s3.start()
         yield s3
     finally:
-        s3.stop()
+        if not keep or s3.process is not None:
+            s3.stop()

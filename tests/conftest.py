@@ -4,18 +4,16 @@ import base64
 import contextlib
 import os
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from infra.localcluster import BIN, Cluster, cluster_of, wait_for
-from infra.ports import free_port
+from infra import prefect_server
+from infra.localcluster import Cluster, cluster_of
 from infra.seaweed import running_seaweed
 from jaco.client.connection import open_client
-from jaco.node.etcd_member import die_with_parent
 from jaco.v1 import jaco_pb2 as pb
 from tests.pipeline import BUCKET, age_keygen, params
 
@@ -77,57 +75,14 @@ def silent_server() -> Iterator[socket.socket]:
 def prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prefect server, started as production starts one (`prefect server start`, its
     background services included: the lease sweeper above all), with a database of its own.
-    Its URL is the API of this process and of every process the tests start."""
-    import urllib.request
-
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_UI_ENABLED": "false",
-        # No scheduled runs from the deployments the tests register: they trigger runs.
-        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
-    }
-    env.pop("PREFECT_API_URL", None)
-    with open(home / "server.log", "wb") as log:
-        server = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=log,
-            preexec_fn=die_with_parent,
-        )
-
-    def healthy() -> bool:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:  # noqa: S310
-            return bool(reply.status == 200)
-
+    Its URL is the API of this process and of every process the tests start. Its scheduler
+    is off: the tests trigger the runs of the deployments they register."""
+    server = prefect_server.start(tmp_path_factory.mktemp("prefect-server"), scheduler=False)
     try:
-        wait_for(healthy, 180, f"the Prefect server (see {home / 'server.log'})")
-        with pytest.MonkeyPatch.context() as mp, temporary_settings({PREFECT_API_URL: url}):
-            mp.setenv("PREFECT_API_URL", url)
-            yield url
-            drain_prefect()  # while the API is still set: at exit, a temporary one would start
+        with prefect_server.using(server):
+            yield server.url
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def drain_prefect() -> None:
-    """Send the logs and events Prefect's background workers still hold, and stop them."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=30)
-    EventsWorker.drain_all(timeout=30)
+        server.stop()
 
 
 @contextlib.contextmanager
