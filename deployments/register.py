@@ -11,7 +11,10 @@ workers need access to them (files, environment or Prefect Secret blocks). Growi
 machine is more workers on the same pool: no code change, no configuration change.
 
 The deployments pull the code from --source (a checkout present on every worker host, by
-default this one's path) and run `flows/…` from it.
+default this one's path) and run `flows/…` from it. With --drill-pool, the drills go to a
+Docker work pool instead (`prefect work-pool create jaco-drills --type docker`, a worker
+`prefect worker start --pool jaco-drills`): each drill run is its own ephemeral container of
+the jaco image (docs/drills.md).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, cast
 from deployments.build import site_deployments
 from flows.config import load_config
 from flows.errors import PipelineError
+from flows.sandbox import IMAGE
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 ENTRYPOINTS = {
@@ -35,18 +39,46 @@ ENTRYPOINTS = {
 }
 
 
-def register(config_path: Path, pool: str, source: Path) -> list[str]:
+def register(
+    config_path: Path, pool: str, source: Path, drill_pool: str | None = None,
+    drill_network: str | None = None,
+) -> list[str]:  # fmt: skip
     from prefect import Flow
 
     config = load_config(config_path)
     names = []
     for flow, options in site_deployments(config):
+        if drill_pool and flow.name == "drill-restore":
+            options = container_drill(options, drill_network)
+            flow.deploy(work_pool_name=drill_pool, image=IMAGE, build=False, push=False,
+                        print_next_steps=False, **options)  # fmt: skip
+            names.append(f"{flow.name}/{options['name']} (on {drill_pool})")
+            continue
         remote = cast(
             Flow[..., Any], Flow.from_source(source=str(source), entrypoint=ENTRYPOINTS[flow.name])
         )
         remote.deploy(work_pool_name=pool, print_next_steps=False, **options)
         names.append(f"{flow.name}/{options['name']}")
     return names
+
+
+def container_drill(options: dict[str, Any], network: str | None) -> dict[str, Any]:
+    """A drill deployment whose every run is an ephemeral container of the jaco image: the
+    drill runs inside it (driver inline); its secrets must come from Prefect Secret blocks
+    (the worker host's files and environment are not in the container)."""
+    params = dict(options["parameters"]["params"])
+    refs = [r for r in params.get("secrets", {}).values() if r]
+    if any(not str(r).startswith("prefect:") for r in refs):
+        raise PipelineError(
+            f"{params['cluster']}: drills on a Docker work pool read secrets from Prefect "
+            "Secret blocks: set its token and verify_identity to prefect:NAME"
+        )
+    params.update(driver="inline", workdir="/var/lib/jaco/drills")
+    env = {"JACO_DRILL_IN_CONTAINER": "1", "JACO_IMAGE": IMAGE}
+    job: dict[str, Any] = {"image_pull_policy": "Never", "auto_remove": True, "env": env}
+    if network:
+        job["networks"] = [network]
+    return {**options, "parameters": {"params": params}, "job_variables": job}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,9 +94,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--pool", required=True, help="the work pool (type process)")
     parser.add_argument("--source", type=Path, default=CHECKOUT, help="the checkout to run")
+    parser.add_argument(
+        "--drill-pool", help="a Docker work pool: every drill run is a container of the image"
+    )
+    parser.add_argument(
+        "--drill-network", help="the Docker network drill containers join (S3 and the API only)"
+    )
     args = parser.parse_args(argv)
     try:
-        names = register(args.config, args.pool, args.source)
+        names = register(args.config, args.pool, args.source, args.drill_pool, args.drill_network)
     except PipelineError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         sys.exit(2)

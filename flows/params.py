@@ -15,7 +15,7 @@ from flows.secrets import ClusterSecrets, S3Settings
 
 CLUSTER_NAME = r"^[a-z0-9][a-z0-9-]{0,40}$"
 CLUSTER_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
-Driver = Literal["auto", "bwrap", "docker"]
+Driver = Literal["auto", "bwrap", "docker", "inline"]
 
 
 class Where(BaseModel):
@@ -78,7 +78,9 @@ class BackupParams(Where):
 class DrillParams(Where):
     key: str | None = Field(None, description="A specific object key; default: the newest.")
     driver: Driver = Field(
-        "auto", description="Sandbox: docker, bwrap, or auto (docker where an engine answers)."
+        "auto",
+        description="Sandbox: docker, bwrap, auto (docker where an engine answers), or inline "
+        "(only when the run is itself a drill container of a Docker work pool).",
     )
     rejoin: bool = Field(False, description="Also join a second sandboxed node (full drill).")
     workdir: str = Field("/var/lib/jaco-drills", description="Host scratch space (0700).")

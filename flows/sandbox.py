@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import time
 import uuid
@@ -188,6 +189,40 @@ class BwrapSandbox:
         return _run(self.command(args), timeout, header, payload, lambda: None, self.name)
 
 
+class InlineSandbox:
+    """The agent as a plain child process, in this very environment: for a run that is itself
+    an ephemeral container (a Prefect Docker work pool) — the container is the sandbox.
+    Refused anywhere else (JACO_DRILL_IN_CONTAINER=1 says where): on a worker host it would
+    restore a production identity next to production."""
+
+    driver = "inline"
+    image: str | None = None
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or f"drill-{uuid.uuid4().hex[:8]}"
+        if os.environ.get("JACO_DRILL_IN_CONTAINER") != "1":
+            raise PipelineError(
+                "the inline drill driver runs only inside an ephemeral drill container "
+                "(JACO_DRILL_IN_CONTAINER=1, set by the Docker work pool's job variables): "
+                "use docker or bwrap"
+            )
+        self.image = os.environ.get("JACO_IMAGE") or None
+
+    def run_agent(
+        self, args: list[str], timeout: float, header: bytes = b"", payload: Path | None = None
+    ) -> AgentResult:
+        scratch = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
+        cmd = [
+            "env", f"JACO_DATA_DIR={scratch / 'data'}", f"TMPDIR={scratch}",
+            sys.executable, "-m", "jaco.drill.agent", *args,
+        ]  # fmt: skip
+        try:
+            (scratch / "data").mkdir(mode=0o700)
+            return _run(cmd, timeout, header, payload, lambda: None, self.name)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
 def docker_available() -> str | None:
     """None if a Docker engine answers here, else why not."""
     if not shutil.which("docker"):
@@ -322,4 +357,6 @@ def open_sandbox(driver: str) -> Sandbox:
         return BwrapSandbox()
     if driver == "docker":
         return DockerSandbox()
-    raise PipelineError(f"unknown sandbox driver {driver!r}: use auto, bwrap or docker")
+    if driver == "inline":
+        return InlineSandbox()
+    raise PipelineError(f"unknown sandbox driver {driver!r}: use auto, bwrap, docker or inline")

@@ -19,6 +19,7 @@ class FaultyProxy:
         cut_after: int | None = None,
         delay_per_chunk: float = 0.0,
         cut_upstream_once_after: int | None = None,
+        listen_host: str = "127.0.0.1",
     ) -> None:
         self.target_port = target_port
         self.cut_after = cut_after  # bytes from server to client before the connection drops
@@ -29,7 +30,8 @@ class FaultyProxy:
         self.blackhole_after: int | None = None
         self.blackholed = threading.Event()
         self.delay = delay_per_chunk
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server((listen_host, 0))
+        self.host = listen_host
         self.port = self.listener.getsockname()[1]
         self.cuts = 0
         self._stop = threading.Event()
@@ -37,7 +39,7 @@ class FaultyProxy:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def _accept(self) -> None:
         self.listener.settimeout(0.2)
