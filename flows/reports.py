@@ -91,7 +91,9 @@ def drill_report(
 def _link(run: RunRef | None) -> str:
     if run is None:
         return ""
-    return f"[{run.name or run.id}]({run.url})" if run.url else (run.name or run.id)
+    if run.url:  # the run's page, its id in the address
+        return f"[{run.name or run.id}]({run.url})"
+    return f"{run.name} ({run.id})" if run.name else run.id
 
 
 def tables(view: ClusterView) -> dict[str, list[dict[str, Any]]]:
