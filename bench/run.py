@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from infra import prefect_server
 from infra.localcluster import Cluster, Node, free_port, wait_for
 from infra.seaweed import SeaweedS3
 
@@ -665,31 +666,6 @@ def targets(results: dict[int, dict[str, Any]]) -> list[str]:
 # -- main ---------------------------------------------------------------------------------------
 
 
-def start_prefect(root: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    home = root / "prefect"
-    home.mkdir()
-    log = open(root / "prefect.log", "ab")  # noqa: SIM115
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-    }
-    env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=log,
-        stdin=subprocess.DEVNULL,
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}/api"
-    wait_http(f"{url}/health", 120)
-    return proc, url
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--size", type=int, action="append", choices=[64, 512, 2048])
@@ -700,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = args.size or [64, 512, 2048]
     root = Path(tempfile.mkdtemp(prefix="jaco-bench-", dir=args.workdir))
     s3 = SeaweedS3(root / "s3")
-    prefect: subprocess.Popen[bytes] | None = None
+    prefect: prefect_server.PrefectServer | None = None
     results: dict[int, dict[str, Any]] = {}
     started = dt.datetime.now(dt.UTC)
     try:
@@ -713,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         s3.start()
         s3.create_bucket(BUCKET)
-        prefect, prefect_url = start_prefect(root)
+        prefect = prefect_server.start(root / "prefect")
+        prefect_url = prefect.url
         ctx = {
             "root": root,
             "s3": s3,
@@ -735,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
                     client.delete_object(Bucket=BUCKET, Key=obj["Key"])
     finally:
         if prefect is not None:
-            stop_pid(prefect)
+            prefect.stop()
         s3.stop()
         shutil.rmtree(root, ignore_errors=True)
     print(f"(jaco CLI startup, `jaco --version`: {startup['seconds']:.2f}s)")

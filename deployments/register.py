@@ -20,13 +20,12 @@ the jaco image (docs/drills.md).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any, cast
 
 from deployments.build import site_deployments
-from flows.config import load_config
+from flows.config import load_config, site_config_path
 from flows.errors import PipelineError
 from flows.sandbox import IMAGE
 
@@ -87,11 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=Path(os.environ.get("JACO_CLUSTERS_FILE", "/etc/jaco/clusters.toml")),
-    )
+    parser.add_argument("--config", type=Path, default=site_config_path())
     parser.add_argument("--pool", required=True, help="the work pool (type process)")
     parser.add_argument("--source", type=Path, default=CHECKOUT, help="the checkout to run")
     parser.add_argument(

@@ -15,13 +15,12 @@ The same deployments on a work pool, for a fleet of workers: `python -m deployme
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from deployments.build import site_deployments, watchdog_params
-from flows.config import load_config
+from flows.config import load_config, site_config_path
 from flows.errors import PipelineError
 
 
@@ -31,11 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=Path(os.environ.get("JACO_CLUSTERS_FILE", "/etc/jaco/clusters.toml")),
-    )
+    parser.add_argument("--config", type=Path, default=site_config_path())
     parser.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here")
     parser.add_argument("--metrics-address", default="127.0.0.1")
     args = parser.parse_args(argv)

@@ -31,7 +31,7 @@ from flows.catalog import BackupRecord, Catalog, RunRef, Verified, now
 from flows.drill_flow import drill_restore
 from flows.errors import PipelineError
 from flows.locking import cluster_lock
-from flows.params import BackupParams, DrillParams
+from flows.params import BackupParams
 from flows.reports import backup_report, publish_history
 from flows.storage import open_store
 from flows.tasks import (
@@ -229,19 +229,7 @@ def backup_cluster(params: BackupParams) -> dict[str, Any]:
     publish_history(params)
     drill = None
     if drill_due:
-        drill = drill_restore(
-            DrillParams(
-                cluster=params.cluster,
-                bucket=params.bucket,
-                prefix=params.prefix,
-                s3=params.s3,
-                secrets=params.secrets,
-                cluster_id=meta.cluster_id,
-                key=key,
-                driver=params.drill_driver,
-                workdir=str(Path(params.local_dir) / ".drills"),
-            )
-        )
+        drill = drill_restore(params.drill(cluster_id=meta.cluster_id, key=key))
     return {
         "drill": drill,
         "key": key,

@@ -19,6 +19,7 @@ where to read them.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -63,12 +64,10 @@ class ClusterConfig(BackupParams):
         return BackupParams.model_validate(self.model_dump(include=set(BackupParams.model_fields)))
 
     def drill_params(self, rejoin: bool | None = None) -> DrillParams:
-        return DrillParams(
-            **self.model_dump(include=set(Where.model_fields)),
-            driver=self.drill_driver,
-            rejoin=self.drill_rejoin if rejoin is None else rejoin,
-            workdir=self.drill_workdir or str(Path(self.local_dir) / ".drills"),
-        )
+        over: dict[str, Any] = {"rejoin": self.drill_rejoin if rejoin is None else rejoin}
+        if self.drill_workdir:
+            over["workdir"] = self.drill_workdir
+        return self.drill(**over)
 
     def prune_params(self) -> PruneParams:
         return PruneParams(
@@ -84,6 +83,11 @@ class WatchdogConfig(BaseModel):
 class SiteConfig(BaseModel):
     clusters: dict[str, ClusterConfig]
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+
+
+def site_config_path() -> Path:
+    """Where the site's configuration is unless told otherwise."""
+    return Path(os.environ.get("JACO_CLUSTERS_FILE", "/etc/jaco/clusters.toml"))
 
 
 def load_config(path: Path) -> SiteConfig:

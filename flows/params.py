@@ -6,7 +6,8 @@ No secrets here: each cluster's token, keys, S3 credentials and alert webhook ar
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -73,6 +74,15 @@ class BackupParams(Where):
     drill_driver: Driver = Field(
         "auto", description="Sandbox for those drills (auto: docker where an engine answers)."
     )
+
+    def drill(self, **over: Any) -> DrillParams:
+        """A drill of this cluster's backups, where this backup keeps its working files."""
+        values: dict[str, Any] = {
+            **self.model_dump(include=set(Where.model_fields)),
+            "driver": self.drill_driver,
+            "workdir": str(Path(self.local_dir) / ".drills"),
+        }
+        return DrillParams(**{**values, **over})
 
 
 class DrillParams(Where):

@@ -10,7 +10,6 @@ imported when a command runs (the rest of the CLI starts without them).
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -45,7 +44,7 @@ def catalog_views(
     config: Path | None, store: str | None, prefix: str, only: list[str]
 ) -> list[Any]:
     from flows.catalog import Catalog, clusters_in
-    from flows.config import load_config
+    from flows.config import load_config, site_config_path
     from flows.errors import PipelineError
     from flows.storage import open_store
 
@@ -54,7 +53,7 @@ def catalog_views(
             opened = open_store(store if "://" in store else f"file://{Path(store).absolute()}")
             names = only or clusters_in(opened, prefix)
             return [Catalog(opened, prefix, n).view() for n in names]
-        path = config or Path(os.environ.get("JACO_CLUSTERS_FILE", "/etc/jaco/clusters.toml"))
+        path = config or site_config_path()
         site = load_config(path)
         unknown = sorted(set(only) - set(site.clusters))
         if unknown:
