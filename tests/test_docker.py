@@ -62,7 +62,7 @@ def test_a_drill_in_a_container_passes_and_leaves_nothing(
     assert result["driver"] == "docker" and result["image"] == image  # auto chose docker here
     assert all(c["ok"] for c in result["checks"]), result["checks"]
     assert _drill_containers() == []
-    assert _volumes() == volumes
+    assert _volumes() - volumes == set()  # none created (others may come and go)
     assert list((tmp_path / "work").iterdir()) == []
 
 
