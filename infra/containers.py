@@ -90,19 +90,20 @@ class NodeContainer:
         )
         return done.stdout
 
-    def jaco_command(self, *args: str) -> list[str]:
+    def jaco_command(self, *args: str, token_file: str = TOKEN_FILE) -> list[str]:
         """`docker exec -i` of `jaco ARGS` with the operator token read from its 0600 file."""
-        script = (
-            f"[ -r {TOKEN_FILE} ] && JACO_TOKEN=$(cat {TOKEN_FILE}) && export JACO_TOKEN; "
-            'exec jaco "$@"'
-        )
-        return ["docker", "exec", "-i", self.id, "sh", "-c", script, "sh", *args]
+        script = '[ -r "$0" ] && JACO_TOKEN=$(cat "$0") && export JACO_TOKEN; exec jaco "$@"'
+        return ["docker", "exec", "-i", self.id, "sh", "-c", script, token_file, *args]
 
-    def jaco(self, *args: str, input_: bytes | None = None, timeout: float = 180) -> Result:
-        return docker(*self.jaco_command(*args)[1:], input_=input_, timeout=timeout)
+    def jaco(
+        self, *args: str, input_: bytes | None = None, timeout: float = 180,
+        token_file: str = TOKEN_FILE,
+    ) -> Result:  # fmt: skip
+        command = self.jaco_command(*args, token_file=token_file)
+        return docker(*command[1:], input_=input_, timeout=timeout)
 
-    def ok(self, *args: str, input_: bytes | None = None) -> Result:
-        result = self.jaco(*args, input_=input_)
+    def ok(self, *args: str, input_: bytes | None = None, token_file: str = TOKEN_FILE) -> Result:
+        result = self.jaco(*args, input_=input_, token_file=token_file)
         assert result.code == 0, (
             f"jaco {' '.join(args)} on {self.name} ({result.code}): {result.err}"
         )
@@ -207,6 +208,16 @@ class ContainerCluster:
         self.wait_ready([name], node)
         return node
 
+    def grow(self, size: int) -> None:
+        """node-1 creates the cluster, node-2… join it one after the other, each READY."""
+        first = self.init("node-1")
+        for i in range(2, size + 1):
+            node = self.add(f"node-{i}")
+            result = self.join(node, first)
+            assert result.code == 0, result.err
+            node.start_jacod()
+            self.wait_ready([node.name], first)
+
     def set_token(self, token: str) -> None:
         """The operator token, handed to every node's 0600 file (and to nodes added later)."""
         self.token = token
@@ -214,12 +225,14 @@ class ContainerCluster:
             node.put_secret(TOKEN_FILE, token.encode())
 
     def start_join(
-        self, node: NodeContainer, via: NodeContainer, *extra: str
-    ) -> subprocess.Popen[bytes]:
-        """`jaco node issue-join-token | jaco node join --token-file -` across two hosts, as
-        the backup page shows it; the join runs, its stdout and stderr are pipes."""
+        self, node: NodeContainer, via: NodeContainer, *extra: str,
+        issuer: NodeContainer | None = None,
+    ) -> subprocess.Popen[bytes]:  # fmt: skip
+        """`jaco node issue-join-token | jaco node join --token-file - --peer VIA` across
+        hosts, as the backup page shows it (the token issued on `issuer`, by default `via`);
+        the join runs, its stdout and stderr are pipes."""
         issue = subprocess.Popen(
-            via.jaco_command("node", "issue-join-token"),
+            (issuer or via).jaco_command("node", "issue-join-token"),
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         assert issue.stdout is not None
@@ -235,8 +248,11 @@ class ContainerCluster:
         assert issue.returncode == 0, "jaco node issue-join-token failed"
         return join
 
-    def join(self, node: NodeContainer, via: NodeContainer, *extra: str) -> Result:
-        proc = self.start_join(node, via, *extra)
+    def join(
+        self, node: NodeContainer, via: NodeContainer, *extra: str,
+        issuer: NodeContainer | None = None,
+    ) -> Result:  # fmt: skip
+        proc = self.start_join(node, via, *extra, issuer=issuer)
         try:
             out, err = proc.communicate(timeout=400)
         finally:

@@ -1,0 +1,171 @@
+"""Clusters of separate hosts: each node a container of the jaco image with its own address.
+
+A restore onto a new host with another address, done as docs/backups.md says, and nodes cut
+off from their network (`docker network disconnect`) while they serve a backup or a join.
+Every `jaco` command runs inside a node's container (infra/containers.py), as an operator's
+would over ssh; archives and tokens move between hosts through stdin, never the host's disk.
+
+Skipped only when no Docker engine answers (and then for that reason alone, which the last
+test checks); where an engine answers, a missing image is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.sandbox import IMAGE, docker_available, image_present
+from infra.containers import LABEL, ContainerCluster, NodeContainer, container_cluster
+
+BACKUP_DIR = "/tmp/backup"  # noqa: S108 - in the container's own tmpfs
+VIEWER_TOKEN = "/tmp/jaco/viewer.token"  # noqa: S105, S108
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    why = docker_available()
+    if why:
+        pytest.skip(why)
+    if not image_present(IMAGE):
+        pytest.fail(f"a Docker engine answers but the image {IMAGE} is missing: run `make image`")
+    return IMAGE
+
+
+@pytest.fixture
+def hosts(image: str) -> Iterator[ContainerCluster]:
+    """A private network of this test's own; its containers and the network go at the end."""
+    with container_cluster(image) as cluster:
+        yield cluster
+    assert _ours(["ps", "-aq"]) == [] and _ours(["network", "ls", "-q"]) == []
+
+
+def _ours(listing: list[str]) -> list[str]:
+    done = subprocess.run(
+        ["docker", *listing, "--filter", f"label={LABEL}"], capture_output=True, text=True
+    )
+    return done.stdout.split()
+
+
+def _with_state(hosts: ContainerCluster) -> NodeContainer:
+    """A 3-node cluster holding a deployment, a route and a viewer token; returns node-1."""
+    hosts.grow(3)
+    first = hosts.nodes["node-1"]
+    first.ok("deploy", "web", "--image", "nginx:1.27", "--replicas", "3")
+    first.ok("route", "add", "www", "--host", "www.example.com", "--deployment", "web",
+             "--port", "80")  # fmt: skip
+    first.ok("token", "create", "--role", "viewer", "--description", "grafana",
+             "--file", VIEWER_TOKEN)  # fmt: skip
+    return first
+
+
+def _listings(node: NodeContainer) -> dict[str, Any]:
+    """What the cluster holds, as the CLI lists it (replica placements aside: those follow
+    the nodes, which a restore changes)."""
+    deployments = node.ok("status", "--json").json()["deployments"]
+    return {
+        "deployments": [
+            {k: d.get(k) for k in ("name", "image", "replicas", "env")} for d in deployments
+        ],
+        "routes": node.ok("route", "ls", "--json").json(),
+        "tokens": node.ok("token", "ls", "--json").json(),
+    }
+
+
+def _events(node: NodeContainer, kind: str) -> list[dict[str, Any]]:
+    out = node.ok("audit", "--type", kind, "--json").out
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def _backup_files(node: NodeContainer) -> list[str]:
+    """Every file in the node's backup directory, hidden partial files included."""
+    return node.exec("ls", "-A", BACKUP_DIR).out.split()
+
+
+def test_a_backup_from_a_follower_restores_onto_a_new_host_and_the_others_rejoin(
+    hosts: ContainerCluster,
+) -> None:
+    first = _with_state(hosts)
+    before = _listings(first)
+    leader = hosts.leader(first)
+    follower = next(n for name, n in hosts.nodes.items() if name != leader)
+
+    # The backup, served by a follower (its own jacod, over its loopback).
+    follower.exec("mkdir", "-p", BACKUP_DIR)
+    taken = follower.ok("backup", "--output", f"{BACKUP_DIR}/cluster.tar.gz")
+    assert f"leader {leader}," in taken.err, taken.err
+    served = _events(first, "BACKUP_TAKEN")
+    assert [e["detail"]["served_by"] for e in served] == [follower.name]
+    archive = follower.read(f"{BACKUP_DIR}/cluster.tar.gz")  # held in memory only
+    viewer = follower.read(VIEWER_TOKEN) if follower is first else first.read(VIEWER_TOKEN)
+
+    # The leader's host is lost.
+    old_address = hosts.nodes[leader].ip
+    hosts.remove(leader)
+
+    # A brand-new host with another address: restore, start, as docs/backups.md says.
+    fresh = hosts.add("node-4")
+    assert fresh.ip != old_address and fresh.ip not in {n.ip for n in hosts.nodes.values()
+                                                        if n is not fresh}  # fmt: skip
+    fresh.put_secret(f"{BACKUP_DIR}/cluster.tar.gz", archive)
+    meta = fresh.ok("backup", "inspect", "--json", f"{BACKUP_DIR}/cluster.tar.gz").json()
+    assert meta["leader_at_snapshot"] == leader and meta["verified"] is True
+    restored = fresh.ok("restore", "--input", f"{BACKUP_DIR}/cluster.tar.gz",
+                        "--name", "node-4", "--advertise-host", fresh.ip)  # fmt: skip
+    assert f"at index {meta['snapshot_index']}" in restored.out, restored.out
+    fresh.start_jacod()
+    hosts.wait_ready(["node-4"], fresh)
+
+    # The other two rejoin: daemon stopped, data dir emptied, a join token piped in.
+    for name in sorted(set(hosts.nodes) - {"node-4"}):
+        node = hosts.nodes[name]
+        node.stop_jacod()
+        node.wipe()
+        joined = hosts.join(node, fresh)
+        assert joined.code == 0, joined.err
+        node.start_jacod()
+        hosts.wait_ready([name], fresh)
+
+    status = hosts.status(fresh)
+    assert {n["name"]: n["address"] for n in status} == {
+        name: f"{node.ip}:7000" for name, node in hosts.nodes.items()
+    }
+    assert all(n["state"] == "READY" and n["voter"] for n in status), status
+    assert sum(bool(n["leader"]) for n in status) == 1
+    assert f"{old_address}:7000" not in {n["address"] for n in status}
+    for node in hosts.nodes.values():  # every host sees the same state
+        assert _listings(node) == before
+    # The viewer token of the old cluster still authenticates (same CA, same hashes).
+    fresh.put_secret(VIEWER_TOKEN, viewer)
+    seen = fresh.ok("status", "--json", token_file=VIEWER_TOKEN).json()["deployments"]
+    assert [d["name"] for d in seen] == ["web"]
+    # The audit chain verifies, and extends the head the archive recorded.
+    verified = fresh.ok("audit", "verify", "--anchor", f"{BACKUP_DIR}/cluster.tar.gz")
+    assert "Audit chain intact" in verified.out and "extends all 1 anchors" in verified.out
+    completed = _events(fresh, "RESTORE_COMPLETED")
+    assert [e["detail"].get("restored_as") for e in completed] == ["node-4"], completed
+    assert [e["detail"]["name"] for e in _events(fresh, "DEPLOYMENT_CREATED")] == ["web"]
+
+
+def test_without_an_engine_these_tests_are_skipped_for_that_reason_alone(
+    image: str, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+         "tests/test_multihost.py", "-k", "not without_an_engine",
+         f"--basetemp={tmp_path / 'bt'}"],
+        env={**os.environ, "DOCKER_HOST": "tcp://127.0.0.1:9"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]
+    skipped = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert skipped and all("no Docker engine answers" in s for s in skipped), skipped
+    assert "passed" not in done.stdout and "failed" not in done.stdout, done.stdout[-500:]
