@@ -23,6 +23,7 @@ import pytest
 
 from flows.sandbox import IMAGE, docker_available, image_present
 from infra.containers import LABEL, ContainerCluster, NodeContainer, container_cluster
+from infra.localcluster import Result
 
 BACKUP_DIR = "/tmp/backup"  # noqa: S108 - in the container's own tmpfs
 VIEWER_TOKEN = "/tmp/jaco/viewer.token"  # noqa: S105, S108
@@ -151,6 +152,63 @@ def test_a_backup_from_a_follower_restores_onto_a_new_host_and_the_others_rejoin
     completed = _events(fresh, "RESTORE_COMPLETED")
     assert [e["detail"].get("restored_as") for e in completed] == ["node-4"], completed
     assert [e["detail"]["name"] for e in _events(fresh, "DEPLOYMENT_CREATED")] == ["web"]
+
+
+def _one_line(result: Result) -> str:
+    assert result.out == "", result.out
+    lines = result.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    return lines[0]
+
+
+def test_a_node_cut_off_refuses_backups_and_joins_in_one_line_and_the_cluster_recovers(
+    hosts: ContainerCluster,
+) -> None:
+    first = _with_state(hosts)
+    leader = hosts.nodes[hosts.leader(first)]
+    cut = next(n for n in hosts.nodes.values() if n is not leader)
+    for node in hosts.nodes.values():
+        node.exec("mkdir", "-p", BACKUP_DIR)
+    members = hosts.status(leader)
+    cut.disconnect()
+
+    # A backup served by the cut-off node, asked on its own host: its store has no quorum.
+    alone = cut.jaco("backup", "--output", f"{BACKUP_DIR}/cluster.tar.gz")
+    assert alone.code == 7, alone
+    line = _one_line(alone)
+    assert "reaches no quorum" in line and "use another node" in line, line
+    assert _backup_files(cut) == []  # no archive, no partial file
+    # The same node asked from another host: it cannot be reached at all.
+    remote = leader.jaco("backup", "--server", cut.server, "--output", f"{BACKUP_DIR}/c.tar.gz")
+    assert remote.code == 7, remote
+    assert f"cannot reach {cut.server}" in _one_line(remote)
+    assert _backup_files(leader) == []
+
+    # A join through the cut-off node cannot reach it; one through a connected node is
+    # refused while a member is down (etcd's strict reconfiguration): the join says so.
+    newcomer = hosts.add("node-4")
+    through_cut = hosts.join(newcomer, cut, issuer=leader)
+    assert through_cut.code == 7, through_cut
+    assert f"cannot reach {cut.server}" in _one_line(through_cut)
+    while_down = hosts.join(newcomer, leader)
+    assert while_down.code == 7, while_down
+    assert "a member is down" in _one_line(while_down), while_down.err
+    assert newcomer.exec("ls", "-A", "/var/lib/jaco").out.split() == []  # nothing primed
+    assert {n["name"] for n in hosts.status(leader)} == {n["name"] for n in members}
+    assert [e["detail"]["served_by"] for e in _events(leader, "BACKUP_TAKEN")] == []
+
+    # The network comes back: the node is READY again and serves the next backup; the
+    # join goes through.
+    cut.connect()
+    hosts.wait_ready([str(n["name"]) for n in members], leader)
+    cut.ok("backup", "--output", f"{BACKUP_DIR}/cluster.tar.gz")
+    assert _backup_files(cut) == ["cluster.tar.gz"]
+    assert [e["detail"]["served_by"] for e in _events(leader, "BACKUP_TAKEN")] == [cut.name]
+    joined = hosts.join(newcomer, cut, issuer=leader)
+    assert joined.code == 0, joined.err
+    newcomer.start_jacod()
+    hosts.wait_ready(["node-1", "node-2", "node-3", "node-4"], cut)
+    assert cut.ok("audit", "verify").out.startswith("Audit chain intact")
 
 
 def test_without_an_engine_these_tests_are_skipped_for_that_reason_alone(

@@ -95,9 +95,20 @@ CHANNEL_OPTIONS = [
 ]
 
 
+# etcd's own answers when a request cannot be committed or read linearizably in time.
+NO_QUORUM = ("request timed out", "no leader")
+
+
 def _translate(exc: Any) -> JacoError:  # an RpcError that is also a grpc.Call
     code = exc.code()
     detail = exc.details() or code.name
+    if detail.startswith("etcdserver: ") and any(w in detail for w in NO_QUORUM):
+        # The member answered: it is the cluster it cannot reach (a partition, peers down).
+        return Unavailable(
+            f"this node's etcd member reaches no quorum ({detail}): the node is cut off from "
+            "the other nodes, or too many of them are down; use another node, and check "
+            "`jaco cluster status` there"
+        )
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(f"the local etcd member is not answering: {detail}")
     return EtcdError(f"etcd: {detail}")
