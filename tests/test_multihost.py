@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from flows.sandbox import IMAGE, docker_available, image_present
-from infra.containers import LABEL, ContainerCluster, NodeContainer, container_cluster
+from infra.containers import LABEL, ContainerCluster, NodeContainer, container_cluster, sweep
 from infra.localcluster import Result
 
 BACKUP_DIR = "/tmp/backup"  # noqa: S108 - in the container's own tmpfs
@@ -41,16 +41,20 @@ def image() -> str:
 
 @pytest.fixture
 def hosts(image: str) -> Iterator[ContainerCluster]:
-    """A private network of this test's own; its containers and the network go at the end."""
+    """A private network of this test's own; its containers and the network go at the end,
+    and no volume is left (the image's VOLUME is covered by a tmpfs)."""
+    volumes = _listed(["volume", "ls", "-q"])
     with container_cluster(image) as cluster:
         yield cluster
-    assert _ours(["ps", "-aq"]) == [] and _ours(["network", "ls", "-q"]) == []
+    assert _listed(["ps", "-aq"], f"{LABEL}={cluster.run}") == []
+    assert _listed(["network", "ls", "-q"], f"{LABEL}={cluster.run}") == []
+    assert set(_listed(["volume", "ls", "-q"])) - set(volumes) == set()  # others come and go
 
 
-def _ours(listing: list[str]) -> list[str]:
-    done = subprocess.run(
-        ["docker", *listing, "--filter", f"label={LABEL}"], capture_output=True, text=True
-    )
+def _listed(listing: list[str], label: str | None = None) -> list[str]:
+    """IDs docker lists, only those labelled `label` if given."""
+    filters = ["--filter", f"label={label}"] if label else []
+    done = subprocess.run(["docker", *listing, *filters], capture_output=True, text=True)
     return done.stdout.split()
 
 
@@ -209,6 +213,36 @@ def test_a_node_cut_off_refuses_backups_and_joins_in_one_line_and_the_cluster_re
     newcomer.start_jacod()
     hosts.wait_ready(["node-1", "node-2", "node-3", "node-4"], cut)
     assert cut.ok("audit", "verify").out.startswith("Audit chain intact")
+
+
+def test_what_a_killed_run_left_is_swept_by_the_next(image: str) -> None:
+    started = subprocess.Popen(
+        [sys.executable, "-c", LEFT_BEHIND], stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert started.stdout is not None
+    run = started.stdout.readline().strip()  # once its network and container exist
+    started.kill()  # kill -9: nothing of its own cleans up
+    started.wait()
+    assert run, "the run did not start"
+    label = f"{LABEL}={run}"
+    left = _listed(["ps", "-aq"], label) + _listed(["network", "ls", "-q"], label)
+    assert len(left) == 2, left
+    swept = sweep()
+    assert sum(f"of dead run {run}" in line for line in swept) == 2, swept
+    assert _listed(["ps", "-aq"], label) == [] and _listed(["network", "ls", "-q"], label) == []
+
+
+# A run that dies holding a network and a container: it prints its run id, then waits.
+LEFT_BEHIND = """
+import time
+from infra.containers import ContainerCluster
+cluster = ContainerCluster()
+cluster.create_network()
+cluster.add("node-1")
+print(cluster.run, flush=True)
+time.sleep(600)
+"""
 
 
 def test_without_an_engine_these_tests_are_skipped_for_that_reason_alone(
