@@ -43,8 +43,9 @@ SUBNETS = [f"172.31.{n}.0/24" for n in range(16, 256)]
 
 
 def docker(*args: str, input_: bytes | None = None, timeout: float = 120) -> Result:
+    # No input: an empty stdin, never the test runner's (`docker exec -i` would read it).
     done = subprocess.run(
-        ["docker", *args], input=input_, capture_output=True, timeout=timeout, check=False
+        ["docker", *args], input=input_ or b"", capture_output=True, timeout=timeout, check=False
     )
     out, err = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
     return Result(done.returncode, out, err)
@@ -233,7 +234,7 @@ class ContainerCluster:
         the join runs, its stdout and stderr are pipes."""
         issue = subprocess.Popen(
             (issuer or via).jaco_command("node", "issue-join-token"),
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         assert issue.stdout is not None
         join = subprocess.Popen(

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from flows.sandbox import IMAGE, docker_available, image_present
 from infra import prefect_server
 from infra.localcluster import Cluster, cluster_of
 from infra.seaweed import running_seaweed
@@ -27,6 +28,18 @@ def shorter_retry_waits() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("JACO_RETRY_BACKOFF", "1")
         yield
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    """The jaco image `make image` builds. The docker tests skip only when no Docker engine
+    answers (saying so); where one answers, a missing image is a failure, not a skip."""
+    why = docker_available()
+    if why:
+        pytest.skip(why)
+    if not image_present(IMAGE):
+        pytest.fail(f"a Docker engine answers but the image {IMAGE} is missing: run `make image`")
+    return IMAGE
 
 
 @pytest.fixture(scope="module")

@@ -14,23 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from flows.drill_flow import drill_restore
 from flows.params import DrillParams
-from flows.sandbox import IMAGE, LABEL, DockerSandbox, docker_available, image_present
+from flows.sandbox import LABEL, DockerSandbox
 from infra.localcluster import wait_for
 from tests.pipeline import BUCKET
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    why = docker_available()
-    if why:
-        pytest.skip(why)
-    if not image_present(IMAGE):
-        pytest.fail(f"a Docker engine answers but the image {IMAGE} is missing: run `make image`")
-    return IMAGE
 
 
 def _drill_containers() -> list[str]:

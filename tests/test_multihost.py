@@ -21,22 +21,11 @@ from typing import Any
 
 import pytest
 
-from flows.sandbox import IMAGE, docker_available, image_present
 from infra.containers import LABEL, ContainerCluster, NodeContainer, container_cluster, sweep
 from infra.localcluster import Result
 
 BACKUP_DIR = "/tmp/backup"  # noqa: S108 - in the container's own tmpfs
 VIEWER_TOKEN = "/tmp/jaco/viewer.token"  # noqa: S105, S108
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    why = docker_available()
-    if why:
-        pytest.skip(why)
-    if not image_present(IMAGE):
-        pytest.fail(f"a Docker engine answers but the image {IMAGE} is missing: run `make image`")
-    return IMAGE
 
 
 @pytest.fixture
