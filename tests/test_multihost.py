@@ -87,6 +87,11 @@ def test_a_backup_from_a_follower_restores_onto_a_new_host_and_the_others_rejoin
 ) -> None:
     first = _with_state(hosts)
     before = _listings(first)
+    assert [d["name"] for d in before["deployments"]] == ["web"]
+    assert [(r["name"], r["host"]) for r in before["routes"]["routes"]] == [
+        ("www", "www.example.com")
+    ]
+    assert sorted(t["role"] for t in before["tokens"]["tokens"]) == ["admin", "viewer"]
     leader = hosts.leader(first)
     follower = next(n for name, n in hosts.nodes.items() if name != leader)
 
@@ -97,7 +102,7 @@ def test_a_backup_from_a_follower_restores_onto_a_new_host_and_the_others_rejoin
     served = _events(first, "BACKUP_TAKEN")
     assert [e["detail"]["served_by"] for e in served] == [follower.name]
     archive = follower.read(f"{BACKUP_DIR}/cluster.tar.gz")  # held in memory only
-    viewer = follower.read(VIEWER_TOKEN) if follower is first else first.read(VIEWER_TOKEN)
+    viewer = first.read(VIEWER_TOKEN)  # where `token create --file` wrote it
 
     # The leader's host is lost.
     old_address = hosts.nodes[leader].ip
