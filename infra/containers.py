@@ -121,6 +121,9 @@ class NodeContainer:
         )
         self.exec("sh", "-c", script + " 2>/dev/null; rm -f /tmp/jacod.pid", timeout=60)
 
+    def jacod_running(self) -> bool:
+        return self.exec("sh", "-c", 'kill -0 "$(cat /tmp/jacod.pid)"').code == 0
+
     def wipe(self) -> None:
         """An empty data dir, as the backup page asks of a node that rejoins."""
         result = self.exec("sh", "-c", f"rm -rf {DATA_DIR}")

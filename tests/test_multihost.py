@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from infra.containers import LABEL, ContainerCluster, NodeContainer, container_cluster, sweep
-from infra.localcluster import Result
+from infra.localcluster import Result, wait_for
 
 BACKUP_DIR = "/tmp/backup"  # noqa: S108 - in the container's own tmpfs
 VIEWER_TOKEN = "/tmp/jaco/viewer.token"  # noqa: S105, S108
@@ -204,8 +204,26 @@ def test_a_node_cut_off_refuses_backups_and_joins_in_one_line_and_the_cluster_re
     assert [e["detail"]["served_by"] for e in _events(leader, "BACKUP_TAKEN")] == [cut.name]
     joined = hosts.join(newcomer, cut, issuer=leader)
     assert joined.code == 0, joined.err
+
+    # The newcomer is cut off as soon as it is admitted: its learner cannot catch up, so the
+    # next join is refused naming it (exit 7, nothing primed); reconnected, it is promoted.
+    # (A disconnected container has no interface left: etcd cannot bind its peer address and
+    # jacod exits saying so; systemd's Restart=on-failure would start it again, as done here.)
+    newcomer.disconnect()
+    newcomer.start_jacod()
+    wait_for(lambda: not newcomer.jacod_running(), 60, "jacod without its address to exit")
+    assert "cannot assign requested address" in newcomer.log()
+    late = hosts.add("node-5")
+    waiting = hosts.join(late, leader, "--wait", "1")
+    assert waiting.code == 7, waiting
+    line = _one_line(waiting)
+    assert "node node-4 is still catching up as a learner" in line, line
+    assert "run this join again" in line, line
+    assert late.exec("ls", "-A", "/var/lib/jaco").out.split() == []
+    newcomer.connect()
     newcomer.start_jacod()
     hosts.wait_ready(["node-1", "node-2", "node-3", "node-4"], cut)
+    assert "node-5" not in hosts.states(cut)
     assert cut.ok("audit", "verify").out.startswith("Audit chain intact")
 
 
