@@ -256,14 +256,7 @@ class ContainerCluster:
         self, node: NodeContainer, via: NodeContainer, *extra: str,
         issuer: NodeContainer | None = None,
     ) -> Result:  # fmt: skip
-        proc = self.start_join(node, via, *extra, issuer=issuer)
-        try:
-            out, err = proc.communicate(timeout=400)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        return Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+        return finish(self.start_join(node, via, *extra, issuer=issuer))
 
     def status(self, via: NodeContainer) -> list[dict[str, object]]:
         nodes: list[dict[str, object]] = via.ok("cluster", "status", "--json").json()["nodes"]
@@ -292,6 +285,23 @@ class ContainerCluster:
         if self.network:
             docker("network", "rm", self.network)
             self.network = ""
+
+
+def start(command: list[str]) -> subprocess.Popen[bytes]:
+    """A command (a `jaco_command`) started, its stdout and stderr pipes: `finish` it."""
+    return subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 400) -> Result:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
 @contextlib.contextmanager
