@@ -9,7 +9,9 @@ the one the live cluster had at that revision; and the chain has no gap and no o
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
 import signal
 import subprocess
 import threading
@@ -21,8 +23,10 @@ import pytest
 
 from flows.catalog import Catalog, SegmentRecord
 from flows.storage import open_store
-from infra.localcluster import JACO, Cluster, wait_for
+from infra.localcluster import JACO, Cluster, Node, wait_for
 from infra.ports import free_port
+from jaco.archive.age import load_identities, parse_recipient
+from jaco.archive.segment import decode_segment, decrypt_segment, encode_segment, encrypt_segment
 from jaco.archive.snapshot_file import read_snapshot_state
 from jaco.client.connection import open_client
 from jaco.errors import JacoError
@@ -212,3 +216,129 @@ def test_the_stream_survives_chaos_and_any_revision_restores_exactly(
         assert f"to revision {revision} " in result.out
         restored = read_snapshot_state(data / "etcd" / "member" / "snap" / "db")
         assert restored.state_digest == live_digest(cluster, revision), f"revision {revision}"
+
+
+@pytest.fixture(scope="module")
+def undone(streamed: dict[str, Any]) -> dict[str, Any]:
+    """A deployment made, then removed by mistake, with the stream running; the removal's
+    audit event; the base backup decrypted (as the runbook does with `age -d`)."""
+    world, cluster = streamed, streamed["cluster"]
+    world["stream"].start()
+    # one segment each (the stream cuts every second while it holds a change): a chain of
+    # three at least, so that the bad-input tests can take one out of the middle
+    for command in (["deploy", "shop", "--image", "shop:1"], ["scale", "shop", "--replicas", "2"]):
+        count = len(segments(world))
+        cluster.ok(*command)
+        wait_for(lambda n=count: len(segments(world)) > n, 120, "a segment")
+    cluster.ok("rm", "shop")
+    removed = cluster.ok("audit", "--type", "DEPLOYMENT_REMOVED", "--json").out.splitlines()
+    event = [e for e in map(json.loads, removed) if e["detail"].get("name") == "shop"][-1]
+
+    def carried() -> bool:  # a segment carries the removal's audit event
+        head = segments(world)[-1].audit_head
+        return head is not None and head.seq >= int(event["seq"])
+
+    wait_for(carried, 120, "the removal in a segment")
+    world["stream"].stop()
+    if "plain" not in world:
+        base = world["base"]
+        encrypted = world["root"] / "base.tar.gz.age"
+        open_store(f"s3://{BUCKET}").get(base.key, encrypted)
+        world["plain"] = world["root"] / "base.tar.gz"
+        identity = str(world["keys"]["identity"])
+        subprocess.run(
+            ["age", "-d", "-i", identity, "-o", str(world["plain"]), str(encrypted)], check=True
+        )
+    chain = world["root"] / "local" / "jaco" / "segments" / "prod" / world["base"].stem
+    return {**world, "event": event, "chain": chain}
+
+
+def test_a_mistaken_rm_is_undone_by_restoring_to_just_before_it(undone: dict[str, Any]) -> None:
+    """docs/backups.md, "Undo a mistake": the audit log names the removal; the restore stops
+    just before it; the restored node serves the deployment again and says where it stopped."""
+    world, cluster = undone, undone["cluster"]
+    seq = int(undone["event"]["seq"])
+    node = Node("node-1", world["root"] / "undo" / "data")
+    node.data_dir.parent.mkdir()
+    result = cluster.jaco(
+        "restore", "--input", str(world["plain"]), "--name", "node-1", *node.port_flags(),
+        "--segments", str(undone["chain"]), "--before-event", str(seq),
+        "--identity", str(world["keys"]["identity"]),
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    revision = int(result.out.split("to revision ")[1].split()[0])
+    restored = read_snapshot_state(node.data_dir / "etcd" / "member" / "snap" / "db")
+    assert restored.state_digest == live_digest(cluster, revision)
+    assert restored.audit_head is not None and restored.audit_head["seq"] == seq - 1
+    node.start()
+    try:
+        wait_for(lambda: cluster.jaco("status", server=node.server).code == 0, 60, "restored")
+        status = cluster.ok("status", "--json", server=node.server).json()
+        shop = [d for d in status["deployments"] if d["name"] == "shop"]
+        assert shop and shop[0]["replicas"] == 2
+        done = cluster.ok("audit", "--type", "RESTORE_COMPLETED", "--json", server=node.server)
+        detail = json.loads(done.out.splitlines()[-1])["detail"]
+        assert detail["target_revision"] == revision and detail["target_at"]
+        cluster.ok("audit", "verify", server=node.server)
+    finally:
+        node.stop()
+
+
+def _refused(world: dict[str, Any], chain: Path, code: int, message: str) -> None:
+    parent = world["root"] / f"refused-{code}-{len(message)}"
+    parent.mkdir()
+    data = parent / "data"
+    ports = [str(free_port()) for _ in range(3)]
+    result = world["cluster"].jaco(
+        "restore", "--input", str(world["plain"]), "--name", "node-1", "--data-dir", str(data),
+        "--advertise-host", "127.0.0.1", "--api-port", ports[0], "--etcd-client-port", ports[1],
+        "--etcd-peer-port", ports[2], "--segments", str(chain), "--to-revision",
+        str(world["last"]), "--identity", str(world["keys"]["identity"]),
+    )  # fmt: skip
+    assert result.code == code, result.err
+    assert message in result.err and len(result.err.strip().splitlines()) == 1, result.err
+    assert "Traceback" not in result.err and result.out == ""
+    assert list(parent.iterdir()) == [], "a refused restore left something behind"
+
+
+@pytest.fixture
+def bad(undone: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    copy = tmp_path / "chain"
+    shutil.copytree(undone["chain"], copy)
+    names = sorted(p.name for p in copy.iterdir() if p.name.endswith(".seg.age"))
+    assert len(names) >= 2
+    last = segments(undone)[-1].last_revision
+    return {**undone, "copy": copy, "names": names, "last": last}
+
+
+def test_a_flipped_byte_in_a_segment_is_refused(bad: dict[str, Any]) -> None:
+    victim = bad["copy"] / bad["names"][len(bad["names"]) // 2]
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    victim.write_bytes(bytes(raw))
+    _refused(bad, bad["copy"], 14, f"segment {victim.name} does not decrypt")
+
+
+def test_a_missing_segment_is_refused_as_a_gap(bad: dict[str, Any]) -> None:
+    (bad["copy"] / bad["names"][len(bad["names"]) // 2]).unlink()
+    _refused(bad, bad["copy"], 12, "are missing: no segment covers them")
+
+
+def test_a_segment_of_another_cluster_is_refused(bad: dict[str, Any]) -> None:
+    first = decode_segment(
+        decrypt_segment(
+            (bad["copy"] / bad["names"][0]).read_bytes(),
+            load_identities(bad["keys"]["identity"]),
+            "x",
+        ),
+        "x",
+    )
+    forged = first.meta.model_copy(update={"cluster_id": "another-cluster"})
+    plaintext = encode_segment(forged, list(first.records))
+    recipient = [parse_recipient(bad["keys"]["recipient"])]
+    (bad["copy"] / bad["names"][0]).write_bytes(encrypt_segment(plaintext, recipient))
+    _refused(bad, bad["copy"], 12, "is of cluster another-cluster")
+
+
+def test_a_revision_outside_the_window_is_refused(bad: dict[str, Any]) -> None:
+    _refused({**bad, "last": bad["last"] + 1000}, bad["copy"], 2, "is outside what these")

@@ -161,6 +161,14 @@ def restore_cmd(
         str | None,
         typer.Option(help="With --segments: restore the last revision at or before this time."),
     ] = None,
+    before_event: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --segments: restore the state just before this audit event (its seq, "
+            "as `jaco audit` shows it), e.g. the DEPLOYMENT_REMOVED of a mistaken `jaco rm`.",
+        ),
+    ] = None,
     identity: IdentityOpt = None,
 ) -> None:
     """Prime a fresh node (daemon stopped, empty data dir) from a backup.
@@ -181,13 +189,14 @@ def restore_cmd(
     data = open_data_dir(data_dir)
     notify = lambda note: err.print(safe(note), soft_wrap=True)  # noqa: E731
     if segments is None:
-        if to_revision is not None or to_time is not None:
-            raise InvalidArgument("--to-revision and --to-time need --segments")
+        if (to_revision, to_time, before_event) != (None, None, None):
+            raise InvalidArgument("--to-revision, --to-time and --before-event need --segments")
         meta = restore(input_, data, name, ports, notify)
         point = f"at index {meta.snapshot_index} (taken {meta.taken_at.isoformat()})"
     else:
+        target = _target(to_revision, to_time, before_event)
         meta, revision, at = _point_in_time(
-            input_, segments, to_revision, to_time, identity, data, name, ports, notify
+            input_, segments, target, identity, data, name, ports, notify
         )
         point = f"to revision {revision} ({at}) from the backup at index {meta.snapshot_index}"
     out.print(
@@ -197,25 +206,25 @@ def restore_cmd(
     out.print(f"Start it: systemctl start jaco  (or: jacod --name {name} --data-dir {data.path})")
 
 
+def _target(to_revision: int | None, to_time: str | None, before_event: int | None) -> Any:
+    from jaco.model.names import parse_time
+    from jaco.node.pitr import Target
+
+    if [to_revision, to_time, before_event].count(None) != 2:
+        raise InvalidArgument("give exactly one of --to-revision, --to-time and --before-event")
+    return Target(to_revision, parse_time(to_time or "", "--to-time"), before_event)
+
+
 def _point_in_time(
-    archive: Path,
-    segments: str,
-    to_revision: int | None,
-    to_time: str | None,
-    identity: Path | None,
-    *rest: Any,
+    archive: Path, segments: str, target: Any, identity: Path | None, *rest: Any
 ) -> Any:
     from jaco.archive.age import load_identities
-    from jaco.model.names import parse_time
-    from jaco.node.pitr import DirSource, Target, point_in_time_restore
+    from jaco.node.pitr import DirSource, point_in_time_restore
 
-    if (to_revision is None) == (to_time is None):
-        raise InvalidArgument("give exactly one of --to-revision and --to-time")
     if identity is None:
         raise InvalidArgument(
             "the segments are age-encrypted: give --identity FILE (or JACO_AGE_IDENTITY_FILE)"
         )
-    target = Target(to_revision, parse_time(to_time or "", "--to-time"))
     source: Any
     if segments.startswith("s3://"):
         from jaco.cli.segments import S3Source

@@ -26,6 +26,7 @@ from jaco.archive.meta import BackupMeta
 from jaco.archive.segment import (
     MAX_SEGMENT_BYTES,
     SEGMENT_SUFFIX,
+    RevisionRecord,
     Segment,
     SegmentMeta,
     decode_segment,
@@ -36,7 +37,7 @@ from jaco.files import write_private
 from jaco.model import audit
 from jaco.model.digest import StateDigest
 from jaco.model.etcd import op_delete, op_put
-from jaco.model.keys import B_ROOT, K_HEAD, P_EVENTS, ROOT
+from jaco.model.keys import B_ROOT, K_HEAD, P_EVENTS, ROOT, event_key
 from jaco.node.bootstrap import Ports
 from jaco.node.config import DataDir
 from jaco.node.etcd_member import EtcdMember
@@ -68,10 +69,13 @@ class DirSource:
 
 @dataclass(frozen=True)
 class Target:
-    """Where to stop: a revision of the cluster, or a time (the last revision at or before)."""
+    """Where to stop: a revision of the cluster, a time (the last revision at or before it),
+    or just before an audit event (the revision before the one that wrote it: the state just
+    before a mistake the audit log names)."""
 
     revision: int | None = None
     time: dt.datetime | None = None
+    before_event: int | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,13 @@ def plan_chain(metas: list[tuple[str, SegmentMeta]], base: BackupMeta, target: T
                 f"({window})"
             )
         revision, at = target.revision, base.taken_at.isoformat()
+    elif target.before_event is not None:
+        if base.audit_head is not None and target.before_event <= base.audit_head.seq:
+            raise InvalidArgument(
+                f"--before-event {target.before_event} is older than the backup (its audit "
+                f"head is event {base.audit_head.seq}): restore from an older backup"
+            )
+        revision, at = end, ""  # found in the segments' records
     else:
         assert target.time is not None
         if target.time < base.taken_at:
@@ -133,16 +144,25 @@ def plan_chain(metas: list[tuple[str, SegmentMeta]], base: BackupMeta, target: T
             raise InvalidArgument(
                 f"--to-time {target.time.isoformat()} is after the last segment ({last_at})"
             )
-    needed = [(n, m) for n, m in metas if m.first_revision <= revision or target.time]
+    needed = [(n, m) for n, m in metas if m.first_revision <= revision]
     return Plan(base, needed, revision, at)
 
 
-def _at_time(plan: Plan, records: Iterator[Any], when: dt.datetime) -> tuple[int, str]:
-    revision, at = plan.revision, plan.at
+def _locate(plan: Plan, records: Iterator[RevisionRecord], target: Target) -> tuple[int, str]:
+    """The target revision, and its time, for a target given by time or by audit event."""
+    revision, at = plan.base.snapshot_index, plan.base.taken_at.isoformat()
+    wanted = event_key(target.before_event or 0).encode()
     for rec in records:
-        if rec.at and dt.datetime.fromisoformat(rec.at) > when:
-            break
+        if target.time is not None and rec.at and dt.datetime.fromisoformat(rec.at) > target.time:
+            return revision, at
+        if any(c.key == wanted and not c.delete for c in rec.changes):
+            return rec.revision - 1, at
         revision, at = rec.revision, rec.at
+    if target.before_event is not None:
+        raise InvalidArgument(
+            f"audit event {target.before_event} is not in these segments (they reach revision "
+            f"{plan.revision}): is it newer than the last segment?"
+        )
     return revision, at
 
 
@@ -163,9 +183,9 @@ def point_in_time_restore(
     base = read_archive(archive).meta  # verified once before the segments are read
     metas = [(n, s.meta) for n, s in _segments(source, identities)]
     plan = plan_chain(metas, base, target)
-    if target.time is not None:
+    if target.revision is None:
         records = (r for _, s in _segments(source, identities) for r in s.records)
-        revision, at = _at_time(plan, records, target.time)
+        revision, at = _locate(plan, records, target)
         needed = [(n, m) for n, m in plan.segments if m.first_revision <= revision]
         plan = Plan(plan.base, needed, revision, at)
     result: dict[str, Any] = {}

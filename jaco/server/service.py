@@ -322,7 +322,7 @@ class JacoService(pb_grpc.JacoServicer):
                     yield pb.ChangeBatch(
                         revision=rev.revision,
                         progress=not rev.changes,
-                        at=now(),
+                        at=audit.time_of(rev.changes) or now(),
                         changes=[
                             pb.Change(
                                 key=c.kv.key,
