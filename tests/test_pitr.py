@@ -10,6 +10,7 @@ the one the live cluster had at that revision; and the chain has no gap and no o
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.settings import PREFECT_API_URL
 
 from flows.catalog import Catalog, SegmentRecord
 from flows.storage import open_store
@@ -85,6 +87,7 @@ class StreamProcess:
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
         )
         log.close()
 
@@ -342,3 +345,32 @@ def test_a_segment_of_another_cluster_is_refused(bad: dict[str, Any]) -> None:
 
 def test_a_revision_outside_the_window_is_refused(bad: dict[str, Any]) -> None:
     _refused({**bad, "last": bad["last"] + 1000}, bad["copy"], 2, "is outside what these")
+
+
+def test_backup_ls_shows_the_restorable_window(undone: dict[str, Any]) -> None:
+    shown = undone["cluster"].ok("backup", "ls", "--store", f"s3://{BUCKET}").out
+    last = segments(undone)[-1]
+    assert "point-in-time restore: any point from" in shown
+    assert f"(revision {last.last_revision}, segments of {undone['base'].stem})" in shown
+
+
+def test_compaction_past_the_stream_takes_a_new_full_backup(undone: dict[str, Any]) -> None:
+    """Last in this module: it moves the chain to a new full backup."""
+    world, cluster = undone, undone["cluster"]
+    cluster.ok("deploy", "gone", "--image", "x:1")  # changes the stopped stream never saw
+    with open_client(cluster.ready_node().server, cluster.token) as client:
+        now = client.call("StateDigest", pb.StateDigestRequest()).revision
+    compact = [*cluster.ready_node().etcdctl_command(), "compact", str(now)]
+    subprocess.run(compact, check=True, capture_output=True)
+    before = world["catalog"].backups()[0]
+    world["stream"].start()
+    try:
+        wait_for(lambda: world["catalog"].backups()[0].key != before.key, 180, "a new backup")
+        newest = world["catalog"].backups()[0]
+        assert newest.snapshot_index >= now
+        cluster.ok("deploy", "after", "--image", "x:1")
+        wait_for(lambda: world["catalog"].segments(newest.stem), 120, "a segment of the new chain")
+        assert world["catalog"].segments(newest.stem)[0].first_revision == newest.snapshot_index + 1
+    finally:
+        world["stream"].stop()
+    assert "etcd compacted past the stream's position" in world["stream"].log()
