@@ -8,10 +8,11 @@ and carries the audit head at its end. The plaintext is
     MAGIC | u32 header length | header (JSON, SegmentMeta) | records | SHA-256 of all before
 
 one record per revision (u64 revision, u16 + its time, u32 changes, then per change u8
-delete, u32 + key, u32 + value), and it is age-encrypted as a whole: a segment is small (the
-stream cuts one every few seconds or MiB), so it is built and read in memory, with every
-length bounded before it is trusted. Reading is hostile-input code: a flipped byte fails age's
-authentication or the SHA-256; nothing read is executed. This module knows nothing of gRPC,
+delete, u32 + key, u32 + value), and it is zlib-compressed and age-encrypted as a whole: a
+segment is small (the stream cuts one every few seconds or MiB), so it is built and read in
+memory, with every length (and the inflated size) bounded before it is trusted. Reading is
+hostile-input code: a flipped byte fails age's authentication or the SHA-256; nothing read is
+executed. This module knows nothing of gRPC,
 etcd or S3.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -98,19 +100,30 @@ def encode_segment(meta: SegmentMeta, records: list[RevisionRecord]) -> bytes:
 
 
 def encrypt_segment(plaintext: bytes, recipients: list[Any]) -> bytes:
-    return bytes(pyrage.encrypt(plaintext, recipients))
+    """zlib, then age: the records are JSON, which compresses about tenfold."""
+    return bytes(pyrage.encrypt(zlib.compress(plaintext, 6), recipients))
 
 
 def decrypt_segment(ciphertext: bytes, identities: list[Any], name: str) -> bytes:
     if len(ciphertext) > MAX_SEGMENT_BYTES:
         raise ArchiveError(f"segment {name} is larger than any segment the stream writes")
     try:
-        return bytes(pyrage.decrypt(ciphertext, identities))
+        compressed = bytes(pyrage.decrypt(ciphertext, identities))
     except pyrage.DecryptError:
         raise DecryptionFailed(
             f"segment {name} does not decrypt with the identity given: wrong key, or its "
             "ciphertext is damaged"
         ) from None
+    inflate = zlib.decompressobj()
+    try:  # bounded: a small segment must not inflate into memory without limit
+        plaintext = inflate.decompress(compressed, MAX_SEGMENT_BYTES)
+    except zlib.error:
+        raise ArchiveError(f"segment {name} is not a compressed jaco change segment") from None
+    if inflate.unconsumed_tail:
+        raise ArchiveError(f"segment {name} inflates past {MAX_SEGMENT_BYTES} bytes")
+    if not inflate.eof:
+        raise ArchiveError(f"segment {name} is truncated")
+    return plaintext
 
 
 class _Cursor:
