@@ -286,8 +286,8 @@ class Stream:
         work.mkdir(parents=True, exist_ok=True)
         path = work / f"{meta.first_revision}.seg.age"
         write_private(path, sealed.ciphertext)  # ciphertext: plaintext never touches the disk
-        try:
-            for store in self.stores:
+        try:  # the local copy first: while S3 is down, the newest segments are on disk too
+            for store in reversed(self.stores):
                 store.put(key, path, metadata)
         finally:
             path.unlink(missing_ok=True)

@@ -32,7 +32,7 @@ from jaco.archive.segment import (
     decode_segment,
     decrypt_segment,
 )
-from jaco.errors import ArchiveError, InvalidArgument, JacoError
+from jaco.errors import ArchiveError, InvalidArgument
 from jaco.files import write_private
 from jaco.model import audit
 from jaco.model.digest import StateDigest
@@ -231,8 +231,6 @@ async def _replay(
         digest = StateDigest()
         async for kv in etcd.iter_prefix(ROOT, 0):
             digest.add(kv.key.encode(), kv.value)
-    except JacoError:
-        raise
     finally:
         await member.stop()
     marker = json.loads(staged.restore_marker.read_text())
