@@ -103,7 +103,10 @@ class StreamProcess:
 
 def site_config(root: Path, stored: dict[str, Any]) -> Path:
     cluster: Cluster = stored["cluster"]
-    servers = ", ".join(f'"{n.server}"' for n in cluster.nodes.values())
+    # the leader first: the stream is connected to the node the chaos test kills
+    leader = cluster.leader()
+    nodes = [leader, *(n for n in cluster.nodes.values() if n is not leader)]
+    servers = ", ".join(f'"{n.server}"' for n in nodes)
     path = root / "clusters.toml"
     path.write_text(
         f"""[clusters.prod]
@@ -172,6 +175,7 @@ def test_the_stream_survives_chaos_and_any_revision_restores_exactly(
         leader.stop(signal.SIGKILL)
         load.wait_writes(10)
         wait_for(lambda: reached(world, load.last_revision), 120, "segments after the leader died")
+        assert f"server {leader.server}: " in world["stream"].log()  # it was connected there
         leader.start()
 
         world["stream"].stop(signal.SIGKILL)
