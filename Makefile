@@ -53,6 +53,7 @@ demo: deps venv
 # (one size: $(PY) -m bench.run --size 64). Results also go to bench/results/.
 bench: deps venv
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.stream
 
 # Debian bookworm base from mmdebstrap -> docker import -> infra/image/Dockerfile; the wheels
 # come from the host, pinned to $(VENV). Build products go to build/image/.

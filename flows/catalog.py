@@ -11,6 +11,7 @@ Prefect's database and of the worker.
                                    who took it, verified (when, by which run)
     drills/{stem}/{at}-{run}.json  one per drill of that backup (passed or not, RTO, why)
     failures/{at}-{kind}-{run}.json  one per failed run (backup, drill, prune, watchdog)
+    segments/{stem}/{first}.json   one per change segment extending that backup (flows.stream)
 
 Each object is written whole in one PUT (atomic in S3; rename in a directory), and each has
 a single writer (a backup's record is written by the run that took it, under the cluster's
@@ -97,6 +98,33 @@ class BackupRecord(BaseModel):
         return max(self.drills, key=lambda d: d.at, default=None)
 
 
+class SegmentRecord(BaseModel):
+    """A change segment, recorded once its object is stored whole (flows.stream)."""
+
+    key: str
+    base: str  # the stem of the full backup it extends
+    base_revision: int
+    first_revision: int
+    last_revision: int
+    first_at: str
+    last_at: str
+    revisions: int
+    changes: int
+    size: int
+    ciphertext_sha256: str
+    audit_head: AuditHead | None = None
+    written_at: dt.datetime
+
+
+class Window(BaseModel):
+    """Restorable to any point between these: a full backup and its segments after it."""
+
+    since: dt.datetime
+    until: dt.datetime
+    base: str
+    last_revision: int
+
+
 class Failure(BaseModel):
     at: dt.datetime
     kind: Literal["backup", "drill", "prune", "watchdog"]
@@ -113,6 +141,7 @@ class ClusterView(BaseModel):
     backups: list[BackupRecord]  # newest first
     failures: list[Failure]  # the newest FAILURES_SHOWN, newest first
     failure_counts: dict[str, int]  # by kind, all kept
+    window: Window | None = None  # point-in-time restore, from the newest chain of segments
 
     @property
     def newest(self) -> BackupRecord | None:
@@ -233,6 +262,46 @@ class Catalog:
                 self.store.delete(obj.key)
             self.store.delete(f"{self.root}backups/{stem}.json")
 
+    # -- change segments --------------------------------------------------------------------
+
+    def record_segment(self, record: SegmentRecord) -> None:
+        name = f"{record.first_revision:016d}.json"
+        self._write(f"{self.root}segments/{record.base}/{name}", record)
+
+    def segments(self, base: str) -> list[SegmentRecord]:
+        """The segments extending the backup `base`, in revision order."""
+        found = self._read_all(f"segments/{base}/", SegmentRecord)
+        return sorted(found, key=lambda r: r.first_revision)
+
+    def last_segment(self, base: str) -> SegmentRecord | None:
+        """The newest segment of a chain, read alone (the keys sort by first revision)."""
+        keys = sorted(o.key for o in self.store.list(f"{self.root}segments/{base}/"))
+        return self._read(keys[-1], SegmentRecord) if keys else None
+
+    def window(self, backups: list[BackupRecord]) -> Window | None:
+        """From the oldest backup whose chain reaches the newest chain's start, to the end of
+        the newest chain: any point between can be restored."""
+        bases = {
+            o.key[len(self.root + "segments/") :].split("/", 1)[0]
+            for o in self.store.list(self.root + "segments/")
+        }
+        window: Window | None = None
+        for backup in sorted(backups, key=lambda b: b.snapshot_index):
+            last = self.last_segment(backup.stem) if backup.stem in bases else None
+            until = dt.datetime.fromisoformat(last.last_at) if last else backup.taken_at
+            if window is not None and backup.taken_at <= window.until:
+                since = window.since
+            else:
+                since = backup.taken_at
+            if window is None or until >= window.until:
+                window = Window(
+                    since=since,
+                    until=until,
+                    base=backup.stem,
+                    last_revision=last.last_revision if last else backup.snapshot_index,
+                )
+        return window
+
     # -- drills and failures -----------------------------------------------------------------
 
     def record_drill(self, key: str, drill: DrillRecord) -> None:
@@ -266,12 +335,14 @@ class Catalog:
         return counts
 
     def view(self) -> ClusterView:
+        backups = self.backups()
         return ClusterView(
             cluster=self.cluster,
             identity=self.identity(),
-            backups=self.backups(),
+            backups=backups,
             failures=self.failures(),
             failure_counts=self.failure_counts(),
+            window=self.window(backups),
         )
 
 

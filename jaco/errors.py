@@ -98,6 +98,14 @@ class IncompatibleVersion(JacoError):
     retryable = False
 
 
+class Compacted(JacoError):
+    """The revision asked for is older than etcd's compaction: the changes after it are gone
+    from the store's history (a change stream must start again from a new full backup)."""
+
+    exit_code = 15
+    retryable = False
+
+
 # The gRPC status code each error travels as (by name, so this module needs no gRPC).
 GRPC_CODES: dict[type[JacoError], str] = {
     InvalidArgument: "INVALID_ARGUMENT",
@@ -108,6 +116,7 @@ GRPC_CODES: dict[type[JacoError], str] = {
     Unavailable: "UNAVAILABLE",
     Conflict: "ABORTED",
     DataDirError: "FAILED_PRECONDITION",
+    Compacted: "OUT_OF_RANGE",
 }
 
 

@@ -20,10 +20,20 @@ from jaco.archive.age import (
 )
 from jaco.archive.format import read_archive, read_archive_stream
 from jaco.archive.meta import AuditHead, BackupMeta
+from jaco.archive.segment import (
+    SEGMENT_SUFFIX,
+    RevisionRecord,
+    SegmentBuilder,
+    SegmentMeta,
+    encrypt_segment,
+    segment_name,
+)
 from jaco.client.backup import BackupResult, take_backup
+from jaco.client.changes import Progress, follow_changes
 from jaco.client.connection import Client, open_client
 from jaco.errors import (
     ArchiveError,
+    Compacted,
     IncompatibleVersion,
     InvalidArgument,
     JacoError,
@@ -49,6 +59,7 @@ __all__ = [
     "BackupMeta",
     "BackupResult",
     "Client",
+    "Compacted",
     "DecryptionFailed",
     "HashingReader",
     "HashingWriter",
@@ -57,6 +68,11 @@ __all__ = [
     "JacoError",
     "NotFound",
     "PermissionDenied",
+    "Progress",
+    "RevisionRecord",
+    "SEGMENT_SUFFIX",
+    "SegmentBuilder",
+    "SegmentMeta",
     "TrustError",
     "Unauthenticated",
     "Unavailable",
@@ -64,6 +80,8 @@ __all__ = [
     "decrypt_and_read_archive",
     "decrypt_to",
     "encrypt_file",
+    "encrypt_segment",
+    "follow_changes",
     "is_age_file",
     "is_retryable",
     "load_identities",
@@ -73,6 +91,7 @@ __all__ = [
     "private_output",
     "read_archive",
     "read_archive_stream",
+    "segment_name",
     "sha256_file",
     "sweep_partials",
     "take_backup",

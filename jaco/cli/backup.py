@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -147,12 +147,37 @@ def restore_cmd(
     api_port: ApiPort = 7000,
     etcd_client_port: ClientPort = 2379,
     etcd_peer_port: PeerPort = 2380,
+    segments: Annotated[
+        str | None,
+        typer.Option(
+            help="Point-in-time restore: the backup's change segments, a directory or "
+            "s3://BUCKET/PREFIX/segments/CLUSTER/BACKUP (the AWS chain's credentials)."
+        ),
+    ] = None,
+    to_revision: Annotated[
+        int | None, typer.Option(min=0, help="With --segments: the cluster's revision to restore.")
+    ] = None,
+    to_time: Annotated[
+        str | None,
+        typer.Option(help="With --segments: restore the last revision at or before this time."),
+    ] = None,
+    before_event: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --segments: restore the state just before this audit event (its seq, "
+            "as `jaco audit` shows it), e.g. the DEPLOYMENT_REMOVED of a mistaken `jaco rm`.",
+        ),
+    ] = None,
+    identity: IdentityOpt = None,
 ) -> None:
     """Prime a fresh node (daemon stopped, empty data dir) from a backup.
 
     The whole archive is verified before anything is written. The next jacod start comes up as
     the single voter of the same cluster (same id, same CA: old tokens still work) and records
     RESTORE_COMPLETED. Other nodes then rejoin with `jaco node issue-join-token` / `node join`.
+    With --segments and --to-revision or --to-time (RFC 3339), the backup's change segments
+    are verified (checksums, no gap, same cluster) and replayed up to that point.
     """
     # Imported here: the node-side modules (PKI, etcd) would cost every command startup time.
     from jaco.node.bootstrap import Ports, default_advertise_host
@@ -162,10 +187,49 @@ def restore_cmd(
         advertise_host or default_advertise_host(), api_port, etcd_client_port, etcd_peer_port
     )
     data = open_data_dir(data_dir)
-    meta = restore(input_, data, name, ports, lambda note: err.print(safe(note), soft_wrap=True))
+    notify = lambda note: err.print(safe(note), soft_wrap=True)  # noqa: E731
+    if segments is None:
+        if (to_revision, to_time, before_event) != (None, None, None):
+            raise InvalidArgument("--to-revision, --to-time and --before-event need --segments")
+        meta = restore(input_, data, name, ports, notify)
+        point = f"at index {meta.snapshot_index} (taken {meta.taken_at.isoformat()})"
+    else:
+        target = _target(to_revision, to_time, before_event)
+        meta, revision, at = _point_in_time(
+            input_, segments, target, identity, data, name, ports, notify
+        )
+        point = f"to revision {revision} ({at}) from the backup at index {meta.snapshot_index}"
     out.print(
-        f"Restored cluster {meta.cluster_id} at index {meta.snapshot_index} "
-        f"(taken {meta.taken_at.isoformat()}) into {safe(data.path)} as node {name}; "
+        f"Restored cluster {meta.cluster_id} {point} into {safe(data.path)} as node {name}; "
         f"state digest {meta.state_digest[:16]}… verified."
     )
     out.print(f"Start it: systemctl start jaco  (or: jacod --name {name} --data-dir {data.path})")
+
+
+def _target(to_revision: int | None, to_time: str | None, before_event: int | None) -> Any:
+    from jaco.model.names import parse_time
+    from jaco.node.pitr import Target
+
+    if [to_revision, to_time, before_event].count(None) != 2:
+        raise InvalidArgument("give exactly one of --to-revision, --to-time and --before-event")
+    return Target(to_revision, parse_time(to_time or "", "--to-time"), before_event)
+
+
+def _point_in_time(
+    archive: Path, segments: str, target: Any, identity: Path | None, *rest: Any
+) -> Any:
+    from jaco.archive.age import load_identities
+    from jaco.node.pitr import DirSource, point_in_time_restore
+
+    if identity is None:
+        raise InvalidArgument(
+            "the segments are age-encrypted: give --identity FILE (or JACO_AGE_IDENTITY_FILE)"
+        )
+    source: Any
+    if segments.startswith("s3://"):
+        from jaco.cli.segments import S3Source
+
+        source = S3Source(segments)
+    else:
+        source = DirSource(Path(segments))
+    return point_in_time_restore(archive, source, load_identities(identity), target, *rest)

@@ -90,6 +90,7 @@ def _json(view: ClusterView) -> dict[str, Any]:
         ],
         "failures": [f.model_dump(mode="json") for f in view.failures],
         "failure_counts": view.failure_counts,
+        "window": view.window.model_dump(mode="json") if view.window else None,
     }
 
 
@@ -134,6 +135,14 @@ def backup_ls(
                 f"{drill.rto_seconds:.1f}s" if drill and drill.rto_seconds else "-",
             )
         out.print(table)
+        if view.window is not None:
+            w = view.window
+            out.print(
+                f"  point-in-time restore: any point from {w.since.isoformat(timespec='seconds')}"
+                f" to {w.until.isoformat(timespec='seconds')} (revision {w.last_revision}, "
+                f"segments of {safe(w.base)})",
+                soft_wrap=True,
+            )
         for failure in view.failures[:5]:
             out.print(
                 f"  failed {failure.kind} {_ago(failure.at)}: {safe(failure.reason[:200])}",

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from jaco.cli.common import err, operator_errors, out, safe
+from jaco.errors import InvalidArgument
 
 pipeline_app = typer.Typer(
     no_args_is_help=True,
@@ -89,6 +91,52 @@ def run(
     )
     for row in result["stages"]:
         out.print(safe(f"  {row['stage']:<12} {row['seconds']:>8}s {row['MiB/s']!s:>8} MiB/s"))
+
+
+@pipeline_app.command("stream")
+@operator_errors
+def stream(
+    cluster: Annotated[str, typer.Option(help="The cluster's name in the site configuration.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="The site configuration (default $JACO_CLUSTERS_FILE or /etc/jaco/clusters.toml)."
+        ),
+    ] = None,
+    segment_seconds: Annotated[
+        float, typer.Option(min=0.1, max=3600, help="Cut a segment at least this often.")
+    ] = 5.0,
+    segment_mib: Annotated[
+        float, typer.Option(min=0.01, max=256, help="... or when it holds this many MiB.")
+    ] = 4.0,
+) -> None:
+    """Continuous backup: the cluster's changes as encrypted segments to its stores, until
+    SIGTERM. Resumes after the last segment recorded in the catalog; see docs/pipeline.md."""
+    quiet_prefect()
+    import logging
+    import signal
+    import threading
+
+    from flows.config import load_config, site_config_path
+    from flows.errors import PipelineError
+    from flows.stream import Stream, StreamSettings
+
+    path = config or site_config_path()
+    try:
+        site = load_config(path)
+    except PipelineError as exc:
+        raise InvalidArgument(exc.message.splitlines()[0]) from None
+    if cluster not in site.clusters:
+        known = ", ".join(sorted(site.clusters)) or "none"
+        raise InvalidArgument(f"no cluster named {cluster} in {path} (it has {known})")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    settings = StreamSettings(
+        segment_seconds=segment_seconds, segment_bytes=int(segment_mib * 1024 * 1024)
+    )
+    Stream(site.clusters[cluster].backup_params(), settings, stop).run()
 
 
 def quiet_prefect() -> None:

@@ -168,3 +168,16 @@ def verify_chain(
                 checked,
             )
     return ChainCheck(True, count, anchors_checked=checked)
+
+
+def time_of(changes: Iterable[Any]) -> str:
+    """When a revision happened, by the audit event it wrote (every mutation writes one);
+    "" for a revision that wrote none. `changes` are etcd WatchEvents."""
+    from jaco.model.keys import P_EVENTS
+
+    for change in changes:
+        if change.kind == "put" and change.kv.key.startswith(P_EVENTS):
+            event = parse_event(change.kv.value)
+            if event is not None and isinstance(event.get("at"), str):
+                return str(event["at"])
+    return ""

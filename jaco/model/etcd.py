@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
-from jaco.errors import AlreadyExists, JacoError, Unavailable
+from jaco.errors import AlreadyExists, Compacted, JacoError, Unavailable
 
 _PREFIX_END_BYTE = 0xFF
 
@@ -54,6 +54,15 @@ class Member:
 class WatchEvent:
     kind: str  # "put" or "delete"
     kv: KV
+
+
+@dataclass(frozen=True)
+class Revision:
+    """What a watch has delivered: the changes of one revision (`changes`), or progress
+    (`changes` empty: every change up to `revision` has been delivered)."""
+
+    revision: int
+    changes: tuple[WatchEvent, ...]
 
 
 @dataclass(frozen=True)
@@ -269,6 +278,60 @@ class Etcd:
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from None
         finally:
+            call.cancel()
+
+    async def watch_revisions(
+        self, prefix: str, start_revision: int, progress_every: float = 1.0
+    ) -> AsyncIterator[Revision]:
+        """Every change under `prefix` from `start_revision` on, one `Revision` per store
+        revision, and progress about every `progress_every` seconds (etcd answers a progress
+        request once it has sent every event up to the revision it names). Compacted if etcd
+        no longer holds `start_revision`."""
+        create = rpc.WatchRequest(
+            create_request=rpc.WatchCreateRequest(
+                key=prefix.encode(), range_end=prefix_end(prefix), start_revision=start_revision
+            )
+        )
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        await queue.put(create)
+
+        async def requests() -> AsyncIterator[Any]:
+            while True:
+                yield await queue.get()
+
+        async def ask_progress() -> None:
+            while True:
+                await asyncio.sleep(progress_every)
+                await queue.put(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+
+        call = self._watch.Watch(requests())
+        asker = asyncio.create_task(ask_progress())
+        try:
+            async for resp in call:
+                if resp.compact_revision:
+                    raise Compacted(
+                        f"revision {start_revision} is compacted (etcd keeps history from "
+                        f"revision {resp.compact_revision})"
+                    )
+                if resp.canceled:
+                    raise EtcdError(f"etcd cancelled the watch: {resp.cancel_reason}")
+                if resp.created:
+                    continue
+                if not resp.events:
+                    yield Revision(resp.header.revision, ())
+                    continue
+                group: list[WatchEvent] = []
+                for event in resp.events:
+                    if group and event.kv.mod_revision != group[0].kv.mod_revision:
+                        yield Revision(group[0].kv.mod_revision, tuple(group))
+                        group = []
+                    kind = "delete" if event.type == rpc.Event.DELETE else "put"
+                    group.append(WatchEvent(kind, _kv(event.kv)))
+                yield Revision(group[0].kv.mod_revision, tuple(group))
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from None
+        finally:
+            asker.cancel()
             call.cancel()
 
     async def status(self, timeout: float | None = None) -> MemberStatus:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +11,7 @@ from jaco.model import audit, pki, tokens
 from jaco.model.access import Access, name_taken, token_record
 from jaco.model.digest import StateDigest
 from jaco.model.engine import Change, View
+from jaco.model.etcd import Revision
 from jaco.model.keys import (
     K_CA,
     K_CLUSTER,
@@ -113,6 +114,14 @@ class Membership(Access):
             if event.kind == "put":
                 yield audit.listed_event(event.kv.key[len(P_EVENTS) :], event.kv.value)
 
+    async def changes(self, from_revision: int) -> AsyncGenerator[Revision, None]:
+        """Every change to the state from `from_revision` on, revision by revision, and
+        progress; liveness keys (heartbeats, not state) are left out."""
+        async for rev in self.etcd.watch_revisions(ROOT, from_revision):
+            kept = tuple(c for c in rev.changes if not c.kv.key.startswith(P_ALIVE))
+            if kept or not rev.changes:
+                yield Revision(rev.revision, kept)
+
     async def verify_audit(self, anchors: Iterable[audit.Anchor] = ()) -> audit.ChainCheck:
         view = await self.view()
         head = await view.get(K_HEAD)
@@ -158,6 +167,7 @@ class Membership(Access):
                 taken_at=marker["taken_at"],
                 restored_as=node["name"],
                 nodes_before=old,
+                **{k: marker[k] for k in ("target_revision", "target_at") if k in marker},
             )
             return True
 

@@ -52,9 +52,11 @@ def restore(
     name: str,
     ports: Ports,
     notify: Callable[[str], None] = lambda message: None,
+    after: Callable[[DataDir], None] | None = None,
 ) -> BackupMeta:
     """Restore `archive` into the (absent or empty) data dir; `notify` hears what was cleaned
-    up of earlier attempts that died."""
+    up of earlier attempts that died; `after` (point-in-time restore's replay) works on the
+    staged data dir before it is renamed into place."""
     check_name("node", name)
     ports.check()
     data.require_stopped()
@@ -81,6 +83,8 @@ def restore(
         staged = DataDir(staging)
         staged.create()
         _prime(snapshot.fileno(), staged, name, ports, meta)
+        if after is not None:
+            after(staged)
     return meta
 
 

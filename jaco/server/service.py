@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from jaco.archive.meta import BackupMeta
 from jaco.errors import (
     ERROR_METADATA,
+    InvalidArgument,
     JacoError,
     NotFound,
     PermissionDenied,
@@ -29,6 +30,7 @@ from jaco.errors import (
 )
 from jaco.model import audit
 from jaco.model.engine import Principal
+from jaco.model.keys import now
 from jaco.model.names import parse_time
 from jaco.model.store import Store
 from jaco.server.convert import audit_event, deployment, message
@@ -65,6 +67,7 @@ ACCESS: dict[str, str] = {
     "IssueJoinToken": WRITE,
     "Join": JOIN,
     "Backup": WRITE,  # the snapshot holds the CA key
+    "Changes": WRITE,  # the changes carry the CA key and token hashes, as the snapshot does
 }
 
 
@@ -300,6 +303,37 @@ class JacoService(pb_grpc.JacoServicer):
             return await admit(self.node, request)
         except JacoError as exc:
             log.info("join of %r refused: %s", request.name, exc.message)
+            await abort(context, exc)
+
+    async def Changes(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ChangeBatch]:
+        try:
+            await self.authorize(context, ACCESS["Changes"])
+            start = request.from_revision
+            if start < 1:
+                raise InvalidArgument("the change stream starts at revision 1 or later")
+            changes = self.store.changes(start)
+            # Nothing is sent yet, so progress stands just before the first revision asked:
+            # a caller learns at once that it is let through and where it stands.
+            yield pb.ChangeBatch(revision=max(start - 1, 0), progress=True, at=now())
+            async with aclosing(changes):
+                async for rev in changes:
+                    yield pb.ChangeBatch(
+                        revision=rev.revision,
+                        progress=not rev.changes,
+                        at=audit.time_of(rev.changes) or now(),
+                        changes=[
+                            pb.Change(
+                                key=c.kv.key,
+                                value=c.kv.value,
+                                mod_revision=c.kv.mod_revision,
+                                delete=c.kind == "delete",
+                            )
+                            for c in rev.changes
+                        ],
+                    )
+        except JacoError as exc:
             await abort(context, exc)
 
     async def Backup(

@@ -129,6 +129,11 @@ class JacoStub:
                 request_serializer=jaco_dot_v1_dot_jaco__pb2.BackupRequest.SerializeToString,
                 response_deserializer=jaco_dot_v1_dot_jaco__pb2.BackupChunk.FromString,
                 _registered_method=True)
+        self.Changes = channel.unary_stream(
+                '/jaco.v1.Jaco/Changes',
+                request_serializer=jaco_dot_v1_dot_jaco__pb2.ChangesRequest.SerializeToString,
+                response_deserializer=jaco_dot_v1_dot_jaco__pb2.ChangeBatch.FromString,
+                _registered_method=True)
 
 
 class JacoServicer:
@@ -260,6 +265,18 @@ class JacoServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Changes(self, request, context):
+        """Every change to the store after `from_revision`, in revision order, one message per
+        revision (all the keys one transaction wrote), and progress messages (`progress`: every
+        change up to `revision` has been sent) about once a second. Liveness keys are left out
+        (they are not state). A `from_revision` etcd has compacted away fails with OUT_OF_RANGE
+        (the error `Compacted`): the changes after it are gone and a new full backup is needed.
+        Admin tokens only: the changes carry the CA key and token hashes as the snapshot does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JacoServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -357,6 +374,11 @@ def add_JacoServicer_to_server(servicer, server):
                     servicer.Backup,
                     request_deserializer=jaco_dot_v1_dot_jaco__pb2.BackupRequest.FromString,
                     response_serializer=jaco_dot_v1_dot_jaco__pb2.BackupChunk.SerializeToString,
+            ),
+            'Changes': grpc.unary_stream_rpc_method_handler(
+                    servicer.Changes,
+                    request_deserializer=jaco_dot_v1_dot_jaco__pb2.ChangesRequest.FromString,
+                    response_serializer=jaco_dot_v1_dot_jaco__pb2.ChangeBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -872,6 +894,33 @@ class Jaco:
             '/jaco.v1.Jaco/Backup',
             jaco_dot_v1_dot_jaco__pb2.BackupRequest.SerializeToString,
             jaco_dot_v1_dot_jaco__pb2.BackupChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Changes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jaco.v1.Jaco/Changes',
+            jaco_dot_v1_dot_jaco__pb2.ChangesRequest.SerializeToString,
+            jaco_dot_v1_dot_jaco__pb2.ChangeBatch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,320 @@
+"""Continuous backup: the cluster's change stream written to the stores as encrypted segments.
+
+`jaco pipeline stream --cluster NAME` runs this as a long-lived process (systemd restarts it;
+docs/pipeline.md says why it is not a Prefect flow run). It follows the Changes RPC from the
+revision of the newest full backup in the catalog (or from the end of that backup's last
+recorded segment) and cuts a segment every `segment_seconds` or `segment_bytes`, whichever
+comes first, as long as it holds a change. Each segment is age-encrypted in memory, stored
+whole in S3 and in the local copy (one PUT; a rename), and only then recorded in both
+catalogs: a process killed at any moment resumes just after the last recorded segment, and a
+segment it had stored but not recorded is written again under the same name (segments are
+named by their first revision), so the chain has no gap and no overlap.
+
+A server that goes away (a killed leader) is left for the next one of `servers`, from the
+revision after the last one received. A store that fails keeps the sealed segments queued,
+in order, in memory, retried with backoff while the stream goes on: nothing is dropped. If
+etcd has compacted past the stream's position, the changes in between are gone: the stream
+takes a new full backup (the backup-cluster flow), says so, and starts a chain from it. A
+newer full backup (the hourly ones) starts a new chain as well, so a restore never replays
+more than a backup period.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from flows.catalog import BackupRecord, Catalog, SegmentRecord, stem_of
+from flows.params import BackupParams
+from flows.storage import BackupStore, open_store
+from jaco.public import (
+    Compacted,
+    JacoError,
+    Progress,
+    RevisionRecord,
+    SegmentBuilder,
+    SegmentMeta,
+    encrypt_segment,
+    follow_changes,
+    open_client,
+    parse_recipient,
+    segment_name,
+    write_private,
+)
+
+log = logging.getLogger("jaco.stream")
+
+
+class StreamSettings(BaseModel):
+    segment_seconds: float = Field(5.0, gt=0, description="Cut a segment at least this often.")
+    segment_bytes: int = Field(4 * 1024 * 1024, gt=0, description="... or at this size.")
+    rebase_seconds: float = Field(60.0, gt=0, description="How often to look for a newer backup.")
+    retry_max_seconds: float = Field(30.0, gt=0, description="Longest wait between retries.")
+
+
+def segments_prefix(prefix: str, cluster: str, base: str) -> str:
+    return f"{prefix.strip('/')}/segments/{cluster}/{base}/"
+
+
+@dataclass
+class Sealed:
+    meta: SegmentMeta
+    ciphertext: bytes
+    sealed_at: float  # time.monotonic(), for the RPO figure
+
+
+class Rebase(Exception):
+    """A newer full backup is in the catalog: start a chain from it."""
+
+
+class Stream:
+    """One cluster's change stream; `run` returns only when `stop` is set."""
+
+    def __init__(
+        self,
+        params: BackupParams,
+        settings: StreamSettings | None = None,
+        stop: threading.Event | None = None,
+        on_stored: Callable[[Sealed], None] | None = None,
+    ) -> None:
+        self.params = params
+        self.settings = settings or StreamSettings()
+        self.stop = stop or threading.Event()
+        self.on_stored = on_stored
+        self.stores: list[BackupStore] = [
+            open_store(params.s3_url, params.s3),
+            open_store(params.local_url),
+        ]
+        self.catalogs = [Catalog(s, params.prefix, params.cluster) for s in self.stores]
+        self.recipients = [parse_recipient(r) for r in params.recipients]
+        self.pending: deque[Sealed] = deque()
+        self.retry_at = 0.0
+        self.failures = 0
+
+    # -- the chain -----------------------------------------------------------------------
+
+    def newest_backup(self) -> BackupRecord | None:
+        backups = self.catalogs[0].backups()
+        return backups[0] if backups else None
+
+    def full_backup(self, why: str) -> BackupRecord:
+        from flows.backup_flow import backup_cluster
+
+        log.warning("%s: taking a new full backup of %s", why, self.params.cluster)
+        state = backup_cluster(self.params, return_state=True)
+        if not state.is_completed():
+            raise JacoError(f"the full backup failed: {state.message}")
+        backup = self.newest_backup()
+        assert backup is not None
+        log.warning("new full backup %s at revision %s", backup.key, backup.snapshot_index)
+        return backup
+
+    def run(self) -> None:
+        backup = self._retry_until_stopped(self.newest_backup)
+        if backup is None and not self.stop.is_set():
+            backup = self.full_backup("no full backup in the catalog yet")
+        while backup is not None and not self.stop.is_set():
+            try:
+                self._follow(backup)
+                return
+            except Rebase:
+                backup = self.newest_backup()
+            except Compacted as exc:
+                self._drain()
+                backup = self.full_backup(f"etcd compacted past the stream's position ({exc})")
+
+    def _retry_until_stopped(self, fn: Callable[[], BackupRecord | None]) -> BackupRecord | None:
+        while not self.stop.is_set():
+            try:
+                return fn()
+            except JacoError as exc:
+                log.warning("the catalog cannot be read (%s); retrying", exc.message)
+                self.stop.wait(self._backoff())
+        return None
+
+    def _follow(self, backup: BackupRecord) -> None:
+        base = backup.stem
+        last = self.catalogs[0].last_segment(base)
+        after = last.last_revision if last else backup.snapshot_index
+        head = last.audit_head if last else backup.audit_head
+        builder = SegmentBuilder(backup.cluster_id, base, backup.snapshot_index, after, head)
+        log.info("streaming %s from revision %d (extends %s)", self.params.cluster, after + 1, base)
+        inbox: queue.Queue[RevisionRecord | Progress | BaseException] = queue.Queue()
+        reader_stop = threading.Event()
+        reader = threading.Thread(
+            target=self._read, args=(after + 1, inbox, reader_stop), daemon=True
+        )
+        reader.start()
+        opened = time.monotonic()
+        next_rebase = opened + self.settings.rebase_seconds
+        try:
+            while not self.stop.is_set():
+                try:
+                    item = inbox.get(timeout=0.2)
+                except queue.Empty:
+                    item = None
+                if isinstance(item, BaseException):
+                    if builder.records:  # what was received before the stream broke is good
+                        self._seal(builder)
+                    raise item
+                if isinstance(item, RevisionRecord):
+                    if not builder.records:
+                        opened = time.monotonic()
+                    builder.add(item)
+                elif isinstance(item, Progress):
+                    builder.progress(item.revision, item.at)
+                age = time.monotonic() - opened
+                full = builder.size >= self.settings.segment_bytes
+                if builder.records and (full or age >= self.settings.segment_seconds):
+                    self._seal(builder)
+                self._upload()
+                if time.monotonic() >= next_rebase and not builder.records and not self.pending:
+                    next_rebase = time.monotonic() + self.settings.rebase_seconds
+                    newest = self._newest_quietly()
+                    if newest is not None and newest.snapshot_index > backup.snapshot_index:
+                        log.info("a newer full backup %s: a new chain from it", newest.key)
+                        raise Rebase
+            if builder.records:
+                self._seal(builder)
+            self.retry_at = 0.0
+            self._upload()  # one last attempt: what is not stored now is sent again next run
+        finally:
+            reader_stop.set()
+
+    def _newest_quietly(self) -> BackupRecord | None:
+        try:
+            return self.newest_backup()
+        except JacoError:
+            return None
+
+    def _read(self, start: int, inbox: queue.Queue, stop: threading.Event) -> None:  # type: ignore[type-arg]
+        """The Changes RPC into `inbox`, from the next server when one goes away."""
+        token = self.params.secrets.read_token()
+        position, attempt = start - 1, 0
+        while not stop.is_set():
+            server = self.params.servers[attempt % len(self.params.servers)]
+            try:
+                with open_client(server, token) as client:
+                    for item in follow_changes(client, position + 1):
+                        if stop.is_set():
+                            return
+                        if isinstance(item, RevisionRecord):
+                            position = item.revision
+                        elif item.revision > position:
+                            position = item.revision
+                        inbox.put(item)
+            except Compacted as exc:
+                inbox.put(exc)
+                return
+            except JacoError as exc:
+                if not exc.retryable:
+                    inbox.put(exc)
+                    return
+                log.warning("server %s: %s; trying the next one", server, exc.message)
+            attempt += 1
+            stop.wait(min(0.5 * attempt, 5.0))
+
+    # -- storing ---------------------------------------------------------------------------
+
+    def _seal(self, builder: SegmentBuilder) -> None:
+        meta, plaintext = builder.cut()
+        self.pending.append(
+            Sealed(meta, encrypt_segment(plaintext, self.recipients), time.monotonic())
+        )
+
+    def _backoff(self) -> float:
+        self.failures += 1
+        return min(0.5 * 2 ** min(self.failures, 10), self.settings.retry_max_seconds)
+
+    def _upload(self) -> None:
+        """Store and record the sealed segments, oldest first; stop at the first failure and
+        try again after a backoff (the segments stay queued, in order)."""
+        while self.pending and time.monotonic() >= self.retry_at:
+            sealed = self.pending[0]
+            try:
+                self._store(sealed)
+            except JacoError as exc:
+                wait = self._backoff()
+                self.retry_at = time.monotonic() + wait
+                log.warning(
+                    "segment %d-%d not stored (%s); %d queued, retrying in %.0fs",
+                    sealed.meta.first_revision,
+                    sealed.meta.last_revision,
+                    exc.message,
+                    len(self.pending),
+                    wait,
+                )
+                return
+            self.failures = 0
+            self.pending.popleft()
+            if self.on_stored is not None:
+                self.on_stored(sealed)
+
+    def _drain(self) -> None:
+        while self.pending and not self.stop.is_set():
+            self._upload()
+            if self.pending:
+                self.stop.wait(max(self.retry_at - time.monotonic(), 0.1))
+
+    def _store(self, sealed: Sealed) -> None:
+        meta = sealed.meta
+        key = segments_prefix(self.params.prefix, self.params.cluster, meta.base)
+        key += segment_name(meta.first_revision)
+        sha = hashlib.sha256(sealed.ciphertext).hexdigest()
+        metadata = {
+            "cluster": self.params.cluster,
+            "cluster-id": meta.cluster_id,
+            "base": meta.base,
+            "first-revision": str(meta.first_revision),
+            "last-revision": str(meta.last_revision),
+            "ciphertext-sha256": sha,
+        }
+        if meta.audit_head is not None:
+            metadata["audit-head-seq"] = str(meta.audit_head.seq)
+            metadata["audit-head-hash"] = meta.audit_head.hash
+        work = Path(self.params.local_dir) / ".stream"
+        work.mkdir(parents=True, exist_ok=True)
+        path = work / f"{meta.first_revision}.seg.age"
+        write_private(path, sealed.ciphertext)  # ciphertext: plaintext never touches the disk
+        try:  # the local copy first: while S3 is down, the newest segments are on disk too
+            for store in reversed(self.stores):
+                store.put(key, path, metadata)
+        finally:
+            path.unlink(missing_ok=True)
+        record = SegmentRecord(
+            key=key,
+            base=meta.base,
+            base_revision=meta.base_revision,
+            first_revision=meta.first_revision,
+            last_revision=meta.last_revision,
+            first_at=meta.first_at,
+            last_at=meta.last_at,
+            revisions=meta.revisions,
+            changes=meta.changes,
+            size=len(sealed.ciphertext),
+            ciphertext_sha256=sha,
+            audit_head=meta.audit_head,
+            written_at=dt.datetime.now(dt.UTC),
+        )
+        for catalog in self.catalogs:
+            catalog.record_segment(record)
+        log.info(
+            "segment %d-%d stored (%d revisions, %d bytes)",
+            meta.first_revision,
+            meta.last_revision,
+            meta.revisions,
+            len(sealed.ciphertext),
+        )
+
+
+__all__ = ["Sealed", "Stream", "StreamSettings", "segments_prefix", "stem_of"]
