@@ -17,7 +17,13 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
-from jaco.errors import AlreadyExists, Compacted, JacoError, Unavailable
+from jaco.errors import Compacted
+from jaco.model.etcd_errors import (
+    EtcdError,
+    MembershipSettling,
+    member_add_error,
+    translate,
+)
 
 _PREFIX_END_BYTE = 0xFF
 
@@ -72,19 +78,6 @@ class TlsFiles:
     key: Path
 
 
-class EtcdError(JacoError):
-    """etcd refused an operation for a reason that retrying will not fix."""
-
-
-class TooManyLearners(EtcdError):
-    """etcd (3.4) admits one learner at a time: the next member waits for its promotion."""
-
-
-class MembershipSettling(Unavailable):
-    """etcd refuses membership changes until every voter has been connected for 5 s (its
-    strict reconfiguration check), e.g. right after a promotion or while a voter is down."""
-
-
 def prefix_end(prefix: str) -> bytes:
     raw = bytearray(prefix.encode())
     for i in range(len(raw) - 1, -1, -1):
@@ -102,43 +95,6 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.ssl_target_name_override", "localhost"),
 ]
-
-
-# etcd's own answers when a request cannot be committed or read linearizably in time.
-NO_QUORUM = ("request timed out", "no leader")
-
-
-def _translate(exc: Any) -> JacoError:  # an RpcError that is also a grpc.Call
-    code = exc.code()
-    detail = exc.details() or code.name
-    if detail.startswith("etcdserver: ") and any(w in detail for w in NO_QUORUM):
-        # The member answered: it is the cluster it cannot reach (a partition, peers down).
-        return Unavailable(
-            f"this node's etcd member reaches no quorum ({detail}): the node is cut off from "
-            "the other nodes, or too many of them are down; use another node, and check "
-            "`jaco cluster status` there"
-        )
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return Unavailable(f"the local etcd member is not answering: {detail}")
-    return EtcdError(f"etcd: {detail}")
-
-
-def _member_add_error(exc: Any, peer_url: str) -> JacoError:
-    """etcd's refusals of a new member, in jaco's terms (etcd says them only in words)."""
-    detail = exc.details() or ""
-    if "too many learner members" in detail:
-        return TooManyLearners("another member is still catching up as a learner")
-    if "unhealthy cluster" in detail or "not enough started members" in detail:
-        return MembershipSettling(
-            "the cluster admits no new member now: a member is down or was added less than "
-            "5 s ago; check `jaco cluster status`, then run this join again"
-        )
-    if "Peer URLs already exists" in detail:
-        return AlreadyExists(
-            f"another member of the cluster already has the peer URL {peer_url}: "
-            "give this node its own --advertise-host or --etcd-peer-port"
-        )
-    return _translate(exc)
 
 
 def op_put(key: str, value: bytes, lease: int = 0) -> Any:
@@ -185,7 +141,7 @@ class Etcd:
         try:
             return await method(request, timeout=timeout or self.timeout)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from None
+            raise translate(exc) from None
 
     async def get(self, key: str, revision: int = 0) -> tuple[KV | None, int]:
         """One key (at `revision`, or the latest), and the store revision read."""
@@ -248,7 +204,7 @@ class Etcd:
             async for reply in call:
                 return bool(reply.TTL > 0)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from None
+            raise translate(exc) from None
         return False
 
     async def lease_revoke(self, lease_id: int) -> None:
@@ -276,7 +232,7 @@ class Etcd:
                     kind = "delete" if event.type == rpc.Event.DELETE else "put"
                     yield WatchEvent(kind, _kv(event.kv))
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from None
+            raise translate(exc) from None
         finally:
             call.cancel()
 
@@ -329,7 +285,7 @@ class Etcd:
                     group.append(WatchEvent(kind, _kv(event.kv)))
                 yield Revision(group[0].kv.mod_revision, tuple(group))
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from None
+            raise translate(exc) from None
         finally:
             asker.cancel()
             call.cancel()
@@ -357,7 +313,7 @@ class Etcd:
             resp = await self._cluster.MemberAdd(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise _member_add_error(exc, peer_url) from None
+                raise member_add_error(exc, peer_url) from None
             # raft drops a conf change proposed while another one is pending (a promotion, a
             # join through another node) and etcd waits for it until the deadline; or it was
             # only slow, and the member is there.
@@ -400,7 +356,7 @@ class SnapshotStream:
                 if resp.blob:
                     yield resp.blob, resp.remaining_bytes
         except grpc.RpcError as exc:
-            raise _translate(exc) from None
+            raise translate(exc) from None
         finally:
             self.cancel()
 

@@ -15,7 +15,8 @@ import shutil
 from pathlib import Path
 
 from jaco.errors import JacoError
-from jaco.model.etcd import Etcd, EtcdError, op_put
+from jaco.model.etcd import Etcd, op_put
+from jaco.model.etcd_errors import EtcdError
 from jaco.model.keys import P_ALIVE, encode, now
 from jaco.model.store import Store
 from jaco.node.config import DataDir, NodeConfig
