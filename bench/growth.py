@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
+import json
 import shutil
 import statistics
 import sys
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.realistic import fill
-from bench.run import jaco_cli, measure, peak_kib, reset_peak
+from bench.run import RESULTS, jaco_cli, measure, peak_kib, reset_peak
 from infra.localcluster import Cluster, free_port
 
 KEYS = (10_000, 100_000, 1_000_000)
@@ -197,9 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", default="/var/tmp")
     args = parser.parse_args(argv)
+    started = dt.datetime.now(dt.UTC)
     results = run(args.keys or list(KEYS), args.workdir, args.repeat)
     for line in table(results):
         print(line)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"growth-{started:%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps({"started": started.isoformat(), "growth": results}, indent=2))
+    print(f"\nwrote {out}")
     return 0
 
 
