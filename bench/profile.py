@@ -155,7 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         record(
             ver_out,
             [PY, "-m", "bench.stage", "verify"]
-            + [json.dumps({"store": f"s3://{BUCKET}", "key": key, "expected": expected})]
+            + [
+                json.dumps(
+                    {
+                        "store": f"s3://{BUCKET}",
+                        "key": key,
+                        "expected": expected,
+                        "workdir": str(work),
+                    }
+                )
+            ]
             + [str(root / "ver.json")],
             env,
         )

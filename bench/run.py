@@ -1,15 +1,20 @@
 """Benchmarks: every stage of the backup pipeline against its reference, one table per size.
 
-    python -m bench.run                      # 64 MiB, 512 MiB and 2 GiB of snapshot
-    python -m bench.run --size 64 --size 512 # some of them
+    python -m bench.run                      # both data sets at 64 MiB, 512 MiB and 2 GiB,
+                                             # then the cost-growth table (bench.growth)
+    python -m bench.run --quick              # 64 MiB, both data sets, growth at 10⁴ keys
+    python -m bench.run --size 64 --size 512 # some sizes
+    python -m bench.run --dataset small      # one data set; --keys 0: no growth table
     python -m bench.run --size 64 --repeat 3 # median of 3 runs per stage
 
 For each size a real single-node jaco cluster is built (jacod + its etcd, 8 GiB backend quota)
-with real deployments through the API (a long audit log) plus incompressible bulk records under
-/jaco/v1/bulk/ to reach the size. Each measured stage runs in its own process (jaco's Python
-stages through `bench.stage`, the references as their own binaries) and its peak RSS is that
-process's own. Results are printed and written to bench/results/<timestamp>.json. Targets are
-measured and reported, never asserted. Everything listens on 127.0.0.1 and is stopped by PID.
+with real deployments through the API (a long audit log), then filled to the size with one of
+two data sets: incompressible bulk records under /jaco/v1/bulk/ (`bulk`, the worst case for
+gzip), or realistic small JSON records (`small`, bench.realistic). Each measured stage runs in
+its own process (jaco's Python stages through `bench.stage`, the references as their own
+binaries) and its peak RSS is that process's own. Results are printed and written to
+bench/results/<timestamp>.json. Targets are measured and reported, never asserted. Everything
+listens on 127.0.0.1 and is stopped by PID.
 """
 
 from __future__ import annotations
@@ -429,7 +434,7 @@ def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> d
                 ).stdout
             ),
         }
-        v_args = {"store": f"s3://{BUCKET}", "key": key, "expected": expected}
+        v_args = {"store": f"s3://{BUCKET}", "key": key, "expected": expected, "workdir": str(work)}
         ver = repeat(reps, lambda: stage("verify", v_args, env, work))
         dl = work / "download.out"
         b_down = repeat(
@@ -476,8 +481,10 @@ def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> d
             "params": {
                 "cluster": f"bench-{size_mib}",
                 "bucket": BUCKET,
+                "prefix": f"flow{size_mib}",  # the catalog the flow above wrote
                 "key": flow["key"],
                 "workdir": str(work / "drills"),
+                "driver": "bwrap",
                 "timeout_seconds": 1800,
             }
         }
