@@ -33,14 +33,16 @@ Value = bytes | tuple[int, int]
 def latest_in_key_order(
     records: Iterable[tuple[bytes, Value | None]],
     scratch: Path | None,
-    run_bytes: int = RUN_BYTES,
+    run_bytes: int | None = None,
 ) -> Iterator[tuple[bytes, Value]]:
     """(key, value) of every key whose latest record is not a deletion, in key order.
 
     `records` come oldest first; a value of None deletes the key. Values are bytes or small
     tuples (their size is counted as their length, or 16). `scratch` is the directory for
-    spilled runs (None: the system's temporary directory).
+    spilled runs (None: the system's temporary directory); `run_bytes` the memory a run may
+    hold (default RUN_BYTES).
     """
+    run_bytes = run_bytes or RUN_BYTES
     run: dict[bytes, Value | None] = {}
     held = 0
     spill: IO[bytes] | None = None
