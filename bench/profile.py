@@ -1,6 +1,7 @@
 """Where the time goes: py-spy profiles of the jaco stages on a cluster of one size.
 
-    python -m bench.profile --size 512
+    python -m bench.profile --size 512                # random 48 KiB records
+    python -m bench.profile --size 512 --value-kib 0  # realistic small records
 
 Builds the same cluster as bench.run, then samples (py-spy, wall clock incl. idle threads):
 jacod while it serves a `jaco backup`, the `jaco backup` client, `jaco restore`, and the
@@ -23,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.run import BIN, BUCKET, PY, RESULTS, build, free_port, start_prefect, stop_pid
+from bench.run import BIN, BUCKET, PY, RESULTS, build, free_port
+from infra import prefect_server
 from infra.seaweed import SeaweedS3
 
 PYSPY = str(BIN / "py-spy")
@@ -65,7 +67,9 @@ def record(out: Path, target: list[str], env: dict[str, str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--value-kib", type=int, default=48)
+    parser.add_argument(
+        "--value-kib", type=int, default=48, help="bulk record size; 0: realistic small records"
+    )
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="jaco-profile-", dir="/var/tmp"))
     RESULTS.mkdir(exist_ok=True)
@@ -77,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         s3.start()
         s3.create_bucket(BUCKET)
-        prefect, url = start_prefect(root)
+        prefect = prefect_server.start(root / "prefect")
+        url = prefect.url
         cluster, built = build(root / "c", args.size, args.value_kib)
         node = cluster.nodes["node-1"]
         key_file = root / "age.key"
@@ -150,7 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         record(
             ver_out,
             [PY, "-m", "bench.stage", "verify"]
-            + [json.dumps({"store": f"s3://{BUCKET}", "key": key, "expected": expected})]
+            + [
+                json.dumps(
+                    {
+                        "store": f"s3://{BUCKET}",
+                        "key": key,
+                        "expected": expected,
+                        "workdir": str(work),
+                    }
+                )
+            ]
             + [str(root / "ver.json")],
             env,
         )
@@ -169,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if cluster is not None:
             cluster.stop_all()
         if prefect is not None:
-            stop_pid(prefect)
+            prefect.stop()
         s3.stop()
         shutil.rmtree(root, ignore_errors=True)
     print("\n".join(report))

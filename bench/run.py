@@ -1,15 +1,21 @@
 """Benchmarks: every stage of the backup pipeline against its reference, one table per size.
 
-    python -m bench.run                      # 64 MiB, 512 MiB and 2 GiB of snapshot
-    python -m bench.run --size 64 --size 512 # some of them
+    python -m bench.run                      # random records at 64 MiB, 512 MiB and 2 GiB,
+                                             # small records at 64 and 512 MiB, then the
+                                             # cost-growth table (bench.growth)
+    python -m bench.run --quick              # 64 MiB, both data sets, growth at 10⁴ keys
+    python -m bench.run --size 64 --size 512 # some sizes
+    python -m bench.run --dataset small      # one data set; --keys 0: no growth table
     python -m bench.run --size 64 --repeat 3 # median of 3 runs per stage
 
 For each size a real single-node jaco cluster is built (jacod + its etcd, 8 GiB backend quota)
-with real deployments through the API (a long audit log) plus incompressible bulk records under
-/jaco/v1/bulk/ to reach the size. Each measured stage runs in its own process (jaco's Python
-stages through `bench.stage`, the references as their own binaries) and its peak RSS is that
-process's own. Results are printed and written to bench/results/<timestamp>.json. Targets are
-measured and reported, never asserted. Everything listens on 127.0.0.1 and is stopped by PID.
+with real deployments through the API (a long audit log), then filled to the size with one of
+two data sets: incompressible bulk records under /jaco/v1/bulk/ (`bulk`, the worst case for
+gzip), or realistic small JSON records (`small`, bench.realistic). Each measured stage runs in
+its own process (jaco's Python stages through `bench.stage`, the references as their own
+binaries) and its peak RSS is that process's own. Results are printed and written to
+bench/results/<timestamp>.json. Targets are measured and reported, never asserted. Everything
+listens on 127.0.0.1 and is stopped by PID.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import realistic
 from infra import prefect_server
 from infra.localcluster import Cluster, Node, free_port, wait_for
 from infra.seaweed import SeaweedS3
@@ -42,6 +49,8 @@ RESULTS = Path(__file__).parent / "results"
 BUCKET = "bench"
 QUOTA = 8 * 1024**3
 DEPLOYS = {64: 200, 512: 300, 2048: 400}
+SMALL_RECORD_BYTES = 420  # snapshot bytes per live small record, history included (measured)
+DATASETS = {"bulk": 48, "small": 0}  # --dataset: KiB per record (0: bench.realistic's records)
 _no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -204,7 +213,11 @@ def build(root: Path, size_mib: int, value_kib: int) -> tuple[Cluster, dict[str,
     status = endpoint_status(node)
     db = status[0]["Status"]["dbSize"]
     started = time.monotonic()
-    keys = asyncio.run(_fill(node, size_mib * MIB - db, value_kib * 1024))
+    if value_kib:
+        keys = asyncio.run(_fill(node, size_mib * MIB - db, value_kib * 1024))
+    else:  # the realistic data set: small JSON records, snapshot bytes per live record measured
+        filled = asyncio.run(realistic.fill(node, (size_mib * MIB - db) // SMALL_RECORD_BYTES))
+        keys = filled["small_keys"]
     fill_seconds = time.monotonic() - started
     status = endpoint_status(node)
     return cluster, {
@@ -329,8 +342,8 @@ def pct(values: list[float], q: float) -> float:
 def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> dict[str, Any]:
     from jaco.client.connection import open_client
 
-    root = ctx["root"] / f"size-{size_mib}"
-    print(f"\n== {size_mib} MiB: building the cluster …", flush=True)
+    root = ctx["root"] / f"size-{size_mib}-{value_kib}"
+    print(f"\n== {size_mib} MiB ({_dataset(value_kib)}): building the cluster …", flush=True)
     cluster, built = build(root, size_mib, value_kib)
     node = cluster.nodes["node-1"]
     work = root / "work"
@@ -422,7 +435,7 @@ def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> d
                 ).stdout
             ),
         }
-        v_args = {"store": f"s3://{BUCKET}", "key": key, "expected": expected}
+        v_args = {"store": f"s3://{BUCKET}", "key": key, "expected": expected, "workdir": str(work)}
         ver = repeat(reps, lambda: stage("verify", v_args, env, work))
         dl = work / "download.out"
         b_down = repeat(
@@ -469,8 +482,10 @@ def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> d
             "params": {
                 "cluster": f"bench-{size_mib}",
                 "bucket": BUCKET,
+                "prefix": f"flow{size_mib}",  # the catalog the flow above wrote
                 "key": flow["key"],
                 "workdir": str(work / "drills"),
+                "driver": "bwrap",
                 "timeout_seconds": 1800,
             }
         }
@@ -540,13 +555,21 @@ def _rate(nbytes: int, seconds: float) -> str:
     return f"{nbytes / MIB / seconds:.0f}" if seconds else "-"
 
 
+def _dataset(value_kib: int) -> str:
+    return f"random {value_kib} KiB records" if value_kib else "small JSON records"
+
+
 def table(size_mib: int, r: dict[str, Any]) -> list[str]:
     snap, enc, up, down = r["snapshot"], r["encrypt"], r["upload"], r["download"]
     res, pipe = r["restore"], r["pipeline"]
     lines = [
         f"\n### {size_mib} MiB (snapshot {snap['bytes'] / MIB:.0f} MiB, archive "
         f"{enc['bytes'] / MIB:.0f} MiB, {r['built']['deployments']} deployments, "
-        f"{r['built']['bulk_keys']} bulk keys of {r['built']['bulk_value_kib']} KiB)",
+        + (
+            f"{r['built']['bulk_keys']} bulk keys of {r['built']['bulk_value_kib']} KiB)"
+            if r["built"]["bulk_value_kib"]
+            else f"{r['built']['bulk_keys']} small JSON records, bench.realistic)"
+        ),
         "",
         "| stage | jaco s | MiB/s | RSS MiB | reference | ref s | MiB/s | RSS MiB | jaco/ref |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -597,8 +620,8 @@ def table(size_mib: int, r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def targets(results: dict[int, dict[str, Any]]) -> list[str]:
-    lines = ["\n### targets (measured, not asserted)", ""]
+def targets(results: dict[int, dict[str, Any]], dataset: str = "") -> list[str]:
+    lines = [f"\n### targets{f' ({dataset})' if dataset else ''} (measured, not asserted)", ""]
 
     def check(label: str, ok: bool, detail: str) -> None:
         lines.append(f"- [{'met' if ok else 'MISSED'}] {label}: {detail}")
@@ -669,15 +692,33 @@ def targets(results: dict[int, dict[str, Any]]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--size", type=int, action="append", choices=[64, 512, 2048])
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        choices=list(DATASETS),
+        help="bulk: random 48 KiB records (--value-kib); small: realistic small JSON records",
+    )
+    parser.add_argument(
+        "--keys",
+        type=int,
+        action="append",
+        help="key counts of the cost-growth table (bench.growth); --keys 0 skips it",
+    )
+    parser.add_argument("--quick", action="store_true", help="64 MiB, both data sets, 10⁴ keys")
     parser.add_argument("--repeat", type=int, default=0, help="runs per stage (median)")
     parser.add_argument("--value-kib", type=int, default=48, help="size of each bulk record")
     parser.add_argument("--workdir", default="/var/tmp", help="where the clusters live")
     args = parser.parse_args(argv)
-    sizes = args.size or [64, 512, 2048]
+    from bench import growth  # it measures with this module's helpers
+
+    sizes = args.size or ([64] if args.quick else [64, 512, 2048])
+    datasets = args.dataset or list(DATASETS)
+    growth_keys = [k for k in args.keys or ([10_000] if args.quick else growth.KEYS) if k]
     root = Path(tempfile.mkdtemp(prefix="jaco-bench-", dir=args.workdir))
     s3 = SeaweedS3(root / "s3")
     prefect: prefect_server.PrefectServer | None = None
-    results: dict[int, dict[str, Any]] = {}
+    results: dict[str, dict[int, dict[str, Any]]] = {d: {} for d in datasets}
+    growth_results: dict[int, dict[str, Any]] = {}
     started = dt.datetime.now(dt.UTC)
     try:
         key_file = root / "age.key"
@@ -699,25 +740,34 @@ def main(argv: list[str] | None = None) -> int:
             "prefect_url": prefect_url,
         }
         startup = measure([PY, "-m", "bench.stage", "cli", str(root / "v.json"), "--", "--version"])
-        for size in sizes:
-            reps = args.repeat or (3 if size <= 64 else 1)
-            results[size] = run_size(size, ctx, reps, args.value_kib)
-            for line in table(size, results[size]):
-                print(line)
-            print(flush=True)
-            # the stored objects of this size are not needed any more
-            client = s3.client()
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-                for obj in page.get("Contents", []):
-                    client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+        for dataset in datasets:
+            value_kib = args.value_kib if DATASETS[dataset] else 0
+            # 2 GiB of small records is 5·10⁶ keys: the growth table covers key counts.
+            for size in args.size or (sizes if value_kib else [x for x in sizes if x <= 512]):
+                reps = args.repeat or (3 if size <= 64 else 1)
+                results[dataset][size] = run_size(size, ctx, reps, value_kib)
+                for line in table(size, results[dataset][size]):
+                    print(line)
+                print(flush=True)
+                # the stored objects of this size are not needed any more
+                client = s3.client()
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+                    for obj in page.get("Contents", []):
+                        client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+        if growth_keys:
+            growth_results = growth.run(growth_keys, str(root), args.repeat or 3)
     finally:
         if prefect is not None:
             prefect.stop()
         s3.stop()
         shutil.rmtree(root, ignore_errors=True)
     print(f"(jaco CLI startup, `jaco --version`: {startup['seconds']:.2f}s)")
-    for line in targets(results):
-        print(line)
+    for dataset, by_size in results.items():
+        for line in targets(by_size, _dataset(args.value_kib if DATASETS[dataset] else 0)):
+            print(line)
+    if growth_results:
+        for line in growth.table(growth_results):
+            print(line)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{started:%Y%m%dT%H%M%SZ}.json"
     out.write_text(
@@ -725,7 +775,9 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "started": started.isoformat(),
                 "cli_startup_seconds": startup["seconds"],
-                "sizes": {str(k): v for k, v in results.items()},
+                "sizes": {str(k): v for k, v in results.get("bulk", {}).items()},
+                "small_records": {str(k): v for k, v in results.get("small", {}).items()},
+                "growth": {str(k): v for k, v in growth_results.items()},
             },
             indent=2,
             default=str,

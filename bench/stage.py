@@ -30,13 +30,15 @@ def _encrypt(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _upload(args: dict[str, Any]) -> dict[str, Any]:
+    from flows.secrets import S3Settings
     from flows.tasks import upload_task
 
-    path = Path(args["path"])
-    return {"seconds": upload_task.fn(args["store"], path, args["key"], args["metadata"])}
+    path, s3 = Path(args["path"]), S3Settings()  # the AWS_* environment bench.run sets
+    return {"seconds": upload_task.fn(args["store"], s3, path, args["key"], args["metadata"])}
 
 
 def _verify(args: dict[str, Any]) -> dict[str, Any]:
+    from flows.params import Where
     from flows.tasks import Encrypted, verify_task
     from jaco.public import BackupMeta
 
@@ -45,7 +47,10 @@ def _verify(args: dict[str, Any]) -> dict[str, Any]:
     encrypted = Encrypted(
         Path(), expected["plaintext_sha256"], expected["ciphertext_sha256"], 0, 0.0
     )
-    return {"download_seconds": verify_task.fn(args["store"], args["key"], meta, encrypted)}
+    # Secrets and S3 settings by default: JACO_TOKEN, JACO_AGE_IDENTITY_FILE, AWS_* (bench.run).
+    where = Where(cluster="bench", bucket=args["store"].removeprefix("s3://"))
+    seconds = verify_task.fn(where, Path(args["workdir"]), args["key"], meta, encrypted)
+    return {"download_seconds": seconds}
 
 
 def _boto3_upload(args: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import random
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from infra.localcluster import Cluster, Node, cluster_of
+from jaco.archive import key_order
 from jaco.archive.bolt import BoltFile, SnapshotFileError
 from jaco.archive.snapshot_file import read_snapshot_state
 from jaco.model import pki
@@ -172,3 +174,33 @@ def test_reader_refuses_damaged_files_cleanly(
     damaged.write_bytes(b"not a database at all" * 500)
     with pytest.raises(SnapshotFileError, match="not a bbolt database"):
         read_snapshot_state(damaged)
+
+
+def test_reader_spilling_sorted_runs_reads_the_same(
+    shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store larger than one sort run is merged from sorted runs spilled to an unnamed file
+    in the scratch directory (here runs of 64 KiB, so this small store spills): the same
+    revision, counts and digest as read in memory, and nothing left behind."""
+    _, snapshot, _ = shaped
+    whole = read_snapshot_state(snapshot)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    opened: list[Any] = []
+    temporary_file = tempfile.TemporaryFile
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        opened.append(kwargs.get("dir"))
+        return temporary_file(*args, **kwargs)
+
+    monkeypatch.setattr(key_order, "RUN_BYTES", 64 * 1024)
+    monkeypatch.setattr(key_order.tempfile, "TemporaryFile", counted)
+    spilled = read_snapshot_state(snapshot, scratch)
+    assert opened == [scratch]
+    assert (spilled.revision, spilled.counts, spilled.state_digest, spilled.audit_head) == (
+        whole.revision,
+        whole.counts,
+        whole.state_digest,
+        whole.audit_head,
+    )
+    assert list(scratch.iterdir()) == []

@@ -3,8 +3,9 @@
 An etcd snapshot is a bbolt database (plus a 32-byte SHA-256 trailer). Its `key` bucket holds
 every stored revision of every key, ordered by revision, each value an mvccpb.KeyValue. From
 it this module derives what a backup's meta.json needs, without starting etcd and without
-asking the live cluster: the store revision the snapshot is at, and the latest value of every
-live key at that revision.
+asking the live cluster: the store revision the snapshot is at, and every stored revision of
+the keys asked for, oldest first (jaco.archive.key_order keeps the latest of each, in key
+order, in bounded memory).
 
 Only data is read, never executed: pages are parsed with struct and bounds checks, values with
 protobuf. A malformed file raises SnapshotFileError (never an IndexError or a hang: every
@@ -16,11 +17,12 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from aetcd.rpc import kv_pb2
+
+from jaco.archive.key_order import Value
 
 MAGIC = 0xED0CDAED
 VERSION = 2
@@ -43,13 +45,8 @@ class SnapshotFileError(Exception):
     """The file is not a readable etcd snapshot (or is damaged)."""
 
 
-@dataclass(frozen=True)
-class Entry:
-    """The latest stored version of one key: where its KeyValue lies in the file."""
-
-    revision: int
-    offset: int
-    size: int
+# A stored KeyValue: its bytes when at most PEEK long, else (offset, size) in the file.
+Record = Value
 
 
 def check_head(head: bytes) -> None:
@@ -82,6 +79,7 @@ class BoltFile:
         try:
             self.size = os.fstat(self.fd).st_size
             self.page_size, self.root = self._meta()
+            self.revision = 0
         except BaseException:
             os.close(self.fd)
             raise
@@ -127,16 +125,18 @@ class BoltFile:
             )
         return page_size, best[1]
 
-    def _page(self, page_id: int, seen: set[int]) -> tuple[int, int, int, int]:
-        """(offset, flags, element count, length in bytes) of one page, visited once."""
+    def _page(self, page_id: int, seen: set[int]) -> tuple[int, int, int, int, bytes]:
+        """(offset, flags, element count, length in bytes, first page) of one page, visited
+        once; one read for the header and the first page together."""
         if page_id in seen or page_id < 2:
             raise SnapshotFileError("the snapshot file's page tree is damaged (a page loops)")
         seen.add(page_id)
         offset = page_id * self.page_size
-        pid, flags, count, overflow = PAGE_HEADER.unpack(self.read(offset, PAGE_HEADER.size))
+        first = self.read(offset, self.page_size)
+        pid, flags, count, overflow = PAGE_HEADER.unpack_from(first)
         if pid != page_id:
             raise SnapshotFileError(f"the snapshot file's page {page_id} is damaged")
-        return offset, flags, count, (overflow + 1) * self.page_size
+        return offset, flags, count, (overflow + 1) * self.page_size, first
 
     def leaves(self, root: int, seen: set[int]) -> Iterator[tuple[int, int, bytes]]:
         """Leaf pages under `root`, in key order: (page offset, element count, first page).
@@ -145,13 +145,13 @@ class BoltFile:
         stack = [root]
         while stack:
             page_id = stack.pop()
-            offset, flags, count, length = self._page(page_id, seen)
+            offset, flags, count, length, first = self._page(page_id, seen)
             if flags & LEAF:
-                yield offset, count, self.read(offset, min(length, self.page_size))
+                yield offset, count, first
                 continue
             if not flags & BRANCH:
                 raise SnapshotFileError(f"the snapshot file's page {page_id} is not a tree page")
-            page = self.read(offset, length)
+            page = first if length == len(first) else self.read(offset, length)
             children = []
             for i in range(count):
                 at = PAGE_HEADER.size + i * BRANCH_ELEMENT.size
@@ -192,30 +192,55 @@ class BoltFile:
                     return int(root)
         raise SnapshotFileError(f"the snapshot has no {name!r} bucket (not an etcd store)")
 
-    def latest(self) -> tuple[int, dict[bytes, Entry]]:
-        """The store revision and, for every key alive at it, where its latest value lies."""
-        latest: dict[bytes, Entry] = {}
-        revision = 0
-        for offset, count, head in self.leaves(self.bucket_root(KEY_BUCKET), set()):
-            for _, rev_key, value_at, vsize, peek in self._elements(offset, count, head, PEEK):
-                if len(rev_key) not in (REVISION_KEY, REVISION_KEY + 1) or rev_key[8:9] != b"_":
-                    raise SnapshotFileError("the snapshot's key bucket holds a malformed revision")
-                main = int.from_bytes(rev_key[:8], "big")
-                revision = max(revision, main)
-                key = _key_of(peek, vsize, value_at, self)
-                if len(rev_key) > REVISION_KEY:  # a tombstone: the key was deleted
-                    latest.pop(key, None)
-                else:
-                    latest[key] = Entry(main, value_at, vsize)
-        return revision, latest
+    def revisions(self, keep: Callable[[bytes], bool]) -> Iterator[tuple[bytes, Record | None]]:
+        """Every stored revision of the keys `keep` accepts, oldest first: (key, its record, or
+        None where the key was deleted). The store revision, over all keys, is in
+        `self.revision` once the iterator is exhausted.
 
-    def value(self, entry: Entry) -> bytes:
-        kv = kv_pb2.KeyValue()
+        The loop is the per-key hot path of every backup and restore: one pass over the leaf
+        pages, a record taken out of the page already read when it fits (nearly all do)."""
+        revision = 0
+        element, header = LEAF_ELEMENT.unpack_from, PAGE_HEADER.size
+        for offset, count, head in self.leaves(self.bucket_root(KEY_BUCKET), set()):
+            size = len(head)
+            for i in range(count):
+                at = header + i * LEAF_ELEMENT.size
+                if at + LEAF_ELEMENT.size > size:
+                    head = self.read(offset, at + LEAF_ELEMENT.size)
+                    size = len(head)
+                _, pos, ksize, vsize = element(head, at)
+                if ksize + vsize > MAX_RECORD:
+                    raise SnapshotFileError("the snapshot holds a record larger than etcd allows")
+                start = at + pos
+                want = ksize + min(vsize, PEEK)
+                if start + want <= size:
+                    data = head[start : start + want]
+                else:
+                    data = self.read(offset + start, want)
+                if ksize not in (REVISION_KEY, REVISION_KEY + 1) or data[8:9] != b"_":
+                    raise SnapshotFileError("the snapshot's key bucket holds a malformed revision")
+                main = int.from_bytes(data[:8], "big")
+                if main > revision:
+                    revision = main
+                peek = data[ksize:]
+                key = _key_of(peek, vsize, offset + start + ksize, self)
+                if not keep(key):
+                    continue
+                if ksize > REVISION_KEY:  # a tombstone: the key was deleted
+                    yield key, None
+                elif vsize <= PEEK:
+                    yield key, peek
+                else:
+                    yield key, (offset + start + ksize, vsize)
+        self.revision = revision
+
+    def value(self, record: Record) -> bytes:
+        """The value of a KeyValue record (its bytes, or where it lies in the file)."""
+        raw = record if isinstance(record, bytes) else self.read(*record)
         try:
-            kv.ParseFromString(self.read(entry.offset, entry.size))
+            return bytes(kv_pb2.KeyValue.FromString(raw).value)
         except Exception as exc:  # protobuf's DecodeError
             raise SnapshotFileError("the snapshot holds a damaged key-value record") from exc
-        return bytes(kv.value)
 
 
 def _key_of(peek: bytes, vsize: int, value_at: int, bolt: BoltFile) -> bytes:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jaco.archive.bolt import BoltFile, SnapshotFileError
+from jaco.archive.key_order import latest_in_key_order
 from jaco.model import pki
 from jaco.model.digest import StateDigest
 from jaco.model.keys import B_ALIVE, B_ROOT, K_CA, K_CLUSTER, K_HEAD
@@ -30,25 +31,29 @@ class SnapshotState:
     audit_head: dict[str, Any] | None
 
 
-def read_snapshot_state(path: Path) -> SnapshotState:
+def read_snapshot_state(path: Path, scratch: Path | None = None) -> SnapshotState:
     """Revision, counts, digest, cluster identity, CA and audit head of an etcd snapshot file.
 
+    One pass over the file's records, then a merge in key order: memory stays bounded
+    whatever the number of keys (jaco.archive.key_order); a store too large for one run spills
+    sorted runs to an unnamed file in `scratch` (default: the snapshot's own directory).
     Raises SnapshotFileError if the file is not a readable etcd snapshot of a jaco store.
     """
+    wanted = {K_CLUSTER.encode(), K_CA.encode(), K_HEAD.encode()}
+    records: dict[bytes, bytes] = {}
+    digest = StateDigest()
     with BoltFile(path) as bolt:
-        revision, latest = bolt.latest()
-        digest = StateDigest()
-        records: dict[bytes, bytes] = {}
-        wanted = {K_CLUSTER.encode(), K_CA.encode(), K_HEAD.encode()}
-        for key in sorted(k for k in latest if k.startswith(B_ROOT) and not k.startswith(B_ALIVE)):
+        stored = bolt.revisions(_counted)
+        for key, record in latest_in_key_order(stored, scratch or path.parent):
             try:
                 key.decode()
             except UnicodeDecodeError:
                 raise SnapshotFileError("the snapshot holds a key that is not UTF-8") from None
-            value = bolt.value(latest[key])
+            value = bolt.value(record)
             digest.add(key, value)
             if key in wanted:
                 records[key] = value
+        revision = bolt.revision
     if K_CLUSTER.encode() not in records or K_CA.encode() not in records:
         raise SnapshotFileError("the snapshot holds no jaco cluster (no identity or CA)")
     try:
@@ -67,3 +72,8 @@ def read_snapshot_state(path: Path) -> SnapshotState:
     counts, state_digest = digest.result()
     audit_head = {"seq": head["seq"], "hash": head["hash"]} if head else None
     return SnapshotState(revision, counts, state_digest, cluster, keypair, audit_head)
+
+
+def _counted(key: bytes) -> bool:
+    """A key of the state digest: jaco's records, liveness left out."""
+    return key.startswith(B_ROOT) and not key.startswith(B_ALIVE)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 
-from jaco.model.keys import B_ALIVE, B_ROOT, table_of
+from jaco.model.keys import B_ALIVE, B_ROOT
+
+_ROOT_LENGTH = len(B_ROOT)
 
 
 class StateDigest:
@@ -18,15 +20,19 @@ class StateDigest:
 
     def __init__(self) -> None:
         self._sha = hashlib.sha256()
-        self._counts: Counter[str] = Counter()
+        self._counts: Counter[bytes] = Counter()
 
     def add(self, key: bytes, value: bytes) -> None:
         if not key.startswith(B_ROOT) or key.startswith(B_ALIVE):
             return
-        self._sha.update(len(key).to_bytes(4, "big") + key)
-        self._sha.update(len(value).to_bytes(8, "big"))
-        self._sha.update(value)
-        self._counts[table_of(key.decode())] += 1
+        self._sha.update(
+            b"".join((len(key).to_bytes(4, "big"), key, len(value).to_bytes(8, "big"), value))
+        )
+        # The table is the first path element under the root; split as bytes, named as text.
+        self._counts[key[_ROOT_LENGTH:].split(b"/", 1)[0]] += 1
 
     def result(self) -> tuple[dict[str, int], str]:
-        return dict(sorted(self._counts.items())), self._sha.hexdigest()
+        counts = Counter[str]()
+        for table, n in self._counts.items():
+            counts[table.decode()] += n
+        return dict(sorted(counts.items())), self._sha.hexdigest()

@@ -95,7 +95,7 @@ def _prime(snapshot: int, data: DataDir, name: str, ports: Ports, meta: BackupMe
     path = Path(f"/proc/self/fd/{snapshot}")
     # Reading the snapshot's state and etcd's restore each take a while: run them together.
     with ThreadPoolExecutor(1) as pool:
-        checked = pool.submit(_check_snapshot, path, meta)
+        checked = pool.submit(_check_snapshot, path, meta, data.path)
         try:
             snapshot_restore(path, data, config, pass_fds=(snapshot,))
         finally:
@@ -113,9 +113,9 @@ def _prime(snapshot: int, data: DataDir, name: str, ports: Ports, meta: BackupMe
     data.save(config)
 
 
-def _check_snapshot(snapshot: Path, meta: BackupMeta) -> SnapshotState:
+def _check_snapshot(snapshot: Path, meta: BackupMeta, scratch: Path) -> SnapshotState:
     try:
-        state = read_snapshot_state(snapshot)
+        state = read_snapshot_state(snapshot, scratch)
     except SnapshotFileError as exc:
         raise ArchiveError(f"snapshot.bin is not a readable jaco store: {exc}") from None
     if state.revision != meta.snapshot_index:

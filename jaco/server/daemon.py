@@ -35,6 +35,10 @@ async def run(node: Node, listen: str, stop: asyncio.Event) -> None:
             # accept the clients' keepalive pings (every 10 s, also mid-stream)
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # ... also while a call sends nothing for a while (a backup's meta pass over 10⁷
+            # keys takes a minute): without this, gRPC counts them as strikes and closes the
+            # connection with GOAWAY too_many_pings after about 30 s of silence.
+            ("grpc.http2.max_ping_strikes", 0),
         ]
     )
     pb_grpc.add_JacoServicer_to_server(JacoService(node), server)

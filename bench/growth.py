@@ -1,0 +1,214 @@
+"""Cost growth with the number of keys: backup, inspect and restore on realistic small records.
+
+    python -m bench.growth                        # 10⁴, 10⁵ and 10⁶ keys, 3 runs each
+    python -m bench.growth --keys 10000 --repeat 5
+
+For each key count a real single-node cluster gets that many small JSON records
+(bench.realistic: deployments, routes, tokens, certificates, a chained audit log, with
+overwrites, deletions and heartbeats). Then, alternating run by run so that the machine's
+load falls on both alike, each jaco stage beside its etcd reference:
+
+| jaco | reference |
+|---|---|
+| `jaco backup` (CLI process; jacod's peak RSS while it serves it) | `etcdctl snapshot save` |
+| `jaco backup inspect` of the archive | `etcdctl snapshot status` of the snapshot file |
+| `jaco restore` (CLI alone) | `etcdctl snapshot restore` |
+
+Medians of the runs; peak RSS is the maximum. The per-key cost is the curve across key counts,
+not any one point. Results are printed and returned to bench.run, which writes them to
+bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.realistic import fill
+from bench.run import RESULTS, jaco_cli, measure, peak_kib, reset_peak
+from infra.localcluster import Cluster, free_port
+
+KEYS = (10_000, 100_000, 1_000_000)
+
+
+def alternate(reps: int, ours: Callable[[], dict], ref: Callable[[], dict]) -> tuple[dict, dict]:
+    """Run the pair `reps` times, reference first then jaco, and summarise each."""
+    a: list[dict] = []
+    b: list[dict] = []
+    for _ in range(reps):
+        b.append(ref())
+        a.append(ours())
+    return _summary(a), _summary(b)
+
+
+def _summary(runs: list[dict]) -> dict:
+    out = dict(runs[-1])
+    out.pop("stdout", None)
+    out["seconds"] = statistics.median(r["seconds"] for r in runs)
+    out["rss_kib"] = max(r["rss_kib"] for r in runs)
+    out["runs"] = [round(r["seconds"], 3) for r in runs]
+    if "jacod_rss_kib" in runs[0]:
+        out["jacod_rss_kib"] = max(r["jacod_rss_kib"] for r in runs)
+    return out
+
+
+def run_keys(keys: int, root: Path, reps: int) -> dict[str, Any]:
+    root.mkdir(parents=True)
+    cluster = Cluster(root)
+    cluster.init("node-1")
+    node = cluster.nodes["node-1"]
+    work = root / "work"
+    work.mkdir()
+    try:
+        started = time.monotonic()
+        built = asyncio.run(fill(node, keys))
+        built["fill_seconds"] = round(time.monotonic() - started, 1)
+        print(f"   built {keys} keys: {built}", flush=True)
+        env = {"JACO_TOKEN": cluster.token, "JACO_SERVER": node.server}
+        jacod = node.process.pid if node.process else 0
+        snap, archive = work / "etcdctl.db", work / "cluster.tar.gz"
+
+        def save() -> dict:
+            snap.unlink(missing_ok=True)
+            return measure([*node.etcdctl_command(), "snapshot", "save", str(snap)])
+
+        def backup() -> dict:
+            archive.unlink(missing_ok=True)
+            reset_peak(jacod)
+            result = jaco_cli(["backup", "--output", str(archive)], env, work)
+            return {**result, "jacod_rss_kib": peak_kib(jacod)}
+
+        rows: dict[str, Any] = {"built": built}
+        rows["backup"] = dict(zip(("jaco", "ref"), alternate(reps, backup, save), strict=True))
+        rows["backup"]["snapshot_bytes"] = snap.stat().st_size
+        rows["backup"]["archive_bytes"] = archive.stat().st_size
+        rows["inspect"] = dict(
+            zip(
+                ("jaco", "ref"),
+                alternate(
+                    reps,
+                    lambda: jaco_cli(["backup", "inspect", str(archive)], {}, work),
+                    lambda: measure(["etcdctl", "snapshot", "status", str(snap), "-w", "json"]),
+                ),
+                strict=True,
+            )
+        )
+        rows["restore"] = dict(
+            zip(
+                ("jaco", "ref"),
+                alternate(reps, lambda: _restore(archive, work), lambda: _etcd_restore(snap, work)),
+                strict=True,
+            )
+        )
+        print(f"   {keys} keys: " + "; ".join(_summary_line(k, rows[k]) for k in STAGES))
+        return rows
+    finally:
+        cluster.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _restore(archive: Path, work: Path) -> dict:
+    data = work / "restored"
+    ports = [str(free_port()) for _ in range(3)]
+    try:
+        return jaco_cli(
+            ["restore", "--input", str(archive), "--name", "restored", "--data-dir", str(data)]
+            + ["--advertise-host", "127.0.0.1", "--api-port", ports[0]]
+            + ["--etcd-client-port", ports[1], "--etcd-peer-port", ports[2]],
+            {},
+            work,
+        )
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _etcd_restore(snapshot: Path, work: Path) -> dict:
+    data = work / "bare-etcd"
+    peer = f"http://127.0.0.1:{free_port()}"
+    try:
+        return measure(
+            ["etcdctl", "snapshot", "restore", str(snapshot), "--name", "bare"]
+            + [f"--data-dir={data}", f"--initial-cluster=bare={peer}"]
+            + [f"--initial-advertise-peer-urls={peer}"],
+        )
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+STAGES = {
+    "backup": "`jaco backup` | `etcdctl snapshot save`",
+    "inspect": "`jaco backup inspect` | `etcdctl snapshot status`",
+    "restore": "`jaco restore` (CLI) | `etcdctl snapshot restore`",
+}
+
+
+def _summary_line(stage: str, row: dict) -> str:
+    ours, ref = row["jaco"], row["ref"]
+    return f"{stage} {ours['seconds']:.2f}s vs {ref['seconds']:.2f}s"
+
+
+def table(results: dict[int, dict[str, Any]]) -> list[str]:
+    lines = [
+        "\n### Cost growth with the number of keys (realistic small records)",
+        "",
+        "| keys (live) | snapshot MiB | archive MiB | stage | jaco s | RSS MiB | reference | "
+        "ref s | RSS MiB | jaco/ref | jacod peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for keys, r in results.items():
+        snap = r["backup"]["snapshot_bytes"] / 2**20
+        arch = r["backup"]["archive_bytes"] / 2**20
+        for stage, names in STAGES.items():
+            ours, ref = r[stage]["jaco"], r[stage]["ref"]
+            ours_name, ref_name = names.split(" | ")
+            jacod = f"{ours['jacod_rss_kib'] / 1024:.0f}" if "jacod_rss_kib" in ours else "–"
+            lines.append(
+                f"| {keys:,} ({r['built']['small_keys']:,}) | {snap:.0f} | {arch:.1f} | "
+                f"{ours_name} | {ours['seconds']:.2f} | {ours['rss_kib'] / 1024:.0f} | "
+                f"{ref_name} | {ref['seconds']:.2f} | {ref['rss_kib'] / 1024:.0f} | "
+                f"{ours['seconds'] / ref['seconds']:.2f} | {jacod} |"
+            )
+    return lines
+
+
+def run(keys: list[int], workdir: str, reps: int) -> dict[int, dict[str, Any]]:
+    root = Path(tempfile.mkdtemp(prefix="jaco-growth-", dir=workdir))
+    results: dict[int, dict[str, Any]] = {}
+    try:
+        for n in keys:
+            print(f"\n== {n} small keys: building the cluster …", flush=True)
+            results[n] = run_keys(n, root / f"keys-{n}", reps)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.growth", description=__doc__)
+    parser.add_argument("--keys", type=int, action="append")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workdir", default="/var/tmp")
+    args = parser.parse_args(argv)
+    started = dt.datetime.now(dt.UTC)
+    results = run(args.keys or list(KEYS), args.workdir, args.repeat)
+    for line in table(results):
+        print(line)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"growth-{started:%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps({"started": started.isoformat(), "growth": results}, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
