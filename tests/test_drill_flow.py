@@ -20,7 +20,7 @@ from flows.sandbox import BwrapSandbox
 from flows.storage import open_store
 from infra.localcluster import Cluster
 from infra.seaweed import SeaweedS3
-from tests.pipeline import BUCKET, params
+from tests.pipeline import BUCKET, latest_table, params
 
 CHECKS = [
     "backup is the one recorded",
@@ -112,7 +112,7 @@ def test_failed_check_fails_the_run_and_still_wipes(
     assert not recorded.last_drill.passed
     assert recorded.last_drill.failed_checks == ["old token authenticates"]
     # The history table, rendered from the catalog by this very run, shows it with its run.
-    rows = _latest_table("jaco-drills-prod")
+    rows = latest_table("jaco-drills-prod")
     run_id = str(state.state_details.flow_run_id)
     mine = [r for r in rows if run_id in r["run"]]
     assert mine and mine[0]["result"] == "FAILED" and "old token" in mine[0]["failed"], rows[:3]
@@ -121,23 +121,6 @@ def test_failed_check_fails_the_run_and_still_wipes(
         for p in Path("/proc").iterdir()
         if p.name.isdigit() and b"jaco.drill.agent" in _cmdline(p)
     ]
-
-
-def _latest_table(key: str) -> list[dict[str, Any]]:
-    import json
-
-    from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    with get_client(sync_client=True) as client:
-        (latest,) = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=1,
-        )
-    data = latest.data
-    return list(json.loads(data) if isinstance(data, str) else data)
 
 
 def _cmdline(proc: Path) -> bytes:
