@@ -6,10 +6,10 @@ through the pipeline, and the live store is put back as it was. The drill of tha
 bubblewrap, pinned by key, each test on a catalog prefix of its own) must fail, name exactly
 the check that caught the defect, and record it in the catalog and the drills' history table.
 
-"ca fingerprint" and "state digest" cannot be reached by a defect in a backup: `jaco restore`
-refuses an archive whose CA, digest or counts differ from its meta.json before the drill can
-start a node (tests/test_restore_bad_input.py). They are the drill's second line, proven here
-on their own against real nodes.
+"ca fingerprint", "state digest" and the restored node's side of "cluster id" cannot be reached
+by a defect in a backup: `jaco restore` refuses an archive whose CA, digest, counts or cluster
+differ from its meta.json before the drill can start a node (tests/test_restore_bad_input.py).
+They are the drill's second line, proven here on their own against real nodes.
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def test_another_clusters_backup_fails_cluster_id(
     assert f"names cluster {source.cluster_id}" in str(state.message)
 
 
-def test_ca_and_state_digest_checks_refuse_what_is_not_the_backups(
+def test_checks_behind_restore_refuse_what_is_not_the_backups(
     stored1: dict[str, Any], foreign: Cluster, tmp_path: Path
 ) -> None:
     cluster: Cluster = stored1["cluster"]
@@ -258,6 +258,13 @@ def test_ca_and_state_digest_checks_refuse_what_is_not_the_backups(
             )[0]
         lying_ca = meta.model_copy(update={"ca_fingerprint": theirs})
         assert not checks.ca_fingerprint(lying_ca, cluster.token, status)[0]
+        # A restored node of another cluster; a drill of another cluster.
+        mine = checks.Expect(cluster_id=meta.cluster_id)
+        with open_client(foreign.nodes["node-1"].server, foreign.token) as other:
+            assert not checks.cluster_id(meta, mine, other.call("Status", pb.StatusRequest()))[0]
+        own = client.call("Status", pb.StatusRequest())
+        assert checks.cluster_id(meta, mine, own)[0]
+        assert not checks.cluster_id(meta, checks.Expect(cluster_id="f" * 16), own)[0]
         # A running store whose digest, or whose counts, are not the backup's.
         other_digest = meta.model_copy(update={"state_digest": "0" * 64})
         ok, detail = checks.state_digest(other_digest, client)
