@@ -145,15 +145,17 @@ def test_failed_check_fails_the_run_and_still_wipes(
 
 
 def _own_agents() -> list[int]:
-    """Drill agents started by this test process (others' drills on the host are theirs)."""
+    """Drill agents alive that are not another test run's: ours, or orphans (an agent that
+    outlived its sandbox is reparented away from us)."""
     return [
         int(p.name)
         for p in Path("/proc").iterdir()
-        if p.name.isdigit() and b"jaco.drill.agent" in _cmdline(p) and _descends(p, os.getpid())
+        if p.name.isdigit() and b"jaco.drill.agent" in _cmdline(p) and not _others(p)
     ]
 
 
-def _descends(proc: Path, ancestor: int) -> bool:
+def _others(proc: Path) -> bool:
+    """Does `proc` descend from a pytest run other than this one (a parallel run's drill)?"""
     pid = int(proc.name)
     while pid > 1:
         try:
@@ -161,7 +163,9 @@ def _descends(proc: Path, ancestor: int) -> bool:
         except OSError:
             return False
         pid = int(stat.rsplit(")", 1)[1].split()[1])
-        if pid == ancestor:
+        if pid == os.getpid():
+            return False
+        if b"pytest" in _cmdline(Path(f"/proc/{pid}")):
             return True
     return False
 
