@@ -189,8 +189,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "revocation: revoked tokens accepted",
         "jaco/model/access.py",
-        '        if record.get("revoked"):',
-        "        if False:",
+        '        if record.get("revoked"):\n            raise Unauthenticated(',
+        "        if False:\n            raise Unauthenticated(",
         k(AUTHZ, "revoked"),
     ),
     m(
