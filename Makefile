@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := etcd-server etcd-client bubblewrap age
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps venv test lint typecheck demo proto clean bench image test-image
+.PHONY: deps venv test lint typecheck demo proto clean bench image test-image mutation
 
 deps:
 	@missing=""; \
@@ -48,6 +48,11 @@ test-image:
 
 demo: deps venv
 	$(PY) -m infra.demo
+
+# Each safety check broken in turn on a scratch copy, with the tests that must notice
+# (docs/testing.md); not part of `make test`. One group: make mutation MUTATION_ARGS="--only drill"
+mutation: deps venv
+	$(PY) -m infra.mutation $(MUTATION_ARGS)
 
 # Stage-by-stage benchmarks against their references at 64 MiB, 512 MiB and 2 GiB
 # (one size: $(PY) -m bench.run --size 64). Results also go to bench/results/.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 
@@ -51,9 +50,17 @@ def test_duplicate_deployment_refused_and_original_kept(cluster3: Cluster) -> No
 
 
 def test_audit_follow_streams_new_events(cluster3: Cluster) -> None:
-    env = {"JACO_TOKEN": cluster3.token, "JACO_SERVER": cluster3.nodes["node-3"].server}
+    """An event made after the follower has replayed the history reaches it through the
+    follow: the history it replayed was read before the event existed."""
     import os
+    import uuid
 
+    env = {"JACO_TOKEN": cluster3.token, "JACO_SERVER": cluster3.nodes["node-3"].server}
+    tag = uuid.uuid4().hex[:6]
+    deployment = f"followed-{tag}"
+    cluster3.ok("deploy", deployment, "--image", "a:1", "--replicas", "0")
+    routes = [f"before-{tag}", f"after-{tag}"]
+    cluster3.ok("route", "add", routes[0], "--host", "b.example", "--deployment", deployment)
     follower = subprocess.Popen(
         [JACO, "audit", "--follow", "--json", "--type", "ROUTE_ADDED"],
         stdout=subprocess.PIPE,
@@ -61,18 +68,23 @@ def test_audit_follow_streams_new_events(cluster3: Cluster) -> None:
         env={**os.environ, **env},
     )
     try:
-        time.sleep(1.5)
-        cluster3.ok("deploy", "followed", "--image", "a:1", "--replicas", "0")
-        cluster3.ok("route", "add", "fr", "--host", "f.example", "--deployment", "followed")
         assert follower.stdout is not None
+        names: list[str] = []
+        while routes[0] not in names:  # the history, replayed up to the route made before
+            line = wait_for(follower.stdout.readline, 30, "the replayed history")
+            names.append(json.loads(line)["detail"]["name"])
+        cluster3.ok(
+            "route", "add", routes[1], "--host", "f.example", "--deployment", f"followed-{tag}"
+        )
         line = wait_for(follower.stdout.readline, 30, "a followed event")
         event = json.loads(line)
-        assert event["type"] == "ROUTE_ADDED" and event["detail"]["name"] == "fr"
+        assert event["type"] == "ROUTE_ADDED" and event["detail"]["name"] == routes[1]
     finally:
         follower.terminate()
         follower.wait(10)
-    cluster3.ok("route", "rm", "fr")
-    cluster3.ok("rm", "followed")
+    for route in routes:
+        cluster3.ok("route", "rm", route)
+    cluster3.ok("rm", deployment)
 
 
 def test_help_explains_commands() -> None:

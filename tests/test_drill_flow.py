@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 import socket
 import sys
 import threading
@@ -12,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from flows.backup_flow import backup_cluster
 from flows.catalog import Catalog
 from flows.drill_flow import drill_restore
 from flows.params import DrillParams
@@ -20,7 +20,7 @@ from flows.sandbox import BwrapSandbox
 from flows.storage import open_store
 from infra.localcluster import Cluster
 from infra.seaweed import SeaweedS3
-from tests.pipeline import BUCKET, params
+from tests.pipeline import BUCKET, latest_table
 
 CHECKS = [
     "backup is the one recorded",
@@ -76,6 +76,31 @@ def test_real_drill_passes_every_check_and_wipes(stored: dict[str, Any], tmp_pat
     assert recorded.last_drill.passed and recorded.last_drill.rto_seconds == round(
         result["rto_seconds"], 2
     )
+    # The agent's own ok flags are not taken on trust: what each check says it saw is held
+    # against what the pipeline recorded at backup time and what the cluster says of itself.
+    seen = {c["name"]: c["detail"] for c in result["checks"]}
+    cid, counts, head = recorded.cluster_id, recorded.counts, recorded.audit_head
+    assert head is not None
+    ca = stored["cluster"].ok("cluster", "status", "--json").json()["ca_fingerprint"]
+    deps, replicas = counts["deployments"], counts["replicas"]
+    assert deps >= 1 and replicas >= 3
+    assert seen["cluster id"] == f"restored {cid}; backup's meta.json {cid}; drilled cluster {cid}"
+    assert seen["deployments"] == (
+        f"{deps} deployments / {replicas} replicas; backup had {deps} / {replicas}"
+    )
+    assert seen["ip uniqueness"] == f"{replicas} replica IPs, {replicas} distinct"
+    assert seen["audit history"] == (
+        f"{head.seq} historical events, 1 RESTORE_COMPLETED (seq {head.seq + 1}), chain intact"
+    )
+    anchors = re.fullmatch(r"(\d+) of (\d+) anchors checked; the chain extends every one",
+                           seen["audit anchors"])  # fmt: skip
+    assert anchors and anchors[1] == anchors[2] and int(anchors[1]) >= 1
+    assert seen["ca fingerprint"] == f"{ca[:16]}… (backup {ca[:16]}…, token pins {ca[:16]}…)"
+    digest = recorded.state_digest[:16]
+    assert seen["state digest"] == (
+        f"running store at index {recorded.snapshot_index}: digest {digest}… "
+        f"(backup {digest}…), {sum(counts.values())} records"
+    )
 
 
 def test_corrupted_backup_fails_and_names_the_step(stored: dict[str, Any], tmp_path: Path) -> None:
@@ -112,32 +137,37 @@ def test_failed_check_fails_the_run_and_still_wipes(
     assert not recorded.last_drill.passed
     assert recorded.last_drill.failed_checks == ["old token authenticates"]
     # The history table, rendered from the catalog by this very run, shows it with its run.
-    rows = _latest_table("jaco-drills-prod")
+    rows = latest_table("jaco-drills-prod")
     run_id = str(state.state_details.flow_run_id)
     mine = [r for r in rows if run_id in r["run"]]
     assert mine and mine[0]["result"] == "FAILED" and "old token" in mine[0]["failed"], rows[:3]
-    assert not [
-        p
+    assert _own_agents() == []
+
+
+def _own_agents() -> list[int]:
+    """Drill agents alive that are not another test run's: ours, or orphans (an agent that
+    outlived its sandbox is reparented away from us)."""
+    return [
+        int(p.name)
         for p in Path("/proc").iterdir()
-        if p.name.isdigit() and b"jaco.drill.agent" in _cmdline(p)
+        if p.name.isdigit() and b"jaco.drill.agent" in _cmdline(p) and not _others(p)
     ]
 
 
-def _latest_table(key: str) -> list[dict[str, Any]]:
-    import json
-
-    from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    with get_client(sync_client=True) as client:
-        (latest,) = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=1,
-        )
-    data = latest.data
-    return list(json.loads(data) if isinstance(data, str) else data)
+def _others(proc: Path) -> bool:
+    """Does `proc` descend from a pytest run other than this one (a parallel run's drill)?"""
+    pid = int(proc.name)
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if pid == os.getpid():
+            return False
+        if b"pytest" in _cmdline(Path(f"/proc/{pid}")):
+            return True
+    return False
 
 
 def _cmdline(proc: Path) -> bytes:
@@ -162,7 +192,25 @@ def test_two_drills_at_once_do_not_collide(stored: dict[str, Any], tmp_path: Pat
     for t in threads:
         t.join()
     assert all(s.is_completed() for s in states), [s.message for s in states]
-    assert states[0].result()["sandbox"] != states[1].result()["sandbox"]
+    results = [s.result() for s in states]
+    assert results[0]["sandbox"] != results[1]["sandbox"]
+    assert all(c["ok"] for r in results for c in r["checks"])
+    # Really at the same time: their sandboxes ran over overlapping spans (Prefect's record).
+    first, second = (_task_runs(s, "sandbox-drill")[0] for s in states)
+    assert first.start_time < second.end_time and second.start_time < first.end_time
+
+
+def _task_runs(state: Any, name: str) -> list[Any]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    return [r for r in runs if r.name.startswith(name)]
 
 
 def test_sandbox_cannot_reach_the_hosts_loopback(stored: dict[str, Any], tmp_path: Path) -> None:
@@ -182,17 +230,6 @@ def test_sandbox_cannot_reach_the_hosts_loopback(stored: dict[str, Any], tmp_pat
     assert result.report["hostname"].startswith("drill-")
 
 
-def test_backup_flow_runs_a_drill_when_asked(stored: dict[str, Any], tmp_path: Path) -> None:
-    state = backup_cluster(
-        params(stored["cluster"], stored["keys"], tmp_path / "local", drill_every=1),
-        return_state=True,
-    )
-    assert state.is_completed(), state.message
-    result = state.result()
-    assert result["drill"]["key"] == result["key"]
-    assert all(c["ok"] for c in result["drill"]["checks"])
-
-
 def test_drill_past_its_timeout_is_killed_and_wiped(stored: dict[str, Any], tmp_path: Path) -> None:
     # The same path a cancelled run takes: the worker kills bwrap, and --die-with-parent
     # takes the sandbox's pid namespace (jacod, etcd, the agent) down with it.
@@ -202,12 +239,7 @@ def test_drill_past_its_timeout_is_killed_and_wiped(stored: dict[str, Any], tmp_
     assert "drill step sandbox-drill failed" in str(state.message)
     assert "did not finish within 2s" in str(state.message)
     assert list((tmp_path / "work").iterdir()) == []
-    leftovers = [
-        p
-        for p in Path("/proc").iterdir()
-        if p.name.isdigit() and b"jaco.drill.agent" in _cmdline(p)
-    ]
-    assert leftovers == []
+    assert _own_agents() == []
 
 
 def test_installation_is_mounted_over_the_sandbox_tmpfs() -> None:

@@ -168,6 +168,16 @@ CASES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
         "holds another cluster than meta.json names",
     ),
     (
+        "meta.json naming another CA (hashes matching)",
+        _meta_variant(lambda m: m.update(ca_fingerprint="c" * 64)),
+        "the snapshot's cluster CA is not the one meta.json names",
+    ),
+    (
+        "meta.json counts that lie, its digest matching",
+        _meta_variant(lambda m: m["counts"].update(deployments=m["counts"]["deployments"] + 1)),
+        "does not hold the record counts meta.json names",
+    ),
+    (
         "an extra member",
         _with_entries(
             lambda m, s: [
@@ -241,7 +251,11 @@ CASES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
 RESTORE_ONLY = {c[0] for c in CASES if "hashes" in c[0] and "zeros" not in c[0]} | {
     "state digest not matching content",
     "meta.json naming another cluster",
+    "meta.json naming another CA (hashes matching)",
+    "meta.json counts that lie, its digest matching",
 }
+# Refused by the snapshot checks: an ArchiveError, exit code 12.
+SNAPSHOT_CHECKS = RESTORE_ONLY
 
 
 def _restore(node: Node, archive: Path) -> tuple[int, str]:
@@ -269,7 +283,11 @@ def test_restore_refuses_bad_archive(
     node = Node("r1", data_dir)
     code, err = _restore(node, bad)
     assert code != 0
-    assert re.search(message, err), err
+    lines = err.splitlines()
+    assert len(lines) == 1, f"not one line on stderr: {err}"
+    assert re.search(message, lines[0]), err
+    if label in SNAPSHOT_CHECKS:
+        assert code == 12, err
     assert list(data_dir.iterdir()) == [], "restore left something in the data dir"
     assert hashlib.sha256(bad.read_bytes()).hexdigest() == digest
     if label not in RESTORE_ONLY:  # inspect checks the archive, not the store inside

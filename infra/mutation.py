@@ -1,0 +1,324 @@
+"""`make mutation`: break each safety check in turn and run the tests that must notice.
+
+Each mutation is a precise textual replacement in one module of a scratch copy of this tree
+(tracked and untracked files, as they are now). The tests run from the scratch copy with it
+first on PYTHONPATH, so every process they start — jacod, the CLI, the drill agent in its
+sandbox — runs the broken code too. A mutation whose text is not found is a failure of the
+runner (the code moved on: update the list), never a pass. A control mutation, one every
+listed drill test must notice, proves the harness reaches the code. Prints a table (check,
+file, tests, caught) and exits non-zero if any break survived or did not apply.
+
+    python -m infra.mutation                 # every mutation
+    python -m infra.mutation --only restore  # those whose name contains "restore"
+    python -m infra.mutation --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RESTORE = "tests/test_restore_bad_input.py::test_restore_refuses_bad_archive"
+DRILL = "tests/test_drill_checks.py"
+AUTHZ = "tests/test_authorization.py"
+VERIFY = "tests/test_verify.py"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    replacements: tuple[tuple[str, str], ...]
+    tests: tuple[str, ...]
+
+
+def m(name: str, path: str, old: str, new: str, *tests: str) -> Mutation:
+    return Mutation(name, path, ((old, new),), tests)
+
+
+def k(module: str, expr: str) -> str:
+    """A test selection: MODULE, then pytest's -k EXPR (joined by '::-k ')."""
+    return f"{module}::-k {expr}"
+
+
+MUTATIONS: list[Mutation] = [
+    m(
+        "control: the sandboxed drill agent exits at once",
+        "jaco/drill/agent.py",
+        "    args = parser.parse_args()\n    if args.probe:",
+        "    args = parser.parse_args()\n    sys.exit(3)\n    if args.probe:",
+        k(DRILL, "revoked"),
+    ),
+    m(
+        "archive: snapshot SHA-256 not checked",
+        "jaco/archive/format.py",
+        "    if snapshot[1] != meta.snapshot_sha256:",
+        "    if False:",
+        k(RESTORE, "flipped and not compressed"),
+    ),
+    m(
+        "restore: state digest not compared",
+        "jaco/node/restore.py",
+        "    if state.state_digest != meta.state_digest:",
+        "    if False:",
+        k(RESTORE, "digest and matching"),
+    ),
+    m(
+        "restore: record counts not compared (issue 17)",
+        "jaco/node/restore.py",
+        "    if state.counts != meta.counts:",
+        "    if False:",
+        k(RESTORE, "lie"),
+    ),
+    m(
+        "restore: meta.json's CA not checked (issue 17)",
+        "jaco/node/restore.py",
+        "    if meta.ca_fingerprint is not None and meta.ca_fingerprint != pki.fingerprint(",
+        "    if False and meta.ca_fingerprint != pki.fingerprint(",
+        k(RESTORE, "another and CA and hashes"),
+    ),
+    m(
+        "restore: cluster id not checked",
+        "jaco/node/restore.py",
+        '    if state.cluster.get("cluster_id") != meta.cluster_id:',
+        "    if False:",
+        k(RESTORE, "another and cluster"),
+    ),
+    m(
+        "verify: plaintext SHA-256 not compared (issue 17)",
+        "flows/tasks.py",
+        "    if plain_sha != encrypted.plaintext_sha256:",
+        "    if False:",
+        k(VERIFY, "archive"),
+    ),
+    m(
+        "verify: meta.json fields not compared (issue 17)",
+        "flows/tasks.py",
+        "        if getattr(meta, field) != getattr(taken, field):",
+        "        if False:",
+        k(VERIFY, "cluster_id or snapshot or state_digest"),
+    ),
+    m(
+        "drill: cluster id refused before start skipped",
+        "jaco/drill/agent.py",
+        "        if meta.cluster_id != self.expect.cluster_id:",
+        "        if False:",
+        k(DRILL, "another_clusters"),
+    ),
+    m(
+        "drill: cluster id check always passes",
+        "jaco/drill/checks.py",
+        "    ok = meta.cluster_id == expect.cluster_id == status.cluster_id",
+        "    ok = True",
+        k(DRILL, "checks_behind_restore"),
+    ),
+    m(
+        "drill: deployments check always passes",
+        "jaco/drill/checks.py",
+        "    ok = len(deps) == want_deps and len(replicas) == want_replicas",
+        "    ok = True",
+        k(DRILL, "missing_deployment"),
+    ),
+    m(
+        "drill: ip uniqueness check always passes",
+        "jaco/drill/checks.py",
+        "    return len(ips) == distinct, ",
+        "    return True, ",
+        k(DRILL, "replica_ips"),
+    ),
+    m(
+        "drill: audit history check always passes",
+        "jaco/drill/checks.py",
+        "    ok = (\n        len(restored) == 1",
+        "    ok = True or (\n        len(restored) == 1",
+        k(DRILL, "audit_chain"),
+    ),
+    Mutation(
+        "drill: audit anchors check always passes",
+        "jaco/drill/checks.py",
+        (
+            ("    if not reply.ok:\n        return False", "    if False:\n        return False"),
+            ("    return reply.anchors_checked == len(anchors), ", "    return True, "),
+        ),
+        (k(DRILL, "rewritten or audit_chain"),),
+    ),
+    m(
+        "drill: ca fingerprint check always passes (issue 17)",
+        "jaco/drill/checks.py",
+        "    ok = cluster.ca_fingerprint == expected == pinned",
+        "    ok = True",
+        k(DRILL, "checks_behind_restore"),
+    ),
+    m(
+        "drill: state digest check always passes (issue 17)",
+        "jaco/drill/checks.py",
+        "    ok = state.state_digest == meta.state_digest and counts == meta.counts",
+        "    ok = True",
+        k(DRILL, "checks_behind_restore"),
+    ),
+    m(
+        "drill: old token check skipped",
+        "jaco/drill/agent.py",
+        'if not self.check("old token authenticates", old_token):',
+        'if not self.check("old token authenticates", lambda: (True, "not asked")):',
+        k(DRILL, "revoked"),
+    ),
+    m(
+        "token: secret not compared",
+        "jaco/model/tokens.py",
+        "    return ok and stored_sha256 is not None",
+        "    return stored_sha256 is not None",
+        k(AUTHZ, "forged"),
+    ),
+    m(
+        "role: viewers may write",
+        "jaco/server/service.py",
+        '        if access == WRITE and principal.role != "admin":',
+        "        if False:",
+        k(AUTHZ, "viewer"),
+    ),
+    m(
+        "revocation: revoked tokens accepted",
+        "jaco/model/access.py",
+        '        if record.get("revoked"):\n            raise Unauthenticated(',
+        "        if False:\n            raise Unauthenticated(",
+        k(AUTHZ, "revoked"),
+    ),
+    m(
+        "audit chain: event hashes not checked",
+        "jaco/model/audit.py",
+        '        if event_hash(event) != event.get("hash"):',
+        "        if False:",
+        k(DRILL, "audit_chain and edited"),
+    ),
+    m(
+        "service: a viewer token may CreateToken (issue 17)",
+        "jaco/server/service.py",
+        '    "CreateToken": WRITE,',
+        '    "CreateToken": READ,',
+        k(AUTHZ, "CreateToken or access_row"),
+    ),
+    m(
+        "service: the streaming Audit RPC does not authenticate (issue 17)",
+        "jaco/server/service.py",
+        '            await self.authorize(context, ACCESS["Audit"])\n',
+        "",
+        k(AUTHZ, "Audit and not Verify"),
+    ),
+]
+
+
+def scratch_copy(into: Path) -> None:
+    """The tree as it is now (tracked and untracked, ignored files left out)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for raw in filter(None, listed):
+        rel = raw.decode()
+        source = ROOT / rel
+        if source.is_file():
+            target = into / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def apply(tree: Path, mutation: Mutation) -> str | None:
+    """Apply in place; the original text, or None if a replacement is not found exactly once."""
+    path = tree / mutation.path
+    original = path.read_text()
+    text = original
+    for old, new in mutation.replacements:
+        if text.count(old) != 1:
+            return None
+        text = text.replace(old, new)
+    path.write_text(text)
+    return original
+
+
+def pytest_args(selection: str) -> list[str]:
+    node, _, expr = selection.partition("::-k ")
+    return [node, "-k", expr] if expr else [node]
+
+
+def run_tests(tree: Path, tests: tuple[str, ...], log: Path) -> bool:
+    """True if the tests failed (the break was caught)."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    caught = False
+    with log.open("a") as out:
+        for selection in tests:
+            cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:randomly",
+                   "-p", "no:cacheprovider", *pytest_args(selection)]  # fmt: skip
+            out.write(f"$ {' '.join(cmd)}\n")
+            out.flush()
+            done = subprocess.run(cmd, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
+            if done.returncode == 5:
+                out.write("no test selected: the list names tests that do not exist\n")
+                return False
+            caught = caught or done.returncode != 0
+    return caught
+
+
+def shown(selection: str) -> str:
+    return selection.replace("tests/", "").replace("::-k ", " -k ")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="", help="run the mutations whose name has this")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--log", default=str(ROOT / "build" / "mutation.log"))
+    args = parser.parse_args()
+    chosen = [x for x in MUTATIONS if args.only in x.name]
+    if args.list:
+        for x in chosen:
+            print(f"{x.name}  [{x.path}]  {' '.join(x.tests)}")
+        return
+    log = Path(args.log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    rows: list[tuple[str, str, str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="jaco-mutation-") as tmp:
+        tree = Path(tmp)
+        scratch_copy(tree)
+        for mutation in chosen:
+            started = time.monotonic()
+            original = apply(tree, mutation)
+            if original is None:
+                verdict = "DID NOT APPLY"
+            else:
+                try:
+                    caught = run_tests(tree, mutation.tests, log)
+                finally:
+                    (tree / mutation.path).write_text(original)
+                verdict = "yes" if caught else "NO"
+            tests = ", ".join(
+                t.replace("tests/", "").replace("::-k ", " -k ") for t in mutation.tests
+            )
+            rows.append((mutation.name, mutation.path, tests, verdict))
+            print(
+                f"{verdict:>13}  {mutation.name}  ({time.monotonic() - started:.0f}s)", flush=True
+            )
+    print()
+    print("| check broken on purpose | file | tests run | caught |")
+    print("|---|---|---|---|")
+    for name, path, tests, verdict in rows:
+        print(f"| {name} | `{path}` | `{tests}` | {verdict} |")
+    bad = [r for r in rows if r[3] != "yes"]
+    print(f"\n{len(rows) - len(bad)} of {len(rows)} breaks caught; log: {log}")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()

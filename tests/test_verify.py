@@ -1,0 +1,96 @@
+"""The pipeline's verify step provoked, each of its trust checks in turn.
+
+Verify decrypts the stored object with the operator's identity and compares it with what was
+taken and encrypted: the ciphertext SHA-256, the plaintext SHA-256, then meta.json's fields.
+An encryption that silently produced the wrong file cannot be made to happen here, so it is
+simulated (the one stand-in in this module): encrypt writes a *valid* age file of another
+archive — another real backup, or the real one with one meta.json field changed — and reports
+that file's real ciphertext hash. Verify must name the first difference, and the run must
+leave no trace of the backup in either store or catalog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flows.tasks
+from flows.backup_flow import backup_cluster
+from flows.catalog import Catalog
+from flows.storage import open_store
+from jaco.public import encrypt_file, sha256_file
+from tests import archives as A
+from tests.pipeline import BUCKET, params
+
+Craft = Callable[[dict[str, Any], bytes, Path], tuple[dict[str, Any], bytes]]
+
+
+def _field(name: str, value: Any) -> Craft:
+    def craft(meta: dict[str, Any], snap: bytes, other: Path) -> tuple[dict[str, Any], bytes]:
+        return {**meta, name: value}, snap
+
+    return craft
+
+
+def _other_snapshot(meta: dict[str, Any], snap: bytes, other: Path) -> tuple[dict[str, Any], bytes]:
+    _, theirs = A.members(other)
+    sha = hashlib.sha256(theirs).hexdigest()
+    return {**meta, "snapshot_sha256": sha, "snapshot_size": len(theirs)}, theirs
+
+
+def _whole_other(meta: dict[str, Any], snap: bytes, other: Path) -> tuple[dict[str, Any], bytes]:
+    return A.members(other)
+
+
+META = "'s meta.json has another {} than was taken"
+CASES: list[tuple[str, Craft, str, bool]] = [
+    # (what encrypt wrongly wrote, how, verify's words, reported as the taken plaintext)
+    ("another archive", _whole_other, "decrypts to another archive than was taken", True),
+    ("another cluster_id", _field("cluster_id", "f" * 16), META.format("cluster_id"), False),
+    ("another snapshot_index", _field("snapshot_index", 1), META.format("snapshot_index"), False),
+    ("another snapshot", _other_snapshot, META.format("snapshot_sha256"), False),
+    ("another state_digest", _field("state_digest", "0" * 64), META.format("state_digest"), False),
+]
+
+
+@pytest.mark.parametrize(("label", "craft", "message", "lie"), CASES, ids=[c[0] for c in CASES])
+def test_verify_names_what_the_stored_object_is_not(
+    stored1: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    label: str,
+    craft: Craft,
+    message: str,
+    lie: bool,
+) -> None:
+    cluster, keys = stored1["cluster"], stored1["keys"]
+    other = tmp_path / "other.tar.gz"  # another real backup of the same cluster
+    cluster.ok("backup", "--output", str(other))
+
+    def wrong_encrypt(source: Path, target: Path, recipients: list[str]) -> tuple[str, str]:
+        meta, snap = craft(*A.members(source), other)
+        written = A.build(
+            source.with_name("wrong.tar.gz"),
+            [A.regular("snapshot.bin", snap), A.regular("meta.json", A.meta_bytes(meta))],
+        )
+        plain_sha, cipher_sha = encrypt_file(written, target, recipients)
+        # A lie about the plaintext is what only the plaintext check can catch.
+        return (sha256_file(source) if lie else plain_sha), cipher_sha
+
+    monkeypatch.setattr(flows.tasks, "encrypt_file", wrong_encrypt)
+    prefix = "verify-" + label.replace(" ", "-")
+    store = open_store(f"s3://{BUCKET}")
+    state = backup_cluster(
+        params(cluster, keys, tmp_path / "local", prefix=prefix), return_state=True
+    )
+    assert state.is_failed()
+    failure = str(state.message)
+    assert message in failure, failure
+    assert "corrupt or truncated" not in failure
+    assert [o.key for o in store.list(f"{prefix}/") if "/catalog/" not in o.key] == []
+    assert Catalog(store, prefix, "prod").backups() == []
+    assert not list((tmp_path / "local").rglob("*.age"))
