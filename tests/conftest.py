@@ -22,6 +22,23 @@ from tests.pipeline import BUCKET, age_keygen, params
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "last_in_module: changes its module's shared world for good (runs after the others)",
+    )
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-randomly has shuffled the order
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test marked last_in_module moves behind the last test of its module: the order of
+    everything else stays as it was (random or not)."""
+    for item in [i for i in items if i.get_closest_marker("last_in_module")]:
+        items.remove(item)
+        same = [n for n, other in enumerate(items) if other.module is item.module]
+        items.insert(same[-1] + 1 if same else len(items), item)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def shorter_retry_waits() -> Iterator[None]:
     """Retries in the flow tests: the same policy, shorter waits (read when a flow runs)."""

@@ -358,8 +358,10 @@ def test_backup_ls_shows_the_restorable_window(undone: dict[str, Any]) -> None:
     assert f"(revision {last.last_revision}, segments of {undone['base'].stem})" in shown
 
 
+@pytest.mark.last_in_module
 def test_compaction_past_the_stream_takes_a_new_full_backup(undone: dict[str, Any]) -> None:
-    """Last in this module: it moves the chain to a new full backup."""
+    """Last in this module (whatever the order of the others): it compacts the history the
+    other tests compare with, and moves the chain to a new full backup."""
     world, cluster = undone, undone["cluster"]
     cluster.ok("deploy", "gone", "--image", "x:1")  # changes the stopped stream never saw
     with open_client(cluster.ready_node().server, cluster.token) as client:
