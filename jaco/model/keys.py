@@ -53,10 +53,5 @@ def replica_id(deployment: str, index: int) -> str:
     return f"{deployment}-{index}"
 
 
-def table_of(key: str) -> str:
-    """The table a key belongs to (first path element under the root)."""
-    return key[len(ROOT) :].split("/", 1)[0]
-
-
 def new_cluster_id() -> str:
     return uuid.uuid4().hex[:16]
