@@ -210,20 +210,26 @@ class Etcd:
     async def lease_revoke(self, lease_id: int) -> None:
         await self._call(self._lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
 
-    async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
-        create = rpc.WatchRequest(
-            create_request=rpc.WatchCreateRequest(
-                key=prefix.encode(), range_end=prefix_end(prefix), start_revision=start_revision
+    def _open_watch(self, prefix: str, start_revision: int) -> tuple[Any, asyncio.Queue[Any]]:
+        """A watch of `prefix` from `start_revision`: the call, and the queue that feeds its
+        request stream (the create request is already in it)."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        queue.put_nowait(
+            rpc.WatchRequest(
+                create_request=rpc.WatchCreateRequest(
+                    key=prefix.encode(), range_end=prefix_end(prefix), start_revision=start_revision
+                )
             )
         )
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        await queue.put(create)
 
         async def requests() -> AsyncIterator[Any]:
             while True:
                 yield await queue.get()
 
-        call = self._watch.Watch(requests())
+        return self._watch.Watch(requests()), queue
+
+    async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+        call, _ = self._open_watch(prefix, start_revision)
         try:
             async for resp in call:
                 if resp.canceled:
@@ -243,24 +249,13 @@ class Etcd:
         revision, and progress about every `progress_every` seconds (etcd answers a progress
         request once it has sent every event up to the revision it names). Compacted if etcd
         no longer holds `start_revision`."""
-        create = rpc.WatchRequest(
-            create_request=rpc.WatchCreateRequest(
-                key=prefix.encode(), range_end=prefix_end(prefix), start_revision=start_revision
-            )
-        )
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        await queue.put(create)
-
-        async def requests() -> AsyncIterator[Any]:
-            while True:
-                yield await queue.get()
+        call, queue = self._open_watch(prefix, start_revision)
 
         async def ask_progress() -> None:
             while True:
                 await asyncio.sleep(progress_every)
                 await queue.put(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
 
-        call = self._watch.Watch(requests())
         asker = asyncio.create_task(ask_progress())
         try:
             async for resp in call:
