@@ -7,6 +7,13 @@ check it is the object recorded (object metadata and checksum) → in a fresh sa
 same cluster, restore, start and check through the API → wipe the sandbox, always → record
 the result in the catalog and report every check and the measured restore time (RTO).
 
+When the backup is extended by change segments (the continuous backup, flows/stream.py) and
+the drill knows the live cluster's servers, it also proves a point in time: a revision of the
+backup's window, at random among those the live cluster still holds, its state digest read
+there from the live cluster; the segments up to it go into the sandbox after the backup, and
+the agent's "point in time" check restores backup + segments to that revision as `jaco restore
+--segments` does and compares the digests.
+
 The decrypted archive never touches the host's disk: the sandbox gets the ciphertext, and
 the token and verify identity through a pipe. A failed check fails the run and names it.
 """
@@ -14,6 +21,7 @@ the token and verify identity through a pipe. A failed check fails the run and n
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +40,14 @@ from flows.sandbox import open_sandbox, sweep_sandboxes
 from flows.storage import open_store
 from flows.tasks import check_ciphertext, download, retrying
 from flows.workdirs import run_workdir, sweep_workdirs
-from jaco.public import BackupMeta, sha256_file
+from jaco.public import (
+    BackupMeta,
+    Unavailable,
+    cluster_id,
+    open_client,
+    random_point,
+    sha256_file,
+)
 
 DRILL_TIMEOUT = 3600
 
@@ -87,12 +102,82 @@ def fetch_backup_task(params: DrillParams, record: BackupRecord, directory: Path
     return seconds
 
 
+@task(name="pick-point", cache_policy=NO_CACHE)
+def pick_point_task(params: DrillParams, record: BackupRecord) -> dict[str, Any] | None:
+    """The point in time to drill: a revision after the backup, up to its newest segment, at
+    random among those the live cluster still holds, with the live state digest there and the
+    segments that reach it. None when the backup has no segments or no servers are given."""
+    chain = Catalog(open_store(params.s3_url, params.s3), params.prefix, params.cluster).segments(
+        record.stem
+    )
+    if not chain or not params.servers:
+        return None
+    low, high = record.snapshot_index + 1, chain[-1].last_revision
+    token = params.secrets.read_token()
+    last: Exception | None = None
+    for server in params.servers:
+        try:
+            with open_client(server, token) as client:
+                live = cluster_id(client)
+                if live != record.cluster_id:
+                    raise DrillFailed(
+                        f"{server} answers as cluster {live}, not {record.cluster_id} "
+                        f"({params.cluster}): refusing to compare the point in time with it"
+                    )
+                found = random_point(client, low, high, random.SystemRandom())
+        except Unavailable as exc:
+            last = exc
+            continue
+        if found is None:
+            raise DrillFailed(
+                f"the live cluster no longer holds any revision of the window of {record.stem} "
+                f"(revisions {low}-{high} are compacted): the point in time cannot be compared "
+                "with it; its change stream has stopped (see `jaco backup ls`)"
+            )
+        revision, digest = found
+        needed = [s for s in chain if s.first_revision <= revision]
+        return {
+            "revision": revision,
+            "state_digest": digest,
+            "segments": [(s.key, s.size) for s in needed],
+        }
+    assert last is not None
+    raise last
+
+
+@task(name="fetch-segments", cache_policy=NO_CACHE)
+def fetch_segments_task(params: DrillParams, point: dict[str, Any], directory: Path) -> list[Path]:
+    """Download the segments' ciphertexts (the agent decrypts and checks them), each the size
+    the catalog recorded."""
+    store = open_store(params.s3_url, params.s3)
+    folder = directory / "segments"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    paths = []
+    for key, size in point["segments"]:
+        path = folder / key.rsplit("/", 1)[-1]
+        store.get(key, path)
+        if path.stat().st_size != size:
+            raise DrillFailed(
+                f"segment {key} is {path.stat().st_size} bytes, the catalog recorded {size}"
+            )
+        paths.append(path)
+    return paths
+
+
 @task(name="sandbox-drill", cache_policy=NO_CACHE)
 def sandbox_drill_task(
-    params: DrillParams, record: BackupRecord, anchors: list[dict[str, Any]], directory: Path
+    params: DrillParams,
+    record: BackupRecord,
+    anchors: list[dict[str, Any]],
+    directory: Path,
+    point: dict[str, Any] | None = None,
+    segments: list[Path] | None = None,
 ) -> dict[str, Any]:
-    """Run the agent in a fresh sandbox; secrets go in through its stdin, never a file."""
-    handed = {
+    """Run the agent in a fresh sandbox; secrets go in through its stdin, never a file, then
+    the backup's ciphertext and the segments' (the header gives each one's size)."""
+    cipher = directory / "backup.tar.gz.age"
+    segments = segments or []
+    handed: dict[str, Any] = {
         "token": params.secrets.read_token(),
         "identity": params.secrets.read_identity(),
         "expect": {
@@ -102,13 +187,20 @@ def sandbox_drill_task(
             "ciphertext_sha256": record.ciphertext_sha256,
             "anchors": anchors,
         },
+        "backup_bytes": cipher.stat().st_size,
     }
+    if point is not None:
+        handed["point"] = {
+            "revision": point["revision"],
+            "state_digest": point["state_digest"],
+            "segments": [(p.name, p.stat().st_size) for p in segments],
+        }
     sandbox = open_sandbox(params.driver)
     result = sandbox.run_agent(
         ["--rejoin"] if params.rejoin else [],
         params.timeout_seconds,
         header=json.dumps(handed).encode() + b"\n",
-        payload=directory / "backup.tar.gz.age",
+        payload=[cipher, *segments],
     )
     if not result.report:
         raise DrillFailed(
@@ -161,9 +253,20 @@ def drill_restore(params: DrillParams) -> dict[str, Any]:
         with run_workdir(workdir, f"drill-{params.cluster}") as directory:
             step = "fetch-backup"
             download_seconds = retrying(fetch_backup_task)(params, record, directory)
+            step = "pick-point"
+            point = retrying(pick_point_task)(params, record)
+            segments = []
+            if point is not None:
+                step = "fetch-segments"
+                segments = retrying(fetch_segments_task)(params, point, directory)
+                logger.info(
+                    "drilling the point in time at revision %s too (%d segments)",
+                    point["revision"],
+                    len(segments),
+                )
             step = "sandbox-drill"
             started = time.monotonic()
-            report = sandbox_drill_task(params, record, anchors, directory)
+            report = sandbox_drill_task(params, record, anchors, directory, point, segments)
             logger.info("sandbox %s done in %.1fs", report["sandbox"], time.monotonic() - started)
     except Exception as exc:
         message = getattr(exc, "message", str(exc))
@@ -209,5 +312,6 @@ def drill_restore(params: DrillParams) -> dict[str, Any]:
         "image": report.get("image"),
         "snapshot_index": record.snapshot_index,
         "cluster_id": record.cluster_id,
+        "point_revision": point["revision"] if point else None,
         "swept": swept,
     }

@@ -79,6 +79,7 @@ class BackupParams(Where):
         """A drill of this cluster's backups, where this backup keeps its working files."""
         values: dict[str, Any] = {
             **self.model_dump(include=set(Where.model_fields)),
+            "servers": self.servers,
             "driver": self.drill_driver,
             "workdir": str(Path(self.local_dir) / ".drills"),
         }
@@ -93,6 +94,12 @@ class DrillParams(Where):
         "(only when the run is itself a drill container of a Docker work pool).",
     )
     rejoin: bool = Field(False, description="Also join a second sandboxed node (full drill).")
+    servers: list[str] = Field(
+        default_factory=list,
+        description="The live cluster's jacod API addresses. With them, a backup extended by "
+        "change segments is also restored to a random revision of its window, and the result "
+        "compared with the live cluster's state at that revision.",
+    )
     workdir: str = Field("/var/lib/jaco-drills", description="Host scratch space (0700).")
     timeout_seconds: float = Field(900, gt=0)
 

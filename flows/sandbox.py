@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -54,7 +55,7 @@ class Sandbox(Protocol):
     image: str | None
 
     def run_agent(
-        self, args: list[str], timeout: float, header: bytes = b"", payload: Path | None = None
+        self, args: list[str], timeout: float, header: bytes = b"", payload: Sequence[Path] = ()
     ) -> AgentResult: ...
 
 
@@ -69,12 +70,13 @@ def _parse_report(stdout: str) -> dict[str, Any]:
     return {}
 
 
-def _feed(stdin: IO[bytes], header: bytes, payload: Path | None) -> None:
-    """Write the header line, then the payload file, then close: the agent's stdin."""
+def _feed(stdin: IO[bytes], header: bytes, payload: Sequence[Path]) -> None:
+    """Write the header line, then the payload files one after the other, then close: the
+    agent's stdin (the header says where each file ends)."""
     with contextlib.suppress(BrokenPipeError, OSError), stdin:
         stdin.write(header)
-        if payload is not None:
-            with open(payload, "rb") as source:
+        for path in payload:
+            with open(path, "rb") as source:
                 while chunk := source.read(CHUNK):
                     stdin.write(chunk)
 
@@ -85,7 +87,7 @@ def _drain(pipe: IO[bytes], into: list[bytes]) -> None:
             into.append(chunk)
 
 
-def _run(cmd: list[str], timeout: float, header: bytes, payload: Path | None, on_timeout: Any,
+def _run(cmd: list[str], timeout: float, header: bytes, payload: Sequence[Path], on_timeout: Any,
          name: str) -> AgentResult:  # fmt: skip
     """Start the sandbox, stream its stdin, collect its output (each on a thread of its own:
     `communicate` would close stdin at once), and bound the whole by `timeout`."""
@@ -183,7 +185,7 @@ class BwrapSandbox:
         return [*cmd, "--", sys.executable, "-m", "jaco.drill.agent", *args]
 
     def run_agent(
-        self, args: list[str], timeout: float, header: bytes = b"", payload: Path | None = None
+        self, args: list[str], timeout: float, header: bytes = b"", payload: Sequence[Path] = ()
     ) -> AgentResult:
         # On a timeout, killing bwrap is enough: --die-with-parent takes the namespace down.
         return _run(self.command(args), timeout, header, payload, lambda: None, self.name)
@@ -209,7 +211,7 @@ class InlineSandbox:
         self.image = os.environ.get("JACO_IMAGE") or None
 
     def run_agent(
-        self, args: list[str], timeout: float, header: bytes = b"", payload: Path | None = None
+        self, args: list[str], timeout: float, header: bytes = b"", payload: Sequence[Path] = ()
     ) -> AgentResult:
         scratch = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
         cmd = [
@@ -288,7 +290,7 @@ class DockerSandbox:
         ]  # fmt: skip
 
     def run_agent(
-        self, args: list[str], timeout: float, header: bytes = b"", payload: Path | None = None
+        self, args: list[str], timeout: float, header: bytes = b"", payload: Sequence[Path] = ()
     ) -> AgentResult:
         deadline = time.time() + timeout
         try:

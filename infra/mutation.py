@@ -31,6 +31,8 @@ RESTORE = "tests/test_restore_bad_input.py::test_restore_refuses_bad_archive"
 DRILL = "tests/test_drill_checks.py"
 AUTHZ = "tests/test_authorization.py"
 VERIFY = "tests/test_verify.py"
+PITR = "tests/test_pitr.py"
+DRILL_UNIT = "tests/unit/test_drill_input.py"
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,20 @@ MUTATIONS: list[Mutation] = [
         "    ok = state.state_digest == meta.state_digest and counts == meta.counts",
         "    ok = True",
         k(DRILL, "checks_behind_restore"),
+    ),
+    m(
+        "drill: point-in-time digest not compared (issue 15)",
+        "jaco/drill/agent.py",
+        "        ok = restored == self.point.state_digest\n",
+        "        ok = True\n",
+        k(PITR, "rewritten"),
+    ),
+    m(
+        "drill: segment names from the header not checked (issue 15)",
+        "jaco/drill/agent.py",
+        "            if not SEGMENT_NAME.match(name) or not 0 < size <= MAX_SEGMENT_BYTES:",
+        "            if not 0 < size <= MAX_SEGMENT_BYTES:",
+        k(DRILL_UNIT, "segment"),
     ),
     m(
         "drill: old token check skipped",

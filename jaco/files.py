@@ -248,6 +248,21 @@ class Readable(Protocol):
     def read(self, n: int, /) -> bytes: ...
 
 
+class Bounded:
+    """The next `limit` bytes of a stream, and no more: one part of a stream that carries
+    several (the drill's stdin: the backup, then its segments)."""
+
+    def __init__(self, source: Readable, limit: int) -> None:
+        self._source = source
+        self.left = limit
+
+    def read(self, n: int = -1) -> bytes:
+        want = self.left if n < 0 else min(n, self.left)
+        data = self._source.read(want) if want else b""
+        self.left -= len(data)
+        return data
+
+
 class HashingReader:
     """A read-only source that counts and hashes what is read from it.
 

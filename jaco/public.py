@@ -31,6 +31,7 @@ from jaco.archive.segment import (
 from jaco.client.backup import BackupResult, take_backup
 from jaco.client.changes import Progress, follow_changes
 from jaco.client.connection import Client, open_client
+from jaco.client.history import cluster_id, random_point
 from jaco.errors import (
     ArchiveError,
     Compacted,
@@ -76,6 +77,7 @@ __all__ = [
     "TrustError",
     "Unauthenticated",
     "Unavailable",
+    "cluster_id",
     "create_private",
     "decrypt_and_read_archive",
     "decrypt_to",
@@ -89,6 +91,7 @@ __all__ = [
     "parse_identities",
     "parse_recipient",
     "private_output",
+    "random_point",
     "read_archive",
     "read_archive_stream",
     "segment_name",

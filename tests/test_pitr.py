@@ -24,14 +24,25 @@ import pytest
 from prefect.settings import PREFECT_API_URL
 
 from flows.catalog import Catalog, SegmentRecord
+from flows.drill_flow import drill_restore
+from flows.params import DrillParams
 from flows.storage import open_store
 from infra.localcluster import JACO, Cluster, Node, wait_for
 from infra.ports import free_port
 from jaco.archive.age import load_identities, parse_recipient
-from jaco.archive.segment import decode_segment, decrypt_segment, encode_segment, encrypt_segment
+from jaco.archive.segment import (
+    Change,
+    RevisionRecord,
+    decode_segment,
+    decrypt_segment,
+    encode_segment,
+    encrypt_segment,
+)
 from jaco.archive.snapshot_file import read_snapshot_state
 from jaco.client.connection import open_client
+from jaco.client.history import random_point
 from jaco.errors import JacoError
+from jaco.model.keys import P_DEPLOYMENTS
 from jaco.v1 import jaco_pb2 as pb
 from tests.pipeline import BUCKET
 
@@ -358,6 +369,78 @@ def test_backup_ls_shows_the_restorable_window(undone: dict[str, Any]) -> None:
     assert f"(revision {last.last_revision}, segments of {undone['base'].stem})" in shown
 
 
+def pitr_drill(world: dict[str, Any], workdir: Path) -> Any:
+    """A drill of the base backup, in bubblewrap, given the live cluster's servers."""
+    servers = [n.server for n in world["cluster"].nodes.values()]
+    params = DrillParams(
+        cluster="prod", bucket=BUCKET, workdir=str(workdir), driver="bwrap",
+        key=world["base"].key, servers=servers,
+    )  # fmt: skip
+    return drill_restore(params, return_state=True)
+
+
+def test_a_drill_proves_a_random_point_of_the_window(
+    undone: dict[str, Any], tmp_path: Path
+) -> None:
+    """The drill restores the backup plus its segments to a random revision after it, in the
+    sandbox, and the digest there is the one the live cluster had at that revision."""
+    chain = segments(undone)
+    state = pitr_drill(undone, tmp_path / "work")
+    assert state.is_completed(), state.message
+    result = state.result()
+    point = result["point_revision"]
+    assert undone["base"].snapshot_index < point <= chain[-1].last_revision
+    seen = {c["name"]: c for c in result["checks"]}
+    assert seen["point in time"]["ok"], seen["point in time"]
+    live = live_digest(undone["cluster"], point)
+    needed = len([r for r in chain if r.first_revision <= point])
+    assert seen["point in time"]["detail"].startswith(f"revision {point} (")
+    assert (
+        f"{needed} segments replayed: digest {live[:16]}… equal to"
+        in seen["point in time"]["detail"]
+    )
+    assert seen["segments received"]["ok"] and all(c["ok"] for c in result["checks"])
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_a_drill_fails_on_a_segment_rewritten_in_the_bucket(
+    undone: dict[str, Any], tmp_path: Path
+) -> None:
+    """Someone with write access to the bucket (and the public recipient) rewrites the first
+    segment with one more deployment in it, and its catalog record to match: every check of
+    the segment's own holds, the restore goes through, and the drill fails on the digest."""
+    store, catalog = open_store(f"s3://{BUCKET}"), undone["catalog"]
+    first = segments(undone)[0]
+    original = tmp_path / "original.seg.age"
+    metadata = store.get(first.key, original)
+    seg = decode_segment(
+        decrypt_segment(original.read_bytes(), load_identities(undone["keys"]["identity"]), "x"),
+        "x",
+    )
+    planted = Change(f"{P_DEPLOYMENTS}planted".encode(), b'{"name": "planted"}', False)
+    head = seg.records[0]
+    records = [RevisionRecord(head.revision, head.at, (*head.changes, planted)),
+               *seg.records[1:]]  # fmt: skip
+    meta = seg.meta.model_copy(update={"changes": seg.meta.changes + 1})
+    forged = encrypt_segment(
+        encode_segment(meta, records), [parse_recipient(undone["keys"]["recipient"])]
+    )
+    forged_file = tmp_path / "forged.seg.age"
+    forged_file.write_bytes(forged)
+    store.put(first.key, forged_file, metadata)
+    catalog.record_segment(first.model_copy(update={"size": len(forged)}))
+    try:
+        state = pitr_drill(undone, tmp_path / "work")
+    finally:
+        store.put(first.key, original, metadata)
+        catalog.record_segment(first)
+    assert state.is_failed()
+    message = str(state.message)
+    assert "drill check(s) failed: point in time: revision " in message, message
+    assert "differs from the live cluster's at that revision" in message, message
+    assert list((tmp_path / "work").iterdir()) == []
+
+
 @pytest.mark.last_in_module
 def test_compaction_past_the_stream_takes_a_new_full_backup(undone: dict[str, Any]) -> None:
     """Last in this module (whatever the order of the others): it compacts the history the
@@ -368,6 +451,16 @@ def test_compaction_past_the_stream_takes_a_new_full_backup(undone: dict[str, An
         now = client.call("StateDigest", pb.StateDigestRequest()).revision
     compact = [*cluster.ready_node().etcdctl_command(), "compact", str(now)]
     subprocess.run(compact, check=True, capture_output=True)
+    # What the live cluster still holds is what a drill can compare a point in time with:
+    with open_client(cluster.ready_node().server, cluster.token) as client:
+        assert random_point(client, 1, now - 1, random.Random(1)) is None
+        assert random_point(client, 1, now, random.Random(1)) == (now, live_digest(cluster, now))
+    # the base's whole window is compacted now: its drill fails, and says why
+    drilled = pitr_drill(world, world["root"] / "drill-compacted")
+    assert drilled.is_failed()
+    assert "drill step pick-point failed: the live cluster no longer holds any revision" in str(
+        drilled.message
+    ), drilled.message
     before = world["catalog"].backups()[0]
     world["stream"].start()
     try:

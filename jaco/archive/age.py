@@ -23,7 +23,7 @@ import pyrage
 from jaco.archive.format import VerifiedArchive, read_archive, read_archive_stream
 from jaco.archive.meta import BackupMeta
 from jaco.errors import ArchiveError, InvalidArgument, JacoError
-from jaco.files import CHUNK, HashingReader, private_output
+from jaco.files import CHUNK, HashingReader, Readable, private_output
 
 PIPE_BYTES = 1024 * 1024  # Linux's default pipe-max-size
 AGE_MAGIC = b"age-encryption.org/v1\n"
@@ -139,7 +139,7 @@ def encrypt_file(source: Path, target: Path, recipients: list[str]) -> tuple[str
 
 
 def decrypt_to(
-    source: Path | IO[bytes], sink: IO[bytes] | HashingWriter, identities: list[Any]
+    source: Path | Readable, sink: IO[bytes] | HashingWriter, identities: list[Any]
 ) -> str:
     """Decrypt `source` (a file, or a stream such as a pipe) into `sink`; returns the
     ciphertext's SHA-256, hashed as it is read."""

@@ -3,10 +3,13 @@
 Runs as `python -m jaco.drill.agent` under bubblewrap or in a container. Everything comes in
 on stdin: one JSON line (an operator token from before the backup, the age identity that
 decrypts it, what to expect: the cluster's id, the checksums the pipeline recorded, the audit
-heads of earlier backups), then the ciphertext. The plaintext lives only in the sandbox's
-tmpfs. Prints one JSON report on its last line of stdout: every check with pass/fail and
-detail, the backup's meta, the measured timings. Everything it starts lives and dies in the
-sandbox. The checks themselves are in jaco.drill.checks.
+heads of earlier backups), then the ciphertext. When the pipeline drills a point in time too,
+the line also names a revision inside the backup's window of change segments and the live
+cluster's state digest at it, and the segments' ciphertexts follow the backup's: the backup
+restored plus the segments up to that revision must give exactly that digest. The plaintext
+lives only in the sandbox's tmpfs. Prints one JSON report on its last line of stdout: every
+check with pass/fail and detail, the backup's meta, the measured timings. Everything it
+starts lives and dies in the sandbox. The checks themselves are in jaco.drill.checks.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,14 +30,17 @@ from typing import IO, Any
 
 from jaco.archive.age import HashingWriter, decrypt_to, parse_identities
 from jaco.archive.meta import BackupMeta
+from jaco.archive.segment import MAX_SEGMENT_BYTES, SEGMENT_SUFFIX
+from jaco.archive.snapshot_file import read_snapshot_state
 from jaco.client.connection import Client, connect_info
 from jaco.drill import checks
 from jaco.drill.checks import Expect
 from jaco.errors import JacoError, Unauthenticated
-from jaco.files import create_private
+from jaco.files import Bounded, Readable, create_private
 from jaco.model.tokens import parse_token
 from jaco.node.bootstrap import Ports, join_cluster
 from jaco.node.config import DataDir
+from jaco.node.pitr import DirSource, Target, point_in_time_restore
 from jaco.node.restore import restore
 from jaco.v1 import jaco_pb2 as pb
 
@@ -49,11 +56,41 @@ class Check:
     detail: str
 
 
+SEGMENT_NAME = re.compile(r"^[0-9]{16}" + re.escape(SEGMENT_SUFFIX) + "$")
+
+
+@dataclass(frozen=True)
+class Point:
+    """The point in time to drill: a revision of the backup's window, the live cluster's
+    state digest at it, and the segments (name, bytes) that follow the backup on stdin."""
+
+    revision: int
+    state_digest: str
+    segments: list[tuple[str, int]]
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> Point:
+        segments = [(str(name), int(size)) for name, size in raw["segments"]]
+        for name, size in segments:
+            if not SEGMENT_NAME.match(name) or not 0 < size <= MAX_SEGMENT_BYTES:
+                raise ValueError(f"segment {name!r} of {size} bytes is not a segment")
+        return cls(int(raw["revision"]), str(raw["state_digest"]), segments)
+
+
 class Drill:
-    def __init__(self, token: str, identity: str, expect: Expect) -> None:
+    def __init__(
+        self,
+        token: str,
+        identity: str,
+        expect: Expect,
+        point: Point | None = None,
+        backup_bytes: int = 0,
+    ) -> None:
         self.token = token
         self.identity = identity
         self.expect = expect
+        self.point = point
+        self.backup_bytes = backup_bytes  # 0: the backup is the rest of stdin
         self.meta: BackupMeta | None = None
         self.checks: list[Check] = []
         self.timings: dict[str, float] = {}
@@ -102,17 +139,23 @@ class Drill:
             time.sleep(0.3)
         raise JacoError(f"nodes {names} not READY within {timeout:.0f}s (last: {last})")
 
-    def run(self, ciphertext: IO[bytes], rejoin: bool) -> None:
+    def run(self, stdin: IO[bytes], rejoin: bool) -> None:
         archive = WORK / "backup.tar.gz"
         started = time.monotonic()
+        ciphertext = Bounded(stdin, self.backup_bytes) if self.backup_bytes else stdin
         if not self.check("backup is the one recorded", lambda: self._decrypt(ciphertext, archive)):
             return
         self.timings["decrypt_seconds"] = time.monotonic() - started
+        if self.point is not None and not self.check(
+            "segments received", lambda: self._receive_segments(stdin)
+        ):
+            return
         started = time.monotonic()
         if not self.check("restore", lambda: self._restore(archive)):
             return
         self.timings["restore_seconds"] = time.monotonic() - started
-        archive.unlink()
+        if self.point is None:
+            archive.unlink()
         meta = self.meta
         assert meta is not None
         if meta.cluster_id != self.expect.cluster_id:
@@ -162,10 +205,15 @@ class Drill:
                 ),
             )
             self.check("state digest", lambda: checks.state_digest(meta, client))
+            if self.point is not None:
+                started = time.monotonic()
+                self.check("point in time", lambda: self._point_in_time(archive))
+                self.timings["point_in_time_seconds"] = time.monotonic() - started
+                archive.unlink()
             if rejoin:
                 self.check("rejoin", lambda: self._rejoin(client, server))
 
-    def _decrypt(self, ciphertext: IO[bytes], archive: Path) -> tuple[bool, str]:
+    def _decrypt(self, ciphertext: Readable, archive: Path) -> tuple[bool, str]:
         """Decrypt stdin into the sandbox's tmpfs, hashing both sides on the way."""
         identities = parse_identities(self.identity, "the verify identity")
         with create_private(archive) as out:
@@ -179,6 +227,46 @@ class Drill:
         if problems:
             return False, "; ".join(problems)
         return True, f"{plain.size} bytes decrypted; ciphertext and plaintext SHA-256 as recorded"
+
+    def _receive_segments(self, stdin: IO[bytes]) -> tuple[bool, str]:
+        """The segments' ciphertexts, as they follow the backup on stdin, each into the
+        sandbox's tmpfs (they are decrypted and checked by the restore that reads them)."""
+        assert self.point is not None
+        folder = WORK / "segments"
+        folder.mkdir(mode=0o700)
+        for name, size in self.point.segments:
+            part = Bounded(stdin, size)
+            with create_private(folder / name) as out:
+                while chunk := part.read(1 << 20):
+                    out.write(chunk)
+            if part.left:
+                return False, f"stdin ended {part.left} bytes short of segment {name}"
+        total = sum(size for _, size in self.point.segments)
+        return True, f"{len(self.point.segments)} segments, {total} bytes"
+
+    def _point_in_time(self, archive: Path) -> tuple[bool, str]:
+        """The backup plus its segments restored to the point, offline, by `jaco restore
+        --segments` itself; the digest read back from the restored etcd database file alone."""
+        assert self.point is not None
+        data = DataDir(DATA / "drill-pitr")
+        identities = parse_identities(self.identity, "the verify identity")
+        _, revision, at = point_in_time_restore(
+            archive,
+            DirSource(WORK / "segments"),
+            identities,
+            Target(revision=self.point.revision),
+            data,
+            "drill-pitr",
+            Ports("127.0.0.1", 7010, 2391, 2392),
+        )
+        restored = read_snapshot_state(data.etcd_dir / "member" / "snap" / "db").state_digest
+        ok = restored == self.point.state_digest
+        return ok, (
+            f"revision {revision} ({at or 'time unknown'}), {len(self.point.segments)} "
+            f"segments replayed: digest {restored[:16]}… "
+            f"{'equal to' if ok else 'differs from'} the live cluster's at that revision "
+            f"({self.point.state_digest[:16]}…)"
+        )
 
     def _restore(self, archive: Path) -> tuple[bool, str]:
         self.meta = restore(
@@ -254,7 +342,14 @@ def main() -> None:
     stdin = sys.stdin.buffer
     try:
         handed = json.loads(stdin.readline(MAX_HEADER))
-        drill = Drill(handed["token"], handed["identity"], Expect.parse(handed["expect"]))
+        point = Point.parse(handed["point"]) if handed.get("point") else None
+        drill = Drill(
+            handed["token"],
+            handed["identity"],
+            Expect.parse(handed["expect"]),
+            point,
+            int(handed.get("backup_bytes", 0)),
+        )
     except (ValueError, KeyError, TypeError) as exc:
         print(f"the drill's input is not what the pipeline sends: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from jaco.errors import AlreadyExists, JacoError, Unavailable
+from jaco.errors import AlreadyExists, Compacted, JacoError, Unavailable
 
 
 class EtcdError(JacoError):
@@ -36,6 +36,11 @@ def translate(exc: Any) -> JacoError:  # an RpcError that is also a grpc.Call
             f"this node's etcd member reaches no quorum ({detail}): the node is cut off from "
             "the other nodes, or too many of them are down; use another node, and check "
             "`jaco cluster status` there"
+        )
+    if "required revision has been compacted" in detail:
+        return Compacted(
+            "that revision is compacted: etcd no longer holds that point of the history "
+            "(jacod has it compact history older than one hour)"
         )
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(f"the local etcd member is not answering: {detail}")

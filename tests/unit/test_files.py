@@ -16,6 +16,7 @@ import pytest
 from jaco.errors import InvalidArgument, JacoError
 from jaco.files import (
     STAGING,
+    Bounded,
     ChunkReader,
     HashingReader,
     anonymous_file,
@@ -138,3 +139,12 @@ def test_anonymous_file_has_no_name(tmp_path: Path) -> None:
         scratch.flush()
         assert list(tmp_path.iterdir()) == []
         assert Path(f"/proc/self/fd/{scratch.fileno()}").read_bytes() == b"plaintext"
+
+
+def test_bounded_reads_its_part_of_a_stream_and_leaves_the_rest() -> None:
+    stream = io.BytesIO(b"backup-bytes|segment")
+    part = Bounded(stream, 12)
+    assert part.read(5) == b"backu" and part.read() == b"p-bytes" and part.read(9) == b""
+    assert part.left == 0 and stream.read() == b"|segment"
+    short = Bounded(io.BytesIO(b"abc"), 10)
+    assert short.read() == b"abc" and short.left == 7  # what was missing is counted

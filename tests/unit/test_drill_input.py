@@ -1,0 +1,58 @@
+"""The drill agent's input line, from the pipeline: what it names is checked before anything
+is written (segment names become files in the sandbox)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaco.drill.agent import Point
+
+DIGEST = "0" * 64
+
+
+def test_a_point_names_its_segments_and_their_sizes() -> None:
+    point = Point.parse(
+        {"revision": 42, "state_digest": DIGEST, "segments": [["0000000000000031.seg.age", 9]]}
+    )
+    assert point == Point(42, DIGEST, [("0000000000000031.seg.age", 9)])
+
+
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [
+        ("../../etc/cron.d/x", 9),
+        ("/tmp/0000000000000031.seg.age", 9),
+        ("0000000000000031.seg.age/..", 9),
+        ("0000000000000031.seg.age", 0),
+        ("0000000000000031.seg.age", 1 << 40),
+    ],
+)
+def test_a_segment_name_or_size_that_is_not_a_segment_is_refused(
+    name: str, size: int, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="is not a segment"):
+        Point.parse({"revision": 42, "state_digest": DIGEST, "segments": [[name, size]]})
+    # the agent itself: one line, exit 2, nothing written where its data would go
+    header = {
+        "token": "t",
+        "identity": "i",
+        "expect": {"cluster_id": "c"},
+        "point": {"revision": 42, "state_digest": DIGEST, "segments": [[name, size]]},
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "jaco.drill.agent"],
+        input=json.dumps(header).encode() + b"\n",
+        capture_output=True,
+        env={"JACO_DATA_DIR": str(tmp_path / "data"), "TMPDIR": str(tmp_path / "work")},
+        timeout=60,
+    )
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert err.startswith("the drill's input is not what the pipeline sends: segment ")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert done.stdout == b"" and list(tmp_path.iterdir()) == []
