@@ -139,7 +139,7 @@ def pick_point_task(params: DrillParams, record: BackupRecord) -> dict[str, Any]
         return {
             "revision": revision,
             "state_digest": digest,
-            "segments": [(s.key, s.size) for s in needed],
+            "segments": [(s.key, s.size, s.ciphertext_sha256) for s in needed],
         }
     assert last is not None
     raise last
@@ -147,18 +147,19 @@ def pick_point_task(params: DrillParams, record: BackupRecord) -> dict[str, Any]
 
 @task(name="fetch-segments", cache_policy=NO_CACHE)
 def fetch_segments_task(params: DrillParams, point: dict[str, Any], directory: Path) -> list[Path]:
-    """Download the segments' ciphertexts (the agent decrypts and checks them), each the size
-    the catalog recorded."""
+    """Download the segments' ciphertexts, each the object the catalog recorded (its size and
+    SHA-256); the agent decrypts them and checks their content."""
     store = open_store(params.s3_url, params.s3)
     folder = directory / "segments"
     folder.mkdir(mode=0o700, exist_ok=True)
     paths = []
-    for key, size in point["segments"]:
+    for key, size, sha in point["segments"]:
         path = folder / key.rsplit("/", 1)[-1]
         store.get(key, path)
-        if path.stat().st_size != size:
+        if path.stat().st_size != size or sha256_file(path) != sha:
             raise DrillFailed(
-                f"segment {key} is {path.stat().st_size} bytes, the catalog recorded {size}"
+                f"segment {key} is not the object the catalog recorded ({size} bytes, "
+                f"SHA-256 {sha[:16]}…): refusing to drill it"
             )
         paths.append(path)
     return paths

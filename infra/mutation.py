@@ -175,6 +175,13 @@ MUTATIONS: list[Mutation] = [
         k(PITR, "rewritten"),
     ),
     m(
+        "drill: a segment not the object the catalog recorded is drilled (issue 15)",
+        "flows/drill_flow.py",
+        "        if path.stat().st_size != size or sha256_file(path) != sha:",
+        "        if False:",
+        k(PITR, "rewritten"),
+    ),
+    m(
         "drill: segment names from the header not checked (issue 15)",
         "jaco/drill/agent.py",
         "            if not SEGMENT_NAME.match(name) or not 0 < size <= MAX_SEGMENT_BYTES:",

@@ -9,6 +9,7 @@ the one the live cluster had at that revision; and the chain has no gap and no o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -407,8 +408,9 @@ def test_a_drill_fails_on_a_segment_rewritten_in_the_bucket(
     undone: dict[str, Any], tmp_path: Path
 ) -> None:
     """Someone with write access to the bucket (and the public recipient) rewrites the first
-    segment with one more deployment in it, and its catalog record to match: every check of
-    the segment's own holds, the restore goes through, and the drill fails on the digest."""
+    segment with one more deployment in it: the download is refused (not the object the
+    catalog recorded). With its catalog record rewritten to match (size, SHA-256), every check
+    of the segment's own holds, the restore goes through, and the drill fails on the digest."""
     store, catalog = open_store(f"s3://{BUCKET}"), undone["catalog"]
     first = segments(undone)[0]
     original = tmp_path / "original.seg.age"
@@ -428,7 +430,21 @@ def test_a_drill_fails_on_a_segment_rewritten_in_the_bucket(
     forged_file = tmp_path / "forged.seg.age"
     forged_file.write_bytes(forged)
     store.put(first.key, forged_file, metadata)
-    catalog.record_segment(first.model_copy(update={"size": len(forged)}))
+    try:
+        refused = pitr_drill(undone, tmp_path / "refused")
+    finally:
+        store.put(first.key, original, metadata)
+    assert refused.is_failed()
+    assert (
+        f"drill step fetch-segments failed: segment {first.key} is not the object the catalog "
+        "recorded"
+    ) in str(refused.message), refused.message
+    assert list((tmp_path / "refused").iterdir()) == []
+    store.put(first.key, forged_file, metadata)
+    forged_sha = hashlib.sha256(forged).hexdigest()
+    catalog.record_segment(
+        first.model_copy(update={"size": len(forged), "ciphertext_sha256": forged_sha})
+    )
     try:
         state = pitr_drill(undone, tmp_path / "work")
     finally:
