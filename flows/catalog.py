@@ -64,6 +64,7 @@ class DrillRecord(BaseModel):
     reason: str = ""
     driver: str = ""
     image: str = ""
+    point_revision: int | None = None  # the point in time it restored to as well, if any
 
 
 class BackupRecord(BaseModel):

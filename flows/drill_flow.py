@@ -293,6 +293,7 @@ def drill_restore(params: DrillParams) -> dict[str, Any]:
             reason="; ".join(f"{c['name']}: {c['detail']}" for c in failed)[:2000],
             driver=report["driver"],
             image=report.get("image") or "",
+            point_revision=point["revision"] if point else None,
         ),
     )
     create_markdown_artifact(

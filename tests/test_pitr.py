@@ -402,6 +402,18 @@ def test_a_drill_proves_a_random_point_of_the_window(
     )
     assert seen["segments received"]["ok"] and all(c["ok"] for c in result["checks"])
     assert list((tmp_path / "work").iterdir()) == []
+    recorded = undone["catalog"].backup(undone["base"].key)
+    assert recorded is not None and recorded.last_drill is not None
+    assert recorded.last_drill.passed and recorded.last_drill.point_revision == point
+    described = (
+        undone["cluster"]
+        .ok("backup", "describe", undone["base"].key, "--store", f"s3://{BUCKET}")
+        .out
+    )
+    assert (
+        f"passed, RTO {recorded.last_drill.rto_seconds:.1f}s, point in time: revision {point}"
+        in described
+    )
 
 
 def test_a_drill_fails_on_a_segment_rewritten_in_the_bucket(

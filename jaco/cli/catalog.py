@@ -174,6 +174,8 @@ def backup_describe(
                 for drill in backup.drills:
                     result = "passed" if drill.passed else "FAILED"
                     rto = f", RTO {drill.rto_seconds:.1f}s" if drill.rto_seconds else ""
+                    if drill.point_revision is not None:
+                        rto += f", point in time: revision {drill.point_revision}"
                     why = f": {drill.reason}" if drill.reason else ""
                     out.print(f"drill {drill.at.isoformat(timespec='seconds')} {result}{rto}"
                               f" ({safe(drill.driver)}){safe(why)}", soft_wrap=True)  # fmt: skip
