@@ -168,6 +168,21 @@ MUTATIONS: list[Mutation] = [
         k(DRILL, "checks_behind_restore"),
     ),
     m(
+        "backup: the received snapshot's SHA-256 not compared with meta.json",
+        "jaco/archive/format.py",
+        "                if reader.hexdigest() != described.snapshot_sha256:",
+        "                if False:",
+        k("tests/test_backup_stream.py", "naming and SHA"),
+    ),
+    m(
+        "drill: the decrypted plaintext's SHA-256 not compared",
+        "jaco/drill/agent.py",
+        "        if self.expect.plaintext_sha256 and plain.hexdigest() != "
+        "self.expect.plaintext_sha256:",
+        "        if False:",
+        k(DRILL, "another_plaintext"),
+    ),
+    m(
         "drill: point-in-time digest not compared (issue 15)",
         "jaco/drill/agent.py",
         "        ok = restored == self.point.state_digest\n",

@@ -208,6 +208,22 @@ def test_a_revoked_old_token_fails_old_token_authenticates(
     assert "has been revoked" in str(state.message)
 
 
+def test_a_backup_recorded_with_another_plaintext_fails_backup_is_the_one_recorded(
+    stored1: dict[str, Any], tmp_path: Path
+) -> None:
+    """The stored object is the one recorded (its ciphertext SHA-256 matches), but the
+    record names another plaintext (an edited catalog, an encrypt step that hashed the wrong
+    file): the agent's own hash of what it decrypted refuses it before any restore."""
+    key = backup(stored1["cluster"], stored1["keys"], tmp_path, "defect-plain")
+    catalog = Catalog(open_store(f"s3://{BUCKET}"), "defect-plain", "prod")
+    record = catalog.backup(key)
+    assert record is not None
+    catalog.record_backup(record.model_copy(update={"plaintext_sha256": "0" * 64}))
+    state = drill("defect-plain", key, tmp_path / "work")
+    assert_caught(state, "defect-plain", key, ["backup is the one recorded"], tmp_path / "work")
+    assert "it decrypts to another archive than the one recorded" in str(state.message)
+
+
 def test_another_clusters_backup_fails_cluster_id(
     stored1: dict[str, Any], foreign: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
