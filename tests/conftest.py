@@ -39,6 +39,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         items.insert(same[-1] + 1 if same else len(items), item)
 
 
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The random order's seed at the end of every run, -q included (pytest-randomly prints
+    it only in the header, which -q leaves out): a failure's order can be repeated."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if config.pluginmanager.has_plugin("randomly") and isinstance(seed, int):
+        terminalreporter.write_line(
+            f"random order: repeat it with -p randomly --randomly-seed={seed}"
+        )
+
+
 @pytest.fixture(autouse=True, scope="session")
 def shorter_retry_waits() -> Iterator[None]:
     """Retries in the flow tests: the same policy, shorter waits (read when a flow runs)."""
