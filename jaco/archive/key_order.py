@@ -8,8 +8,16 @@ gathered in a dict (a later revision of a key replaces the earlier one) until ab
 RUN_BYTES are held; the run is then sorted and written to an unnamed scratch file (mode 0600,
 gone when closed) in chunks, and the next run begins. At the end the runs are merged; for a
 key present in several runs the newest run wins, and a deletion (None) hides the key. A store
-that fits in one run is never written out. Spilled runs are plain data (marshal of bytes,
-ints, tuples and None), read back only by this module from its own file.
+that fits in one run is never written out.
+
+Spilled runs are marshal chunks, and that is safe here: marshal only ever sees what this
+module hands it (lists of (bytes, bytes | (int, int) | None) from jaco.archive.bolt), so an
+archive's keys and values are the *contents* of bytes objects, length-prefixed, and cannot
+change the structure read back (tests/unit/test_key_order.py spills values that are marshal
+data themselves); the file has no name (O_TMPFILE, 0600) and is read back only by the call
+that wrote it. An explicit struct format was measured at 3× marshal's cost per spilled
+record (1.37 s vs 0.43 s per 10⁶ records, written and read), on the path that issue 16 is
+about.
 """
 
 from __future__ import annotations

@@ -56,6 +56,24 @@ def test_a_deletion_in_a_later_run_hides_the_key(tmp_path: Path) -> None:
     assert list(latest_in_key_order(iter(records), tmp_path, 1)) == [(b"b", b"2"), (b"c", b"1")]
 
 
+def test_archive_bytes_that_are_marshal_data_come_back_as_the_same_bytes(tmp_path: Path) -> None:
+    """A hostile store's keys and values are spilled through marshal: they stay the contents
+    of bytes objects (a marshalled code object, a marshalled list, truncated marshal), never
+    structure; every record spilled on its own."""
+    import marshal
+
+    hostile = [
+        marshal.dumps(compile("import os; os.system('id')", "x", "exec")),
+        marshal.dumps([(b"k", None), (b"injected", (1, 2))]),
+        marshal.dumps((b"a", b"b"))[:-1],
+        b"\x00" * 9,
+    ]
+    records = [(f"{ROOT}k{i}".encode() + h, h) for i, h in enumerate(hostile)]
+    got = list(latest_in_key_order(iter(records), tmp_path, 1))
+    assert got == sorted(records)
+    assert all(type(k) is bytes and type(v) is bytes for k, v in got)
+
+
 def _digest_as_first_defined(records: list[tuple[bytes, bytes]]) -> tuple[dict[str, int], str]:
     """The state digest's definition, written out plainly: three updates per record, tables
     counted from the decoded key."""
