@@ -22,13 +22,6 @@ from tests.pipeline import BUCKET, age_keygen, params
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "last_in_module: changes its module's shared world for good (runs after the others)",
-    )
-
-
 @pytest.hookimpl(trylast=True)  # after pytest-randomly has shuffled the order
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test marked last_in_module moves behind the last test of its module: the order of
