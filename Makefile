@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := etcd-server etcd-client bubblewrap age
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps venv test lint typecheck demo proto clean bench image test-image mutation
+.PHONY: deps venv test lint typecheck demo proto clean bench image test-image mutation lock
 
 deps:
 	@missing=""; \
@@ -22,10 +22,13 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every package to what the suite last ran green with: CI and a fresh clone
+# install exactly that, not whatever PyPI holds that day. `make lock` moves to the newest
+# versions pyproject.toml allows (then run make test before committing the new pins).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -64,6 +67,16 @@ bench: deps venv
 # come from the host, pinned to $(VENV). Build products go to build/image/.
 image: deps venv
 	PYTHON=$(PY) infra/image/build.sh
+
+lock:
+	rm -rf $(VENV).lock
+	python3 -m venv $(VENV).lock
+	$(VENV).lock/bin/pip install -q --upgrade pip
+	$(VENV).lock/bin/pip install -q -e '.[dev]'
+	{ sed -n '1,2p' constraints.txt; $(VENV).lock/bin/pip freeze --exclude-editable \
+	  | grep -v -e '^#' -e '^-e ' -e ' @ '; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(VENV).lock
 
 # Regenerates jaco/v1/ from proto/ (the generated modules are committed).
 proto: venv
