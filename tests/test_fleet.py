@@ -140,10 +140,10 @@ def test_one_process_serves_every_cluster_with_its_own_secrets(
         wait_for(lambda: _registered("drill-restore/drill-beta"), 120, "the deployments")
         backups = run_all("backup-cluster/backup")
         for name in NAMES:
-            assert backups[name].is_completed(), (name, backups[name].message)
+            assert backups[name].is_completed(), (name, backups[name].message, _tail(log))
         drills = run_all("drill-restore/drill")
         for name in NAMES:
-            assert drills[name].is_completed(), (name, drills[name].message)
+            assert drills[name].is_completed(), (name, drills[name].message, _tail(log))
         ids = {}
         for name, cluster in site["clusters"].items():
             ids[name] = cluster.ok("cluster", "status", "--json").json()["cluster_id"]
@@ -179,6 +179,12 @@ def test_one_process_serves_every_cluster_with_its_own_secrets(
     assert table.code == 0 and "beta" in table.out and "alpha" not in table.out
     described = run([JACO, "backup", "describe", backup["key"], "--config", str(site["config"])])
     assert described.code == 0 and ids["beta"] in described.out and "passed" in described.out
+
+
+def _tail(log: Any) -> str:
+    """The serve process's last lines (its flow runs' output too): why a run crashed."""
+    log.flush()
+    return "\n".join(Path(log.name).read_text(errors="replace").splitlines()[-60:])
 
 
 def _registered(name: str) -> bool:
