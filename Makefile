@@ -41,7 +41,7 @@ typecheck: venv
 	$(VENV)/bin/mypy jaco flows deployments
 
 test: deps venv lint typecheck test-image
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=20
 
 # The drill image the docker tests run, built from this checkout; without a Docker engine those
 # tests are skipped (and say why), so this is too.
