@@ -18,10 +18,12 @@ def watchdog_params(config: SiteConfig) -> WatchdogParams:
     objectives = [
         Objective(
             **c.model_dump(
-                include=set(Objective.model_fields) - {"max_backup_age", "max_drill_age"}
+                include=set(Objective.model_fields)
+                - {"max_backup_age", "max_drill_age", "max_stream_lag"}
             ),
             max_backup_age=c.max_backup_age,
             max_drill_age=c.max_drill_age,
+            max_stream_lag=c.max_stream_lag,
         )
         for c in config.clusters.values()
     ]

@@ -12,10 +12,12 @@ Prefect's database and of the worker.
     drills/{stem}/{at}-{run}.json  one per drill of that backup (passed or not, RTO, why)
     failures/{at}-{kind}-{run}.json  one per failed run (backup, drill, prune, watchdog)
     segments/{stem}/{first}.json   one per change segment extending that backup (flows.stream)
+    stream.json                    the change stream's heartbeat: stored through when
 
 Each object is written whole in one PUT (atomic in S3; rename in a directory), and each has
 a single writer (a backup's record is written by the run that took it, under the cluster's
-lock; drills and failures are new objects), so no locking is needed to read or write it.
+lock; drills and failures are new objects; stream.json by the cluster's one stream), so no
+locking is needed to read or write it.
 """
 
 from __future__ import annotations
@@ -126,6 +128,23 @@ class Window(BaseModel):
     last_revision: int
 
 
+class StreamStatus(BaseModel):
+    """The change stream's heartbeat (flows.stream), rewritten every few seconds while it runs:
+    every change it received before `durable_at` is stored. On an idle cluster the window's
+    end stands still while `durable_at` moves on; a dead stream, or one whose stores fail,
+    stops moving it."""
+
+    at: dt.datetime  # when this was written (the stream host's clock)
+    durable_at: dt.datetime
+    base: str  # the full backup its chain extends
+    stored_revision: int  # the end of the newest stored segment
+    seen_revision: int  # the newest revision the cluster reported (changes or progress)
+    open_revisions: int  # received, not sealed yet (the segment being filled)
+    queued: int  # sealed segments not yet stored (a store is failing)
+    host: str
+    pid: int
+
+
 class Failure(BaseModel):
     at: dt.datetime
     kind: Literal["backup", "drill", "prune", "watchdog"]
@@ -143,6 +162,7 @@ class ClusterView(BaseModel):
     failures: list[Failure]  # the newest FAILURES_SHOWN, newest first
     failure_counts: dict[str, int]  # by kind, all kept
     window: Window | None = None  # point-in-time restore, from the newest chain of segments
+    stream: StreamStatus | None = None  # the change stream's last heartbeat, if one ever ran
 
     @property
     def newest(self) -> BackupRecord | None:
@@ -303,6 +323,12 @@ class Catalog:
                 )
         return window
 
+    def record_stream(self, status: StreamStatus) -> None:
+        self._write(f"{self.root}stream.json", status)
+
+    def stream_status(self) -> StreamStatus | None:
+        return self._read(f"{self.root}stream.json", StreamStatus)
+
     # -- drills and failures -----------------------------------------------------------------
 
     def record_drill(self, key: str, drill: DrillRecord) -> None:
@@ -344,6 +370,7 @@ class Catalog:
             failures=self.failures(),
             failure_counts=self.failure_counts(),
             window=self.window(backups),
+            stream=self.stream_status(),
         )
 
 

@@ -6,6 +6,7 @@
     recipients = ["age1…"]
     max_backup_age = "2h"               # the RPO objective: older than this, an alert
     max_drill_age = "8d"
+    max_stream_lag = "5m"               # only where `jaco pipeline stream` runs for it
     [clusters.prod.secrets]             # references, never values (flows.secrets)
     token = "file:/etc/jaco/prod.token"
     verify_identity = "file:/etc/jaco/prod-verify.key"
@@ -56,6 +57,11 @@ class ClusterConfig(BackupParams):
     )
     max_drill_age: Duration = Field(
         8 * 86400, description="Alert when the newest passing drill is older than this."
+    )
+    max_stream_lag: Duration | None = Field(
+        None,
+        description="Where `jaco pipeline stream` runs: alert when changes received longer ago "
+        "than this are not stored yet, or the stream stopped reporting (e.g. 5m).",
     )
     backup_timeout: Duration = Field(2 * 3600, description="A backup run longer than this fails.")
     drill_timeout: Duration = Field(3600, description="A drill run longer than this fails.")

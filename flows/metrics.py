@@ -10,6 +10,10 @@ Served by the deployments process when asked (`python -m deployments.serve --met
     jaco_drill_last_rto_seconds                  that drill's measured restore time
     jaco_backup_objective_seconds / jaco_drill_objective_seconds   the configured objectives
     jaco_failures_total{kind}                    failed runs recorded in the catalog
+    jaco_stream_durable_timestamp_seconds        every change the stream received before this
+                                                 is stored (its heartbeat; absent: no stream)
+    jaco_stream_queued_segments                  sealed segments waiting for a store
+    jaco_stream_objective_seconds                max_stream_lag, where set
     jaco_catalog_up                              1 when the catalog could be read
 
 A scrape reads each catalog at most once per CACHE_SECONDS.
@@ -73,6 +77,12 @@ class CatalogCollector(Collector):
         rto = gauge("jaco_drill_last_rto_seconds", "Restore time measured by that drill")
         backup_goal = gauge("jaco_backup_objective_seconds", "max_backup_age (RPO objective)")
         drill_goal = gauge("jaco_drill_objective_seconds", "max_drill_age")
+        durable = gauge(
+            "jaco_stream_durable_timestamp_seconds",
+            "Every change the stream received before this time is stored",
+        )
+        queued = gauge("jaco_stream_queued_segments", "Sealed segments waiting for a store")
+        stream_goal = gauge("jaco_stream_objective_seconds", "max_stream_lag")
         failures = CounterMetricFamily(
             "jaco_failures", "Failed runs recorded in the catalog", labels=["cluster", "kind"]
         )
@@ -80,6 +90,7 @@ class CatalogCollector(Collector):
             labels = [target.cluster]
             backup_goal.add_metric(labels, target.max_backup_age)
             drill_goal.add_metric(labels, target.max_drill_age)
+            _add(stream_goal, labels, target.max_stream_lag)
             view = self._view(target)
             up.add_metric(labels, 0 if view is None else 1)
             if view is None:
@@ -93,9 +104,12 @@ class CatalogCollector(Collector):
             passing = view.last_passing_drill()
             _add(drilled, labels, passing[1].at.timestamp() if passing else None)
             _add(rto, labels, passing[1].rto_seconds if passing else None)
+            _add(durable, labels, view.stream.durable_at.timestamp() if view.stream else None)
+            _add(queued, labels, view.stream.queued if view.stream else None)
             for kind in KINDS:
                 failures.add_metric([target.cluster, kind], view.failure_counts.get(kind, 0))
         yield from (up, success, verified, size, drilled, rto, backup_goal, drill_goal, failures)
+        yield from (durable, queued, stream_goal)
 
 
 def _add(family: GaugeMetricFamily, labels: list[str], value: Any) -> None:

@@ -12,11 +12,13 @@ named by their first revision), so the chain has no gap and no overlap.
 
 A server that goes away (a killed leader) is left for the next one of `servers`, from the
 revision after the last one received. A store that fails keeps the sealed segments queued,
-in order, in memory, retried with backoff while the stream goes on: nothing is dropped. If
-etcd has compacted past the stream's position, the changes in between are gone: the stream
-takes a new full backup (the backup-cluster flow), says so, and starts a chain from it. A
-newer full backup (the hourly ones) starts a new chain as well, so a restore never replays
-more than a backup period.
+in order, in memory, retried with backoff while the stream goes on: nothing is dropped; past
+`max_queued_bytes` it stops reading and reads again, from where it stopped, once they are
+stored (etcd holds the history meanwhile). Every few seconds it records how far it has stored
+(stream.json, the watchdog's max_stream_lag). If etcd has compacted past the stream's
+position, the changes in between are gone: the stream takes a new full backup (the
+backup-cluster flow), says so, and starts a chain from it. A newer full backup (the hourly
+ones) starts a new chain as well, so a restore never replays more than a backup period.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 from collections import deque
@@ -34,7 +38,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from flows.catalog import BackupRecord, Catalog, SegmentRecord, stem_of
+from flows.catalog import BackupRecord, Catalog, SegmentRecord, StreamStatus, stem_of
 from flows.params import BackupParams
 from flows.storage import BackupStore, open_store
 from jaco.public import (
@@ -60,6 +64,16 @@ class StreamSettings(BaseModel):
     segment_bytes: int = Field(4 * 1024 * 1024, gt=0, description="... or at this size.")
     rebase_seconds: float = Field(60.0, gt=0, description="How often to look for a newer backup.")
     retry_max_seconds: float = Field(30.0, gt=0, description="Longest wait between retries.")
+    max_queued_bytes: int = Field(
+        64 * 1024 * 1024,
+        gt=0,
+        description="Sealed segments held for a failing store, at most; then reading pauses.",
+    )
+    heartbeat_seconds: float = Field(15.0, gt=0, description="How often to write stream.json.")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def segments_prefix(prefix: str, cluster: str, base: str) -> str:
@@ -71,6 +85,44 @@ class Sealed:
     meta: SegmentMeta
     ciphertext: bytes
     sealed_at: float  # time.monotonic(), for the RPO figure
+    opened_at: dt.datetime  # when its first change arrived: stored through just before it
+
+
+INBOX_ITEMS = 1000  # revisions read ahead of the segment builder, at most
+
+
+def _put(inbox: queue.Queue, item: object, stop: threading.Event) -> bool:  # type: ignore[type-arg]
+    """Into a bounded inbox, waiting while it is full; False once told to stop."""
+    while not stop.is_set():
+        try:
+            inbox.put(item, timeout=0.5)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+class Reading:
+    """The Changes RPC read by a thread into a bounded inbox, from one revision on; closed to
+    pause (a failing store) and started again from where the builder stopped."""
+
+    def __init__(self, stream: Stream, start: int) -> None:
+        self.inbox: queue.Queue[RevisionRecord | Progress | BaseException] = queue.Queue(
+            INBOX_ITEMS
+        )
+        self.stop = threading.Event()
+        threading.Thread(
+            target=stream._read, args=(start, self.inbox, self.stop), daemon=True
+        ).start()
+
+    def get(self, timeout: float) -> RevisionRecord | Progress | BaseException | None:
+        try:
+            return self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self.stop.set()  # what it still holds is dropped: the next one reads it again
 
 
 class Rebase(Exception):
@@ -100,6 +152,10 @@ class Stream:
         self.pending: deque[Sealed] = deque()
         self.retry_at = 0.0
         self.failures = 0
+        self.opened_at = _now()  # when the open segment's first change arrived
+        self.stored_revision = 0
+        self.seen_revision = 0
+        self.next_heartbeat = 0.0
 
     # -- the chain -----------------------------------------------------------------------
 
@@ -148,36 +204,50 @@ class Stream:
         after = last.last_revision if last else backup.snapshot_index
         head = last.audit_head if last else backup.audit_head
         builder = SegmentBuilder(backup.cluster_id, base, backup.snapshot_index, after, head)
+        self.stored_revision = self.seen_revision = after
+        self.next_heartbeat = 0.0
         log.info("streaming %s from revision %d (extends %s)", self.params.cluster, after + 1, base)
-        inbox: queue.Queue[RevisionRecord | Progress | BaseException] = queue.Queue()
-        reader_stop = threading.Event()
-        reader = threading.Thread(
-            target=self._read, args=(after + 1, inbox, reader_stop), daemon=True
-        )
-        reader.start()
+        reading: Reading | None = Reading(self, after + 1)
         opened = time.monotonic()
         next_rebase = opened + self.settings.rebase_seconds
         try:
             while not self.stop.is_set():
-                try:
-                    item = inbox.get(timeout=0.2)
-                except queue.Empty:
-                    item = None
+                item: RevisionRecord | Progress | BaseException | None = None
+                if self._queued_bytes() >= self.settings.max_queued_bytes:
+                    if reading is not None:  # etcd keeps the history: read it once stored
+                        reading.close()
+                        reading = None
+                        log.warning(
+                            "%d segments (%.1f MiB) wait for a store: reading paused at "
+                            "revision %d until they are stored",
+                            len(self.pending),
+                            self._queued_bytes() / 2**20,
+                            self.seen_revision,
+                        )
+                    self.stop.wait(0.2)
+                else:
+                    if reading is None:
+                        log.info("reading again from revision %d", self.seen_revision + 1)
+                        reading = Reading(self, self.seen_revision + 1)
+                    item = reading.get(0.2)
                 if isinstance(item, BaseException):
                     if builder.records:  # what was received before the stream broke is good
                         self._seal(builder)
                     raise item
                 if isinstance(item, RevisionRecord):
                     if not builder.records:
-                        opened = time.monotonic()
+                        opened, self.opened_at = time.monotonic(), _now()
                     builder.add(item)
+                    self.seen_revision = item.revision
                 elif isinstance(item, Progress):
                     builder.progress(item.revision, item.at)
+                    self.seen_revision = max(self.seen_revision, item.revision)
                 age = time.monotonic() - opened
                 full = builder.size >= self.settings.segment_bytes
                 if builder.records and (full or age >= self.settings.segment_seconds):
                     self._seal(builder)
                 self._upload()
+                self._heartbeat(base, len(builder.records))
                 if time.monotonic() >= next_rebase and not builder.records and not self.pending:
                     next_rebase = time.monotonic() + self.settings.rebase_seconds
                     newest = self._newest_quietly()
@@ -188,8 +258,44 @@ class Stream:
                 self._seal(builder)
             self.retry_at = 0.0
             self._upload()  # one last attempt: what is not stored now is sent again next run
+            self.next_heartbeat = 0.0
+            self._heartbeat(base, 0)
         finally:
-            reader_stop.set()
+            if reading is not None:
+                reading.close()
+
+    def _queued_bytes(self) -> int:
+        return sum(len(s.ciphertext) for s in self.pending)
+
+    def _heartbeat(self, base: str, open_revisions: int) -> None:
+        """stream.json in each catalog, every `heartbeat_seconds`: every change received
+        before `durable_at` is stored. What the watchdog's max_stream_lag and the metrics read;
+        a store that fails cannot take it either, so its age grows as the real lag does."""
+        if time.monotonic() < self.next_heartbeat:
+            return
+        self.next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
+        if self.pending:
+            durable = self.pending[0].opened_at
+        elif open_revisions:
+            durable = self.opened_at
+        else:
+            durable = _now()
+        status = StreamStatus(
+            at=_now(),
+            durable_at=durable,
+            base=base,
+            stored_revision=self.stored_revision,
+            seen_revision=self.seen_revision,
+            open_revisions=open_revisions,
+            queued=len(self.pending),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+        for catalog in self.catalogs:
+            try:
+                catalog.record_stream(status)
+            except JacoError as exc:
+                log.warning("heartbeat not written to %s (%s)", catalog.store.name, exc.message)
 
     def _newest_quietly(self) -> BackupRecord | None:
         try:
@@ -206,19 +312,18 @@ class Stream:
             try:
                 with open_client(server, token) as client:
                     for item in follow_changes(client, position + 1):
-                        if stop.is_set():
-                            return
                         if isinstance(item, RevisionRecord):
                             position = item.revision
                         elif item.revision > position:
                             position = item.revision
-                        inbox.put(item)
+                        if not _put(inbox, item, stop):
+                            return
             except Compacted as exc:
-                inbox.put(exc)
+                _put(inbox, exc, stop)
                 return
             except JacoError as exc:
                 if not exc.retryable:
-                    inbox.put(exc)
+                    _put(inbox, exc, stop)
                     return
                 log.warning("server %s: %s; trying the next one", server, exc.message)
             attempt += 1
@@ -229,7 +334,9 @@ class Stream:
     def _seal(self, builder: SegmentBuilder) -> None:
         meta, plaintext = builder.cut()
         self.pending.append(
-            Sealed(meta, encrypt_segment(plaintext, self.recipients), time.monotonic())
+            Sealed(
+                meta, encrypt_segment(plaintext, self.recipients), time.monotonic(), self.opened_at
+            )
         )
 
     def _backoff(self) -> float:
@@ -257,6 +364,7 @@ class Stream:
                 return
             self.failures = 0
             self.pending.popleft()
+            self.stored_revision = sealed.meta.last_revision
             if self.on_stored is not None:
                 self.on_stored(sealed)
 

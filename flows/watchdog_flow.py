@@ -4,6 +4,8 @@ Every few minutes (its own deployment), for each cluster it reads the *catalog* 
 run states — and alerts when the newest verified backup is older than `max_backup_age` (the
 RPO objective) or the newest passing drill older than `max_drill_age`: a stopped schedule, a
 dead worker, a paused deployment and a run killed outside any worker all look the same there.
+Where a change stream runs (`max_stream_lag` set), it alerts when the stream's heartbeat says
+changes received more than that long ago are still not stored, or when it stopped beating.
 It also ends runs that a killed process left "Running" past their timeout (marks them Crashed,
 records and alerts). An alert repeats every `realert_seconds` while the condition lasts.
 """
@@ -30,6 +32,7 @@ GRACE_SECONDS = 600
 class Objective(Where):
     max_backup_age: float = Field(7200, gt=0)
     max_drill_age: float = Field(8 * 86400, gt=0)
+    max_stream_lag: float | None = Field(None, gt=0)  # for clusters with a change stream
 
 
 class WatchdogParams(BaseModel):
@@ -71,6 +74,22 @@ def stale_conditions(target: Objective, view: ClusterView) -> dict[str, str]:
             f"the last passing restore drill of {target.cluster} was {_human(age)} ago; the "
             f"objective is {_human(target.max_drill_age)}"
         )
+    if target.max_stream_lag is not None:
+        status = view.stream
+        lag = _age(status.durable_at if status else None)
+        if status is None or lag is None:
+            problems["stream.stale"] = (
+                f"the change stream of {target.cluster} has never reported: is `jaco pipeline "
+                f"stream --cluster {target.cluster}` running?"
+            )
+        elif lag > target.max_stream_lag:
+            queued = f", {status.queued} segments queued" if status.queued else ""
+            problems["stream.stale"] = (
+                f"the change stream of {target.cluster} has stored nothing it received since "
+                f"{status.durable_at:%Y-%m-%d %H:%M:%S} UTC ({_human(lag)} ago; last heard "
+                f"from {status.host} pid {status.pid} {_human(_age(status.at) or 0)} ago"
+                f"{queued}); the objective is {_human(target.max_stream_lag)}"
+            )
     return problems
 
 
@@ -177,7 +196,7 @@ def watchdog(params: WatchdogParams) -> dict[str, Any]:
             findings.setdefault(target.cluster, []).append(reason)
             continue
         problems = stale_conditions(target, view)
-        _clear(catalog, {"backup.stale", "drill.stale"} - set(problems))
+        _clear(catalog, {"backup.stale", "drill.stale", "stream.stale"} - set(problems))
         for condition, reason in problems.items():
             findings.setdefault(target.cluster, []).append(reason)
             logger.error(reason)

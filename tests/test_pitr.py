@@ -9,6 +9,7 @@ the one the live cluster had at that revision; and the chain has no gap and no o
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -24,10 +25,12 @@ from typing import Any
 import pytest
 from prefect.settings import PREFECT_API_URL
 
-from flows.catalog import Catalog, SegmentRecord
+from flows.catalog import Catalog, SegmentRecord, StreamStatus
 from flows.drill_flow import drill_restore
+from flows.metrics import CatalogCollector
 from flows.params import DrillParams
 from flows.storage import open_store
+from flows.watchdog_flow import Objective, WatchdogParams, watchdog
 from infra.localcluster import JACO, Cluster, Node, wait_for
 from infra.ports import free_port
 from jaco.archive.age import load_identities, parse_recipient
@@ -45,7 +48,7 @@ from jaco.client.history import random_point
 from jaco.errors import JacoError
 from jaco.model.keys import P_DEPLOYMENTS
 from jaco.v1 import jaco_pb2 as pb
-from tests.pipeline import BUCKET
+from tests.pipeline import BUCKET, Webhook
 
 
 class Load:
@@ -95,7 +98,7 @@ class StreamProcess:
         log = open(self.root / "stream.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [JACO, "pipeline", "stream", "--config", str(self.config), "--cluster", "prod"]
-            + ["--segment-seconds", "1"],
+            + ["--segment-seconds", "1", "--heartbeat-seconds", "1", "--max-queued-mib", "0.001"],
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
@@ -207,6 +210,9 @@ def test_the_stream_survives_chaos_and_any_revision_restores_exactly(
     cluster.wait_ready(list(cluster.nodes))
     world["stream"].stop()
     assert "queued, retrying" in world["stream"].log()  # S3 was really down meanwhile
+    # ... long enough to fill the queue (1 KiB here): reading paused, then went on from there
+    assert "wait for a store: reading paused at revision" in world["stream"].log()
+    assert "reading again from revision" in world["stream"].log()
 
     chain = segments(world)
     expected = base.snapshot_index + 1
@@ -467,6 +473,109 @@ def test_a_drill_fails_on_a_segment_rewritten_in_the_bucket(
     assert "drill check(s) failed: point in time: revision " in message, message
     assert "differs from the live cluster's at that revision" in message, message
     assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_the_stream_beats_while_idle_and_the_watchdog_hears_it_stop(
+    streamed: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle cluster: no segment is written, yet the heartbeat says every change is stored
+    as of now. Killed with -9, the heartbeat stops: the watchdog's max_stream_lag alerts,
+    naming the dead process; the metrics and `jaco backup ls` show the same figure."""
+    world, catalog = streamed, streamed["catalog"]
+    hook = Webhook()
+    monkeypatch.setenv("JACO_ALERT_WEBHOOK", hook.url)
+    open_store(f"s3://{BUCKET}").delete("jaco/catalog/prod/watchdog.json")
+    with open_client(world["cluster"].ready_node().server, world["cluster"].token) as client:
+        now = client.call("StateDigest", pb.StateDigestRequest()).revision
+    stream = world["stream"]
+    stream.start()
+    assert stream.process is not None
+    pid = stream.process.pid
+
+    def mine() -> StreamStatus | None:
+        status = catalog.stream_status()
+        return status if status is not None and status.pid == pid else None
+
+    try:
+        first = wait_for(
+            lambda: (
+                (s := mine()) and s.seen_revision >= now and s.open_revisions == s.queued == 0 and s
+            ),
+            120,
+            "a heartbeat once caught up",
+        )
+        count = len(segments(world))
+        later = wait_for(
+            lambda: (
+                (s := mine()) and s.durable_at > first.durable_at + dt.timedelta(seconds=2) and s
+            ),
+            60,
+            "a later heartbeat",
+        )
+        assert len(segments(world)) == count, "the cluster was not idle"
+        assert later.stored_revision == segments(world)[-1].last_revision
+        assert later.open_revisions == later.queued == 0
+        target = Objective(
+            cluster="prod",
+            bucket=BUCKET,
+            local_dir=str(world["root"] / "local"),
+            max_backup_age=86400,
+            max_drill_age=86400,
+            max_stream_lag=60,
+        )
+        state = watchdog(WatchdogParams(clusters=[target]), return_state=True)
+        assert state.is_completed(), state.message
+        assert "jaco.stream.stale" not in hook.events("prod")
+        listed = world["cluster"].jaco("backup", "ls", "--store", f"s3://{BUCKET}")
+        assert "change stream: every change received before" in listed.out, listed.out
+
+        # S3 down, then a change: its segment cannot be stored. The local catalog's heartbeat
+        # goes on and says so (queued, stored through the moment it arrived, no later).
+        local = Catalog(open_store(str(world["root"] / "local")), "jaco", "prod")
+        world["s3"].stop()
+        try:
+            changed = dt.datetime.now(dt.UTC)
+            world["cluster"].ok("deploy", "beat", "--image", "x:1")
+            held = wait_for(
+                lambda: (
+                    (s := local.stream_status())
+                    and s.queued >= 1
+                    and s.at > s.durable_at + dt.timedelta(seconds=2)
+                    and s
+                ),
+                120,
+                "a heartbeat with the change queued",
+            )
+            assert changed <= held.durable_at and held.stored_revision == later.stored_revision
+        finally:
+            world["s3"].start()
+        wait_for(
+            lambda: (s := mine()) and s.queued == 0 and s.stored_revision > later.stored_revision,
+            120,
+            "the queued segment stored once S3 is back",
+        )
+    finally:
+        stream.stop(signal.SIGKILL)
+    last = catalog.stream_status()
+    assert last is not None and last.pid == pid
+    wait_for(lambda: (dt.datetime.now(dt.UTC) - last.durable_at).total_seconds() > 3, 10, "3 s")
+    target = target.model_copy(update={"max_stream_lag": 3})
+    state = watchdog(WatchdogParams(clusters=[target]), return_state=True)
+    assert state.is_completed(), state.message
+    stale = [p for p in hook.posts if p["event"] == "jaco.stream.stale"]
+    assert len(stale) == 1, hook.posts
+    assert "has stored nothing it received since" in stale[0]["reason"]
+    assert f"pid {pid} " in stale[0]["reason"]
+    metrics = {
+        sample.name: sample.value
+        for family in CatalogCollector([target]).collect()
+        for sample in family.samples
+        if sample.labels.get("cluster") == "prod"
+    }
+    assert metrics["jaco_stream_durable_timestamp_seconds"] == last.durable_at.timestamp()
+    assert metrics["jaco_stream_objective_seconds"] == 3
+    assert metrics["jaco_stream_queued_segments"] == 0
+    hook.close()
 
 
 @pytest.mark.last_in_module

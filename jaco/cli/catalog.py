@@ -91,6 +91,7 @@ def _json(view: ClusterView) -> dict[str, Any]:
         "failures": [f.model_dump(mode="json") for f in view.failures],
         "failure_counts": view.failure_counts,
         "window": view.window.model_dump(mode="json") if view.window else None,
+        "stream": view.stream.model_dump(mode="json") if view.stream else None,
     }
 
 
@@ -141,6 +142,15 @@ def backup_ls(
                 f"  point-in-time restore: any point from {w.since.isoformat(timespec='seconds')}"
                 f" to {w.until.isoformat(timespec='seconds')} (revision {w.last_revision}, "
                 f"segments of {safe(w.base)})",
+                soft_wrap=True,
+            )
+        if view.stream is not None:
+            s = view.stream
+            queued = f", {s.queued} segments queued" if s.queued else ""
+            out.print(
+                f"  change stream: every change received before {_ago(s.durable_at)} stored "
+                f"(segments through revision {s.stored_revision}, cluster at {s.seen_revision}; "
+                f"heard from {safe(s.host)} pid {s.pid} {_ago(s.at)}{queued})",
                 soft_wrap=True,
             )
         for failure in view.failures[:5]:

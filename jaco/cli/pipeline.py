@@ -109,6 +109,21 @@ def stream(
     segment_mib: Annotated[
         float, typer.Option(min=0.01, max=256, help="... or when it holds this many MiB.")
     ] = 4.0,
+    heartbeat_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.5, max=3600, help="How often to record how far it has stored (stream.json)."
+        ),
+    ] = 15.0,
+    max_queued_mib: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            max=65536,
+            help="Segments held in memory for a failing store, at most; then reading pauses "
+            "(etcd keeps the history) until they are stored.",
+        ),
+    ] = 64.0,
 ) -> None:
     """Continuous backup: the cluster's changes as encrypted segments to its stores, until
     SIGTERM. Resumes after the last segment recorded in the catalog; see docs/pipeline.md."""
@@ -134,7 +149,10 @@ def stream(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     settings = StreamSettings(
-        segment_seconds=segment_seconds, segment_bytes=int(segment_mib * 1024 * 1024)
+        segment_seconds=segment_seconds,
+        segment_bytes=int(segment_mib * 1024 * 1024),
+        heartbeat_seconds=heartbeat_seconds,
+        max_queued_bytes=max(int(max_queued_mib * 1024 * 1024), 1),
     )
     Stream(site.clusters[cluster].backup_params(), settings, stop).run()
 
