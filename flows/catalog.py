@@ -294,6 +294,11 @@ class Catalog:
         found = self._read_all(f"segments/{base}/", SegmentRecord)
         return sorted(found, key=lambda r: r.first_revision)
 
+    def forget_chain(self, base: str) -> None:
+        """Remove the segment records of a backup that is gone (retention)."""
+        for obj in list(self.store.list(f"{self.root}segments/{base}/")):
+            self.store.delete(obj.key)
+
     def last_segment(self, base: str) -> SegmentRecord | None:
         """The newest segment of a chain, read alone (the keys sort by first revision)."""
         keys = sorted(o.key for o in self.store.list(f"{self.root}segments/{base}/"))

@@ -25,12 +25,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
-from flows.catalog import Catalog
+from flows.catalog import Catalog, stem_of
 from flows.errors import VerifyFailed
 from flows.params import Where
 from flows.retention import RetentionPolicy, parse_key, to_keep
 from flows.secrets import ClusterSecrets, S3Settings
-from flows.storage import open_store
+from flows.storage import BackupStore, open_store
+from flows.stream import segments_prefix
 from jaco.public import (
     ArchiveError,
     BackupMeta,
@@ -225,13 +226,15 @@ def prune_task(
     where: Where, store_url: str, cluster_id: str, policy: RetentionPolicy, protect: str | None
 ) -> dict[str, Any]:
     """Apply the retention policy to one store; never touches `protect` (the newest backup
-    when None) or locked objects. The catalog of that store forgets what was deleted."""
+    when None) or locked objects. The catalog of that store forgets what was deleted, and the
+    change segments of backups no longer there go too (prune_chains)."""
     store = open_store(store_url, where.s3)
     prefix = f"{where.prefix.strip('/')}/{cluster_id}/"
     objects = list(store.list(prefix))
     backups = [b for b in (parse_key(o.key) for o in objects) if b is not None]
     if not backups:
-        return {"store": store.name, "deleted": [], "kept": [], "locked": [], "dry_run": True}
+        return {"store": store.name, "deleted": [], "kept": [], "locked": [], "dry_run": True,
+                "segments_deleted": 0}  # fmt: skip
     if protect is None:
         protect = max(backups, key=lambda b: (b.day, b.index)).key
     keep = to_keep(backups, policy) | {protect}
@@ -242,13 +245,16 @@ def prune_task(
         for key in doomed:
             store.delete(key)
         Catalog(store, where.prefix, where.cluster).forget(doomed)
+    remaining = {stem_of(b.key) for b in backups if b.key not in doomed}
+    segments = prune_chains(store, where, remaining, policy.dry_run)
     get_run_logger().info(
-        "%s: %s %d backups, kept %d, %d under object lock",
+        "%s: %s %d backups, kept %d, %d under object lock; %d change segments of backups gone",
         store.name,
         "would delete" if policy.dry_run else "deleted",
         len(doomed),
         len(backups) - len(doomed),
         len(locked),
+        segments,
     )
     return {
         "store": store.name,
@@ -256,4 +262,24 @@ def prune_task(
         "kept": sorted(keep & {b.key for b in backups}),
         "locked": sorted(locked),
         "dry_run": policy.dry_run,
+        "segments_deleted": segments,
     }
+
+
+def prune_chains(store: BackupStore, where: Where, remaining: set[str], dry_run: bool) -> int:
+    """Delete the change segments (objects, then catalog records) of every chain whose full
+    backup is not in this store: pruned now, or by a run that died before getting here. No
+    restore can use them without their base. Locked objects stay; returns how many went."""
+    catalog = Catalog(store, where.prefix, where.cluster)
+    top = segments_prefix(where.prefix, where.cluster, "x")[: -len("x/")]
+    bases = {o.key[len(top) :].split("/", 1)[0] for o in store.list(top)}
+    deleted = 0
+    for base in sorted(bases - remaining):
+        for obj in list(store.list(segments_prefix(where.prefix, where.cluster, base))):
+            if not store.is_locked(obj.key):
+                deleted += 1
+                if not dry_run:
+                    store.delete(obj.key)
+        if not dry_run:
+            catalog.forget_chain(base)
+    return deleted

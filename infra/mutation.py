@@ -225,6 +225,13 @@ MUTATIONS: list[Mutation] = [
         k(PITR, "chaos"),
     ),
     m(
+        "retention: the segments of pruned backups are kept",
+        "flows/tasks.py",
+        "    for base in sorted(bases - remaining):",
+        "    for base in sorted(set[str]()):",
+        k("tests/test_retention.py", "segments"),
+    ),
+    m(
         "drill: segment names from the header not checked (issue 15)",
         "jaco/drill/agent.py",
         "            if not SEGMENT_NAME.match(name) or not 0 < size <= MAX_SEGMENT_BYTES:",

@@ -169,3 +169,48 @@ def test_the_prune_flow_runs_for_real_and_keeps_the_newest(
     keys = [o["Key"] for o in client.list_objects_v2(Bucket="flow")["Contents"]]
     assert sorted(keys) == sorted([newest, other])
     assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.age")] == [newest]
+
+
+def test_the_change_segments_of_pruned_backups_go_with_them(
+    s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch, prefect: str
+) -> None:
+    """A backup's segment chain is no use without it: pruned with it (objects and catalog
+    records), as is a chain whose backup a run that died midway already deleted. Kept
+    backups keep their chains; another cluster's segments are not touched."""
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    s3.create_bucket("chains")
+    client = s3.client()
+    days = all_days()[-5:]
+    for day in days:
+        client.put_object(Bucket="chains", Key=key_of(day), Body=b"x")
+    stems = [key_of(day).rsplit("/", 1)[-1].removesuffix(".tar.gz.age") for day in days]
+    chains = {stem: stem for stem in stems} | {"orphan": "cluster-2025-12-31-1"}
+    for stem in chains.values():
+        for first in (10, 20):
+            client.put_object(
+                Bucket="chains", Key=f"jaco/segments/c1/{stem}/{first:016d}.seg.age", Body=b"s"
+            )
+            client.put_object(
+                Bucket="chains",
+                Key=f"jaco/catalog/c1/segments/{stem}/{first:016d}.json",
+                Body=b"{}",
+            )
+    theirs = f"jaco/segments/c2/{stems[0]}/{10:016d}.seg.age"  # another cluster, same stem
+    client.put_object(Bucket="chains", Key=theirs, Body=b"s")
+
+    def listed(prefix: str) -> set[str]:
+        found = client.list_objects_v2(Bucket="chains", Prefix=prefix).get("Contents", [])
+        return {o["Key"].split("/")[-2] for o in found}
+
+    policy = RetentionPolicy(keep_last=2, daily=0, weekly=0, monthly=0)
+    dry = prune("s3://chains", policy.model_copy(update={"dry_run": True}), key_of(days[-1]),
+                bucket="chains")  # fmt: skip
+    assert dry["segments_deleted"] == 8  # 3 pruned backups and the orphan, 2 segments each
+    assert listed("jaco/segments/c1/") == set(chains.values())
+
+    result = prune("s3://chains", policy, key_of(days[-1]), bucket="chains")
+    assert result["segments_deleted"] == 8
+    assert listed("jaco/segments/c1/") == set(stems[-2:])
+    assert listed("jaco/catalog/c1/segments/") == set(stems[-2:])
+    assert client.head_object(Bucket="chains", Key=theirs)["ContentLength"] == 1
