@@ -10,6 +10,7 @@ from typing import Any
 from flows.backup_flow import backup_cluster
 from flows.config import ClusterConfig, SiteConfig
 from flows.drill_flow import drill_restore
+from flows.errors import PipelineError
 from flows.prune_flow import prune_backups
 from flows.watchdog_flow import Objective, WatchdogParams, watchdog
 
@@ -98,3 +99,61 @@ def site_deployments(config: SiteConfig) -> list[tuple[Any, dict[str, Any]]]:
         )
     )
     return made
+
+
+def deployment_names(made: list[tuple[Any, dict[str, Any]]]) -> list[str]:
+    return [f"{flow.name}/{options['name']}" for flow, options in made]
+
+
+def held_otherwise(names: list[str], for_pool: bool) -> dict[str, str]:
+    """Deployments of these names the Prefect server already holds the other way: for a work
+    pool (deployments.register) when about to serve them, or served (deployments.serve) when
+    about to register them on a pool. Re-created under the same name, a deployment keeps the
+    other way's leftovers (a served run then tries to download the pool's code storage and
+    crashes; pool workers would pick up a served deployment's runs). By name: how held."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    found: dict[str, str] = {}
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                existing = client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                continue
+            pooled = bool(
+                existing.work_pool_name or existing.storage_document_id or existing.pull_steps
+            )
+            if pooled and not for_pool:
+                found[name] = f"registered on work pool {existing.work_pool_name or '?'}"
+            elif not pooled and for_pool:
+                found[name] = "served by a deployments.serve process"
+    return found
+
+
+def replace(names: list[str]) -> None:
+    """Delete these deployments (and with them their scheduled runs), to be created anew."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        for name in names:
+            client.delete_deployment(client.read_deployment_by_name(name).id)
+
+
+def refuse_or_replace(made: list[tuple[Any, dict[str, Any]]], for_pool: bool, take: bool) -> None:
+    """Refuse (a PipelineError naming them and the way out) to re-create deployments the server
+    holds the other way, unless told to take them over (--replace)."""
+    names = deployment_names(made)
+    held = held_otherwise(names, for_pool)
+    if not held:
+        return
+    if not take:
+        first, how = next(iter(held.items()))
+        more = f" (and {len(held) - 1} more)" if len(held) > 1 else ""
+        raise PipelineError(
+            f"{first} is already {how}{more}; run with --replace to take them over (their "
+            "scheduled runs are deleted and made again), or stop the other way first"
+        )
+    replace(sorted(held))
+    for name, how in held.items():
+        print(f"replaced {name} ({how})", flush=True)

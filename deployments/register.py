@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
-from deployments.build import site_deployments
+from deployments.build import refuse_or_replace, site_deployments
 from flows.config import load_config, site_config_path
 from flows.errors import PipelineError
 from flows.sandbox import IMAGE
@@ -40,13 +40,15 @@ ENTRYPOINTS = {
 
 def register(
     config_path: Path, pool: str, source: Path, drill_pool: str | None = None,
-    drill_network: str | None = None,
+    drill_network: str | None = None, take: bool = False,
 ) -> list[str]:  # fmt: skip
     from prefect import Flow
 
     config = load_config(config_path)
+    made = site_deployments(config)
+    refuse_or_replace(made, for_pool=True, take=take)
     names = []
-    for flow, options in site_deployments(config):
+    for flow, options in made:
         if drill_pool and flow.name == "drill-restore":
             options = container_drill(options, drill_network)
             flow.deploy(work_pool_name=drill_pool, image=IMAGE, build=False, push=False,
@@ -95,9 +97,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--drill-network", help="the Docker network drill containers join (S3 and the API only)"
     )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="take over deployments of the same names served by deployments.serve",
+    )
     args = parser.parse_args(argv)
     try:
-        names = register(args.config, args.pool, args.source, args.drill_pool, args.drill_network)
+        names = register(
+            args.config, args.pool, args.source, args.drill_pool, args.drill_network, args.replace
+        )
     except PipelineError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         sys.exit(2)

@@ -17,9 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-from deployments.build import site_deployments, watchdog_params
+from deployments.build import refuse_or_replace, site_deployments, watchdog_params
 from flows.config import load_config, site_config_path
 from flows.errors import PipelineError
 
@@ -33,9 +32,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, default=site_config_path())
     parser.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here")
     parser.add_argument("--metrics-address", default="127.0.0.1")
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="take over deployments of the same names registered on a work pool",
+    )
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
+        made = site_deployments(config)
+        refuse_or_replace(made, for_pool=False, take=args.replace)
     except PipelineError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         sys.exit(2)
@@ -46,8 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"metrics on http://{args.metrics_address}:{args.metrics_port}/metrics", flush=True)
     from prefect import serve
 
-    made: list[Any] = [d.to_deployment(**kw) for d, kw in site_deployments(config)]
-    serve(*made)
+    serve(*[flow.to_deployment(**options) for flow, options in made])
 
 
 if __name__ == "__main__":

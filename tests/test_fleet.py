@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from deployments.build import deployment_names, held_otherwise, site_deployments
 from flows.catalog import BackupRecord, Catalog
+from flows.config import load_config
 from flows.drill_flow import drill_restore
 from flows.params import DrillParams
 from flows.secrets import ClusterSecrets
@@ -102,12 +104,26 @@ def test_one_process_serves_every_cluster_with_its_own_secrets(
 
     port = free_port()
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    # The same site registered on a work pool first (as a fleet of workers runs it): serving
+    # it is refused, then --replace takes the deployments over. (A served deployment made over
+    # a registered one kept its code storage: every run crashed loading the flow.)
+    _pool("fleet-pool")
+    register = [sys.executable, "-m", "deployments.register", "--config", str(site["config"]),
+                "--pool", "fleet-pool"]  # fmt: skip
+    registered = subprocess.run(register, env=env, capture_output=True, text=True, timeout=300)
+    assert registered.returncode == 0, registered.stderr[-2000:]
+    serve = [sys.executable, "-m", "deployments.serve", "--config", str(site["config"]),
+             "--metrics-port", str(port)]  # fmt: skip
+    refused = subprocess.run(serve, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert refused.stderr.startswith(
+        "error: backup-cluster/backup-alpha is already registered on work pool fleet-pool (and "
+    ), refused.stderr
+    assert "--replace" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert _deployment("backup-cluster/backup-alpha").work_pool_name == "fleet-pool"
+
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
-    serving = subprocess.Popen(
-        [sys.executable, "-m", "deployments.serve", "--config", str(site["config"]),
-         "--metrics-port", str(port)],
-        env=env, stdout=log, stderr=log,
-    )  # fmt: skip
+    serving = subprocess.Popen([*serve, "--replace"], env=env, stdout=log, stderr=log)
     try:
         before = wait_for(lambda: _scrape(port), 120, "the metrics endpoint")
         for name in NAMES:
@@ -138,6 +154,9 @@ def test_one_process_serves_every_cluster_with_its_own_secrets(
             return states
 
         wait_for(lambda: _registered("drill-restore/drill-beta"), 120, "the deployments")
+        served = deployment_names(site_deployments(load_config(site["config"])))
+        assert all(_deployment(name).work_pool_name is None for name in served)
+        assert held_otherwise(served, for_pool=False) == {}  # a restarted serve takes its own
         backups = run_all("backup-cluster/backup")
         for name in NAMES:
             assert backups[name].is_completed(), (name, backups[name].message, _tail(log))
@@ -168,6 +187,11 @@ def test_one_process_serves_every_cluster_with_its_own_secrets(
         serving.terminate()
         serving.wait(30)
         log.close()
+    # ... and registering them on a pool while served is refused the same way
+    refused = subprocess.run(register, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "is already served by a deployments.serve process" in refused.stderr
+    assert _deployment("backup-cluster/backup-alpha").work_pool_name is None
     listed = run([JACO, "backup", "ls", "--json", "--config", str(site["config"])])
     assert listed.code == 0, listed.err
     shown = {c["cluster"]: c for c in json.loads(listed.out)}
@@ -185,6 +209,25 @@ def _tail(log: Any) -> str:
     """The serve process's last lines (its flow runs' output too): why a run crashed."""
     log.flush()
     return "\n".join(Path(log.name).read_text(errors="replace").splitlines()[-60:])
+
+
+def _pool(name: str) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+        except ObjectAlreadyExists:
+            pass
+
+
+def _deployment(name: str) -> Any:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(name)
 
 
 def _registered(name: str) -> bool:

@@ -76,9 +76,11 @@ def test_two_workers_back_up_three_clusters_at_once(
         }
         for var in ("JACO_TOKEN", "JACO_AGE_IDENTITY_FILE"):
             env.pop(var, None)  # only the per-cluster references
+        # --replace: test_fleet may have served alpha and beta on this server before (its
+        # serve process is gone; the names stay). That refusal is test_fleet's to check.
         registered = subprocess.run(
             [sys.executable, "-m", "deployments.register", "--config", str(config),
-             "--pool", "jaco-fleet"],
+             "--pool", "jaco-fleet", "--replace"],
             env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert registered.returncode == 0, registered.stderr[-2000:]
