@@ -114,8 +114,7 @@ def test_one_process_serves_every_cluster_with_its_own_secrets(
     assert registered.returncode == 0, registered.stderr[-2000:]
     serve = [sys.executable, "-m", "deployments.serve", "--config", str(site["config"]),
              "--metrics-port", str(port)]  # fmt: skip
-    refused = subprocess.run(serve, env=env, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2, refused.stderr[-2000:]
+    refused = _refused(serve, env)
     assert refused.stderr.startswith(
         "error: backup-cluster/backup-alpha is already registered on work pool fleet-pool (and "
     ), refused.stderr
@@ -188,8 +187,7 @@ def test_one_process_serves_every_cluster_with_its_own_secrets(
         serving.wait(30)
         log.close()
     # ... and registering them on a pool while served is refused the same way
-    refused = subprocess.run(register, env=env, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2, refused.stderr[-2000:]
+    refused = _refused(register, env)
     assert "is already served by a deployments.serve process" in refused.stderr
     assert _deployment("backup-cluster/backup-alpha").work_pool_name is None
     listed = run([JACO, "backup", "ls", "--json", "--config", str(site["config"])])
@@ -209,6 +207,16 @@ def _tail(log: Any) -> str:
     """The serve process's last lines (its flow runs' output too): why a run crashed."""
     log.flush()
     return "\n".join(Path(log.name).read_text(errors="replace").splitlines()[-60:])
+
+
+def _refused(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a command that must refuse at once (exit 2): not one that starts serving."""
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"not refused: still running after 90 s: {command[2]}") from exc
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    return done
 
 
 def _pool(name: str) -> None:
