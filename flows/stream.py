@@ -27,7 +27,6 @@ import datetime as dt
 import hashlib
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -41,6 +40,7 @@ from pydantic import BaseModel, Field
 from flows.catalog import BackupRecord, Catalog, SegmentRecord, StreamStatus, stem_of
 from flows.params import BackupParams
 from flows.storage import BackupStore, open_store
+from flows.stream_reader import Reading
 from jaco.public import (
     Compacted,
     JacoError,
@@ -49,8 +49,6 @@ from jaco.public import (
     SegmentBuilder,
     SegmentMeta,
     encrypt_segment,
-    follow_changes,
-    open_client,
     parse_recipient,
     segment_name,
     write_private,
@@ -86,43 +84,6 @@ class Sealed:
     ciphertext: bytes
     sealed_at: float  # time.monotonic(), for the RPO figure
     opened_at: dt.datetime  # when its first change arrived: stored through just before it
-
-
-INBOX_ITEMS = 1000  # revisions read ahead of the segment builder, at most
-
-
-def _put(inbox: queue.Queue, item: object, stop: threading.Event) -> bool:  # type: ignore[type-arg]
-    """Into a bounded inbox, waiting while it is full; False once told to stop."""
-    while not stop.is_set():
-        try:
-            inbox.put(item, timeout=0.5)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-class Reading:
-    """The Changes RPC read by a thread into a bounded inbox, from one revision on; closed to
-    pause (a failing store) and started again from where the builder stopped."""
-
-    def __init__(self, stream: Stream, start: int) -> None:
-        self.inbox: queue.Queue[RevisionRecord | Progress | BaseException] = queue.Queue(
-            INBOX_ITEMS
-        )
-        self.stop = threading.Event()
-        threading.Thread(
-            target=stream._read, args=(start, self.inbox, self.stop), daemon=True
-        ).start()
-
-    def get(self, timeout: float) -> RevisionRecord | Progress | BaseException | None:
-        try:
-            return self.inbox.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    def close(self) -> None:
-        self.stop.set()  # what it still holds is dropped: the next one reads it again
 
 
 class Rebase(Exception):
@@ -207,7 +168,8 @@ class Stream:
         self.stored_revision = self.seen_revision = after
         self.next_heartbeat = 0.0
         log.info("streaming %s from revision %d (extends %s)", self.params.cluster, after + 1, base)
-        reading: Reading | None = Reading(self, after + 1)
+        token = self.params.secrets.read_token()
+        reading: Reading | None = Reading(self.params.servers, token, after + 1)
         opened = time.monotonic()
         next_rebase = opened + self.settings.rebase_seconds
         try:
@@ -228,7 +190,7 @@ class Stream:
                 else:
                     if reading is None:
                         log.info("reading again from revision %d", self.seen_revision + 1)
-                        reading = Reading(self, self.seen_revision + 1)
+                        reading = Reading(self.params.servers, token, self.seen_revision + 1)
                     item = reading.get(0.2)
                 if isinstance(item, BaseException):
                     if builder.records:  # what was received before the stream broke is good
@@ -302,32 +264,6 @@ class Stream:
             return self.newest_backup()
         except JacoError:
             return None
-
-    def _read(self, start: int, inbox: queue.Queue, stop: threading.Event) -> None:  # type: ignore[type-arg]
-        """The Changes RPC into `inbox`, from the next server when one goes away."""
-        token = self.params.secrets.read_token()
-        position, attempt = start - 1, 0
-        while not stop.is_set():
-            server = self.params.servers[attempt % len(self.params.servers)]
-            try:
-                with open_client(server, token) as client:
-                    for item in follow_changes(client, position + 1):
-                        if isinstance(item, RevisionRecord):
-                            position = item.revision
-                        elif item.revision > position:
-                            position = item.revision
-                        if not _put(inbox, item, stop):
-                            return
-            except Compacted as exc:
-                _put(inbox, exc, stop)
-                return
-            except JacoError as exc:
-                if not exc.retryable:
-                    _put(inbox, exc, stop)
-                    return
-                log.warning("server %s: %s; trying the next one", server, exc.message)
-            attempt += 1
-            stop.wait(min(0.5 * attempt, 5.0))
 
     # -- storing ---------------------------------------------------------------------------
 
