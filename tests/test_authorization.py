@@ -50,6 +50,7 @@ EXPECTED = {
     "VerifyAudit": READ,
     "StateDigest": READ,
     "IssueJoinToken": WRITE,
+    "RemoveNode": WRITE,
     "Join": JOIN,
     "Backup": WRITE,
     "Changes": WRITE,
@@ -74,6 +75,7 @@ LET_THROUGH: dict[str, dict[str, Any]] = {
     "CreateToken": {"role": "no-such-role"},
     "IssueJoinToken": {"ttl_seconds": 7 * 86400 + 1},
     "Join": {"name": "Not A Node Name"},  # + the caller's token
+    "RemoveNode": {"name": "Not A Node Name"},
 }
 REFUSED: dict[str, dict[str, Any]] = {
     "Deploy": {"name": "probe", "image": "probe:1", "replicas": 1},
@@ -86,6 +88,7 @@ REFUSED: dict[str, dict[str, Any]] = {
     "RevokeToken": {"id": "<the viewer's>"},
     "IssueJoinToken": {"ttl_seconds": 3600},
     "Join": {"name": "probe", "peer_url": "https://127.0.0.1:1", "api_address": "127.0.0.1:2"},
+    "RemoveNode": {"name": "probe"},  # the learner Join admits, in the write-changes test
 }
 AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
@@ -238,7 +241,7 @@ def test_the_refused_requests_would_have_changed_the_store(tmp_path: Path) -> No
 
 def _each_write_changes(world: World) -> None:
     order = ["Deploy", "Scale", "AddRoute", "IssueCert", "CreateToken", "IssueJoinToken"]
-    order += ["RevokeToken", "RemoveRoute", "RemoveDeployment", "Backup", "Join"]
+    order += ["RevokeToken", "RemoveRoute", "RemoveDeployment", "Backup", "Join", "RemoveNode"]
     # Changes is admin-only for what it reads (the CA key, token hashes), not for a write.
     admin_reads = {"Changes"}
     writes = [rpc for rpc, access in EXPECTED.items() if access != READ and rpc not in admin_reads]

@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from infra.localcluster import JACO, Cluster, Node, Result, free_port, run
+from infra.localcluster import JACO, Cluster, Node, Result, cluster_of, free_port, run
 
 
 def _join(cluster: Cluster, name: str, token: str) -> tuple[Node, Result]:
@@ -236,3 +236,67 @@ def test_join_token_sources_and_the_deprecated_flag(tmp_path: Path) -> None:
         result = run([*base, *args], env={"JACO_JOIN_TOKEN": "", **env}, input_=stdin)
         assert (result.code, result.err) == (code, err), args
         assert not data.exists()
+
+
+def test_a_lost_node_is_removed_and_joins_and_replicas_go_on(tmp_path: Path) -> None:
+    """A learner whose host never came back blocks every later join: `jaco node remove` frees
+    its place. A voter lost for good is removed through another node, its replicas placed on
+    the nodes left. Each removal is in the audit log; mistakes are refused in one line."""
+    with cluster_of(tmp_path, 2) as cluster:
+        via = cluster.nodes["node-1"]
+        cluster.ok("deploy", "web", "--image", "nginx:1", "--replicas", "4")
+        token3, token4 = (cluster.ok("node", "issue-join-token").out.strip() for _ in "34")
+        _, admitted = cluster.try_join("node-3", token3, via)  # its host is lost before it starts
+        assert admitted.code == 0, admitted.err
+        node4 = cluster.new_node("node-4")
+        node4.data_dir.mkdir(mode=0o700)
+        blocked = cluster.run_join(node4, token4, via, "--wait", "6")
+        assert blocked.code == 7 and "node node-3 is still catching up" in blocked.err
+
+        removed = cluster.ok("node", "remove", "node-3", server=via.server)
+        assert removed.out.strip() == (
+            "Removed node node-3 (its etcd member removed; 0 replicas moved)"
+        )
+        assert "node-3" not in _names(cluster) and "node-3" not in _members(cluster)
+        joined = cluster.run_join(node4, token4, via)
+        assert joined.code == 0, joined.err
+        node4.start()
+        cluster.wait_ready(["node-1", "node-2", "node-4"])
+
+        def placed() -> dict[str, str]:
+            (web,) = cluster.ok("status", "--json", server=via.server).json()["deployments"]
+            return {r["id"]: r["node"] for r in web["placed"]}
+
+        before = placed()
+        on_node2 = sorted(rid for rid, node in before.items() if node == "node-2")
+        assert len(on_node2) == 2
+        cluster.nodes["node-2"].stop(signal.SIGKILL)  # its disk is gone: it never comes back
+        for name, code, message in (
+            ("node-1", 2, "node node-1 is the node you are talking to: remove it through "
+                          "another node"),
+            ("node-9", 3, "no node named node-9"),
+            ("Node_2", 2, "invalid node name 'Node_2'"),
+        ):  # fmt: skip
+            refused = cluster.jaco("node", "remove", name, server=via.server)
+            assert refused.code == code, refused.err
+            assert refused.err.startswith(f"error: {message}"), refused.err
+            assert len(refused.err.splitlines()) == 1 and refused.out == ""
+        assert placed() == before
+
+        gone = cluster.ok("node", "remove", "node-2", server=via.server)
+        assert gone.out.strip() == "Removed node node-2 (its etcd member removed; 2 replicas moved)"
+        after = placed()
+        assert set(after) == set(before) and set(after.values()) == {"node-1", "node-4"}
+        assert {rid: after[rid] for rid in on_node2} == dict.fromkeys(on_node2, "node-4")
+        assert set(_names(cluster)) == {"node-1", "node-4"}
+        assert set(_members(cluster)) == {"node-1", "node-4"}
+        events = [json.loads(e) for e in cluster.ok("audit", "--type", "NODE_REMOVED", "--json")
+                  .out.splitlines()]  # fmt: skip
+        assert [(e["detail"]["name"], e["detail"]["replicas_moved"]) for e in events] == [
+            ("node-3", 0),
+            ("node-2", 2),
+        ]
+        cluster.ok("audit", "verify")
+        cluster.ok("scale", "web", "--replicas", "5")  # the two left are a quorum
+        again = cluster.jaco("node", "remove", "node-2", server=via.server)
+        assert again.code == 3 and again.err.startswith("error: no node named node-2")

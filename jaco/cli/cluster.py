@@ -34,7 +34,7 @@ from jaco.model.access import MAX_JOIN_TTL
 from jaco.v1 import jaco_pb2 as pb
 
 cluster_app = typer.Typer(no_args_is_help=True, help="Create a cluster; show its nodes.")
-node_app = typer.Typer(no_args_is_help=True, help="Add nodes to the cluster.")
+node_app = typer.Typer(no_args_is_help=True, help="Add nodes to the cluster; remove lost ones.")
 
 
 @cluster_app.command("init")
@@ -103,6 +103,22 @@ def issue_join_token(
         reply = client.call("IssueJoinToken", pb.IssueJoinTokenRequest(ttl_seconds=ttl))
     err.print(safe(f"Single-use join token (expires {reply.expires_at}):"))
     out.print(safe(reply.token), soft_wrap=True)
+
+
+@node_app.command("remove")
+@operator_errors
+def node_remove(
+    name: Annotated[str, typer.Argument(help="The node's name (`jaco cluster status`).")],
+    server: Server = "",
+) -> None:
+    """Remove a node the cluster has lost for good (its host gone, its disk wiped): its etcd
+    member, its record and liveness key; the replicas placed on it go to the other nodes.
+    A learner that never came back blocks every later join until it is removed. Ask another
+    node than the one removed. To have it back: an empty data dir and a new join token."""
+    with open_client(server) as client:
+        reply = client.call("RemoveNode", pb.RemoveNodeRequest(name=name))
+    member = "its etcd member removed" if reply.member_removed else "etcd had no member left"
+    out.print(safe(f"Removed node {reply.name} ({member}; {reply.replicas_moved} replicas moved)"))
 
 
 @node_app.command("join")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from jaco.errors import AlreadyExists, NotFound
-from jaco.model import audit, pki, tokens
+from jaco.model import audit, pki, scheduler, tokens
 from jaco.model.access import Access, name_taken, token_record
 from jaco.model.digest import StateDigest
 from jaco.model.engine import Change, View
@@ -20,6 +21,7 @@ from jaco.model.keys import (
     P_EVENTS,
     P_JOIN,
     P_NODES,
+    P_SCHEDULER,
     P_TOKENS,
     ROOT,
     decode,
@@ -95,6 +97,42 @@ class Membership(Access):
             change.audit(event, name=name, **fields)
 
         await self.mutate(actor, fn)
+
+    async def remove_node(self, actor: str, name: str, member_removed: bool) -> int:
+        """Forget a node whose etcd member is gone: its record and liveness key, and the
+        replicas placed on it placed again on the voters still alive (the least loaded
+        first), in one transaction. Returns how many replicas moved."""
+        alive = await self.alive()
+
+        async def fn(view: View, change: Change) -> int:
+            record = await view.get(P_NODES + name)
+            if record is None:
+                raise NotFound(f"no node named {name}")
+            voters = [n["name"] for n in await view.list(P_NODES) if n.get("voter")]
+            others = [n for n in voters if n != name]
+            ready = [n for n in others if n in alive] or others
+            placements = await view.list(P_SCHEDULER)
+            orphans = [p for p in placements if p.get("node") == name]
+            if orphans:
+                load = Counter(p["node"] for p in placements if p.get("node") != name)
+                for placement, target in zip(
+                    orphans, scheduler.place(ready, load, len(orphans)), strict=True
+                ):
+                    placement.pop("schema", None)
+                    moved = {**placement, "node": target, "placed_at": now()}
+                    change.put(P_SCHEDULER + placement["replica"], moved)
+            change.delete(P_NODES + name)
+            change.delete(P_ALIVE + name)
+            change.audit(
+                "NODE_REMOVED",
+                name=name,
+                member_id=record.get("member_id"),
+                member_removed=member_removed,
+                replicas_moved=len(orphans),
+            )
+            return len(orphans)
+
+        return await self.mutate(actor, fn)
 
     async def nodes(self) -> list[dict[str, Any]]:
         return await (await self.view()).list(P_NODES)

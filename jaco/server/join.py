@@ -1,4 +1,5 @@
-"""The Join RPC's work: admit a node as an etcd learner with the single-use join token it sent.
+"""The Join RPC's work: admit a node as an etcd learner with the single-use join token it sent;
+and RemoveNode's: forget a node the cluster has lost for good.
 
 The token is checked before anything else in the request is read. etcd (3.4) admits one
 learner at a time and refuses membership changes for 5 s after one (strict reconfiguration),
@@ -15,10 +16,10 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from jaco.errors import InvalidArgument, JacoError, LearnerPending, Unavailable
+from jaco.errors import InvalidArgument, JacoError, LearnerPending, NotFound, Unavailable
 from jaco.model import pki
 from jaco.model.etcd import Member
-from jaco.model.etcd_errors import MembershipSettling, TooManyLearners
+from jaco.model.etcd_errors import EtcdError, MembershipSettling, TooManyLearners
 from jaco.model.keys import now
 from jaco.model.names import check_name
 from jaco.server.convert import host_port
@@ -77,6 +78,38 @@ async def admit(node: Node, request: Any) -> pb.JoinResponse:
         initial_cluster=initial,
         member_id=f"{member_id:x}",
     )
+
+
+async def remove(node: Node, actor: str, name: str) -> pb.RemovedNode:
+    """Remove `name`'s etcd member (if etcd still has it), then its records. In that order, so
+    that a retry after a crash between the two finds the member gone and finishes the job."""
+    name = check_name("node", name)
+    if name == node.config.name:
+        raise InvalidArgument(
+            f"node {name} is the node you are talking to: remove it through another node"
+        )
+    record = next((n for n in await node.store.nodes() if n["name"] == name), None)
+    if record is None:
+        raise NotFound(f"no node named {name}")
+    member_removed = False
+    if record.get("member_id"):
+        member_id = int(record["member_id"], 16)
+        async with node.membership_lock:
+            if any(m.id == member_id for m in await node.etcd.members()):
+                try:
+                    await node.etcd.remove_member(member_id)
+                except EtcdError as exc:
+                    if "not enough started members" not in exc.message:
+                        raise
+                    raise MembershipSettling(
+                        f"removing node {name} now would leave fewer started voters than a "
+                        "quorum: start the stopped nodes first (`jaco cluster status`)"
+                    ) from None
+                member_removed = True
+    moved = await node.store.remove_node(actor, name, member_removed)
+    log.info("node %s removed (etcd member removed: %s, %d replicas moved)",
+             name, member_removed, moved)  # fmt: skip
+    return pb.RemovedNode(name=name, member_removed=member_removed, replicas_moved=moved)
 
 
 async def _add_learner(node: Node, peer_url: str) -> tuple[int, list[Member]]:

@@ -34,7 +34,7 @@ from jaco.model.keys import now
 from jaco.model.names import parse_time
 from jaco.model.store import Store
 from jaco.server.convert import audit_event, deployment, message
-from jaco.server.join import admit
+from jaco.server.join import admit, remove
 from jaco.server.node import Node
 from jaco.server.snapshot import Announce, stream_snapshot
 from jaco.v1 import jaco_pb2 as pb
@@ -66,6 +66,7 @@ ACCESS: dict[str, str] = {
     "StateDigest": READ,
     "IssueJoinToken": WRITE,
     "Join": JOIN,
+    "RemoveNode": WRITE,
     "Backup": WRITE,  # the snapshot holds the CA key
     "Changes": WRITE,  # the changes carry the CA key and token hashes, as the snapshot does
 }
@@ -297,6 +298,10 @@ class JacoService(pb_grpc.JacoServicer):
     async def IssueJoinToken(self, request: Any, context: Any, who: Principal) -> pb.JoinToken:
         token, expires = await self.store.issue_join_token(who.actor, request.ttl_seconds or 3600)
         return pb.JoinToken(token=str(token), expires_at=expires)
+
+    @rpc
+    async def RemoveNode(self, request: Any, context: Any, who: Principal) -> pb.RemovedNode:
+        return await remove(self.node, who.actor, request.name)
 
     async def Join(self, request: Any, context: grpc.aio.ServicerContext) -> pb.JoinResponse:
         try:

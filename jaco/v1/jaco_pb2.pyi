@@ -998,6 +998,51 @@ class IssueJoinTokenRequest(_message.Message):
 Global___IssueJoinTokenRequest: _TypeAlias = IssueJoinTokenRequest  # noqa: Y015
 
 @_typing.final
+class RemoveNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveNodeRequest: _TypeAlias = RemoveNodeRequest  # noqa: Y015
+
+@_typing.final
+class RemovedNode(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MEMBER_REMOVED_FIELD_NUMBER: _builtins.int
+    REPLICAS_MOVED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    member_removed: _builtins.bool
+    """false: etcd had no such member any more (a retry)"""
+    replicas_moved: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        member_removed: _builtins.bool = ...,
+        replicas_moved: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_removed", b"member_removed", "name", b"name", "replicas_moved", b"replicas_moved"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemovedNode: _TypeAlias = RemovedNode  # noqa: Y015
+
+@_typing.final
 class JoinToken(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

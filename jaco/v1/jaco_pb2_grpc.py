@@ -124,6 +124,11 @@ class JacoStub:
                 request_serializer=jaco_dot_v1_dot_jaco__pb2.JoinRequest.SerializeToString,
                 response_deserializer=jaco_dot_v1_dot_jaco__pb2.JoinResponse.FromString,
                 _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/jaco.v1.Jaco/RemoveNode',
+                request_serializer=jaco_dot_v1_dot_jaco__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=jaco_dot_v1_dot_jaco__pb2.RemovedNode.FromString,
+                _registered_method=True)
         self.Backup = channel.unary_stream(
                 '/jaco.v1.Jaco/Backup',
                 request_serializer=jaco_dot_v1_dot_jaco__pb2.BackupRequest.SerializeToString,
@@ -255,6 +260,14 @@ class JacoServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveNode(self, request, context):
+        """Remove a node the cluster has lost for good: its etcd member, its record and liveness
+        key; the replicas placed on it are placed again on the other nodes. Admin tokens only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Backup(self, request, context):
         """A snapshot of the whole store, consistent at one revision: first the size of the
         snapshot, then its raw bytes in chunks as etcd sends them, then the archive's meta.json
@@ -369,6 +382,11 @@ def add_JacoServicer_to_server(servicer, server):
                     servicer.Join,
                     request_deserializer=jaco_dot_v1_dot_jaco__pb2.JoinRequest.FromString,
                     response_serializer=jaco_dot_v1_dot_jaco__pb2.JoinResponse.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=jaco_dot_v1_dot_jaco__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=jaco_dot_v1_dot_jaco__pb2.RemovedNode.SerializeToString,
             ),
             'Backup': grpc.unary_stream_rpc_method_handler(
                     servicer.Backup,
@@ -867,6 +885,33 @@ class Jaco:
             '/jaco.v1.Jaco/Join',
             jaco_dot_v1_dot_jaco__pb2.JoinRequest.SerializeToString,
             jaco_dot_v1_dot_jaco__pb2.JoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jaco.v1.Jaco/RemoveNode',
+            jaco_dot_v1_dot_jaco__pb2.RemoveNodeRequest.SerializeToString,
+            jaco_dot_v1_dot_jaco__pb2.RemovedNode.FromString,
             options,
             channel_credentials,
             insecure,
