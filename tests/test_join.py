@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from infra.localcluster import JACO, Cluster, Node, Result, cluster_of, free_port, run
+from infra.localcluster import JACO, Cluster, Node, Result, cluster_of, free_port, run, wait_for
 
 
 def _join(cluster: Cluster, name: str, token: str) -> tuple[Node, Result]:
@@ -282,6 +282,14 @@ def test_a_lost_node_is_removed_and_joins_and_replicas_go_on(tmp_path: Path) -> 
             assert refused.err.startswith(f"error: {message}"), refused.err
             assert len(refused.err.splitlines()) == 1 and refused.out == ""
         assert placed() == before
+        # node-2 dead: removing a live voter would leave one started voter of two
+        wait_for(lambda: cluster.states(via).get("node-2") == "DOWN", 60, "node-2 DOWN")
+        below = cluster.jaco("node", "remove", "node-4", server=via.server)
+        assert below.code == 7, below.err
+        assert below.err.startswith(
+            "error: removing node node-4 now would leave fewer started voters than a quorum"
+        ), below.err
+        assert set(_members(cluster)) == {"node-1", "node-2", "node-4"}
 
         gone = cluster.ok("node", "remove", "node-2", server=via.server)
         assert gone.out.strip() == "Removed node node-2 (its etcd member removed; 2 replicas moved)"
