@@ -220,9 +220,30 @@ MUTATIONS: list[Mutation] = [
     m(
         "stream: reading resumes a revision late after a pause",
         "flows/stream.py",
-        "                        reading = Reading(self, self.seen_revision + 1)",
-        "                        reading = Reading(self, self.seen_revision + 2)",
+        "servers, token, self.seen_revision + 1)",
+        "servers, token, self.seen_revision + 2)",
         k(PITR, "chaos"),
+    ),
+    m(
+        "serve: deployments registered on a work pool are not refused",
+        "deployments/build.py",
+        "            if pooled and not for_pool:",
+        "            if False:",
+        k("tests/test_fleet.py", "one_process"),
+    ),
+    m(
+        "serve --replace: the pool's deployments are re-created over, not replaced",
+        "deployments/build.py",
+        "            client.delete_deployment(client.read_deployment_by_name(name).id)",
+        "            client.read_deployment_by_name(name)",
+        k("tests/test_fleet.py", "one_process"),
+    ),
+    m(
+        "node remove: the node serving the call may remove itself",
+        "jaco/server/join.py",
+        "    if name == node.config.name:",
+        "    if False:",
+        k("tests/test_join.py", "lost"),
     ),
     m(
         "retention: the segments of pruned backups are kept",
