@@ -113,6 +113,7 @@ def held_otherwise(names: list[str], for_pool: bool) -> dict[str, str]:
     crashes; pool workers would pick up a served deployment's runs). By name: how held."""
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
 
     found: dict[str, str] = {}
     with get_client(sync_client=True) as client:
@@ -121,6 +122,11 @@ def held_otherwise(names: list[str], for_pool: bool) -> dict[str, str]:
                 existing = client.read_deployment_by_name(name)
             except ObjectNotFound:
                 continue
+            except Exception as exc:  # noqa: BLE001 - the API down, refused, or not Prefect's
+                raise PipelineError(
+                    f"cannot read the deployments from the Prefect API at "
+                    f"{PREFECT_API_URL.value() or 'its temporary server'}: {exc}".splitlines()[0]
+                ) from None
             pooled = bool(
                 existing.work_pool_name or existing.storage_document_id or existing.pull_steps
             )

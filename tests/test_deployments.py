@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infra.localcluster import wait_for
+from infra.localcluster import free_port, wait_for
 from tests.pipeline import BUCKET
 
 NAMES = [
@@ -96,3 +96,20 @@ def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "is not a valid jaco site configuration" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_with_the_prefect_api_down_says_so_in_one_line(
+    stored: dict[str, Any], tmp_path: Path
+) -> None:
+    config = _config(stored, tmp_path / "clusters.toml")
+    down = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+    env = {**os.environ, "PREFECT_API_URL": down, "PREFECT_CLIENT_MAX_RETRIES": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "deployments.serve", "--config", str(config)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(
+        f"error: cannot read the deployments from the Prefect API at {down}: "
+    ), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
