@@ -74,8 +74,13 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def segments_root(prefix: str, cluster: str) -> str:
+    """Where every chain of segments of a cluster is, one folder per full backup."""
+    return f"{prefix.strip('/')}/segments/{cluster}/"
+
+
 def segments_prefix(prefix: str, cluster: str, base: str) -> str:
-    return f"{prefix.strip('/')}/segments/{cluster}/{base}/"
+    return f"{segments_root(prefix, cluster)}{base}/"
 
 
 @dataclass

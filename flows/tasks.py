@@ -31,7 +31,7 @@ from flows.params import Where
 from flows.retention import RetentionPolicy, parse_key, to_keep
 from flows.secrets import ClusterSecrets, S3Settings
 from flows.storage import BackupStore, open_store
-from flows.stream import segments_prefix
+from flows.stream import segments_prefix, segments_root
 from jaco.public import (
     ArchiveError,
     BackupMeta,
@@ -271,7 +271,7 @@ def prune_chains(store: BackupStore, where: Where, remaining: set[str], dry_run:
     backup is not in this store: pruned now, or by a run that died before getting here. No
     restore can use them without their base. Locked objects stay; returns how many went."""
     catalog = Catalog(store, where.prefix, where.cluster)
-    top = segments_prefix(where.prefix, where.cluster, "x")[: -len("x/")]
+    top = segments_root(where.prefix, where.cluster)
     bases = {o.key[len(top) :].split("/", 1)[0] for o in store.list(top)}
     deleted = 0
     for base in sorted(bases - remaining):

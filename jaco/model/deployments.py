@@ -27,11 +27,9 @@ MAX_REPLICAS = 100
 
 class Deployments(Engine):
     async def _ready_nodes(self, view: View) -> list[str]:
-        nodes = [n for n in await view.list(P_NODES) if n.get("voter")]
         alive_kvs, _ = await self.etcd.get_prefix(P_ALIVE)
         alive = {kv.key[len(P_ALIVE) :] for kv in alive_kvs}
-        ready = [n["name"] for n in nodes if n["name"] in alive]
-        return ready or [n["name"] for n in nodes]
+        return scheduler.ready_nodes(await view.list(P_NODES), alive)
 
     async def _add_replicas(
         self, view: View, change: Change, deployment: str, first: int, count: int

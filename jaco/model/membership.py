@@ -108,9 +108,7 @@ class Membership(Access):
             record = await view.get(P_NODES + name)
             if record is None:
                 raise NotFound(f"no node named {name}")
-            voters = [n["name"] for n in await view.list(P_NODES) if n.get("voter")]
-            others = [n for n in voters if n != name]
-            ready = [n for n in others if n in alive] or others
+            ready = scheduler.ready_nodes(await view.list(P_NODES), set(alive), leaving=name)
             placements = await view.list(P_SCHEDULER)
             orphans = [p for p in placements if p.get("node") == name]
             if orphans:

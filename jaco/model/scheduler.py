@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from jaco.errors import Unavailable
+
+
+def ready_nodes(nodes: list[dict[str, Any]], alive: set[str], leaving: str = "") -> list[str]:
+    """The voters that may take replicas: those alive (all of them when none reports alive,
+    e.g. right after a restore), never `leaving`."""
+    voters = [n["name"] for n in nodes if n.get("voter") and n["name"] != leaving]
+    return [n for n in voters if n in alive] or voters
 
 
 def place(nodes: list[str], current: Counter[str], count: int) -> list[str]:
