@@ -8,12 +8,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := etcd-server etcd-client bubblewrap age
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# jaco._native (native/, Rust) is compiled by `make venv`: rustup's cargo where it is installed,
+# else Debian's (`make deps` installs it when no cargo is found).
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: deps venv test lint typecheck demo proto clean bench image test-image mutation lock
 
 deps:
 	@missing=""; \
-	for b in etcd:etcd-server etcdctl:etcd-client bwrap:bubblewrap age:age; do \
+	for b in etcd:etcd-server etcdctl:etcd-client bwrap:bubblewrap age:age cargo:cargo; do \
 	  command -v $${b%%:*} >/dev/null || missing="$$missing $${b##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -25,7 +28,7 @@ deps:
 # constraints.txt pins every package to what the suite last ran green with: CI and a fresh clone
 # install exactly that, not whatever PyPI holds that day. `make lock` moves to the newest
 # versions pyproject.toml allows (then run make test before committing the new pins).
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'

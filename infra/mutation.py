@@ -33,6 +33,7 @@ AUTHZ = "tests/test_authorization.py"
 VERIFY = "tests/test_verify.py"
 PITR = "tests/test_pitr.py"
 DRILL_UNIT = "tests/unit/test_drill_input.py"
+SNAPSHOT = "tests/test_snapshot_file.py"
 
 
 @dataclass(frozen=True)
@@ -308,6 +309,42 @@ MUTATIONS: list[Mutation] = [
         "",
         k(AUTHZ, "Audit and not Verify"),
     ),
+    m(
+        "native snapshot pass: of one key the oldest record is kept, not the latest (issue 16)",
+        "native/src/sort.rs",
+        "            .get(i + 1)\n",
+        "            .get(i.wrapping_sub(1))\n",
+        k(SNAPSHOT, "agrees or compiled"),
+    ),
+    m(
+        "native snapshot pass: a deletion in a later sort run does not hide the key (issue 16)",
+        "native/src/sort.rs",
+        "            last = Some((key, record));",
+        "            if !matches!(record, Record::Deleted) {\n"
+        "                last = Some((key, record));\n"
+        "            }",
+        k(SNAPSHOT, "spilling or compiled"),
+    ),
+    Mutation(
+        "native snapshot pass: the store revision counts only jaco's keys (issue 16)",
+        "native/src/bolt.rs",
+        (
+            ("revision = revision.max(u64::from_be_bytes(rev[..8].try_into().unwrap()));", ""),
+            (
+                "                        return Ok(true);\n                    }\n",
+                "                        return Ok(true);\n                    }\n"
+                "revision = revision.max(u64::from_be_bytes(rev[..8].try_into().unwrap()));\n",
+            ),
+        ),
+        (k(SNAPSHOT, "agrees"),),
+    ),
+    m(
+        "native snapshot pass: a record claiming more than etcd allows is not refused (issue 16)",
+        "native/src/bolt.rs",
+        "vsize as u64 > MAX_RECORD",
+        "vsize as u64 > u64::MAX - 1",
+        k(SNAPSHOT, "damaged"),
+    ),
 ]
 
 
@@ -326,6 +363,28 @@ def scratch_copy(into: Path) -> None:
             target = into / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
+
+
+def build_native(tree: Path) -> None:
+    """Compile jaco._native from the scratch copy's native/ into its jaco/ (the copy leaves out
+    the ignored build product): a mutation of the Rust code is tested as built, and every
+    other one runs with the module the tree holds. One target directory for every build, so a
+    rebuild after a one-line change takes seconds."""
+    target = ROOT / "build" / "mutation-target"
+    env = {**os.environ, "CARGO_TARGET_DIR": str(target), "PYO3_PYTHON": sys.executable}
+    subprocess.run(
+        [
+            "cargo",
+            "build",
+            "--quiet",
+            "--release",
+            "--manifest-path",
+            str(tree / "native" / "Cargo.toml"),
+        ],
+        env=env,
+        check=True,
+    )
+    shutil.copy2(target / "release" / "lib_native.so", tree / "jaco" / "_native.abi3.so")
 
 
 def apply(tree: Path, mutation: Mutation) -> str | None:
@@ -386,16 +445,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="jaco-mutation-") as tmp:
         tree = Path(tmp)
         scratch_copy(tree)
+        build_native(tree)
         for mutation in chosen:
             started = time.monotonic()
             original = apply(tree, mutation)
+            native = mutation.path.startswith("native/")
             if original is None:
                 verdict = "DID NOT APPLY"
             else:
                 try:
+                    if native:
+                        build_native(tree)
                     caught = run_tests(tree, mutation.tests, log)
                 finally:
                     (tree / mutation.path).write_text(original)
+                    if native:
+                        build_native(tree)
                 verdict = "yes" if caught else "NO"
             tests = ", ".join(
                 t.replace("tests/", "").replace("::-k ", " -k ") for t in mutation.tests

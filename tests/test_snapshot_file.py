@@ -13,7 +13,6 @@ import contextlib
 import json
 import random
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,12 @@ from typing import Any
 import pytest
 
 from infra.localcluster import Cluster, Node, cluster_of
-from jaco.archive import key_order
 from jaco.archive.bolt import BoltFile, SnapshotFileError
-from jaco.archive.snapshot_file import read_snapshot_state
+from jaco.archive.snapshot_file import (
+    SnapshotState,
+    read_snapshot_state,
+    read_snapshot_state_reference,
+)
 from jaco.model import pki
 from jaco.model.etcd import Etcd, op_delete, op_put
 from jaco.model.keys import P_ALIVE, ROOT
@@ -177,30 +179,72 @@ def test_reader_refuses_damaged_files_cleanly(
 
 
 def test_reader_spilling_sorted_runs_reads_the_same(
-    shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path
 ) -> None:
-    """A store larger than one sort run is merged from sorted runs spilled to an unnamed file
-    in the scratch directory (here runs of 64 KiB, so this small store spills): the same
-    revision, counts and digest as read in memory, and nothing left behind."""
+    """A store larger than one sort run is merged from sorted runs spilled to unnamed files in
+    the scratch directory (here runs of 64 KiB, so this small store spills): the same
+    revision, counts and digest as read in memory, and nothing left behind. The runs go to the
+    scratch directory and nowhere else: without it, the spilling read fails and the one that
+    fits in memory does not."""
     _, snapshot, _ = shaped
     whole = read_snapshot_state(snapshot)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    opened: list[Any] = []
-    temporary_file = tempfile.TemporaryFile
+    for read in (read_snapshot_state, read_snapshot_state_reference):
+        spilled = read(snapshot, scratch, 64 * 1024)
+        assert _summary(spilled) == _summary(whole)
+        assert list(scratch.iterdir()) == []
+    missing = tmp_path / "missing"
+    assert _summary(read_snapshot_state(snapshot, missing)) == _summary(whole)
+    with pytest.raises(FileNotFoundError):
+        read_snapshot_state(snapshot, missing, 64 * 1024)
 
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        opened.append(kwargs.get("dir"))
-        return temporary_file(*args, **kwargs)
 
-    monkeypatch.setattr(key_order, "RUN_BYTES", 64 * 1024)
-    monkeypatch.setattr(key_order.tempfile, "TemporaryFile", counted)
-    spilled = read_snapshot_state(snapshot, scratch)
-    assert opened == [scratch]
-    assert (spilled.revision, spilled.counts, spilled.state_digest, spilled.audit_head) == (
-        whole.revision,
-        whole.counts,
-        whole.state_digest,
-        whole.audit_head,
+def _summary(state: SnapshotState) -> tuple[Any, ...]:
+    return (
+        state.revision,
+        state.counts,
+        state.state_digest,
+        state.cluster,
+        state.ca,
+        state.audit_head,
     )
-    assert list(scratch.iterdir()) == []
+
+
+def _outcome(read: Any, path: Path, scratch: Path, run_bytes: int | None) -> tuple[Any, ...]:
+    try:
+        return _summary(read(path, scratch, run_bytes))
+    except SnapshotFileError as exc:
+        return ("refused", str(exc))
+
+
+def test_the_compiled_pass_is_the_python_definition(
+    shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """jaco._native (what backups, restores and drills run) against read_snapshot_state_reference
+    (the Python walk it replaced): the same state from the same file, and the same refusal,
+    word for word, from the same damage; in memory and spilling runs."""
+    _, snapshot, _ = shaped
+    good = snapshot.read_bytes()
+    rng = random.Random(23)
+    damaged = tmp_path / "damaged.db"
+    variants: list[bytes] = [good]
+    for _ in range(120):
+        data = bytearray(good)
+        for _ in range(rng.choice((1, 4, 32))):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        variants.append(bytes(data))
+    variants += [good[:size] for size in (0, 100, 4096, *rng.sample(range(8192, len(good)), 8))]
+    key = f"{BULK}007-042".encode()
+    variants.append(good.replace(key, key[:-2] + b"\xb9" + key[-1:]))
+    seen = set()
+    for data in variants:
+        damaged.write_bytes(data)
+        for run_bytes in (None, 32 * 1024):
+            native = _outcome(read_snapshot_state, damaged, tmp_path, run_bytes)
+            python = _outcome(read_snapshot_state_reference, damaged, tmp_path, run_bytes)
+            assert native == python
+            seen.add(native[1] if native[0] == "refused" else "read")
+    assert list(tmp_path.iterdir()) == [damaged]
+    # The damage reached the checks, not only the first one.
+    assert "read" in seen and len(seen) >= 5, seen

@@ -86,6 +86,9 @@ fi
 # 3.11.3), so wheels resolved by a 3.11.7 lack what 3.11.2 requires. The helper venv is made
 # once from WHEEL_PYTHON, with the dev venv's pip.
 WHEEL_PYTHON=${WHEEL_PYTHON:-/usr/bin/python3}
+# jaco._native is compiled (cargo) while the jaco wheel is built: its build cache outlives
+# build/image/src, so a rebuild compiles only what changed.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$build/cargo-target}
 wheel_python=$("$WHEEL_PYTHON" -c 'import platform; print(platform.python_version())')
 if [ "$context_only" = 0 ] && [ "$wheel_python" != "$base_python" ]; then
   echo "the base runs Python $base_python but $WHEEL_PYTHON is $wheel_python:" \

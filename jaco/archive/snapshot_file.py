@@ -1,8 +1,13 @@
 """What an etcd snapshot file of a jaco store holds, read from the file alone.
 
-Revision, per-table counts, the state digest, the cluster's identity and its CA: read through
-jaco.archive.bolt (no etcd started, nothing executed), so the server can describe the very
-bytes it sent and restore can check them before trusting them.
+Revision, per-table counts, the state digest, the cluster's identity and its CA, read from the
+bolt file (no etcd started, nothing executed), so the server can describe the very bytes it
+sent and restore can check them before trusting them.
+
+The pass over every stored revision is compiled (jaco._native, native/src): it is the per-key
+cost of every backup, restore and drill (issue 16). `read_snapshot_state_reference` is the
+same pass in Python (jaco.archive.bolt, jaco.archive.key_order), kept as the definition the
+compiled one is tested against (tests/test_snapshot_file.py), not used by the product.
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jaco import _native
 from jaco.archive.bolt import BoltFile, SnapshotFileError
 from jaco.archive.key_order import latest_in_key_order
 from jaco.model import pki
 from jaco.model.digest import StateDigest
 from jaco.model.keys import B_ALIVE, B_ROOT, K_CA, K_CLUSTER, K_HEAD
+
+_WANTED = (K_CLUSTER.encode(), K_CA.encode(), K_HEAD.encode())
 
 
 @dataclass(frozen=True)
@@ -31,29 +39,53 @@ class SnapshotState:
     audit_head: dict[str, Any] | None
 
 
-def read_snapshot_state(path: Path, scratch: Path | None = None) -> SnapshotState:
+def read_snapshot_state(
+    path: Path, scratch: Path | None = None, run_bytes: int | None = None
+) -> SnapshotState:
     """Revision, counts, digest, cluster identity, CA and audit head of an etcd snapshot file.
 
     One pass over the file's records, then a merge in key order: memory stays bounded
-    whatever the number of keys (jaco.archive.key_order); a store too large for one run spills
-    sorted runs to an unnamed file in `scratch` (default: the snapshot's own directory).
+    whatever the number of keys; a store too large for one run (`run_bytes`, 64 MiB) spills
+    sorted runs to unnamed files in `scratch` (default: the snapshot's own directory).
     Raises SnapshotFileError if the file is not a readable etcd snapshot of a jaco store.
     """
-    wanted = {K_CLUSTER.encode(), K_CA.encode(), K_HEAD.encode()}
+    args = (path, scratch or path.parent, B_ROOT, B_ALIVE, list(_WANTED))
+    try:
+        if run_bytes:
+            revision, counts, digest, found = _native.snapshot_state(*args, run_bytes)
+        else:
+            revision, counts, digest, found = _native.snapshot_state(*args)
+    except _native.SnapshotError as exc:
+        raise SnapshotFileError(str(exc)) from None
+    return _state(revision, dict(counts), digest, dict(found))
+
+
+def read_snapshot_state_reference(
+    path: Path, scratch: Path | None = None, run_bytes: int | None = None
+) -> SnapshotState:
+    """read_snapshot_state, in Python: the definition the compiled pass is held to."""
     records: dict[bytes, bytes] = {}
     digest = StateDigest()
     with BoltFile(path) as bolt:
         stored = bolt.revisions(_counted)
-        for key, record in latest_in_key_order(stored, scratch or path.parent):
+        for key, record in latest_in_key_order(stored, scratch or path.parent, run_bytes):
             try:
                 key.decode()
             except UnicodeDecodeError:
                 raise SnapshotFileError("the snapshot holds a key that is not UTF-8") from None
             value = bolt.value(record)
             digest.add(key, value)
-            if key in wanted:
+            if key in _WANTED:
                 records[key] = value
         revision = bolt.revision
+    counts, state_digest = digest.result()
+    return _state(revision, counts, state_digest, records)
+
+
+def _state(
+    revision: int, counts: dict[str, int], state_digest: str, records: dict[bytes, bytes]
+) -> SnapshotState:
+    """The SnapshotState of what the pass found: identity, CA and audit head checked."""
     if K_CLUSTER.encode() not in records or K_CA.encode() not in records:
         raise SnapshotFileError("the snapshot holds no jaco cluster (no identity or CA)")
     try:
@@ -69,9 +101,10 @@ def read_snapshot_state(path: Path, scratch: Path | None = None) -> SnapshotStat
             raise TypeError
     except (ValueError, KeyError, TypeError, AttributeError):
         raise SnapshotFileError("the snapshot's cluster identity or CA record is damaged") from None
-    counts, state_digest = digest.result()
     audit_head = {"seq": head["seq"], "hash": head["hash"]} if head else None
-    return SnapshotState(revision, counts, state_digest, cluster, keypair, audit_head)
+    return SnapshotState(
+        revision, dict(sorted(counts.items())), state_digest, cluster, keypair, audit_head
+    )
 
 
 def _counted(key: bytes) -> bool:

@@ -1,0 +1,14 @@
+"""Type stubs of the compiled module (native/src/lib.rs)."""
+
+from pathlib import Path
+
+class SnapshotError(Exception): ...
+
+def snapshot_state(
+    path: Path,
+    scratch: Path,
+    root: bytes,
+    alive: bytes,
+    wanted: list[bytes],
+    run_bytes: int = ...,
+) -> tuple[int, list[tuple[str, int]], str, list[tuple[bytes, bytes]]]: ...
