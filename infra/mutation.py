@@ -317,12 +317,10 @@ MUTATIONS: list[Mutation] = [
         k(SNAPSHOT, "agrees or compiled"),
     ),
     m(
-        "native snapshot pass: a deletion in a later sort run does not hide the key (issue 16)",
+        "native snapshot pass: merging spilled runs, a key deleted last still counts (issue 16)",
         "native/src/sort.rs",
-        "            last = Some((key, record));",
-        "            if !matches!(record, Record::Deleted) {\n"
-        "                last = Some((key, record));\n"
-        "            }",
+        "if last_key != key && !matches!(last_record, Record::Deleted) {",
+        "if last_key != key {",
         k(SNAPSHOT, "spilling or compiled"),
     ),
     Mutation(
