@@ -141,8 +141,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "drill: audit history check always passes",
         "jaco/drill/checks.py",
-        "    ok = (\n        len(restored) == 1",
-        "    ok = True or (\n        len(restored) == 1",
+        "    ok = (\n        chain.ok\n        and chain.events",
+        "    ok = True or (\n        chain.ok\n        and chain.events",
         k(DRILL, "audit_chain"),
     ),
     Mutation(

@@ -68,16 +68,21 @@ def ip_uniqueness(status: Any) -> Result:
 
 def audit_history(meta: BackupMeta, client: Client) -> Result:
     """Every historical event is there, numbered 1…N, then exactly one RESTORE_COMPLETED,
-    and the hash chain verifies."""
-    events = list(client.stream("Audit", pb.AuditRequest(), timeout=60))
+    and the hash chain verifies.
+
+    The chain's own check (VerifyAudit) proves the numbering: every event from 1 on, none
+    missing, `events` of them. Only the RESTORE_COMPLETED events are listed (the server
+    filters): listing every event, one message each, cost a drill about 0.3 ms per event,
+    minutes at 10⁶ keys (docs/benchmarks.md, round three)."""
     history = meta.audit_head.seq if meta.audit_head else meta.counts.get("audit", 1) - 1
-    restored = [e for e in events if e.type == "RESTORE_COMPLETED"]
     chain = client.call("VerifyAudit", pb.VerifyAuditRequest())
+    listed = client.stream("Audit", pb.AuditRequest(types=["RESTORE_COMPLETED"]), timeout=60)
+    restored = [e for e in listed if e.type == "RESTORE_COMPLETED"]  # DAMAGED ones pass filters
     ok = (
-        len(restored) == 1
+        chain.ok
+        and chain.events >= history + 1
+        and len(restored) == 1
         and restored[0].seq == history + 1
-        and [e.seq for e in events[:history]] == list(range(1, history + 1))
-        and chain.ok
     )
     return ok, (
         f"{history} historical events, {len(restored)} RESTORE_COMPLETED "
