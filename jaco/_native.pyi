@@ -10,5 +10,5 @@ def snapshot_state(
     root: bytes,
     alive: bytes,
     wanted: list[bytes],
-    run_bytes: int = ...,
+    run_bytes: int,
 ) -> tuple[int, list[tuple[str, int]], str, list[tuple[bytes, bytes]]]: ...

@@ -10,21 +10,20 @@ gone when closed) in chunks, and the next run begins. At the end the runs are me
 key present in several runs the newest run wins, and a deletion (None) hides the key. A store
 that fits in one run is never written out.
 
-Spilled runs are marshal chunks, and that is safe here: marshal only ever sees what this
-module hands it (lists of (bytes, bytes | (int, int) | None) from jaco.archive.bolt), so an
-archive's keys and values are the *contents* of bytes objects, length-prefixed, and cannot
-change the structure read back (tests/unit/test_key_order.py spills values that are marshal
-data themselves); the file has no name (O_TMPFILE, 0600) and is read back only by the call
-that wrote it. An explicit struct format was measured at 3× marshal's cost per spilled
-record (1.37 s vs 0.43 s per 10⁶ records, written and read), on the path that issue 16 is
-about.
+Spilled runs are plain length-prefixed records (a key's length and bytes, then a tag: deleted,
+the value's length and bytes, or where the record lies in the snapshot), as
+native/src/sort.rs spills them: nothing read back is ever decoded as anything but lengths and
+bytes, whatever the archive's keys and values hold (tests/unit/test_key_order.py spills values
+that are marshal and pickle data). This module is part of the Python definition of the pass
+the product runs compiled (jaco.archive.snapshot_file.read_snapshot_state_reference); it
+spilled through marshal for speed while it was the product's path, and no longer needs to.
 """
 
 from __future__ import annotations
 
 import heapq
-import marshal
 import os
+import struct
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -89,42 +88,74 @@ def latest_in_key_order(
             spill.close()
 
 
+_LENGTH = struct.Struct(">I")
+_AT = struct.Struct(">QI")
+_DELETED, _BYTES, _WHERE = b"\x00", b"\x01", b"\x02"
+
+
+def _encoded(key: bytes, value: Value | None) -> bytes:
+    head = _LENGTH.pack(len(key)) + key
+    if value is None:
+        return head + _DELETED
+    if isinstance(value, bytes):
+        return head + _BYTES + _LENGTH.pack(len(value)) + value
+    return head + _WHERE + _AT.pack(*value)
+
+
 def _write_run(out: IO[bytes], run: dict[bytes, Value | None]) -> tuple[int, int]:
-    """Append `run`, sorted, as length-prefixed marshal chunks; its (start, end) in `out`."""
+    """Append `run`, sorted, as length-prefixed records; its (start, end) in `out`."""
     out.seek(0, 2)
     start = out.tell()
-    chunk: list[tuple[bytes, Value | None]] = []
+    chunk: list[bytes] = []
     size = 0
     for key in sorted(run):
-        value = run[key]
-        chunk.append((key, value))
-        size += len(key) + (len(value) if isinstance(value, bytes) else 16)
+        record = _encoded(key, run[key])
+        chunk.append(record)
+        size += len(record)
         if size >= CHUNK_BYTES:
-            _write_chunk(out, chunk)
+            out.write(b"".join(chunk))
             chunk, size = [], 0
-    if chunk:
-        _write_chunk(out, chunk)
+    out.write(b"".join(chunk))
     out.flush()
     return start, out.tell()
 
 
-def _write_chunk(out: IO[bytes], chunk: list[tuple[bytes, Value | None]]) -> None:
-    blob = marshal.dumps(chunk)
-    out.write(len(blob).to_bytes(8, "big"))
-    out.write(blob)
+class _Run:
+    """Reads one spilled run at its own offset (pread), CHUNK_BYTES at a time: the runs share
+    one file."""
+
+    def __init__(self, fd: int, start: int, end: int) -> None:
+        self.fd, self.at, self.end = fd, start, end
+        self.buffer, self.pos = b"", 0
+
+    def take(self, n: int) -> bytes:
+        if len(self.buffer) - self.pos < n:
+            rest = self.buffer[self.pos :]
+            more = os.pread(self.fd, min(max(n, CHUNK_BYTES), self.end - self.at), self.at)
+            self.at += len(more)
+            self.buffer, self.pos = rest + more, 0
+            if len(self.buffer) < n:
+                raise OSError(f"the scratch file of a sorted run is truncated at {self.at}")
+        taken = self.buffer[self.pos : self.pos + n]
+        self.pos += n
+        return taken
+
+    def exhausted(self) -> bool:
+        return self.pos == len(self.buffer) and self.at >= self.end
 
 
 def _read_run(
     spill: IO[bytes], start: int, end: int, age: int
 ) -> Iterator[tuple[bytes, int, Value | None]]:
-    """One spilled run, a chunk at a time: (key, age, value). The runs share one file: each
-    reads at its own offset (pread), and a chunk is decoded from bytes in one call."""
-    fd, at = spill.fileno(), start
-    while at < end:
-        size = int.from_bytes(os.pread(fd, 8, at), "big")
-        blob = os.pread(fd, size, at + 8)
-        if len(blob) != size:
-            raise OSError(f"the scratch file of a sorted run is truncated at {at}")
-        at += 8 + size
-        for key, value in marshal.loads(blob):  # noqa: S302 - our own unnamed file
-            yield key, age, value
+    """One spilled run: (key, age, value), in the order written."""
+    run = _Run(spill.fileno(), start, end)
+    while not run.exhausted():
+        key = run.take(_LENGTH.unpack(run.take(4))[0])
+        tag = run.take(1)
+        value: Value | None = None
+        if tag == _BYTES:
+            value = run.take(_LENGTH.unpack(run.take(4))[0])
+        elif tag == _WHERE:
+            offset, size = _AT.unpack(run.take(_AT.size))
+            value = (offset, size)
+        yield key, age, value

@@ -25,6 +25,7 @@ from jaco.model.digest import StateDigest
 from jaco.model.keys import B_ALIVE, B_ROOT, K_CA, K_CLUSTER, K_HEAD
 
 _WANTED = (K_CLUSTER.encode(), K_CA.encode(), K_HEAD.encode())
+RUN_BYTES = 64 * 1024 * 1024  # the compiled sort's run, as held (keys, values, entries)
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,9 @@ def read_snapshot_state(
     sorted runs to unnamed files in `scratch` (default: the snapshot's own directory).
     Raises SnapshotFileError if the file is not a readable etcd snapshot of a jaco store.
     """
-    args = (path, scratch or path.parent, B_ROOT, B_ALIVE, list(_WANTED))
+    where = (path, scratch or path.parent, B_ROOT, B_ALIVE, list(_WANTED))
     try:
-        if run_bytes:
-            revision, counts, digest, found = _native.snapshot_state(*args, run_bytes)
-        else:
-            revision, counts, digest, found = _native.snapshot_state(*args)
+        revision, counts, digest, found = _native.snapshot_state(*where, run_bytes or RUN_BYTES)
     except _native.SnapshotError as exc:
         raise SnapshotFileError(str(exc)) from None
     return _state(revision, dict(counts), digest, dict(found))

@@ -105,7 +105,7 @@ type Scanned = (
 /// Raises SnapshotError (the file is not a readable etcd snapshot, with the reason) or
 /// OSError.
 #[pyfunction]
-#[pyo3(signature = (path, scratch, root, alive, wanted, run_bytes = 64 * 1024 * 1024))]
+#[pyo3(signature = (path, scratch, root, alive, wanted, run_bytes))]
 fn snapshot_state(
     py: Python<'_>,
     path: PathBuf,

@@ -57,15 +57,19 @@ def test_a_deletion_in_a_later_run_hides_the_key(tmp_path: Path) -> None:
 
 
 def test_archive_bytes_that_are_marshal_data_come_back_as_the_same_bytes(tmp_path: Path) -> None:
-    """A hostile store's keys and values are spilled through marshal: they stay the contents
-    of bytes objects (a marshalled code object, a marshalled list, truncated marshal), never
-    structure; every record spilled on its own."""
+    """A hostile store's keys and values spilled to sorted runs stay the contents of bytes
+    objects (a marshalled code object, a marshalled list, truncated marshal, a pickle, bytes
+    shaped like the spill's own length prefixes and tags), never structure; every record
+    spilled on its own."""
     import marshal
+    import pickle
 
     hostile = [
         marshal.dumps(compile("import os; os.system('id')", "x", "exec")),
         marshal.dumps([(b"k", None), (b"injected", (1, 2))]),
         marshal.dumps((b"a", b"b"))[:-1],
+        pickle.dumps(["not", "structure"]),
+        b"\x00\x00\x00\x01k\x02" + b"\xff" * 12,
         b"\x00" * 9,
     ]
     records = [(f"{ROOT}k{i}".encode() + h, h) for i, h in enumerate(hostile)]
