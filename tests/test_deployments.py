@@ -47,8 +47,11 @@ def test_serve_registers_deployments_and_an_on_demand_drill_completes(
     config = _config(stored, tmp_path / "clusters.toml")
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    # --replace: the site's watchdog (`watchdog/jaco-watchdog`, one name per Prefect server) may
+    # be registered on a work pool by a test that ran before on this server (test_work_pool,
+    # test_fleet); served, it would be refused. That refusal is test_fleet's to check.
     serving = subprocess.Popen(
-        [sys.executable, "-m", "deployments.serve", "--config", str(config)],
+        [sys.executable, "-m", "deployments.serve", "--config", str(config), "--replace"],
         env=env,
         stdout=log,
         stderr=log,
@@ -56,12 +59,18 @@ def test_serve_registers_deployments_and_an_on_demand_drill_completes(
     try:
 
         def registered() -> bool:
+            if serving.poll() is not None:
+                return True  # it ended: reported below, with its log
             with get_client(sync_client=True) as client:
                 for name in NAMES:
                     client.read_deployment_by_name(name)
             return True
 
-        wait_for(registered, 120, "the deployments to be registered")
+        try:
+            wait_for(registered, 120, "the deployments to be registered")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{_tail(log)}") from None
+        assert serving.poll() is None, (serving.returncode, _tail(log))
         with get_client(sync_client=True) as client:
             backup = client.read_deployment_by_name("backup-cluster/backup-prod")
             assert [s.schedule.cron for s in backup.schedules] == ["0 * * * *"]
@@ -74,7 +83,7 @@ def test_serve_registers_deployments_and_an_on_demand_drill_completes(
         run = run_deployment("drill-restore/drill-prod", parameters={"params": params}, timeout=600)
         assert run.state is not None and run.state.is_completed(), (
             run.state,
-            (tmp_path / "serve.log").read_text()[-3000:],
+            _tail(log),
         )
         assert time.monotonic() - started < 600
         assert list((tmp_path / "drills").iterdir()) == []
@@ -113,3 +122,9 @@ def test_serve_with_the_prefect_api_down_says_so_in_one_line(
         f"error: cannot read the deployments from the Prefect API at {down}: "
     ), result.stderr
     assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def _tail(log: Any) -> str:
+    """The serve process's last lines: why it did not register, or why a run failed."""
+    log.flush()
+    return "\n".join(Path(log.name).read_text(errors="replace").splitlines()[-60:])

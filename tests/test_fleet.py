@@ -110,7 +110,11 @@ def test_one_process_serves_every_cluster_with_its_own_secrets(
     _pool("fleet-pool")
     register = [sys.executable, "-m", "deployments.register", "--config", str(site["config"]),
                 "--pool", "fleet-pool"]  # fmt: skip
-    registered = subprocess.run(register, env=env, capture_output=True, text=True, timeout=300)
+    # --replace for this first registration only: another test's serve process (gone; the
+    # names stay) may have served the site's watchdog on this server (test_deployments).
+    registered = subprocess.run(
+        [*register, "--replace"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert registered.returncode == 0, registered.stderr[-2000:]
     serve = [sys.executable, "-m", "deployments.serve", "--config", str(site["config"]),
              "--metrics-port", str(port)]  # fmt: skip
