@@ -18,7 +18,7 @@ from jaco.cli.common import (
 )
 from jaco.client.connection import open_client
 from jaco.files import write_private
-from jaco.model.access import check_role
+from jaco.model.tokens import check_role
 from jaco.v1 import jaco_pb2 as pb
 
 token_app = typer.Typer(no_args_is_help=True, help="Operator tokens (the cluster keeps hashes).")

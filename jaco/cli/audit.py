@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from google.protobuf.json_format import MessageToDict
 
 from jaco.cli.common import (
     AsJson,
@@ -52,6 +51,8 @@ def audit(
     parse_time(since, "--since")
     parse_time(until, "--until")
     request = pb.AuditRequest(types=types, since=since, until=until, follow=follow)
+    from google.protobuf.json_format import MessageToDict
+
     damaged: list[int] = []
     with open_client(server) as client:
         for event in client.stream("Audit", request, timeout=None if follow else 60):

@@ -1,4 +1,8 @@
-"""`jaco backup`, `jaco backup inspect` and `jaco restore`."""
+"""`jaco backup`, `jaco backup inspect` and `jaco restore`.
+
+Each command imports the archive, client and node code it runs when it runs: every `jaco`
+command loads this module, and `jaco deploy` has no use for the archive format's imports.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ from typing import Annotated, Any
 
 import typer
 
-from jaco.archive.format import check_archive_output
 from jaco.cli.common import (
     AdvertiseHost,
     ApiPort,
@@ -26,8 +29,7 @@ from jaco.cli.common import (
     safe,
     table,
 )
-from jaco.client.backup import DEFAULT_TIMEOUT, MAX_TIMEOUT, take_backup
-from jaco.client.connection import open_client
+from jaco.client.connection import BACKUP_TIMEOUT, MAX_BACKUP_TIMEOUT, open_client
 from jaco.errors import InvalidArgument
 from jaco.files import sweep_partials
 
@@ -58,7 +60,7 @@ def backup(
     ] = None,
     timeout: Annotated[
         float, typer.Option(help="Deadline for the whole backup, seconds.")
-    ] = DEFAULT_TIMEOUT,
+    ] = BACKUP_TIMEOUT,
     server: Server = "",
 ) -> None:
     """Stream a snapshot, consistent at one raft index, into a tarball (mode 0600).
@@ -68,9 +70,12 @@ def backup(
     """
     if ctx.invoked_subcommand:
         return
+    from jaco.archive.format import check_archive_output
+    from jaco.client.backup import take_backup
+
     if output is None:
         raise InvalidArgument("--output FILE is required (or use `jaco backup inspect FILE`)")
-    check_range("--timeout", timeout, 0.001, MAX_TIMEOUT, " seconds")
+    check_range("--timeout", timeout, 0.001, MAX_BACKUP_TIMEOUT, " seconds")
     shown = str(output)
     output = output.absolute()
     replaces = check_archive_output(output)  # before the server is contacted

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from jaco.cli.common import AsJson, operator_errors, out, print_json, safe
 from jaco.errors import InvalidArgument, NotFound
@@ -121,6 +120,8 @@ def backup_ls(
             f"{_ago(drilled[1].at if drilled else None)}, "
             f"{sum(view.failure_counts.values())} failed runs recorded"
         )
+        from rich.table import Table
+
         table = Table(show_edge=False)
         for col in ("KEY", "INDEX", "TAKEN", "SIZE", "VERIFIED", "LAST DRILL", "RTO"):
             table.add_column(col)
@@ -177,6 +178,8 @@ def backup_describe(
                 if as_json:
                     print_json(_json(view.model_copy(update={"backups": [backup]}))["backups"][0])
                     return
+                from rich.table import Table
+
                 table = Table(title=safe(backup.key), show_header=False)
                 for field, value in backup.model_dump(mode="json", exclude={"drills"}).items():
                     table.add_row(field, safe(value))

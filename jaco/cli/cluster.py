@@ -30,7 +30,7 @@ from jaco.cli.common import (
 from jaco.client.connection import open_client
 from jaco.errors import InvalidArgument
 from jaco.files import write_private
-from jaco.model.access import MAX_JOIN_TTL
+from jaco.model.tokens import MAX_JOIN_TTL
 from jaco.v1 import jaco_pb2 as pb
 
 cluster_app = typer.Typer(no_args_is_help=True, help="Create a cluster; show its nodes.")

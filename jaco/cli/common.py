@@ -14,24 +14,19 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
 from jaco.errors import InvalidArgument, JacoError
-from jaco.node.config import DataDir, data_dir_from_env
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from jaco.node.config import DataDir
 
 F = TypeVar("F", bound=Callable[..., Any])
 SECRET_MAX = 64 * 1024  # far more than any token: a wrong file is not read whole
@@ -81,6 +76,8 @@ def _shown(match: re.Match[str]) -> str:
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[object]], title: object = "") -> Table:
     """A table of what a server or an archive said: the title and every cell escaped."""
+    from rich.table import Table
+
     shown = Table(title=safe(title) if title else None, show_header=bool(columns))
     for column in columns:
         shown.add_column(column)
@@ -142,11 +139,15 @@ def read_secret(path: Path, what: str) -> str:
 
 
 def open_data_dir(path: Path | None) -> DataDir:
+    from jaco.node.config import DataDir, data_dir_from_env
+
     return DataDir(path or data_dir_from_env())
 
 
 def print_json(message: Any) -> None:
     if hasattr(message, "DESCRIPTOR"):
+        from google.protobuf.json_format import MessageToDict
+
         message = MessageToDict(
             message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
@@ -154,6 +155,15 @@ def print_json(message: Any) -> None:
 
 
 def progress() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),

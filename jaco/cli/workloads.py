@@ -20,8 +20,7 @@ from jaco.cli.common import (
 from jaco.client.connection import open_client
 from jaco.errors import InvalidArgument
 from jaco.files import write_private
-from jaco.model.deployments import MAX_REPLICAS
-from jaco.model.names import check_host
+from jaco.model.names import MAX_REPLICAS, check_host
 from jaco.v1 import jaco_pb2 as pb
 
 app = typer.Typer()

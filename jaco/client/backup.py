@@ -9,12 +9,9 @@ from typing import Any
 
 from jaco.archive.format import check_archive_output, write_archive
 from jaco.archive.meta import BackupMeta
-from jaco.client.connection import Client
+from jaco.client.connection import BACKUP_TIMEOUT, Client
 from jaco.errors import ArchiveError
 from jaco.v1 import jaco_pb2 as pb
-
-DEFAULT_TIMEOUT = 300.0
-MAX_TIMEOUT = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -27,7 +24,7 @@ class BackupResult:
 def take_backup(
     client: Client,
     output: Path,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float = BACKUP_TIMEOUT,
     on_size: Callable[[int], None] = lambda size: None,
     progress: Callable[[int], None] | None = None,
 ) -> BackupResult:

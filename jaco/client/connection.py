@@ -34,6 +34,8 @@ from jaco.v1 import jaco_pb2_grpc as pb_grpc
 
 DEFAULT_PORT = 7000
 KEEPALIVE_MS = 10_000
+BACKUP_TIMEOUT = 300.0  # a whole backup's deadline unless told (jaco backup --timeout)
+MAX_BACKUP_TIMEOUT = 7 * 86400.0
 
 
 def split_server(server: str) -> tuple[str, int]:

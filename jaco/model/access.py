@@ -21,15 +21,7 @@ from jaco.model import tokens
 from jaco.model.engine import Change, Engine, Principal, View
 from jaco.model.keys import P_JOIN, P_NODES, P_TOKENS, decode, now
 
-ROLES = ("admin", "viewer")
 ISSUE_ANOTHER = "issue a new one with `jaco node issue-join-token` on a node of the cluster"
-MAX_JOIN_TTL = 7 * 86400
-
-
-def check_role(role: str) -> str:
-    if role not in ROLES:
-        raise InvalidArgument(f"invalid role {role!r}: use one of {', '.join(ROLES)}")
-    return role
 
 
 class Access(Engine):
@@ -48,7 +40,7 @@ class Access(Engine):
     async def create_token(
         self, actor: str, role: str, description: str
     ) -> tuple[tokens.Token, dict[str, Any]]:
-        check_role(role)
+        tokens.check_role(role)
         token = tokens.new_token(tokens.OPERATOR, await self.ca_fingerprint())
         record = token_record(token, role, description)
 
@@ -87,7 +79,7 @@ class Access(Engine):
     # -- join tokens and nodes -----------------------------------------------------------
 
     async def issue_join_token(self, actor: str, ttl: int) -> tuple[tokens.Token, str]:
-        if not 1 <= ttl <= MAX_JOIN_TTL:
+        if not 1 <= ttl <= tokens.MAX_JOIN_TTL:
             raise InvalidArgument("a join token's time to live must be 1 s to 7 days")
         token = tokens.new_token(tokens.JOIN, await self.ca_fingerprint())
         lease = await self.etcd.lease_grant(ttl)

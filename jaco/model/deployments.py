@@ -20,9 +20,7 @@ from jaco.model.keys import (
     now,
     replica_id,
 )
-from jaco.model.names import check_name
-
-MAX_REPLICAS = 100
+from jaco.model.names import MAX_REPLICAS, check_name
 
 
 class Deployments(Engine):

@@ -1,4 +1,5 @@
-"""What the cluster accepts as names of nodes, deployments and routes, as hosts, as times."""
+"""What the cluster accepts as names of nodes, deployments and routes, as hosts, as times, as
+a number of replicas."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 
 from jaco.errors import InvalidArgument
 
+MAX_REPLICAS = 100
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 

@@ -1,4 +1,5 @@
-"""Operator and join tokens: their format, parsing and hashing.
+"""Operator and join tokens: their format, parsing and hashing, the roles and lifetimes they
+may have.
 
 A token is `jaco1.<kind>.<ca-sha256>.<id>.<secret>` (kind `op` or `join`). Like k3s's
 secure tokens it pins the cluster CA, so a client holding nothing but the token can
@@ -14,13 +15,21 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from jaco.errors import Unauthenticated
+from jaco.errors import InvalidArgument, Unauthenticated
 
 OPERATOR = "op"
 JOIN = "join"
+ROLES = ("admin", "viewer")
+MAX_JOIN_TTL = 7 * 86400
 _TOKEN_RE = re.compile(r"^jaco1\.(op|join)\.([0-9a-f]{64})\.([0-9a-f]{12})\.([A-Za-z0-9_-]{43})$")
 # Compared against when the id is unknown, so that a miss costs the same as a mismatch.
 _DUMMY_HASH = hashlib.sha256(b"jaco-unknown-token").hexdigest()
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise InvalidArgument(f"invalid role {role!r}: use one of {', '.join(ROLES)}")
+    return role
 
 
 @dataclass(frozen=True)
