@@ -91,7 +91,7 @@ def site_deployments(config: SiteConfig) -> list[tuple[Any, dict[str, Any]]]:
         (
             watchdog,
             {
-                "name": "jaco-watchdog",
+                "name": config.watchdog.name,
                 "interval": config.watchdog.interval_seconds,
                 "tags": ["jaco", "watchdog"],
                 "parameters": {"params": watchdog_params(config).model_dump(mode="json")},
@@ -137,6 +137,36 @@ def held_otherwise(names: list[str], for_pool: bool) -> dict[str, str]:
     return found
 
 
+def foreign_watchdog(made: list[tuple[Any, dict[str, Any]]]) -> dict[str, str]:
+    """The site's watchdog deployment, if the server holds one of that name watching clusters
+    this site does not have: another site's, served or registered on the same server. Made
+    over, it would watch this site's clusters only, and the other site's would go unwatched
+    without a word. (A cluster added to this site is no collision.) By name: why."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    found: dict[str, str] = {}
+    for flow, options in made:
+        if flow.name != "watchdog":
+            continue
+        name = f"{flow.name}/{options['name']}"
+        ours = {c["cluster"] for c in options["parameters"]["params"]["clusters"]}
+        with get_client(sync_client=True) as client:
+            try:
+                existing = client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                continue
+        watched = (existing.parameters or {}).get("params", {}).get("clusters", [])
+        theirs = {c.get("cluster") for c in watched if isinstance(c, dict)} - {None}
+        if theirs - ours:
+            found[name] = (
+                f"watching clusters this site configuration does not have "
+                f"({', '.join(sorted(str(c) for c in theirs - ours))}: another site's? give each "
+                "site its own [watchdog] name)"
+            )
+    return found
+
+
 def replace(names: list[str]) -> None:
     """Delete these deployments (and with them their scheduled runs), to be created anew."""
     from prefect import get_client
@@ -148,9 +178,11 @@ def replace(names: list[str]) -> None:
 
 def refuse_or_replace(made: list[tuple[Any, dict[str, Any]]], for_pool: bool, take: bool) -> None:
     """Refuse (a PipelineError naming them and the way out) to re-create deployments the server
-    holds the other way, unless told to take them over (--replace)."""
+    holds the other way, or a watchdog that watches another site's clusters, unless told to
+    take them over (--replace)."""
     names = deployment_names(made)
     held = held_otherwise(names, for_pool)
+    held.update(foreign_watchdog(made))
     if not held:
         return
     if not take:

@@ -4,10 +4,11 @@
 
 For each cluster NAME: `backup-cluster/backup-NAME` (cron), `drill-restore/weekly-drill-NAME`
 (cron), `drill-restore/drill-NAME` (on demand: "Custom run" in the UI edits its parameters)
-and `prune-backups/retention-NAME` (cron); for the site: `watchdog/jaco-watchdog` (every few
-minutes: backups and drills within their objectives, no abandoned runs). Secrets stay where
-each cluster's configuration points (flows/secrets.py); this process needs read access to
-them. With --metrics-port it also serves Prometheus metrics read from the catalogs.
+and `prune-backups/retention-NAME` (cron); for the site: `watchdog/jaco-watchdog` (its
+`[watchdog] name`; every few minutes: backups and drills within their objectives, no abandoned
+runs). Secrets stay where each cluster's configuration points (flows/secrets.py); this process
+needs read access to them. With --metrics-port it also serves Prometheus metrics read from the
+catalogs.
 
 The same deployments on a work pool, for a fleet of workers: `python -m deployments.register`.
 """

@@ -29,7 +29,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 
 from flows.errors import PipelineError
-from flows.params import BackupParams, DrillParams, PruneParams, Where
+from flows.params import CLUSTER_NAME, BackupParams, DrillParams, PruneParams, Where
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -82,6 +82,11 @@ class ClusterConfig(BackupParams):
 
 
 class WatchdogConfig(BaseModel):
+    name: str = Field(
+        "jaco-watchdog",
+        description="The watchdog's deployment name: one per site on a Prefect server.",
+        pattern=CLUSTER_NAME,
+    )
     interval_seconds: Duration = Field(300, description="How often the watchdog looks.")
     realert_seconds: Duration = Field(3600, description="Repeat an alert this often.")
 

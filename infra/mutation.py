@@ -240,6 +240,13 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_fleet.py", "one_process"),
     ),
     m(
+        "serve: another site's watchdog (same name, clusters this site lacks) is taken over",
+        "deployments/build.py",
+        "        if theirs - ours:",
+        "        if False:",
+        k("tests/test_deployments.py", "another_site"),
+    ),
+    m(
         "node remove: the node serving the call may remove itself",
         "jaco/server/join.py",
         "    if name == node.config.name:",

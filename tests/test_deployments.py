@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,68 @@ def _tail(log: Any) -> str:
     """The serve process's last lines: why it did not register, or why a run failed."""
     log.flush()
     return "\n".join(Path(log.name).read_text(errors="replace").splitlines()[-60:])
+
+
+def _site(path: Path, clusters: list[str], watchdog: str | None = None) -> Path:
+    """A site configuration with these clusters (never contacted: serve refuses or registers
+    before any run)."""
+    sections = [
+        f'[clusters.{name}]\nservers = ["127.0.0.1:1"]\nbucket = "{BUCKET}"\n'
+        f'recipients = ["age1unused"]\nlocal_dir = "{path.parent / "local"}"\n'
+        for name in clusters
+    ]
+    if watchdog:
+        sections.append(f'[watchdog]\nname = "{watchdog}"\n')
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("\n".join(sections))
+    return path
+
+
+def _watched(name: str) -> set[str]:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        params = client.read_deployment_by_name(f"watchdog/{name}").parameters
+    return {c["cluster"] for c in params["params"]["clusters"]}
+
+
+def _serve_until_registered(config: Path, env: dict[str, str], watchdog: str) -> None:
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "deployments.serve", "--config", str(config)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wanted = set(tomllib.loads(config.read_text())["clusters"])
+        wait_for(lambda: serving.poll() is not None or _watched(watchdog) == wanted, 120, "serve")
+        assert serving.poll() is None, serving.communicate()[1].decode()[-2000:]
+    finally:
+        serving.terminate()
+        serving.wait(30)
+
+
+def test_serve_refuses_to_take_over_another_site_s_watchdog(prefect: str, tmp_path: Path) -> None:
+    """Two sites on one Prefect server under the same watchdog name: served over the first,
+    the second would watch only its own clusters, and the first site's would go unwatched."""
+    env = {**os.environ, "PREFECT_API_URL": prefect}
+    first = _site(tmp_path / "a" / "clusters.toml", ["site-a-one", "site-a-two"], "wd-test")
+    _serve_until_registered(first, env, "wd-test")
+    second = _site(tmp_path / "b" / "clusters.toml", ["site-b-one"], "wd-test")
+    refused = subprocess.run(
+        [sys.executable, "-m", "deployments.serve", "--config", str(second)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert refused.stderr == (
+        "error: watchdog/wd-test is already watching clusters this site configuration does not "
+        "have (site-a-one, site-a-two: another site's? give each site its own [watchdog] name); "
+        "run with --replace to take them over (their scheduled runs are deleted and made "
+        "again), or stop the other way first\n"
+    )
+    assert _watched("wd-test") == {"site-a-one", "site-a-two"}  # nothing changed
+    # The first site with a cluster added is the same site: no refusal.
+    grown = _site(first, ["site-a-one", "site-a-two", "site-a-three"], "wd-test")
+    _serve_until_registered(grown, env, "wd-test")
+    # The second site under a watchdog name of its own: both watched.
+    _serve_until_registered(_site(second, ["site-b-one"], "wd-test-b"), env, "wd-test-b")
+    assert _watched("wd-test") == {"site-a-one", "site-a-two", "site-a-three"}
+    assert _watched("wd-test-b") == {"site-b-one"}
