@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,11 @@ from tests.pipeline import BUCKET, age_keygen, params
 
 # Prefect's servers in the tests (and every process the tests start) send no usage reports.
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+# A run started in the background of a non-interactive shell (`make test &`, nohup) inherits
+# SIGINT ignored, and so would every process the tests start: the Ctrl-C tests would reach no
+# one. A handler (unlike "ignored") is not inherited: the children start with the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-randomly has shuffled the order
