@@ -135,7 +135,12 @@ def test_a_drill_runs_as_an_ephemeral_container_of_a_docker_work_pool(
     finally:
         if worker is not None:
             worker.terminate()
-            worker.wait(30)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()  # no worker outlives its test, even one that fails it
+                worker.wait()
+                raise
         api.close()
         s3.close()
 
