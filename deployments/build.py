@@ -105,19 +105,24 @@ def deployment_names(made: list[tuple[Any, dict[str, Any]]]) -> list[str]:
     return [f"{flow.name}/{options['name']}" for flow, options in made]
 
 
-def held_otherwise(names: list[str], for_pool: bool) -> dict[str, str]:
-    """Deployments of these names the Prefect server already holds the other way: for a work
-    pool (deployments.register) when about to serve them, or served (deployments.serve) when
-    about to register them on a pool. Re-created under the same name, a deployment keeps the
-    other way's leftovers (a served run then tries to download the pool's code storage and
-    crashes; pool workers would pick up a served deployment's runs). By name: how held."""
+def held_otherwise(made: list[tuple[Any, dict[str, Any]]], for_pool: bool) -> dict[str, str]:
+    """Deployments the Prefect server already holds under these names that re-creating them
+    would silently take over. Held the other way: for a work pool (deployments.register) when
+    about to serve them, or served (deployments.serve) when about to register them on a pool;
+    re-created under the same name, a deployment keeps the other way's leftovers (a served run
+    then tries to download the pool's code storage and crashes; pool workers would pick up a
+    served deployment's runs). Or a watchdog of the same name watching clusters this site does
+    not have: another site's, which made over would watch this site's clusters only, the other
+    site's going unwatched without a word (a cluster added to this site is no collision).
+    By name: how held."""
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL
 
     found: dict[str, str] = {}
     with get_client(sync_client=True) as client:
-        for name in names:
+        for flow, options in made:
+            name = f"{flow.name}/{options['name']}"
             try:
                 existing = client.read_deployment_by_name(name)
             except ObjectNotFound:
@@ -134,37 +139,22 @@ def held_otherwise(names: list[str], for_pool: bool) -> dict[str, str]:
                 found[name] = f"registered on work pool {existing.work_pool_name or '?'}"
             elif not pooled and for_pool:
                 found[name] = "served by a deployments.serve process"
+            if flow.name == "watchdog" and (lacking := _watched(existing.parameters, options)):
+                found[name] = (
+                    f"watching clusters this site configuration does not have "
+                    f"({', '.join(lacking)}: another site's? give each site its own "
+                    "[watchdog] name)"
+                )
     return found
 
 
-def foreign_watchdog(made: list[tuple[Any, dict[str, Any]]]) -> dict[str, str]:
-    """The site's watchdog deployment, if the server holds one of that name watching clusters
-    this site does not have: another site's, served or registered on the same server. Made
-    over, it would watch this site's clusters only, and the other site's would go unwatched
-    without a word. (A cluster added to this site is no collision.) By name: why."""
-    from prefect import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    found: dict[str, str] = {}
-    for flow, options in made:
-        if flow.name != "watchdog":
-            continue
-        name = f"{flow.name}/{options['name']}"
-        ours = {c["cluster"] for c in options["parameters"]["params"]["clusters"]}
-        with get_client(sync_client=True) as client:
-            try:
-                existing = client.read_deployment_by_name(name)
-            except ObjectNotFound:
-                continue
-        watched = (existing.parameters or {}).get("params", {}).get("clusters", [])
-        theirs = {c.get("cluster") for c in watched if isinstance(c, dict)} - {None}
-        if theirs - ours:
-            found[name] = (
-                f"watching clusters this site configuration does not have "
-                f"({', '.join(sorted(str(c) for c in theirs - ours))}: another site's? give each "
-                "site its own [watchdog] name)"
-            )
-    return found
+def _watched(theirs: dict[str, Any] | None, ours: dict[str, Any]) -> list[str]:
+    """The clusters an existing watchdog's parameters watch that ours do not."""
+    watched = (theirs or {}).get("params", {}).get("clusters", [])
+    mine = {c["cluster"] for c in ours["parameters"]["params"]["clusters"]}
+    return sorted(
+        {str(c["cluster"]) for c in watched if isinstance(c, dict) and "cluster" in c} - mine
+    )
 
 
 def replace(names: list[str]) -> None:
@@ -180,9 +170,7 @@ def refuse_or_replace(made: list[tuple[Any, dict[str, Any]]], for_pool: bool, ta
     """Refuse (a PipelineError naming them and the way out) to re-create deployments the server
     holds the other way, or a watchdog that watches another site's clusters, unless told to
     take them over (--replace)."""
-    names = deployment_names(made)
-    held = held_otherwise(names, for_pool)
-    held.update(foreign_watchdog(made))
+    held = held_otherwise(made, for_pool)
     if not held:
         return
     if not take:

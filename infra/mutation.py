@@ -242,8 +242,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "serve: another site's watchdog (same name, clusters this site lacks) is taken over",
         "deployments/build.py",
-        "        if theirs - ours:",
-        "        if False:",
+        '            if flow.name == "watchdog" and (lacking := ',
+        "            if False and (lacking := ",
         k("tests/test_deployments.py", "another_site"),
     ),
     m(

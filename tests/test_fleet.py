@@ -157,9 +157,10 @@ def test_one_process_serves_every_cluster_with_its_own_secrets(
             return states
 
         wait_for(lambda: _registered("drill-restore/drill-beta"), 120, "the deployments")
-        served = deployment_names(site_deployments(load_config(site["config"])))
+        made = site_deployments(load_config(site["config"]))
+        served = deployment_names(made)
         assert all(_deployment(name).work_pool_name is None for name in served)
-        assert held_otherwise(served, for_pool=False) == {}  # a restarted serve takes its own
+        assert held_otherwise(made, for_pool=False) == {}  # a restarted serve takes its own
         backups = run_all("backup-cluster/backup")
         for name in NAMES:
             assert backups[name].is_completed(), (name, backups[name].message, _tail(log))
