@@ -20,7 +20,7 @@ from jaco.cli.common import (
 from jaco.client.connection import open_client
 from jaco.errors import InvalidArgument
 from jaco.files import write_private
-from jaco.model.names import MAX_REPLICAS, check_host
+from jaco.model.names import check_host, check_replicas
 from jaco.v1 import jaco_pb2 as pb
 
 app = typer.Typer()
@@ -60,9 +60,7 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
 def _check_count(replicas: int) -> int:
     if replicas < 0:
         raise InvalidArgument(f"replicas cannot be negative ({replicas})")
-    if replicas > MAX_REPLICAS:
-        raise InvalidArgument(f"replicas must be between 0 and {MAX_REPLICAS}, not {replicas}")
-    return replicas
+    return check_replicas(replicas)
 
 
 @app.command("deploy")

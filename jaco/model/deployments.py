@@ -20,7 +20,7 @@ from jaco.model.keys import (
     now,
     replica_id,
 )
-from jaco.model.names import MAX_REPLICAS, check_name
+from jaco.model.names import check_name, check_replicas
 
 
 class Deployments(Engine):
@@ -66,7 +66,7 @@ class Deployments(Engine):
     ) -> None:
         check_name("deployment", name)
         _check_image(image)
-        _check_replicas(replicas)
+        check_replicas(replicas)
 
         async def fn(view: View, change: Change) -> None:
             if await view.get(P_DEPLOYMENTS + name) is not None:
@@ -97,7 +97,7 @@ class Deployments(Engine):
         await self.mutate(actor, fn)
 
     async def scale(self, actor: str, name: str, replicas: int) -> None:
-        _check_replicas(replicas)
+        check_replicas(replicas)
 
         async def fn(view: View, change: Change) -> None:
             dep = await view.get(P_DEPLOYMENTS + name)
@@ -144,8 +144,3 @@ class Deployments(Engine):
 def _check_image(image: str) -> None:
     if not image or len(image) > 255 or any(c.isspace() for c in image):
         raise InvalidArgument(f"invalid image {image!r}")
-
-
-def _check_replicas(replicas: int) -> None:
-    if not 0 <= replicas <= MAX_REPLICAS:
-        raise InvalidArgument(f"replicas must be between 0 and {MAX_REPLICAS}, not {replicas}")

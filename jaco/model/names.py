@@ -22,6 +22,12 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def check_replicas(replicas: int) -> int:
+    if not 0 <= replicas <= MAX_REPLICAS:
+        raise InvalidArgument(f"replicas must be between 0 and {MAX_REPLICAS}, not {replicas}")
+    return replicas
+
+
 _LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
