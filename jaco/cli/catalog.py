@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from jaco.cli.common import AsJson, operator_errors, out, print_json, safe
+from jaco.cli.common import AsJson, operator_errors, out, print_json, safe, table
 from jaco.errors import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
@@ -122,12 +122,12 @@ def backup_ls(
         )
         from rich.table import Table
 
-        table = Table(show_edge=False)
+        listing = Table(show_edge=False)
         for col in ("KEY", "INDEX", "TAKEN", "SIZE", "VERIFIED", "LAST DRILL", "RTO"):
-            table.add_column(col)
+            listing.add_column(col)
         for b in view.backups:
             drill = b.last_drill
-            table.add_row(
+            listing.add_row(
                 safe(b.key.rsplit("/", 1)[-1]),
                 str(b.snapshot_index),
                 b.taken_at.isoformat(timespec="seconds"),
@@ -136,7 +136,7 @@ def backup_ls(
                 ("passed " if drill.passed else "FAILED ") + _ago(drill.at) if drill else "-",
                 f"{drill.rto_seconds:.1f}s" if drill and drill.rto_seconds else "-",
             )
-        out.print(table)
+        out.print(listing)
         if view.window is not None:
             w = view.window
             out.print(
@@ -178,12 +178,8 @@ def backup_describe(
                 if as_json:
                     print_json(_json(view.model_copy(update={"backups": [backup]}))["backups"][0])
                     return
-                from rich.table import Table
-
-                table = Table(title=safe(backup.key), show_header=False)
-                for field, value in backup.model_dump(mode="json", exclude={"drills"}).items():
-                    table.add_row(field, safe(value))
-                out.print(table)
+                fields = backup.model_dump(mode="json", exclude={"drills"}).items()
+                out.print(table((), fields, title=backup.key))
                 for drill in backup.drills:
                     result = "passed" if drill.passed else "FAILED"
                     rto = f", RTO {drill.rto_seconds:.1f}s" if drill.rto_seconds else ""
