@@ -15,17 +15,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.run import RESULTS
-from infra.localcluster import Cluster
+from bench.run import RESULTS, measure
+from infra.localcluster import cluster_of
 
 HERE = Path(__file__).resolve().parents[1]
 # `jaco` itself, with the tree chosen by PYTHONPATH (the console script would import this one)
@@ -36,12 +32,9 @@ def run(before: Path, repeat: int) -> dict[str, dict[str, list[float]]]:
     trees = {"before": before.resolve(), "after": HERE}
     with tempfile.TemporaryDirectory(prefix="jaco-cli-start-") as tmp:
         root = Path(tmp)
-        (root / "c").mkdir()
-        cluster = Cluster(root / "c")
-        cluster.init("node-1")
-        node = cluster.nodes["node-1"]
-        try:
-            base = {**os.environ, "JACO_TOKEN": cluster.token, "JACO_SERVER": node.server}
+        with cluster_of(root / "c", 1) as cluster:
+            node = cluster.nodes["node-1"]
+            env = {"JACO_TOKEN": cluster.token, "JACO_SERVER": node.server}
             cases = {
                 "jaco --version": lambda n: ["--version"],
                 "jaco deploy": lambda n: ["deploy", f"w{n}", "--image", "nginx:1"],
@@ -53,20 +46,11 @@ def run(before: Path, repeat: int) -> dict[str, dict[str, list[float]]]:
                 for case, args in cases.items():
                     for label, tree in trees.items():
                         n += 1
-                        started = time.perf_counter()
-                        done = subprocess.run(
-                            [sys.executable, "-c", ENTRY, *args(n)],
-                            env={**base, "PYTHONPATH": str(tree)},
-                            capture_output=True,
-                            cwd=root,  # not a tree: `python -c` puts the cwd first on sys.path
-                        )
-                        if done.returncode != 0:
-                            raise RuntimeError(f"{case} ({label}): {done.stderr[-500:]!r}")
-                        runs[case][label].append(time.perf_counter() - started)
+                        # -P: not the current directory first on sys.path, the tree chosen
+                        cmd = [sys.executable, "-P", "-c", ENTRY, *args(n)]
+                        result = measure(cmd, {**env, "PYTHONPATH": str(tree)})
+                        runs[case][label].append(result["seconds"])
             return runs
-        finally:
-            cluster.stop_all()
-            shutil.rmtree(root / "c", ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

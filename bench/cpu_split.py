@@ -15,15 +15,13 @@ import asyncio
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench.realistic import fill
-from bench.run import RESULTS
-from infra.localcluster import JACO, Cluster
+from bench.run import RESULTS, measure
+from infra.localcluster import JACO, cluster_of
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -33,56 +31,41 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
-def timed(cmd: list[str], env: dict[str, str], work: Path) -> tuple[float, float]:
-    """Wall seconds, and the command's own CPU seconds (GNU time)."""
-    report = work / "time.out"
-    os.sync()
-    started = time.monotonic()
-    subprocess.run(
-        ["/usr/bin/time", "-f", "%U %S", "-o", str(report), *cmd],
-        env={**os.environ, **env}, check=True, capture_output=True,
-    )  # fmt: skip
-    wall = time.monotonic() - started
-    user, system = map(float, report.read_text().split()[-2:])
-    return wall, user + system
-
-
 def run(keys: int, repeat: int) -> list[dict[str, float | str]]:
     rows: list[dict[str, float | str]] = []
     with tempfile.TemporaryDirectory(prefix="jaco-cpu-split-") as tmp:
         work = Path(tmp)
-        (work / "c").mkdir()
-        cluster = Cluster(work / "c")
-        cluster.init("node-1")
-        node = cluster.nodes["node-1"]
-        try:
+        with cluster_of(work / "c", 1) as cluster:
+            node = cluster.nodes["node-1"]
             print(f"built: {asyncio.run(fill(node, keys))}", flush=True)
             env = {"JACO_TOKEN": cluster.token, "JACO_SERVER": node.server}
             assert node.process is not None
             jacod = node.process.pid
             etcd = node.etcd_pid()
             assert etcd is not None
+            snap, archive = work / "etcdctl.db", work / "jaco.tar.gz"
+            stages = {
+                "etcdctl snapshot save": [*node.etcdctl_command(), "snapshot", "save", str(snap)],
+                "jaco backup": [str(JACO), "backup", "-o", str(archive)],
+            }
             for _ in range(repeat):
-                etcd0 = cpu_seconds(etcd)
-                snap = work / "etcdctl.db"
-                snap.unlink(missing_ok=True)
-                wall, client = timed(
-                    [*node.etcdctl_command(), "snapshot", "save", str(snap)], {}, work
-                )
-                rows.append({"stage": "etcdctl snapshot save", "wall": wall, "client_cpu": client,
-                             "etcd_cpu": cpu_seconds(etcd) - etcd0})  # fmt: skip
-                etcd0, jacod0 = cpu_seconds(etcd), cpu_seconds(jacod)
-                archive = work / "jaco.tar.gz"
-                archive.unlink(missing_ok=True)
-                wall, client = timed([str(JACO), "backup", "-o", str(archive)], env, work)
-                rows.append({"stage": "jaco backup", "wall": wall, "client_cpu": client,
-                             "etcd_cpu": cpu_seconds(etcd) - etcd0,
-                             "jacod_cpu": cpu_seconds(jacod) - jacod0})  # fmt: skip
-                for row in rows[-2:]:
-                    print("  " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else str(v)
-                                           for k, v in row.items()), flush=True)  # fmt: skip
-        finally:
-            cluster.stop_all()
+                for stage, cmd in stages.items():
+                    snap.unlink(missing_ok=True)
+                    archive.unlink(missing_ok=True)
+                    etcd0, jacod0 = cpu_seconds(etcd), cpu_seconds(jacod)
+                    result = measure(cmd, env)
+                    row: dict[str, float | str] = {
+                        "stage": stage,
+                        "wall": result["seconds"],
+                        "client_cpu": result["cpu_seconds"],
+                        "etcd_cpu": cpu_seconds(etcd) - etcd0,
+                    }
+                    if stage == "jaco backup":
+                        row["jacod_cpu"] = cpu_seconds(jacod) - jacod0
+                    rows.append(row)
+                    print("  " + ", ".join(
+                        f"{k} {v:.2f}" if isinstance(v, float) else v for k, v in row.items()
+                    ), flush=True)  # fmt: skip
     return rows
 
 

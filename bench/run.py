@@ -58,7 +58,8 @@ _no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 1800) -> dict:
-    """Run `cmd` to completion; wall seconds and the peak RSS the kernel recorded for it."""
+    """Run `cmd` to completion; wall seconds, its CPU seconds (user + system) and the peak RSS
+    the kernel recorded for it."""
     # Through GNU time, not fork+wait4 from here: Linux carries a process's peak RSS across
     # exec, so any child forked from this (large) process would report at least our own peak.
     # time is small; the peak it reports is the child's own (plus children it reaped itself,
@@ -71,7 +72,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 
         os.sync()
         started = time.monotonic()
         proc = subprocess.Popen(
-            ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd],
+            ["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss_file), *cmd],
             env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -82,14 +83,19 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
-        lines = rss_file.read_text().split() if rss_file.exists() else ["0"]
+        lines = rss_file.read_text().split() if rss_file.exists() else ["0"] * 3
         rss_file.unlink(missing_ok=True)
     if proc.returncode != 0:
         raise RuntimeError(
             f"{' '.join(cmd[:4])}… exited {proc.returncode}: "
             f"{stderr.decode(errors='replace')[-800:]}"
         )
-    return {"seconds": seconds, "rss_kib": int(lines[-1]), "stdout": stdout.decode()[-2000:]}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": float(lines[-2]) + float(lines[-1]),
+        "rss_kib": int(lines[-3]),
+        "stdout": stdout.decode()[-2000:],
+    }
 
 
 def stage(name: str, args: dict[str, Any], env: dict[str, str], work: Path) -> dict:
