@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 import subprocess
@@ -20,8 +21,10 @@ from typing import Any
 import pytest
 
 from infra.localcluster import Cluster, Node, cluster_of
+from jaco import _native
 from jaco.archive.bolt import BoltFile, SnapshotFileError
 from jaco.archive.snapshot_file import (
+    RUN_BYTES,
     SnapshotState,
     read_snapshot_state,
     read_snapshot_state_reference,
@@ -248,3 +251,19 @@ def test_the_compiled_pass_is_the_python_definition(
     assert list(tmp_path.iterdir()) == [damaged]
     # The damage reached the checks, not only the first one.
     assert "read" in seen and len(seen) >= 5, seen
+
+
+def test_the_compiled_pass_over_no_records(
+    shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Under a root no key lies under there is nothing to sort: the empty run is sorted and
+    merged like any other (the SHA-256 of nothing, no tables, nothing found), in memory and
+    with the smallest runs, and the store's revision is still read."""
+    _, snapshot, _ = shaped
+    revision = read_snapshot_state(snapshot).revision
+    for run_bytes in (RUN_BYTES, 2):
+        nothing = _native.snapshot_state(
+            snapshot, tmp_path, b"/nothing/", b"/nothing/alive/", [b"/nothing/x"], run_bytes
+        )
+        assert nothing == (revision, [], hashlib.sha256().hexdigest(), [])
+    assert list(tmp_path.iterdir()) == []

@@ -25,7 +25,7 @@ from jaco.model.digest import StateDigest
 from jaco.model.keys import B_ALIVE, B_ROOT, K_CA, K_CLUSTER, K_HEAD
 
 _WANTED = (K_CLUSTER.encode(), K_CA.encode(), K_HEAD.encode())
-RUN_BYTES = 64 * 1024 * 1024  # the compiled sort's run, as held (keys, values, entries)
+RUN_BYTES = 64 * 1024 * 1024  # what the compiled sort holds: two runs (keys, values, entries)
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,8 @@ def read_snapshot_state(
     """Revision, counts, digest, cluster identity, CA and audit head of an etcd snapshot file.
 
     One pass over the file's records, then a merge in key order: memory stays bounded
-    whatever the number of keys; a store too large for one run (`run_bytes`, 64 MiB) spills
+    whatever the number of keys; a store too large for one run (half of `run_bytes`, 64 MiB:
+    one run fills while the one before is sorted and written on a second thread) spills
     sorted runs to unnamed files in `scratch` (default: the snapshot's own directory).
     Raises SnapshotFileError if the file is not a readable etcd snapshot of a jaco store.
     """

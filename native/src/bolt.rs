@@ -53,11 +53,29 @@ fn fnv64a(data: &[u8]) -> u64 {
     h
 }
 
-/// A stored KeyValue record: its bytes when at most PEEK long, else where it lies.
-pub enum Record {
+/// A stored KeyValue record: its bytes when at most PEEK long, else where it lies; or, once a
+/// holder has parsed it, its value alone. Borrowed: the walk hands the page's own bytes to
+/// the caller, which copies what it keeps.
+#[derive(Clone, Copy)]
+pub enum Record<'a> {
     Deleted,
-    Inline(Vec<u8>),
+    Inline(&'a [u8]),
     At(u64, u32),
+    Value(&'a [u8]),
+}
+
+impl<'a> Record<'a> {
+    /// The same record, as little as possible of it: an inline record that parses becomes
+    /// its value (a record that does not stays whole, to be refused if it is the one read).
+    pub fn lean(self) -> Record<'a> {
+        match self {
+            Record::Inline(raw) => match key_value(raw) {
+                Ok((_, value)) => Record::Value(value),
+                Err(_) => self,
+            },
+            record => record,
+        }
+    }
 }
 
 pub struct Bolt {
@@ -275,7 +293,7 @@ impl Bolt {
     pub fn revisions(
         &self,
         keep: impl Fn(&[u8]) -> bool,
-        mut each: impl FnMut(Vec<u8>, Record) -> Result<()>,
+        mut each: impl FnMut(&[u8], Record<'_>) -> Result<()>,
     ) -> Result<u64> {
         let mut revision = 0u64;
         let root = self.bucket_root(b"key")?;
@@ -292,17 +310,22 @@ impl Bolt {
                         return damaged("the snapshot's key bucket holds a malformed revision");
                     }
                     revision = revision.max(u64::from_be_bytes(rev[..8].try_into().unwrap()));
+                    let parsed: Vec<u8>;
                     let key = match fast_key(peek) {
-                        Some(key) => key.to_vec(),
-                        None => parse_key_value(&self.read(value_at, vsize as usize)?)?.0,
+                        Some(key) => key,
+                        None => {
+                            let raw = self.read(value_at, vsize as usize)?;
+                            parsed = key_value(&raw)?.0.to_vec();
+                            &parsed
+                        }
                     };
-                    if !keep(&key) {
+                    if !keep(key) {
                         return Ok(true);
                     }
                     let record = if rev.len() > REVISION_KEY {
                         Record::Deleted
                     } else if vsize as usize <= PEEK {
-                        Record::Inline(peek.to_vec())
+                        Record::Inline(peek)
                     } else {
                         Record::At(value_at, vsize)
                     };
@@ -314,14 +337,18 @@ impl Bolt {
         Ok(revision)
     }
 
-    /// The value of a KeyValue record.
-    pub fn value(&self, record: &Record) -> Result<Vec<u8>> {
+    /// The value of a KeyValue record: within the record's own bytes when it is inline, else
+    /// read into `held`.
+    pub fn value<'a>(&self, record: Record<'a>, held: &'a mut Vec<u8>) -> Result<&'a [u8]> {
         match record {
-            Record::Inline(raw) => Ok(parse_key_value(raw)?.1),
+            Record::Inline(raw) => Ok(key_value(raw)?.1),
             Record::At(offset, size) => {
-                Ok(parse_key_value(&self.read(*offset, *size as usize)?)?.1)
+                *held = self.read(offset, size as usize)?;
+                let held: &'a [u8] = held;
+                Ok(key_value(held)?.1)
             }
-            Record::Deleted => Ok(Vec::new()),
+            Record::Value(value) => Ok(value),
+            Record::Deleted => Ok(&[]),
         }
     }
 }
@@ -368,7 +395,7 @@ fn varint(data: &[u8], at: &mut usize) -> Option<u64> {
 
 /// (key, value) of an mvccpb.KeyValue: fields 1 and 5, the last of each winning, every other
 /// field skipped by its wire type; anything that does not parse is damage.
-pub fn parse_key_value(data: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+fn key_value(data: &[u8]) -> Result<(&[u8], &[u8])> {
     let bad = || Error::Snapshot("the snapshot holds a damaged key-value record".into());
     let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
     let mut at = 0usize;
@@ -405,5 +432,5 @@ pub fn parse_key_value(data: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
             _ => return Err(bad()),
         }
     }
-    Ok((key.to_vec(), value.to_vec()))
+    Ok((key, value))
 }

@@ -5,7 +5,9 @@
 //! revision, its per-table counts and state digest, and a few records (identity, CA, audit
 //! head) out of the bolt file. In Python that pass cost 6–8 µs per stored revision (issue 16:
 //! 3–3.6× etcd's own tools at 10⁶ small keys); here it is the same walk, the same external
-//! sort and the same digest, without the GIL held. jaco/archive/bolt.py and key_order.py stay
+//! sort and the same digest, without the GIL held, on up to three threads (the walk, the sort
+//! of the run before, and the digest's hashing: sort.rs, hashing.rs); the result is the one
+//! pass's, byte for byte. jaco/archive/bolt.py and key_order.py stay
 //! as the reference: tests/test_snapshot_file.py holds this module to them, on real snapshots and on
 //! damaged ones, error message for error message.
 //!
@@ -13,6 +15,7 @@
 //! bug, never an input) comes back as RuntimeError, not as a crash of the process.
 
 mod bolt;
+mod hashing;
 mod sort;
 
 use std::collections::BTreeMap;
@@ -23,7 +26,6 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use sha2::{Digest, Sha256};
 
 use crate::bolt::{damaged, Bolt, Error, Result};
 use crate::sort::Sorter;
@@ -53,35 +55,37 @@ fn scan(
     run_bytes: usize,
 ) -> Result<State> {
     let bolt = Bolt::open(File::open(path).map_err(Error::Io)?)?;
-    let mut sorter = Sorter::new(scratch, run_bytes.clamp(1, MAX_RUN_BYTES));
+    let mut sorter = Sorter::new(scratch, run_bytes.clamp(2, MAX_RUN_BYTES));
     let counted = |key: &[u8]| key.starts_with(root) && !key.starts_with(alive);
     let revision = bolt.revisions(counted, |key, record| sorter.add(key, record))?;
-    let mut sha = Sha256::new();
     let mut counts: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
     let mut found = Vec::new();
-    sorter.finish(|key, record| {
-        if std::str::from_utf8(key).is_err() {
-            return damaged("the snapshot holds a key that is not UTF-8");
-        }
-        let value = bolt.value(&record)?;
-        sha.update((key.len() as u32).to_be_bytes());
-        sha.update(key);
-        sha.update((value.len() as u64).to_be_bytes());
-        sha.update(&value);
-        let rest = &key[root.len()..];
-        let table = rest.split(|&b| b == b'/').next().unwrap_or(rest);
-        match counts.get_mut(table) {
-            Some(n) => *n += 1,
-            None => {
-                counts.insert(table.to_vec(), 1);
+    let mut held = Vec::new();
+    let ((), sha) = hashing::pipelined(|feed| {
+        sorter.finish(|key, record| {
+            if std::str::from_utf8(key).is_err() {
+                return damaged("the snapshot holds a key that is not UTF-8");
             }
-        }
-        if wanted.iter().any(|w| w.as_slice() == key) {
-            found.push((key.to_vec(), value));
-        }
-        Ok(())
+            let value = bolt.value(record, &mut held)?;
+            feed.update(&(key.len() as u32).to_be_bytes());
+            feed.update(key);
+            feed.update(&(value.len() as u64).to_be_bytes());
+            feed.update(value);
+            let rest = &key[root.len()..];
+            let table = rest.split(|&b| b == b'/').next().unwrap_or(rest);
+            match counts.get_mut(table) {
+                Some(n) => *n += 1,
+                None => {
+                    counts.insert(table.to_vec(), 1);
+                }
+            }
+            if wanted.iter().any(|w| w.as_slice() == key) {
+                found.push((key.to_vec(), value.to_vec()));
+            }
+            Ok(())
+        })
     })?;
-    let digest = sha.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let digest = sha.iter().map(|b| format!("{b:02x}")).collect();
     Ok(State {
         revision,
         counts,

@@ -1,119 +1,185 @@
 //! The latest record of every key, in key order, from records in revision order, in bounded
 //! memory: the external sort of jaco/archive/key_order.py. Records are gathered in a run (one
-//! arena of bytes and a vector of entries) until about `run_bytes` are held; the run is then
-//! sorted (stably: of one key, the newest record comes last and is the one kept) and written
-//! to an unnamed scratch file (O_TMPFILE, mode 0600, gone when closed), and the next run
-//! begins. At the end the runs are merged; of one key in several runs the newest run wins,
-//! and a deletion hides the key. A store that fits in one run is never written out.
+//! arena of bytes and a vector of entries) until it holds half of `run_bytes`; the run is then
+//! handed to a second thread, which sorts it (of one key, the newest record last, the one kept)
+//! and writes it to an unnamed scratch file (O_TMPFILE, mode 0600, gone when closed), while
+//! the next run fills: the walk and the sort share the two cores instead of taking turns, and
+//! at most two runs are held at once. At the end the runs are merged, the last one from
+//! memory; of one key in several runs the newest run wins, and a deletion hides the key. A
+//! store that fits in one run is never written out.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use crate::bolt::{Error, Record, Result};
 
 const O_TMPFILE: i32 = 0o20_200_000; // Linux: __O_TMPFILE | O_DIRECTORY
-const ENTRY_BYTES: usize = 32; // an entry's own size in the run, counted with its bytes
+const ENTRY_BYTES: usize = 40; // an entry's own size in the run, counted with its bytes
+const _: () = assert!(std::mem::size_of::<Entry>() <= ENTRY_BYTES);
 
+#[derive(Clone, Copy)]
 enum Held {
     Deleted,
     Inline(u32, u32),
     At(u64, u32),
+    Value(u32, u32),
 }
 
+#[derive(Clone, Copy)]
 struct Entry {
     key: (u32, u32),
     held: Held,
+    seq: u32,  // the order records came in: of one key, the newest sorts last
+    word: u64, // while sorting: eight of the key's bytes from the depth sorted at
+    taken: u8, // how many of those eight the key has (fewer: it ends there)
 }
 
-pub struct Sorter<'a> {
-    scratch: &'a Path,
-    run_bytes: usize,
+impl Entry {
+    /// The eight bytes sorted on at the current depth, and how many of them the key has.
+    fn digit(&self) -> (u64, u8) {
+        (self.word, self.taken)
+    }
+}
+
+/// One run: its records' bytes and their entries, sorted once full.
+#[derive(Default)]
+struct Run {
     arena: Vec<u8>,
     entries: Vec<Entry>,
-    runs: Vec<File>,
 }
 
-impl<'a> Sorter<'a> {
-    pub fn new(scratch: &'a Path, run_bytes: usize) -> Sorter<'a> {
-        Sorter {
-            scratch,
-            run_bytes,
-            arena: Vec::new(),
-            entries: Vec::new(),
-            runs: Vec::new(),
-        }
+impl Run {
+    fn held_bytes(&self) -> usize {
+        self.arena.len() + self.entries.len() * ENTRY_BYTES
     }
 
-    pub fn add(&mut self, key: Vec<u8>, record: Record) -> Result<()> {
+    fn add(&mut self, key: &[u8], record: Record<'_>) {
         let start = self.arena.len() as u32;
-        self.arena.extend_from_slice(&key);
-        let held = match record {
+        self.arena.extend_from_slice(key);
+        let mut copy = |bytes: &[u8]| {
+            let at = self.arena.len() as u32;
+            self.arena.extend_from_slice(bytes);
+            (at, bytes.len() as u32)
+        };
+        let held = match record.lean() {
             Record::Deleted => Held::Deleted,
             Record::Inline(bytes) => {
-                let at = self.arena.len() as u32;
-                self.arena.extend_from_slice(&bytes);
-                Held::Inline(at, bytes.len() as u32)
+                let (at, len) = copy(bytes);
+                Held::Inline(at, len)
+            }
+            Record::Value(bytes) => {
+                let (at, len) = copy(bytes);
+                Held::Value(at, len)
             }
             Record::At(offset, size) => Held::At(offset, size),
         };
+        let seq = self.entries.len() as u32;
         self.entries.push(Entry {
             key: (start, key.len() as u32),
             held,
+            seq,
+            word: 0,
+            taken: 0,
         });
-        if self.arena.len() + self.entries.len() * ENTRY_BYTES >= self.run_bytes {
-            self.spill()?;
-        }
-        Ok(())
     }
 
     fn key(&self, entry: &Entry) -> &[u8] {
         &self.arena[entry.key.0 as usize..(entry.key.0 + entry.key.1) as usize]
     }
 
-    /// Whether a newer record of the same key follows `entries[i]` in a sorted run (then that
-    /// one is kept, not this).
-    fn newer_follows(&self, entries: &[Entry], i: usize) -> bool {
-        let key = self.key(&entries[i]);
-        entries
+    fn record(&self, entry: &Entry) -> Record<'_> {
+        match entry.held {
+            Held::Deleted => Record::Deleted,
+            Held::Inline(at, len) => Record::Inline(&self.arena[at as usize..(at + len) as usize]),
+            Held::Value(at, len) => Record::Value(&self.arena[at as usize..(at + len) as usize]),
+            Held::At(offset, size) => Record::At(offset, size),
+        }
+    }
+
+    /// Sorts the entries by key, a key's records in the order they came. Keys are compared
+    /// eight bytes at a time, as integers held in the entries (a most-significant-digit sort):
+    /// the entries of one group share their first `depth` bytes and are ordered by the next
+    /// eight, then the groups that tie are taken again eight bytes further. Keys under one
+    /// root share long prefixes (`/jaco/v1/audit/events/0000…`): a comparison that went
+    /// back to the arena for every pair spent most of the pass in memcmp.
+    fn sort(&mut self) {
+        let arena = &self.arena;
+        let entries = &mut self.entries;
+        let mut groups: Vec<(usize, usize, usize)> = vec![(0, entries.len(), 0)];
+        while let Some((start, end, depth)) = groups.pop() {
+            if end - start < 2 {
+                continue; // none or one: in order
+            }
+            let group = &mut entries[start..end];
+            for entry in group.iter_mut() {
+                let key = &arena[entry.key.0 as usize..(entry.key.0 + entry.key.1) as usize];
+                let rest = key.get(depth..).unwrap_or(&[]);
+                let take = rest.len().min(8);
+                let mut word = [0u8; 8];
+                word[..take].copy_from_slice(&rest[..take]);
+                entry.word = u64::from_be_bytes(word);
+                entry.taken = take as u8;
+            }
+            let first = group[0].digit();
+            if group.iter().all(|e| e.digit() == first) {
+                if first.1 == 8 {
+                    groups.push((start, end, depth + 8)); // all alike so far: look further
+                } else {
+                    group.sort_unstable_by_key(|e| e.seq); // one key: its records in order
+                }
+                continue;
+            }
+            group.sort_unstable_by_key(|e| (e.digit(), e.seq));
+            let mut i = 0;
+            while i < group.len() {
+                let digit = group[i].digit();
+                let j = i + group[i..].iter().take_while(|e| e.digit() == digit).count();
+                if j - i > 1 && digit.1 == 8 {
+                    groups.push((start + i, start + j, depth + 8));
+                }
+                i = j;
+            }
+        }
+    }
+
+    /// Whether a newer record of the same key follows `entries[i]` once sorted (then that one
+    /// is kept, not this).
+    fn newer_follows(&self, i: usize) -> bool {
+        let key = self.key(&self.entries[i]);
+        self.entries
             .get(i + 1)
             .map_or(false, |next| self.key(next) == key)
     }
 
-    /// The run's entries sorted by key, stably (a key's newest record last).
-    fn sorted(&mut self) -> Vec<Entry> {
-        let mut entries = std::mem::take(&mut self.entries);
-        let arena = &self.arena;
-        entries.sort_by(|a, b| {
-            arena[a.key.0 as usize..(a.key.0 + a.key.1) as usize]
-                .cmp(&arena[b.key.0 as usize..(b.key.0 + b.key.1) as usize])
-        });
-        entries
-    }
-
-    fn spill(&mut self) -> Result<()> {
-        let entries = self.sorted();
-        let file = scratch_file(self.scratch).map_err(Error::Io)?;
+    /// The sorted run, the latest record of each key only, to an unnamed file in `scratch`.
+    fn write(&mut self, scratch: &Path) -> Result<File> {
+        self.sort();
+        let file = scratch_file(scratch).map_err(Error::Io)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let io = |r: std::io::Result<()>| r.map_err(Error::Io);
-        for (i, entry) in entries.iter().enumerate() {
-            let key = self.key(entry);
-            if self.newer_follows(&entries, i) {
-                continue; // a newer record of this key follows
+        for i in 0..self.entries.len() {
+            if self.newer_follows(i) {
+                continue;
             }
+            let entry = &self.entries[i];
+            let key = self.key(entry);
             io(out.write_all(&(key.len() as u32).to_le_bytes()))?;
             io(out.write_all(key))?;
-            match entry.held {
-                Held::Deleted => io(out.write_all(&[0]))?,
-                Held::Inline(at, len) => {
-                    io(out.write_all(&[1]))?;
-                    io(out.write_all(&len.to_le_bytes()))?;
-                    io(out.write_all(&self.arena[at as usize..(at + len) as usize]))?;
-                }
-                Held::At(offset, size) => {
+            let mut bytes = |tag: u8, bytes: &[u8]| -> Result<()> {
+                io(out.write_all(&[tag]))?;
+                io(out.write_all(&(bytes.len() as u32).to_le_bytes()))?;
+                io(out.write_all(bytes))
+            };
+            match self.record(entry) {
+                Record::Deleted => io(out.write_all(&[0]))?,
+                Record::Inline(raw) => bytes(1, raw)?,
+                Record::Value(value) => bytes(3, value)?,
+                Record::At(offset, size) => {
                     io(out.write_all(&[2]))?;
                     io(out.write_all(&offset.to_le_bytes()))?;
                     io(out.write_all(&size.to_le_bytes()))?;
@@ -122,104 +188,224 @@ impl<'a> Sorter<'a> {
         }
         let mut file = out.into_inner().map_err(|e| Error::Io(e.into_error()))?;
         io(file.seek(SeekFrom::Start(0)).map(|_| ()))?;
-        self.runs.push(file);
-        self.arena = Vec::new();
+        self.arena.clear();
+        self.entries.clear();
+        Ok(file)
+    }
+}
+
+type Spilling = JoinHandle<Result<(File, Run)>>;
+
+pub struct Sorter {
+    scratch: PathBuf,
+    run_bytes: usize,
+    run: Run,
+    spilling: Option<Spilling>,
+    runs: Vec<File>,
+}
+
+/// The spill thread's outcome; its panic (a bug) carried on in this thread.
+fn joined(handle: Spilling) -> Result<(File, Run)> {
+    match handle.join() {
+        Ok(outcome) => outcome,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+impl Sorter {
+    /// A sorter holding at most `run_bytes` (two runs of half that: one filling, one written).
+    pub fn new(scratch: &Path, run_bytes: usize) -> Sorter {
+        Sorter {
+            scratch: scratch.to_path_buf(),
+            run_bytes: (run_bytes / 2).max(1),
+            run: Run::default(),
+            spilling: None,
+            runs: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, key: &[u8], record: Record<'_>) -> Result<()> {
+        self.run.add(key, record);
+        if self.run.held_bytes() >= self.run_bytes {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the run being written, if any; returns its emptied buffers for reuse.
+    fn settle(&mut self) -> Result<Option<Run>> {
+        match self.spilling.take() {
+            Some(handle) => {
+                let (file, emptied) = joined(handle)?;
+                self.runs.push(file);
+                Ok(Some(emptied))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Hands the full run to a thread that sorts and writes it; the next run reuses the
+    /// buffers of the one written before.
+    fn spill(&mut self) -> Result<()> {
+        let next = self.settle()?.unwrap_or_default();
+        let mut full = std::mem::replace(&mut self.run, next);
+        let scratch = self.scratch.clone();
+        self.spilling = Some(std::thread::spawn(move || {
+            let file = full.write(&scratch)?;
+            Ok((file, full))
+        }));
         Ok(())
     }
 
     /// Calls `each(key, record)` for every key whose latest record is not a deletion, in key
     /// order.
-    pub fn finish(mut self, mut each: impl FnMut(&[u8], Record) -> Result<()>) -> Result<()> {
+    pub fn finish(mut self, mut each: impl FnMut(&[u8], Record<'_>) -> Result<()>) -> Result<()> {
+        self.settle()?;
+        let mut last_run = std::mem::take(&mut self.run);
+        last_run.sort();
         if self.runs.is_empty() {
-            let entries = self.sorted();
-            for (i, entry) in entries.iter().enumerate() {
-                let key = self.key(entry);
-                if self.newer_follows(&entries, i) {
+            for i in 0..last_run.entries.len() {
+                if last_run.newer_follows(i) {
                     continue;
                 }
-                let record = match entry.held {
-                    Held::Deleted => continue,
-                    Held::Inline(at, len) => {
-                        Record::Inline(self.arena[at as usize..(at + len) as usize].to_vec())
-                    }
-                    Held::At(offset, size) => Record::At(offset, size),
-                };
-                each(key, record)?;
+                let entry = &last_run.entries[i];
+                match last_run.record(entry) {
+                    Record::Deleted => continue,
+                    record => each(last_run.key(entry), record)?,
+                }
             }
             return Ok(());
         }
-        if !self.entries.is_empty() {
-            self.spill()?;
-        }
-        let mut readers: Vec<RunReader> = std::mem::take(&mut self.runs)
+        let mut sources: Vec<Source<'_>> = std::mem::take(&mut self.runs)
             .into_iter()
-            .map(|f| RunReader(BufReader::with_capacity(256 * 1024, f)))
+            .map(|f| Source::Spilled(BufReader::with_capacity(256 * 1024, f)))
             .collect();
-        // (key, age): of one key, the newest run's entry pops last.
+        sources.push(Source::Memory(&last_run, 0)); // the newest run
+                                                    // (key, age): of one key, the newest run's entry pops last.
         let mut heap: BinaryHeap<Reverse<(Vec<u8>, usize)>> = BinaryHeap::new();
-        let mut heads: Vec<Option<Record>> = Vec::with_capacity(readers.len());
-        for (age, reader) in readers.iter_mut().enumerate() {
+        let mut heads: Vec<Option<Owned>> = Vec::with_capacity(sources.len());
+        for (age, source) in sources.iter_mut().enumerate() {
             heads.push(None);
-            if let Some((key, record)) = reader.next()? {
+            if let Some((key, record)) = source.next()? {
                 heads[age] = Some(record);
                 heap.push(Reverse((key, age)));
             }
         }
-        let mut last: Option<(Vec<u8>, Record)> = None;
+        let mut last: Option<(Vec<u8>, Owned)> = None;
         while let Some(Reverse((key, age))) = heap.pop() {
             let record = heads[age].take().expect("a head for every key in the heap");
-            if let Some((next_key, next)) = readers[age].next()? {
+            if let Some((next_key, next)) = sources[age].next()? {
                 heads[age] = Some(next);
                 heap.push(Reverse((next_key, age)));
             }
             if let Some((last_key, last_record)) = last.take() {
-                if last_key != key && !matches!(last_record, Record::Deleted) {
-                    each(&last_key, last_record)?;
+                if last_key != key && !matches!(last_record, Owned::Deleted) {
+                    each(&last_key, last_record.record())?;
                 }
             }
             last = Some((key, record));
         }
         if let Some((key, record)) = last {
-            if !matches!(record, Record::Deleted) {
-                each(&key, record)?;
+            if !matches!(record, Owned::Deleted) {
+                each(&key, record.record())?;
             }
         }
         Ok(())
     }
 }
 
-struct RunReader(BufReader<File>);
-
-impl RunReader {
-    fn next(&mut self) -> Result<Option<(Vec<u8>, Record)>> {
-        let io = |e: std::io::Error| Error::Io(e);
-        let mut word = [0u8; 4];
-        match self.0.read_exact(&mut word) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(io(e)),
+impl Drop for Sorter {
+    /// A pass that ends early (a damaged file, an error) still waits for the run being
+    /// written: no thread outlives the call that started it.
+    fn drop(&mut self) {
+        if let Some(handle) = self.spilling.take() {
+            let _ = handle.join();
         }
-        let mut key = vec![0u8; u32::from_le_bytes(word) as usize];
-        self.0.read_exact(&mut key).map_err(io)?;
-        let mut tag = [0u8; 1];
-        self.0.read_exact(&mut tag).map_err(io)?;
-        let record = match tag[0] {
-            0 => Record::Deleted,
-            1 => {
-                self.0.read_exact(&mut word).map_err(io)?;
-                let mut bytes = vec![0u8; u32::from_le_bytes(word) as usize];
-                self.0.read_exact(&mut bytes).map_err(io)?;
-                Record::Inline(bytes)
-            }
-            _ => {
-                let mut offset = [0u8; 8];
-                self.0.read_exact(&mut offset).map_err(io)?;
-                self.0.read_exact(&mut word).map_err(io)?;
-                Record::At(u64::from_le_bytes(offset), u32::from_le_bytes(word))
-            }
-        };
-        Ok(Some((key, record)))
     }
+}
+
+/// A record as read back from a spilled run.
+enum Owned {
+    Deleted,
+    Inline(Vec<u8>),
+    At(u64, u32),
+    Value(Vec<u8>),
+}
+
+impl Owned {
+    fn record(&self) -> Record<'_> {
+        match self {
+            Owned::Deleted => Record::Deleted,
+            Owned::Inline(bytes) => Record::Inline(bytes),
+            Owned::At(offset, size) => Record::At(*offset, *size),
+            Owned::Value(bytes) => Record::Value(bytes),
+        }
+    }
+}
+
+/// One sorted run of the merge: a spilled file, or the last run, still in memory (with the
+/// index of its next entry).
+enum Source<'r> {
+    Spilled(BufReader<File>),
+    Memory(&'r Run, usize),
+}
+
+impl Source<'_> {
+    fn next(&mut self) -> Result<Option<(Vec<u8>, Owned)>> {
+        match self {
+            Source::Spilled(reader) => read_entry(reader),
+            Source::Memory(run, at) => {
+                while *at < run.entries.len() && run.newer_follows(*at) {
+                    *at += 1;
+                }
+                let Some(entry) = run.entries.get(*at) else {
+                    return Ok(None);
+                };
+                *at += 1;
+                let record = match run.record(entry) {
+                    Record::Deleted => Owned::Deleted,
+                    Record::Inline(bytes) => Owned::Inline(bytes.to_vec()),
+                    Record::At(offset, size) => Owned::At(offset, size),
+                    Record::Value(bytes) => Owned::Value(bytes.to_vec()),
+                };
+                Ok(Some((run.key(entry).to_vec(), record)))
+            }
+        }
+    }
+}
+
+fn read_entry(reader: &mut BufReader<File>) -> Result<Option<(Vec<u8>, Owned)>> {
+    let io = |e: std::io::Error| Error::Io(e);
+    let mut word = [0u8; 4];
+    match reader.read_exact(&mut word) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(io(e)),
+    }
+    let mut key = vec![0u8; u32::from_le_bytes(word) as usize];
+    reader.read_exact(&mut key).map_err(io)?;
+    let mut tag = [0u8; 1];
+    reader.read_exact(&mut tag).map_err(io)?;
+    let record = match tag[0] {
+        0 => Owned::Deleted,
+        1 | 3 => {
+            reader.read_exact(&mut word).map_err(io)?;
+            let mut bytes = vec![0u8; u32::from_le_bytes(word) as usize];
+            reader.read_exact(&mut bytes).map_err(io)?;
+            if tag[0] == 1 {
+                Owned::Inline(bytes)
+            } else {
+                Owned::Value(bytes)
+            }
+        }
+        _ => {
+            let mut offset = [0u8; 8];
+            reader.read_exact(&mut offset).map_err(io)?;
+            reader.read_exact(&mut word).map_err(io)?;
+            Owned::At(u64::from_le_bytes(offset), u32::from_le_bytes(word))
+        }
+    };
+    Ok(Some((key, record)))
 }
 
 /// An unnamed file in `dir` (O_TMPFILE, 0600); where the filesystem has no O_TMPFILE, a
