@@ -1,11 +1,14 @@
 """Where a backup's time goes: wall and CPU seconds of the client, jacod and etcd for `jaco
 backup`, beside etcdctl's and etcd's for `etcdctl snapshot save`, alternating.
 
-    python -m bench.cpu_split --keys 1000000 [--repeat 3]
+    python -m bench.cpu_split --keys 1000000 [--repeat 3] [--before TREE]
 
 On 2 cores, the sum of the CPU columns over the wall time says how close to CPU-bound a
 stage is, and which process to make cheaper. The node holds `--keys` small records
-(bench.realistic). Results go to bench/results/cpu-split-<time>.json.
+(bench.realistic). With `--before` (a worktree of another commit, its jaco/_native*.so copied
+in, as for bench.cli_start), jacod is restarted from one tree then the other, alternating
+round by round, on the same store; the client is this tree's. jacod's peak RSS while it serves
+the backup is recorded too. Results go to bench/results/cpu-split-<time>.json.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import tempfile
 from pathlib import Path
 
 from bench.realistic import fill
-from bench.run import RESULTS, measure
-from infra.localcluster import JACO, cluster_of
+from bench.run import RESULTS, measure, peak_kib, reset_peak
+from infra.localcluster import JACO, Cluster, Node, cluster_of
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -31,7 +34,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
-def run(keys: int, repeat: int) -> list[dict[str, float | str]]:
+def restart(cluster: Cluster, node: Node, tree: Path | None) -> None:
+    """Restart the node's jacod importing jaco from `tree` (None: this checkout)."""
+    node.stop()
+    saved = os.environ.pop("PYTHONPATH", None)
+    if tree is not None:
+        os.environ["PYTHONPATH"] = str(tree)
+    try:
+        node.start()
+    finally:
+        os.environ.pop("PYTHONPATH", None)
+        if saved is not None:
+            os.environ["PYTHONPATH"] = saved
+    cluster.wait_ready([node.name])
+
+
+def run(keys: int, repeat: int, before: Path | None = None) -> list[dict[str, float | str]]:
+    trees: dict[str, Path | None] = {"after": None}
+    if before is not None:
+        trees = {"before": before.resolve(), "after": None}
     rows: list[dict[str, float | str]] = []
     with tempfile.TemporaryDirectory(prefix="jaco-cpu-split-") as tmp:
         work = Path(tmp)
@@ -39,33 +60,38 @@ def run(keys: int, repeat: int) -> list[dict[str, float | str]]:
             node = cluster.nodes["node-1"]
             print(f"built: {asyncio.run(fill(node, keys))}", flush=True)
             env = {"JACO_TOKEN": cluster.token, "JACO_SERVER": node.server}
-            assert node.process is not None
-            jacod = node.process.pid
-            etcd = node.etcd_pid()
-            assert etcd is not None
             snap, archive = work / "etcdctl.db", work / "jaco.tar.gz"
             stages = {
                 "etcdctl snapshot save": [*node.etcdctl_command(), "snapshot", "save", str(snap)],
                 "jaco backup": [str(JACO), "backup", "-o", str(archive)],
             }
             for _ in range(repeat):
-                for stage, cmd in stages.items():
-                    snap.unlink(missing_ok=True)
-                    archive.unlink(missing_ok=True)
-                    etcd0, jacod0 = cpu_seconds(etcd), cpu_seconds(jacod)
-                    result = measure(cmd, env)
-                    row: dict[str, float | str] = {
-                        "stage": stage,
-                        "wall": result["seconds"],
-                        "client_cpu": result["cpu_seconds"],
-                        "etcd_cpu": cpu_seconds(etcd) - etcd0,
-                    }
-                    if stage == "jaco backup":
-                        row["jacod_cpu"] = cpu_seconds(jacod) - jacod0
-                    rows.append(row)
-                    print("  " + ", ".join(
-                        f"{k} {v:.2f}" if isinstance(v, float) else v for k, v in row.items()
-                    ), flush=True)  # fmt: skip
+                for label, tree in trees.items():
+                    if before is not None:
+                        restart(cluster, node, tree)
+                    assert node.process is not None
+                    jacod, etcd = node.process.pid, node.etcd_pid()
+                    assert etcd is not None
+                    for stage, cmd in stages.items():
+                        snap.unlink(missing_ok=True)
+                        archive.unlink(missing_ok=True)
+                        reset_peak(jacod)
+                        etcd0, jacod0 = cpu_seconds(etcd), cpu_seconds(jacod)
+                        result = measure(cmd, env)
+                        row: dict[str, float | str] = {
+                            "tree": label,
+                            "stage": stage,
+                            "wall": result["seconds"],
+                            "client_cpu": result["cpu_seconds"],
+                            "etcd_cpu": cpu_seconds(etcd) - etcd0,
+                        }
+                        if stage == "jaco backup":
+                            row["jacod_cpu"] = cpu_seconds(jacod) - jacod0
+                            row["jacod_peak_mib"] = peak_kib(jacod) / 1024
+                        rows.append(row)
+                        print("  " + ", ".join(
+                            f"{k} {v:.2f}" if isinstance(v, float) else v for k, v in row.items()
+                        ), flush=True)  # fmt: skip
     return rows
 
 
@@ -73,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--before", type=Path, help="another tree's jacod, alternating")
     args = parser.parse_args(argv)
-    rows = run(args.keys, args.repeat)
+    rows = run(args.keys, args.repeat, args.before)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"cpu-split-{stamp}.json"
     out.write_text(json.dumps({"keys": args.keys, "runs": rows}, indent=1) + "\n")
