@@ -12,11 +12,12 @@ that fits in one run is never written out.
 
 Spilled runs are plain length-prefixed records (a key's length and bytes, then a tag: deleted,
 the value's length and bytes, or where the record lies in the snapshot), as
-native/src/sort.rs spills them: nothing read back is ever decoded as anything but lengths and
-bytes, whatever the archive's keys and values hold (tests/unit/test_key_order.py spills values
-that are marshal and pickle data). This module is part of the Python definition of the pass
-the product runs compiled (jaco.archive.snapshot_file.read_snapshot_state_reference); it
-spilled through marshal for speed while it was the product's path, and no longer needs to.
+native/src/sort.rs spills them (it also tells a whole record from a value already parsed):
+nothing read back is ever decoded as anything but lengths and bytes, whatever the archive's
+keys and values hold (tests/unit/test_key_order.py spills values that are marshal and pickle
+data). This module is part of the Python definition of the pass the product runs compiled
+(jaco.archive.snapshot_file.read_snapshot_state_reference); it spilled through marshal for
+speed while it was the product's path, and no longer needs to.
 """
 
 from __future__ import annotations
