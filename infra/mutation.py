@@ -326,9 +326,23 @@ MUTATIONS: list[Mutation] = [
     m(
         "native snapshot pass: merging spilled runs, a key deleted last still counts (issue 16)",
         "native/src/sort.rs",
-        "if last_key != key && !matches!(last_record, Record::Deleted) {",
+        "if last_key != key && !matches!(last_record, Owned::Deleted) {",
         "if last_key != key {",
         k(SNAPSHOT, "spilling or compiled"),
+    ),
+    m(
+        "native snapshot pass: keys alike in their first eight bytes are left unsorted (stop 23)",
+        "native/src/sort.rs",
+        "if j - i > 1 && digit.1 == 8 {",
+        "if j - i > 1 && digit.1 == 8 && depth > usize::MAX - 8 {",
+        k(SNAPSHOT, "spilling or compiled"),
+    ),
+    m(
+        "native snapshot pass: an empty run is sorted as if it held an entry (stop 23)",
+        "native/src/sort.rs",
+        "            if end - start < 2 {\n",
+        "            if end - start < 2 && end > start {\n",
+        k(SNAPSHOT, "no_records"),
     ),
     Mutation(
         "native snapshot pass: the store revision counts only jaco's keys (issue 16)",
