@@ -319,8 +319,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "native snapshot pass: of one key the oldest record is kept, not the latest (issue 16)",
         "native/src/sort.rs",
-        "            .get(i + 1)\n",
-        "            .get(i.wrapping_sub(1))\n",
+        "                .get(i + 1)\n",
+        "                .get(i.wrapping_sub(1))\n",
         k(SNAPSHOT, "agrees or compiled"),
     ),
     m(

@@ -147,13 +147,16 @@ impl Run {
         }
     }
 
-    /// Whether a newer record of the same key follows `entries[i]` once sorted (then that one
-    /// is kept, not this).
-    fn newer_follows(&self, i: usize) -> bool {
-        let key = self.key(&self.entries[i]);
-        self.entries
-            .get(i + 1)
-            .map_or(false, |next| self.key(next) == key)
+    /// The sorted run's entries that are the latest of their key (of one key, the newest
+    /// record sorts last: an entry followed by one of the same key is not).
+    fn latest(&self) -> impl Iterator<Item = &Entry> + '_ {
+        let entries = &self.entries;
+        entries.iter().enumerate().filter_map(move |(i, entry)| {
+            let superseded = entries
+                .get(i + 1)
+                .map_or(false, |next| self.key(next) == self.key(entry));
+            (!superseded).then_some(entry)
+        })
     }
 
     /// The sorted run, the latest record of each key only, to an unnamed file in `scratch`.
@@ -162,11 +165,7 @@ impl Run {
         let file = scratch_file(scratch).map_err(Error::Io)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let io = |r: std::io::Result<()>| r.map_err(Error::Io);
-        for i in 0..self.entries.len() {
-            if self.newer_follows(i) {
-                continue;
-            }
-            let entry = &self.entries[i];
+        for entry in self.latest() {
             let key = self.key(entry);
             io(out.write_all(&(key.len() as u32).to_le_bytes()))?;
             io(out.write_all(key))?;
@@ -264,11 +263,7 @@ impl Sorter {
         let mut last_run = std::mem::take(&mut self.run);
         last_run.sort();
         if self.runs.is_empty() {
-            for i in 0..last_run.entries.len() {
-                if last_run.newer_follows(i) {
-                    continue;
-                }
-                let entry = &last_run.entries[i];
+            for entry in last_run.latest() {
                 match last_run.record(entry) {
                     Record::Deleted => continue,
                     record => each(last_run.key(entry), record)?,
@@ -280,8 +275,8 @@ impl Sorter {
             .into_iter()
             .map(|f| Source::Spilled(BufReader::with_capacity(256 * 1024, f)))
             .collect();
-        sources.push(Source::Memory(&last_run, 0)); // the newest run
-                                                    // (key, age): of one key, the newest run's entry pops last.
+        sources.push(Source::Memory(&last_run, Box::new(last_run.latest()))); // the newest run
+                                                                              // (key, age): of one key, the newest run's entry pops last.
         let mut heap: BinaryHeap<Reverse<(Vec<u8>, usize)>> = BinaryHeap::new();
         let mut heads: Vec<Option<Owned>> = Vec::with_capacity(sources.len());
         for (age, source) in sources.iter_mut().enumerate() {
@@ -343,33 +338,26 @@ impl Owned {
     }
 }
 
-/// One sorted run of the merge: a spilled file, or the last run, still in memory (with the
-/// index of its next entry).
+/// One sorted run of the merge: a spilled file, or the last run, still in memory (with its
+/// latest entries still to come).
 enum Source<'r> {
     Spilled(BufReader<File>),
-    Memory(&'r Run, usize),
+    Memory(&'r Run, Box<dyn Iterator<Item = &'r Entry> + 'r>),
 }
 
 impl Source<'_> {
     fn next(&mut self) -> Result<Option<(Vec<u8>, Owned)>> {
         match self {
             Source::Spilled(reader) => read_entry(reader),
-            Source::Memory(run, at) => {
-                while *at < run.entries.len() && run.newer_follows(*at) {
-                    *at += 1;
-                }
-                let Some(entry) = run.entries.get(*at) else {
-                    return Ok(None);
-                };
-                *at += 1;
+            Source::Memory(run, latest) => Ok(latest.next().map(|entry| {
                 let record = match run.record(entry) {
                     Record::Deleted => Owned::Deleted,
                     Record::Inline(bytes) => Owned::Inline(bytes.to_vec()),
                     Record::At(offset, size) => Owned::At(offset, size),
                     Record::Value(bytes) => Owned::Value(bytes.to_vec()),
                 };
-                Ok(Some((run.key(entry).to_vec(), record)))
-            }
+                (run.key(entry).to_vec(), record)
+            })),
         }
     }
 }
