@@ -106,10 +106,37 @@ def load_config(path: Path) -> SiteConfig:
         raw = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise PipelineError(f"cannot read {path}: {exc}") from None
-    for name, cluster in raw.get("clusters", {}).items():
+    clusters = raw.get("clusters")
+    tables = list(clusters.items()) if isinstance(clusters, dict) else []
+    for name, cluster in tables:
         if isinstance(cluster, dict):
             cluster.setdefault("cluster", name)
+    unknown = _unknown(raw, SiteConfig) + [
+        f"clusters.{name}.{key}"
+        for name, cluster in tables
+        for key in _unknown(cluster, ClusterConfig)
+    ]
+    if unknown:
+        raise PipelineError(
+            f"{path} is not a valid jaco site configuration: unknown key "
+            f"{', '.join(unknown)} (a misspelt key would otherwise mean its default)"
+        )
     try:
         return SiteConfig.model_validate(raw)
     except ValidationError as exc:
         raise PipelineError(f"{path} is not a valid jaco site configuration:\n{exc}") from None
+
+
+def _unknown(raw: Any, model: type[BaseModel]) -> list[str]:
+    """The keys of the table `raw` that `model` has no field for, those of its nested tables
+    (s3, secrets, retention, watchdog) included; `clusters` is the caller's."""
+    if not isinstance(raw, dict):
+        return []  # not a table: the validation's to refuse
+    found = []
+    for key, value in raw.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            found.append(key)
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found += [f"{key}.{inner}" for inner in _unknown(value, field.annotation)]
+    return found
