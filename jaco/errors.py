@@ -106,6 +106,14 @@ class Compacted(JacoError):
     retryable = False
 
 
+class InstallationError(JacoError):
+    """This installation of jaco is incomplete (its compiled part is missing): no retry helps,
+    a reinstall does."""
+
+    exit_code = 16
+    retryable = False
+
+
 # The gRPC status code each error travels as (by name, so this module needs no gRPC).
 GRPC_CODES: dict[type[JacoError], str] = {
     InvalidArgument: "INVALID_ARGUMENT",
@@ -117,6 +125,7 @@ GRPC_CODES: dict[type[JacoError], str] = {
     Conflict: "ABORTED",
     DataDirError: "FAILED_PRECONDITION",
     Compacted: "OUT_OF_RANGE",
+    InstallationError: "FAILED_PRECONDITION",
 }
 
 

@@ -6,25 +6,14 @@ and read-only disks are real tmpfs mounts (the suite runs as root, as CI does).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 from infra.localcluster import JACO, Cluster, cluster_of, wait_for
+from tests.mounts import tmpfs
 from tests.netfaults import FaultyProxy
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, options: str) -> Iterator[Path]:
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
 
 
 def _no_archive_left(directory: Path) -> None:

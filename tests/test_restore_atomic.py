@@ -21,8 +21,8 @@ import pytest
 
 from infra.localcluster import JACO, JACOD, Cluster, Node, cluster_of, run
 from tests.conftest import fill
+from tests.mounts import tmpfs
 from tests.refusal import refused
-from tests.test_backup import tmpfs
 
 
 @pytest.fixture(scope="module")

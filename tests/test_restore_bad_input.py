@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from infra.localcluster import JACO, Cluster, Node, cluster_of, run
 from tests import archives as A
+from tests.refusal import refused
 
 
 @pytest.fixture(scope="module")
@@ -369,3 +371,25 @@ def test_format_1_archive_still_restores(source: tuple[Cluster, Path], tmp_path:
         assert restored.ok("status", "--json").json()["deployments"][0]["name"] == "web"
     finally:
         restored.stop_all()
+
+
+def test_an_installation_without_its_compiled_reader_refuses_in_one_line(
+    source: tuple[Cluster, Path], tmp_path: Path
+) -> None:
+    """jaco installed without jaco._native (a failed build, a wheel for another platform):
+    restore says what is missing and what to do, in one line, exit 16; the data dir stays
+    empty."""
+    _, good = source
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    node = Node("r1", data_dir)
+    without = (
+        "import sys; sys.modules['jaco._native'] = None; from jaco.cli.main import main; main()"
+    )
+    result = run(
+        [sys.executable, "-c", without, "restore", "--input", str(good), "--name", "r1",
+         *node.port_flags()],
+        timeout=120,
+    )  # fmt: skip
+    refused(result, 16, r"lacks its compiled snapshot reader \(jaco\._native\): reinstall jaco")
+    assert list(data_dir.iterdir()) == []

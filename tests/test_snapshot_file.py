@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import random
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,11 +30,13 @@ from jaco.archive.snapshot_file import (
     read_snapshot_state,
     read_snapshot_state_reference,
 )
+from jaco.errors import JacoError
 from jaco.model import pki
 from jaco.model.etcd import Etcd, op_delete, op_put
 from jaco.model.keys import P_ALIVE, ROOT
 from jaco.model.store import Store
 from jaco.node.config import DataDir
+from tests.mounts import tmpfs
 
 BULK = ROOT + "bulk/"
 
@@ -267,3 +270,20 @@ def test_the_compiled_pass_over_no_records(
         )
         assert nothing == (revision, [], hashlib.sha256().hexdigest(), [])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_scratch_disk_filling_up_is_said_not_raised(
+    shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The sorted runs fill the disk they spill to: jaco's error naming that disk (restore and
+    jacod print it in one line), not an OSError; the unnamed runs go with the failure."""
+    _, snapshot, _ = shaped
+    with tmpfs(tmp_path / "small", "size=16k") as small:
+        with pytest.raises(JacoError) as full:
+            read_snapshot_state(snapshot, small, 64 * 1024)
+        assert str(full.value) == (
+            f"the disk holding {small} is full: the snapshot's records, sorted in runs spilled "
+            "there, did not fit (they need up to the snapshot's size)"
+        )
+        assert list(small.iterdir()) == []
+        assert shutil.disk_usage(small).used == 0

@@ -17,12 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaco import _native
 from jaco.archive.bolt import BoltFile, SnapshotFileError
 from jaco.archive.key_order import latest_in_key_order
+from jaco.errors import InstallationError, JacoError
+from jaco.files import disk_full
 from jaco.model import pki
 from jaco.model.digest import StateDigest
 from jaco.model.keys import B_ALIVE, B_ROOT, K_CA, K_CLUSTER, K_HEAD
+
+try:
+    from jaco import _native
+except ImportError:  # an installation without its compiled part: refused when it is needed
+    _native = None  # type: ignore[assignment]
+MISSING = (
+    "this installation of jaco lacks its compiled snapshot reader (jaco._native): reinstall "
+    "jaco (its wheel, or `pip install` of its sources, which builds native/ with cargo)"
+)
 
 _WANTED = (K_CLUSTER.encode(), K_CA.encode(), K_HEAD.encode())
 RUN_BYTES = 64 * 1024 * 1024  # what the compiled sort holds: two runs (keys, values, entries)
@@ -51,11 +61,20 @@ def read_snapshot_state(
     sorted runs to unnamed files in `scratch` (default: the snapshot's own directory).
     Raises SnapshotFileError if the file is not a readable etcd snapshot of a jaco store.
     """
+    if _native is None:
+        raise InstallationError(MISSING)
     where = (path, scratch or path.parent, B_ROOT, B_ALIVE, list(_WANTED))
     try:
         revision, counts, digest, found = _native.snapshot_state(*where, run_bytes or RUN_BYTES)
     except _native.SnapshotError as exc:
         raise SnapshotFileError(str(exc)) from None
+    except OSError as exc:
+        if disk_full(exc):
+            raise JacoError(
+                f"the disk holding {where[1]} is full: the snapshot's records, sorted in runs "
+                "spilled there, did not fit (they need up to the snapshot's size)"
+            ) from None
+        raise
     return _state(revision, dict(counts), digest, dict(found))
 
 

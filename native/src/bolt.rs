@@ -119,8 +119,9 @@ impl Bolt {
                 best = Some((txid, root, pages));
             }
         }
-        let Some((_, root, pages)) = best else {
-            return damaged("the snapshot file is not a bbolt database (no valid meta)");
+        let (root, pages) = match best {
+            Some((_, root, pages)) => (root, pages),
+            None => return damaged("the snapshot file is not a bbolt database (no valid meta)"),
         };
         let needed = (pages as u128) * (page_size as u128);
         if needed > size as u128 {
@@ -155,8 +156,9 @@ impl Bolt {
         if id < 2 || !seen.insert(id) {
             return damaged("the snapshot file's page tree is damaged (a page loops)");
         }
-        let Some(offset) = id.checked_mul(self.page_size) else {
-            return damaged("the snapshot file is truncated (a page lies past its end)");
+        let offset = match id.checked_mul(self.page_size) {
+            Some(offset) => offset,
+            None => return damaged("the snapshot file is truncated (a page lies past its end)"),
         };
         let first = self.read(offset, self.page_size as usize)?;
         if u64_at(&first, 0) != id {

@@ -23,7 +23,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyRuntimeError};
+use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -101,6 +101,19 @@ type Scanned = (
     Vec<(Py<PyBytes>, Py<PyBytes>)>,
 );
 
+/// An I/O error as Python's OSError with its errno (so ENOSPC is told from the rest, and
+/// ENOENT is a FileNotFoundError); pyo3's own conversion keeps only the message.
+fn os_error(error: std::io::Error) -> PyErr {
+    match error.raw_os_error() {
+        Some(code) => {
+            let text = error.to_string();
+            let strerror = text.split(" (os error").next().unwrap_or(&text).to_owned();
+            PyOSError::new_err((code, strerror))
+        }
+        None => error.into(),
+    }
+}
+
 /// snapshot_state(path, scratch, root, alive, wanted, run_bytes) -> (revision, [(table,
 /// count)], digest hex, [(key, value)] of the `wanted` keys present).
 ///
@@ -125,7 +138,7 @@ fn snapshot_state(
     let state = match outcome {
         Ok(Ok(state)) => state,
         Ok(Err(Error::Snapshot(message))) => return Err(SnapshotError::new_err(message)),
-        Ok(Err(Error::Io(error))) => return Err(error.into()),
+        Ok(Err(Error::Io(error))) => return Err(os_error(error)),
         Err(_) => {
             return Err(PyRuntimeError::new_err(
                 "the snapshot reader failed (a bug)",
