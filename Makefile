@@ -43,8 +43,11 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy jaco flows deployments
 
+# Two workers (pytest-xdist): a module runs whole on one, the Docker modules on the same one
+# (tests/conftest.py); TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= 2
 test: deps venv lint typecheck test-image
-	$(VENV)/bin/pytest -q --durations=20
+	$(VENV)/bin/pytest -q --durations=20 -n $(TEST_WORKERS)
 
 # The drill image the docker tests run, built from this checkout; without a Docker engine those
 # tests are skipped (and say why), so this is too.

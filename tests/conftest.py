@@ -3,8 +3,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 from flows.sandbox import IMAGE, docker_available, image_present
 from infra import prefect_server
 from infra.localcluster import Cluster, cluster_of
+from infra.ports import REGISTRY_ENV
 from infra.seaweed import running_seaweed
 from jaco.client.connection import open_client
 from jaco.v1 import jaco_pb2 as pb
@@ -26,6 +29,42 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 # one. A handler (unlike "ignored") is not inherited: the children start with the default.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# `make test` runs the suite on two workers (pytest-xdist, docs/testing.md). A module runs whole
+# on one worker (its module-scoped cluster is started once); these modules share one group, run
+# one after another: each counts Docker's volumes machine-wide, and the Docker work pool's
+# containers make (and remove) anonymous ones.
+GROUPS = {
+    "tests/test_docker.py": "docker",
+    "tests/test_docker_pool.py": "docker",
+    "tests/test_multihost.py": "docker",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One port registry for the whole run, workers and every process they start included
+    (infra/ports.py): made by the controlling process, inherited through the environment."""
+    if hasattr(config, "workerinput") or os.environ.get(REGISTRY_ENV):
+        return
+    registry = tempfile.mkdtemp(prefix="jaco-ports-")
+    os.environ[REGISTRY_ENV] = registry
+    config.add_cleanup(lambda: shutil.rmtree(registry, ignore_errors=True))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Whole modules (and GROUPS) to a worker, in the order collected. xdist's own `loadgroup`
+    would do it by marker, but it renames items through an attribute pytest 9 no longer reads
+    (every test then goes its own way, module fixtures started on both workers)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return GROUPS.get(path, path)
+
+    return ByModule(config, log)
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-randomly has shuffled the order

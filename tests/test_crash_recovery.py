@@ -19,12 +19,14 @@ from flows.backup_flow import backup_cluster
 from flows.drill_flow import drill_restore
 from flows.locking import LEASE_SECONDS
 from flows.params import DrillParams
+from flows.sandbox import docker_available
 from infra.localcluster import Cluster, cluster_of, wait_for
 from infra.seaweed import running_seaweed
 from jaco.client.connection import open_client
 from jaco.v1 import jaco_pb2 as pb
 from tests.netfaults import FaultyProxy
 from tests.pipeline import BUCKET, age_keygen, params
+from tests.processes import own_agents, own_drill_containers
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +130,12 @@ def test_drill_killed_mid_restore_leaves_no_secret_and_the_next_one_sweeps(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    wait_for(lambda: _agents(), 180, f"the drill agent to start; {log}")
+    docker = docker_available() is None
+    wait_for(lambda: _sandboxes(run.pid, docker), 180, f"the drill agent to start; {log}")
     time.sleep(1.0)  # decrypting / restoring inside the sandbox
     run.kill()
     run.wait()
-    wait_for(lambda: not _agents(), 30, "the sandbox to go with its parent")
+    wait_for(lambda: not _sandboxes(run.pid, docker), 30, "the sandbox to go with its parent")
     assert _files(work), "the dead drill's download"
     assert not _holding(cluster.token.encode(), work), "the token reached the disk"
     assert not [f for f in _files(work) if f.name == "backup.tar.gz"], "plaintext on disk"
@@ -142,13 +145,9 @@ def test_drill_killed_mid_restore_leaves_no_secret_and_the_next_one_sweeps(
     assert _files(work) == []
 
 
-def _agents() -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if b"jaco.drill.agent" in (proc / "cmdline").read_bytes():
-                    found.append(int(proc.name))
-            except OSError:
-                continue
-    return found
+def _sandboxes(run: int, docker: bool) -> list[str]:
+    """The drill's sandbox, running: an agent of this test's (bubblewrap), or a container the
+    run `run` started (docker, which `auto` chooses where an engine answers). Another test's
+    drills, running beside this one, are not counted."""
+    agents = [str(pid) for pid in own_agents()]
+    return agents + (own_drill_containers(run, running=True) if docker else [])

@@ -16,20 +16,16 @@ from typing import Any
 
 from flows.drill_flow import drill_restore
 from flows.params import DrillParams
-from flows.sandbox import LABEL, DockerSandbox
+from flows.sandbox import DockerSandbox
 from infra.localcluster import wait_for
 from tests.docker_engine import skipped_without_an_engine
 from tests.pipeline import BUCKET
+from tests.processes import own_drill_containers
 
 
 def _drill_containers() -> list[str]:
-    listed = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={LABEL}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return listed.stdout.split()
+    """This test's drill containers: another test's drills may run beside it."""
+    return own_drill_containers()
 
 
 def _volumes() -> set[str]:

@@ -21,6 +21,7 @@ from flows.storage import open_store
 from infra.localcluster import Cluster
 from infra.seaweed import SeaweedS3
 from tests.pipeline import BUCKET, latest_table
+from tests.processes import own_agents
 
 CHECKS = [
     "backup is the one recorded",
@@ -141,40 +142,7 @@ def test_failed_check_fails_the_run_and_still_wipes(
     run_id = str(state.state_details.flow_run_id)
     mine = [r for r in rows if run_id in r["run"]]
     assert mine and mine[0]["result"] == "FAILED" and "old token" in mine[0]["failed"], rows[:3]
-    assert _own_agents() == []
-
-
-def _own_agents() -> list[int]:
-    """Drill agents alive that are not another test run's: ours, or orphans (an agent that
-    outlived its sandbox is reparented away from us)."""
-    return [
-        int(p.name)
-        for p in Path("/proc").iterdir()
-        if p.name.isdigit() and b"jaco.drill.agent" in _cmdline(p) and not _others(p)
-    ]
-
-
-def _others(proc: Path) -> bool:
-    """Does `proc` descend from a pytest run other than this one (a parallel run's drill)?"""
-    pid = int(proc.name)
-    while pid > 1:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
-        if pid == os.getpid():
-            return False
-        if b"pytest" in _cmdline(Path(f"/proc/{pid}")):
-            return True
-    return False
-
-
-def _cmdline(proc: Path) -> bytes:
-    try:
-        return (proc / "cmdline").read_bytes()
-    except OSError:
-        return b""
+    assert own_agents() == []
 
 
 def test_two_drills_at_once_do_not_collide(stored: dict[str, Any], tmp_path: Path) -> None:
@@ -244,7 +212,7 @@ def test_drill_past_its_timeout_is_killed_and_wiped(stored: dict[str, Any], tmp_
     assert "drill step sandbox-drill failed" in str(state.message)
     assert "did not finish within 2s" in str(state.message)
     assert list((tmp_path / "work").iterdir()) == []
-    assert _own_agents() == []
+    assert own_agents() == []
 
 
 def test_installation_is_mounted_over_the_sandbox_tmpfs() -> None:
