@@ -364,6 +364,34 @@ MUTATIONS: list[Mutation] = [
         "vsize as u64 > u64::MAX - 1",
         k(SNAPSHOT, "damaged"),
     ),
+    m(
+        "site file: a misspelt nested key (s3, secrets, retention, watchdog) is ignored (stop 24)",
+        "flows/config.py",
+        'found += [f"{key}.{inner}" for inner in _unknown(value, field.annotation)]',
+        "pass",
+        "tests/unit/test_site_config.py",
+    ),
+    m(
+        "snapshot reader: a missing jaco._native is not said, it is a traceback (stop 24)",
+        "jaco/archive/snapshot_file.py",
+        "    if _native is None:\n        raise InstallationError(MISSING)\n",
+        "",
+        k(RESTORE.split("::")[0], "compiled_reader"),
+    ),
+    m(
+        "snapshot reader: a full scratch disk is an OSError, not jaco's error (stop 24)",
+        "jaco/archive/snapshot_file.py",
+        "        if disk_full(exc):",
+        "        if False:",
+        k(SNAPSHOT, "scratch_disk"),
+    ),
+    m(
+        "ports: a port another process claimed is handed out again (stop 24)",
+        "infra/ports.py",
+        "    if shared:",
+        "    if False:",
+        "tests/unit/test_ports.py",
+    ),
 ]
 
 
