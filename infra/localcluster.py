@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.ports import free_port
-from jaco.node.etcd_member import die_with_parent
+from jaco.node.etcd_member import dying_with_parent
 
 BIN = Path(sys.executable).parent
 JACO = str(BIN / "jaco")
@@ -103,12 +103,18 @@ class Node:
 
     def start(self) -> None:
         log = open(self.data_dir.parent / f"{self.name}.jacod.log", "ab")  # noqa: SIM115
+        cmd = [
+            JACOD,
+            "--name",
+            self.name,
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            self.server,
+        ]
+        cmd, preexec = (cmd, None) if self.outlive_parent else dying_with_parent(cmd)
         self.process = subprocess.Popen(
-            [JACOD, "--name", self.name, "--data-dir", str(self.data_dir), "--listen", self.server],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=None if self.outlive_parent else die_with_parent,
+            cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=preexec
         )
         log.close()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from infra.localcluster import BIN, wait_for
 from infra.ports import free_port
-from jaco.node.etcd_member import die_with_parent
+from jaco.node.etcd_member import dying_with_parent
 
 _no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -75,14 +75,11 @@ def start(
         "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "true" if scheduler else "false",
     }
     env.pop("PREFECT_API_URL", None)
+    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    cmd, preexec = (cmd, None) if outlive_parent else dying_with_parent(cmd)
     with open(home / "server.log", "ab") as log:
         process = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=None if outlive_parent else die_with_parent,
+            cmd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=preexec
         )
     server = PrefectServer(home, port, process)
 

@@ -12,7 +12,6 @@ directory keeps buckets and objects (same ports too), so tests can restart S3 mi
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from infra.ports import free_port, free_port_pair
+from jaco.node.etcd_member import dying_with_parent
 
 _no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -46,17 +46,6 @@ def _port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: have the kernel SIGKILL weed when the thread that started it dies.
-
-    PDEATHSIG follows the forking *thread*, so `start()` only asks for it on the main thread;
-    started from any other thread, weed would be killed as soon as that thread exits.
-    """
-    with contextlib.suppress(Exception):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
 @dataclass
@@ -163,7 +152,13 @@ class SeaweedS3:
         self._log = open(self.log_path, "ab")  # closed in stop()
         self._log.write(f"\n=== {time.ctime()} {' '.join(cmd)}\n".encode())
         self._log.flush()
+        # PDEATHSIG follows the forking *thread*: asked for only on the main thread (started from
+        # another, weed would be killed as soon as that thread exits).
         on_main_thread = threading.current_thread() is threading.main_thread()
+        if on_main_thread and not self.outlive_parent:
+            cmd, preexec = dying_with_parent(cmd, "KILL")
+        else:
+            preexec = None
         self.process = subprocess.Popen(
             cmd,
             cwd=self.data_dir,
@@ -171,7 +166,7 @@ class SeaweedS3:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if on_main_thread and not self.outlive_parent else None,
+            preexec_fn=preexec,
         )
         client = self.client()
         deadline = time.monotonic() + timeout

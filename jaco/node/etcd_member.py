@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from jaco.errors import JacoError, Unavailable
@@ -45,6 +46,20 @@ def die_with_parent() -> None:
     """preexec_fn: the child gets SIGTERM when the thread that started it exits."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def dying_with_parent(
+    cmd: list[str], sig: str = "TERM"
+) -> tuple[list[str], Callable[[], None] | None]:
+    """(command, preexec_fn) to start `cmd` so that it gets SIG`sig` when the thread that
+    started it exits (PR_SET_PDEATHSIG): util-linux's setpriv sets it and execs `cmd` (the same
+    process). Not a preexec_fn where setpriv is found: Python code between fork and exec runs
+    the interpreter's at-fork handlers, and in a process with gRPC's threads those abort the
+    child (SIGABRT, seen when a test restarted SeaweedFS while a client streamed)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return cmd, die_with_parent if sig == "TERM" else None
+    return [setpriv, f"--pdeathsig={sig}", "--", *cmd], None
 
 
 def _listen_host(host: str) -> str:
@@ -104,13 +119,10 @@ class EtcdMember:
         log = os.fdopen(
             os.open(self.data.etcd_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab"
         )
+        cmd, preexec = dying_with_parent(member_args(self.data, self.config))
         try:
             self.process = await asyncio.create_subprocess_exec(
-                *member_args(self.data, self.config),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                preexec_fn=die_with_parent,
+                *cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=preexec
             )
         finally:
             log.close()
@@ -186,6 +198,7 @@ def snapshot_restore(
         f"--initial-cluster-token={config.cluster_id}",
         f"--initial-advertise-peer-urls={config.peer_url}",
     ]
+    cmd, preexec = dying_with_parent(cmd)
     result = subprocess.run(
         cmd,
         capture_output=True,
@@ -193,7 +206,7 @@ def snapshot_restore(
         timeout=1800,
         check=False,
         pass_fds=pass_fds,
-        preexec_fn=die_with_parent,
+        preexec_fn=preexec,
     )
     if result.returncode != 0:
         raise JacoError(f"etcd could not restore the snapshot: {result.stderr.strip()[-400:]}")
