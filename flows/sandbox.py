@@ -39,6 +39,10 @@ from flows.errors import PipelineError
 
 CHUNK = 1024 * 1024
 LABEL = "jaco.drill"
+# Drill runs that share a Docker host but not one another's leftovers (two sites' workers on
+# one host, the suite's parallel workers) each name a scope: a drill labels its container with
+# it and sweeps only the containers of its own scope (unset: those labelled with none).
+SCOPE_ENV = "JACO_DRILL_SCOPE"
 IMAGE = f"jaco:{jaco.__version__}"
 
 
@@ -274,6 +278,7 @@ class DockerSandbox:
             "--label", f"{LABEL}.host={socket.gethostname()}",
             "--label", f"{LABEL}.pid={os.getpid()}",
             "--label", f"{LABEL}.deadline={int(deadline)}",
+            "--label", f"{LABEL}.scope={os.environ.get(SCOPE_ENV, '')}",
             "--network", "none",
             "--read-only",
             "--tmpfs", "/tmp:rw,nosuid,nodev,size=" + os.environ.get("JACO_DRILL_TMPFS", "8g"),
@@ -307,8 +312,9 @@ class DockerSandbox:
 
 
 def sweep_sandboxes() -> list[str]:
-    """Remove drill containers left by runs that died (their process is gone from this host)
-    or that overran their deadline. Nothing to do without a Docker engine."""
+    """Remove drill containers of this scope (SCOPE_ENV) left by runs that died (their process
+    is gone from this host) or that overran their deadline. Nothing to do without a Docker
+    engine."""
     if docker_available():
         return []
     listed = subprocess.run(
@@ -322,6 +328,8 @@ def sweep_sandboxes() -> list[str]:
     for line in listed.stdout.splitlines():
         container, _, name = line.partition(" ")
         labels = _labels(container)
+        if labels.get(f"{LABEL}.scope", "") != os.environ.get(SCOPE_ENV, ""):
+            continue  # another scope's: its own drills sweep it
         ours = labels.get(f"{LABEL}.host") == socket.gethostname()
         owner_dead = ours and not _alive(labels.get(f"{LABEL}.pid", ""))
         overran = time.time() > float(labels.get(f"{LABEL}.deadline", "0") or 0)

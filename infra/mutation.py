@@ -392,6 +392,13 @@ MUTATIONS: list[Mutation] = [
         "    if False:",
         "tests/unit/test_ports.py",
     ),
+    m(
+        "drill sweep: a dead run's container of another scope is removed too (stop 24)",
+        "flows/sandbox.py",
+        "            continue  # another scope's: its own drills sweep it",
+        "            pass",
+        k("tests/test_docker.py", "own_scope"),
+    ),
 ]
 
 

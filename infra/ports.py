@@ -1,19 +1,24 @@
 """Free 127.0.0.1 ports for the local launchers: one registry, so that no port is handed out
-twice (a port is free when asked for, and stays reserved here until the service binds it).
+twice (a port is free when asked for, and is never handed out again by this registry).
 
 The registry is this process's set, and, when `JACO_PORT_REGISTRY` names a directory, that
 directory too: one empty file per port handed out, created exclusively, so that processes
 started side by side (the suite's parallel workers, `make test`) never share a port either.
-The kernel's `bind(0)` alone does not promise that: a port handed out but not yet bound (or
-whose node is restarting) is free to the next process that asks."""
+The ports come from below the kernel's ephemeral range (`ip_local_port_range`), which the
+kernel never hands out by itself: a port handed out here but not yet bound (or whose node is
+restarting) cannot become another process's `bind(0)` or the local end of a connection."""
 
 from __future__ import annotations
 
 import os
+import random
 import socket
+from pathlib import Path
 
 REGISTRY_ENV = "JACO_PORT_REGISTRY"
+LOWEST = 10000
 _used_ports: set[int] = set()
+_random = random.Random(os.urandom(16))  # not the global one, which the tests seed alike
 
 
 def claim(port: int) -> bool:
@@ -31,29 +36,42 @@ def claim(port: int) -> bool:
     return True
 
 
+def candidates(offset: int = 0) -> range:
+    """Ports p, with p + offset, that the kernel does not hand out by itself: below its
+    ephemeral range (or, were that too low, above it)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    if low - offset - LOWEST >= 1000:
+        return range(LOWEST, low - offset)
+    return range(high + 1, 65536 - offset)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
     """A loopback port that is free now and not handed out before."""
+    pool = candidates()
     while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if claim(port):
+        port = _random.choice(pool)
+        if _bindable(port) and claim(port):
             return port
 
 
 def free_port_pair(offset: int) -> tuple[int, int]:
     """Free loopback ports `p` and `p + offset`, for services that derive one from the other."""
+    pool = candidates(offset)
     while True:
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port: int = a.getsockname()[1]
-            if port + offset > 65535 or {port, port + offset} & _used_ports:
-                continue
-            try:
-                b.bind(("127.0.0.1", port + offset))
-            except OSError:
-                continue
-        if claim(port):
+        port = _random.choice(pool)
+        if _bindable(port) and _bindable(port + offset) and claim(port):
             if claim(port + offset):
                 return port, port + offset
             # the first stays claimed (handed out to no one): simpler than a release

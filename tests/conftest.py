@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from flows.sandbox import IMAGE, docker_available, image_present
+from flows.sandbox import IMAGE, SCOPE_ENV, docker_available, image_present
 from infra import prefect_server
 from infra.localcluster import Cluster, cluster_of
 from infra.ports import REGISTRY_ENV
@@ -43,8 +43,11 @@ GROUPS = {
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """One port registry for the whole run, workers and every process they start included
+    """Each pytest process (each worker) a drill scope of its own: its drills sweep, and its
+    tests count, only their own drill containers (flows/sandbox.py, tests/processes.py). One
+    port registry for the whole run, workers and every process they start included
     (infra/ports.py): made by the controlling process, inherited through the environment."""
+    os.environ[SCOPE_ENV] = f"pytest-{socket.gethostname()}-{os.getpid()}"
     if hasattr(config, "workerinput") or os.environ.get(REGISTRY_ENV):
         return
     registry = tempfile.mkdtemp(prefix="jaco-ports-")

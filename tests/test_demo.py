@@ -13,10 +13,15 @@ import time
 from pathlib import Path
 
 from infra.localcluster import free_port
+from infra.ports import REGISTRY_ENV
 
 
 def _demo(root: Path, *args: str) -> tuple[int, list[tuple[float, str]], str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "JACO_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "JACO_")) or k == REGISTRY_ENV  # ports: one registry
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "infra.demo", "--root", str(root), "--ui-port", str(free_port()),
          *args],

@@ -16,7 +16,7 @@ from typing import Any
 
 from flows.drill_flow import drill_restore
 from flows.params import DrillParams
-from flows.sandbox import DockerSandbox
+from flows.sandbox import LABEL, SCOPE_ENV, DockerSandbox, sweep_sandboxes
 from infra.localcluster import wait_for
 from tests.docker_engine import skipped_without_an_engine
 from tests.pipeline import BUCKET
@@ -105,4 +105,33 @@ def test_without_an_engine_the_docker_tests_are_skipped_for_that_reason_alone(
     image: str, tmp_path: Path
 ) -> None:
     skipped = skipped_without_an_engine("tests/test_docker.py", tmp_path / "bt")
-    assert len(skipped) == 3 and all("no Docker engine answers" in s for s in skipped), skipped
+    assert len(skipped) == 4 and all("no Docker engine answers" in s for s in skipped), skipped
+
+
+def test_a_drill_sweeps_the_dead_runs_containers_of_its_own_scope_only(image: str) -> None:
+    """Two sites' workers (or two test workers) on one Docker host: a drill removes the
+    container a dead run of its own scope left, and leaves another scope's to that scope."""
+    dead = subprocess.Popen(["true"])  # noqa: S607
+    dead.wait()
+    made = {}
+    for scope in (os.environ[SCOPE_ENV], "another-site"):
+        labels = {"": "left", ".host": socket.gethostname(), ".pid": str(dead.pid),
+                  ".deadline": str(int(time.time()) + 3600), ".scope": scope}  # fmt: skip
+        flags = [f for k, v in labels.items() for f in ("--label", f"{LABEL}{k}={v}")]
+        created = subprocess.run(
+            ["docker", "create", *flags, image, "true"], capture_output=True, text=True, check=True
+        )
+        made[scope] = created.stdout.strip()
+    try:
+        swept = sweep_sandboxes()
+        assert len(swept) == 1 and "run died" in swept[0], swept
+        left = _listed_all()
+        assert made[os.environ[SCOPE_ENV]] not in left and made["another-site"] in left
+    finally:
+        subprocess.run(["docker", "rm", "-f", *made.values()], capture_output=True)
+
+
+def _listed_all() -> str:
+    return subprocess.run(
+        ["docker", "ps", "-a", "--no-trunc", "-q"], capture_output=True, text=True, check=True
+    ).stdout

@@ -41,3 +41,12 @@ def test_free_ports_skip_those_claimed_and_claim_their_own(
     assert len(set(handed)) == 5
     assert sorted(int(p.name) for p in tmp_path.iterdir()) == sorted(handed)
     assert all(_claimed_elsewhere(tmp_path, p) == "False" for p in handed)
+
+
+def test_ports_come_from_outside_the_kernel_s_own_range() -> None:
+    """The kernel hands out its ephemeral range by itself (bind(0), a connection's local end):
+    a port of ours awaiting its service must not be one of those."""
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    handed = [ports.free_port() for _ in range(20)]
+    handed += [p for _ in range(5) for p in ports.free_port_pair(10000)]
+    assert all(not low <= p <= high for p in handed), (low, high, handed)
