@@ -219,7 +219,8 @@ def test_connection_cut_mid_upload_leaves_no_truncated_object(
     assert proxy.cuts == 1
     assert state.is_completed(), state.message
     result = state.result()
-    assert objects(s3)[result["key"]] == result["size"] > 2_000_000
+    # past the cut: 1.8 MB of archive (base64 gzips to 3/4) and whatever else the store holds
+    assert objects(s3)[result["key"]] == result["size"] > 1_500_000
     assert no_pending_uploads(s3)
 
 
