@@ -103,16 +103,10 @@ class Node:
 
     def start(self) -> None:
         log = open(self.data_dir.parent / f"{self.name}.jacod.log", "ab")  # noqa: SIM115
-        cmd = [
-            JACOD,
-            "--name",
-            self.name,
-            "--data-dir",
-            str(self.data_dir),
-            "--listen",
-            self.server,
-        ]
-        cmd, preexec = (cmd, None) if self.outlive_parent else dying_with_parent(cmd)
+        cmd, preexec = dying_with_parent(
+            [JACOD, "--name", self.name, "--data-dir", str(self.data_dir), "--listen", self.server],
+            when=not self.outlive_parent,
+        )
         self.process = subprocess.Popen(
             cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=preexec
         )

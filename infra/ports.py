@@ -10,6 +10,7 @@ restarting) cannot become another process's `bind(0)` or the local end of a conn
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import socket
@@ -36,20 +37,31 @@ def claim(port: int) -> bool:
     return True
 
 
-def candidates(offset: int = 0) -> range:
-    """Ports p, with p + offset, that the kernel does not hand out by itself: below its
-    ephemeral range (or, were that too low, above it)."""
+@functools.cache
+def _ephemeral() -> tuple[int, int]:
+    """The kernel's ephemeral range, read once."""
     try:
         low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     except (OSError, ValueError):
-        low, high = 32768, 60999  # Linux's default
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
+def candidates(offset: int = 0) -> range:
+    """Ports p, with p + offset, that the kernel does not hand out by itself: below its
+    ephemeral range (or, were that too low, above it)."""
+    low, high = _ephemeral()
     if low - offset - LOWEST >= 1000:
         return range(LOWEST, low - offset)
     return range(high + 1, 65536 - offset)
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int, reuse: bool = False) -> bool:
+    """Can a loopback server bind `port` now? With `reuse` (SO_REUSEADDR, as servers set it),
+    a connection of the past lingering in TIME_WAIT does not count, only a listener."""
     with socket.socket() as s:
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -62,7 +74,7 @@ def free_port() -> int:
     pool = candidates()
     while True:
         port = _random.choice(pool)
-        if _bindable(port) and claim(port):
+        if bindable(port) and claim(port):
             return port
 
 
@@ -71,7 +83,7 @@ def free_port_pair(offset: int) -> tuple[int, int]:
     pool = candidates(offset)
     while True:
         port = _random.choice(pool)
-        if _bindable(port) and _bindable(port + offset) and claim(port):
+        if bindable(port) and bindable(port + offset) and claim(port):
             if claim(port + offset):
                 return port, port + offset
             # the first stays claimed (handed out to no one): simpler than a release

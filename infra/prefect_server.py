@@ -75,8 +75,10 @@ def start(
         "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "true" if scheduler else "false",
     }
     env.pop("PREFECT_API_URL", None)
-    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    cmd, preexec = (cmd, None) if outlive_parent else dying_with_parent(cmd)
+    cmd, preexec = dying_with_parent(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        when=not outlive_parent,
+    )
     with open(home / "server.log", "ab") as log:
         process = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=preexec

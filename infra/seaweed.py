@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from infra.ports import free_port, free_port_pair
+from infra.ports import bindable, free_port, free_port_pair
 from jaco.node.etcd_member import dying_with_parent
 
 _no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -35,17 +34,6 @@ WEED = str(Path(sys.executable).parent / "weed")
 REGION = "us-east-1"
 GRPC_PORT_OFFSET = 10000
 READ_ONLY = ("jaco-reader", "jaco-reader-secret")  # noqa: S105 - a local test server's key  # weed's admin worker dials admin.port + this, whatever -admin.port.grpc
-
-
-def _port_is_free(port: int) -> bool:
-    """Nobody listens on the loopback port (TIME_WAIT leftovers do not count)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 @dataclass
@@ -155,10 +143,9 @@ class SeaweedS3:
         # PDEATHSIG follows the forking *thread*: asked for only on the main thread (started from
         # another, weed would be killed as soon as that thread exits).
         on_main_thread = threading.current_thread() is threading.main_thread()
-        if on_main_thread and not self.outlive_parent:
-            cmd, preexec = dying_with_parent(cmd, "KILL")
-        else:
-            preexec = None
+        cmd, preexec = dying_with_parent(
+            cmd, "KILL", when=on_main_thread and not self.outlive_parent
+        )
         self.process = subprocess.Popen(
             cmd,
             cwd=self.data_dir,
@@ -225,7 +212,7 @@ class SeaweedS3:
     def _remove_sockets(self) -> None:
         """Unlink the unix sockets weed leaves in /tmp, named after our ports (weed not running)."""
         for port in self.ports.values():
-            if not _port_is_free(port):
+            if not bindable(port, reuse=True):
                 continue  # someone else's live server holds that port now: not our socket
             for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):  # noqa: S108 - weed's path
                 with contextlib.suppress(OSError):

@@ -23,11 +23,6 @@ from tests.pipeline import BUCKET
 from tests.processes import own_drill_containers
 
 
-def _drill_containers() -> list[str]:
-    """This test's drill containers: another test's drills may run beside it."""
-    return own_drill_containers()
-
-
 def _volumes() -> set[str]:
     listed = subprocess.run(["docker", "volume", "ls", "-q"], capture_output=True, text=True)
     return set(listed.stdout.split())
@@ -46,7 +41,7 @@ def test_a_drill_in_a_container_passes_and_leaves_nothing(
     result = state.result()
     assert result["driver"] == "docker" and result["image"] == image  # auto chose docker here
     assert all(c["ok"] for c in result["checks"]), result["checks"]
-    assert _drill_containers() == []
+    assert own_drill_containers() == []
     assert _volumes() - volumes == set()  # none created (others may come and go)
     assert list((tmp_path / "work").iterdir()) == []
 
@@ -67,7 +62,7 @@ def test_the_container_reaches_nothing_but_its_own_loopback(
     assert len(own) == 1 and probes[own[0]] is True
     assert result.report["uid"] == 10001  # the image's user, not root
     assert result.report["hostname"].startswith("drill-")
-    assert _drill_containers() == []
+    assert own_drill_containers() == []
 
 
 def test_a_container_left_by_a_killed_run_is_swept_by_the_next(
@@ -87,18 +82,18 @@ def test_a_container_left_by_a_killed_run_is_swept_by_the_next(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    wait_for(_drill_containers, 120, "the drill container to start")
+    wait_for(own_drill_containers, 120, "the drill container to start")
     run.kill()  # kill -9 of the flow: the container outlives the docker client
     run.wait()
     time.sleep(1)
-    left = _drill_containers()
+    left = own_drill_containers()
     assert left, "the dead run's container"
     again = drill_restore(params.model_copy(update={"rejoin": False}), return_state=True)
     assert again.is_completed(), again.message
     swept = again.result()["swept"]
     assert any("drill container" in s and "run died" in s for s in swept), swept
-    assert not set(left) & set(_drill_containers())
-    assert _drill_containers() == []
+    assert not set(left) & set(own_drill_containers())
+    assert own_drill_containers() == []
 
 
 def test_without_an_engine_the_docker_tests_are_skipped_for_that_reason_alone(

@@ -63,7 +63,8 @@ def read_snapshot_state(
     """
     if _native is None:
         raise InstallationError(MISSING)
-    where = (path, scratch or path.parent, B_ROOT, B_ALIVE, list(_WANTED))
+    scratch = scratch or path.parent
+    where = (path, scratch, B_ROOT, B_ALIVE, list(_WANTED))
     try:
         revision, counts, digest, found = _native.snapshot_state(*where, run_bytes or RUN_BYTES)
     except _native.SnapshotError as exc:
@@ -71,7 +72,7 @@ def read_snapshot_state(
     except OSError as exc:
         if disk_full(exc):
             raise JacoError(
-                f"the disk holding {where[1]} is full: the snapshot's records, sorted in runs "
+                f"the disk holding {scratch} is full: the snapshot's records, sorted in runs "
                 "spilled there, did not fit (they need up to the snapshot's size)"
             ) from None
         raise

@@ -42,24 +42,26 @@ def etcd_binary(name: str) -> str:
     return path
 
 
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM when the thread that started it exits."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def dying_with_parent(
-    cmd: list[str], sig: str = "TERM"
+    cmd: list[str], sig: str = "TERM", when: bool = True
 ) -> tuple[list[str], Callable[[], None] | None]:
     """(command, preexec_fn) to start `cmd` so that it gets SIG`sig` when the thread that
-    started it exits (PR_SET_PDEATHSIG): util-linux's setpriv sets it and execs `cmd` (the same
-    process). Not a preexec_fn where setpriv is found: Python code between fork and exec runs
-    the interpreter's at-fork handlers, and in a process with gRPC's threads those abort the
-    child (SIGABRT, seen when a test restarted SeaweedFS while a client streamed)."""
+    started it exits (PR_SET_PDEATHSIG); `cmd` unchanged and no preexec_fn unless `when`.
+    util-linux's setpriv sets it and execs `cmd` (the same process). A preexec_fn only where
+    setpriv is missing: Python code between fork and exec runs the interpreter's at-fork
+    handlers, and in a process with gRPC's threads those abort the child (SIGABRT, seen when a
+    test restarted SeaweedFS while a client streamed)."""
+    if not when:
+        return cmd, None
     setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        return cmd, die_with_parent if sig == "TERM" else None
-    return [setpriv, f"--pdeathsig={sig}", "--", *cmd], None
+    if setpriv is not None:
+        return [setpriv, f"--pdeathsig={sig}", "--", *cmd], None
+    signum = signal.Signals[f"SIG{sig}"]
+
+    def die_with_parent() -> None:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
+
+    return cmd, die_with_parent
 
 
 def _listen_host(host: str) -> str:
