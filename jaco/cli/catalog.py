@@ -164,6 +164,12 @@ def backup_ls(
 @operator_errors
 def backup_describe(
     key: Annotated[str, typer.Argument(help="A backup's key or file name (see `ls`).")],
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster", "-c", help="The cluster whose backup it is (when two share a file name)."
+        ),
+    ] = None,
     config: ConfigOpt = None,
     store: StoreOpt = None,
     prefix: PrefixOpt = "jaco",
@@ -171,22 +177,37 @@ def backup_describe(
 ) -> None:
     """Everything the catalog knows about one backup: checksums, audit head, who took and
     verified it, every drill of it."""
+    views = catalog_views(config, store, prefix, [cluster] if cluster else [])
+    view, backup = _one_backup(views, key)
+    if as_json:
+        print_json(_json(view.model_copy(update={"backups": [backup]}))["backups"][0])
+        return
+    fields = backup.model_dump(mode="json", exclude={"drills"}).items()
+    out.print(table((), fields, title=backup.key))
+    for drill in backup.drills:
+        result = "passed" if drill.passed else "FAILED"
+        rto = f", RTO {drill.rto_seconds:.1f}s" if drill.rto_seconds else ""
+        if drill.point_revision is not None:
+            rto += f", point in time: revision {drill.point_revision}"
+        why = f": {drill.reason}" if drill.reason else ""
+        out.print(f"drill {drill.at.isoformat(timespec='seconds')} {result}{rto}"
+                  f" ({safe(drill.driver)}){safe(why)}", soft_wrap=True)  # fmt: skip
+
+
+def _one_backup(views: list[Any], key: str) -> tuple[Any, Any]:
+    """The backup a key names: its full key, or a file name no two clusters share (two
+    clusters' backups taken the same day at the same revision have the same name)."""
+    exact = [(v, b) for v in views for b in v.backups if b.key == key]
+    if exact:
+        return exact[0]
     name = key.rsplit("/", 1)[-1]
-    for view in catalog_views(config, store, prefix, []):
-        for backup in view.backups:
-            if backup.key == key or backup.key.rsplit("/", 1)[-1] == name:
-                if as_json:
-                    print_json(_json(view.model_copy(update={"backups": [backup]}))["backups"][0])
-                    return
-                fields = backup.model_dump(mode="json", exclude={"drills"}).items()
-                out.print(table((), fields, title=backup.key))
-                for drill in backup.drills:
-                    result = "passed" if drill.passed else "FAILED"
-                    rto = f", RTO {drill.rto_seconds:.1f}s" if drill.rto_seconds else ""
-                    if drill.point_revision is not None:
-                        rto += f", point in time: revision {drill.point_revision}"
-                    why = f": {drill.reason}" if drill.reason else ""
-                    out.print(f"drill {drill.at.isoformat(timespec='seconds')} {result}{rto}"
-                              f" ({safe(drill.driver)}){safe(why)}", soft_wrap=True)  # fmt: skip
-                return
-    raise NotFound(f"no backup {key} in the catalog")
+    named = [(v, b) for v in views for b in v.backups if b.key.rsplit("/", 1)[-1] == name]
+    clusters = sorted({v.cluster for v, _ in named})
+    if len(clusters) > 1:
+        raise InvalidArgument(
+            f"{name} names backups of {len(clusters)} clusters ({', '.join(clusters)}): "
+            "say which with --cluster, or give the full key (`jaco backup ls --json` shows it)"
+        )
+    if not named:
+        raise NotFound(f"no backup {key} in the catalog")
+    return named[0]
