@@ -1,5 +1,5 @@
 """Translation at the API's edge: stored records to protobuf messages, request fields to
-checked values (HOST:PORT addresses)."""
+checked values (HOST:PORT addresses), the snapshot's data framed as BackupChunk messages."""
 
 from __future__ import annotations
 
@@ -20,6 +20,23 @@ M = TypeVar("M", bound=Message)
 def message(cls: type[M], record: dict[str, Any]) -> M:
     """A stored record as a protobuf message: fields the message lacks are left out."""
     return json_format.ParseDict(record, cls(), ignore_unknown_fields=True)
+
+
+def data_chunk(pieces: list[bytes], size: int) -> bytes:
+    """`BackupChunk(data=b"".join(pieces))` serialized, `size` being the pieces' length, in one
+    copy: building the message, then serializing it, copied each MiB twice more (about 0.45 s
+    of jacod's CPU per 400 MB sent). The Backup RPC passes these bytes on as they are."""
+    header = bytearray(b"\x12")  # field 2 (data), length-delimited
+    while size > 0x7F:  # the length as a varint
+        header.append(0x80 | (size & 0x7F))
+        size >>= 7
+    header.append(size)
+    return b"".join([header, *pieces])
+
+
+def serialized_or_message(reply: bytes | Message) -> bytes:
+    """A response serializer for RPCs that send some messages serialized already."""
+    return reply if isinstance(reply, bytes) else reply.SerializeToString()
 
 
 def deployment(d: dict[str, Any]) -> pb.Deployment:

@@ -19,11 +19,42 @@ import grpc
 from jaco import __version__
 from jaco.errors import DataDirError, JacoError, Unavailable
 from jaco.node.config import DataDir, data_dir_from_env
+from jaco.server.convert import serialized_or_message
 from jaco.server.node import Node
 from jaco.server.service import JacoService
-from jaco.v1 import jaco_pb2_grpc as pb_grpc
+from jaco.v1 import jaco_pb2 as pb
 
 log = logging.getLogger("jacod")
+
+
+# Each RPC's handler by (client streaming, server streaming), as grpc_tools generates them.
+HANDLER_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+PRESERIALIZED = {"Backup"}  # RPCs whose service yields some messages serialized already
+
+
+def add_service(server: grpc.aio.Server, service: JacoService) -> None:
+    """What the generated `add_JacoServicer_to_server` does, from the same descriptor, except
+    that Backup's data messages go out as the serialized bytes the service yields."""
+    descriptor = pb.DESCRIPTOR.services_by_name["Jaco"]
+    handlers = {}
+    for method in descriptor.methods:
+        response = getattr(pb, method.output_type.name)
+        handlers[method.name] = HANDLER_KINDS[method.client_streaming, method.server_streaming](
+            getattr(service, method.name),
+            request_deserializer=getattr(pb, method.input_type.name).FromString,
+            response_serializer=serialized_or_message
+            if method.name in PRESERIALIZED
+            else response.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(descriptor.full_name, handlers)  # type: ignore[attr-defined]  # not in the stubs
 
 
 async def run(node: Node, listen: str, stop: asyncio.Event) -> None:
@@ -41,7 +72,7 @@ async def run(node: Node, listen: str, stop: asyncio.Event) -> None:
             ("grpc.http2.max_ping_strikes", 0),
         ]
     )
-    pb_grpc.add_JacoServicer_to_server(JacoService(node), server)
+    add_service(server, JacoService(node))
     data = node.data
     chain = data.node_cert.read_bytes() + data.ca_cert.read_bytes()
     credentials = grpc.ssl_server_credentials([(data.node_key.read_bytes(), chain)])

@@ -343,7 +343,7 @@ class JacoService(pb_grpc.JacoServicer):
 
     async def Backup(
         self, request: Any, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.BackupChunk]:
+    ) -> AsyncIterator[pb.BackupChunk | bytes]:
         try:
             who = await self.authorize(context, ACCESS["Backup"])
             meta: BackupMeta | None = None
@@ -352,8 +352,8 @@ class JacoService(pb_grpc.JacoServicer):
                 aclosing(stream_snapshot(self.store, self.node.backup_dir)) as parts,
             ):
                 async for part in parts:
-                    if isinstance(part, bytes):
-                        yield pb.BackupChunk(data=part)
+                    if isinstance(part, bytes):  # a data message, serialized already
+                        yield part
                     elif isinstance(part, Announce):
                         yield pb.BackupChunk(snapshot_size=part.size)
                     else:

@@ -30,6 +30,7 @@ from jaco.model import pki
 from jaco.model.etcd import Etcd, SnapshotStream
 from jaco.model.keys import K_HEAD
 from jaco.model.store import Store
+from jaco.server.convert import data_chunk
 
 SNAPSHOT_TIMEOUT = 600.0
 ETCD_TRAILER = 32  # etcd appends the SHA-256 of the database to its snapshot stream
@@ -50,9 +51,10 @@ async def stream_snapshot(
     """Announce the size, pass on the snapshot's bytes, then yield its meta.
 
     A worker thread receives etcd's stream, writes and hashes a scratch copy in `directory`
-    (mode 0600) and hands 1 MiB pieces to the event loop, which only passes them on: the
-    loop stays free for the API while a snapshot streams. The scratch copy lets the meta be
-    read from the very bytes sent; it is deleted when the generator ends, however it ends.
+    (mode 0600) and hands 1 MiB pieces to the event loop as serialized BackupChunk messages
+    (`bytes`), which the loop only passes on: it stays free for the API while a snapshot
+    streams. The scratch copy lets the meta be read from the very bytes sent; it is deleted
+    when the generator ends, however it ends.
     """
     etcd = store.etcd
     # A linearizable read first: a follower catches up to the commit index before it snapshots.
@@ -62,7 +64,7 @@ async def stream_snapshot(
     receiver = _Receiver(etcd, path, asyncio.get_running_loop())
     receiver.start()
     try:
-        size, expected = 0, -1
+        expected = -1
         while (piece := await receiver.pieces.get()) is not None:
             if isinstance(piece, BaseException):
                 raise piece
@@ -70,8 +72,8 @@ async def stream_snapshot(
                 expected = piece
                 yield Announce(piece)
                 continue
-            size += len(piece)
             yield piece
+        size = receiver.size  # the thread's count, final once it has handed over None
         if size != expected:
             raise Unavailable(f"etcd's snapshot stream ended after {size} of {expected} bytes")
         status = await etcd.status()
@@ -101,14 +103,16 @@ async def stream_snapshot(
 
 
 class _Receiver:
-    """The worker thread of `stream_snapshot`: etcd's 32 KiB pieces in, 1 MiB pieces out
-    (after the total size, an int; then None, or the exception that ended it)."""
+    """The worker thread of `stream_snapshot`: etcd's 32 KiB pieces in, 1 MiB BackupChunk
+    messages out, serialized (after the total size, an int; then None, or the exception that
+    ended it)."""
 
     def __init__(self, etcd: Etcd, path: Path, loop: asyncio.AbstractEventLoop) -> None:
         self.pieces: asyncio.Queue[int | bytes | BaseException | None] = asyncio.Queue(
             QUEUED_PIECES
         )
         self.sha256 = hashlib.sha256()
+        self.size = 0  # bytes received from etcd
         self._etcd, self._path, self._loop = etcd, path, loop
         self._stopping = threading.Event()
         self._stream: SnapshotStream | None = None
@@ -153,18 +157,20 @@ class _Receiver:
                     pending.append(blob)
                     pending_bytes += len(blob)
                     if pending_bytes >= MESSAGE_BYTES or not remaining:
-                        if not self._pass_on(out, pending):
+                        if not self._pass_on(out, pending, pending_bytes):
                             return
                         pending, pending_bytes = [], 0
-                if pending and not self._pass_on(out, pending):
+                if pending and not self._pass_on(out, pending, pending_bytes):
                     return
             self._hand_over(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
             if not self._stopping.is_set():
                 self._hand_over(exc)
 
-    def _pass_on(self, out: IO[bytes], pending: list[bytes]) -> bool:
-        piece = b"".join(pending)
+    def _pass_on(self, out: IO[bytes], pending: list[bytes], size: int) -> bool:
+        wire = data_chunk(pending, size)
+        piece = memoryview(wire)[len(wire) - size :]  # the data, not copied
         out.write(piece)
         self.sha256.update(piece)
-        return self._hand_over(piece)
+        self.size += size
+        return self._hand_over(wire)
