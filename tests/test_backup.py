@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from infra.localcluster import JACO, Cluster, cluster_of, wait_for
@@ -136,3 +137,43 @@ def test_stale_server_snapshot_is_removed_on_restart(tmp_path: Path) -> None:
         node.start()
         cluster.wait_ready(["node-1"])
         assert not stale.exists()
+
+
+def test_a_client_gone_while_etcd_stalls_frees_the_node_at_once(tmp_path: Path) -> None:
+    """jacod's receiving thread waits on etcd's stream when the client walks away: ending the
+    call must wake it (not wait for etcd), remove the scratch copy (which holds the CA key)
+    and let the next backup in."""
+    from tests.conftest import fill
+
+    with cluster_of(tmp_path / "c", 1) as cluster:
+        fill(cluster, 60)  # about 48 MiB: more than the buffers between etcd and the client
+        node = cluster.nodes["node-1"]
+        scratch = node.data_dir / "backup-tmp"
+        env = {**os.environ, "JACO_TOKEN": cluster.token, "JACO_SERVER": node.server}
+        out = tmp_path / "out"
+        out.mkdir()
+        proc = subprocess.Popen(
+            [JACO, "backup", "--output", str(out / "a.tar.gz")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        etcd = node.etcd_pid()
+        assert etcd is not None
+        deadline = time.monotonic() + 30  # etcd stopped as soon as it starts sending
+        while not any(scratch.glob("snapshot-*.bin")) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        os.kill(etcd, signal.SIGSTOP)
+        try:
+            time.sleep(1)  # the receiving thread now waits for etcd's next piece
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+            assert proc.returncode == 130, err
+            # etcd is still stopped: only the call's end can have woken the receiving thread
+            wait_for(lambda: not any(scratch.iterdir()), 15, "the scratch copy to go")
+        finally:
+            os.kill(etcd, signal.SIGCONT)
+        _no_archive_left(out)
+        done = cluster.ok("backup", "--output", str(out / "b.tar.gz"))
+        assert "snapshot index" in done.err and (out / "b.tar.gz").stat().st_size > 30_000_000
