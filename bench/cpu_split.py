@@ -2,13 +2,16 @@
 backup`, beside etcdctl's and etcd's for `etcdctl snapshot save`, alternating.
 
     python -m bench.cpu_split --keys 1000000 [--repeat 3] [--before TREE]
+    python -m bench.cpu_split --random-mib 512     # random 48 KiB records instead
 
 On 2 cores, the sum of the CPU columns over the wall time says how close to CPU-bound a
 stage is, and which process to make cheaper. The node holds `--keys` small records
-(bench.realistic). With `--before` (a worktree of another commit, its jaco/_native*.so copied
-in, as for bench.cli_start), jacod is restarted from one tree then the other, alternating
-round by round, on the same store; the client is this tree's. jacod's peak RSS while it serves
-the backup is recorded too. Results go to bench/results/cpu-split-<time>.json.
+(bench.realistic), or with `--random-mib` that many MiB of incompressible 48 KiB records (as
+bench.run's random data set). With `--before` (a worktree of another commit, its
+jaco/_native*.so copied in, as for bench.cli_start), jacod is restarted from one tree then the
+other, alternating round by round, on the same store; the client is this tree's. jacod's peak
+RSS while it serves the backup is recorded too. Results go to
+bench/results/cpu-split-<time>.json.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from bench.realistic import fill
-from bench.run import RESULTS, measure, peak_kib, reset_peak
+from bench.run import MIB, RESULTS, fill_random, measure, peak_kib, reset_peak
 from infra.localcluster import JACO, Cluster, Node, cluster_of
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -49,7 +52,9 @@ def restart(cluster: Cluster, node: Node, tree: Path | None) -> None:
     cluster.wait_ready([node.name])
 
 
-def run(keys: int, repeat: int, before: Path | None = None) -> list[dict[str, float | str]]:
+def run(
+    keys: int, repeat: int, before: Path | None = None, random_mib: int = 0
+) -> list[dict[str, float | str]]:
     trees: dict[str, Path | None] = {"after": None}
     if before is not None:
         trees = {"before": before.resolve(), "after": None}
@@ -58,7 +63,11 @@ def run(keys: int, repeat: int, before: Path | None = None) -> list[dict[str, fl
         work = Path(tmp)
         with cluster_of(work / "c", 1) as cluster:
             node = cluster.nodes["node-1"]
-            print(f"built: {asyncio.run(fill(node, keys))}", flush=True)
+            if random_mib:
+                built = asyncio.run(fill_random(node, random_mib * MIB, 48 * 1024))
+                print(f"built: {built} random records of 48 KiB", flush=True)
+            else:
+                print(f"built: {asyncio.run(fill(node, keys))}", flush=True)
             env = {"JACO_TOKEN": cluster.token, "JACO_SERVER": node.server}
             snap, archive = work / "etcdctl.db", work / "jaco.tar.gz"
             stages = {
@@ -100,11 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--before", type=Path, help="another tree's jacod, alternating")
+    parser.add_argument("--random-mib", type=int, default=0, help="random records, not --keys")
     args = parser.parse_args(argv)
-    rows = run(args.keys, args.repeat, args.before)
+    rows = run(args.keys, args.repeat, args.before, args.random_mib)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"cpu-split-{stamp}.json"
-    out.write_text(json.dumps({"keys": args.keys, "runs": rows}, indent=1) + "\n")
+    data = {"random_mib": args.random_mib} if args.random_mib else {"keys": args.keys}
+    out.write_text(json.dumps({**data, "runs": rows}, indent=1) + "\n")
     print(f"results: {out}")
     return 0
 

@@ -159,7 +159,7 @@ def endpoint_status(node: Node) -> Any:
     )
 
 
-async def _fill(node: Node, total: int, value_bytes: int) -> int:
+async def fill_random(node: Node, total: int, value_bytes: int) -> int:
     from jaco.model.etcd import Etcd, op_put
     from jaco.node.config import DataDir
 
@@ -220,7 +220,7 @@ def build(root: Path, size_mib: int, value_kib: int) -> tuple[Cluster, dict[str,
     db = status[0]["Status"]["dbSize"]
     started = time.monotonic()
     if value_kib:
-        keys = asyncio.run(_fill(node, size_mib * MIB - db, value_kib * 1024))
+        keys = asyncio.run(fill_random(node, size_mib * MIB - db, value_kib * 1024))
     else:  # the realistic data set: small JSON records, snapshot bytes per live record measured
         filled = asyncio.run(realistic.fill(node, (size_mib * MIB - db) // SMALL_RECORD_BYTES))
         keys = filled["small_keys"]
