@@ -399,6 +399,27 @@ MUTATIONS: list[Mutation] = [
         "            pass",
         k("tests/test_docker.py", "own_scope"),
     ),
+    m(
+        "backup stream: a data message's length is framed wrong past one varint byte (stop 25)",
+        "jaco/server/convert.py",
+        "    while size > 0x7F:",
+        "    while size > 0xFF:",
+        "tests/unit/test_wire.py",
+    ),
+    m(
+        "backup stream: a client gone while etcd stalls leaves the receiver waiting (stop 25)",
+        "jaco/server/snapshot.py",
+        "            self._stream.cancel()  # wakes the thread if it waits for etcd",
+        "            pass",
+        k("tests/test_backup.py", "client_gone"),
+    ),
+    m(
+        "backup describe: a full key describes another cluster's same-named backup (stop 25)",
+        "jaco/cli/catalog.py",
+        "    if exact:\n        return exact[0]\n",
+        "",
+        "tests/unit/test_describe.py",
+    ),
 ]
 
 
