@@ -196,7 +196,8 @@ def sweep_partials(directory: Path, marker: str = PARTIAL, name: str = "") -> li
 
 
 def disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+    """No room left to write: the filesystem is full, or the writer's quota on it is used up."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def require_space(directory: Path, needed: int, what: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -21,6 +22,7 @@ from jaco.files import (
     HashingReader,
     anonymous_file,
     check_output_target,
+    disk_full,
     private_output,
     staged_dir,
     sweep_partials,
@@ -148,3 +150,12 @@ def test_bounded_reads_its_part_of_a_stream_and_leaves_the_rest() -> None:
     assert part.left == 0 and stream.read() == b"|segment"
     short = Bounded(io.BytesIO(b"abc"), 10)
     assert short.read() == b"abc" and short.left == 7  # what was missing is counted
+
+
+@pytest.mark.parametrize(
+    ("code", "full"), [(errno.ENOSPC, True), (errno.EDQUOT, True), (errno.EACCES, False)]
+)
+def test_a_full_disk_or_a_used_up_quota_is_no_room(code: int, full: bool) -> None:
+    """A quota used up stops a write as a full disk does: said as one, not raised."""
+    assert disk_full(OSError(code, os.strerror(code))) is full
+    assert not disk_full(ValueError("not an OSError"))
