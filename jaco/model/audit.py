@@ -71,6 +71,9 @@ def make_event(
     return event
 
 
+READ_PAGE = 5000  # events per read when a stored chain is verified (about 1.5 MB)
+
+
 @dataclass(frozen=True)
 class ChainCheck:
     ok: bool
@@ -122,6 +125,71 @@ def _well_formed(event: dict[str, Any]) -> bool:
         return False
 
 
+class ChainWalk:
+    """`verify_chain` one event at a time, for a log read a page at a time: it keeps the last
+    hash and the hashes of the anchors' events, not one per event (a whole log held in memory
+    cost jacod about 200 bytes per event, over 100 MiB at 6·10⁵ events)."""
+
+    def __init__(self, anchors: Iterable[Anchor] = ()) -> None:
+        self.anchors = list(anchors)
+        self._wanted = {a.seq for a in self.anchors}
+        self._hashes: dict[int, str] = {}
+        self.prev_hash, self.expected_seq, self.count = GENESIS_HASH, 1, 0
+        self.broken: ChainCheck | None = None
+
+    def add(self, event: dict[str, Any] | None) -> bool:
+        """Check the next event; False once the chain is broken (the rest need not be read)."""
+        if self.broken is None:
+            self.broken = self._check(event)
+        return self.broken is None
+
+    def _check(self, event: dict[str, Any] | None) -> ChainCheck | None:
+        count, seq = self.count, self.expected_seq
+        if event is None:
+            return ChainCheck(False, count, seq, "it is not a valid JSON event")
+        if event.get("seq") != seq:
+            return ChainCheck(False, count, seq, f"event {seq} is missing")
+        if event.get("prev_hash") != self.prev_hash:
+            return ChainCheck(False, count, seq, "does not link to the previous event")
+        if event_hash(event) != event.get("hash"):
+            return ChainCheck(False, count, seq, "its content does not match its hash")
+        self.prev_hash, self.expected_seq, self.count = event["hash"], seq + 1, count + 1
+        if seq in self._wanted:
+            self._hashes[seq] = self.prev_hash
+        return None
+
+    def result(self, head: dict[str, Any] | None) -> ChainCheck:
+        """The verdict once every event was added: the head, then every anchor."""
+        if self.broken is not None:
+            return self.broken
+        count = self.count
+        if head is not None and (head.get("seq") != count or head.get("hash") != self.prev_hash):
+            cut = "the log was cut short (head points further)"
+            return ChainCheck(False, count, count + 1, cut)
+        checked = 0
+        for anchor in self.anchors:
+            checked += 1
+            where = f" (recorded in {anchor.source})" if anchor.source else ""
+            if anchor.seq > count:
+                return ChainCheck(
+                    False,
+                    count,
+                    count + 1,
+                    f"the log ends at event {count}, before event {anchor.seq} of an anchor"
+                    f"{where}: history was removed",
+                    checked,
+                )
+            if anchor.seq and self._hashes.get(anchor.seq) != anchor.hash:
+                return ChainCheck(
+                    False,
+                    count,
+                    anchor.seq,
+                    f"its hash is not the one an anchor recorded{where}: history was rewritten",
+                    checked,
+                )
+        return ChainCheck(True, count, anchors_checked=checked)
+
+
 def verify_chain(
     events: Iterable[dict[str, Any] | None],
     head: dict[str, Any] | None,
@@ -131,44 +199,11 @@ def verify_chain(
     that the chain still passes through every anchor (same event number, same hash), so a
     history rewritten or cut short after an anchor was recorded is caught even when every
     hash in the cluster was recomputed to match."""
-    prev_hash, expected_seq, count = GENESIS_HASH, 1, 0
-    hashes: dict[int, str] = {}
+    walk = ChainWalk(anchors)
     for event in events:
-        if event is None:
-            return ChainCheck(False, count, expected_seq, "it is not a valid JSON event")
-        seq = event.get("seq")
-        if seq != expected_seq:
-            return ChainCheck(False, count, expected_seq, f"event {expected_seq} is missing")
-        if event.get("prev_hash") != prev_hash:
-            return ChainCheck(False, count, seq, "does not link to the previous event")
-        if event_hash(event) != event.get("hash"):
-            return ChainCheck(False, count, seq, "its content does not match its hash")
-        prev_hash, expected_seq, count = event["hash"], expected_seq + 1, count + 1
-        hashes[seq] = prev_hash
-    if head is not None and (head.get("seq") != count or head.get("hash") != prev_hash):
-        return ChainCheck(False, count, count + 1, "the log was cut short (head points further)")
-    checked = 0
-    for anchor in anchors:
-        checked += 1
-        where = f" (recorded in {anchor.source})" if anchor.source else ""
-        if anchor.seq > count:
-            return ChainCheck(
-                False,
-                count,
-                count + 1,
-                f"the log ends at event {count}, before event {anchor.seq} of an anchor{where}: "
-                "history was removed",
-                checked,
-            )
-        if anchor.seq and hashes.get(anchor.seq) != anchor.hash:
-            return ChainCheck(
-                False,
-                count,
-                anchor.seq,
-                f"its hash is not the one an anchor recorded{where}: history was rewritten",
-                checked,
-            )
-    return ChainCheck(True, count, anchors_checked=checked)
+        if not walk.add(event):
+            break
+    return walk.result(head)
 
 
 def time_of(changes: Iterable[Any]) -> str:

@@ -219,13 +219,16 @@ async def _replay(
                 ]
                 await etcd.txn([], ops)
                 at = rec.at or at
-        head_kv, _ = await etcd.get(K_HEAD)
-        events, _ = await etcd.get_prefix(P_EVENTS)
+        head_kv, revision = await etcd.get(K_HEAD)
         head = json.loads(head_kv.value) if head_kv else None
         anchors = []
         if plan.base.audit_head is not None:
             anchors = [audit.Anchor(plan.base.audit_head.seq, plan.base.audit_head.hash, "backup")]
-        check = audit.verify_chain((audit.parse_event(kv.value) for kv in events), head, anchors)
+        walk = audit.ChainWalk(anchors)
+        async for kv in etcd.iter_prefix(P_EVENTS, revision, page=audit.READ_PAGE):
+            if not walk.add(audit.parse_event(kv.value)):
+                break
+        check = walk.result(head)
         if not check.ok:
             raise ArchiveError(f"the replayed audit log does not verify: {check.reason}")
         digest = StateDigest()

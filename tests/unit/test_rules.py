@@ -11,7 +11,9 @@ import ast
 import datetime as dt
 import json
 import re
+import tracemalloc
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,36 @@ def test_audit_anchor_catches_a_history_rewritten_with_every_hash_recomputed() -
     cut = events[:3]
     check = audit.verify_chain(cut, _head(cut), [anchor])
     assert not check.ok and "removed" in check.reason
+
+
+def test_a_long_chain_is_verified_in_memory_that_does_not_grow_with_it() -> None:
+    """jacod verifies a cluster's whole audit log (10⁶ events and more) a page at a time: the
+    walk keeps the anchors' hashes, not one per event."""
+    n = 50_000
+
+    def lazily() -> Iterator[dict[str, Any]]:
+        prev = audit.GENESIS_HASH
+        for seq in range(1, n + 1):
+            event = audit.make_event(seq, prev, "X", "t", "2026-01-01T00:00:00Z", {})
+            prev = event["hash"]
+            yield event
+            if seq == n // 2:
+                anchors.append(audit.Anchor(seq, prev, "backup"))
+
+    anchors: list[audit.Anchor] = []
+    walk = audit.ChainWalk([])
+    tracemalloc.start()
+    try:
+        for event in lazily():
+            assert walk.add(event)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    last = {"seq": n, "hash": walk.prev_hash}
+    assert walk.result(last) == audit.ChainCheck(True, n)
+    assert peak < 1024 * 1024, peak  # one hash per event held was about 9 MB here
+    check = audit.verify_chain(lazily(), last, anchors)
+    assert check.ok and check.anchors_checked == 1
 
 
 def test_names_and_hosts() -> None:
