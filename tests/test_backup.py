@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 from infra.localcluster import JACO, Cluster, cluster_of, wait_for
+from jaco.client.connection import open_client
+from jaco.v1 import jaco_pb2 as pb
 from tests.mounts import tmpfs
 from tests.netfaults import FaultyProxy
 
@@ -149,6 +151,19 @@ def test_a_client_gone_while_etcd_stalls_frees_the_node_at_once(tmp_path: Path) 
         fill(cluster, 60)  # about 48 MiB: more than the buffers between etcd and the client
         node = cluster.nodes["node-1"]
         scratch = node.data_dir / "backup-tmp"
+        assert node.process is not None
+        jacod = node.process.pid
+        # Backups abandoned after their first messages leave no connection to etcd behind
+        # (one was left per backup when the receiving thread stopped without draining its call)
+        with open_client(node.server, cluster.token) as client:
+            client.call("Status", pb.StatusRequest())
+            before = _open_files(jacod)
+            for _ in range(20):
+                call = client.stub.Backup(pb.BackupRequest(), metadata=client.metadata, timeout=60)
+                next(call), next(call)
+                call.cancel()
+            wait_for(lambda: not any(scratch.iterdir()), 30, "the abandoned backups to end")
+            assert _open_files(jacod) <= before + 2, (before, _open_files(jacod))
         env = {**os.environ, "JACO_TOKEN": cluster.token, "JACO_SERVER": node.server}
         out = tmp_path / "out"
         out.mkdir()
@@ -164,6 +179,7 @@ def test_a_client_gone_while_etcd_stalls_frees_the_node_at_once(tmp_path: Path) 
         deadline = time.monotonic() + 30  # etcd stopped as soon as it starts sending
         while not any(scratch.glob("snapshot-*.bin")) and time.monotonic() < deadline:
             time.sleep(0.001)
+        assert any(scratch.glob("snapshot-*.bin")), "the backup never started"
         os.kill(etcd, signal.SIGSTOP)
         try:
             time.sleep(1)  # the receiving thread now waits for etcd's next piece
@@ -177,3 +193,7 @@ def test_a_client_gone_while_etcd_stalls_frees_the_node_at_once(tmp_path: Path) 
         _no_archive_left(out)
         done = cluster.ok("backup", "--output", str(out / "b.tar.gz"))
         assert "snapshot index" in done.err and (out / "b.tar.gz").stat().st_size > 30_000_000
+
+
+def _open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))

@@ -9,6 +9,7 @@ plain dataclasses and jaco exceptions, so a newer etcd only changes this file an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,8 +361,17 @@ class SnapshotStream:
         except grpc.RpcError as exc:
             raise translate(exc) from None
         finally:
-            self.cancel()
+            self._drain()
 
     def cancel(self) -> None:
-        self._call.cancel()
+        """From any thread: end the call; the iterating thread wakes with an error."""
         self._channel.close()
+
+    def _drain(self) -> None:
+        """On the iterating thread, once it is done: end the call and take its last events. A
+        single-threaded call is freed only when its own reader has taken every event: cancelled
+        any other way, each backup abandoned mid-stream left its connection to etcd open."""
+        self._channel.close()
+        with contextlib.suppress(grpc.RpcError, ValueError):
+            for _ in self._call:
+                pass
