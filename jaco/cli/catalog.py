@@ -195,12 +195,15 @@ def backup_describe(
 
 
 def _one_backup(views: list[Any], key: str) -> tuple[Any, Any]:
-    """The backup a key names: its full key, or a file name no two clusters share (two
+    """The backup a key names: its full key exactly, or a file name no two clusters share (two
     clusters' backups taken the same day at the same revision have the same name)."""
     exact = [(v, b) for v in views for b in v.backups if b.key == key]
     if exact:
         return exact[0]
-    name = key.rsplit("/", 1)[-1]
+    if "/" in key:  # a full key names one backup: never another one that has its file name
+        shown = f" of cluster {views[0].cluster}" if len(views) == 1 else ""
+        raise NotFound(f"no backup {key} in the catalog{shown}")
+    name = key
     named = [(v, b) for v in views for b in v.backups if b.key.rsplit("/", 1)[-1] == name]
     clusters = sorted({v.cluster for v, _ in named})
     if len(clusters) > 1:

@@ -76,3 +76,15 @@ def test_a_file_name_only_one_cluster_has_is_enough(store: Path) -> None:
     shown = run([JACO, "backup", "describe", "cluster-2026-12-04-7.tar.gz", "--store", str(store)])
     assert shown.code == 0, shown.err
     assert IDS["beta"] in shown.out and IDS["alpha"] not in shown.out
+
+
+def test_a_full_key_is_never_answered_with_another_backup_of_its_name(store: Path) -> None:
+    alpha = _record("alpha").key
+    for wrong in (
+        ["-c", "beta", alpha],  # alpha's key, beta's catalog: beta has a backup of that name
+        [alpha.replace(IDS["alpha"], "0000000000000000")],  # a key no backup has
+    ):
+        refused = run([JACO, "backup", "describe", *wrong, "--store", str(store)])
+        assert refused.code == 3 and refused.out == "", refused.err
+        assert refused.err.startswith(f"error: no backup {wrong[-1]} in the catalog")
+        assert len(refused.err.splitlines()) == 1
