@@ -45,6 +45,8 @@ CASES: list[tuple[list[str], str]] = [
     (["backup", "--output", "{tmp}/b.tar.gz", "--timeout", "-5"], r"invalid --timeout -5\.0"),
     (["backup", "--output", "{tmp}/b.tar.gz", "--timeout", "nan"], "invalid --timeout nan"),
     (["backup", "--output", "{tmp}/b.tar.gz", "--timeout", "inf"], "invalid --timeout inf"),
+    (["audit", "--timeout", "0"], r"invalid --timeout 0\.0: use 0\.001 to 86400\.0 seconds"),
+    (["audit", "verify", "--timeout", "nan"], "invalid --timeout nan"),
     (["cert", "issue", "c", "--out-dir", "{tmp}", "--days", "0"], "invalid --days 0: use 1 to 825"),
     (["cert", "issue", "c", "--out-dir", "{tmp}", "--days", "99999999999"], "invalid --days"),
     (["audit", "--type", "NOPE"], f"invalid --type 'NOPE': {TYPES}$"),

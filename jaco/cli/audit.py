@@ -11,6 +11,7 @@ import typer
 from jaco.cli.common import (
     AsJson,
     Server,
+    check_range,
     err,
     operator_errors,
     out,
@@ -21,6 +22,15 @@ from jaco.errors import InvalidArgument
 from jaco.model.audit import DAMAGED, check_types
 from jaco.model.names import parse_time
 from jaco.v1 import jaco_pb2 as pb
+
+MAX_TIMEOUT = 86_400.0
+Timeout = Annotated[
+    float,
+    typer.Option(
+        help="Seconds the server may take over the whole log: verifying costs about 20 µs an "
+        "event, listing about 0.25 ms (10⁶ events: 20 seconds, 4 minutes)."
+    ),
+]
 
 audit_app = typer.Typer(
     invoke_without_command=True, help="The append-only, hash-chained audit log."
@@ -42,11 +52,13 @@ def audit(
     ] = False,
     server: Server = "",
     as_json: AsJson = False,
+    timeout: Timeout = 600.0,
 ) -> None:
     """Show the audit log, oldest first. `jaco audit verify` checks its hash chain."""
     if ctx.invoked_subcommand:
         ctx.obj = server
         return
+    check_range("--timeout", timeout, 0.001, MAX_TIMEOUT, " seconds")
     types = sorted(check_types(type_ or []))
     parse_time(since, "--since")
     parse_time(until, "--until")
@@ -55,7 +67,7 @@ def audit(
 
     damaged: list[int] = []
     with open_client(server) as client:
-        for event in client.stream("Audit", request, timeout=None if follow else 60):
+        for event in client.stream("Audit", request, timeout=None if follow else timeout):
             if event.type == DAMAGED:
                 damaged.append(event.seq)
             if as_json:
@@ -104,6 +116,7 @@ def audit_verify(
         typer.Option(envvar="JACO_AGE_IDENTITY_FILE", help="Decrypts .tar.gz.age anchors."),
     ] = None,
     server: Server = "",
+    timeout: Timeout = 600.0,
 ) -> None:
     """Recompute the audit log's hash chain; exit 1 if any event was altered or removed.
 
@@ -112,9 +125,11 @@ def audit_verify(
     cluster (each backup's meta.json, the pipeline's catalog) do: with --anchor, history
     older than an anchor cannot be rewritten or cut without this failing.
     """
+    check_range("--timeout", timeout, 0.001, MAX_TIMEOUT, " seconds")
     anchors = [a for source in anchor or [] for a in _anchors(source, cluster, config, identity)]
     with open_client(server or ctx.obj or "") as client:
-        reply = client.call("VerifyAudit", pb.VerifyAuditRequest(anchors=anchors))
+        request = pb.VerifyAuditRequest(anchors=anchors)
+        reply = client.call("VerifyAudit", request, timeout=timeout)
     if reply.ok:
         extends = f"; it extends all {reply.anchors_checked} anchors given" if anchors else ""
         out.print(f"Audit chain intact: {reply.events} events{extends}")

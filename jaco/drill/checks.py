@@ -16,6 +16,8 @@ from jaco.client.connection import Client
 from jaco.model.tokens import parse_token
 from jaco.v1 import jaco_pb2 as pb
 
+AUDIT_TIMEOUT = 600.0  # the whole log read on the server: about 12 s per 6·10⁵ events
+
 
 @dataclass(frozen=True)
 class Expect:
@@ -75,8 +77,9 @@ def audit_history(meta: BackupMeta, client: Client) -> Result:
     filters): listing every event, one message each, cost a drill about 0.3 ms per event,
     minutes at 10⁶ keys (docs/benchmarks.md, round three)."""
     history = meta.audit_head.seq if meta.audit_head else meta.counts.get("audit", 1) - 1
-    chain = client.call("VerifyAudit", pb.VerifyAuditRequest())
-    listed = client.stream("Audit", pb.AuditRequest(types=["RESTORE_COMPLETED"]), timeout=60)
+    chain = client.call("VerifyAudit", pb.VerifyAuditRequest(), timeout=AUDIT_TIMEOUT)
+    request = pb.AuditRequest(types=["RESTORE_COMPLETED"])
+    listed = client.stream("Audit", request, timeout=AUDIT_TIMEOUT)
     restored = [e for e in listed if e.type == "RESTORE_COMPLETED"]  # DAMAGED ones pass filters
     ok = (
         chain.ok
@@ -101,7 +104,8 @@ def audit_anchors(meta: BackupMeta, expect: Expect, client: Client) -> Result:
         )
     if not anchors:
         return False, "nothing to check against: the backup records no audit head"
-    reply = client.call("VerifyAudit", pb.VerifyAuditRequest(anchors=anchors))
+    request = pb.VerifyAuditRequest(anchors=anchors)
+    reply = client.call("VerifyAudit", request, timeout=AUDIT_TIMEOUT)
     detail = f"{reply.anchors_checked} of {len(anchors)} anchors checked"
     if not reply.ok:
         return False, f"{detail}; event {reply.first_bad_seq}: {reply.reason}"

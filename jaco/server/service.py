@@ -284,7 +284,7 @@ class JacoService(pb_grpc.JacoServicer):
                 )
 
             events, revision = await self.store.audit_events()
-            for event in events:
+            async for event in events:
                 if wanted(event):
                     yield audit_event(event)
             if request.follow:
