@@ -420,6 +420,20 @@ MUTATIONS: list[Mutation] = [
         "",
         "tests/unit/test_describe.py",
     ),
+    m(
+        "backup stream: a snapshot call abandoned mid-stream is not drained (stop 25)",
+        "jaco/model/etcd.py",
+        "        finally:\n            self._drain()",
+        "        finally:\n            self._call.cancel()\n            self._channel.close()",
+        k("tests/test_backup.py", "client_gone"),
+    ),
+    m(
+        "audit chain: every event's hash is kept while the log is verified (stop 25)",
+        "jaco/model/audit.py",
+        "        if seq in self._wanted:",
+        "        if True:",
+        k("tests/unit/test_rules.py", "long_chain"),
+    ),
 ]
 
 
