@@ -307,7 +307,7 @@ class DockerSandbox:
 
     def remove(self) -> None:
         subprocess.run(
-            ["docker", "rm", "-f", self.name], capture_output=True, timeout=60, check=False
+            ["docker", "rm", "-f", "-v", self.name], capture_output=True, timeout=60, check=False
         )
 
 
@@ -335,7 +335,8 @@ def sweep_sandboxes() -> list[str]:
         overran = time.time() > float(labels.get(f"{LABEL}.deadline", "0") or 0)
         if not (owner_dead or overran):
             continue
-        subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=60)
+        # -v: its anonymous volumes too (a container made without the drill's tmpfs has one)
+        subprocess.run(["docker", "rm", "-f", "-v", container], capture_output=True, timeout=60)
         removed.append(f"the drill container {name} ({'overran' if overran else 'run died'})")
     return removed
 

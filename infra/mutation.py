@@ -434,6 +434,13 @@ MUTATIONS: list[Mutation] = [
         "        if True:",
         k("tests/unit/test_rules.py", "long_chain"),
     ),
+    m(
+        "drill sweep: a swept container's anonymous volume is left behind (stop 25)",
+        "flows/sandbox.py",
+        '["docker", "rm", "-f", "-v", container]',
+        '["docker", "rm", "-f", container]',
+        k("tests/test_docker.py", "own_scope"),
+    ),
 ]
 
 

@@ -117,13 +117,28 @@ def test_a_drill_sweeps_the_dead_runs_containers_of_its_own_scope_only(image: st
             ["docker", "create", *flags, image, "true"], capture_output=True, text=True, check=True
         )
         made[scope] = created.stdout.strip()
+    # each has an anonymous volume (the image's VOLUME, no drill tmpfs over it)
+    volume = {scope: _volume_of(container) for scope, container in made.items()}
     try:
         swept = sweep_sandboxes()
         assert len(swept) == 1 and "run died" in swept[0], swept
         left = _listed_all()
         assert made[os.environ[SCOPE_ENV]] not in left and made["another-site"] in left
+        assert volume[os.environ[SCOPE_ENV]] not in _volumes()  # swept with its container
+        assert volume["another-site"] in _volumes()
     finally:
-        subprocess.run(["docker", "rm", "-f", *made.values()], capture_output=True)
+        subprocess.run(["docker", "rm", "-f", "-v", *made.values()], capture_output=True)
+    assert not set(volume.values()) & _volumes()
+
+
+def _volume_of(container: str) -> str:
+    shown = subprocess.run(
+        ["docker", "inspect", "--format", "{{range .Mounts}}{{.Name}} {{end}}", container],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    names = shown.stdout.split()
+    assert len(names) == 1, names
+    return names[0]
 
 
 def _listed_all() -> str:
