@@ -203,12 +203,11 @@ def _one_backup(views: list[Any], key: str) -> tuple[Any, Any]:
     if "/" in key:  # a full key names one backup: never another one that has its file name
         shown = f" of cluster {views[0].cluster}" if len(views) == 1 else ""
         raise NotFound(f"no backup {key} in the catalog{shown}")
-    name = key
-    named = [(v, b) for v in views for b in v.backups if b.key.rsplit("/", 1)[-1] == name]
+    named = [(v, b) for v in views for b in v.backups if b.key.rsplit("/", 1)[-1] == key]
     clusters = sorted({v.cluster for v, _ in named})
     if len(clusters) > 1:
         raise InvalidArgument(
-            f"{name} names backups of {len(clusters)} clusters ({', '.join(clusters)}): "
+            f"{key} names backups of {len(clusters)} clusters ({', '.join(clusters)}): "
             "say which with --cluster, or give the full key (`jaco backup ls --json` shows it)"
         )
     if not named:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,6 +188,17 @@ class ChainWalk:
                     checked,
                 )
         return ChainCheck(True, count, anchors_checked=checked)
+
+
+async def verify_stored(
+    values: AsyncIterable[bytes], head: dict[str, Any] | None, anchors: Iterable[Anchor] = ()
+) -> ChainCheck:
+    """`verify_chain` over the stored events' values as they are read, page by page."""
+    walk = ChainWalk(anchors)
+    async for value in values:
+        if not walk.add(parse_event(value)):
+            break
+    return walk.result(head)
 
 
 def verify_chain(

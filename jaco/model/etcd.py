@@ -371,7 +371,7 @@ class SnapshotStream:
         """On the iterating thread, once it is done: end the call and take its last events. A
         single-threaded call is freed only when its own reader has taken every event: cancelled
         any other way, each backup abandoned mid-stream left its connection to etcd open."""
-        self._channel.close()
+        self.cancel()
         with contextlib.suppress(grpc.RpcError, ValueError):
             for _ in self._call:
                 pass

@@ -169,11 +169,8 @@ class Membership(Access):
     async def verify_audit(self, anchors: Iterable[audit.Anchor] = ()) -> audit.ChainCheck:
         view = await self.view()
         head = await view.get(K_HEAD)
-        walk = audit.ChainWalk(anchors)
-        async for kv in self.etcd.iter_prefix(P_EVENTS, view.revision, page=audit.READ_PAGE):
-            if not walk.add(audit.parse_event(kv.value)):
-                break
-        return walk.result(head)
+        stored = self.etcd.iter_prefix(P_EVENTS, view.revision, page=audit.READ_PAGE)
+        return await audit.verify_stored((kv.value async for kv in stored), head, anchors)
 
     async def state_digest(self, revision: int = 0) -> StateAt:
         """Per-table record counts, a SHA-256 over every record and the audit head, at one

@@ -224,11 +224,8 @@ async def _replay(
         anchors = []
         if plan.base.audit_head is not None:
             anchors = [audit.Anchor(plan.base.audit_head.seq, plan.base.audit_head.hash, "backup")]
-        walk = audit.ChainWalk(anchors)
-        async for kv in etcd.iter_prefix(P_EVENTS, revision, page=audit.READ_PAGE):
-            if not walk.add(audit.parse_event(kv.value)):
-                break
-        check = walk.result(head)
+        stored = etcd.iter_prefix(P_EVENTS, revision, page=audit.READ_PAGE)
+        check = await audit.verify_stored((kv.value async for kv in stored), head, anchors)
         if not check.ok:
             raise ArchiveError(f"the replayed audit log does not verify: {check.reason}")
         digest = StateDigest()
