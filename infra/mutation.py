@@ -422,7 +422,7 @@ MUTATIONS: list[Mutation] = [
     ),
     m(
         "backup stream: a snapshot call abandoned mid-stream is not drained (stop 25)",
-        "jaco/model/etcd.py",
+        "jaco/model/etcd_snapshot.py",
         "        finally:\n            self._drain()",
         "        finally:\n            self._call.cancel()\n            self._channel.close()",
         k("tests/test_backup.py", "client_gone"),

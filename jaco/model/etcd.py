@@ -9,14 +9,12 @@ plain dataclasses and jaco exceptions, so a newer etcd only changes this file an
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-import grpc.experimental
 from aetcd import rpc
 
 from jaco.errors import Compacted
@@ -128,7 +126,7 @@ class Etcd:
             private_key=tls.key.read_bytes(),
             certificate_chain=tls.cert.read_bytes(),
         )
-        self._credentials = credentials
+        self.credentials = credentials
         self._channel = grpc.aio.secure_channel(endpoint, credentials, options=CHANNEL_OPTIONS)
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
@@ -329,49 +327,3 @@ class Etcd:
 
     async def remove_member(self, member_id: int) -> None:
         await self._call(self._cluster.MemberRemove, rpc.MemberRemoveRequest(ID=member_id))
-
-    def snapshot_blocking(self, timeout: float) -> SnapshotStream:
-        """etcd's Maintenance.Snapshot stream, byte for byte (it ends with a SHA-256 trailer),
-        for a worker thread: a blocking channel of its own keeps the 32 KiB pieces (tens of
-        thousands per GiB) off the event loop."""
-        return SnapshotStream(self.endpoint, self._credentials, timeout)
-
-
-class SnapshotStream:
-    """Iterates (piece, bytes of the database still to come after it); `cancel` from any
-    thread ends it."""
-
-    def __init__(self, endpoint: str, credentials: grpc.ChannelCredentials, timeout: float):
-        # The pieces are read on the iterating thread itself: by default a second thread (the
-        # channel's) receives each one and wakes the reader, two thread switches per 32 KiB.
-        options = [
-            *CHANNEL_OPTIONS,
-            (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
-        ]
-        self._channel = grpc.secure_channel(endpoint, credentials, options=options)
-        stub = rpc.MaintenanceStub(self._channel)
-        self._call = stub.Snapshot(rpc.SnapshotRequest(), timeout=timeout)
-
-    def __iter__(self) -> Iterator[tuple[bytes, int]]:
-        try:
-            for resp in self._call:
-                blob = resp.blob  # each read of the field is a copy
-                if blob:
-                    yield blob, resp.remaining_bytes
-        except grpc.RpcError as exc:
-            raise translate(exc) from None
-        finally:
-            self._drain()
-
-    def cancel(self) -> None:
-        """From any thread: end the call; the iterating thread wakes with an error."""
-        self._channel.close()
-
-    def _drain(self) -> None:
-        """On the iterating thread, once it is done: end the call and take its last events. A
-        single-threaded call is freed only when its own reader has taken every event: cancelled
-        any other way, each backup abandoned mid-stream left its connection to etcd open."""
-        self.cancel()
-        with contextlib.suppress(grpc.RpcError, ValueError):
-            for _ in self._call:
-                pass

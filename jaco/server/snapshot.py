@@ -27,7 +27,8 @@ from jaco.archive.meta import FORMAT, AuditHead, BackupMeta
 from jaco.archive.snapshot_file import read_snapshot_state
 from jaco.errors import Unavailable
 from jaco.model import pki
-from jaco.model.etcd import Etcd, SnapshotStream
+from jaco.model.etcd import Etcd
+from jaco.model.etcd_snapshot import SnapshotStream
 from jaco.model.keys import K_HEAD
 from jaco.model.store import Store
 from jaco.server.convert import data_chunk
@@ -119,7 +120,7 @@ class _Receiver:
         self._thread = threading.Thread(target=self._run, name="snapshot-receiver", daemon=True)
 
     def start(self) -> None:
-        self._stream = self._etcd.snapshot_blocking(SNAPSHOT_TIMEOUT)
+        self._stream = SnapshotStream.of(self._etcd, SNAPSHOT_TIMEOUT)
         self._thread.start()
 
     async def stop(self) -> None:
