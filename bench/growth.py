@@ -1,4 +1,5 @@
-"""Cost growth with the number of keys: backup, inspect and restore on realistic small records.
+"""Cost growth with the number of keys: backup, inspect, restore, verify and a drill on
+realistic small records.
 
     python -m bench.growth                        # 10⁴, 10⁵ and 10⁶ keys, 3 runs each
     python -m bench.growth --keys 10000 --repeat 5
@@ -13,8 +14,13 @@ load falls on both alike, each jaco stage beside its etcd reference:
 | `jaco backup` (CLI process; jacod's peak RSS while it serves it) | `etcdctl snapshot save` |
 | `jaco backup inspect` of the archive | `etcdctl snapshot status` of the snapshot file |
 | `jaco restore` (CLI alone) | `etcdctl snapshot restore` |
+| verify (the flow's task: download, decrypt, check) | boto3 download + `age -d` + `tar -tzf` |
+| drill RTO (the drill-restore flow: download, decrypt, restore, READY) | `jaco restore` to READY |
 
-Medians of the runs; peak RSS is the maximum. The per-key cost is the curve across key counts,
+Medians of the runs; peak RSS is the maximum. The last two rows run once per key count: the
+whole backup-cluster flow (its stages' own times, verify among them) against a SeaweedFS S3
+and a Prefect server, then the drill-restore flow (bubblewrap sandbox, every check) on what
+it stored. The per-key cost is the curve across key counts,
 not any one point. Results are printed and returned to bench.run, which writes them to
 bench/results/.
 """
@@ -35,7 +41,18 @@ from pathlib import Path
 from typing import Any
 
 from bench.realistic import fill
-from bench.run import RESULTS, jaco_cli, measure, peak_kib, reset_peak
+from bench.run import (
+    BUCKET,
+    RESULTS,
+    jaco_cli,
+    measure,
+    peak_kib,
+    reset_peak,
+    restore_jaco,
+    services,
+    stage,
+    stage_env,
+)
 from infra.localcluster import Cluster, free_port
 
 KEYS = (10_000, 100_000, 1_000_000)
@@ -62,7 +79,7 @@ def _summary(runs: list[dict]) -> dict:
     return out
 
 
-def run_keys(keys: int, root: Path, reps: int) -> dict[str, Any]:
+def run_keys(keys: int, root: Path, reps: int, ctx: dict[str, Any]) -> dict[str, Any]:
     root.mkdir(parents=True)
     cluster = Cluster(root)
     cluster.init("node-1")
@@ -110,11 +127,83 @@ def run_keys(keys: int, root: Path, reps: int) -> dict[str, Any]:
                 strict=True,
             )
         )
+        rows.update(_pipeline(keys, ctx, cluster.token, node.server, archive, work))
         print(f"   {keys} keys: " + "; ".join(_summary_line(k, rows[k]) for k in STAGES))
         return rows
     finally:
         cluster.stop_all()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _pipeline(
+    keys: int, ctx: dict[str, Any], token: str, server: str, archive: Path, work: Path
+) -> dict[str, Any]:
+    """The backup-cluster flow once (its verify task against download + `age -d` + `tar -tzf`
+    of what it stored), then the drill-restore flow on that backup (its RTO against `jaco
+    restore` of the same cluster to READY)."""
+    env = stage_env(ctx, token, server)
+    flow = stage(
+        "flow",
+        {
+            "params": {
+                "cluster": f"growth-{keys}",
+                "servers": [server],
+                "bucket": BUCKET,
+                "prefix": f"growth{keys}",
+                "recipients": [ctx["recipient"]],
+                "local_dir": str(work / "local"),
+                "timeout_seconds": 3600,
+            }
+        },
+        env,
+        work,
+    )
+    shutil.rmtree(work / "local", ignore_errors=True)
+    print(f"   backup-cluster flow: {flow['seconds']:.2f}s", flush=True)
+    checked = next(st for st in flow["stages"] if st["stage"] == "verify")
+    verify = {"seconds": float(checked["seconds"]), "rss_kib": flow["rss_kib"]}
+    drill = stage(
+        "drill",
+        {
+            "params": {
+                "cluster": f"growth-{keys}",
+                "bucket": BUCKET,
+                "prefix": f"growth{keys}",
+                "key": flow["key"],
+                "workdir": str(work / "drills"),
+                "driver": "bwrap",
+                "timeout_seconds": 3600,
+            }
+        },
+        env,
+        work,
+    )
+    drill["rto"] = {"seconds": drill["rto_seconds"], "rss_kib": drill["rss_kib"]}
+    print(f"   drill: RTO {drill['rto_seconds']:.2f}s, flow {drill['seconds']:.2f}s", flush=True)
+    return {
+        "flow": flow,
+        "verify": {"jaco": verify, "ref": _verify_reference(ctx, flow["key"], work, env)},
+        "drill": {"jaco": drill["rto"], "ref": restore_jaco(archive, work, token), "flow": drill},
+    }
+
+
+def _verify_reference(ctx: dict[str, Any], key: str, work: Path, env: dict[str, str]) -> dict:
+    """What verify does, by the tools: download the object, decrypt it, list the tarball."""
+    cipher, plain = work / "ref.tar.gz.age", work / "ref.tar.gz"
+    try:
+        steps = [
+            stage("boto3-download", {"bucket": BUCKET, "key": key, "path": str(cipher)}, env, work),
+            measure(["age", "-d", "-i", str(ctx["key_file"]), "-o", str(plain), str(cipher)]),
+            measure(["tar", "-tzf", str(plain)]),
+        ]
+    finally:
+        cipher.unlink(missing_ok=True)
+        plain.unlink(missing_ok=True)
+    return {
+        "seconds": sum(s["seconds"] for s in steps),
+        "rss_kib": max(s["rss_kib"] for s in steps),
+        "steps": [round(s["seconds"], 3) for s in steps],
+    }
 
 
 def _restore(archive: Path, work: Path) -> dict:
@@ -149,12 +238,14 @@ STAGES = {
     "backup": "`jaco backup` | `etcdctl snapshot save`",
     "inspect": "`jaco backup inspect` | `etcdctl snapshot status`",
     "restore": "`jaco restore` (CLI) | `etcdctl snapshot restore`",
+    "verify": "verify (flow task) | download + `age -d` + `tar -tzf`",
+    "drill": "drill RTO | `jaco restore` to READY",
 }
 
 
-def _summary_line(stage: str, row: dict) -> str:
+def _summary_line(name: str, row: dict) -> str:
     ours, ref = row["jaco"], row["ref"]
-    return f"{stage} {ours['seconds']:.2f}s vs {ref['seconds']:.2f}s"
+    return f"{name} {ours['seconds']:.2f}s vs {ref['seconds']:.2f}s"
 
 
 def table(results: dict[int, dict[str, Any]]) -> list[str]:
@@ -168,8 +259,8 @@ def table(results: dict[int, dict[str, Any]]) -> list[str]:
     for keys, r in results.items():
         snap = r["backup"]["snapshot_bytes"] / 2**20
         arch = r["backup"]["archive_bytes"] / 2**20
-        for stage, names in STAGES.items():
-            ours, ref = r[stage]["jaco"], r[stage]["ref"]
+        for name, names in STAGES.items():
+            ours, ref = r[name]["jaco"], r[name]["ref"]
             ours_name, ref_name = names.split(" | ")
             jacod = f"{ours['jacod_rss_kib'] / 1024:.0f}" if "jacod_rss_kib" in ours else "–"
             lines.append(
@@ -178,16 +269,25 @@ def table(results: dict[int, dict[str, Any]]) -> list[str]:
                 f"{ref_name} | {ref['seconds']:.2f} | {ref['rss_kib'] / 1024:.0f} | "
                 f"{ours['seconds'] / ref['seconds']:.2f} | {jacod} |"
             )
+    for keys, r in results.items():
+        flow, drill = r["flow"], r["drill"]["flow"]
+        lines.append(
+            f"\n{keys:,} keys: backup-cluster flow {flow['seconds']:.1f} s in all ("
+            + ", ".join(f"{st['stage']} {st['seconds']} s" for st in flow["stages"])
+            + f"); drill-restore flow {drill['seconds']:.1f} s in all, {drill['checks']} checks"
+        )
     return lines
 
 
-def run(keys: list[int], workdir: str, reps: int) -> dict[int, dict[str, Any]]:
+def run(
+    keys: list[int], workdir: Path, reps: int, ctx: dict[str, Any]
+) -> dict[int, dict[str, Any]]:
     root = Path(tempfile.mkdtemp(prefix="jaco-growth-", dir=workdir))
     results: dict[int, dict[str, Any]] = {}
     try:
         for n in keys:
             print(f"\n== {n} small keys: building the cluster …", flush=True)
-            results[n] = run_keys(n, root / f"keys-{n}", reps)
+            results[n] = run_keys(n, root / f"keys-{n}", reps, ctx)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return results
@@ -200,7 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="/var/tmp")
     args = parser.parse_args(argv)
     started = dt.datetime.now(dt.UTC)
-    results = run(args.keys or list(KEYS), args.workdir, args.repeat)
+    root = Path(tempfile.mkdtemp(prefix="jaco-growth-services-", dir=args.workdir))
+    try:
+        with services(root) as ctx:
+            results = run(args.keys or list(KEYS), root, args.repeat, ctx)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     for line in table(results):
         print(line)
     RESULTS.mkdir(exist_ok=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +346,51 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+@contextlib.contextmanager
+def services(root: Path) -> Iterator[dict[str, Any]]:
+    """What the pipeline's stages need, under `root`: an age key, a SeaweedFS S3 with the
+    bench's bucket and a Prefect server; stopped on the way out."""
+    s3 = SeaweedS3(root / "s3")
+    prefect: prefect_server.PrefectServer | None = None
+    try:
+        key_file = root / "age.key"
+        subprocess.run(["age-keygen", "-o", str(key_file)], check=True, capture_output=True)
+        recipient = next(
+            line.split(": ", 1)[1]
+            for line in key_file.read_text().splitlines()
+            if "public key" in line
+        )
+        s3.start()
+        s3.create_bucket(BUCKET)
+        prefect = prefect_server.start(root / "prefect")
+        yield {
+            "root": root,
+            "s3": s3,
+            "key_file": key_file,
+            "recipient": recipient,
+            "prefect_url": prefect.url,
+        }
+    finally:
+        if prefect is not None:
+            prefect.stop()
+        s3.stop()
+
+
+def stage_env(ctx: dict[str, Any], token: str, server: str) -> dict[str, str]:
+    """The environment of a stage process that talks to one node, the S3 and Prefect."""
+    return {
+        "JACO_TOKEN": token,
+        "JACO_SERVER": server,
+        "JACO_AGE_IDENTITY_FILE": str(ctx["key_file"]),
+        **ctx["s3"].env(),
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+        "PREFECT_API_URL": ctx["prefect_url"],
+        "PREFECT_HOME": str(ctx["root"] / "prefect"),
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
+
+
 def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> dict[str, Any]:
     from jaco.client.connection import open_client
 
@@ -354,17 +400,7 @@ def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> d
     node = cluster.nodes["node-1"]
     work = root / "work"
     work.mkdir()
-    env = {
-        "JACO_TOKEN": cluster.token,
-        "JACO_SERVER": node.server,
-        "JACO_AGE_IDENTITY_FILE": str(ctx["key_file"]),
-        **ctx["s3"].env(),
-        "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost",
-        "PREFECT_API_URL": ctx["prefect_url"],
-        "PREFECT_HOME": str(ctx["root"] / "prefect"),
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-    }
+    env = stage_env(ctx, cluster.token, node.server)
     print(f"   built: {built}", flush=True)
     jacod_pid = node.process.pid if node.process else 0
     rows: dict[str, Any] = {"built": built}
@@ -721,30 +757,13 @@ def main(argv: list[str] | None = None) -> int:
     datasets = args.dataset or list(DATASETS)
     growth_keys = [k for k in args.keys or ([10_000] if args.quick else growth.KEYS) if k]
     root = Path(tempfile.mkdtemp(prefix="jaco-bench-", dir=args.workdir))
-    s3 = SeaweedS3(root / "s3")
-    prefect: prefect_server.PrefectServer | None = None
     results: dict[str, dict[int, dict[str, Any]]] = {d: {} for d in datasets}
     growth_results: dict[int, dict[str, Any]] = {}
     started = dt.datetime.now(dt.UTC)
+    stack = contextlib.ExitStack()
     try:
-        key_file = root / "age.key"
-        subprocess.run(["age-keygen", "-o", str(key_file)], check=True, capture_output=True)
-        recipient = next(
-            line.split(": ", 1)[1]
-            for line in key_file.read_text().splitlines()
-            if "public key" in line
-        )
-        s3.start()
-        s3.create_bucket(BUCKET)
-        prefect = prefect_server.start(root / "prefect")
-        prefect_url = prefect.url
-        ctx = {
-            "root": root,
-            "s3": s3,
-            "key_file": key_file,
-            "recipient": recipient,
-            "prefect_url": prefect_url,
-        }
+        ctx = stack.enter_context(services(root))
+        s3 = ctx["s3"]
         startup = measure([PY, "-m", "bench.stage", "cli", str(root / "v.json"), "--", "--version"])
         for dataset in datasets:
             value_kib = args.value_kib if DATASETS[dataset] else 0
@@ -761,11 +780,9 @@ def main(argv: list[str] | None = None) -> int:
                     for obj in page.get("Contents", []):
                         client.delete_object(Bucket=BUCKET, Key=obj["Key"])
         if growth_keys:
-            growth_results = growth.run(growth_keys, str(root), args.repeat or 3)
+            growth_results = growth.run(growth_keys, root, args.repeat or 3, ctx)
     finally:
-        if prefect is not None:
-            prefect.stop()
-        s3.stop()
+        stack.close()
         shutil.rmtree(root, ignore_errors=True)
     print(f"(jaco CLI startup, `jaco --version`: {startup['seconds']:.2f}s)")
     for dataset, by_size in results.items():
