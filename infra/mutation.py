@@ -441,6 +441,36 @@ MUTATIONS: list[Mutation] = [
         '["docker", "rm", "-f", container]',
         k("tests/test_docker.py", "own_scope"),
     ),
+    m(
+        "range reads: every page 1000 records, etcd counting the rest of the range each time "
+        "(stop 26)",
+        "jaco/model/etcd.py",
+        "            limit = max(1, min(MAX_PAGE, int(PAGE_BYTES / per_record)))",
+        "            limit = limit",
+        k("tests/unit/test_paged_reads.py", "byte_budget"),
+    ),
+    m(
+        "range reads: an answer too large for the client is not asked for again smaller (stop 26)",
+        "jaco/model/etcd.py",
+        "                limit = max(1, limit // 4)\n                continue",
+        "                raise",
+        "tests/test_range_pages.py",
+    ),
+    m(
+        "range reads: a read of the latest state is not held at its first page's revision "
+        "(stop 26)",
+        "jaco/model/etcd.py",
+        "            revision = revision or resp.header.revision",
+        "            pass",
+        k("tests/unit/test_paged_reads.py", "holds_the_revision"),
+    ),
+    m(
+        "drill: the state digest check runs under the client's default deadline (stop 26)",
+        "jaco/drill/checks.py",
+        '"StateDigest", pb.StateDigestRequest(revision=index), timeout=WHOLE_STORE_TIMEOUT',
+        '"StateDigest", pb.StateDigestRequest(revision=index)',
+        k("tests/test_drill_checks.py", "own_deadline"),
+    ),
 ]
 
 

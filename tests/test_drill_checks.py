@@ -29,6 +29,7 @@ from flows.params import DrillParams
 from flows.storage import open_store
 from infra.localcluster import Cluster, Node, cluster_of
 from jaco.archive.meta import BackupMeta
+from jaco.client import history
 from jaco.client.connection import open_client
 from jaco.drill import checks
 from jaco.model.audit import event_hash
@@ -289,3 +290,23 @@ def test_checks_behind_restore_refuse_what_is_not_the_backups(
             update={"counts": {**meta.counts, "deployments": meta.counts["deployments"] + 1}}
         )
         assert not checks.state_digest(other_counts, client)[0]
+
+
+def test_checks_that_read_the_whole_store_set_their_own_deadline(stored1: dict[str, Any]) -> None:
+    """The state digest and the audit checks read every record on the server: about 15 s at
+    10⁶ keys, where a call's default deadline is 30 s (the drill of a 10⁶-key backup failed
+    "state digest: the server did not answer in time"). Each names its own deadline: with a
+    client whose default is a microsecond, they still run and pass."""
+    cluster: Cluster = stored1["cluster"]
+    archive = cluster.root / "deadline.tar.gz"
+    cluster.ok("backup", "--output", str(archive))
+    raw, _ = members(archive)
+    archive.unlink()
+    meta = BackupMeta.model_validate(raw, strict=False)
+    expect = checks.Expect(cluster_id=meta.cluster_id, snapshot_index=meta.snapshot_index)
+    with open_client(cluster.nodes["node-1"].server, cluster.token, timeout=1e-6) as client:
+        assert checks.state_digest(meta, client)[0]
+        # a live cluster, never restored: no RESTORE_COMPLETED, but the chain was read whole
+        assert "chain intact" in checks.audit_history(meta, client)[1]
+        assert checks.audit_anchors(meta, expect, client)[0]
+        assert history.digest_at(client, meta.snapshot_index) == meta.state_digest

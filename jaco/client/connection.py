@@ -36,6 +36,9 @@ DEFAULT_PORT = 7000
 KEEPALIVE_MS = 10_000
 BACKUP_TIMEOUT = 300.0  # a whole backup's deadline unless told (jaco backup --timeout)
 MAX_BACKUP_TIMEOUT = 7 * 86400.0
+# A call that reads every record on the server (the state digest, the audit chain): about
+# 15 s at 10⁶ keys, growing faster than the key count (docs/benchmarks.md).
+WHOLE_STORE_TIMEOUT = 600.0
 
 
 def split_server(server: str) -> tuple[str, int]:

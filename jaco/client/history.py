@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from jaco.client.connection import Client
+from jaco.client.connection import WHOLE_STORE_TIMEOUT, Client
 from jaco.errors import Compacted
 from jaco.v1 import jaco_pb2 as pb
 
@@ -16,7 +16,8 @@ def cluster_id(client: Client) -> str:
 
 def digest_at(client: Client, revision: int) -> str:
     """The state digest at `revision`, read from etcd's history (`Compacted` if it is gone)."""
-    return str(client.call("StateDigest", pb.StateDigestRequest(revision=revision)).state_digest)
+    request = pb.StateDigestRequest(revision=revision)
+    return str(client.call("StateDigest", request, timeout=WHOLE_STORE_TIMEOUT).state_digest)
 
 
 def random_point(client: Client, low: int, high: int, rng: random.Random) -> tuple[int, str] | None:

@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jaco.archive.meta import BackupMeta
-from jaco.client.connection import Client
+from jaco.client.connection import WHOLE_STORE_TIMEOUT, Client
 from jaco.model.tokens import parse_token
 from jaco.v1 import jaco_pb2 as pb
-
-AUDIT_TIMEOUT = 600.0  # the whole log read on the server: about 12 s per 6·10⁵ events
 
 
 @dataclass(frozen=True)
@@ -77,9 +75,9 @@ def audit_history(meta: BackupMeta, client: Client) -> Result:
     filters): listing every event, one message each, cost a drill about 0.3 ms per event,
     minutes at 10⁶ keys (docs/benchmarks.md, round three)."""
     history = meta.audit_head.seq if meta.audit_head else meta.counts.get("audit", 1) - 1
-    chain = client.call("VerifyAudit", pb.VerifyAuditRequest(), timeout=AUDIT_TIMEOUT)
+    chain = client.call("VerifyAudit", pb.VerifyAuditRequest(), timeout=WHOLE_STORE_TIMEOUT)
     request = pb.AuditRequest(types=["RESTORE_COMPLETED"])
-    listed = client.stream("Audit", request, timeout=AUDIT_TIMEOUT)
+    listed = client.stream("Audit", request, timeout=WHOLE_STORE_TIMEOUT)
     restored = [e for e in listed if e.type == "RESTORE_COMPLETED"]  # DAMAGED ones pass filters
     ok = (
         chain.ok
@@ -105,7 +103,7 @@ def audit_anchors(meta: BackupMeta, expect: Expect, client: Client) -> Result:
     if not anchors:
         return False, "nothing to check against: the backup records no audit head"
     request = pb.VerifyAuditRequest(anchors=anchors)
-    reply = client.call("VerifyAudit", request, timeout=AUDIT_TIMEOUT)
+    reply = client.call("VerifyAudit", request, timeout=WHOLE_STORE_TIMEOUT)
     detail = f"{reply.anchors_checked} of {len(anchors)} anchors checked"
     if not reply.ok:
         return False, f"{detail}; event {reply.first_bad_seq}: {reply.reason}"
@@ -125,7 +123,9 @@ def state_digest(meta: BackupMeta, client: Client) -> Result:
     """The running node's own store, read through its API at the snapshot index: the same
     records, counted and hashed the way the backup's meta.json was?"""
     index = meta.snapshot_index
-    state = client.call("StateDigest", pb.StateDigestRequest(revision=index))
+    state = client.call(
+        "StateDigest", pb.StateDigestRequest(revision=index), timeout=WHOLE_STORE_TIMEOUT
+    )
     counts = dict(state.counts)
     ok = state.state_digest == meta.state_digest and counts == meta.counts
     return ok, (

@@ -25,7 +25,7 @@ from jaco.model.names import check_name, check_replicas
 
 class Deployments(Engine):
     async def _ready_nodes(self, view: View) -> list[str]:
-        alive_kvs, _ = await self.etcd.get_prefix(P_ALIVE)
+        alive_kvs = await self.etcd.get_prefix(P_ALIVE)
         alive = {kv.key[len(P_ALIVE) :] for kv in alive_kvs}
         return scheduler.ready_nodes(await view.list(P_NODES), alive)
 

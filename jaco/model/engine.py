@@ -37,7 +37,7 @@ class View:
         return decode(kv) if kv else None
 
     async def list(self, prefix: str) -> list[dict[str, Any]]:
-        kvs, _ = await self.etcd.get_prefix(prefix, revision=self.revision)
+        kvs = await self.etcd.get_prefix(prefix, revision=self.revision)
         return [decode(kv) for kv in kvs]
 
 

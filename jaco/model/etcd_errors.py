@@ -14,6 +14,10 @@ class EtcdError(JacoError):
     """etcd refused an operation for a reason that retrying will not fix."""
 
 
+class TooLarge(EtcdError):
+    """etcd's answer was larger than the client accepts (its max_receive_message_length)."""
+
+
 class TooManyLearners(EtcdError):
     """etcd (3.4) admits one learner at a time: the next member waits for its promotion."""
 
@@ -42,6 +46,8 @@ def translate(exc: Any) -> JacoError:  # an RpcError that is also a grpc.Call
             "that revision is compacted: etcd no longer holds that point of the history "
             "(jacod has it compact history older than one hour)"
         )
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in detail:
+        return TooLarge(f"etcd's answer is larger than this client accepts: {detail}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(f"the local etcd member is not answering: {detail}")
     return EtcdError(f"etcd: {detail}")

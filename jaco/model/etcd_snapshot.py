@@ -9,7 +9,7 @@ import grpc
 import grpc.experimental
 from aetcd import rpc
 
-from jaco.model.etcd import CHANNEL_OPTIONS, Etcd
+from jaco.model.etcd import Etcd, channel_options
 from jaco.model.etcd_errors import translate
 
 
@@ -28,7 +28,7 @@ class SnapshotStream:
         # The pieces are read on the iterating thread itself: by default a second thread (the
         # channel's) receives each one and wakes the reader, two thread switches per 32 KiB.
         options = [
-            *CHANNEL_OPTIONS,
+            *channel_options(),
             (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
         ]
         self._channel = grpc.secure_channel(endpoint, credentials, options=options)

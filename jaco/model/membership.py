@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -136,7 +137,7 @@ class Membership(Access):
         return await (await self.view()).list(P_NODES)
 
     async def alive(self) -> dict[str, dict[str, Any]]:
-        kvs, _ = await self.etcd.get_prefix(P_ALIVE)
+        kvs = await self.etcd.get_prefix(P_ALIVE)
         return {kv.key[len(P_ALIVE) :]: decode(kv) for kv in kvs}
 
     # -- audit ---------------------------------------------------------------------------
@@ -183,10 +184,12 @@ class Membership(Access):
             _, revision = await self.etcd.get(K_HEAD)
         digest = StateDigest()
         head: dict[str, Any] | None = None
-        async for kv in self.etcd.iter_prefix(ROOT, revision):
-            digest.add(kv.key.encode(), kv.value)
-            if kv.key == K_HEAD:
-                head = decode(kv)
+        head_key = K_HEAD.encode()
+        async for page in self.etcd.record_pages(ROOT, revision):
+            for key, value in page:
+                digest.add(key, value)
+                if key == head_key:
+                    head = json.loads(value)
         counts, state_digest = digest.result()
         return StateAt(revision, counts, state_digest, head)
 

@@ -229,8 +229,9 @@ async def _replay(
         if not check.ok:
             raise ArchiveError(f"the replayed audit log does not verify: {check.reason}")
         digest = StateDigest()
-        async for kv in etcd.iter_prefix(ROOT, 0):
-            digest.add(kv.key.encode(), kv.value)
+        async for page in etcd.record_pages(ROOT, 0):
+            for key, value in page:
+                digest.add(key, value)
     finally:
         await member.stop()
     marker = json.loads(staged.restore_marker.read_text())

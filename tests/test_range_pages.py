@@ -1,0 +1,71 @@
+"""Whole-prefix reads against a real etcd: a listing longer than one etcd answer can hold.
+
+jacod read each listing (deployments, routes, tokens, nodes, liveness) in one etcd response,
+which its client accepts up to 64 MiB: the issue's realistic state (10⁶ deployments of about
+250 bytes) would not fit, and the audit log's 6·10⁵ events did not (stop 25). Here the
+client's bound is made small so that a few MiB show the same thing."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from infra.localcluster import Cluster
+from jaco.model.engine import View
+from jaco.model.etcd import Etcd, op_put
+from jaco.model.etcd_errors import TooLarge
+from jaco.model.keys import ROOT
+from jaco.node.config import DataDir
+
+BOUND = 1024 * 1024  # the answer size the client accepts, for this test
+PREFIX = ROOT + "bulk/"
+
+
+def _etcd(cluster: Cluster) -> Etcd:
+    node = cluster.nodes["node-1"]
+    return Etcd(f"127.0.0.1:{node.client_port}", DataDir(node.data_dir).tls, max_message=BOUND)
+
+
+def test_a_listing_larger_than_one_answer_is_read_whole_at_one_revision(single: Cluster) -> None:
+    rng = random.Random(3)
+    written = {f"{PREFIX}{i:03d}": rng.randbytes(60_000) for i in range(50)}  # 3 MB
+
+    async def run() -> tuple[list[tuple[str, bytes]], list[str], list[str]]:
+        etcd = _etcd(single)
+        try:
+            keys = sorted(written)
+            for i in range(0, 50, 10):
+                await etcd.txn([], [op_put(k, written[k]) for k in keys[i : i + 10]])
+            _, revision = await etcd.get(PREFIX)
+            # written after the revision read: not in a listing at that revision
+            await etcd.txn([], [op_put(f"{PREFIX}999-later", b"{}")])
+            listed = [(kv.key, kv.value) for kv in await etcd.get_prefix(PREFIX)]
+            at = [kv.key for kv in await etcd.get_prefix(PREFIX, revision=revision)]
+            await etcd.txn([], [op_put(f"{ROOT}deployments/a", b'{"name": "a"}')])
+            view = [d["name"] for d in await View(etcd, 0).list(f"{ROOT}deployments/")]
+            return listed, at, view
+        finally:
+            await etcd.close()
+
+    listed, at, view = asyncio.run(run())
+    assert listed[:50] == sorted(written.items())
+    assert [k for k, _ in listed[50:]] == [f"{PREFIX}999-later"]
+    assert at == sorted(written)
+    assert view == ["a"]
+
+
+def test_a_record_larger_than_an_answer_is_refused_in_one_line(single: Cluster) -> None:
+    async def run() -> None:
+        etcd = _etcd(single)
+        try:
+            await etcd.txn([], [op_put(f"{PREFIX}huge", random.randbytes(BOUND + 1000))])
+            await etcd.get_prefix(PREFIX)
+        finally:
+            await etcd.close()
+
+    with pytest.raises(TooLarge) as refused:
+        asyncio.run(run())
+    message = str(refused.value)
+    assert PREFIX in message and "\n" not in message and "MiB" in message
