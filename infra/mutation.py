@@ -471,6 +471,28 @@ MUTATIONS: list[Mutation] = [
         '"StateDigest", pb.StateDigestRequest(revision=index)',
         k("tests/test_drill_checks.py", "own_deadline"),
     ),
+    m(
+        "drill: the two audit checks each verify the whole chain (stop 26)",
+        "jaco/drill/checks.py",
+        "        if self._reply is None:",
+        "        if True:",
+        k("tests/test_drill_checks.py", "own_deadline"),
+    ),
+    m(
+        "audit chain: an intact chain with its anchors held is not reported intact (stop 26)",
+        "jaco/model/audit.py",
+        "        return ChainCheck(True, count, anchors_checked=checked, chain_ok=True)",
+        "        return ChainCheck(True, count, anchors_checked=checked)",
+        k("tests/unit/test_rules.py", "anchor"),
+    ),
+    m(
+        "audit chain: a chain whose anchor failed is reported broken itself (stop 26)",
+        "jaco/model/audit.py",
+        "                    checked,\n                    chain_ok=True,\n"
+        "                )\n        return",
+        "                    checked,\n                )\n        return",
+        k("tests/unit/test_rules.py", "anchor"),
+    ),
 ]
 
 

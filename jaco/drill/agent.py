@@ -199,8 +199,9 @@ class Drill:
             self.check("cluster id", lambda: checks.cluster_id(meta, self.expect, status))
             self.check("deployments", lambda: checks.deployments(meta, status))
             self.check("ip uniqueness", lambda: checks.ip_uniqueness(status))
-            self.check("audit history", lambda: checks.audit_history(meta, client))
-            self.check("audit anchors", lambda: checks.audit_anchors(meta, self.expect, client))
+            chain = checks.AuditChain(meta, self.expect, client)
+            self.check("audit history", chain.history)
+            self.check("audit anchors", chain.anchors_hold)
             # ClusterStatus inside the check: a refusal is this check failing, not the
             # drill ending without its report
             self.check(

@@ -66,48 +66,63 @@ def ip_uniqueness(status: Any) -> Result:
     return len(ips) == distinct, f"{len(ips)} replica IPs, {distinct} distinct"
 
 
-def audit_history(meta: BackupMeta, client: Client) -> Result:
-    """Every historical event is there, numbered 1…N, then exactly one RESTORE_COMPLETED,
-    and the hash chain verifies.
+class AuditChain:
+    """The restored audit log, verified once for both audit checks: one `VerifyAudit` with
+    every anchor (this backup's own head, the catalog's earlier ones) answers whether the
+    chain holds and whether the anchors do. At 10⁶ keys one verification takes about 12 s;
+    each check used to ask for its own."""
 
-    The chain's own check (VerifyAudit) proves the numbering: every event from 1 on, none
-    missing, `events` of them. Only the RESTORE_COMPLETED events are listed (the server
-    filters): listing every event, one message each, cost a drill about 0.3 ms per event,
-    minutes at 10⁶ keys (docs/benchmarks.md, round three)."""
-    history = meta.audit_head.seq if meta.audit_head else meta.counts.get("audit", 1) - 1
-    chain = client.call("VerifyAudit", pb.VerifyAuditRequest(), timeout=WHOLE_STORE_TIMEOUT)
-    request = pb.AuditRequest(types=["RESTORE_COMPLETED"])
-    listed = client.stream("Audit", request, timeout=WHOLE_STORE_TIMEOUT)
-    restored = [e for e in listed if e.type == "RESTORE_COMPLETED"]  # DAMAGED ones pass filters
-    ok = (
-        chain.ok
-        and chain.events >= history + 1
-        and len(restored) == 1
-        and restored[0].seq == history + 1
-    )
-    return ok, (
-        f"{history} historical events, {len(restored)} RESTORE_COMPLETED "
-        f"(seq {restored[0].seq if restored else '-'}), chain "
-        f"{'intact' if chain.ok else 'BROKEN at ' + str(chain.first_bad_seq) + ': ' + chain.reason}"
-    )
+    def __init__(self, meta: BackupMeta, expect: Expect, client: Client) -> None:
+        self.meta, self.client = meta, client
+        self.anchors = [pb.AuditAnchor(**a) for a in expect.anchors]
+        if meta.audit_head is not None:
+            head = meta.audit_head
+            self.anchors.append(pb.AuditAnchor(seq=head.seq, hash=head.hash, source="meta.json"))
+        self._reply: Any = None
 
+    def _verified(self) -> Any:
+        if self._reply is None:
+            request = pb.VerifyAuditRequest(anchors=self.anchors)
+            self._reply = self.client.call("VerifyAudit", request, timeout=WHOLE_STORE_TIMEOUT)
+        return self._reply
 
-def audit_anchors(meta: BackupMeta, expect: Expect, client: Client) -> Result:
-    """The restored chain passes through this backup's own audit head and the heads the
-    catalog recorded for earlier backups: history was not rewritten after them."""
-    anchors = [pb.AuditAnchor(**a) for a in expect.anchors]
-    if meta.audit_head is not None:
-        anchors.append(
-            pb.AuditAnchor(seq=meta.audit_head.seq, hash=meta.audit_head.hash, source="meta.json")
+    def history(self) -> Result:
+        """Every historical event is there, numbered 1…N, then exactly one
+        RESTORE_COMPLETED, and the hash chain verifies.
+
+        The chain's own check proves the numbering: every event from 1 on, none missing,
+        `events` of them. Only the RESTORE_COMPLETED events are listed (the server filters):
+        listing every event, one message each, cost a drill about 0.3 ms per event, minutes
+        at 10⁶ keys (docs/benchmarks.md, round three)."""
+        meta = self.meta
+        history = meta.audit_head.seq if meta.audit_head else meta.counts.get("audit", 1) - 1
+        chain = self._verified()
+        request = pb.AuditRequest(types=["RESTORE_COMPLETED"])
+        listed = self.client.stream("Audit", request, timeout=WHOLE_STORE_TIMEOUT)
+        restored = [e for e in listed if e.type == "RESTORE_COMPLETED"]  # DAMAGED ones pass
+        ok = (
+            chain.chain_ok
+            and chain.events >= history + 1
+            and len(restored) == 1
+            and restored[0].seq == history + 1
         )
-    if not anchors:
-        return False, "nothing to check against: the backup records no audit head"
-    request = pb.VerifyAuditRequest(anchors=anchors)
-    reply = client.call("VerifyAudit", request, timeout=WHOLE_STORE_TIMEOUT)
-    detail = f"{reply.anchors_checked} of {len(anchors)} anchors checked"
-    if not reply.ok:
-        return False, f"{detail}; event {reply.first_bad_seq}: {reply.reason}"
-    return reply.anchors_checked == len(anchors), f"{detail}; the chain extends every one"
+        broken = f"BROKEN at {chain.first_bad_seq}: {chain.reason}"
+        return ok, (
+            f"{history} historical events, {len(restored)} RESTORE_COMPLETED "
+            f"(seq {restored[0].seq if restored else '-'}), chain "
+            f"{'intact' if chain.chain_ok else broken}"
+        )
+
+    def anchors_hold(self) -> Result:
+        """The restored chain passes through this backup's own audit head and the heads the
+        catalog recorded for earlier backups: history was not rewritten after them."""
+        if not self.anchors:
+            return False, "nothing to check against: the backup records no audit head"
+        reply = self._verified()
+        detail = f"{reply.anchors_checked} of {len(self.anchors)} anchors checked"
+        if not reply.ok:
+            return False, f"{detail}; event {reply.first_bad_seq}: {reply.reason}"
+        return reply.anchors_checked == len(self.anchors), f"{detail}; the chain extends every one"
 
 
 def ca_fingerprint(meta: BackupMeta, token: str, cluster: Any) -> Result:

@@ -250,6 +250,7 @@ class JacoService(pb_grpc.JacoServicer):
             first_bad_seq=check.first_bad_seq,
             reason=check.reason,
             anchors_checked=check.anchors_checked,
+            chain_ok=check.chain_ok,
         )
 
     @rpc

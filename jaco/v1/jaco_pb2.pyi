@@ -885,11 +885,16 @@ class AuditVerification(_message.Message):
     FIRST_BAD_SEQ_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     ANCHORS_CHECKED_FIELD_NUMBER: _builtins.int
+    CHAIN_OK_FIELD_NUMBER: _builtins.int
     ok: _builtins.bool
     events: _builtins.int
     first_bad_seq: _builtins.int
     reason: _builtins.str
     anchors_checked: _builtins.int
+    chain_ok: _builtins.bool
+    """The chain itself holds (every event numbered, linked and hashed, up to the head),
+    whatever the anchors say: `ok` is this and every anchor held.
+    """
     def __init__(
         self,
         *,
@@ -898,10 +903,11 @@ class AuditVerification(_message.Message):
         first_bad_seq: _builtins.int = ...,
         reason: _builtins.str = ...,
         anchors_checked: _builtins.int = ...,
+        chain_ok: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchors_checked", b"anchors_checked", "events", b"events", "first_bad_seq", b"first_bad_seq", "ok", b"ok", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchors_checked", b"anchors_checked", "chain_ok", b"chain_ok", "events", b"events", "first_bad_seq", b"first_bad_seq", "ok", b"ok", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

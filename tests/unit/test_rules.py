@@ -109,10 +109,18 @@ def test_audit_anchor_catches_a_history_rewritten_with_every_hash_recomputed() -
     # ...but not against the anchor recorded before the rewrite.
     check = audit.verify_chain(rewritten, _head(rewritten), [anchor])
     assert not check.ok and check.first_bad_seq == 4 and "rewritten" in check.reason
+    # The chain itself holds: the drill's "audit history" passes, "audit anchors" fails.
+    assert check.chain_ok
     # Deleting the last events and fixing the head: caught by the anchor too.
     cut = events[:3]
     check = audit.verify_chain(cut, _head(cut), [anchor])
-    assert not check.ok and "removed" in check.reason
+    assert not check.ok and "removed" in check.reason and check.chain_ok
+    # A chain that is itself broken is not "intact", whatever the anchors.
+    edited = [dict(e) for e in events]
+    edited[1]["actor"] = "someone-else"
+    assert not audit.verify_chain(edited, _head(events), [anchor]).chain_ok
+    assert not audit.verify_chain(events[:4], _head(events), [anchor]).chain_ok  # head cut
+    assert audit.verify_chain(events, _head(events), [anchor]).chain_ok
 
 
 def test_a_long_chain_is_verified_in_memory_that_does_not_grow_with_it() -> None:
@@ -139,7 +147,7 @@ def test_a_long_chain_is_verified_in_memory_that_does_not_grow_with_it() -> None
     finally:
         tracemalloc.stop()
     last = {"seq": n, "hash": walk.prev_hash}
-    assert walk.result(last) == audit.ChainCheck(True, n)
+    assert walk.result(last) == audit.ChainCheck(True, n, chain_ok=True)
     assert peak < 1024 * 1024, peak  # one hash per event held was about 9 MB here
     check = audit.verify_chain(lazily(), last, anchors)
     assert check.ok and check.anchors_checked == 1
