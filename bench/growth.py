@@ -274,7 +274,9 @@ def table(results: dict[int, dict[str, Any]]) -> list[str]:
         lines.append(
             f"\n{keys:,} keys: backup-cluster flow {flow['seconds']:.1f} s in all ("
             + ", ".join(f"{st['stage']} {st['seconds']} s" for st in flow["stages"])
-            + f"); drill-restore flow {drill['seconds']:.1f} s in all, {drill['checks']} checks"
+            + f"); drill-restore flow {drill['seconds']:.1f} s in all, {drill['checks']} checks ("
+            + ", ".join(f"{k} {v:.1f} s" for k, v in drill.get("check_seconds", {}).items())
+            + ")"
         )
     return lines
 

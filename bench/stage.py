@@ -80,7 +80,11 @@ def _drill(args: dict[str, Any]) -> dict[str, Any]:
     from flows.params import DrillParams
 
     result = drill_restore(DrillParams(**args["params"]))
-    return {"rto_seconds": result["rto_seconds"], "checks": len(result["checks"])}
+    return {
+        "rto_seconds": result["rto_seconds"],
+        "checks": len(result["checks"]),
+        "check_seconds": {c["name"]: c["seconds"] for c in result["checks"]},
+    }
 
 
 STAGES = {

@@ -78,11 +78,12 @@ def drill_report(
         f"decrypt {timings.get('decrypt_seconds', 0):.2f} s, restore "
         f"{timings.get('restore_seconds', 0):.2f} s, ready {timings.get('ready_seconds', 0):.2f} s",
         "",
-        "| check | result | detail |",
-        "|---|---|---|",
+        "| check | result | seconds | detail |",
+        "|---|---|---|---|",
     ]
     lines += [
-        f"| {c['name']} | {'pass' if c['ok'] else '**FAIL**'} | {c['detail']} |"
+        f"| {c['name']} | {'pass' if c['ok'] else '**FAIL**'} | {c.get('seconds', 0):.2f} | "
+        f"{c['detail']} |"
         for c in report["checks"]
     ]
     return "\n".join(lines)

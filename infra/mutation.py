@@ -493,6 +493,13 @@ MUTATIONS: list[Mutation] = [
         "                    checked,\n                )\n        return",
         k("tests/unit/test_rules.py", "anchor"),
     ),
+    m(
+        "drill report: a check's time is not measured (stop 26)",
+        "jaco/drill/agent.py",
+        "round(time.monotonic() - started, 3)",
+        "0.0",
+        k("tests/test_drill_flow.py", "real_drill_passes"),
+    ),
 ]
 
 

@@ -55,6 +55,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    seconds: float = 0.0  # how long the check took
 
 
 SEGMENT_NAME = re.compile(r"^[0-9]{16}" + re.escape(SEGMENT_SUFFIX) + "$")
@@ -98,13 +99,14 @@ class Drill:
         self.daemons: list[subprocess.Popen[bytes]] = []
 
     def check(self, name: str, fn: Callable[[], tuple[bool, str]]) -> bool:
+        started = time.monotonic()
         try:
             ok, detail = fn()
         except JacoError as exc:
             ok, detail = False, exc.message
         except Exception as exc:  # noqa: BLE001 - a drill reports, it does not crash
             ok, detail = False, f"{type(exc).__name__}: {exc}"
-        self.checks.append(Check(name, ok, detail))
+        self.checks.append(Check(name, ok, detail, round(time.monotonic() - started, 3)))
         return ok
 
     def start_jacod(self, name: str, listen: str) -> None:
