@@ -130,6 +130,20 @@ class Deployments(Engine):
 
         await self.mutate(actor, fn)
 
+    async def deployment(self, name: str) -> dict[str, Any] | None:
+        """One deployment with its placed replicas, read at one revision: its own keys, not
+        the whole table (which a Deploy's reply read three times over: seconds per write at
+        10⁵ deployments)."""
+        view = await self.view()
+        d = await view.get(P_DEPLOYMENTS + name)
+        if d is None:
+            return None
+        placed = []
+        for replica in await view.list(f"{P_REPLICAS}{name}/"):
+            placement = await view.get(P_SCHEDULER + replica["id"])
+            placed.append({**replica, "node": placement["node"] if placement else ""})
+        return {**d, "placed": placed}
+
     async def deployments(self, view: View | None = None) -> list[dict[str, Any]]:
         view = view or await self.view()
         placements = {p["replica"]: p["node"] for p in await view.list(P_SCHEDULER)}

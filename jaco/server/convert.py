@@ -39,9 +39,19 @@ def serialized_or_message(reply: bytes | Message) -> bytes:
     return reply if isinstance(reply, bytes) else reply.SerializeToString()
 
 
+_DEPLOYMENT = ("name", "image", "replicas", "created_at", "updated_at")
+_REPLICA = ("id", "index", "ip", "node")
+
+
 def deployment(d: dict[str, Any]) -> pb.Deployment:
-    return message(
-        pb.Deployment, {**d, "placed": sorted(d.get("placed", []), key=lambda r: r["index"])}
+    """A deployment record (with its placed replicas) as a message, built field by field:
+    `message` (json_format.ParseDict) cost about 75 µs a deployment, 11.5 s for a Status of
+    148 500 of them. tests/unit/test_wire.py holds the two to the same message."""
+    placed = sorted(d.get("placed", []), key=lambda r: r["index"])
+    return pb.Deployment(
+        **{k: d[k] for k in _DEPLOYMENT if d.get(k) is not None},
+        env=d.get("env") or {},
+        placed=[pb.Replica(**{k: r[k] for k in _REPLICA if r.get(k) is not None}) for r in placed],
     )
 
 

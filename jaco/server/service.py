@@ -176,10 +176,10 @@ class JacoService(pb_grpc.JacoServicer):
         return await self._one_deployment(request.name)
 
     async def _one_deployment(self, name: str) -> pb.Deployment:
-        for d in await self.store.deployments():
-            if d["name"] == name:
-                return deployment(d)
-        raise NotFound(f"deployment {name} vanished (removed concurrently)")
+        d = await self.store.deployment(name)
+        if d is None:
+            raise NotFound(f"deployment {name} vanished (removed concurrently)")
+        return deployment(d)
 
     @rpc
     async def RemoveDeployment(self, request: Any, context: Any, who: Principal) -> pb.Empty:

@@ -9,8 +9,9 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
-from jaco.server.convert import data_chunk, serialized_or_message
+from jaco.server.convert import data_chunk, deployment, serialized_or_message
 from jaco.server.daemon import add_service
 from jaco.v1 import jaco_pb2 as pb
 from jaco.v1 import jaco_pb2_grpc as pb_grpc
@@ -72,3 +73,46 @@ def test_every_rpc_is_registered_as_the_generated_code_registers_it() -> None:
         want = serialized_or_message if name == "Backup" else handler.response_serializer
         assert made.response_serializer == want, name
     assert len(ours.generic) == 1 and ours.generic[0].service_name() == "jaco.v1.Jaco"
+
+
+def _deployments() -> list[dict[str, Any]]:
+    """Deployment records as jacod lists them: stored fields, placements, and what a record
+    may carry that the message has no field for."""
+    full = {
+        "name": "web",
+        "image": "nginx:1.27",
+        "replicas": 3,
+        "env": {"A": "1", "B": "", "UNICODE": "ünï ✓"},
+        "created_at": "2026-01-01T00:00:00.000+00:00",
+        "updated_at": "2026-01-02T00:00:00.000+00:00",
+        "placed": [
+            {"id": "web-2", "deployment": "web", "index": 2, "ip": "10.0.0.4", "node": "n2"},
+            {"id": "web-0", "deployment": "web", "index": 0, "ip": "10.0.0.2", "node": ""},
+            {"id": "web-1", "deployment": "web", "index": 1, "ip": "10.0.0.3", "node": "n1"},
+        ],
+        "spec_version": 4,  # not in the message: left out
+    }
+    return [
+        full,
+        {"name": "bare", "image": "x:1", "replicas": 0},
+        {**full, "env": {}, "placed": []},
+        {"name": "zero", "image": "x:1", "replicas": 1, "placed": [{"id": "z-0", "index": 0}]},
+        {"name": "big", "image": "x:1", "replicas": 2**32 - 1, "env": {"K": "v" * 10_000}},
+    ]
+
+
+@pytest.mark.parametrize("record", _deployments(), ids=lambda r: r["name"])
+def test_a_deployment_is_built_as_parsing_its_record_would(record: dict[str, Any]) -> None:
+    """Status and the deployment listing build one message per deployment: json_format's
+    ParseDict cost about 75 µs each (Status of 148 500 deployments took 11.5 s, the drill's
+    first call at 10⁶ keys). The message built field by field equals the parsed one."""
+    parsed = json_format.ParseDict(
+        {**record, "placed": sorted(record.get("placed", []), key=lambda r: r["index"])},
+        pb.Deployment(),
+        ignore_unknown_fields=True,
+    )
+    built = deployment(record)
+    assert built == parsed
+    assert built.SerializeToString(deterministic=True) == parsed.SerializeToString(
+        deterministic=True
+    )
