@@ -500,6 +500,20 @@ MUTATIONS: list[Mutation] = [
         "0.0",
         k("tests/test_drill_flow.py", "real_drill_passes"),
     ),
+    m(
+        "Status: a deployment's message built without a field its record has (stop 26)",
+        "jaco/server/convert.py",
+        '_DEPLOYMENT = ("name", "image", "replicas", "created_at", "updated_at")',
+        '_DEPLOYMENT = ("name", "image", "replicas", "created_at")',
+        k("tests/unit/test_wire.py", "built_as_parsing"),
+    ),
+    m(
+        "Deploy's answer: replicas of another deployment whose name it prefixes (stop 26)",
+        "jaco/model/deployments.py",
+        'for replica in await view.list(f"{P_REPLICAS}{name}/"):',
+        'for replica in await view.list(f"{P_REPLICAS}{name}"):',
+        k("tests/test_ipam.py", "answers_with_its_deployment"),
+    ),
 ]
 
 
