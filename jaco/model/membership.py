@@ -167,11 +167,14 @@ class Membership(Access):
             if kept or not rev.changes:
                 yield Revision(rev.revision, kept)
 
-    async def verify_audit(self, anchors: Iterable[audit.Anchor] = ()) -> audit.ChainCheck:
+    async def verify_audit(
+        self, anchors: Iterable[audit.Anchor] = (), find_types: Iterable[str] = ()
+    ) -> audit.ChainCheck:
         view = await self.view()
         head = await view.get(K_HEAD)
         stored = self.etcd.iter_prefix(P_EVENTS, view.revision, page=audit.READ_PAGE)
-        return await audit.verify_stored((kv.value async for kv in stored), head, anchors)
+        values = (kv.value async for kv in stored)
+        return await audit.verify_stored(values, head, anchors, find_types)
 
     async def state_digest(self, revision: int = 0) -> StateAt:
         """Per-table record counts, a SHA-256 over every record and the audit head, at one

@@ -243,7 +243,7 @@ class JacoService(pb_grpc.JacoServicer):
     @rpc
     async def VerifyAudit(self, request: Any, context: Any, who: Principal) -> Any:
         anchors = [audit.Anchor(a.seq, a.hash, a.source) for a in request.anchors]
-        check = await self.store.verify_audit(anchors)
+        check = await self.store.verify_audit(anchors, audit.check_types(request.find_types))
         return pb.AuditVerification(
             ok=check.ok,
             events=check.events,
@@ -251,6 +251,7 @@ class JacoService(pb_grpc.JacoServicer):
             reason=check.reason,
             anchors_checked=check.anchors_checked,
             chain_ok=check.chain_ok,
+            found_seqs=check.found,
         )
 
     @rpc

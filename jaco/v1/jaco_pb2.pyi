@@ -861,16 +861,24 @@ class VerifyAuditRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ANCHORS_FIELD_NUMBER: _builtins.int
+    FIND_TYPES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def anchors(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditAnchor]: ...
+    @_builtins.property
+    def find_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Event types whose numbers the reply gives (found_seqs), found while the chain is walked:
+        the drill's RESTORE_COMPLETED, without a second read of the whole log.
+        """
+
     def __init__(
         self,
         *,
         anchors: _abc.Iterable[Global___AuditAnchor] | None = ...,
+        find_types: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchors", b"anchors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchors", b"anchors", "find_types", b"find_types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -886,6 +894,7 @@ class AuditVerification(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     ANCHORS_CHECKED_FIELD_NUMBER: _builtins.int
     CHAIN_OK_FIELD_NUMBER: _builtins.int
+    FOUND_SEQS_FIELD_NUMBER: _builtins.int
     ok: _builtins.bool
     events: _builtins.int
     first_bad_seq: _builtins.int
@@ -895,6 +904,10 @@ class AuditVerification(_message.Message):
     """The chain itself holds (every event numbered, linked and hashed, up to the head),
     whatever the anchors say: `ok` is this and every anchor held.
     """
+    @_builtins.property
+    def found_seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The numbers of the events of the asked types, in order, up to where the walk stopped."""
+
     def __init__(
         self,
         *,
@@ -904,10 +917,11 @@ class AuditVerification(_message.Message):
         reason: _builtins.str = ...,
         anchors_checked: _builtins.int = ...,
         chain_ok: _builtins.bool = ...,
+        found_seqs: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchors_checked", b"anchors_checked", "chain_ok", b"chain_ok", "events", b"events", "first_bad_seq", b"first_bad_seq", "ok", b"ok", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchors_checked", b"anchors_checked", "chain_ok", b"chain_ok", "events", b"events", "first_bad_seq", b"first_bad_seq", "found_seqs", b"found_seqs", "ok", b"ok", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -123,6 +123,25 @@ def test_audit_anchor_catches_a_history_rewritten_with_every_hash_recomputed() -
     assert audit.verify_chain(events, _head(events), [anchor]).chain_ok
 
 
+def test_the_walk_gives_the_numbers_of_the_event_types_asked_for() -> None:
+    """The drill finds its RESTORE_COMPLETED event in the same walk that verifies the chain
+    (a listing was a second read of the whole log)."""
+    prev, events = audit.GENESIS_HASH, []
+    for seq, type_ in enumerate(["X", "RESTORE_COMPLETED", "X", "Y", "RESTORE_COMPLETED"], 1):
+        events.append(audit.make_event(seq, prev, type_, "t", "2026-01-01T00:00:00Z", {}))
+        prev = events[-1]["hash"]
+    head = _head(events)
+    assert audit.verify_chain(events, head).found == ()
+    walk = audit.ChainWalk([], {"RESTORE_COMPLETED", "Y"})
+    assert all(walk.add(e) for e in events)
+    assert walk.result(head).found == (2, 4, 5)
+    # A broken chain: the walk stops there, and gives what it found before.
+    walk = audit.ChainWalk([], {"RESTORE_COMPLETED"})
+    assert [walk.add(e) for e in [events[0], events[1], events[3]]] == [True, True, False]
+    check = walk.result(head)
+    assert not check.chain_ok and check.found == (2,)
+
+
 def test_a_long_chain_is_verified_in_memory_that_does_not_grow_with_it() -> None:
     """jacod verifies a cluster's whole audit log (10⁶ events and more) a page at a time: the
     walk keeps the anchors' hashes, not one per event."""
