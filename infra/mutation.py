@@ -521,6 +521,27 @@ MUTATIONS: list[Mutation] = [
         "        if False:",
         k("tests/unit/test_rules.py", "types_asked_for"),
     ),
+    m(
+        "drill: a cluster restored before, in the backup's history, fails audit history (stop 26)",
+        "jaco/drill/checks.py",
+        "        after = [seq for seq in chain.found_seqs if seq > history]",
+        "        after = list(chain.found_seqs)",
+        "tests/unit/test_drill_audit.py",
+    ),
+    m(
+        "range reads: a page may grow past four times the one before (stop 26)",
+        "jaco/model/etcd.py",
+        "min(MAX_PAGE, 4 * limit, int(PAGE_BYTES / per_record))",
+        "min(MAX_PAGE, int(PAGE_BYTES / per_record))",
+        k("tests/unit/test_paged_reads.py", "byte_budget"),
+    ),
+    m(
+        "drill: a failed audit verification is asked for again by the second check (stop 26)",
+        "jaco/drill/checks.py",
+        "        if self._failed is not None:\n            raise self._failed\n",
+        "",
+        "tests/unit/test_drill_audit.py",
+    ),
 ]
 
 

@@ -72,6 +72,7 @@ def make_event(
 
 
 READ_PAGE = 5000  # events per read when a stored chain is verified (about 1.5 MB)
+MAX_FOUND = 1000  # event numbers a verification gives of the types asked for, at most
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ class ChainWalk:
         if event_hash(event) != event.get("hash"):
             return ChainCheck(False, count, seq, "its content does not match its hash")
         self.prev_hash, self.expected_seq, self.count = event["hash"], seq + 1, count + 1
-        if event.get("type") in self._find:
+        found = self._find and event.get("type")
+        if isinstance(found, str) and found in self._find and len(self.found) < MAX_FOUND:
             self.found.append(seq)
         if seq in self._wanted:
             self._hashes[seq] = self.prev_hash

@@ -131,9 +131,9 @@ class Deployments(Engine):
         await self.mutate(actor, fn)
 
     async def deployment(self, name: str) -> dict[str, Any] | None:
-        """One deployment with its placed replicas, read at one revision: its own keys, not
-        the whole table (which a Deploy's reply read three times over: seconds per write at
-        10⁵ deployments)."""
+        """One deployment with its placed replicas, read at one revision from its own keys:
+        Deploy and Scale answer with it, and the whole tables cost seconds per write at 10⁵
+        deployments."""
         view = await self.view()
         d = await view.get(P_DEPLOYMENTS + name)
         if d is None:

@@ -30,8 +30,8 @@ _PREFIX_END_BYTE = 0xFF
 
 
 class KV(NamedTuple):
-    """One key as etcd stores it. (A tuple: made a million times by a listing or a digest of
-    10⁶ records, a frozen dataclass cost 0.7 s more.)"""
+    """One key as etcd stores it. A tuple: a listing or a digest of 10⁶ records makes a
+    million, and a frozen dataclass costs 0.7 s more."""
 
     key: str
     value: bytes
@@ -88,6 +88,14 @@ def prefix_end(prefix: str) -> bytes:
             raw[i] += 1
             return bytes(raw[: i + 1])
     return b"\0"
+
+
+def _which(prefix: str, start: bytes) -> str:
+    """The record a range read of `prefix` would have read next from `start`, in words."""
+    if start == prefix.encode():
+        return f"the first record under {prefix}"
+    last = start.removesuffix(b"\0").decode(errors="replace")
+    return f"the record after {last!r}"
 
 
 def _kv(kv: Any) -> KV:
@@ -191,9 +199,10 @@ class Etcd:
         range with any sort order by reading the whole rest of the range, sorting it and only
         then applying the limit (docs/benchmarks.md, round three). Even unsorted, etcd 3.4
         counts the whole rest of the range for each page: 1000-record pages read 10⁶ records
-        in 100 s. So each page after the first is sized from the bytes per record seen so
-        far to about PAGE_BYTES (at most MAX_PAGE records), and a page larger than this
-        client accepts is asked for again, a quarter as long."""
+        in 100 s. So each page after the first is sized from the previous page's bytes per
+        record to about PAGE_BYTES (at most MAX_PAGE records, and at most four times the
+        previous page: etcd builds a whole answer before the client can refuse it), and a
+        page larger than this client accepts is asked for again, a quarter as long."""
         start, end = prefix.encode(), prefix_end(prefix)
         while True:
             request = rpc.RangeRequest(key=start, range_end=end, revision=revision, limit=limit)
@@ -202,7 +211,7 @@ class Etcd:
             except TooLarge:
                 if limit == 1:
                     raise TooLarge(
-                        f"a record under {prefix} is larger than the "
+                        f"{_which(prefix, start)} is larger than the "
                         f"{self.max_message / 2**20:.3g} MiB this node's etcd client accepts"
                     ) from None
                 limit = max(1, limit // 4)
@@ -213,7 +222,7 @@ class Etcd:
             revision = revision or resp.header.revision
             start = resp.kvs[-1].key + b"\0"
             per_record = resp.ByteSize() / len(resp.kvs)
-            limit = max(1, min(MAX_PAGE, int(PAGE_BYTES / per_record)))
+            limit = max(1, min(MAX_PAGE, 4 * limit, int(PAGE_BYTES / per_record)))
 
     async def txn(
         self, compares: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()

@@ -46,7 +46,8 @@ def translate(exc: Any) -> JacoError:  # an RpcError that is also a grpc.Call
             "that revision is compacted: etcd no longer holds that point of the history "
             "(jacod has it compact history older than one hour)"
         )
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in detail:
+    # gRPC's client says "Received…"; etcd's server, of a request too large, "received…"
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Received message larger than max" in detail:
         return TooLarge(f"etcd's answer is larger than this client accepts: {detail}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(f"the local etcd member is not answering: {detail}")

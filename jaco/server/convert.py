@@ -45,8 +45,9 @@ _REPLICA = ("id", "index", "ip", "node")
 
 def deployment(d: dict[str, Any]) -> pb.Deployment:
     """A deployment record (with its placed replicas) as a message, built field by field:
-    `message` (json_format.ParseDict) cost about 75 µs a deployment, 11.5 s for a Status of
-    148 500 of them. tests/unit/test_wire.py holds the two to the same message."""
+    `message` (json_format.ParseDict) costs about 70 µs a deployment, this 8 µs, and Status
+    lists every deployment (148 500 at 10⁶ keys). tests/unit/test_wire.py holds the two to
+    the same message."""
     placed = sorted(d.get("placed", []), key=lambda r: r["index"])
     return pb.Deployment(
         **{k: d[k] for k in _DEPLOYMENT if d.get(k) is not None},

@@ -906,7 +906,9 @@ class AuditVerification(_message.Message):
     """
     @_builtins.property
     def found_seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """The numbers of the events of the asked types, in order, up to where the walk stopped."""
+        """The numbers of the events of the asked types, in order, up to where the walk stopped
+        (the first 1000).
+        """
 
     def __init__(
         self,

@@ -101,6 +101,9 @@ def test_pages_grow_to_a_byte_budget_so_a_long_range_takes_few_reads() -> None:
     assert etcd.requests[0].limit == 1000
     assert all(r.limit <= MAX_PAGE for r in etcd.requests)
     assert all(r.revision == 7 for r in etcd.requests)
+    # etcd builds a whole answer before the client can refuse it: a page grows by 4x at most
+    limits = [r.limit for r in etcd.requests]
+    assert all(b <= 4 * a for a, b in zip(limits, limits[1:], strict=False)), limits
 
 
 def test_pages_shrink_when_an_answer_would_be_too_large() -> None:
@@ -128,6 +131,7 @@ def test_a_record_larger_than_an_answer_can_be_is_refused_in_one_line() -> None:
     with pytest.raises(TooLarge) as refused:
         _read(etcd)
     assert str(refused.value) == (
-        "a record under /jaco/v1/ is larger than the 0.0954 MiB this node's etcd client accepts"
+        "the record after '/jaco/v1/b/0' is larger than the 0.0954 MiB this node's etcd "
+        "client accepts"
     )
     assert len(etcd.requests) < 30  # it gives up, it does not ask forever

@@ -140,6 +140,10 @@ def test_the_walk_gives_the_numbers_of_the_event_types_asked_for() -> None:
     assert [walk.add(e) for e in [events[0], events[1], events[3]]] == [True, True, False]
     check = walk.result(head)
     assert not check.chain_ok and check.found == (2,)
+    # A forged event whose type is not a string (hash recomputed) is walked, not a crash.
+    forged = audit.make_event(1, audit.GENESIS_HASH, ["RESTORE_COMPLETED"], "t", "x", {})  # type: ignore[arg-type]
+    walk = audit.ChainWalk([], {"RESTORE_COMPLETED"})
+    assert walk.add(forged) and walk.result(_head([forged])).found == ()
 
 
 def test_a_long_chain_is_verified_in_memory_that_does_not_grow_with_it() -> None:

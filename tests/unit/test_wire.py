@@ -92,6 +92,10 @@ def _deployments() -> list[dict[str, Any]]:
         ],
         "spec_version": 4,  # not in the message: left out
     }
+    # Every field the messages have is set: a field added to the proto and not to the
+    # builder shows here.
+    assert {f.name for f in pb.Deployment.DESCRIPTOR.fields} <= set(full)
+    assert {f.name for f in pb.Replica.DESCRIPTOR.fields} <= set(full["placed"][0])
     return [
         full,
         {"name": "bare", "image": "x:1", "replicas": 0},
