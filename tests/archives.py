@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import gzip
 import io
@@ -10,6 +11,26 @@ import struct
 import tarfile
 from pathlib import Path
 from typing import Any
+
+from jaco.archive.meta import BackupMeta
+
+
+def a_meta(**fields: Any) -> BackupMeta:
+    """A valid meta.json for tests that need one, with `fields` set."""
+    base: dict[str, Any] = {
+        "cluster_id": "c1",
+        "snapshot_index": 10,
+        "snapshot_term": 1,
+        "jaco_version": "0.1.0",
+        "taken_at": dt.datetime(2026, 12, 1, tzinfo=dt.UTC),
+        "leader_at_snapshot": "node-1",
+        "format": 2,
+        "snapshot_sha256": "0" * 64,
+        "snapshot_size": 1,
+        "counts": {},
+        "state_digest": "0" * 64,
+    }
+    return BackupMeta(**{**base, **fields})
 
 
 def members(archive: Path) -> tuple[dict[str, Any], bytes]:

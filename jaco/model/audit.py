@@ -167,18 +167,25 @@ class ChainWalk:
         return None
 
     def result(self, head: dict[str, Any] | None) -> ChainCheck:
-        """The verdict once every event was added: the head, then every anchor; with the
-        numbers of the events of the types asked for."""
-        return replace(self._verdict(head), found=tuple(self.found))
+        """The verdict once every event was added: the chain up to the head, then every
+        anchor; with the numbers of the events of the types asked for."""
+        found = tuple(self.found)
+        broken = self._chain_broken(head)
+        if broken is not None:
+            return replace(broken, found=found)
+        return replace(self._anchors_verdict(), chain_ok=True, found=found)
 
-    def _verdict(self, head: dict[str, Any] | None) -> ChainCheck:
+    def _chain_broken(self, head: dict[str, Any] | None) -> ChainCheck | None:
         if self.broken is not None:
             return self.broken
         count = self.count
         if head is not None and (head.get("seq") != count or head.get("hash") != self.prev_hash):
             cut = "the log was cut short (head points further)"
             return ChainCheck(False, count, count + 1, cut)
-        checked = 0
+        return None
+
+    def _anchors_verdict(self) -> ChainCheck:
+        count, checked = self.count, 0
         for anchor in self.anchors:
             checked += 1
             where = f" (recorded in {anchor.source})" if anchor.source else ""
@@ -190,7 +197,6 @@ class ChainWalk:
                     f"the log ends at event {count}, before event {anchor.seq} of an anchor"
                     f"{where}: history was removed",
                     checked,
-                    chain_ok=True,
                 )
             if anchor.seq and self._hashes.get(anchor.seq) != anchor.hash:
                 return ChainCheck(
@@ -199,9 +205,8 @@ class ChainWalk:
                     anchor.seq,
                     f"its hash is not the one an anchor recorded{where}: history was rewritten",
                     checked,
-                    chain_ok=True,
                 )
-        return ChainCheck(True, count, anchors_checked=checked, chain_ok=True)
+        return ChainCheck(True, count, anchors_checked=checked)
 
 
 async def verify_stored(

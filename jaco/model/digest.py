@@ -31,6 +31,11 @@ class StateDigest:
         # The table is the first path element under the root; split as bytes, named as text.
         self._counts[key[_ROOT_LENGTH:].split(b"/", 1)[0]] += 1
 
+    def add_page(self, records: list[tuple[bytes, bytes]]) -> None:
+        """A page of (key, value) records, as `Etcd.record_pages` reads them."""
+        for key, value in records:
+            self.add(key, value)
+
     def result(self) -> tuple[dict[str, int], str]:
         counts = Counter[str]()
         for table, n in self._counts.items():

@@ -105,6 +105,7 @@ def _kv(kv: Any) -> KV:
 MAX_MESSAGE = 64 * 1024 * 1024  # the largest answer from etcd the client accepts
 PAGE_BYTES = 4 * 1024 * 1024  # what one page of a range read aims at (docs/benchmarks.md)
 MAX_PAGE = 100_000  # records in one page, at most
+FIRST_PAGE = 1000  # records in a range read's first page, before its records' size is known
 
 
 def channel_options(max_message: int = MAX_MESSAGE) -> list[tuple[str, Any]]:
@@ -174,9 +175,13 @@ class Etcd:
     async def get_prefix(self, prefix: str, revision: int = 0) -> list[KV]:
         """All keys under `prefix` at `revision` (0: the latest), in key order, read a page at
         a time (a listing of any length) at one revision."""
-        return [_kv(kv) async for resp in self._pages(prefix, revision, 1000) for kv in resp.kvs]
+        return [
+            _kv(kv) async for resp in self._pages(prefix, revision, FIRST_PAGE) for kv in resp.kvs
+        ]
 
-    async def iter_prefix(self, prefix: str, revision: int, page: int = 1000) -> AsyncIterator[KV]:
+    async def iter_prefix(
+        self, prefix: str, revision: int, page: int = FIRST_PAGE
+    ) -> AsyncIterator[KV]:
         """All keys under `prefix` at `revision`, in key order, fetched a page at a time
         (bounded memory); the first page holds `page` records."""
         async for resp in self._pages(prefix, revision, page):
@@ -188,7 +193,7 @@ class Etcd:
     ) -> AsyncIterator[list[tuple[bytes, bytes]]]:
         """The (key, value) of every key under `prefix` at `revision` (0: the latest), as
         bytes, in key order, a page at a time: a digest's read, without a KV per record."""
-        async for resp in self._pages(prefix, revision, 1000):
+        async for resp in self._pages(prefix, revision, FIRST_PAGE):
             yield [(kv.key, kv.value) for kv in resp.kvs]
 
     async def _pages(self, prefix: str, revision: int, limit: int) -> AsyncIterator[Any]:

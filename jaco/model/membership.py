@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -183,18 +182,13 @@ class Membership(Access):
         Liveness keys are left out: they are heartbeats, not state. Computed the same way on
         the backed-up cluster and on the restored store, it proves the restore is exact.
         """
-        if not revision:
-            _, revision = await self.etcd.get(K_HEAD)
+        head_kv, read_at = await self.etcd.get(K_HEAD, revision=revision)
+        revision = revision or read_at
         digest = StateDigest()
-        head: dict[str, Any] | None = None
-        head_key = K_HEAD.encode()
         async for page in self.etcd.record_pages(ROOT, revision):
-            for key, value in page:
-                digest.add(key, value)
-                if key == head_key:
-                    head = json.loads(value)
+            digest.add_page(page)
         counts, state_digest = digest.result()
-        return StateAt(revision, counts, state_digest, head)
+        return StateAt(revision, counts, state_digest, decode(head_kv) if head_kv else None)
 
     async def complete_restore(self, node: dict[str, Any], marker: dict[str, Any]) -> bool:
         """First boot after `jaco restore`: this node becomes the only member; once only."""

@@ -230,8 +230,7 @@ async def _replay(
             raise ArchiveError(f"the replayed audit log does not verify: {check.reason}")
         digest = StateDigest()
         async for page in etcd.record_pages(ROOT, 0):
-            for key, value in page:
-                digest.add(key, value)
+            digest.add_page(page)
     finally:
         await member.stop()
     marker = json.loads(staged.restore_marker.read_text())

@@ -3,7 +3,6 @@ answer. (Against real restored nodes: tests/test_drill_flow.py and test_drill_ch
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import pytest
@@ -12,23 +11,15 @@ from jaco.archive.meta import AuditHead, BackupMeta
 from jaco.drill.checks import AuditChain, Expect
 from jaco.errors import Unavailable
 from jaco.v1 import jaco_pb2 as pb
+from tests.archives import a_meta
 
 HISTORY = 10  # the backup's audit head: events 1…10
 
 
 def _meta() -> BackupMeta:
-    return BackupMeta(
-        cluster_id="c1",
+    return a_meta(
         snapshot_index=5,
-        snapshot_term=1,
-        jaco_version="0.1.0",
-        taken_at=dt.datetime(2026, 12, 1, tzinfo=dt.UTC),
-        leader_at_snapshot="node-1",
-        format=2,
-        snapshot_sha256="0" * 64,
-        snapshot_size=1,
         counts={"audit": HISTORY + 1},
-        state_digest="0" * 64,
         audit_head=AuditHead(seq=HISTORY, hash="a" * 64),
     )
 

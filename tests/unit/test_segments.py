@@ -22,25 +22,14 @@ from jaco.archive.segment import (
 )
 from jaco.errors import ArchiveError, InvalidArgument
 from jaco.node.pitr import Target, plan_chain
+from tests.archives import a_meta
 
 KEY = pyrage.x25519.Identity.generate()
 HEAD = b'{"seq": 7, "hash": "' + b"a" * 64 + b'"}'
 
 
 def _base(index: int = 10) -> BackupMeta:
-    return BackupMeta(
-        cluster_id="c1",
-        snapshot_index=index,
-        snapshot_term=1,
-        jaco_version="0.1.0",
-        taken_at=dt.datetime(2026, 12, 1, tzinfo=dt.UTC),
-        leader_at_snapshot="node-1",
-        format=2,
-        snapshot_sha256="0" * 64,
-        snapshot_size=1,
-        counts={},
-        state_digest="0" * 64,
-    )
+    return a_meta(snapshot_index=index)
 
 
 def _segment(first: int, last: int, cluster: str = "c1", base: int = 10) -> SegmentMeta:
