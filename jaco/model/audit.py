@@ -179,6 +179,10 @@ class ChainWalk:
         if self.broken is not None:
             return self.broken
         count = self.count
+        if head is None and count:
+            # every write moves the head with its event: its end is unproven without it
+            gone = "the audit head is missing: the log's last events may have gone with it"
+            return ChainCheck(False, count, count + 1, gone)
         if head is not None and (head.get("seq") != count or head.get("hash") != self.prev_hash):
             cut = "the log was cut short (head points further)"
             return ChainCheck(False, count, count + 1, cut)

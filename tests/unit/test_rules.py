@@ -91,6 +91,11 @@ def test_audit_chain_catches_edits_gaps_and_a_cut_head() -> None:
     assert audit.verify_chain(gap, _head(events)).reason == "event 3 is missing"
     assert not audit.verify_chain(events[:4], _head(events)).ok
     assert audit.verify_chain([*events[:2], None], None).reason == "it is not a valid JSON event"
+    # The head deleted with the last events: what is left links, but its end is not proven.
+    headless = audit.verify_chain(events[:3], None)
+    assert not headless.ok and not headless.chain_ok and headless.first_bad_seq == 4
+    assert headless.reason.startswith("the audit head is missing")
+    assert audit.verify_chain([], None).ok  # no event yet, and so no head
     assert audit.parse_event(b"not json") is None and audit.parse_event(b"[1]") is None
 
 
