@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from infra.localcluster import Cluster
-from jaco.client.connection import open_client
+from jaco.client.connection import full_status, open_client
+from jaco.errors import InvalidArgument, NotFound
 from jaco.v1 import jaco_pb2 as pb
 
 
@@ -71,3 +75,50 @@ def test_a_deploy_or_scale_answers_with_its_deployment_as_status_lists_it(
     finally:
         cluster3.ok("rm", "api")
         cluster3.ok("rm", "api2")
+
+
+def test_status_pages_are_one_moment_and_hold_only_their_own_replicas(cluster3: Cluster) -> None:
+    """A listing asked a page at a time: every page at the first one's revision (a deploy or
+    removal between pages is not in it), each page within its limit, each deployment with its
+    own replicas only, although replica keys sort NAME/INDEX (the page [web, web-1] has
+    `web-1/…` before `web/…`), and the pages joined equal to the listing in one answer."""
+    replicas = {"a": 1, "b": 1, "web": 2, "web-1": 1, "web-10": 3, "web-2": 1, "webx": 2, "z": 0}
+    with open_client(cluster3.nodes["node-2"].server, cluster3.token) as client:
+        for name, count in replicas.items():
+            client.call("Deploy", pb.DeployRequest(name=name, image="img:1", replicas=count))
+        try:
+            whole = client.call("Status", pb.StatusRequest())
+            pages = [client.call("Status", pb.StatusRequest(limit=2))]
+            client.call("Deploy", pb.DeployRequest(name="web-0", image="img:1", replicas=1))
+            client.call("RemoveDeployment", pb.RemoveDeploymentRequest(name="webx"))
+            while pages[-1].next_after:
+                request = pb.StatusRequest(
+                    after=pages[-1].next_after, limit=2, revision=pages[0].revision
+                )
+                pages.append(client.call("Status", request))
+            now = full_status(client)
+        finally:
+            for name in [*replicas, "web-0"]:
+                with contextlib.suppress(NotFound):
+                    client.call("RemoveDeployment", pb.RemoveDeploymentRequest(name=name))
+    listed = [d for page in pages for d in page.deployments]
+    assert [len(page.deployments) for page in pages] == [2, 2, 2, 2]
+    assert {page.revision for page in pages} == {pages[0].revision}
+    assert [d.name for d in listed] == sorted(replicas)
+    assert listed == list(whole.deployments)
+    for d in listed:
+        assert len(d.placed) == replicas[d.name]
+        assert all(r.id == f"{d.name}-{r.index}" and r.node for r in d.placed)
+    assert [d.name for d in now.deployments] == sorted({*replicas, "web-0"} - {"webx"})
+
+
+def test_a_bad_page_request_is_refused_in_one_line(cluster3: Cluster) -> None:
+    with open_client(cluster3.nodes["node-1"].server, cluster3.token) as client:
+        ahead = client.call("Status", pb.StatusRequest(limit=1)).revision + 10**6
+        for request, said in [
+            (pb.StatusRequest(limit=1, after="../x"), "invalid deployment name '../x'"),
+            (pb.StatusRequest(limit=1, revision=ahead), f"revision {ahead} is ahead"),
+        ]:
+            with pytest.raises(InvalidArgument) as refused:
+                client.call("Status", request)
+            assert said in refused.value.message and "\n" not in refused.value.message

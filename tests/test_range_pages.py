@@ -13,11 +13,15 @@ import random
 import pytest
 
 from infra.localcluster import Cluster
+from jaco.client.connection import open_client
 from jaco.model.engine import View
-from jaco.model.etcd import Etcd, op_put
+from jaco.model.etcd import PAGE_BYTES, Etcd, op_put
 from jaco.model.etcd_errors import TooLarge
 from jaco.model.keys import ROOT
+from jaco.model.names import PAGE_DEPLOYMENTS
 from jaco.node.config import DataDir
+from jaco.v1 import jaco_pb2 as pb
+from tests.conftest import fill
 
 BOUND = 1024 * 1024  # the answer size the client accepts, for this test
 PREFIX = ROOT + "bulk/"
@@ -69,3 +73,16 @@ def test_a_record_larger_than_an_answer_is_refused_in_one_line(single: Cluster) 
         asyncio.run(run())
     message = str(refused.value)
     assert PREFIX in message and "\n" not in message and "MiB" in message
+
+
+def test_status_lists_more_deployments_than_one_answer_holds(single: Cluster) -> None:
+    """`jaco status` once sent every deployment in one answer, and gRPC sends at most 64 MiB:
+    about 10⁶ deployments would not fit. Here 52 deployments of 1.3 MB each (69 MB) are
+    listed, a few MiB a page."""
+    fill(single, 52, blob_bytes=1_000_000)
+    listed = single.ok("status", "--json").json()["deployments"]
+    assert [d["name"] for d in listed] == sorted(f"bulk{i}" for i in range(52))
+    assert all(len(d["env"]["BLOB"]) == 1_333_336 for d in listed)
+    with open_client(single.nodes["node-1"].server, single.token) as client:
+        page = client.call("Status", pb.StatusRequest(limit=PAGE_DEPLOYMENTS))
+    assert page.next_after and page.ByteSize() <= PAGE_BYTES + 1_400_000

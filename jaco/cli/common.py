@@ -144,13 +144,17 @@ def open_data_dir(path: Path | None) -> DataDir:
     return DataDir(path or data_dir_from_env())
 
 
+def message_dict(message: Any) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
 def print_json(message: Any) -> None:
     if hasattr(message, "DESCRIPTOR"):
-        from google.protobuf.json_format import MessageToDict
-
-        message = MessageToDict(
-            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-        )
+        message = message_dict(message)
     print(json.dumps(message, indent=2, default=str), flush=True)
 
 

@@ -11,13 +11,14 @@ from jaco.cli.common import (
     AsJson,
     Server,
     check_range,
+    message_dict,
     operator_errors,
     out,
     print_json,
     safe,
     table,
 )
-from jaco.client.connection import open_client
+from jaco.client.connection import full_status, open_client
 from jaco.errors import InvalidArgument
 from jaco.files import write_private
 from jaco.model.names import check_host, check_replicas
@@ -33,9 +34,10 @@ cert_app = typer.Typer(no_args_is_help=True, help="Certificates issued by the cl
 def status(server: Server = "", as_json: AsJson = False) -> None:
     """Deployments with their replicas, IPs and nodes."""
     with open_client(server) as client:
-        reply = client.call("Status", pb.StatusRequest())
-    if as_json:
-        return print_json(reply)
+        reply = full_status(client)
+    if as_json:  # the state, not the paging: no next_after, no revision
+        state = message_dict(reply)
+        return print_json({k: state[k] for k in ("cluster_id", "deployments")})
     rows: list[tuple[object, ...]] = []
     for d in reply.deployments:
         if not d.placed:

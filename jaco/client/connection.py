@@ -28,8 +28,9 @@ from jaco.errors import (
     Unavailable,
     from_grpc_code,
 )
-from jaco.model.names import check_host
+from jaco.model.names import PAGE_DEPLOYMENTS, check_host
 from jaco.model.tokens import OPERATOR, parse_token
+from jaco.v1 import jaco_pb2 as pb
 from jaco.v1 import jaco_pb2_grpc as pb_grpc
 
 DEFAULT_PORT = 7000
@@ -171,3 +172,19 @@ class Client:
 
 def open_client(server: str | None, token: str | None = None, timeout: float = 30.0) -> Client:
     return Client(connect_info(server, token), timeout)
+
+
+def full_status(client: Client, timeout: float | None = None) -> Any:
+    """`Status` with every deployment, asked a page at a time (each answer a few MiB, however
+    many deployments there are), every page at the first one's revision."""
+    request = pb.StatusRequest(limit=PAGE_DEPLOYMENTS)
+    whole = pb.StatusResponse()
+    while True:
+        page = client.call("Status", request, timeout)
+        whole.cluster_id, whole.revision = page.cluster_id, page.revision
+        whole.deployments.extend(page.deployments)
+        if not page.next_after:
+            return whole
+        request = pb.StatusRequest(
+            after=page.next_after, limit=PAGE_DEPLOYMENTS, revision=page.revision
+        )

@@ -11,7 +11,7 @@ from jaco.v1 import jaco_pb2 as pb
 
 
 def cluster_id(client: Client) -> str:
-    return str(client.call("Status", pb.StatusRequest()).cluster_id)
+    return str(client.call("Status", pb.StatusRequest(limit=1)).cluster_id)
 
 
 def digest_at(client: Client, revision: int) -> str:

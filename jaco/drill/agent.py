@@ -33,7 +33,7 @@ from jaco.archive.age import HashingWriter, decrypt_to, parse_identities
 from jaco.archive.meta import BackupMeta
 from jaco.archive.segment import MAX_SEGMENT_BYTES, SEGMENT_SUFFIX
 from jaco.archive.snapshot_file import read_snapshot_state
-from jaco.client.connection import WHOLE_STORE_TIMEOUT, Client, connect_info
+from jaco.client.connection import Client, connect_info, full_status
 from jaco.drill import checks
 from jaco.drill.checks import Expect
 from jaco.errors import JacoError, Unauthenticated
@@ -193,8 +193,7 @@ class Drill:
 
             def old_token() -> tuple[bool, str]:
                 nonlocal status
-                # every deployment: seconds at 10⁵ of them
-                status = client.call("Status", pb.StatusRequest(), timeout=WHOLE_STORE_TIMEOUT)
+                status = full_status(client)  # every deployment, a page at a time
                 return True, f"token {parse_token(self.token).id} from before the backup works"
 
             if not self.check("old token authenticates", old_token):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 from jaco.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from jaco.model import ipam, scheduler
 from jaco.model.engine import Change, Engine, View
+from jaco.model.etcd import PAGE_BYTES, prefix_end
 from jaco.model.keys import (
     K_CLUSTER,
     P_ALIVE,
@@ -17,10 +20,23 @@ from jaco.model.keys import (
     P_REPLICAS,
     P_ROUTES,
     P_SCHEDULER,
+    decode,
     now,
     replica_id,
 )
-from jaco.model.names import check_name, check_replicas
+from jaco.model.names import PAGE_DEPLOYMENTS, check_name, check_replicas
+
+# A page of a deployment listing holds at most PAGE_DEPLOYMENTS deployments, and fewer where
+# their records pass PAGE_BYTES or their replicas PAGE_REPLICAS (a deployment may have 100):
+# the answer stays a few MiB however the cluster grows, far under the 64 MiB gRPC sends.
+PAGE_REPLICAS = 20_000
+
+
+@dataclass
+class DeploymentPage:
+    deployments: list[dict[str, Any]]
+    next_after: str  # the last name of this page when more follow, else ""
+    revision: int  # the store revision every page of the listing is read at
 
 
 class Deployments(Engine):
@@ -131,28 +147,84 @@ class Deployments(Engine):
         await self.mutate(actor, fn)
 
     async def deployment(self, name: str) -> dict[str, Any] | None:
-        """One deployment with its placed replicas, read at one revision from its own keys:
-        Deploy and Scale answer with it, and the whole tables cost seconds per write at 10⁵
-        deployments."""
+        """One deployment with its placed replicas, read at one revision from its own keys
+        (Deploy and Scale answer with it)."""
         view = await self.view()
         d = await view.get(P_DEPLOYMENTS + name)
         if d is None:
             return None
-        placed = []
-        for replica in await view.list(f"{P_REPLICAS}{name}/"):
-            placement = await view.get(P_SCHEDULER + replica["id"])
-            placed.append({**replica, "node": placement["node"] if placement else ""})
-        return {**d, "placed": placed}
+        return {**d, "placed": (await self._placed(view, [name])).get(name, [])}
 
-    async def deployments(self, view: View | None = None) -> list[dict[str, Any]]:
-        view = view or await self.view()
-        placements = {p["replica"]: p["node"] for p in await view.list(P_SCHEDULER)}
+    async def deployment_page(self, after: str, limit: int, revision: int = 0) -> DeploymentPage:
+        """The deployments named after `after` ("": from the first), in name order, with
+        their placed replicas, at `revision` (0: now): at most `limit`, within the page's
+        bounds. A page reads its own deployments' keys, never a whole table."""
+        if after:
+            check_name("deployment", after)
+        view = await self.view()
+        if revision > view.revision:
+            raise InvalidArgument(f"revision {revision} is ahead of the store ({view.revision})")
+        view = View(self.etcd, revision or view.revision)
+        limit = max(1, min(limit, PAGE_DEPLOYMENTS))
+        page: list[dict[str, Any]] = []
+        size = replicas = 0
+        start = P_DEPLOYMENTS + after + "\0" if after else P_DEPLOYMENTS
+        more = False
+        listed = self.etcd.iter_range(start, prefix_end(P_DEPLOYMENTS), view.revision, limit + 1)
+        async with aclosing(listed):
+            async for kv in listed:
+                d = decode(kv)
+                size, replicas = size + len(kv.value), replicas + d["replicas"]
+                if page and (len(page) == limit or size > PAGE_BYTES or replicas > PAGE_REPLICAS):
+                    more = True
+                    break
+                page.append(d)
+        placed = await self._placed(view, [d["name"] for d in page])
+        return DeploymentPage(
+            [{**d, "placed": placed.get(d["name"], [])} for d in page],
+            page[-1]["name"] if more else "",
+            view.revision,
+        )
+
+    async def _placed(self, view: View, names: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The placed replicas of `names`, by deployment: two bounded range reads. Each
+        name's replicas are keyed NAME/INDEX and its placements NAME-INDEX, so one range from
+        the least such key to past the greatest holds them all, among those of any other
+        name that sorts between (a later name extending one of these with '-'). A replica
+        names its deployment, and a placement its replica, so those others are left aside."""
+        if not names:
+            return {}
         by_dep: dict[str, list[dict[str, Any]]] = {}
-        for replica in await view.list(P_REPLICAS):
-            node = placements.get(replica["id"], "")
-            by_dep.setdefault(replica["deployment"], []).append({**replica, "node": node})
-        deps = await view.list(P_DEPLOYMENTS)
-        return [{**d, "placed": by_dep.get(d["name"], [])} for d in deps]
+        replicas = self.etcd.iter_range(
+            P_REPLICAS + min(n + "/" for n in names),
+            (P_REPLICAS + max(n + "0" for n in names)).encode(),  # "0" follows "/"
+            view.revision,
+        )
+        async for kv in replicas:
+            replica = decode(kv)
+            by_dep.setdefault(replica["deployment"], []).append(replica)
+        nodes = {}
+        placements = self.etcd.iter_range(
+            P_SCHEDULER + min(n + "-" for n in names),
+            (P_SCHEDULER + max(n + "." for n in names)).encode(),  # "." follows "-"
+            view.revision,
+        )
+        async for kv in placements:
+            p = decode(kv)
+            nodes[p["replica"]] = p["node"]
+        return {
+            name: [{**r, "node": nodes.get(r["id"], "")} for r in by_dep.get(name, [])]
+            for name in names
+        }
+
+    async def deployments(self) -> list[dict[str, Any]]:
+        """Every deployment with its placed replicas: all the pages, at one revision."""
+        page = await self.deployment_page("", PAGE_DEPLOYMENTS)
+        deps = page.deployments
+        while page.next_after:
+            page = await self.deployment_page(page.next_after, PAGE_DEPLOYMENTS, page.revision)
+            deps += page.deployments
+        return deps
 
 
 def _check_image(image: str) -> None:

@@ -9,7 +9,7 @@ plain dataclasses and jaco exceptions, so a newer etcd only changes this file an
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -196,9 +196,21 @@ class Etcd:
         async for resp in self._pages(prefix, revision, FIRST_PAGE):
             yield [(kv.key, kv.value) for kv in resp.kvs]
 
-    async def _pages(self, prefix: str, revision: int, limit: int) -> AsyncIterator[Any]:
-        """etcd's answers for the range under `prefix`, page after page, at `revision` (0: the
-        revision the first page was read at).
+    async def iter_range(
+        self, start: str, end: bytes, revision: int, page: int = FIRST_PAGE
+    ) -> AsyncGenerator[KV, None]:
+        """The keys from `start` up to (not including) `end` at `revision` (0: the first
+        page's), in key order, a page at a time; the first page holds `page` records. A reader
+        that stops early has read only the pages it used."""
+        async for resp in self._pages(start, revision, page, end):
+            for kv in resp.kvs:
+                yield _kv(kv)
+
+    async def _pages(
+        self, prefix: str, revision: int, limit: int, end: bytes | None = None
+    ) -> AsyncIterator[Any]:
+        """etcd's answers for the range under `prefix` (or from `prefix` up to `end`), page
+        after page, at `revision` (0: the revision the first page was read at).
 
         No sort is asked for: etcd returns a range in key order already, and etcd 3.4 answers a
         range with any sort order by reading the whole rest of the range, sorting it and only
@@ -208,7 +220,7 @@ class Etcd:
         record to about PAGE_BYTES (at most MAX_PAGE records, and at most four times the
         previous page: etcd builds a whole answer before the client can refuse it), and a
         page larger than this client accepts is asked for again, a quarter as long."""
-        start, end = prefix.encode(), prefix_end(prefix)
+        start, end = prefix.encode(), end or prefix_end(prefix)
         while True:
             request = rpc.RangeRequest(key=start, range_end=end, revision=revision, limit=limit)
             try:

@@ -10,6 +10,7 @@ import re
 from jaco.errors import InvalidArgument
 
 MAX_REPLICAS = 100
+PAGE_DEPLOYMENTS = 5000  # deployments in one page of a listing, at most (model.deployments)
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 

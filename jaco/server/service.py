@@ -125,9 +125,17 @@ class JacoService(pb_grpc.JacoServicer):
     @rpc
     async def Status(self, request: Any, context: Any, who: Principal) -> pb.StatusResponse:
         cluster = await self.store.cluster()
-        deps = await self.store.deployments()
+        if not request.limit:  # a client from before paging: everything in one answer
+            deps = await self.store.deployments()
+            return pb.StatusResponse(
+                cluster_id=cluster["cluster_id"], deployments=[deployment(d) for d in deps]
+            )
+        page = await self.store.deployment_page(request.after, request.limit, request.revision)
         return pb.StatusResponse(
-            cluster_id=cluster["cluster_id"], deployments=[deployment(d) for d in deps]
+            cluster_id=cluster["cluster_id"],
+            deployments=[deployment(d) for d in page.deployments],
+            next_after=page.next_after,
+            revision=page.revision,
         )
 
     @rpc

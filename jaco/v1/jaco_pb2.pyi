@@ -164,14 +164,31 @@ Global___Empty: _TypeAlias = Empty  # noqa: Y015
 
 @_typing.final
 class StatusRequest(_message.Message):
+    """A page of the deployments, in name order. `limit` 0 asks for every deployment in one
+    answer (as before paging; it fails once they pass the 64 MiB an answer may hold).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    AFTER_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    after: _builtins.str
+    """the deployments named after this one ("": from the first)"""
+    limit: _builtins.int
+    """at most this many (the server's page may hold fewer)"""
+    revision: _builtins.int
+    """read at this store revision (an earlier page's); 0: now"""
     def __init__(
         self,
+        *,
+        after: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "limit", b"limit", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -270,7 +287,13 @@ class StatusResponse(_message.Message):
 
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    NEXT_AFTER_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     cluster_id: _builtins.str
+    next_after: _builtins.str
+    """more follow: ask again with after=next_after, this revision"""
+    revision: _builtins.int
+    """the store revision the page was read at"""
     @_builtins.property
     def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Deployment]: ...
     def __init__(
@@ -278,10 +301,12 @@ class StatusResponse(_message.Message):
         *,
         cluster_id: _builtins.str = ...,
         deployments: _abc.Iterable[Global___Deployment] | None = ...,
+        next_after: _builtins.str = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "deployments", b"deployments"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "deployments", b"deployments", "next_after", b"next_after", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
