@@ -28,8 +28,20 @@ TABLES = (("deployments", 15), ("routes", 15), ("tokens", 7), ("certs/issued", 3
 IMAGES = ("registry.local/team-{}/api", "registry.local/team-{}/worker", "nginx", "redis")
 
 
+def _name(table: str, i: int) -> str:
+    return f"{table.split('/')[-1][:3]}-{i:08d}"
+
+
+def _key(table: str, i: int) -> str:
+    """Where jaco keeps the record: deployments and routes under their names (`Status` pages
+    by the name), tokens and certificates under a number standing for their id."""
+    from jaco.model.keys import ROOT
+
+    return f"{ROOT}{table}/{_name(table, i) if table in ('deployments', 'routes') else f'{i:08d}'}"
+
+
 def _record(table: str, i: int, rng: random.Random, version: int = 1) -> dict[str, Any]:
-    name = f"{table.split('/')[-1][:3]}-{i:08d}"
+    name = _name(table, i)
     at = f"2026-{1 + i % 12:02d}-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:{i % 59:02d}.000+00:00"
     if table == "deployments":
         return {
@@ -131,7 +143,7 @@ async def fill(node: Node, keys: int, seed: int = 16) -> dict[str, Any]:
                         await drain()
                 continue
             for i in range(n):
-                put(f"{ROOT}{table}/{i:08d}", encode(_record(table, i, rng)))
+                put(_key(table, i), encode(_record(table, i, rng)))
                 if len(tasks) > 16:
                     await drain()
         await drain()
@@ -140,10 +152,10 @@ async def fill(node: Node, keys: int, seed: int = 16) -> dict[str, Any]:
             if table == "audit/events":
                 continue
             for i in range(0, n, 20):
-                put(f"{ROOT}{table}/{i:08d}", encode(_record(table, i, rng, version=2)))
+                put(_key(table, i), encode(_record(table, i, rng, version=2)))
             for i in range(7, n, 100):
                 deletes += 1
-                pending.append(op_delete(f"{ROOT}{table}/{i:08d}"))
+                pending.append(op_delete(_key(table, i)))
                 flush()
             await drain()
         for beat in range(max(1, keys // 1000)):  # a key appears once per transaction

@@ -169,21 +169,20 @@ class Deployments(Engine):
         page: list[dict[str, Any]] = []
         size = replicas = 0
         start = P_DEPLOYMENTS + after + "\0" if after else P_DEPLOYMENTS
-        more = False
+        last = next_after = ""
         listed = self.etcd.iter_range(start, prefix_end(P_DEPLOYMENTS), view.revision, limit + 1)
         async with aclosing(listed):
             async for kv in listed:
                 d = decode(kv)
                 size, replicas = size + len(kv.value), replicas + d["replicas"]
                 if page and (len(page) == limit or size > PAGE_BYTES or replicas > PAGE_REPLICAS):
-                    more = True
+                    next_after = last  # the key's name, where the next page goes on from
                     break
                 page.append(d)
+                last = kv.key[len(P_DEPLOYMENTS) :]
         placed = await self._placed(view, [d["name"] for d in page])
         return DeploymentPage(
-            [{**d, "placed": placed.get(d["name"], [])} for d in page],
-            page[-1]["name"] if more else "",
-            view.revision,
+            [{**d, "placed": placed.get(d["name"], [])} for d in page], next_after, view.revision
         )
 
     async def _placed(self, view: View, names: list[str]) -> dict[str, list[dict[str, Any]]]:
