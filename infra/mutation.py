@@ -507,11 +507,11 @@ MUTATIONS: list[Mutation] = [
         k("tests/unit/test_wire.py", "built_as_parsing"),
     ),
     m(
-        "Deploy's answer and Status: replicas grouped by where they sort, not by the "
-        "deployment each names (stop 26, rewritten stop 27)",
+        "Deploy's answer and Status: the replicas of a name that sorts among the page's kept "
+        "(stop 26, rewritten stop 27)",
         "jaco/model/deployments.py",
-        '            by_dep.setdefault(replica["deployment"], []).append(replica)',
-        "            by_dep.setdefault(names[0], []).append(replica)",
+        'replicas = [r for r in map(decode, kvs) if r["deployment"] in wanted]',
+        "replicas = list(map(decode, kvs))",
         k("tests/test_ipam.py", "answers_with_its_deployment or status_pages"),
     ),
     m(
@@ -522,11 +522,41 @@ MUTATIONS: list[Mutation] = [
         k("tests/unit/test_rules.py", "cut_head"),
     ),
     m(
-        "Status pages: the replicas' range ends at the last name's, not the greatest key (stop 27)",
+        "Status pages: past the shared range's bound, no deployment's own replicas read (stop 27)",
         "jaco/model/deployments.py",
-        'max(n + "0" for n in names)',
-        'names[-1] + "0"',
+        '            own = [(f"{P_REPLICAS}{n}/", f"{P_REPLICAS}{n}0") for n in names]',
+        "            own = []",
+        k("tests/test_ipam.py", "not_read_through"),
+    ),
+    m(
+        "Status pages and Deploy's answer: past the shared range's bound, no placement read "
+        "(stop 27)",
+        "jaco/model/deployments.py",
+        '[(P_SCHEDULER + i, "") for i in ids]',
+        "[]",
+        k("tests/test_ipam.py", "not_read_through"),
+    ),
+    m(
+        "range reads: a read of at most N records asks past N (stop 27)",
+        "jaco/model/etcd.py",
+        "            limit = min(limit, left) if left > 0 else limit",
+        "            pass",
+        k("tests/unit/test_paged_reads.py", "never_asks_for_more"),
+    ),
+    m(
+        "Status pages: replicas read now, not at the page's revision (stop 27)",
+        "jaco/model/deployments.py",
+        "        wanted = set(names)\n        kvs = await self._range_within(\n            view,",
+        "        wanted = set(names)\n        kvs = await self._range_within(\n"
+        "            View(self.etcd, 0),",
         k("tests/test_ipam.py", "status_pages"),
+    ),
+    m(
+        "Status pages and Deploy's answer: placements not read (stop 27)",
+        "jaco/model/deployments.py",
+        'nodes = {p["replica"]: p["node"] for p in map(decode, kvs) if p["replica"] in ids}',
+        "nodes: dict[str, str] = {}",
+        k("tests/test_ipam.py", "answers_with_its_deployment or status_pages"),
     ),
     m(
         "Status pages: a later page is read now, not at the first page's revision (stop 27)",
@@ -552,8 +582,15 @@ MUTATIONS: list[Mutation] = [
     m(
         "Status pages: a revision ahead of the store is passed to etcd unchecked (stop 27)",
         "jaco/model/deployments.py",
+        "        if not 0 <= revision <= view.revision:",
+        "        if revision < 0:",
+        k("tests/test_ipam.py", "bad_page_request"),
+    ),
+    m(
+        "Status pages: a negative revision is passed to etcd, which reads now (stop 27)",
+        "jaco/model/deployments.py",
+        "        if not 0 <= revision <= view.revision:",
         "        if revision > view.revision:",
-        "        if False:",
         k("tests/test_ipam.py", "bad_page_request"),
     ),
     m(

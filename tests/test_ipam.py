@@ -82,7 +82,7 @@ def test_status_pages_are_one_moment_and_hold_only_their_own_replicas(cluster3: 
     removal between pages is not in it), each page within its limit, each deployment with its
     own replicas only, although replica keys sort NAME/INDEX (the page [web, web-1] has
     `web-1/…` before `web/…`), and the pages joined equal to the listing in one answer."""
-    replicas = {"a": 1, "b": 1, "web": 2, "web-1": 1, "web-10": 3, "web-2": 1, "webx": 2, "z": 0}
+    replicas = {"a": 1, "b": 1, "web": 3, "web-1": 1, "web-10": 3, "web-2": 1, "webx": 2, "z": 0}
     with open_client(cluster3.nodes["node-2"].server, cluster3.token) as client:
         for name, count in replicas.items():
             client.call("Deploy", pb.DeployRequest(name=name, image="img:1", replicas=count))
@@ -117,8 +117,30 @@ def test_a_bad_page_request_is_refused_in_one_line(cluster3: Cluster) -> None:
         ahead = client.call("Status", pb.StatusRequest(limit=1)).revision + 10**6
         for request, said in [
             (pb.StatusRequest(limit=1, after="../x"), "invalid deployment name '../x'"),
-            (pb.StatusRequest(limit=1, revision=ahead), f"revision {ahead} is ahead"),
+            (pb.StatusRequest(limit=1, revision=ahead), f"revision {ahead} is not one of"),
+            (pb.StatusRequest(limit=1, revision=-1), "revision -1 is not one of"),
         ]:
             with pytest.raises(InvalidArgument) as refused:
                 client.call("Status", request)
             assert said in refused.value.message and "\n" not in refused.value.message
+
+
+def test_names_extending_a_name_on_the_page_are_not_read_through(cluster3: Cluster) -> None:
+    """`app-2/…` and `app-3/…` sort between `app-1/…` and `app/…`, so the page [app, app-1]
+    has their 200 replicas (and placements) inside its range; past twice what the page
+    expects, each name's own keys are read instead, with the same answer."""
+    counts = {"app": 2, "app-1": 0, "app-2": 100, "app-3": 100}
+    with open_client(cluster3.nodes["node-3"].server, cluster3.token) as client:
+        for name, count in counts.items():
+            client.call("Deploy", pb.DeployRequest(name=name, image="img:1", replicas=count))
+        try:
+            page = client.call("Status", pb.StatusRequest(limit=2))
+            scaled = client.call("Scale", pb.ScaleRequest(name="app", replicas=3))
+        finally:
+            for name in counts:
+                client.call("RemoveDeployment", pb.RemoveDeploymentRequest(name=name))
+    assert [d.name for d in page.deployments] == ["app", "app-1"] and page.next_after == "app-1"
+    app, app1 = page.deployments
+    assert [r.id for r in app.placed] == ["app-0", "app-1"] and not app1.placed
+    assert [r.id for r in scaled.placed] == ["app-0", "app-1", "app-2"]
+    assert all(r.node in cluster3.nodes for r in [*app.placed, *scaled.placed])

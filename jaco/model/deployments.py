@@ -10,7 +10,8 @@ from typing import Any
 from jaco.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from jaco.model import ipam, scheduler
 from jaco.model.engine import Change, Engine, View
-from jaco.model.etcd import PAGE_BYTES, prefix_end
+from jaco.model.etcd import FIRST_PAGE, PAGE_BYTES, prefix_end
+from jaco.model.etcd_types import KV
 from jaco.model.keys import (
     K_CLUSTER,
     P_ALIVE,
@@ -30,6 +31,7 @@ from jaco.model.names import PAGE_DEPLOYMENTS, check_name, check_replicas
 # their records pass PAGE_BYTES or their replicas PAGE_REPLICAS (a deployment may have 100):
 # the answer stays a few MiB however the cluster grows, far under the 64 MiB gRPC sends.
 PAGE_REPLICAS = 20_000
+SLACK = 100  # records beyond twice those expected that a page's shared range may hold
 
 
 @dataclass
@@ -153,7 +155,7 @@ class Deployments(Engine):
         d = await view.get(P_DEPLOYMENTS + name)
         if d is None:
             return None
-        return {**d, "placed": (await self._placed(view, [name])).get(name, [])}
+        return {**d, "placed": (await self._placed(view, [name], d["replicas"]))[name]}
 
     async def deployment_page(self, after: str, limit: int, revision: int = 0) -> DeploymentPage:
         """The deployments named after `after` ("": from the first), in name order, with
@@ -162,15 +164,23 @@ class Deployments(Engine):
         if after:
             check_name("deployment", after)
         view = await self.view()
-        if revision > view.revision:
-            raise InvalidArgument(f"revision {revision} is ahead of the store ({view.revision})")
+        if not 0 <= revision <= view.revision:
+            raise InvalidArgument(
+                f"revision {revision} is not one of the store's (1 to {view.revision})"
+            )
         view = View(self.etcd, revision or view.revision)
         limit = max(1, min(limit, PAGE_DEPLOYMENTS))
         page: list[dict[str, Any]] = []
         size = replicas = 0
         start = P_DEPLOYMENTS + after + "\0" if after else P_DEPLOYMENTS
         last = next_after = ""
-        listed = self.etcd.iter_range(start, prefix_end(P_DEPLOYMENTS), view.revision, limit + 1)
+        # A fifth of the page first, the rest sized from those records' bytes (at most 4x):
+        # two reads for a page of small records, and no blind read of 5001 records that may
+        # be 1.5 MiB each. etcd 3.4 counts the rest of the table on every read.
+        first = -(-(limit + 1) // 5)
+        listed = self.etcd.iter_range(
+            start, prefix_end(P_DEPLOYMENTS), view.revision, first, most=limit + 1
+        )
         async with aclosing(listed):
             async for kv in listed:
                 d = decode(kv)
@@ -180,41 +190,69 @@ class Deployments(Engine):
                     break
                 page.append(d)
                 last = kv.key[len(P_DEPLOYMENTS) :]
-        placed = await self._placed(view, [d["name"] for d in page])
+        placed = await self._placed(
+            view, [d["name"] for d in page], sum(d["replicas"] for d in page)
+        )
         return DeploymentPage(
             [{**d, "placed": placed.get(d["name"], [])} for d in page], next_after, view.revision
         )
 
-    async def _placed(self, view: View, names: list[str]) -> dict[str, list[dict[str, Any]]]:
-        """The placed replicas of `names`, by deployment: two bounded range reads. Each
-        name's replicas are keyed NAME/INDEX and its placements NAME-INDEX, so one range from
-        the least such key to past the greatest holds them all, among those of any other
-        name that sorts between (a later name extending one of these with '-'). A replica
-        names its deployment, and a placement its replica, so those others are left aside."""
+    async def _placed(
+        self, view: View, names: list[str], expected: int
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The placed replicas of `names` (`expected` of them, by their records), by
+        deployment. Each name's replicas are keyed NAME/INDEX and its placements NAME-INDEX,
+        so one range from the least such key to past the greatest holds them all, and those
+        of any name that sorts among them: a later name that extends one of these with '-'
+        (`app-1/…` sorts before `app/…`). Such names are few, as a rule; for `app` and 10⁵
+        names `app-N` they are all. So a range holding more than twice what is expected is
+        left, and each name's own keys are read instead, many reads to a transaction."""
         if not names:
             return {}
-        by_dep: dict[str, list[dict[str, Any]]] = {}
-        replicas = self.etcd.iter_range(
+        wanted = set(names)
+        kvs = await self._range_within(
+            view,
             P_REPLICAS + min(n + "/" for n in names),
-            (P_REPLICAS + max(n + "0" for n in names)).encode(),  # "0" follows "/"
-            view.revision,
+            P_REPLICAS + max(n + "0" for n in names),  # "0" follows "/"
+            2 * expected + SLACK,
         )
-        async for kv in replicas:
-            replica = decode(kv)
-            by_dep.setdefault(replica["deployment"], []).append(replica)
-        nodes = {}
-        placements = self.etcd.iter_range(
+        if kvs is None:
+            own = [(f"{P_REPLICAS}{n}/", f"{P_REPLICAS}{n}0") for n in names]
+            kvs = [kv for group in await self.etcd.read_many(own, view.revision) for kv in group]
+        replicas = [r for r in map(decode, kvs) if r["deployment"] in wanted]
+        ids = {r["id"] for r in replicas}
+        kvs = await self._range_within(
+            view,
             P_SCHEDULER + min(n + "-" for n in names),
-            (P_SCHEDULER + max(n + "." for n in names)).encode(),  # "." follows "-"
-            view.revision,
+            P_SCHEDULER + max(n + "." for n in names),  # "." follows "-"
+            2 * len(ids) + SLACK,
         )
-        async for kv in placements:
-            p = decode(kv)
-            nodes[p["replica"]] = p["node"]
-        return {
-            name: [{**r, "node": nodes.get(r["id"], "")} for r in by_dep.get(name, [])]
-            for name in names
-        }
+        if kvs is None:
+            kvs = [
+                kv
+                for g in await self.etcd.read_many(
+                    [(P_SCHEDULER + i, "") for i in ids], view.revision
+                )
+                for kv in g
+            ]
+        nodes = {p["replica"]: p["node"] for p in map(decode, kvs) if p["replica"] in ids}
+        by_dep: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+        for r in replicas:
+            by_dep[r["deployment"]].append({**r, "node": nodes.get(r["id"], "")})
+        return by_dep
+
+    async def _range_within(self, view: View, start: str, end: str, most: int) -> list[KV] | None:
+        """The keys from `start` up to `end` at the view's revision; None past `most` of them."""
+        found: list[KV] = []
+        listed = self.etcd.iter_range(
+            start, end.encode(), view.revision, min(most + 1, FIRST_PAGE), most=most + 1
+        )
+        async with aclosing(listed):
+            async for kv in listed:
+                found.append(kv)
+                if len(found) > most:
+                    return None
+        return found
 
     async def deployments(self) -> list[dict[str, Any]]:
         """Every deployment with its placed replicas: all the pages, at one revision."""

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import grpc
 from aetcd import rpc
@@ -25,60 +23,9 @@ from jaco.model.etcd_errors import (
     member_add_error,
     translate,
 )
+from jaco.model.etcd_types import KV, Member, MemberStatus, Revision, TlsFiles, WatchEvent
 
 _PREFIX_END_BYTE = 0xFF
-
-
-class KV(NamedTuple):
-    """One key as etcd stores it. A tuple: a listing or a digest of 10⁶ records makes a
-    million, and a frozen dataclass costs 0.7 s more."""
-
-    key: str
-    value: bytes
-    mod_revision: int
-    create_revision: int
-    lease: int
-
-
-@dataclass(frozen=True)
-class MemberStatus:
-    member_id: int
-    leader_id: int
-    raft_index: int
-    raft_term: int
-    is_learner: bool
-    db_size: int
-    revision: int
-
-
-@dataclass(frozen=True)
-class Member:
-    id: int
-    name: str
-    peer_urls: tuple[str, ...]
-    is_learner: bool
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    kind: str  # "put" or "delete"
-    kv: KV
-
-
-@dataclass(frozen=True)
-class Revision:
-    """What a watch has delivered: the changes of one revision (`changes`), or progress
-    (`changes` empty: every change up to `revision` has been delivered)."""
-
-    revision: int
-    changes: tuple[WatchEvent, ...]
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    ca: Path
-    cert: Path
-    key: Path
 
 
 def prefix_end(prefix: str) -> bytes:
@@ -106,6 +53,7 @@ MAX_MESSAGE = 64 * 1024 * 1024  # the largest answer from etcd the client accept
 PAGE_BYTES = 4 * 1024 * 1024  # what one page of a range read aims at (docs/benchmarks.md)
 MAX_PAGE = 100_000  # records in one page, at most
 FIRST_PAGE = 1000  # records in a range read's first page, before its records' size is known
+TXN_READS = 1000  # reads in one transaction (jacod starts etcd with --max-txn-ops=2048)
 
 
 def channel_options(max_message: int = MAX_MESSAGE) -> list[tuple[str, Any]]:
@@ -197,17 +145,18 @@ class Etcd:
             yield [(kv.key, kv.value) for kv in resp.kvs]
 
     async def iter_range(
-        self, start: str, end: bytes, revision: int, page: int = FIRST_PAGE
+        self, start: str, end: bytes, revision: int, page: int = FIRST_PAGE, most: int = 0
     ) -> AsyncGenerator[KV, None]:
         """The keys from `start` up to (not including) `end` at `revision` (0: the first
-        page's), in key order, a page at a time; the first page holds `page` records. A reader
-        that stops early has read only the pages it used."""
-        async for resp in self._pages(start, revision, page, end):
+        page's), in key order, a page at a time; the first page holds `page` records, and no
+        page asks past `most` records in all (0: no bound). A reader that stops early has read
+        only the pages it used."""
+        async for resp in self._pages(start, revision, page, end, most):
             for kv in resp.kvs:
                 yield _kv(kv)
 
     async def _pages(
-        self, prefix: str, revision: int, limit: int, end: bytes | None = None
+        self, prefix: str, revision: int, limit: int, end: bytes | None = None, most: int = 0
     ) -> AsyncIterator[Any]:
         """etcd's answers for the range under `prefix` (or from `prefix` up to `end`), page
         after page, at `revision` (0: the revision the first page was read at).
@@ -221,7 +170,9 @@ class Etcd:
         previous page: etcd builds a whole answer before the client can refuse it), and a
         page larger than this client accepts is asked for again, a quarter as long."""
         start, end = prefix.encode(), end or prefix_end(prefix)
+        left = most or -1
         while True:
+            limit = min(limit, left) if left > 0 else limit
             request = rpc.RangeRequest(key=start, range_end=end, revision=revision, limit=limit)
             try:
                 resp = await self._call(self._kv.Range, request)
@@ -234,12 +185,30 @@ class Etcd:
                 limit = max(1, limit // 4)
                 continue
             yield resp
-            if not resp.more or not resp.kvs:
+            left -= len(resp.kvs)
+            if not resp.more or not resp.kvs or left == 0:
                 return
             revision = revision or resp.header.revision
             start = resp.kvs[-1].key + b"\0"
             per_record = resp.ByteSize() / len(resp.kvs)
             limit = max(1, min(MAX_PAGE, 4 * limit, int(PAGE_BYTES / per_record)))
+
+    async def read_many(self, ranges: Sequence[tuple[str, str]], revision: int) -> list[list[KV]]:
+        """The keys of each (start, end) range at `revision` (end "": the one key `start`),
+        read TXN_READS ranges to a transaction: many small reads in a few round trips."""
+        found: list[list[KV]] = []
+        for i in range(0, len(ranges), TXN_READS):
+            reads = [
+                rpc.RequestOp(
+                    request_range=rpc.RangeRequest(
+                        key=start.encode(), range_end=end.encode(), revision=revision
+                    )
+                )
+                for start, end in ranges[i : i + TXN_READS]
+            ]
+            resp = await self._call(self._kv.Txn, rpc.TxnRequest(success=reads))
+            found += [[_kv(kv) for kv in r.response_range.kvs] for r in resp.responses]
+        return found
 
     async def txn(
         self, compares: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()

@@ -11,7 +11,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from jaco.model.etcd import KV
+    from jaco.model.etcd_types import KV
 
 ROOT = "/jaco/v1/"
 SCHEMA = 1

@@ -12,7 +12,7 @@ from jaco.model import audit, pki, scheduler, tokens
 from jaco.model.access import Access, name_taken, token_record
 from jaco.model.digest import StateDigest
 from jaco.model.engine import Change, View
-from jaco.model.etcd import Revision
+from jaco.model.etcd_types import Revision
 from jaco.model.keys import (
     K_CA,
     K_CLUSTER,

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from jaco.errors import DaemonRunning, DataDirError
 from jaco.files import write_private
-from jaco.model.etcd import TlsFiles
+from jaco.model.etcd_types import TlsFiles
 
 DEFAULT_DATA_DIR = "/var/lib/jaco"
 NODE_SCHEMA = 1

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 from jaco.errors import InvalidArgument, JacoError, LearnerPending, NotFound, Unavailable
 from jaco.model import pki
-from jaco.model.etcd import Member
 from jaco.model.etcd_errors import MembershipSettling, TooManyLearners
+from jaco.model.etcd_types import Member
 from jaco.model.keys import now
 from jaco.model.names import check_name
 from jaco.server.convert import host_port

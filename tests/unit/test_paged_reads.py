@@ -135,3 +135,18 @@ def test_a_record_larger_than_an_answer_can_be_is_refused_in_one_line() -> None:
         "client accepts"
     )
     assert len(etcd.requests) < 30  # it gives up, it does not ask forever
+
+
+def test_a_read_of_at_most_n_records_never_asks_for_more() -> None:
+    """A page of the deployment listing needs 5001 records at most (one more tells whether
+    another page follows): the reads that make it ask for no record past that, a fifth of it
+    first, then the rest sized from the first records' bytes."""
+    records = {f"/jaco/v1/deployments/d{i:05d}".encode(): b"x" * 200 for i in range(20_000)}
+    etcd = _Bounded(records, MAX_MESSAGE)
+
+    async def read() -> list[str]:
+        listed = etcd.iter_range("/jaco/v1/deployments/", b"/jaco/v1/deployments0", 7, 1001, 5001)
+        return [kv.key async for kv in listed]
+
+    assert asyncio.run(read()) == [k.decode() for k in sorted(records)[:5001]]
+    assert [r.limit for r in etcd.requests] == [1001, 4000]
