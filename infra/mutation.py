@@ -544,6 +544,13 @@ MUTATIONS: list[Mutation] = [
         k("tests/unit/test_paged_reads.py", "never_asks_for_more"),
     ),
     m(
+        "Deploy: the IPs taken read from the wrong part of the IPAM keys (stop 27)",
+        "jaco/model/deployments.py",
+        "        taken = [key[len(P_IPAM) :] for key in",
+        "        taken = [key[len(P_IPAM) + 1 :] for key in",
+        k("tests/test_ipam.py", "concurrent_deploys"),
+    ),
+    m(
         "Status pages: replicas read now, not at the page's revision (stop 27)",
         "jaco/model/deployments.py",
         "        wanted = set(names)\n        kvs = await self._range_within(\n            view,",

@@ -52,7 +52,7 @@ class Deployments(Engine):
     ) -> list[dict[str, Any]]:
         cluster = await view.get(K_CLUSTER)
         assert cluster is not None
-        taken = [a["ip"] for a in await view.list(P_IPAM)]
+        taken = [key[len(P_IPAM) :] for key in await view.keys(P_IPAM)]  # keyed by the IP
         ips = ipam.allocate(cluster["subnet"], taken, count)
         load = Counter(p["node"] for p in await view.list(P_SCHEDULER))
         nodes = scheduler.place(await self._ready_nodes(view), load, count)

@@ -36,6 +36,10 @@ class View:
         kv, _ = await self.etcd.get(key, revision=self.revision)
         return decode(kv) if kv else None
 
+    async def keys(self, prefix: str) -> list[str]:
+        """The keys under `prefix`, without reading their records."""
+        return await self.etcd.keys(prefix, self.revision)
+
     async def list(self, prefix: str) -> list[dict[str, Any]]:
         kvs = await self.etcd.get_prefix(prefix, revision=self.revision)
         return [decode(kv) for kv in kvs]

@@ -127,6 +127,11 @@ class Etcd:
             _kv(kv) async for resp in self._pages(prefix, revision, FIRST_PAGE) for kv in resp.kvs
         ]
 
+    async def keys(self, prefix: str, revision: int) -> list[str]:
+        """The keys under `prefix` at `revision`, without their values, in key order."""
+        pages = self._pages(prefix, revision, FIRST_PAGE, keys_only=True)
+        return [kv.key.decode() async for resp in pages for kv in resp.kvs]
+
     async def iter_prefix(
         self, prefix: str, revision: int, page: int = FIRST_PAGE
     ) -> AsyncIterator[KV]:
@@ -156,7 +161,13 @@ class Etcd:
                 yield _kv(kv)
 
     async def _pages(
-        self, prefix: str, revision: int, limit: int, end: bytes | None = None, most: int = 0
+        self,
+        prefix: str,
+        revision: int,
+        limit: int,
+        end: bytes | None = None,
+        most: int = 0,
+        keys_only: bool = False,
     ) -> AsyncIterator[Any]:
         """etcd's answers for the range under `prefix` (or from `prefix` up to `end`), page
         after page, at `revision` (0: the revision the first page was read at).
@@ -173,7 +184,9 @@ class Etcd:
         left = most or -1
         while True:
             limit = min(limit, left) if left > 0 else limit
-            request = rpc.RangeRequest(key=start, range_end=end, revision=revision, limit=limit)
+            request = rpc.RangeRequest(
+                key=start, range_end=end, revision=revision, limit=limit, keys_only=keys_only
+            )
             try:
                 resp = await self._call(self._kv.Range, request)
             except TooLarge:
