@@ -551,6 +551,13 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_ipam.py", "concurrent_deploys"),
     ),
     m(
+        "jaco status --json: a deployment's replicas left out of the streamed listing (stop 27)",
+        "jaco/cli/workloads.py",
+        '"placed": [{"id": r.id, "index": r.index, "ip": r.ip, "node": r.node} for r in d.placed]',
+        '"placed": []',
+        k("tests/unit/test_wire.py", "page_at_a_time"),
+    ),
+    m(
         "Status pages: replicas read now, not at the page's revision (stop 27)",
         "jaco/model/deployments.py",
         "        wanted = set(names)\n        kvs = await self._range_within(\n            view,",

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import sys
+import textwrap
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TextIO
 
 import typer
 
@@ -11,14 +15,13 @@ from jaco.cli.common import (
     AsJson,
     Server,
     check_range,
-    message_dict,
     operator_errors,
     out,
     print_json,
     safe,
     table,
 )
-from jaco.client.connection import full_status, open_client
+from jaco.client.connection import full_status, open_client, status_pages
 from jaco.errors import InvalidArgument
 from jaco.files import write_private
 from jaco.model.names import check_host, check_replicas
@@ -34,10 +37,9 @@ cert_app = typer.Typer(no_args_is_help=True, help="Certificates issued by the cl
 def status(server: Server = "", as_json: AsJson = False) -> None:
     """Deployments with their replicas, IPs and nodes."""
     with open_client(server) as client:
+        if as_json:
+            return write_status_json(status_pages(client), sys.stdout)
         reply = full_status(client)
-    if as_json:  # the state, not the paging: no next_after, no revision
-        state = message_dict(reply)
-        return print_json({k: state[k] for k in ("cluster_id", "deployments")})
     rows: list[tuple[object, ...]] = []
     for d in reply.deployments:
         if not d.placed:
@@ -47,6 +49,38 @@ def status(server: Server = "", as_json: AsJson = False) -> None:
             rows.append((*shown, r.id, r.ip, r.node))
     columns = ("DEPLOYMENT", "IMAGE", "REPLICAS", "REPLICA", "IP", "NODE")
     out.print(table(columns, rows, f"deployments of cluster {reply.cluster_id}"))
+
+
+def write_status_json(pages: Iterable[Any], out: TextIO) -> None:
+    """`{"cluster_id": …, "deployments": […]}` as `print_json` would print it, written a page
+    at a time: at 163 500 deployments the whole reply as one dict took 806 MiB and 7.6 s.
+    The state only: no next_after, no revision."""
+    opened = written = False
+    for page in pages:
+        if not opened:
+            out.write(f'{{\n  "cluster_id": {json.dumps(page.cluster_id)},\n  "deployments": [')
+            opened = True
+        for d in page.deployments:
+            out.write((",\n" if written else "\n") + textwrap.indent(_dumped(d), "    "))
+            written = True
+    out.write("\n  ]\n}\n" if written else "]\n}\n")
+    out.flush()
+
+
+def _dumped(d: Any) -> str:
+    """A deployment message as MessageToDict gives it (every field, proto names; here in
+    the proto's order), then json.dumps with indent 2; built field by field, far cheaper
+    than MessageToDict. tests/unit/test_wire.py holds the two equal."""
+    record = {
+        "name": d.name,
+        "image": d.image,
+        "replicas": d.replicas,
+        "env": dict(d.env),
+        "placed": [{"id": r.id, "index": r.index, "ip": r.ip, "node": r.node} for r in d.placed],
+        "created_at": d.created_at,
+        "updated_at": d.updated_at,
+    }
+    return json.dumps(record, indent=2)
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:

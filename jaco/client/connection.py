@@ -12,7 +12,7 @@ import hashlib
 import os
 import socket
 import ssl
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,17 +174,24 @@ def open_client(server: str | None, token: str | None = None, timeout: float = 3
     return Client(connect_info(server, token), timeout)
 
 
-def full_status(client: Client, timeout: float | None = None) -> Any:
-    """`Status` with every deployment, asked a page at a time (each answer a few MiB, however
-    many deployments there are), every page at the first one's revision."""
+def status_pages(client: Client, timeout: float | None = None) -> Iterator[Any]:
+    """`Status` a page at a time (each answer a few MiB, however many deployments there
+    are), every page at the first one's revision."""
     request = pb.StatusRequest(limit=PAGE_DEPLOYMENTS)
-    whole = pb.StatusResponse()
     while True:
         page = client.call("Status", request, timeout)
-        whole.cluster_id, whole.revision = page.cluster_id, page.revision
-        whole.deployments.extend(page.deployments)
+        yield page
         if not page.next_after:
-            return whole
+            return
         request = pb.StatusRequest(
             after=page.next_after, limit=PAGE_DEPLOYMENTS, revision=page.revision
         )
+
+
+def full_status(client: Client, timeout: float | None = None) -> Any:
+    """`Status` with every deployment, joined from its pages."""
+    whole = pb.StatusResponse()
+    for page in status_pages(client, timeout):
+        whole.cluster_id, whole.revision = page.cluster_id, page.revision
+        whole.deployments.extend(page.deployments)
+    return whole

@@ -4,6 +4,8 @@ does, Backup's serializer aside."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 from typing import Any
 
@@ -11,6 +13,8 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
+from jaco.cli.common import message_dict
+from jaco.cli.workloads import write_status_json
 from jaco.server.convert import data_chunk, deployment, serialized_or_message
 from jaco.server.daemon import add_service
 from jaco.v1 import jaco_pb2 as pb
@@ -120,3 +124,26 @@ def test_a_deployment_is_built_as_parsing_its_record_would(record: dict[str, Any
     assert built.SerializeToString(deterministic=True) == parsed.SerializeToString(
         deterministic=True
     )
+
+
+def test_status_json_is_written_a_page_at_a_time_as_the_whole_reply_would_print() -> None:
+    """`jaco status --json` writes each page as it comes (163 500 deployments as one dict
+    took 806 MiB): its output is the whole reply as `print_json` printed it, every field
+    included, for pages with deployments and for a cluster with none (the keys of each
+    deployment in the proto's order, where MessageToDict put the fields at their defaults
+    last)."""
+    messages = [deployment(r) for r in _deployments()]
+    # the builder must cover every message field, or MessageToDict has one it lacks
+    assert set(message_dict(messages[0])) == {f.name for f in pb.Deployment.DESCRIPTOR.fields}
+    pages = [
+        pb.StatusResponse(cluster_id="c1", deployments=messages[:2], next_after="bare"),
+        pb.StatusResponse(cluster_id="c1"),
+        pb.StatusResponse(cluster_id="c1", deployments=messages[2:]),
+    ]
+    for given, listed in [(pages, messages), (pages[1:2], [])]:
+        out = io.StringIO()
+        write_status_json(given, out)
+        whole = {"cluster_id": "c1", "deployments": [message_dict(d) for d in listed]}
+        assert json.loads(out.getvalue()) == whole
+        ordered = json.loads(out.getvalue())  # and laid out as json.dumps lays it out
+        assert out.getvalue() == json.dumps(ordered, indent=2) + "\n"
