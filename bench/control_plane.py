@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import datetime as dt
 import ipaddress
-import json
 import shutil
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from typing import Any
 
 from bench.growth import alternate
 from bench.realistic import fill
-from bench.run import RESULTS, jaco_cli, measure
+from bench.run import jaco_cli, measure, save_results
 from infra.localcluster import Cluster, Node
 
 SUBNET = "10.42.0.0/16"  # the cluster's default: 65 533 replica addresses
@@ -133,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     for line in table(results):
         print(line)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"control-plane-{started:%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps({"started": started.isoformat(), "results": results}, indent=2))
-    print(f"\nwrote {out}")
+    save_results("control-plane", started, "results", results)
     return 0
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import shutil
 import statistics
 import sys
@@ -43,12 +42,12 @@ from typing import Any
 from bench.realistic import fill
 from bench.run import (
     BUCKET,
-    RESULTS,
     jaco_cli,
     measure,
     peak_kib,
     reset_peak,
     restore_jaco,
+    save_results,
     services,
     stage,
     stage_env,
@@ -310,10 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     for line in table(results):
         print(line)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"growth-{started:%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps({"started": started.isoformat(), "growth": results}, indent=2))
-    print(f"\nwrote {out}")
+    save_results("growth", started, "growth", results)
     return 0
 
 

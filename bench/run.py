@@ -55,6 +55,15 @@ DATASETS = {"bulk": 48, "small": 0}  # --dataset: KiB per record (0: bench.reali
 _no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def save_results(kind: str, started: dt.datetime, key: str, results: Any) -> Path:
+    """bench/results/KIND-<start>.json, {"started": …, key: results}; its path is printed."""
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{kind}-{started:%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps({"started": started.isoformat(), key: results}, indent=2))
+    print(f"\nwrote {out}")
+    return out
+
+
 # -- measuring one process ------------------------------------------------------------------
 
 
