@@ -524,8 +524,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "Status pages: past the shared range's bound, no deployment's own replicas read (stop 27)",
         "jaco/model/deployments.py",
-        '            own = [(f"{P_REPLICAS}{n}/", f"{P_REPLICAS}{n}0") for n in names]',
-        "            own = []",
+        '[(f"{P_REPLICAS}{n}/", f"{P_REPLICAS}{n}0") for n in names],',
+        "[],",
         k("tests/test_ipam.py", "not_read_through"),
     ),
     m(
@@ -560,9 +560,9 @@ MUTATIONS: list[Mutation] = [
     m(
         "Status pages: replicas read now, not at the page's revision (stop 27)",
         "jaco/model/deployments.py",
-        "        wanted = set(names)\n        kvs = await self._range_within(\n            view,",
-        "        wanted = set(names)\n        kvs = await self._range_within(\n"
-        "            View(self.etcd, 0),",
+        "        kvs = await self._shared_or_own(\n            view,\n            (P_REPLICAS",
+        "        kvs = await self._shared_or_own(\n            View(self.etcd, 0),\n"
+        "            (P_REPLICAS",
         k("tests/test_ipam.py", "status_pages"),
     ),
     m(

@@ -37,7 +37,7 @@ SLACK = 100  # records beyond twice those expected that a page's shared range ma
 @dataclass
 class DeploymentPage:
     deployments: list[dict[str, Any]]
-    next_after: str  # the last name of this page when more follow, else ""
+    next_after: str  # the key (a name) of this page's last deployment when more follow, else ""
     revision: int  # the store revision every page of the listing is read at
 
 
@@ -194,7 +194,7 @@ class Deployments(Engine):
             view, [d["name"] for d in page], sum(d["replicas"] for d in page)
         )
         return DeploymentPage(
-            [{**d, "placed": placed.get(d["name"], [])} for d in page], next_after, view.revision
+            [{**d, "placed": placed[d["name"]]} for d in page], next_after, view.revision
         )
 
     async def _placed(
@@ -210,40 +210,33 @@ class Deployments(Engine):
         if not names:
             return {}
         wanted = set(names)
-        kvs = await self._range_within(
+        kvs = await self._shared_or_own(
             view,
-            P_REPLICAS + min(n + "/" for n in names),
-            P_REPLICAS + max(n + "0" for n in names),  # "0" follows "/"
+            (P_REPLICAS + min(n + "/" for n in names), P_REPLICAS + max(n + "0" for n in names)),
+            [(f"{P_REPLICAS}{n}/", f"{P_REPLICAS}{n}0") for n in names],  # "0" follows "/"
             2 * expected + SLACK,
         )
-        if kvs is None:
-            own = [(f"{P_REPLICAS}{n}/", f"{P_REPLICAS}{n}0") for n in names]
-            kvs = [kv for group in await self.etcd.read_many(own, view.revision) for kv in group]
         replicas = [r for r in map(decode, kvs) if r["deployment"] in wanted]
         ids = {r["id"] for r in replicas}
-        kvs = await self._range_within(
+        kvs = await self._shared_or_own(
             view,
-            P_SCHEDULER + min(n + "-" for n in names),
-            P_SCHEDULER + max(n + "." for n in names),  # "." follows "-"
+            (P_SCHEDULER + min(n + "-" for n in names), P_SCHEDULER + max(n + "." for n in names)),
+            [(P_SCHEDULER + i, "") for i in ids],  # "." follows "-"
             2 * len(ids) + SLACK,
         )
-        if kvs is None:
-            kvs = [
-                kv
-                for g in await self.etcd.read_many(
-                    [(P_SCHEDULER + i, "") for i in ids], view.revision
-                )
-                for kv in g
-            ]
         nodes = {p["replica"]: p["node"] for p in map(decode, kvs) if p["replica"] in ids}
         by_dep: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         for r in replicas:
             by_dep[r["deployment"]].append({**r, "node": nodes.get(r["id"], "")})
         return by_dep
 
-    async def _range_within(self, view: View, start: str, end: str, most: int) -> list[KV] | None:
-        """The keys from `start` up to `end` at the view's revision; None past `most` of them."""
+    async def _shared_or_own(
+        self, view: View, shared: tuple[str, str], own: list[tuple[str, str]], most: int
+    ) -> list[KV]:
+        """The keys of the `shared` range at the view's revision; past `most` of them, the
+        keys of each `own` range instead, many reads to a transaction."""
         found: list[KV] = []
+        start, end = shared
         listed = self.etcd.iter_range(
             start, end.encode(), view.revision, min(most + 1, FIRST_PAGE), most=most + 1
         )
@@ -251,7 +244,8 @@ class Deployments(Engine):
             async for kv in listed:
                 found.append(kv)
                 if len(found) > most:
-                    return None
+                    groups = await self.etcd.read_many(own, view.revision)
+                    return [kv for group in groups for kv in group]
         return found
 
     async def deployments(self) -> list[dict[str, Any]]:
