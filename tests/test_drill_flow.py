@@ -153,32 +153,40 @@ def test_failed_check_fails_the_run_and_still_wipes(
     assert own_agents() == []
 
 
-def test_two_drills_at_once_do_not_collide(stored: dict[str, Any], tmp_path: Path) -> None:
-    """Two drills started together, until their sandboxes really ran at the same time
-    (Prefect's record of the two sandbox-drill tasks overlaps; started together, one can
-    still end before the other begins: CI saw it once): every attempt passes."""
-    for attempt in range(3):
-        states: list[Any] = [None, None]
+def test_two_drills_at_once_do_not_collide(
+    stored: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two drills whose real sandboxes run at the same time: each sandbox-drill task waits
+    for the other at a barrier before starting bubblewrap, so both tasks' runs hold that
+    moment (started together without it, one drill could end before the other began: CI saw
+    it twice, the last in 3 attempts running)."""
+    together = threading.Barrier(2, timeout=120)
+    real = BwrapSandbox.run_agent
 
-        def run(i: int, states: list[Any] = states, attempt: int = attempt) -> None:
-            states[i] = drill(stored, tmp_path / f"work{attempt}-{i}", key=stored["key"])
+    def run_agent(self: BwrapSandbox, *args: Any, **kwargs: Any) -> Any:
+        together.wait()
+        return real(self, *args, **kwargs)
 
-        # Each thread in this context: Prefect's settings (its API) are context-local.
-        threads = [
-            threading.Thread(target=contextvars.copy_context().run, args=(run, i)) for i in range(2)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert all(s.is_completed() for s in states), [s.message for s in states]
-        results = [s.result() for s in states]
-        assert results[0]["sandbox"] != results[1]["sandbox"]
-        assert all(c["ok"] for r in results for c in r["checks"])
-        first, second = (_task_runs(s, "sandbox-drill")[0] for s in states)
-        if first.start_time < second.end_time and second.start_time < first.end_time:
-            return
-    pytest.fail("in 3 attempts, the two drills' sandboxes never ran at the same time")
+    monkeypatch.setattr(BwrapSandbox, "run_agent", run_agent)
+    states: list[Any] = [None, None]
+
+    def run(i: int) -> None:
+        states[i] = drill(stored, tmp_path / f"work{i}", key=stored["key"])
+
+    # Each thread in this context: Prefect's settings (its API) are context-local.
+    threads = [
+        threading.Thread(target=contextvars.copy_context().run, args=(run, i)) for i in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(s.is_completed() for s in states), [s.message for s in states]
+    results = [s.result() for s in states]
+    assert results[0]["sandbox"] != results[1]["sandbox"]
+    assert all(c["ok"] for r in results for c in r["checks"])
+    first, second = (_task_runs(s, "sandbox-drill")[0] for s in states)
+    assert first.start_time < second.end_time and second.start_time < first.end_time
 
 
 def _task_runs(state: Any, name: str) -> list[Any]:
