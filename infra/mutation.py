@@ -635,6 +635,20 @@ MUTATIONS: list[Mutation] = [
         "",
         "tests/unit/test_drill_audit.py",
     ),
+    m(
+        "flows: importing them leaves glibc's arena per thread (stop 28)",
+        "flows/__init__.py",
+        "\ncap_malloc_arenas()\n",
+        "\n",
+        "tests/unit/test_malloc_arenas.py",
+    ),
+    m(
+        "flows: the arena cap overrides the operator's MALLOC_ARENA_MAX (stop 28)",
+        "flows/memory.py",
+        'if "MALLOC_ARENA_MAX" in os.environ:',
+        "if False:",
+        "tests/unit/test_malloc_arenas.py",
+    ),
 ]
 
 
