@@ -326,8 +326,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "native snapshot pass: merging spilled runs, a key deleted last still counts (issue 16)",
         "native/src/sort.rs",
-        "if last_key != key && !matches!(last_record, Owned::Deleted) {",
-        "if last_key != key {",
+        "            Owned::Deleted => Ok(()),\n            record => each(&key, record.record()),",
+        "            record => each(&key, record.record()),",
         k(SNAPSHOT, "spilling or compiled"),
     ),
     m(
@@ -648,6 +648,30 @@ MUTATIONS: list[Mutation] = [
         'if "MALLOC_ARENA_MAX" in os.environ:',
         "if False:",
         "tests/unit/test_malloc_arenas.py",
+    ),
+    m(
+        "native snapshot pass: spilled runs are never merged as they come (stop 28)",
+        "native/src/sort.rs",
+        "        while self.runs.len() >= FAN_IN {",
+        "        while self.runs.len() >= usize::MAX {",
+        k(SNAPSHOT, "more_runs"),
+    ),
+    m(
+        "native snapshot pass: runs merged as they come lose their deletions (stop 28)",
+        "native/src/sort.rs",
+        "merge(&mut sources, |key, record| out.add(&key, record.record()))?;",
+        "merge(&mut sources, |key, record| match record {\n"
+        "                Owned::Deleted => Ok(()),\n"
+        "                record => out.add(&key, record.record()),\n"
+        "            })?;",
+        k(SNAPSHOT, "more_runs"),
+    ),
+    m(
+        "native snapshot pass: a merge of runs as they come keeps the oldest record (stop 28)",
+        "native/src/sort.rs",
+        "                .drain(group..)\n",
+        "                .drain(group..)\n                .rev()\n",
+        k(SNAPSHOT, "more_runs"),
     ),
 ]
 

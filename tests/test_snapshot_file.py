@@ -15,6 +15,7 @@ import json
 import random
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,14 @@ def shaped(
                     await etcd.txn([], [op_put(f"{BULK}{batch:03d}-000", b"v2")])
                     await etcd.txn([], [op_delete(f"{BULK}{batch:03d}-001")])
                 await etcd.txn([], [op_put(f"{BULK}000-001", b"re-created")])
+                # Records after the deletions, and keys overwritten and deleted a few records
+                # after they were written: a pass of runs of a record or a few merges the runs
+                # holding them before its end (Sorter::cascade), not only at it.
+                tail = [f"{BULK}tail-{i:03d}" for i in range(200)]
+                await etcd.txn([], [op_put(key, b"t") for key in tail[:50]])
+                await etcd.txn([], [op_put(key, b"t2") for key in tail[:10]])
+                await etcd.txn([], [op_delete(key) for key in tail[10:20]])
+                await etcd.txn([], [op_put(key, b"t") for key in tail[50:]])
                 await etcd.txn([], [op_put(P_ALIVE + "ghost", b"heartbeat")])
                 await etcd.txn([], [op_put("/elsewhere/key", b"not jaco's")])
             finally:
@@ -114,8 +123,9 @@ def test_reader_agrees_with_etcd_and_the_live_store(
 
     counts, digest = asyncio.run(live())
     assert (state.counts, state.state_digest) == (counts, digest)
-    # What went in: 3000 bulk keys, one deleted per batch of the last five, one re-created.
-    assert state.counts["bulk"] == 3000 - 5 + 1
+    # What went in: 3000 bulk keys, one deleted per batch of the last five, one re-created;
+    # 200 more, ten of them deleted.
+    assert state.counts["bulk"] == 3000 - 5 + 1 + 200 - 10
     assert state.counts["deployments"] == 1
     assert "alive" not in state.counts
     assert state.cluster["cluster_id"] == shown["cluster_id"]
@@ -204,6 +214,37 @@ def test_reader_spilling_sorted_runs_reads_the_same(
     assert _summary(read_snapshot_state(snapshot, missing)) == _summary(whole)
     with pytest.raises(FileNotFoundError):
         read_snapshot_state(snapshot, missing, 64 * 1024)
+
+
+LOW_NOFILE = """
+import json, resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+from jaco.archive.snapshot_file import read_snapshot_state
+state = read_snapshot_state(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
+print(json.dumps([state.revision, state.counts, state.state_digest]))
+"""
+
+
+def test_a_store_of_more_runs_than_open_files_merges_them_as_it_goes(
+    shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """A store spilled into thousands of sorted runs (runs of a few records, or of one) is read
+    by a process that may open 256 files: the runs are merged as they come, not all opened at
+    the end, and the state is the one read in memory; nothing is left in the scratch."""
+    _, snapshot, _ = shaped
+    whole = read_snapshot_state(snapshot)
+    for run_bytes in (2048, 2):
+        read = subprocess.run(
+            [sys.executable, "-c", LOW_NOFILE, str(snapshot), str(tmp_path), str(run_bytes)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert read.returncode == 0, read.stderr[-400:]
+        assert json.loads(read.stdout) == [whole.revision, whole.counts, whole.state_digest]
+        assert list(tmp_path.iterdir()) == []
 
 
 def _summary(state: SnapshotState) -> tuple[Any, ...]:

@@ -6,7 +6,9 @@
 //! the next run fills: the walk and the sort share the two cores instead of taking turns, and
 //! at most two runs are held at once. At the end the runs are merged, the last one from
 //! memory; of one key in several runs the newest run wins, and a deletion hides the key. A
-//! store that fits in one run is never written out.
+//! store that fits in one run is never written out; a store of many runs merges them FAN_IN
+//! at a time as they come (Sorter::cascade), so the files open and the merge's buffers stay
+//! bounded however large the store.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -19,6 +21,7 @@ use std::thread::JoinHandle;
 use crate::bolt::{Error, Record, Result};
 
 const O_TMPFILE: i32 = 0o20_200_000; // Linux: __O_TMPFILE | O_DIRECTORY
+const FAN_IN: usize = 64; // runs merged at once (Sorter::cascade)
 const ENTRY_BYTES: usize = 40; // an entry's own size in the run, counted with its bytes
 const _: () = assert!(std::mem::size_of::<Entry>() <= ENTRY_BYTES);
 
@@ -162,31 +165,11 @@ impl Run {
     /// The sorted run, the latest record of each key only, to an unnamed file in `scratch`.
     fn write(&mut self, scratch: &Path) -> Result<File> {
         self.sort();
-        let file = scratch_file(scratch).map_err(Error::Io)?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        let io = |r: std::io::Result<()>| r.map_err(Error::Io);
+        let mut out = RunWriter::new(scratch)?;
         for entry in self.latest() {
-            let key = self.key(entry);
-            io(out.write_all(&(key.len() as u32).to_le_bytes()))?;
-            io(out.write_all(key))?;
-            let mut bytes = |tag: u8, bytes: &[u8]| -> Result<()> {
-                io(out.write_all(&[tag]))?;
-                io(out.write_all(&(bytes.len() as u32).to_le_bytes()))?;
-                io(out.write_all(bytes))
-            };
-            match self.record(entry) {
-                Record::Deleted => io(out.write_all(&[0]))?,
-                Record::Inline(raw) => bytes(1, raw)?,
-                Record::Value(value) => bytes(3, value)?,
-                Record::At(offset, size) => {
-                    io(out.write_all(&[2]))?;
-                    io(out.write_all(&offset.to_le_bytes()))?;
-                    io(out.write_all(&size.to_le_bytes()))?;
-                }
-            }
+            out.add(self.key(entry), self.record(entry))?;
         }
-        let mut file = out.into_inner().map_err(|e| Error::Io(e.into_error()))?;
-        io(file.seek(SeekFrom::Start(0)).map(|_| ()))?;
+        let file = out.finish()?;
         self.arena.clear();
         self.entries.clear();
         Ok(file)
@@ -200,7 +183,7 @@ pub struct Sorter {
     run_bytes: usize,
     run: Run,
     spilling: Option<Spilling>,
-    runs: Vec<File>,
+    runs: Vec<(File, u32)>, // spilled runs, the oldest first, each with its level (below)
 }
 
 /// The spill thread's outcome; its panic (a bug) carried on in this thread.
@@ -236,11 +219,38 @@ impl Sorter {
         match self.spilling.take() {
             Some(handle) => {
                 let (file, emptied) = joined(handle)?;
-                self.runs.push(file);
+                self.runs.push((file, 0));
+                self.cascade()?;
                 Ok(Some(emptied))
             }
             None => Ok(None),
         }
+    }
+
+    /// Whenever the newest FAN_IN runs are of one level, merges them into one run of the next
+    /// level (the newest record of each key, deletions kept: an older run may hold the key).
+    /// Levels never rise from the oldest run to the newest, so at most FAN_IN - 1 runs of each
+    /// level stay open: a store of any size opens a bounded number of files (a process may
+    /// hold 1024), each record is rewritten once per level, and no merge reads more runs than
+    /// its share of the budget can buffer.
+    fn cascade(&mut self) -> Result<()> {
+        while self.runs.len() >= FAN_IN {
+            let group = self.runs.len() - FAN_IN;
+            let level = self.runs[group].1;
+            if self.runs[group..].iter().any(|run| run.1 != level) {
+                break;
+            }
+            let buffer = read_buffer(self.run_bytes, FAN_IN);
+            let mut sources: Vec<Source<'_>> = self
+                .runs
+                .drain(group..)
+                .map(|(file, _)| Source::Spilled(BufReader::with_capacity(buffer, file)))
+                .collect();
+            let mut out = RunWriter::new(&self.scratch)?;
+            merge(&mut sources, |key, record| out.add(&key, record.record()))?;
+            self.runs.push((out.finish()?, level + 1));
+        }
+        Ok(())
     }
 
     /// Hands the full run to a thread that sorts and writes it; the next run reuses the
@@ -271,41 +281,101 @@ impl Sorter {
             }
             return Ok(());
         }
+        let buffer = read_buffer(self.run_bytes, self.runs.len());
         let mut sources: Vec<Source<'_>> = std::mem::take(&mut self.runs)
             .into_iter()
-            .map(|f| Source::Spilled(BufReader::with_capacity(256 * 1024, f)))
+            .map(|(file, _)| Source::Spilled(BufReader::with_capacity(buffer, file)))
             .collect();
         sources.push(Source::Memory(&last_run, Box::new(last_run.latest()))); // the newest run
-                                                                              // (key, age): of one key, the newest run's entry pops last.
-        let mut heap: BinaryHeap<Reverse<(Vec<u8>, usize)>> = BinaryHeap::new();
-        let mut heads: Vec<Option<Owned>> = Vec::with_capacity(sources.len());
-        for (age, source) in sources.iter_mut().enumerate() {
-            heads.push(None);
-            if let Some((key, record)) = source.next()? {
-                heads[age] = Some(record);
-                heap.push(Reverse((key, age)));
+        merge(&mut sources, |key, record| match record {
+            Owned::Deleted => Ok(()),
+            record => each(&key, record.record()),
+        })
+    }
+}
+
+/// The spilled runs' read buffers share a run's budget (within 16-256 KiB each): a merge
+/// holds no more than the walk did, however many runs it reads.
+fn read_buffer(run_bytes: usize, runs: usize) -> usize {
+    (run_bytes / runs.max(1)).clamp(16 * 1024, 256 * 1024)
+}
+
+/// Calls `each(key, record)` with the newest record of every key of `sources` (the oldest run
+/// first), deletions included, in key order.
+fn merge(
+    sources: &mut [Source<'_>],
+    mut each: impl FnMut(Vec<u8>, Owned) -> Result<()>,
+) -> Result<()> {
+    // (key, age): of one key, the newest run's entry pops last.
+    let mut heap: BinaryHeap<Reverse<(Vec<u8>, usize)>> = BinaryHeap::new();
+    let mut heads: Vec<Option<Owned>> = Vec::with_capacity(sources.len());
+    for (age, source) in sources.iter_mut().enumerate() {
+        heads.push(None);
+        if let Some((key, record)) = source.next()? {
+            heads[age] = Some(record);
+            heap.push(Reverse((key, age)));
+        }
+    }
+    let mut last: Option<(Vec<u8>, Owned)> = None;
+    while let Some(Reverse((key, age))) = heap.pop() {
+        let record = heads[age].take().expect("a head for every key in the heap");
+        if let Some((next_key, next)) = sources[age].next()? {
+            heads[age] = Some(next);
+            heap.push(Reverse((next_key, age)));
+        }
+        if let Some((last_key, last_record)) = last.take() {
+            if last_key != key {
+                each(last_key, last_record)?;
             }
         }
-        let mut last: Option<(Vec<u8>, Owned)> = None;
-        while let Some(Reverse((key, age))) = heap.pop() {
-            let record = heads[age].take().expect("a head for every key in the heap");
-            if let Some((next_key, next)) = sources[age].next()? {
-                heads[age] = Some(next);
-                heap.push(Reverse((next_key, age)));
+        last = Some((key, record));
+    }
+    match last {
+        Some((key, record)) => each(key, record),
+        None => Ok(()),
+    }
+}
+
+/// A sorted run being written to an unnamed scratch file, in the format read_entry reads.
+struct RunWriter {
+    out: BufWriter<File>,
+}
+
+impl RunWriter {
+    fn new(scratch: &Path) -> Result<RunWriter> {
+        let file = scratch_file(scratch).map_err(Error::Io)?;
+        Ok(RunWriter {
+            out: BufWriter::with_capacity(1 << 20, file),
+        })
+    }
+
+    fn add(&mut self, key: &[u8], record: Record<'_>) -> Result<()> {
+        let out = &mut self.out;
+        let io = |r: std::io::Result<()>| r.map_err(Error::Io);
+        io(out.write_all(&(key.len() as u32).to_le_bytes()))?;
+        io(out.write_all(key))?;
+        let mut bytes = |tag: u8, bytes: &[u8]| -> Result<()> {
+            io(out.write_all(&[tag]))?;
+            io(out.write_all(&(bytes.len() as u32).to_le_bytes()))?;
+            io(out.write_all(bytes))
+        };
+        match record {
+            Record::Deleted => io(out.write_all(&[0])),
+            Record::Inline(raw) => bytes(1, raw),
+            Record::Value(value) => bytes(3, value),
+            Record::At(offset, size) => {
+                io(out.write_all(&[2]))?;
+                io(out.write_all(&offset.to_le_bytes()))?;
+                io(out.write_all(&size.to_le_bytes()))
             }
-            if let Some((last_key, last_record)) = last.take() {
-                if last_key != key && !matches!(last_record, Owned::Deleted) {
-                    each(&last_key, last_record.record())?;
-                }
-            }
-            last = Some((key, record));
         }
-        if let Some((key, record)) = last {
-            if !matches!(record, Owned::Deleted) {
-                each(&key, record.record())?;
-            }
-        }
-        Ok(())
+    }
+
+    /// The written run, rewound for reading.
+    fn finish(self) -> Result<File> {
+        let mut file = self.out.into_inner().map_err(|e| Error::Io(e.into_error()))?;
+        file.seek(SeekFrom::Start(0)).map_err(Error::Io)?;
+        Ok(file)
     }
 }
 
