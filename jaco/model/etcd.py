@@ -23,18 +23,8 @@ from jaco.model.etcd_errors import (
     member_add_error,
     translate,
 )
+from jaco.model.etcd_keys import part_end, prefix_end, shared_prefix
 from jaco.model.etcd_types import KV, Member, MemberStatus, Revision, TlsFiles, WatchEvent
-
-_PREFIX_END_BYTE = 0xFF
-
-
-def prefix_end(prefix: str) -> bytes:
-    raw = bytearray(prefix.encode())
-    for i in range(len(raw) - 1, -1, -1):
-        if raw[i] < _PREFIX_END_BYTE:
-            raw[i] += 1
-            return bytes(raw[: i + 1])
-    return b"\0"
 
 
 def _which(prefix: str, start: bytes) -> str:
@@ -53,6 +43,7 @@ MAX_MESSAGE = 64 * 1024 * 1024  # the largest answer from etcd the client accept
 PAGE_BYTES = 4 * 1024 * 1024  # what one page of a range read aims at (docs/benchmarks.md)
 MAX_PAGE = 100_000  # records in one page, at most
 FIRST_PAGE = 1000  # records in a range read's first page, before its records' size is known
+PART_PAGES = 8  # a part of a range holding more pages than this is split (Etcd._pages)
 TXN_READS = 1000  # reads in one transaction (jacod starts etcd with --max-txn-ops=2048)
 
 
@@ -176,14 +167,21 @@ class Etcd:
         range with any sort order by reading the whole rest of the range, sorting it and only
         then applying the limit (docs/benchmarks.md, round three). Even unsorted, etcd 3.4
         counts the whole rest of the range for each page: 1000-record pages read 10⁶ records
-        in 100 s. So each page after the first is sized from the previous page's bytes per
-        record to about PAGE_BYTES (at most MAX_PAGE records, and at most four times the
-        previous page: etcd builds a whole answer before the client can refuse it), and a
-        page larger than this client accepts is asked for again, a quarter as long."""
-        start, end = prefix.encode(), end or prefix_end(prefix)
+        in 100 s, and 4 MiB pages 10⁷ records in 430 s. So each page after the first is sized
+        from the previous page's bytes per record to about PAGE_BYTES (at most MAX_PAGE
+        records, and at most four times the previous page: etcd builds a whole answer before
+        the client can refuse it), a page larger than this client accepts is asked for again,
+        a quarter as long, and each page asks for a part of the rest only: the keys that
+        share their first `depth` bytes with the page's first key (etcd_keys.part_end).
+        etcd's count of that part says how deep the next page goes: deeper while the part
+        holds far more than a page, one byte shallower once a whole part held far less; what
+        etcd counts stays near what it sends, linear in the range, whatever its size."""
+        start, final = prefix.encode(), end or prefix_end(prefix)
+        depth = 0  # 0: the whole rest of the range
         left = most or -1
         while True:
             limit = min(limit, left) if left > 0 else limit
+            end = part_end(start, final, depth)
             request = rpc.RangeRequest(
                 key=start, range_end=end, revision=revision, limit=limit, keys_only=keys_only
             )
@@ -199,12 +197,23 @@ class Etcd:
                 continue
             yield resp
             left -= len(resp.kvs)
-            if not resp.more or not resp.kvs or left == 0:
-                return
             revision = revision or resp.header.revision
-            start = resp.kvs[-1].key + b"\0"
-            per_record = resp.ByteSize() / len(resp.kvs)
-            limit = max(1, min(MAX_PAGE, 4 * limit, int(PAGE_BYTES / per_record)))
+            if left == 0 or (not resp.more and end == final):
+                return
+            if resp.more:  # the part holds more: the next page goes on in it
+                start = resp.kvs[-1].key + b"\0"
+                if resp.count > PART_PAGES * len(resp.kvs):  # deeper: at least as deep as
+                    # the keys of this page go alike, and one byte deeper than before
+                    first, last = resp.kvs[0].key, resp.kvs[-1].key
+                    depth = max(depth + 1, shared_prefix(start, final) + 1)
+                    depth = max(depth, shared_prefix(first, last))
+            else:  # the part is read: the next page begins where it ends
+                start = end
+                if depth and resp.count * PART_PAGES < limit:
+                    depth = depth - 1 if depth - 1 > shared_prefix(start, final) else 0
+            if resp.kvs:
+                per_record = resp.ByteSize() / len(resp.kvs)
+                limit = max(1, min(MAX_PAGE, 4 * limit, int(PAGE_BYTES / per_record)))
 
     async def read_many(self, ranges: Sequence[tuple[str, str]], revision: int) -> list[list[KV]]:
         """The keys of each (start, end) range at `revision` (end "": the one key `start`),
