@@ -673,6 +673,20 @@ MUTATIONS: list[Mutation] = [
         "                .drain(group..)\n                .rev()\n",
         k(SNAPSHOT, "more_runs"),
     ),
+    m(
+        "range reads: a page's part of the range is never narrowed (stop 28)",
+        "jaco/model/etcd.py",
+        "                if resp.count > PART_PAGES * len(resp.kvs):",
+        "                if False:",
+        k("tests/unit/test_paged_reads.py", "count_about"),
+    ),
+    m(
+        "range reads: a part of the range is never widened again (stop 28)",
+        "jaco/model/etcd.py",
+        "                if depth and resp.count * PART_PAGES < limit:",
+        "                if False:",
+        k("tests/unit/test_paged_reads.py", "count_about"),
+    ),
 ]
 
 
