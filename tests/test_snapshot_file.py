@@ -219,7 +219,7 @@ def test_reader_spilling_sorted_runs_reads_the_same(
 LOW_NOFILE = """
 import json, resource, sys
 from pathlib import Path
-resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
 from jaco.archive.snapshot_file import read_snapshot_state
 state = read_snapshot_state(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
 print(json.dumps([state.revision, state.counts, state.state_digest]))
@@ -230,7 +230,7 @@ def test_a_store_of_more_runs_than_open_files_merges_them_as_it_goes(
     shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     """A store spilled into thousands of sorted runs (runs of a few records, or of one) is read
-    by a process that may open 256 files: the runs are merged as they come, not all opened at
+    by a process that may open 512 files: the runs are merged as they come, not all opened at
     the end, and the state is the one read in memory; nothing is left in the scratch."""
     _, snapshot, _ = shaped
     whole = read_snapshot_state(snapshot)
