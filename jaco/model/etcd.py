@@ -202,11 +202,10 @@ class Etcd:
                 return
             if resp.more:  # the part holds more: the next page goes on in it
                 start = resp.kvs[-1].key + b"\0"
-                if resp.count > PART_PAGES * len(resp.kvs):  # deeper: at least as deep as
-                    # the keys of this page go alike, and one byte deeper than before
-                    first, last = resp.kvs[0].key, resp.kvs[-1].key
-                    depth = max(depth + 1, shared_prefix(start, final) + 1)
-                    depth = max(depth, shared_prefix(first, last))
+                if resp.count > PART_PAGES * len(resp.kvs):  # deeper: a byte at least, and
+                    # as deep as the keys of this page go alike
+                    alike = shared_prefix(resp.kvs[0].key, resp.kvs[-1].key)
+                    depth = max(depth + 1, shared_prefix(start, final) + 1, alike)
             else:  # the part is read: the next page begins where it ends
                 start = end
                 if depth and resp.count * PART_PAGES < limit:

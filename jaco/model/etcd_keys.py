@@ -3,16 +3,16 @@
 
 from __future__ import annotations
 
-_PREFIX_END_BYTE = 0xFF
+
+def _after(raw: bytes) -> bytes:
+    """The least key above every key that begins with `raw`; b"\0" where there is none
+    (etcd's range end for "to the end of the key space")."""
+    raw = raw.rstrip(b"\xff")
+    return raw[:-1] + bytes([raw[-1] + 1]) if raw else b"\0"
 
 
 def prefix_end(prefix: str) -> bytes:
-    raw = bytearray(prefix.encode())
-    for i in range(len(raw) - 1, -1, -1):
-        if raw[i] < _PREFIX_END_BYTE:
-            raw[i] += 1
-            return bytes(raw[: i + 1])
-    return b"\0"
+    return _after(prefix.encode())
 
 
 def shared_prefix(a: bytes, b: bytes) -> int:
@@ -24,12 +24,7 @@ def shared_prefix(a: bytes, b: bytes) -> int:
 def part_end(start: bytes, end: bytes, depth: int) -> bytes:
     """The end of the part of [start, end) whose keys begin with `start`'s first `depth` bytes
     (depth 0, or a part reaching past `end`: `end`)."""
-    if not depth:
+    after = _after(start[:depth]) if depth else b"\0"
+    if after == b"\0":
         return end
-    part = bytearray(start[:depth])
-    while part and part[-1] == _PREFIX_END_BYTE:
-        part.pop()
-    if not part:
-        return end
-    part[-1] += 1
-    return min(bytes(part), end) if end != b"\0" else bytes(part)
+    return after if end == b"\0" else min(after, end)
