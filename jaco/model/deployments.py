@@ -210,10 +210,12 @@ class Deployments(Engine):
         if not names:
             return {}
         wanted = set(names)
+        # A name's replicas are NAME/… up to NAME0 ("0" follows "/"), its placements NAME-…
+        # up to NAME. ("." follows "-").
         kvs = await self._shared_or_own(
             view,
             (P_REPLICAS + min(n + "/" for n in names), P_REPLICAS + max(n + "0" for n in names)),
-            [(f"{P_REPLICAS}{n}/", f"{P_REPLICAS}{n}0") for n in names],  # "0" follows "/"
+            [(f"{P_REPLICAS}{n}/", f"{P_REPLICAS}{n}0") for n in names],
             2 * expected + SLACK,
         )
         replicas = [r for r in map(decode, kvs) if r["deployment"] in wanted]
@@ -221,7 +223,7 @@ class Deployments(Engine):
         kvs = await self._shared_or_own(
             view,
             (P_SCHEDULER + min(n + "-" for n in names), P_SCHEDULER + max(n + "." for n in names)),
-            [(P_SCHEDULER + i, "") for i in ids],  # "." follows "-"
+            [(P_SCHEDULER + i, "") for i in ids],
             2 * len(ids) + SLACK,
         )
         nodes = {p["replica"]: p["node"] for p in map(decode, kvs) if p["replica"] in ids}
