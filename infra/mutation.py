@@ -141,16 +141,22 @@ MUTATIONS: list[Mutation] = [
     m(
         "drill: audit history check always passes",
         "jaco/drill/checks.py",
-        "    ok = (\n        chain.ok\n        and chain.events",
-        "    ok = True or (\n        chain.ok\n        and chain.events",
+        "        ok = chain.chain_ok and chain.events >= history + 1",
+        "        ok = True or chain.chain_ok and chain.events >= history + 1",
         k(DRILL, "audit_chain"),
     ),
     Mutation(
         "drill: audit anchors check always passes",
         "jaco/drill/checks.py",
         (
-            ("    if not reply.ok:\n        return False", "    if False:\n        return False"),
-            ("    return reply.anchors_checked == len(anchors), ", "    return True, "),
+            (
+                "        if not reply.ok:\n            return False",
+                "        if False:\n            return False",
+            ),
+            (
+                "        return reply.anchors_checked == len(self.anchors), ",
+                "        return True, ",
+            ),
         ),
         (k(DRILL, "rewritten or audit_chain"),),
     ),
@@ -445,8 +451,8 @@ MUTATIONS: list[Mutation] = [
         "range reads: every page 1000 records, etcd counting the rest of the range each time "
         "(stop 26)",
         "jaco/model/etcd.py",
-        "            limit = max(1, min(MAX_PAGE, int(PAGE_BYTES / per_record)))",
-        "            limit = limit",
+        "limit = max(1, min(MAX_PAGE, 4 * limit, int(PAGE_BYTES / per_record)))",
+        "limit = limit",
         k("tests/unit/test_paged_reads.py", "byte_budget"),
     ),
     m(
@@ -589,8 +595,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "Status pages: `jaco status` shows the first page only (stop 27)",
         "jaco/client/connection.py",
-        "        if not page.next_after:\n            return whole",
-        "        if True:\n            return whole",
+        "        if not page.next_after:\n            return\n",
+        "        if True:\n            return\n",
         k("tests/test_range_pages.py", "status_lists"),
     ),
     m(
@@ -610,8 +616,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "audit chain: the walk does not give the numbers of the types asked for (stop 26)",
         "jaco/model/audit.py",
-        '        if event.get("type") in self._find:',
-        "        if False:",
+        "if isinstance(found, str) and found in self._find and len(self.found) < MAX_FOUND:",
+        "if False:",
         k("tests/unit/test_rules.py", "types_asked_for"),
     ),
     m(
