@@ -675,8 +675,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "native snapshot pass: a merge of runs as they come keeps the oldest record (stop 28)",
         "native/src/sort.rs",
-        "                .drain(group..)\n",
-        "                .drain(group..)\n                .rev()\n",
+        "readers(self.runs.drain(group..), self.run_bytes)",
+        "readers(self.runs.drain(group..).rev(), self.run_bytes)",
         k(SNAPSHOT, "more_runs"),
     ),
     m(

@@ -241,12 +241,7 @@ impl Sorter {
             if self.runs[group..].iter().any(|run| run.1 != level) {
                 break;
             }
-            let buffer = read_buffer(self.run_bytes, FAN_IN);
-            let mut sources: Vec<Source<'_>> = self
-                .runs
-                .drain(group..)
-                .map(|(file, _)| Source::Spilled(BufReader::with_capacity(buffer, file)))
-                .collect();
+            let mut sources = readers(self.runs.drain(group..), self.run_bytes);
             let mut out = RunWriter::new(&self.scratch)?;
             merge(&mut sources, |key, record| out.add(&key, record.record()))?;
             self.runs.push((out.finish()?, level + 1));
@@ -282,11 +277,7 @@ impl Sorter {
             }
             return Ok(());
         }
-        let buffer = read_buffer(self.run_bytes, self.runs.len());
-        let mut sources: Vec<Source<'_>> = std::mem::take(&mut self.runs)
-            .into_iter()
-            .map(|(file, _)| Source::Spilled(BufReader::with_capacity(buffer, file)))
-            .collect();
+        let mut sources = readers(std::mem::take(&mut self.runs).into_iter(), self.run_bytes);
         sources.push(Source::Memory(&last_run, Box::new(last_run.latest()))); // the newest run
         merge(&mut sources, |key, record| match record {
             Owned::Deleted => Ok(()),
@@ -295,10 +286,15 @@ impl Sorter {
     }
 }
 
-/// The spilled runs' read buffers share a run's budget (within 16-256 KiB each): a merge
-/// holds no more than the walk did, however many runs it reads.
-fn read_buffer(run_bytes: usize, runs: usize) -> usize {
-    (run_bytes / runs.max(1)).clamp(16 * 1024, 256 * 1024)
+/// Readers of spilled runs for a merge, their buffers sharing one run's budget (within
+/// 16-256 KiB each): a merge holds no more than the walk did, however many runs it reads.
+fn readers<'r>(
+    runs: impl ExactSizeIterator<Item = (File, u32)>,
+    run_bytes: usize,
+) -> Vec<Source<'r>> {
+    let buffer = (run_bytes / runs.len().max(1)).clamp(16 * 1024, 256 * 1024);
+    runs.map(|(file, _)| Source::Spilled(BufReader::with_capacity(buffer, file)))
+        .collect()
 }
 
 /// Calls `each(key, record)` with the newest record of every key of `sources` (the oldest run
