@@ -680,6 +680,20 @@ MUTATIONS: list[Mutation] = [
         k(SNAPSHOT, "more_runs"),
     ),
     m(
+        "native snapshot pass: a page visited before is not marked, a loop is walked (stop 29)",
+        "native/src/bolt.rs",
+        "        self.0[word] |= bit;\n",
+        "",
+        k(SNAPSHOT, "loops_or"),
+    ),
+    m(
+        "native snapshot pass: a page past the file's end is looked up among the visited (stop 29)",
+        "native/src/bolt.rs",
+        "            Some(offset) if offset <= self.size.saturating_sub(self.page_size) => offset,",
+        "            Some(offset) => offset,",
+        k(SNAPSHOT, "loops_or"),
+    ),
+    m(
         "range reads: a page's part of the range is never narrowed (stop 28)",
         "jaco/model/etcd.py",
         "                if resp.count > PART_PAGES * len(resp.kvs):",

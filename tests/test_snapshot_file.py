@@ -194,6 +194,51 @@ def test_reader_refuses_damaged_files_cleanly(
         read_snapshot_state(damaged)
 
 
+READ_ONE = """
+import sys
+from pathlib import Path
+from jaco.archive.bolt import SnapshotFileError
+from jaco.archive.snapshot_file import read_snapshot_state, read_snapshot_state_reference
+for read in (read_snapshot_state, read_snapshot_state_reference):
+    try:
+        read(Path(sys.argv[1]))
+        print("read")
+    except SnapshotFileError as exc:
+        print(exc)
+"""
+
+
+def test_a_page_tree_that_loops_or_leads_past_the_file_is_refused(
+    shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The key bucket's root page names itself as its first child, or a page past the file's
+    end (just past, far past, or past any file's offset): both readers refuse in the same
+    words. Read in a process of its own, bounded in time: a walk that missed the loop would
+    never end."""
+    _, snapshot, _ = shaped
+    good = snapshot.read_bytes()
+    with BoltFile(snapshot) as bolt:
+        page_size, key_root = bolt.page_size, bolt.bucket_root(b"key")
+    assert good[key_root * page_size + 8] == 0x01  # a branch page: thousands of revisions
+    first_child = key_root * page_size + 16 + 8  # element 0's page id
+    loops = "the snapshot file's page tree is damaged (a page loops)"
+    past = "the snapshot file is truncated (a page lies past its end)"
+    damaged = tmp_path / "damaged.db"
+    pages = len(good) // page_size
+    for page, said in ((key_root, loops), (pages, past), (2**40, past), (2**63, past)):
+        data = bytearray(good)
+        data[first_child : first_child + 8] = page.to_bytes(8, "little")
+        damaged.write_bytes(data)
+        read = subprocess.run(
+            [sys.executable, "-c", READ_ONE, str(damaged)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert read.stdout.splitlines() == [said, said], (page, read.stderr[-400:])
+
+
 def test_reader_spilling_sorted_runs_reads_the_same(
     shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path
 ) -> None:
