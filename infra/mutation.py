@@ -658,7 +658,7 @@ MUTATIONS: list[Mutation] = [
     m(
         "native snapshot pass: spilled runs are never merged as they come (stop 28)",
         "native/src/sort.rs",
-        "        while self.runs.len() >= FAN_IN {",
+        "        while self.runs.len() >= self.fan_in {",
         "        while self.runs.len() >= usize::MAX {",
         k(SNAPSHOT, "more_runs"),
     ),
@@ -677,6 +677,14 @@ MUTATIONS: list[Mutation] = [
         "native/src/sort.rs",
         "readers(self.runs.drain(group..), self.run_bytes)",
         "readers(self.runs.drain(group..).rev(), self.run_bytes)",
+        k(SNAPSHOT, "more_runs"),
+    ),
+    m(
+        "native snapshot pass: runs merged as they come ignore the files the process may open "
+        "(stop 29)",
+        "native/src/sort.rs",
+        "    (soft / 2).clamp(16, 512) as usize",
+        "    let _ = soft;\n    512",
         k(SNAPSHOT, "more_runs"),
     ),
     m(
