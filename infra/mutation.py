@@ -702,6 +702,14 @@ MUTATIONS: list[Mutation] = [
         k(SNAPSHOT, "loops_or"),
     ),
     m(
+        "snapshot pass: runs of 64 MiB, the pass's memory grows with the store to 10⁶ keys "
+        "(stop 29)",
+        "jaco/archive/snapshot_file.py",
+        "RUN_BYTES = 16 * 1024 * 1024",
+        "RUN_BYTES = 64 * 1024 * 1024",
+        "tests/test_snapshot_memory.py",
+    ),
+    m(
         "range reads: a page's part of the range is never narrowed (stop 28)",
         "jaco/model/etcd.py",
         "                if resp.count > PART_PAGES * len(resp.kvs):",

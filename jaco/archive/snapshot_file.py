@@ -35,7 +35,10 @@ MISSING = (
 )
 
 _WANTED = (K_CLUSTER.encode(), K_CA.encode(), K_HEAD.encode())
-RUN_BYTES = 64 * 1024 * 1024  # what the compiled sort holds: two runs (keys, values, entries)
+# What the compiled sort holds: two runs (keys, values, entries). 16 MiB keeps the pass's
+# peak at about 22 MiB above its process from 10⁶ to 10⁷ keys (64 MiB: 69 MiB), at the same
+# speed (docs/benchmarks.md, stop 29).
+RUN_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ def read_snapshot_state(
     """Revision, counts, digest, cluster identity, CA and audit head of an etcd snapshot file.
 
     One pass over the file's records, then a merge in key order: memory stays bounded
-    whatever the number of keys; a store too large for one run (half of `run_bytes`, 64 MiB:
+    whatever the number of keys; a store too large for one run (half of `run_bytes`, 8 MiB:
     one run fills while the one before is sorted and written on a second thread) spills
     sorted runs to unnamed files in `scratch` (default: the snapshot's own directory).
     Raises SnapshotFileError if the file is not a readable etcd snapshot of a jaco store.
