@@ -7,7 +7,7 @@
 //! at most two runs are held at once. At the end the runs are merged, the last one from
 //! memory; of one key in several runs the newest run wins, and a deletion hides the key. A
 //! store that fits in one run is never written out; a store of many runs merges them fan_in()
-//! (fan_in) at a time as they come (Sorter::cascade), so the files open and the merge's buffers stay
+//! at a time as they come (Sorter::cascade), so the files open and the merge's buffers stay
 //! bounded however large the store.
 
 use std::cmp::Reverse;
