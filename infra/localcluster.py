@@ -147,6 +147,12 @@ class Node:
             f"--key={pki / 'node.key'}",
         ]
 
+    def save_snapshot(self, path: Path) -> Path:
+        """`etcdctl snapshot save` of this node's etcd member to `path`."""
+        command = [*self.etcdctl_command(), "snapshot", "save", str(path)]
+        subprocess.run(command, check=True, capture_output=True)
+        return path
+
     def log(self) -> str:
         path = self.data_dir.parent / f"{self.name}.jacod.log"
         return path.read_text(errors="replace") if path.exists() else ""

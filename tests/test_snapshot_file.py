@@ -46,13 +46,6 @@ def _etcd(node: Node) -> Etcd:
     return Etcd(f"127.0.0.1:{node.client_port}", DataDir(node.data_dir).tls)
 
 
-def _snapshot(node: Node, path: Path) -> Path:
-    subprocess.run(
-        [*node.etcdctl_command(), "snapshot", "save", str(path)], check=True, capture_output=True
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
 def shaped(
     tmp_path_factory: pytest.TempPathFactory,
@@ -95,7 +88,7 @@ def shaped(
                 await etcd.close()
 
         asyncio.run(fill())
-        yield cluster, _snapshot(node, root / "etcdctl.db"), shown
+        yield cluster, node.save_snapshot(root / "etcdctl.db"), shown
 
 
 def test_reader_agrees_with_etcd_and_the_live_store(

@@ -60,13 +60,7 @@ def _store(root: Path) -> Path:
                 await etcd.close()
 
         asyncio.run(fill())
-        snapshot = root / "etcdctl.db"
-        subprocess.run(
-            [*node.etcdctl_command(), "snapshot", "save", str(snapshot)],
-            check=True,
-            capture_output=True,
-        )
-        return snapshot
+        return node.save_snapshot(root / "etcdctl.db")
 
 
 def _added(snapshot: Path, scratch: Path, run_bytes: int) -> dict[str, int]:
