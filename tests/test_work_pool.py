@@ -41,6 +41,7 @@ def test_two_workers_back_up_three_clusters_at_once(
 ) -> None:
     """(The session's Prefect server is a real one, `prefect server start`: not ephemeral.)"""
     from prefect import get_client
+    from prefect.client.schemas.objects import WorkerStatus
 
     server = prefect
     with ExitStack() as stack:
@@ -95,6 +96,13 @@ def test_two_workers_back_up_three_clusters_at_once(
             workers.append(worker)
             stack.callback(_stop, worker)
         with get_client(sync_client=True) as client:
+            # Both workers polling before any run exists: a worker still importing Prefect
+            # when the runs appear leaves all three to the other (seen in a fresh-clone run).
+            def online() -> set[str]:
+                found = client.read_workers_for_work_pool("jaco-fleet")
+                return {w.name for w in found if w.status == WorkerStatus.ONLINE}
+
+            wait_for(lambda: online() == {"worker-1", "worker-2"}, 120, "both workers online")
             runs = {}
             for name in CLUSTERS:
                 deployment = client.read_deployment_by_name(f"backup-cluster/backup-{name}")
@@ -117,7 +125,11 @@ def test_two_workers_back_up_three_clusters_at_once(
             w: [n for n, r in done.items() if f"Beginning flow run '{r.name}'" in text]
             for w, text in logs.items()
         }
-        assert all(took.values()) and sorted(sum(took.values(), [])) == sorted(CLUSTERS), took
+        tails = {w: text[-3000:] for w, text in logs.items()}  # why, if it ever fails
+        assert all(took.values()) and sorted(sum(took.values(), [])) == sorted(CLUSTERS), (
+            took,
+            tails,
+        )
         # Each cluster in its own catalog, under its own id.
         store = open_store(f"s3://{BUCKET}")
         for name, cluster in clusters.items():
