@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -44,6 +45,18 @@ LABEL = "jaco.drill"
 # it and sweeps only the containers of its own scope (unset: those labelled with none).
 SCOPE_ENV = "JACO_DRILL_SCOPE"
 IMAGE = f"jaco:{jaco.__version__}"
+TMPFS_ENV = "JACO_DRILL_TMPFS"  # each sandbox tmpfs's cap: bytes, or a number with k, m or g
+UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def tmpfs_bytes() -> int:
+    """The cap of each of a sandbox's two tmpfs (the restored node's data dir, /tmp): a drill
+    that needs more fails at that point (ENOSPC), it does not take the host's memory."""
+    raw = os.environ.get(TMPFS_ENV, "8g").strip().lower()
+    found = re.fullmatch(r"([0-9]+)([kmg]?)", raw)
+    if found is None or int(found[1]) == 0:
+        raise PipelineError(f"{TMPFS_ENV}={raw!r}: not a size (bytes, or a number with k, m or g)")
+    return int(found[1]) * UNITS[found[2]]
 
 
 @dataclass
@@ -170,7 +183,9 @@ class BwrapSandbox:
                 cmd += ["--ro-bind", top, top]
         for etc in ("passwd", "group", "hosts", "nsswitch.conf", "localtime", "ssl"):
             cmd += ["--ro-bind-try", f"/etc/{etc}", f"/etc/{etc}"]
-        cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/lib/jaco"]
+        size = str(tmpfs_bytes())  # as the docker driver's: without it, half the host's RAM
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/tmp"]
+        cmd += ["--size", size, "--tmpfs", "/var/lib/jaco"]
         # bwrap mounts in order: the installation is bound after the fresh tmpfs mounts, so a
         # checkout or venv that lives under /tmp stays visible inside.
         for install in _install_paths():
@@ -270,6 +285,7 @@ class DockerSandbox:
             )
 
     def command(self, args: list[str], deadline: float) -> list[str]:
+        size = tmpfs_bytes()
         return [
             "docker", "run", "--rm", "-i",
             "--name", self.name,
@@ -281,9 +297,8 @@ class DockerSandbox:
             "--label", f"{LABEL}.scope={os.environ.get(SCOPE_ENV, '')}",
             "--network", "none",
             "--read-only",
-            "--tmpfs", "/tmp:rw,nosuid,nodev,size=" + os.environ.get("JACO_DRILL_TMPFS", "8g"),
-            "--tmpfs", "/var/lib/jaco:rw,nosuid,nodev,mode=0700,uid=10001,gid=10001,size="
-            + os.environ.get("JACO_DRILL_TMPFS", "8g"),
+            "--tmpfs", f"/tmp:rw,nosuid,nodev,size={size}",
+            "--tmpfs", f"/var/lib/jaco:rw,nosuid,nodev,mode=0700,uid=10001,gid=10001,size={size}",
             "--memory", os.environ.get("JACO_DRILL_MEMORY", "4g"),
             "--cpus", os.environ.get("JACO_DRILL_CPUS", "2"),
             "--pids-limit", "512",

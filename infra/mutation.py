@@ -723,6 +723,20 @@ MUTATIONS: list[Mutation] = [
         "                if False:",
         k("tests/unit/test_paged_reads.py", "count_about"),
     ),
+    m(
+        "drill sandbox: bwrap's tmpfs uncapped, half the host's memory (stop 30)",
+        "flows/sandbox.py",
+        '"--size", size, "--tmpfs", "/var/lib/jaco"',
+        '"--tmpfs", "/var/lib/jaco"',
+        k("tests/test_drill_flow.py", "bigger_than"),
+    ),
+    m(
+        "drill sandbox: the container's data tmpfs uncapped (stop 30)",
+        "flows/sandbox.py",
+        "uid=10001,gid=10001,size={size}",
+        "uid=10001,gid=10001",
+        k("tests/test_docker.py", "bigger_than"),
+    ),
 ]
 
 

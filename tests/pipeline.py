@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,11 @@ from flows.retention import RetentionPolicy
 from infra.localcluster import Cluster
 
 BUCKET = "backups"
+# A drill on a sandbox tmpfs of 64 KiB (JACO_DRILL_TMPFS): the restore's own space check.
+SANDBOX_FULL = re.compile(
+    r"drill check\(s\) failed: restore: restoring this backup needs (\d+) bytes but the "
+    r"filesystem holding /var/lib/jaco has only (\d+) free; nothing was written"
+)
 
 
 def age_keygen(path: Path) -> str:

@@ -14,12 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from flows.drill_flow import drill_restore
 from flows.params import DrillParams
 from flows.sandbox import LABEL, SCOPE_ENV, DockerSandbox, sweep_sandboxes
 from infra.localcluster import wait_for
 from tests.docker_engine import skipped_without_an_engine
-from tests.pipeline import BUCKET
+from tests.pipeline import BUCKET, SANDBOX_FULL
 from tests.processes import own_drill_containers
 
 
@@ -43,6 +45,22 @@ def test_a_drill_in_a_container_passes_and_leaves_nothing(
     assert all(c["ok"] for c in result["checks"]), result["checks"]
     assert own_drill_containers() == []
     assert _volumes() - volumes == set()  # none created (others may come and go)
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_a_drill_bigger_than_the_containers_tmpfs_fails_and_leaves_nothing(
+    image: str, stored1: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JACO_DRILL_TMPFS", "64k")  # as tests/test_drill_flow.py's bwrap drill
+    params = DrillParams(
+        cluster="prod", bucket=BUCKET, workdir=str(tmp_path / "work"), driver="docker",
+        key=stored1["key"],
+    )  # fmt: skip
+    state = drill_restore(params, return_state=True)
+    assert state.is_failed()
+    found = SANDBOX_FULL.search(str(state.message))
+    assert found and int(found[2]) <= 64 * 1024 < int(found[1]), state.message
+    assert own_drill_containers() == []
     assert list((tmp_path / "work").iterdir()) == []
 
 
@@ -100,7 +118,7 @@ def test_without_an_engine_the_docker_tests_are_skipped_for_that_reason_alone(
     image: str, tmp_path: Path
 ) -> None:
     skipped = skipped_without_an_engine("tests/test_docker.py", tmp_path / "bt")
-    assert len(skipped) == 4 and all("no Docker engine answers" in s for s in skipped), skipped
+    assert len(skipped) == 5 and all("no Docker engine answers" in s for s in skipped), skipped
 
 
 def test_a_drill_sweeps_the_dead_runs_containers_of_its_own_scope_only(image: str) -> None:

@@ -21,7 +21,7 @@ from flows.sandbox import BwrapSandbox
 from flows.storage import open_store
 from infra.localcluster import Cluster
 from infra.seaweed import SeaweedS3
-from tests.pipeline import BUCKET, latest_table
+from tests.pipeline import BUCKET, SANDBOX_FULL, latest_table
 from tests.processes import own_agents
 
 CHECKS = [
@@ -229,6 +229,24 @@ def test_drill_past_its_timeout_is_killed_and_wiped(stored: dict[str, Any], tmp_
     assert "did not finish within 2s" in str(state.message)
     assert list((tmp_path / "work").iterdir()) == []
     assert own_agents() == []
+
+
+def test_a_drill_bigger_than_the_sandbox_tmpfs_fails_and_leaves_nothing(
+    stored: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sandbox's tmpfs is capped (JACO_DRILL_TMPFS, as the docker driver's): a drill
+    too big for it fails on the restore's space check instead of filling the host's memory
+    (an uncapped tmpfs may take half of it; at 10⁷ keys the kernel then killed an etcd)."""
+    monkeypatch.setenv("JACO_DRILL_TMPFS", "64k")
+    state = drill(stored, tmp_path / "work", key=stored["key"])
+    assert state.is_failed()
+    found = SANDBOX_FULL.search(str(state.message))
+    assert found and int(found[2]) <= 64 * 1024 < int(found[1]), state.message
+    assert list((tmp_path / "work").iterdir()) == []
+    assert own_agents() == []
+    recorded = catalog(stored).backup(stored["key"])
+    assert recorded is not None and recorded.last_drill is not None
+    assert recorded.last_drill.failed_checks == ["restore"]
 
 
 def test_installation_is_mounted_over_the_sandbox_tmpfs() -> None:
