@@ -404,6 +404,8 @@ def stage_env(ctx: dict[str, Any], token: str, server: str) -> dict[str, str]:
         "PREFECT_API_URL": ctx["prefect_url"],
         "PREFECT_HOME": str(ctx["root"] / "prefect"),
         "PREFECT_LOGGING_LEVEL": "WARNING",
+        # A drill of 10⁷ keys restores 8.5 GiB into its sandbox's tmpfs, past the default cap.
+        "JACO_DRILL_TMPFS": os.environ.get("JACO_DRILL_TMPFS", "64g"),
     }
 
 
