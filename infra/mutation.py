@@ -737,6 +737,13 @@ MUTATIONS: list[Mutation] = [
         "uid=10001,gid=10001",
         k("tests/test_docker.py", "bigger_than"),
     ),
+    m(
+        "drill sandbox: a backup is decrypted into a /tmp too small for it (stop 30)",
+        "jaco/drill/agent.py",
+        "        if self.backup_bytes:  # what it decrypts to is a little smaller than that",
+        "        if False:",
+        k("tests/test_drill_flow.py", "bigger_than_the_sandbox_tmp"),
+    ),
 ]
 
 

@@ -249,6 +249,21 @@ def test_a_drill_bigger_than_the_sandbox_tmpfs_fails_and_leaves_nothing(
     assert recorded.last_drill.failed_checks == ["restore"]
 
 
+def test_a_backup_bigger_than_the_sandbox_tmp_is_refused_before_it_is_decrypted(
+    stored: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JACO_DRILL_TMPFS", "4k")  # one page: the archive is larger
+    size = stored["s3"].client().head_object(Bucket=BUCKET, Key=stored["key"])["ContentLength"]
+    state = drill(stored, tmp_path / "work", key=stored["key"])
+    assert state.is_failed()
+    assert str(state.message).endswith(
+        f"drill check(s) failed: backup is the one recorded: decrypting this backup needs {size} "
+        "bytes but the filesystem holding /tmp has only 4096 free; nothing was written"
+    ), state.message
+    assert list((tmp_path / "work").iterdir()) == []
+    assert own_agents() == []
+
+
 def test_installation_is_mounted_over_the_sandbox_tmpfs() -> None:
     # CI clones into any folder, /tmp included: the venv must not vanish under the fresh /tmp.
     cmd = BwrapSandbox().command([])

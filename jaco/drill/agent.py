@@ -37,7 +37,7 @@ from jaco.client.connection import Client, connect_info, full_status
 from jaco.drill import checks
 from jaco.drill.checks import Expect
 from jaco.errors import JacoError, Unauthenticated
-from jaco.files import Bounded, Readable, create_private
+from jaco.files import Bounded, Readable, create_private, require_space
 from jaco.model.tokens import parse_token
 from jaco.node.bootstrap import Ports, join_cluster
 from jaco.node.config import DataDir
@@ -219,6 +219,8 @@ class Drill:
     def _decrypt(self, ciphertext: Readable, archive: Path) -> tuple[bool, str]:
         """Decrypt stdin into the sandbox's tmpfs, hashing both sides on the way."""
         identities = parse_identities(self.identity, "the verify identity")
+        if self.backup_bytes:  # what it decrypts to is a little smaller than that
+            require_space(archive.parent, self.backup_bytes, "decrypting this backup")
         with create_private(archive) as out:
             plain = HashingWriter(out)
             cipher_sha = decrypt_to(ciphertext, plain, identities)
