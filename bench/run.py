@@ -658,7 +658,7 @@ def table(size_mib: int, r: dict[str, Any]) -> list[str]:
     row("download (in verify)", down["bytes"], dl_only, "boto3 download_file", down["ref"])
     # Results from before stop 30 have no verify_ref: their verify was compared to the download.
     ver_ref = down.get("verify_ref", down["ref"])
-    ver_name = "download_file + age -d | tar -tzf" if "verify_ref" in down else "download_file"
+    ver_name = "download_file, age -d into tar -tzf" if "verify_ref" in down else "download_file"
     row("verify task (whole)", down["bytes"], down["jaco"], ver_name, ver_ref)
     row("restore to READY", res["bytes"], res["jaco"], "etcdctl restore + etcd", res["ref"])
     lines.append(
@@ -715,7 +715,7 @@ def targets(results: dict[int, dict[str, Any]], dataset: str = "") -> list[str]:
         )
         if "verify_ref" in r["download"]:
             v = r["download"]["jaco"]["seconds"] / r["download"]["verify_ref"]["seconds"]
-            lines.append(f"- verify task vs download + age -d | tar -tzf: {v:.2f}x")
+            lines.append(f"- verify task vs download_file, age -d into tar -tzf: {v:.2f}x")
         check(
             f"{size} MiB pipeline ≤1.2x sum", ratio("pipeline") <= 1.2, f"{ratio('pipeline'):.2f}x"
         )
