@@ -37,6 +37,7 @@ from flows.errors import DrillFailed
 from flows.params import DrillParams
 from flows.reports import drill_report, publish_history
 from flows.sandbox import open_sandbox, sweep_sandboxes
+from flows.sandbox_limits import tmpfs_bytes
 from flows.storage import open_store
 from flows.tasks import check_ciphertext, download, retrying
 from flows.workdirs import run_workdir, sweep_workdirs
@@ -248,8 +249,10 @@ def drill_restore(params: DrillParams) -> dict[str, Any]:
     swept = sweep_workdirs(workdir) + sweep_sandboxes()
     for item in swept:
         logger.warning("swept %s", item)
-    step = "find-backup"
+    step = "sandbox-settings"
     try:
+        tmpfs_bytes()  # a JACO_DRILL_TMPFS that is not a size fails before any download
+        step = "find-backup"
         record, anchors = retrying(find_backup_task)(params)
         with run_workdir(workdir, f"drill-{params.cluster}") as directory:
             step = "fetch-backup"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -37,6 +36,7 @@ from typing import IO, Any, Protocol
 
 import jaco
 from flows.errors import PipelineError
+from flows.sandbox_limits import can_cap_tmpfs, tmpfs_bytes
 
 CHUNK = 1024 * 1024
 LABEL = "jaco.drill"
@@ -45,18 +45,6 @@ LABEL = "jaco.drill"
 # it and sweeps only the containers of its own scope (unset: those labelled with none).
 SCOPE_ENV = "JACO_DRILL_SCOPE"
 IMAGE = f"jaco:{jaco.__version__}"
-TMPFS_ENV = "JACO_DRILL_TMPFS"  # each sandbox tmpfs's cap: bytes, or a number with k, m or g
-UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
-def tmpfs_bytes() -> int:
-    """The cap of each of a sandbox's two tmpfs (the restored node's data dir, /tmp): a drill
-    that needs more fails at that point (ENOSPC), it does not take the host's memory."""
-    raw = os.environ.get(TMPFS_ENV, "8g").strip().lower()
-    found = re.fullmatch(r"([0-9]+)([kmg]?)", raw)
-    if found is None or int(found[1]) == 0:
-        raise PipelineError(f"{TMPFS_ENV}={raw!r}: not a size (bytes, or a number with k, m or g)")
-    return int(found[1]) * UNITS[found[2]]
 
 
 @dataclass
@@ -156,8 +144,10 @@ class BwrapSandbox:
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name or f"drill-{uuid.uuid4().hex[:8]}"
-        if not shutil.which("bwrap"):
+        found = shutil.which("bwrap")
+        if not found:
             raise PipelineError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
+        can_cap_tmpfs(found)
 
     def command(self, args: list[str]) -> list[str]:
         cmd = [

@@ -744,6 +744,27 @@ MUTATIONS: list[Mutation] = [
         "        if False:",
         k("tests/test_drill_flow.py", "bigger_than_the_sandbox_tmp"),
     ),
+    m(
+        "drill sandbox: a bwrap without --size is taken, its tmpfs uncapped (stop 30)",
+        "flows/sandbox_limits.py",
+        '        if "--size" in done.stdout + done.stderr:',
+        "        if True:",
+        k("tests/unit/test_sandbox_size.py", "cannot_cap"),
+    ),
+    m(
+        "drill sandbox: a setuid bwrap is taken, which refuses --size (stop 30)",
+        "flows/sandbox_limits.py",
+        "    if os.stat(bwrap).st_mode & stat.S_ISUID:",
+        "    if False:",
+        k("tests/unit/test_sandbox_size.py", "setuid"),
+    ),
+    m(
+        "drill flow: a tmpfs cap that is not a size is found only after the download (stop 30)",
+        "flows/drill_flow.py",
+        "        tmpfs_bytes()  # a JACO_DRILL_TMPFS that is not a size fails before any download",
+        "        pass",
+        k("tests/test_drill_flow.py", "not_a_size"),
+    ),
 ]
 
 

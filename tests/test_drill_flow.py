@@ -264,6 +264,20 @@ def test_a_backup_bigger_than_the_sandbox_tmp_is_refused_before_it_is_decrypted(
     assert own_agents() == []
 
 
+def test_a_tmpfs_cap_that_is_not_a_size_fails_the_drill_before_any_download(
+    stored: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JACO_DRILL_TMPFS", "8 GB")
+    state = drill(stored, tmp_path / "work", key=stored["key"])
+    assert state.is_failed()
+    assert str(state.message).endswith(
+        "drill step sandbox-settings failed: JACO_DRILL_TMPFS='8 gb': not a size (bytes, or a "
+        "number with k, m or g)"
+    ), state.message
+    assert not (tmp_path / "work").exists() or list((tmp_path / "work").iterdir()) == []
+    assert own_agents() == []
+
+
 def test_installation_is_mounted_over_the_sandbox_tmpfs() -> None:
     # CI clones into any folder, /tmp included: the venv must not vanish under the fresh /tmp.
     cmd = BwrapSandbox().command([])

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 
 from flows.errors import PipelineError
-from flows.sandbox import BwrapSandbox, tmpfs_bytes
+from flows.sandbox import BwrapSandbox
+from flows.sandbox_limits import tmpfs_bytes
 
 
 @pytest.mark.parametrize(
@@ -42,3 +47,37 @@ def test_the_bwrap_sandbox_caps_both_of_its_tmpfs(monkeypatch: pytest.MonkeyPatc
     sized = [cmd[i + 3] for i, arg in enumerate(cmd) if arg == "--size"]
     assert mounts == ["/tmp", "/var/lib/jaco"] and sized == mounts
     assert [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--size"] == [str(3 << 20)] * 2
+
+
+def test_a_bwrap_that_cannot_cap_its_tmpfs_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ubuntu 22.04's bubblewrap (0.6) has no --size: a drill there would run uncapped."""
+    old = tmp_path / "bwrap"
+    old.write_text("#!/bin/sh\necho 'usage: bwrap [OPTIONS...] [--] COMMAND [ARGS...]'\n")
+    old.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(PipelineError) as raised:
+        BwrapSandbox()
+    assert str(raised.value) == (
+        f"{old} cannot cap a tmpfs (no --size: bubblewrap 0.7 or later has it): install one "
+        "that can, or use the docker driver"
+    )
+
+
+def test_a_setuid_bwrap_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real bwrap, made setuid as hardened hosts install it: it refuses --size there."""
+    real = shutil.which("bwrap")
+    assert real is not None
+    setuid = tmp_path / "bwrap"
+    shutil.copy(real, setuid)
+    setuid.chmod(0o4755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(PipelineError) as raised:
+        BwrapSandbox()
+    assert str(raised.value) == (
+        f"{setuid} is setuid, and a setuid bwrap may not cap a tmpfs (--size): install one that "
+        "can, or use the docker driver"
+    )
+    setuid.chmod(0o755)  # the same binary, not setuid, is taken
+    assert BwrapSandbox().driver == "bwrap"
