@@ -765,6 +765,20 @@ MUTATIONS: list[Mutation] = [
         "        pass",
         k("tests/test_drill_flow.py", "not_a_size"),
     ),
+    m(
+        "hashing threads: a decryption that fails leaves its hashing thread waiting (stop 30)",
+        "jaco/archive/age.py",
+        "            stack.callback(reader.close)\n",
+        "",
+        "tests/unit/test_hash_threads.py",
+    ),
+    m(
+        "hashing threads: the digest is taken before the last blocks are hashed (stop 30)",
+        "jaco/files.py",
+        "        self.close()\n        return self._digest or",
+        "        return self._digest or",
+        "tests/unit/test_hash_threads.py",
+    ),
 ]
 
 

@@ -18,9 +18,11 @@ import errno
 import fcntl
 import hashlib
 import os
+import queue
 import re
 import shutil
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Protocol
@@ -264,16 +266,56 @@ class Bounded:
         return data
 
 
+class Sha256Thread:
+    """SHA-256 on a thread of its own, fed whole blocks. hashlib lets go of the GIL while it
+    hashes a large buffer, so the thread that feeds it (pyrage, decrypting or encrypting)
+    goes on meanwhile on another core. A block must not change once handed over. `close`
+    ends the thread whether or not the digest was taken."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._blocks: queue.Queue[bytes | bytearray | None] = queue.Queue(4)
+        self._thread: threading.Thread | None = None
+        self._digest = ""
+        self._closed = False
+
+    def _run(self) -> None:
+        while (block := self._blocks.get()) is not None:
+            self._sha.update(block)
+
+    def update(self, block: bytes | bytearray) -> None:
+        if self._closed:
+            raise RuntimeError("a closed Sha256Thread was fed (a bug)")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+            self._thread.start()
+        self._blocks.put(block)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._thread is not None:
+            self._blocks.put(None)
+            self._thread.join()
+            self._thread = None
+            self._digest = self._sha.hexdigest()
+
+    def hexdigest(self) -> str:
+        """The digest of every block handed over; no block may follow."""
+        self.close()
+        return self._digest or self._sha.hexdigest()
+
+
 class HashingReader:
     """A read-only source that counts and hashes what is read from it.
 
     The source is read in 1 MiB blocks whatever the caller asks for (pyrage asks for 8 KiB):
     the system calls and the hash updates (each one a GIL release) stay few. A read of a
-    whole block or more with nothing buffered passes straight through, uncopied.
+    whole block or more with nothing buffered passes straight through, uncopied. With
+    `threaded`, the blocks are hashed on a thread of their own (`close` it when done).
     """
 
-    def __init__(self, source: Readable) -> None:
-        self.sha256 = hashlib.sha256()
+    def __init__(self, source: Readable, threaded: bool = False) -> None:
+        self.sha256: Sha256Thread | hashlib._Hash = Sha256Thread() if threaded else hashlib.sha256()
         self.size = 0
         self._source = source
         self._block = memoryview(b"")
@@ -307,3 +349,7 @@ class HashingReader:
 
     def hexdigest(self) -> str:
         return self.sha256.hexdigest()
+
+    def close(self) -> None:
+        if isinstance(self.sha256, Sha256Thread):
+            self.sha256.close()

@@ -23,7 +23,7 @@ import pyrage
 from jaco.archive.format import VerifiedArchive, read_archive, read_archive_stream
 from jaco.archive.meta import BackupMeta
 from jaco.errors import ArchiveError, InvalidArgument, JacoError
-from jaco.files import CHUNK, HashingReader, Readable, private_output
+from jaco.files import CHUNK, HashingReader, Readable, Sha256Thread, private_output
 
 PIPE_BYTES = 1024 * 1024  # Linux's default pipe-max-size
 AGE_MAGIC = b"age-encryption.org/v1\n"
@@ -87,10 +87,11 @@ def parse_identities(text: str, source: str = "the identity") -> list[Any]:
 
 class HashingWriter:
     """A write-only sink that hashes (and optionally forwards) what it is given, in 1 MiB
-    blocks: `flush` (or `close`) passes on what is still buffered."""
+    blocks: `flush` passes on what is still buffered. With `threaded`, the blocks are hashed
+    on a thread of their own (`close` it when done)."""
 
-    def __init__(self, forward: IO[bytes] | None = None) -> None:
-        self.sha256 = hashlib.sha256()
+    def __init__(self, forward: IO[bytes] | None = None, threaded: bool = False) -> None:
+        self.sha256: Sha256Thread | hashlib._Hash = Sha256Thread() if threaded else hashlib.sha256()
         self.size = 0
         self._forward = forward
         self._buffer = bytearray()
@@ -119,6 +120,10 @@ class HashingWriter:
         self._pass_on()
         return self.sha256.hexdigest()
 
+    def close(self) -> None:
+        if isinstance(self.sha256, Sha256Thread):
+            self.sha256.close()
+
 
 def encrypt_file(source: Path, target: Path, recipients: list[str]) -> tuple[str, str]:
     """Encrypt to every recipient; written to a temp name and renamed, mode 0600.
@@ -131,8 +136,14 @@ def encrypt_file(source: Path, target: Path, recipients: list[str]) -> tuple[str
     if not parsed:
         raise InvalidArgument("no age recipients: the archive would leave the host unencrypted")
     # Unbuffered source: HashingReader already reads it in 1 MiB blocks.
-    with open(source, "rb", buffering=0) as src, private_output(target, durable=False) as out:
-        reader, writer = HashingReader(src), HashingWriter(out)
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(open(source, "rb", buffering=0))
+        out = stack.enter_context(private_output(target, durable=False))
+        # Both hashes on threads of their own, beside pyrage (closed however this ends).
+        reader = HashingReader(src, threaded=True)
+        writer = HashingWriter(out, threaded=True)
+        stack.callback(reader.close)
+        stack.callback(writer.close)
         pyrage.encrypt_io(reader, writer, parsed)
         cipher_sha = writer.hexdigest()  # flushes the last block
     return reader.hexdigest(), cipher_sha
@@ -150,7 +161,8 @@ def decrypt_to(
                 if isinstance(source, Path)
                 else source
             )
-            reader = HashingReader(src)
+            reader = HashingReader(src, threaded=True)  # hashed beside pyrage
+            stack.callback(reader.close)
             pyrage.decrypt_io(reader, sink, identities)
             sink.flush()
             reader.drain()  # whatever age did not need is still part of the object

@@ -222,8 +222,11 @@ class Drill:
         if self.backup_bytes:  # what it decrypts to is a little smaller than that
             require_space(archive.parent, self.backup_bytes, "decrypting this backup")
         with create_private(archive) as out:
-            plain = HashingWriter(out)
-            cipher_sha = decrypt_to(ciphertext, plain, identities)
+            plain = HashingWriter(out, threaded=True)
+            try:
+                cipher_sha = decrypt_to(ciphertext, plain, identities)
+            finally:
+                plain.close()
         problems = []
         if self.expect.ciphertext_sha256 and cipher_sha != self.expect.ciphertext_sha256:
             problems.append("its ciphertext is not the one recorded at upload")
