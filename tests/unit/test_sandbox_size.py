@@ -49,6 +49,14 @@ def test_the_bwrap_sandbox_caps_both_of_its_tmpfs(monkeypatch: pytest.MonkeyPatc
     assert [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--size"] == [str(3 << 20)] * 2
 
 
+def _refusal(found: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The one line a sandbox is refused with when `found` is the bwrap on PATH."""
+    monkeypatch.setenv("PATH", f"{found.parent}:{os.environ['PATH']}")
+    with pytest.raises(PipelineError) as raised:
+        BwrapSandbox()
+    return str(raised.value)
+
+
 def test_a_bwrap_that_cannot_cap_its_tmpfs_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -56,10 +64,7 @@ def test_a_bwrap_that_cannot_cap_its_tmpfs_is_refused(
     old = tmp_path / "bwrap"
     old.write_text("#!/bin/sh\necho 'usage: bwrap [OPTIONS...] [--] COMMAND [ARGS...]'\n")
     old.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    with pytest.raises(PipelineError) as raised:
-        BwrapSandbox()
-    assert str(raised.value) == (
+    assert _refusal(old, monkeypatch) == (
         f"{old} cannot cap a tmpfs (no --size: bubblewrap 0.7 or later has it): install one "
         "that can, or use the docker driver"
     )
@@ -72,10 +77,7 @@ def test_a_setuid_bwrap_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     setuid = tmp_path / "bwrap"
     shutil.copy(real, setuid)
     setuid.chmod(0o4755)
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    with pytest.raises(PipelineError) as raised:
-        BwrapSandbox()
-    assert str(raised.value) == (
+    assert _refusal(setuid, monkeypatch) == (
         f"{setuid} is setuid, and a setuid bwrap may not cap a tmpfs (--size): install one that "
         "can, or use the docker driver"
     )
