@@ -71,7 +71,7 @@ def run(
             env = {"JACO_TOKEN": cluster.token, "JACO_SERVER": node.server}
             snap, archive = work / "etcdctl.db", work / "jaco.tar.gz"
             stages = {
-                "etcdctl snapshot save": [*node.etcdctl_command(), "snapshot", "save", str(snap)],
+                "etcdctl snapshot save": node.snapshot_save_command(snap),
                 "jaco backup": [str(JACO), "backup", "-o", str(archive)],
             }
             for _ in range(repeat):

@@ -97,7 +97,7 @@ def run_keys(keys: int, root: Path, reps: int, ctx: dict[str, Any]) -> dict[str,
 
         def save() -> dict:
             snap.unlink(missing_ok=True)
-            return measure([*node.etcdctl_command(), "snapshot", "save", str(snap)])
+            return measure(node.snapshot_save_command(snap))
 
         def backup() -> dict:
             archive.unlink(missing_ok=True)

@@ -428,9 +428,7 @@ def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> d
 
         def save() -> dict:
             ref_snap.unlink(missing_ok=True)
-            return measure(
-                [*node.etcdctl_command(), "snapshot", "save", str(ref_snap)], {"ETCDCTL_API": "3"}
-            )
+            return measure(node.snapshot_save_command(ref_snap), {"ETCDCTL_API": "3"})
 
         ref = repeat(reps, save)
         archive = work / "cluster.tar.gz"
@@ -588,9 +586,7 @@ def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> d
             out = work / "during.tar.gz"
             busy = during("busy", [str(BIN / "jaco"), "backup", "--output", str(out)])
             out.unlink(missing_ok=True)
-            ref_busy = during(
-                "ref", [*node.etcdctl_command(), "snapshot", "save", str(work / "during.db")]
-            )
+            ref_busy = during("ref", node.snapshot_save_command(work / "during.db"))
             (work / "during.db").unlink(missing_ok=True)
         rows["write_latency"] = {
             "quiet_p50_ms": pct(quiet, 0.5) * 1000,

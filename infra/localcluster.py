@@ -147,10 +147,12 @@ class Node:
             f"--key={pki / 'node.key'}",
         ]
 
+    def snapshot_save_command(self, path: Path) -> list[str]:
+        """`etcdctl snapshot save` of this node's etcd member to `path` (the benches' reference)."""
+        return [*self.etcdctl_command(), "snapshot", "save", str(path)]
+
     def save_snapshot(self, path: Path) -> Path:
-        """`etcdctl snapshot save` of this node's etcd member to `path`."""
-        command = [*self.etcdctl_command(), "snapshot", "save", str(path)]
-        subprocess.run(command, check=True, capture_output=True)
+        subprocess.run(self.snapshot_save_command(path), check=True, capture_output=True)
         return path
 
     def log(self) -> str:
