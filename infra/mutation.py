@@ -775,8 +775,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "hashing threads: the digest is taken before the last blocks are hashed (stop 30)",
         "jaco/files.py",
-        "        self.close()\n        return self._digest or",
-        "        return self._digest or",
+        "        self.close()\n        return self._sha.hexdigest()",
+        "        return self._sha.hexdigest()",
         "tests/unit/test_hash_threads.py",
     ),
 ]

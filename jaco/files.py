@@ -266,17 +266,17 @@ class Bounded:
         return data
 
 
-class Sha256Thread:
-    """SHA-256 on a thread of its own, fed whole blocks. hashlib lets go of the GIL while it
-    hashes a large buffer, so the thread that feeds it (pyrage, decrypting or encrypting)
-    goes on meanwhile on another core. A block must not change once handed over. `close`
-    ends the thread whether or not the digest was taken."""
+class BlockSha256:
+    """SHA-256 of whole blocks, `threaded` on a thread of its own: hashlib lets go of the GIL
+    while it hashes a large buffer, so the thread that feeds it (pyrage, decrypting or
+    encrypting) goes on meanwhile on another core. A block must not change once handed over.
+    `close` ends the thread whether or not the digest was taken; no block may follow it."""
 
-    def __init__(self) -> None:
+    def __init__(self, threaded: bool = False) -> None:
         self._sha = hashlib.sha256()
+        self._threaded = threaded
         self._blocks: queue.Queue[bytes | bytearray | None] = queue.Queue(4)
         self._thread: threading.Thread | None = None
-        self._digest = ""
         self._closed = False
 
     def _run(self) -> None:
@@ -285,7 +285,10 @@ class Sha256Thread:
 
     def update(self, block: bytes | bytearray) -> None:
         if self._closed:
-            raise RuntimeError("a closed Sha256Thread was fed (a bug)")
+            raise RuntimeError("a closed BlockSha256 was fed (a bug)")
+        if not self._threaded:
+            self._sha.update(block)
+            return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
             self._thread.start()
@@ -297,12 +300,11 @@ class Sha256Thread:
             self._blocks.put(None)
             self._thread.join()
             self._thread = None
-            self._digest = self._sha.hexdigest()
 
     def hexdigest(self) -> str:
-        """The digest of every block handed over; no block may follow."""
+        """The digest of every block handed over (the thread's last ones included)."""
         self.close()
-        return self._digest or self._sha.hexdigest()
+        return self._sha.hexdigest()
 
 
 class HashingReader:
@@ -315,7 +317,7 @@ class HashingReader:
     """
 
     def __init__(self, source: Readable, threaded: bool = False) -> None:
-        self.sha256: Sha256Thread | hashlib._Hash = Sha256Thread() if threaded else hashlib.sha256()
+        self.sha256 = BlockSha256(threaded)
         self.size = 0
         self._source = source
         self._block = memoryview(b"")
@@ -351,5 +353,4 @@ class HashingReader:
         return self.sha256.hexdigest()
 
     def close(self) -> None:
-        if isinstance(self.sha256, Sha256Thread):
-            self.sha256.close()
+        self.sha256.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import threading
 from pathlib import Path
@@ -23,7 +22,7 @@ import pyrage
 from jaco.archive.format import VerifiedArchive, read_archive, read_archive_stream
 from jaco.archive.meta import BackupMeta
 from jaco.errors import ArchiveError, InvalidArgument, JacoError
-from jaco.files import CHUNK, HashingReader, Readable, Sha256Thread, private_output
+from jaco.files import CHUNK, BlockSha256, HashingReader, Readable, private_output
 
 PIPE_BYTES = 1024 * 1024  # Linux's default pipe-max-size
 AGE_MAGIC = b"age-encryption.org/v1\n"
@@ -91,7 +90,7 @@ class HashingWriter:
     on a thread of their own (`close` it when done)."""
 
     def __init__(self, forward: IO[bytes] | None = None, threaded: bool = False) -> None:
-        self.sha256: Sha256Thread | hashlib._Hash = Sha256Thread() if threaded else hashlib.sha256()
+        self.sha256 = BlockSha256(threaded)
         self.size = 0
         self._forward = forward
         self._buffer = bytearray()
@@ -121,8 +120,7 @@ class HashingWriter:
         return self.sha256.hexdigest()
 
     def close(self) -> None:
-        if isinstance(self.sha256, Sha256Thread):
-            self.sha256.close()
+        self.sha256.close()
 
 
 def encrypt_file(source: Path, target: Path, recipients: list[str]) -> tuple[str, str]:

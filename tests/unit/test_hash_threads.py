@@ -1,4 +1,4 @@
-"""SHA-256 on threads of their own beside pyrage (`jaco.files.Sha256Thread`): the same
+"""SHA-256 on threads of their own beside pyrage (`jaco.files.BlockSha256`): the same
 digests as hashing inline, and no thread left behind however a decryption ends."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from jaco.archive.age import (
     encrypt_file,
     parse_identities,
 )
-from jaco.files import CHUNK, HashingReader, Sha256Thread
+from jaco.files import CHUNK, BlockSha256, HashingReader
 
 
 def _hash_threads() -> list[threading.Thread]:
@@ -35,14 +35,15 @@ def _keygen(path: Path) -> str:
 
 def test_blocks_hashed_on_a_thread_give_the_inline_digest() -> None:
     blocks = [os.urandom(n) for n in (1, CHUNK, 3 * CHUNK + 7, 0, 4096)] * 5
-    hasher = Sha256Thread()
+    hasher = BlockSha256(threaded=True)
     for block in blocks:
         hasher.update(bytearray(block))
+    assert len(_hash_threads()) == 1  # hashed on its own thread, not the caller's
     assert hasher.hexdigest() == hashlib.sha256(b"".join(blocks)).hexdigest()
     assert _hash_threads() == []
-    with pytest.raises(RuntimeError, match="closed Sha256Thread was fed"):
+    with pytest.raises(RuntimeError, match="closed BlockSha256 was fed"):
         hasher.update(b"more")
-    assert Sha256Thread().hexdigest() == hashlib.sha256().hexdigest()  # nothing fed
+    assert BlockSha256(threaded=True).hexdigest() == hashlib.sha256().hexdigest()  # none fed
 
 
 def test_threaded_reader_and_writer_hash_what_passes(tmp_path: Path) -> None:
@@ -53,6 +54,7 @@ def test_threaded_reader_and_writer_hash_what_passes(tmp_path: Path) -> None:
     while piece := reader.read(8192):  # as pyrage asks
         writer.write(piece)
     writer.flush()
+    assert len(_hash_threads()) == 2  # one each, until their digests are taken
     expected = hashlib.sha256(data).hexdigest()
     assert reader.hexdigest() == writer.hexdigest() == expected and out.getvalue() == data
     assert _hash_threads() == []
