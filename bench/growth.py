@@ -43,6 +43,7 @@ from bench.realistic import fill
 from bench.run import (
     BUCKET,
     decrypt_and_list,
+    in_sequence,
     jaco_cli,
     measure,
     peak_kib,
@@ -212,11 +213,7 @@ def _verify_reference(ctx: dict[str, Any], key: str, work: Path, env: dict[str, 
         ]
     finally:
         cipher.unlink(missing_ok=True)
-    return {
-        "seconds": sum(s["seconds"] for s in steps),
-        "rss_kib": max(s["rss_kib"] for s in steps),
-        "steps": [round(s["seconds"], 3) for s in steps],
-    }
+    return in_sequence(*steps)
 
 
 def _restore(archive: Path, work: Path) -> dict:
