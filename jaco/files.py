@@ -251,6 +251,12 @@ class Readable(Protocol):
     def read(self, n: int, /) -> bytes: ...
 
 
+class Writable(Protocol):
+    def write(self, data: bytes | bytearray, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class Bounded:
     """The next `limit` bytes of a stream, and no more: one part of a stream that carries
     several (the drill's stdin: the backup, then its segments)."""

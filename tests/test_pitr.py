@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -269,7 +270,7 @@ def test_the_stream_survives_chaos_and_any_revision_restores_exactly(
 @pytest.fixture(scope="module")
 def undone(streamed: dict[str, Any]) -> dict[str, Any]:
     """A deployment made, then removed by mistake, with the stream running; the removal's
-    audit event; the base backup decrypted (as the runbook does with `age -d`)."""
+    audit event; the base backup as the bucket holds it, and decrypted with `age -d`."""
     world, cluster = streamed, streamed["cluster"]
     world["stream"].start()
     # one segment each (the stream cuts every second while it holds a change): a chain of
@@ -302,14 +303,16 @@ def undone(streamed: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_mistaken_rm_is_undone_by_restoring_to_just_before_it(undone: dict[str, Any]) -> None:
-    """docs/backups.md, "Undo a mistake": the audit log names the removal; the restore stops
-    just before it; the restored node serves the deployment again and says where it stopped."""
+    """docs/backups.md, "Undo a mistake": the audit log names the removal; the restore, of the
+    backup as the bucket holds it (encrypted: decrypted as it is read), stops just before it;
+    the restored node serves the deployment again and says where it stopped."""
     world, cluster = undone, undone["cluster"]
     seq = int(undone["event"]["seq"])
     node = Node("node-1", world["root"] / "undo" / "data")
     node.data_dir.parent.mkdir()
+    encrypted = world["root"] / "base.tar.gz.age"  # as fetched from the bucket
     result = cluster.jaco(
-        "restore", "--input", str(world["plain"]), "--name", "node-1", *node.port_flags(),
+        "restore", "--input", str(encrypted), "--name", "node-1", *node.port_flags(),
         "--segments", str(undone["chain"]), "--before-event", str(seq),
         "--identity", str(world["keys"]["identity"]),
     )  # fmt: skip
@@ -443,6 +446,23 @@ def test_a_drill_proves_a_random_point_of_the_window(
         f"passed, RTO {recorded.last_drill.rto_seconds:.1f}s, point in time: revision {point}"
         in described
     )
+
+
+def test_a_point_in_time_drill_needs_room_in_tmp_for_the_archive_it_restores_again(
+    undone: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a point-in-time drill writes the decrypted archive (to the sandbox's /tmp: the
+    point restores it a second time); one that does not fit is refused before a byte is."""
+    monkeypatch.setenv("JACO_DRILL_TMPFS", "4k")
+    state = pitr_drill(undone, tmp_path / "work")
+    assert state.is_failed()
+    found = re.search(
+        r"drill check\(s\) failed: backup is the one recorded: decrypting this backup needs "
+        r"(\d+) bytes but the filesystem holding /tmp has only 4096 free; nothing was written$",
+        str(state.message),
+    )
+    assert found and int(found[1]) > 4096, state.message
+    assert list((tmp_path / "work").iterdir()) == []
 
 
 def test_a_drill_fails_on_a_segment_rewritten_in_the_bucket(

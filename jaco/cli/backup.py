@@ -145,7 +145,12 @@ def backup_inspect(
 @app.command("restore")
 @operator_errors
 def restore_cmd(
-    input_: Annotated[Path, typer.Option("--input", "-i", help="The backup archive.")],
+    input_: Annotated[
+        Path,
+        typer.Option(
+            "--input", "-i", help="The backup: an archive, or .tar.gz.age with --identity."
+        ),
+    ],
     name: Annotated[str, typer.Option(help="This node's name in the restored cluster.")],
     data_dir: DataDirOpt = None,
     advertise_host: AdvertiseHost = None,
@@ -182,7 +187,9 @@ def restore_cmd(
     the single voter of the same cluster (same id, same CA: old tokens still work) and records
     RESTORE_COMPLETED. Other nodes then rejoin with `jaco node issue-join-token` / `node join`.
     With --segments and --to-revision or --to-time (RFC 3339), the backup's change segments
-    are verified (checksums, no gap, same cluster) and replayed up to that point.
+    are verified (checksums, no gap, same cluster) and replayed up to that point. An
+    age-encrypted backup (.tar.gz.age, as the pipeline stores it) is decrypted as it is read
+    with --identity: no decrypted copy of it is written.
     """
     # Imported here: the node-side modules (PKI, etcd) would cost every command startup time.
     from jaco.node.bootstrap import Ports, default_advertise_host
@@ -196,7 +203,7 @@ def restore_cmd(
     if segments is None:
         if (to_revision, to_time, before_event) != (None, None, None):
             raise InvalidArgument("--to-revision, --to-time and --before-event need --segments")
-        meta = restore(input_, data, name, ports, notify)
+        meta = restore(input_, data, name, ports, notify, identities=_identities(identity))
         point = f"at index {meta.snapshot_index} (taken {meta.taken_at.isoformat()})"
     else:
         target = _target(to_revision, to_time, before_event)
@@ -209,6 +216,12 @@ def restore_cmd(
         f"state digest {meta.state_digest[:16]}… verified."
     )
     out.print(f"Start it: systemctl start jaco  (or: jacod --name {name} --data-dir {data.path})")
+
+
+def _identities(identity: Path | None) -> Any:
+    from jaco.archive.age import load_identities
+
+    return None if identity is None else load_identities(identity)
 
 
 def _target(to_revision: int | None, to_time: str | None, before_event: int | None) -> Any:

@@ -176,11 +176,11 @@ def point_in_time_restore(
     ports: Ports,
     notify: Callable[[str], None] = lambda message: None,
 ) -> tuple[BackupMeta, int, str]:
-    """Restore `archive` plus its segments up to `target`; returns the backup's meta, the
-    target revision and its time."""
-    from jaco.archive.format import read_archive
+    """Restore `archive` (plain or age-encrypted) plus its segments up to `target`; returns
+    the backup's meta, the target revision and its time."""
+    from jaco.archive.age import read_backup
 
-    base = read_archive(archive).meta  # verified once before the segments are read
+    base = read_backup(archive, identities).meta  # verified once before the segments are read
     metas = [(n, s.meta) for n, s in _segments(source, identities)]
     plan = plan_chain(metas, base, target)
     if target.revision is None:
@@ -193,7 +193,7 @@ def point_in_time_restore(
     def replay(staged: DataDir) -> None:
         result.update(asyncio.run(_replay(staged, source, identities, plan)))
 
-    restore(archive, data, name, ports, notify, after=replay)
+    restore(archive, data, name, ports, notify, after=replay, identities=identities)
     return base, plan.revision, str(result.get("at", plan.at))
 
 

@@ -6,7 +6,9 @@ moment leaves the data dir as it was; the next attempt removes what a dead one l
 says so. The snapshot is extracted into a file with no name on that filesystem
 (jaco.files.anonymous_file): no plaintext copy of the store survives a crash outside the data
 dir, and nothing is written to $TMPDIR. Before a byte of it is written, the filesystem must
-have room for about twice its declared size (the snapshot, and etcd's copy of it).
+have room for about twice its declared size (the snapshot, and etcd's copy of it). An
+age-encrypted backup (the pipeline's `.tar.gz.age`) is decrypted as it is read, on a thread
+of its own: no decrypted archive is ever written.
 
 Everything about the archive is verified as it is extracted (structure, meta.json, snapshot
 size and SHA-256, version). The snapshot file itself is then read (jaco.archive.snapshot_file:
@@ -25,9 +27,11 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO, Any
 
+from jaco.archive.age import read_backup
 from jaco.archive.bolt import SnapshotFileError
-from jaco.archive.format import read_archive
+from jaco.archive.format import read_archive_stream
 from jaco.archive.meta import BackupMeta
 from jaco.archive.snapshot_file import SnapshotState, read_snapshot_state
 from jaco.errors import ArchiveError, DataDirError
@@ -47,16 +51,19 @@ from jaco.node.etcd_member import snapshot_restore
 
 
 def restore(
-    archive: Path,
+    archive: Path | IO[bytes],
     data: DataDir,
     name: str,
     ports: Ports,
     notify: Callable[[str], None] = lambda message: None,
     after: Callable[[DataDir], None] | None = None,
+    identities: list[Any] | None = None,
 ) -> BackupMeta:
     """Restore `archive` into the (absent or empty) data dir; `notify` hears what was cleaned
     up of earlier attempts that died; `after` (point-in-time restore's replay) works on the
-    staged data dir before it is renamed into place."""
+    staged data dir before it is renamed into place. The archive is a file, plain or
+    age-encrypted (decrypted as it is read with `identities`), or a stream of a plain one
+    (the drill's, from its own decrypter)."""
     check_name("node", name)
     ports.check()
     data.require_stopped()
@@ -77,7 +84,10 @@ def restore(
         require_space(parent, 2 * size, "restoring this backup")
 
     with staged_dir(target) as staging, anonymous_file(staging) as snapshot:
-        meta = read_archive(archive, snapshot, reserve).meta
+        if isinstance(archive, Path):
+            meta = read_backup(archive, identities, snapshot, reserve).meta
+        else:
+            meta = read_archive_stream(archive, snapshot, "the backup", reserve)
         snapshot.flush()
         meta.check_version()
         staged = DataDir(staging)
