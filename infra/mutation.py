@@ -34,6 +34,7 @@ VERIFY = "tests/test_verify.py"
 PITR = "tests/test_pitr.py"
 DRILL_UNIT = "tests/unit/test_drill_input.py"
 SNAPSHOT = "tests/test_snapshot_file.py"
+ENCRYPTED = "tests/test_restore_encrypted.py"
 
 
 @dataclass(frozen=True)
@@ -184,8 +185,7 @@ MUTATIONS: list[Mutation] = [
     m(
         "drill: the decrypted plaintext's SHA-256 not compared",
         "jaco/drill/agent.py",
-        "        if self.expect.plaintext_sha256 and plain.hexdigest() != "
-        "self.expect.plaintext_sha256:",
+        "        if expect.plaintext_sha256 and found.plaintext_sha256 != expect.plaintext_sha256:",
         "        if False:",
         k(DRILL, "another_plaintext"),
     ),
@@ -778,6 +778,21 @@ MUTATIONS: list[Mutation] = [
         "        self.close()\n        return self._sha.hexdigest()",
         "        return self._sha.hexdigest()",
         "tests/unit/test_hash_threads.py",
+    ),
+    m(
+        "drill: a restore is reported though the backup is not the one recorded (stop 31)",
+        "jaco/drill/agent.py",
+        "        if not recorded[0]:\n            return False\n",
+        "",
+        k(DRILL, "another_plaintext"),
+    ),
+    m(
+        "restore of a .tar.gz.age: a damaged ciphertext is reported as a corrupt archive (stop 31)",
+        "jaco/archive/age.py",
+        "        if failure and not isinstance(failure[0], BrokenPipeError):\n"
+        "            raise failure[0] from None\n",
+        "",
+        k(ENCRYPTED, "flipped or cut"),
     ),
 ]
 

@@ -78,6 +78,18 @@ class Webhook:
 
 def latest_table(key: str) -> list[dict[str, Any]]:
     """The rows of the newest table artifact under `key` (read from the Prefect API)."""
+    data = _latest_artifact(key)
+    return list(json.loads(data) if isinstance(data, str) else data)
+
+
+def latest_checks(cluster: str) -> list[str]:
+    """The check rows ("| name | result |") of the newest drill report of `cluster`."""
+    report = str(_latest_artifact(f"jaco-drill-{cluster}"))
+    rows = [line.split(" | ")[:2] for line in report.splitlines() if line.startswith("| ")]
+    return [f"{name[2:]}: {result}" for name, result in rows[1:]]  # past the header row
+
+
+def _latest_artifact(key: str) -> Any:
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
@@ -88,5 +100,4 @@ def latest_table(key: str) -> list[dict[str, Any]]:
             sort=ArtifactSort.CREATED_DESC,
             limit=1,
         )
-    data = latest.data
-    return list(json.loads(data) if isinstance(data, str) else data)
+    return latest.data

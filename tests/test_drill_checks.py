@@ -36,7 +36,7 @@ from jaco.model.audit import event_hash
 from jaco.model.keys import K_HEAD, P_DEPLOYMENTS, P_REPLICAS, encode, event_key
 from jaco.v1 import jaco_pb2 as pb
 from tests.archives import members
-from tests.pipeline import BUCKET, latest_table, params
+from tests.pipeline import BUCKET, latest_checks, latest_table, params
 
 
 class Etcd:
@@ -214,7 +214,8 @@ def test_a_backup_recorded_with_another_plaintext_fails_backup_is_the_one_record
 ) -> None:
     """The stored object is the one recorded (its ciphertext SHA-256 matches), but the
     record names another plaintext (an edited catalog, an encrypt step that hashed the wrong
-    file): the agent's own hash of what it decrypted refuses it before any restore."""
+    file): the agent's own hash of what it decrypted refuses it. The restore it was decrypted
+    into counts for nothing: it is not reported, no node is started, no other check runs."""
     key = backup(stored1["cluster"], stored1["keys"], tmp_path, "defect-plain")
     catalog = Catalog(open_store(f"s3://{BUCKET}"), "defect-plain", "prod")
     record = catalog.backup(key)
@@ -222,6 +223,7 @@ def test_a_backup_recorded_with_another_plaintext_fails_backup_is_the_one_record
     catalog.record_backup(record.model_copy(update={"plaintext_sha256": "0" * 64}))
     state = drill("defect-plain", key, tmp_path / "work")
     assert_caught(state, "defect-plain", key, ["backup is the one recorded"], tmp_path / "work")
+    assert latest_checks("prod") == ["backup is the one recorded: **FAIL**"]
     assert "it decrypts to another archive than the one recorded" in str(state.message)
 
 

@@ -1,4 +1,4 @@
-"""The drill, inside the sandbox: decrypt → restore → start jacod → READY → checks → report.
+"""The drill, inside the sandbox: decrypt into restore → start jacod → READY → checks → report.
 
 Runs as `python -m jaco.drill.agent` under bubblewrap or in a container. Everything comes in
 on stdin: one JSON line (an operator token from before the backup, the age identity that
@@ -6,15 +6,18 @@ decrypts it, what to expect: the cluster's id, the checksums the pipeline record
 heads of earlier backups), then the ciphertext. When the pipeline drills a point in time too,
 the line also names a revision inside the backup's window of change segments and the live
 cluster's state digest at it, and the segments' ciphertexts follow the backup's: the backup
-restored plus the segments up to that revision must give exactly that digest. The plaintext
-lives only in the sandbox's tmpfs. Prints one JSON report on its last line of stdout: every
-check with pass/fail and detail, the backup's meta, the measured timings. Everything it
-starts lives and dies in the sandbox. The checks themselves are in jaco.drill.checks.
+restored plus the segments up to that revision must give exactly that digest. The backup is
+decrypted straight into the restore (no decrypted archive is written, except for a point in
+time, which restores it a second time); the plaintext lives only in the sandbox's tmpfs.
+Prints one JSON report on its last line of stdout: every check with pass/fail and detail, the
+backup's meta, the measured timings. Everything it starts lives and dies in the sandbox.
+The checks themselves are in jaco.drill.checks.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -29,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from jaco.archive.age import HashingWriter, decrypt_to, parse_identities
+from jaco.archive.age import Decryption, decrypting, parse_identities
 from jaco.archive.meta import BackupMeta
 from jaco.archive.segment import MAX_SEGMENT_BYTES, SEGMENT_SUFFIX
 from jaco.archive.snapshot_file import read_snapshot_state
@@ -100,12 +103,7 @@ class Drill:
 
     def check(self, name: str, fn: Callable[[], tuple[bool, str]]) -> bool:
         started = time.monotonic()
-        try:
-            ok, detail = fn()
-        except JacoError as exc:
-            ok, detail = False, exc.message
-        except Exception as exc:  # noqa: BLE001 - a drill reports, it does not crash
-            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        ok, detail = _attempt(fn)
         self.checks.append(Check(name, ok, detail, round(time.monotonic() - started, 3)))
         return ok
 
@@ -143,20 +141,14 @@ class Drill:
         raise JacoError(f"nodes {names} not READY within {timeout:.0f}s (last: {last})")
 
     def run(self, stdin: IO[bytes], rejoin: bool) -> None:
-        archive = WORK / "backup.tar.gz"
-        started = time.monotonic()
+        archive = WORK / "backup.tar.gz"  # written only for a point in time, restored again
         ciphertext = Bounded(stdin, self.backup_bytes) if self.backup_bytes else stdin
-        if not self.check("backup is the one recorded", lambda: self._decrypt(ciphertext, archive)):
+        if not self._decrypt_and_restore(ciphertext, archive if self.point else None):
             return
-        self.timings["decrypt_seconds"] = time.monotonic() - started
         if self.point is not None and not self.check(
             "segments received", lambda: self._receive_segments(stdin)
         ):
             return
-        started = time.monotonic()
-        if not self.check("restore", lambda: self._restore(archive)):
-            return
-        self.timings["restore_seconds"] = time.monotonic() - started
         meta = self.meta
         assert meta is not None
         if self.point is not None and meta.cluster_id == self.expect.cluster_id:
@@ -164,7 +156,7 @@ class Drill:
             started = time.monotonic()
             self.check("point in time", lambda: self._point_in_time(archive))
             self.timings["point_in_time_seconds"] = time.monotonic() - started
-        archive.unlink()
+        archive.unlink(missing_ok=True)
         if meta.cluster_id != self.expect.cluster_id:
             self.checks.append(
                 Check(
@@ -216,25 +208,48 @@ class Drill:
             if rejoin:
                 self.check("rejoin", lambda: self._rejoin(client, server))
 
-    def _decrypt(self, ciphertext: Readable, archive: Path) -> tuple[bool, str]:
-        """Decrypt stdin into the sandbox's tmpfs, hashing both sides on the way."""
-        identities = parse_identities(self.identity, "the verify identity")
-        if self.backup_bytes:  # what it decrypts to is a little smaller than that
-            require_space(archive.parent, self.backup_bytes, "decrypting this backup")
-        with create_private(archive) as out:
-            plain = HashingWriter(out, threaded=True)
-            try:
-                cipher_sha = decrypt_to(ciphertext, plain, identities)
-            finally:
-                plain.close()
-        problems = []
-        if self.expect.ciphertext_sha256 and cipher_sha != self.expect.ciphertext_sha256:
+    def _decrypt_and_restore(self, ciphertext: Readable, copy_to: Path | None) -> bool:
+        """Decrypt stdin straight into the restore, both sides hashed: no decrypted archive is
+        written (but `copy_to`, which a point in time restores again). Two checks, the backup
+        is the one recorded, then the restore (reported only if the first passes; its time is
+        what follows the last byte decrypted). The pipe is read to its end however the restore
+        ends, so the first check is always answered."""
+        started = time.monotonic()
+        found = Decryption()
+        restored: tuple[bool, str] = (False, "not attempted")
+
+        def decrypt_and_restore() -> tuple[bool, str]:
+            nonlocal found, restored
+            identities = parse_identities(self.identity, "the verify identity")
+            with contextlib.ExitStack() as stack:
+                copy = None
+                if copy_to is not None:
+                    if self.backup_bytes:  # what it decrypts to is a little smaller than that
+                        require_space(copy_to.parent, self.backup_bytes, "decrypting this backup")
+                    copy = stack.enter_context(create_private(copy_to))
+                plain, found = stack.enter_context(decrypting(ciphertext, identities, copy=copy))
+                restored = _attempt(lambda: self._restore(plain))
+            return self._recorded(found)
+
+        recorded = _attempt(decrypt_and_restore)
+        total = time.monotonic() - started
+        decrypted = min(found.seconds, total) if found.seconds else total
+        self.checks.append(Check("backup is the one recorded", *recorded, round(decrypted, 3)))
+        if not recorded[0]:
+            return False
+        self.checks.append(Check("restore", *restored, round(total - decrypted, 3)))
+        self.timings["decrypt_seconds"] = decrypted
+        self.timings["restore_seconds"] = total - decrypted
+        return restored[0]
+
+    def _recorded(self, found: Decryption) -> tuple[bool, str]:
+        expect, problems = self.expect, []
+        if expect.ciphertext_sha256 and found.ciphertext_sha256 != expect.ciphertext_sha256:
             problems.append("its ciphertext is not the one recorded at upload")
-        if self.expect.plaintext_sha256 and plain.hexdigest() != self.expect.plaintext_sha256:
+        if expect.plaintext_sha256 and found.plaintext_sha256 != expect.plaintext_sha256:
             problems.append("it decrypts to another archive than the one recorded")
-        if problems:
-            return False, "; ".join(problems)
-        return True, f"{plain.size} bytes decrypted; ciphertext and plaintext SHA-256 as recorded"
+        detail = f"{found.plaintext_size} bytes decrypted into the restore, both SHA-256 recorded"
+        return not problems, "; ".join(problems) or detail
 
     def _receive_segments(self, stdin: IO[bytes]) -> tuple[bool, str]:
         """The segments' ciphertexts, as they follow the backup on stdin, each into the
@@ -275,9 +290,9 @@ class Drill:
             f"({self.point.state_digest[:16]}…)"
         )
 
-    def _restore(self, archive: Path) -> tuple[bool, str]:
+    def _restore(self, plain: IO[bytes]) -> tuple[bool, str]:
         self.meta = restore(
-            archive, DataDir(DATA / "drill-1"), "drill-1", Ports("127.0.0.1", 7000, 2379, 2380)
+            plain, DataDir(DATA / "drill-1"), "drill-1", Ports("127.0.0.1", 7000, 2379, 2380)
         )
         return True, f"index {self.meta.snapshot_index}"
 
@@ -310,6 +325,16 @@ class Drill:
             "meta": self.meta.model_dump(mode="json") if self.meta else None,
             "ok": bool(self.checks) and all(c.ok for c in self.checks),
         }
+
+
+def _attempt(fn: Callable[[], tuple[bool, str]]) -> tuple[bool, str]:
+    """A check's outcome: what it returns, or its failure (a drill reports, it does not crash)."""
+    try:
+        return fn()
+    except JacoError as exc:
+        return False, exc.message
+    except Exception as exc:  # noqa: BLE001
+        return False, f"{type(exc).__name__}: {exc}"
 
 
 def probe(address: str) -> dict[str, Any]:
