@@ -393,3 +393,19 @@ def test_an_installation_without_its_compiled_reader_refuses_in_one_line(
     )  # fmt: skip
     refused(result, 16, r"lacks its compiled snapshot reader \(jaco\._native\): reinstall jaco")
     assert list(data_dir.iterdir()) == []
+
+
+def test_a_plain_archive_restores_whatever_identity_the_environment_names(
+    source: tuple[Cluster, Path], tmp_path: Path
+) -> None:
+    """--identity comes from JACO_AGE_IDENTITY_FILE too, which may be set for other work: a
+    plain archive's restore does not read it (here it does not exist)."""
+    _, good = source
+    node = Node("r1", tmp_path / "data")
+    result = run(
+        [JACO, "restore", "--input", str(good), "--name", node.name, *node.port_flags()],
+        env={"JACO_AGE_IDENTITY_FILE": str(tmp_path / "absent.key")},
+        timeout=120,
+    )
+    assert result.code == 0, result.err
+    assert (node.data_dir / "etcd" / "member" / "snap" / "db").is_file()

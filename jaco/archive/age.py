@@ -244,10 +244,12 @@ def decrypting(
     failure: list[BaseException] = []
     started = time.monotonic()
 
+    end = _PipeEnd(write_fd, copy)
+    pipe = os.fdopen(read_fd, "rb")
+
     def produce() -> None:
-        end = _PipeEnd(write_fd, copy)
-        sink = HashingWriter(end)
         try:
+            sink = HashingWriter(end)
             found.ciphertext_sha256 = decrypt_to(ciphertext, sink, identities)
             found.plaintext_sha256 = sink.hexdigest()
             found.plaintext_size = sink.size
@@ -258,8 +260,12 @@ def decrypting(
             found.seconds = time.monotonic() - started
 
     producer = threading.Thread(target=produce, name="decrypt", daemon=True)
-    producer.start()
-    pipe = os.fdopen(read_fd, "rb")
+    try:
+        producer.start()
+    except BaseException:
+        end.close()
+        pipe.close()
+        raise
     try:
         yield pipe, found
         while pipe.read(CHUNK):  # let the decrypter finish (and check its tag)

@@ -203,7 +203,7 @@ def restore_cmd(
     if segments is None:
         if (to_revision, to_time, before_event) != (None, None, None):
             raise InvalidArgument("--to-revision, --to-time and --before-event need --segments")
-        meta = restore(input_, data, name, ports, notify, identities=_identities(identity))
+        meta = restore(input_, data, name, ports, notify, identities=_identities(input_, identity))
         point = f"at index {meta.snapshot_index} (taken {meta.taken_at.isoformat()})"
     else:
         target = _target(to_revision, to_time, before_event)
@@ -218,10 +218,12 @@ def restore_cmd(
     out.print(f"Start it: systemctl start jaco  (or: jacod --name {name} --data-dir {data.path})")
 
 
-def _identities(identity: Path | None) -> Any:
-    from jaco.archive.age import load_identities
+def _identities(archive: Path, identity: Path | None) -> Any:
+    """The identities in `identity`, read only if the backup is encrypted (the option may
+    come from JACO_AGE_IDENTITY_FILE, set for other work)."""
+    from jaco.archive.age import is_age_file, load_identities
 
-    return None if identity is None else load_identities(identity)
+    return load_identities(identity) if identity is not None and is_age_file(archive) else None
 
 
 def _target(to_revision: int | None, to_time: str | None, before_event: int | None) -> Any:

@@ -224,7 +224,7 @@ class Drill:
             with contextlib.ExitStack() as stack:
                 copy = None
                 if copy_to is not None:
-                    if self.backup_bytes:  # what it decrypts to is a little smaller than that
+                    if self.backup_bytes:  # what it decrypts to is a little smaller
                         require_space(copy_to.parent, self.backup_bytes, "decrypting this backup")
                     copy = stack.enter_context(create_private(copy_to))
                 plain, found = stack.enter_context(decrypting(ciphertext, identities, copy=copy))
@@ -236,6 +236,7 @@ class Drill:
         decrypted = min(found.seconds, total) if found.seconds else total
         self.checks.append(Check("backup is the one recorded", *recorded, round(decrypted, 3)))
         if not recorded[0]:
+            self.meta = None  # what was restored is not the backup recorded: nothing of it
             return False
         self.checks.append(Check("restore", *restored, round(total - decrypted, 3)))
         self.timings["decrypt_seconds"] = decrypted
@@ -310,6 +311,7 @@ class Drill:
         return True, "drill-2 joined with a single-use token; both READY"
 
     def stop(self) -> None:
+        (WORK / "backup.tar.gz").unlink(missing_ok=True)  # a point in time's, if it stopped early
         for daemon in self.daemons:
             daemon.send_signal(signal.SIGTERM)
         for daemon in self.daemons:
