@@ -738,11 +738,12 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_docker.py", "bigger_than"),
     ),
     m(
-        "drill sandbox: a backup is decrypted into a /tmp too small for it (stop 30)",
+        "drill sandbox: a point in time's backup is decrypted into a /tmp too small for it "
+        "(stop 30)",
         "jaco/drill/agent.py",
-        "        if self.backup_bytes:  # what it decrypts to is a little smaller than that",
-        "        if False:",
-        k("tests/test_drill_flow.py", "bigger_than_the_sandbox_tmp"),
+        "                    if self.backup_bytes:  # what it decrypts to is a little smaller",
+        "                    if False:",
+        k(PITR, "needs_room_in_tmp"),
     ),
     m(
         "drill sandbox: a bwrap without --size is taken, its tmpfs uncapped (stop 30)",
@@ -782,7 +783,10 @@ MUTATIONS: list[Mutation] = [
     m(
         "drill: a restore is reported though the backup is not the one recorded (stop 31)",
         "jaco/drill/agent.py",
-        "        if not recorded[0]:\n            return False\n",
+        "        if not recorded[0]:\n"
+        "            self.meta = None  # what was restored is not the backup recorded: "
+        "nothing of it\n"
+        "            return False\n",
         "",
         k(DRILL, "another_plaintext"),
     ),
