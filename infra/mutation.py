@@ -792,11 +792,26 @@ MUTATIONS: list[Mutation] = [
     ),
     m(
         "restore of a .tar.gz.age: a damaged ciphertext is reported as a corrupt archive (stop 31)",
-        "jaco/archive/age.py",
-        "        if failure and not isinstance(failure[0], BrokenPipeError):\n"
-        "            raise failure[0] from None\n",
+        "jaco/archive/encrypted.py",
+        "        if child.returncode in (EXIT_NO_KEY, EXIT_DAMAGED):\n"
+        "            raise _failed(child.returncode, words, identities) from None\n",
         "",
         k(ENCRYPTED, "flipped or cut"),
+    ),
+    m(
+        "decrypter: the age identity handed over in its argument list (stop 31)",
+        "jaco/archive/encrypted.py",
+        '"jaco.archive.decrypter", str(keys_read)]',
+        '"jaco.archive.decrypter", str(keys_read), *map(str, identities)]',
+        "tests/unit/test_decrypter.py",
+    ),
+    m(
+        "decrypter: the plaintext's hash taken before its end is read (stop 31)",
+        "jaco/archive/encrypted.py",
+        "        yield cast(IO[bytes], plain), found\n        plain.finish()\n",
+        "        yield cast(IO[bytes], plain), found\n",
+        "tests/unit/test_decrypter.py",
+        k(DRILL, "another_plaintext"),
     ),
 ]
 

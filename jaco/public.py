@@ -10,7 +10,6 @@ from __future__ import annotations
 from jaco.archive.age import (
     DecryptionFailed,
     HashingWriter,
-    decrypt_and_read_archive,
     decrypt_to,
     encrypt_file,
     is_age_file,
@@ -18,6 +17,7 @@ from jaco.archive.age import (
     parse_identities,
     parse_recipient,
 )
+from jaco.archive.encrypted import decrypt_and_read_archive
 from jaco.archive.format import read_archive, read_archive_stream
 from jaco.archive.meta import AuditHead, BackupMeta
 from jaco.archive.segment import (

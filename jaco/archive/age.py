@@ -11,20 +11,12 @@ formats: `age1…` X25519 recipients, `ssh-ed25519 …` public keys, and identit
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import pyrage
 
-from jaco.archive.format import Reserve, VerifiedArchive, read_archive, read_archive_stream
-from jaco.archive.meta import BackupMeta
-from jaco.errors import ArchiveError, InvalidArgument, JacoError
+from jaco.errors import InvalidArgument, JacoError
 from jaco.files import CHUNK, BlockSha256, HashingReader, Readable, Writable, private_output
 
 PIPE_BYTES = 1024 * 1024  # Linux's default pipe-max-size
@@ -190,134 +182,3 @@ def decrypt_to(
         # pyrage reports a payload that fails authentication as a plain OSError
         raise DecryptionFailed(f"the backup's ciphertext is damaged or truncated ({exc})") from None
     return reader.hexdigest()
-
-
-@dataclass
-class Decryption:
-    """What a decryption on a thread of its own found: complete once `decrypting` has ended."""
-
-    ciphertext_sha256: str = ""
-    plaintext_sha256: str = ""
-    plaintext_size: int = 0
-    seconds: float = 0.0  # from the start to the last byte decrypted
-
-
-class _PipeEnd:
-    """The decrypter's end of the pipe, and `copy` if there is one."""
-
-    def __init__(self, fd: int, copy: IO[bytes] | None) -> None:
-        self._pipe = os.fdopen(fd, "wb")
-        self._copy = copy
-
-    def write(self, data: bytes | bytearray) -> int:
-        if self._copy is not None:
-            self._copy.write(data)
-        return self._pipe.write(data)
-
-    def flush(self) -> None:
-        self._pipe.flush()
-        if self._copy is not None:
-            self._copy.flush()
-
-    def close(self) -> None:
-        with contextlib.suppress(BrokenPipeError):  # the reader left: it says why
-            self._pipe.close()
-
-
-@contextlib.contextmanager
-def decrypting(
-    ciphertext: Path | Readable,
-    identities: list[Any],
-    copy: IO[bytes] | None = None,
-) -> Iterator[tuple[IO[bytes], Decryption]]:
-    """Decrypt `ciphertext` on a thread of its own into a pipe: yields the pipe's reading end
-    and the Decryption, filled in once the block is left (both SHA-256, hashed on the way).
-
-    Leaving the block reads the pipe to its end (the decrypter checks its last tag) and
-    raises what the decryption raised. Leaving it with an ArchiveError raises the
-    decryption's failure instead, if it had one: a damaged ciphertext explains the broken
-    archive. `copy`, if given, gets the plaintext too."""
-    read_fd, write_fd = os.pipe()
-    with contextlib.suppress(OSError):  # 64 KiB by default: threads would take turns per chunk
-        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    found = Decryption()
-    failure: list[BaseException] = []
-    started = time.monotonic()
-
-    end = _PipeEnd(write_fd, copy)
-    pipe = os.fdopen(read_fd, "rb")
-
-    def produce() -> None:
-        try:
-            sink = HashingWriter(end)
-            found.ciphertext_sha256 = decrypt_to(ciphertext, sink, identities)
-            found.plaintext_sha256 = sink.hexdigest()
-            found.plaintext_size = sink.size
-        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
-            failure.append(exc)
-        finally:
-            end.close()  # the reader's end of file
-            found.seconds = time.monotonic() - started
-
-    producer = threading.Thread(target=produce, name="decrypt", daemon=True)
-    try:
-        producer.start()
-    except BaseException:
-        end.close()
-        pipe.close()
-        raise
-    try:
-        yield pipe, found
-        while pipe.read(CHUNK):  # let the decrypter finish (and check its tag)
-            pass
-    except ArchiveError:
-        pipe.close()  # a decrypter still writing stops
-        producer.join()
-        if failure and not isinstance(failure[0], BrokenPipeError):
-            raise failure[0] from None
-        raise
-    finally:
-        pipe.close()
-        producer.join()
-    if failure:
-        raise failure[0]
-
-
-def decrypt_and_read_archive(
-    ciphertext: Path, identities: list[Any]
-) -> tuple[str, str, BackupMeta]:
-    """Decrypt straight into the archive reader: the plaintext never touches the disk.
-    Returns the ciphertext's and the plaintext's SHA-256 and the verified meta.json."""
-    with decrypting(ciphertext, identities) as (plain, found):
-        meta = read_archive_stream(plain, name=ciphertext.name)
-    return found.ciphertext_sha256, found.plaintext_sha256, meta
-
-
-def read_backup(
-    path: Path,
-    identities: list[Any] | None,
-    sink: IO[bytes] | None = None,
-    reserve: Reserve | None = None,
-) -> VerifiedArchive:
-    """`read_archive` of a backup as the operator has it: a plain archive (`jaco backup`),
-    or an age-encrypted one (the pipeline's `.tar.gz.age`) decrypted as it is read with
-    `identities`; nothing decrypted is written but snapshot.bin into `sink`."""
-    if not is_age_file(path):
-        return read_archive(path, sink, reserve)
-    if identities is None:
-        raise InvalidArgument(
-            f"{path} is an age-encrypted backup: give --identity FILE (or set "
-            "JACO_AGE_IDENTITY_FILE) to decrypt it as it is read, or decrypt it with `age -d` first"
-        )
-    with decrypting(path, identities) as (plain, _):
-        meta = read_archive_stream(plain, sink, path.name, reserve)
-    return VerifiedArchive(meta, path.stat().st_size)
-
-
-def inspect_backup(path: Path, identity_file: Path | None = None) -> VerifiedArchive:
-    """Verify a backup as the operator has it (`read_backup`), the identity file read only
-    if the backup is encrypted."""
-    identities = None
-    if identity_file is not None and is_age_file(path):
-        identities = load_identities(identity_file)
-    return read_backup(path, identities)

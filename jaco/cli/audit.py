@@ -146,7 +146,7 @@ def _anchors(
 ) -> list[pb.AuditAnchor]:
     if source == "catalog":
         return _catalog_anchors(cluster, config)
-    from jaco.archive.age import inspect_backup
+    from jaco.archive.encrypted import inspect_backup
 
     meta = inspect_backup(Path(source), identity).meta
     if meta.audit_head is None:

@@ -115,7 +115,7 @@ def backup_inspect(
     nothing decrypted is written to disk. Exits non-zero if the archive is damaged, or intact
     but from another major version.
     """
-    from jaco.archive.age import inspect_backup
+    from jaco.archive.encrypted import inspect_backup
 
     verified = inspect_backup(archive, identity)
     meta = verified.meta

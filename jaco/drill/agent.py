@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from jaco.archive.age import Decryption, decrypting, parse_identities
+from jaco.archive.age import parse_identities
+from jaco.archive.encrypted import Decryption, decrypting
 from jaco.archive.meta import BackupMeta
 from jaco.archive.segment import MAX_SEGMENT_BYTES, SEGMENT_SUFFIX
 from jaco.archive.snapshot_file import read_snapshot_state
@@ -333,10 +334,8 @@ def _attempt(fn: Callable[[], tuple[bool, str]]) -> tuple[bool, str]:
     """A check's outcome: what it returns, or its failure (a drill reports, it does not crash)."""
     try:
         return fn()
-    except JacoError as exc:
-        return False, exc.message
     except Exception as exc:  # noqa: BLE001
-        return False, f"{type(exc).__name__}: {exc}"
+        return False, exc.message if isinstance(exc, JacoError) else f"{type(exc).__name__}: {exc}"
 
 
 def probe(address: str) -> dict[str, Any]:

@@ -178,7 +178,7 @@ def point_in_time_restore(
 ) -> tuple[BackupMeta, int, str]:
     """Restore `archive` (plain or age-encrypted) plus its segments up to `target`; returns
     the backup's meta, the target revision and its time."""
-    from jaco.archive.age import read_backup
+    from jaco.archive.encrypted import read_backup
 
     base = read_backup(archive, identities).meta  # verified once before the segments are read
     metas = [(n, s.meta) for n, s in _segments(source, identities)]

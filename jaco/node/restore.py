@@ -29,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
-from jaco.archive.age import read_backup
 from jaco.archive.bolt import SnapshotFileError
+from jaco.archive.encrypted import read_backup
 from jaco.archive.format import read_archive_stream
 from jaco.archive.meta import BackupMeta
 from jaco.archive.snapshot_file import SnapshotState, read_snapshot_state

@@ -1,0 +1,237 @@
+"""Encrypted backups read as they are decrypted: `jaco restore` and `jaco backup inspect` of
+a `.tar.gz.age`, the pipeline's verify, the drill. No decrypted archive is written.
+
+The decryption runs in a process of its own (jaco.archive.decrypter), fed the ciphertext by a
+thread of this one; this process reads the plaintext from its pipe. Both are hashed on the
+way: the drill and verify compare them with what the pipeline recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, cast
+
+from jaco.archive.age import PIPE_BYTES, DecryptionFailed, Identities, is_age_file, load_identities
+from jaco.archive.decrypter import EXIT_DAMAGED, EXIT_NO_KEY
+from jaco.archive.format import Reserve, VerifiedArchive, read_archive, read_archive_stream
+from jaco.archive.meta import BackupMeta
+from jaco.errors import ArchiveError, InvalidArgument, JacoError
+from jaco.files import CHUNK, Readable
+
+
+@dataclass
+class Decryption:
+    """What a decryption found: complete once `decrypting` has ended."""
+
+    ciphertext_sha256: str = ""
+    plaintext_sha256: str = ""
+    plaintext_size: int = 0
+    seconds: float = 0.0  # from the start to the plaintext's last byte
+
+
+class _Plaintext:
+    """The decrypter's output as the caller reads it (igzip reads with readinto), hashed on
+    the way and copied to `copy` if there is one."""
+
+    def __init__(self, raw: io.BufferedReader, copy: IO[bytes] | None, found: Decryption) -> None:
+        self._raw, self._copy, self._found = raw, copy, found
+        self._sha = hashlib.sha256()
+        self._started = time.monotonic()
+
+    def readinto(self, buffer: memoryview) -> int:
+        n = self._raw.readinto(buffer)
+        if not n:
+            if not self._found.seconds:
+                self._found.seconds = time.monotonic() - self._started
+            return 0
+        self._sha.update(buffer[:n])
+        if self._copy is not None:
+            self._copy.write(buffer[:n])
+        self._found.plaintext_size += n
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        block = bytearray(CHUNK if n < 0 else n)
+        got = self.readinto(memoryview(block))
+        return bytes(block[:got])
+
+    def finish(self) -> None:
+        """Read (and hash) what the caller did not need."""
+        block = memoryview(bytearray(CHUNK))
+        while self.readinto(block):
+            pass
+        self._found.plaintext_sha256 = self._sha.hexdigest()
+
+
+def _pump(source: Path | Readable, child: subprocess.Popen[bytes], found: Decryption) -> None:
+    """Feed the ciphertext to the decrypter, hashing it. If the decrypter stops reading, the
+    rest is still hashed when it ended well (age need not read what follows its last chunk:
+    it is part of the object all the same), not when it failed."""
+    sha = hashlib.sha256()
+    with contextlib.ExitStack() as stack:
+        src = (
+            stack.enter_context(open(source, "rb", buffering=0))
+            if isinstance(source, Path)
+            else source
+        )
+        sink: IO[bytes] | None = child.stdin
+        assert sink is not None
+        while block := src.read(CHUNK):
+            sha.update(block)
+            if sink is not None:
+                try:
+                    sink.write(block)
+                except BrokenPipeError:
+                    sink = None
+                    if child.wait() != 0:
+                        return
+        with contextlib.suppress(BrokenPipeError):
+            child.stdin.close()  # type: ignore[union-attr]
+    found.ciphertext_sha256 = sha.hexdigest()
+
+
+@contextlib.contextmanager
+def decrypting(
+    ciphertext: Path | Readable,
+    identities: list[Any],
+    copy: IO[bytes] | None = None,
+) -> Iterator[tuple[IO[bytes], Decryption]]:
+    """Decrypt `ciphertext` in a process of its own (jaco.archive.decrypter: pyrage holds the
+    GIL) fed by a thread of this one: yields the plaintext to read and the Decryption, filled
+    in once the block is left (both SHA-256, hashed on the way; `copy` gets the plaintext too).
+
+    Leaving the block reads the plaintext to its end and raises a decryption's failure.
+    Leaving it with an ArchiveError raises the decryption's failure instead, if it had one:
+    a damaged ciphertext explains the broken archive."""
+    words = tempfile.TemporaryFile()  # a file: a long traceback cannot block
+    keys_read, keys_write = os.pipe()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "jaco.archive.decrypter", str(keys_read)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=words,
+            pass_fds=(keys_read,),
+        )
+    except BaseException:
+        os.close(keys_write)
+        words.close()
+        raise
+    finally:
+        os.close(keys_read)
+    assert child.stdin is not None and child.stdout is not None
+    for end in (child.stdin, child.stdout):  # 64 KiB by default: the processes would take turns
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(end.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    with os.fdopen(keys_write, "w") as keys:  # the secret goes through a pipe, not argv or env
+        keys.write("\n".join(str(identity) for identity in identities))
+    found = Decryption()
+    failure: list[BaseException] = []
+
+    def pump() -> None:
+        try:
+            _pump(ciphertext, child, found)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+            failure.append(exc)
+            with contextlib.suppress(OSError):
+                child.stdin.close()  # type: ignore[union-attr]
+
+    feeder = threading.Thread(target=pump, name="decrypt-feed", daemon=True)
+    plain = _Plaintext(cast(io.BufferedReader, child.stdout), copy, found)
+    try:
+        feeder.start()
+        yield cast(IO[bytes], plain), found
+        plain.finish()
+    except ArchiveError:
+        _stop(child, feeder)
+        if failure:  # the ciphertext could not be read: that cut the plaintext short
+            raise failure[0] from None
+        if child.returncode in (EXIT_NO_KEY, EXIT_DAMAGED):
+            raise _failed(child.returncode, words, identities) from None
+        raise
+    else:
+        _stop(child, feeder)
+        if failure:
+            raise failure[0]
+        if child.returncode != 0:
+            raise _failed(child.returncode, words, identities)
+    finally:
+        _stop(child, feeder)
+        words.close()
+
+
+def _stop(child: subprocess.Popen[bytes], feeder: threading.Thread) -> None:
+    """The plaintext's reader is done: the decrypter ends (a broken pipe if it had more to
+    write), and so does its feeder."""
+    if child.stdout is not None and not child.stdout.closed:
+        child.stdout.close()
+    child.wait()
+    if feeder.ident is not None:
+        feeder.join()
+
+
+def _failed(code: int, stderr: IO[bytes], identities: list[Any]) -> JacoError:
+    stderr.seek(0)  # the child wrote through the same open file
+    said = stderr.read(64 * 1024).decode(errors="replace").strip().splitlines()
+    words = said[-1][:300] if said else f"exit {code}"
+    if code == EXIT_NO_KEY:
+        whose = identities.name if isinstance(identities, Identities) else "the identity given"
+        return DecryptionFailed(
+            f"the backup does not decrypt with {whose} ({words}): wrong key, or the ciphertext "
+            "is damaged"
+        )
+    if code == EXIT_DAMAGED:
+        return DecryptionFailed(f"the backup's ciphertext is damaged or truncated ({words})")
+    return JacoError(f"the decrypter failed ({words})")
+
+
+def decrypt_and_read_archive(
+    ciphertext: Path, identities: list[Any]
+) -> tuple[str, str, BackupMeta]:
+    """Decrypt straight into the archive reader: the plaintext never touches the disk.
+    Returns the ciphertext's and the plaintext's SHA-256 and the verified meta.json."""
+    with decrypting(ciphertext, identities) as (plain, found):
+        meta = read_archive_stream(plain, name=ciphertext.name)
+    return found.ciphertext_sha256, found.plaintext_sha256, meta
+
+
+def read_backup(
+    path: Path,
+    identities: list[Any] | None,
+    sink: IO[bytes] | None = None,
+    reserve: Reserve | None = None,
+) -> VerifiedArchive:
+    """`read_archive` of a backup as the operator has it: a plain archive (`jaco backup`),
+    or an age-encrypted one (the pipeline's `.tar.gz.age`) decrypted as it is read with
+    `identities`; nothing decrypted is written but snapshot.bin into `sink`."""
+    if not is_age_file(path):
+        return read_archive(path, sink, reserve)
+    if identities is None:
+        raise InvalidArgument(
+            f"{path} is an age-encrypted backup: give --identity FILE (or set "
+            "JACO_AGE_IDENTITY_FILE) to decrypt it as it is read, or decrypt it with `age -d` first"
+        )
+    with decrypting(path, identities) as (plain, _):
+        meta = read_archive_stream(plain, sink, path.name, reserve)
+    return VerifiedArchive(meta, path.stat().st_size)
+
+
+def inspect_backup(path: Path, identity_file: Path | None = None) -> VerifiedArchive:
+    """Verify a backup as the operator has it (`read_backup`), the identity file read only
+    if the backup is encrypted."""
+    identities = None
+    if identity_file is not None and is_age_file(path):
+        identities = load_identities(identity_file)
+    return read_backup(path, identities)

@@ -1,0 +1,111 @@
+"""jaco.archive.age.decrypting: the decrypter runs in a process of its own
+(jaco.archive.decrypter). Its identity reaches it through a pipe, never its argument list or
+environment; it is gone when the block ends however it ends; the hashes are those of the
+whole ciphertext and plaintext; a wrong key, a damaged payload and a source that fails are
+each named as such."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import pyrage
+import pytest
+
+from jaco.archive.age import DecryptionFailed, Identities
+from jaco.archive.encrypted import decrypting
+from jaco.errors import ArchiveError
+
+DATA = os.urandom(3 * 1024 * 1024 + 17)
+
+
+def _children() -> list[int]:
+    found = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return [p for p in found if b"jaco.archive.decrypter" in _read(p, "cmdline")]
+
+
+def _read(pid: int, name: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.fixture
+def sealed(tmp_path: Path) -> tuple[Path, Identities]:
+    identity = pyrage.x25519.Identity.generate()
+    path = tmp_path / "data.age"
+    path.write_bytes(pyrage.encrypt(DATA, [identity.to_public()]))
+    identities = Identities("the test identity")
+    identities.append(identity)
+    return path, identities
+
+
+def test_the_decrypter_is_a_process_that_never_sees_its_key_in_argv_or_env(
+    sealed: tuple[Path, Identities],
+) -> None:
+    path, identities = sealed
+    secret = str(identities[0]).encode()
+    with decrypting(path, identities) as (plain, found):
+        (child,) = _children()
+        assert secret not in _read(child, "cmdline") and secret not in _read(child, "environ")
+        assert plain.read(1024) == DATA[:1024]
+    assert _children() == []
+    assert found.plaintext_sha256 == hashlib.sha256(DATA).hexdigest()  # read to its end
+    assert found.plaintext_size == len(DATA)
+    assert found.ciphertext_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_reader_that_stops_leaves_no_decrypter(sealed: tuple[Path, Identities]) -> None:
+    path, identities = sealed
+    with pytest.raises(ArchiveError, match="stopped"):
+        with decrypting(path, identities) as (plain, _):
+            plain.read(4096)
+            raise ArchiveError("stopped")
+    assert _children() == []
+
+
+def test_a_wrong_key_and_a_damaged_payload_are_named(
+    sealed: tuple[Path, Identities], tmp_path: Path
+) -> None:
+    path, right = sealed
+    wrong = Identities("the other identity")
+    wrong.append(pyrage.x25519.Identity.generate())
+    with pytest.raises(DecryptionFailed, match="does not decrypt with the other identity"):
+        with decrypting(path, wrong) as (plain, _):
+            plain.read(1024)
+    damaged = tmp_path / "damaged.age"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(DecryptionFailed, match="ciphertext is damaged or truncated"):
+        with decrypting(damaged, right) as (plain, _):
+            while plain.read(1024 * 1024):
+                pass
+    assert _children() == []
+
+
+def test_a_source_that_fails_is_named_as_itself(sealed: tuple[Path, Identities]) -> None:
+    path, identities = sealed
+
+    class Failing(io.RawIOBase):
+        def __init__(self) -> None:
+            self.given = 0
+            self.data = path.read_bytes()
+
+        def read(self, n: int = -1) -> bytes:
+            if self.given > len(self.data) // 2:
+                raise OSError(5, "Input/output error")
+            block = self.data[self.given : self.given + min(n, 65536)]
+            self.given += len(block)
+            return block
+
+    with pytest.raises(OSError, match="Input/output error"):
+        with decrypting(Failing(), identities) as (plain, _):
+            while plain.read(1024 * 1024):
+                pass
+    assert _children() == []
