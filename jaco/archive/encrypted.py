@@ -45,9 +45,11 @@ class _Plaintext:
     """The decrypter's output as the caller reads it (igzip reads with readinto), hashed on
     the way and copied to `copy` if there is one."""
 
-    def __init__(self, raw: io.BufferedReader, copy: IO[bytes] | None, found: Decryption) -> None:
+    def __init__(
+        self, raw: io.BufferedReader, copy: IO[bytes] | None, found: Decryption, hashes: bool
+    ) -> None:
         self._raw, self._copy, self._found = raw, copy, found
-        self._sha = hashlib.sha256()
+        self._sha = hashlib.sha256() if hashes else None
         self._started = time.monotonic()
 
     def readinto(self, buffer: memoryview) -> int:
@@ -56,7 +58,8 @@ class _Plaintext:
             if not self._found.seconds:
                 self._found.seconds = time.monotonic() - self._started
             return 0
-        self._sha.update(buffer[:n])
+        if self._sha is not None:
+            self._sha.update(buffer[:n])
         if self._copy is not None:
             self._copy.write(buffer[:n])
         self._found.plaintext_size += n
@@ -72,14 +75,17 @@ class _Plaintext:
         block = memoryview(bytearray(CHUNK))
         while self.readinto(block):
             pass
-        self._found.plaintext_sha256 = self._sha.hexdigest()
+        if self._sha is not None:
+            self._found.plaintext_sha256 = self._sha.hexdigest()
 
 
-def _pump(source: Path | Readable, child: subprocess.Popen[bytes], found: Decryption) -> None:
+def _pump(
+    source: Path | Readable, child: subprocess.Popen[bytes], found: Decryption, hashes: bool
+) -> None:
     """Feed the ciphertext to the decrypter, hashing it. If the decrypter stops reading, the
     rest is still hashed when it ended well (age need not read what follows its last chunk:
     it is part of the object all the same), not when it failed."""
-    sha = hashlib.sha256()
+    sha = hashlib.sha256() if hashes else None
     with contextlib.ExitStack() as stack:
         src = (
             stack.enter_context(open(source, "rb", buffering=0))
@@ -89,7 +95,8 @@ def _pump(source: Path | Readable, child: subprocess.Popen[bytes], found: Decryp
         sink: IO[bytes] | None = child.stdin
         assert sink is not None
         while block := src.read(CHUNK):
-            sha.update(block)
+            if sha is not None:
+                sha.update(block)
             if sink is not None:
                 try:
                     sink.write(block)
@@ -99,7 +106,8 @@ def _pump(source: Path | Readable, child: subprocess.Popen[bytes], found: Decryp
                         return
         with contextlib.suppress(BrokenPipeError):
             child.stdin.close()  # type: ignore[union-attr]
-    found.ciphertext_sha256 = sha.hexdigest()
+    if sha is not None:
+        found.ciphertext_sha256 = sha.hexdigest()
 
 
 @contextlib.contextmanager
@@ -107,10 +115,12 @@ def decrypting(
     ciphertext: Path | Readable,
     identities: list[Any],
     copy: IO[bytes] | None = None,
+    hashes: bool = True,
 ) -> Iterator[tuple[IO[bytes], Decryption]]:
     """Decrypt `ciphertext` in a process of its own (jaco.archive.decrypter: pyrage holds the
     GIL) fed by a thread of this one: yields the plaintext to read and the Decryption, filled
-    in once the block is left (both SHA-256, hashed on the way; `copy` gets the plaintext too).
+    in once the block is left (both SHA-256, hashed on the way unless `hashes` is False: they
+    cost a core-second per GiB on each side; `copy` gets the plaintext too).
 
     Leaving the block reads the plaintext to its end and raises a decryption's failure.
     Leaving it with an ArchiveError raises the decryption's failure instead, if it had one:
@@ -142,14 +152,14 @@ def decrypting(
 
     def pump() -> None:
         try:
-            _pump(ciphertext, child, found)
+            _pump(ciphertext, child, found, hashes)
         except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
             failure.append(exc)
             with contextlib.suppress(OSError):
                 child.stdin.close()  # type: ignore[union-attr]
 
     feeder = threading.Thread(target=pump, name="decrypt-feed", daemon=True)
-    plain = _Plaintext(cast(io.BufferedReader, child.stdout), copy, found)
+    plain = _Plaintext(cast(io.BufferedReader, child.stdout), copy, found, hashes)
     try:
         feeder.start()
         yield cast(IO[bytes], plain), found
@@ -223,7 +233,7 @@ def read_backup(
             f"{path} is an age-encrypted backup: give --identity FILE (or set "
             "JACO_AGE_IDENTITY_FILE) to decrypt it as it is read, or decrypt it with `age -d` first"
         )
-    with decrypting(path, identities) as (plain, _):
+    with decrypting(path, identities, hashes=False) as (plain, _):  # nothing to hold them to
         meta = read_archive_stream(plain, sink, path.name, reserve)
     return VerifiedArchive(meta, path.stat().st_size)
 
