@@ -127,3 +127,22 @@ def _fnv64a(data: bytes) -> int:
     for byte in data:
         h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return h
+
+
+def cut_in_half(good: Path, out: Path) -> Path:
+    """`good`'s first half, at `out` (a download or a copy that stopped)."""
+    data = good.read_bytes()
+    out.write_bytes(data[: len(data) // 2])
+    return out
+
+
+def flipped(mask: int) -> Any:
+    """A maker of `good` with its middle byte XORed with `mask`, at `out`."""
+
+    def make(good: Path, out: Path) -> Path:
+        data = bytearray(good.read_bytes())
+        data[len(data) // 2] ^= mask
+        out.write_bytes(bytes(data))
+        return out
+
+    return make

@@ -57,19 +57,6 @@ def _rehashed(change: Callable[[bytes], bytes]) -> Callable[[Path, Path], Path]:
     return make
 
 
-def _truncated(good: Path, out: Path) -> Path:
-    data = good.read_bytes()
-    out.write_bytes(data[: len(data) // 2])
-    return out
-
-
-def _flip_compressed(good: Path, out: Path) -> Path:
-    data = bytearray(good.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    out.write_bytes(bytes(data))
-    return out
-
-
 def _flip_snapshot(good: Path, out: Path) -> Path:
     meta, snap = A.members(good)
     flipped = bytearray(snap)
@@ -102,11 +89,11 @@ def _wrong_digest(meta: dict) -> None:  # type: ignore[type-arg]
 
 
 CASES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
-    ("truncated gzip", _truncated, "is corrupt or truncated"),
+    ("truncated gzip", A.cut_in_half, "is corrupt or truncated"),
     # Depending on where it lands, the flip breaks inflate, the gzip CRC or the snapshot hash.
     (
         "flipped byte in the compressed stream",
-        _flip_compressed,
+        A.flipped(0xFF),
         "is corrupt or truncated|does not match the SHA-256",
     ),
     (

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from infra.localcluster import JACO, Cluster, Node, Result, cluster_of, run
+from tests import archives as A
 from tests.pipeline import age_keygen
 from tests.refusal import refused
 
@@ -70,19 +71,6 @@ def test_an_encrypted_backup_restores_as_it_is_decrypted(
         restored.stop_all()
 
 
-def _flipped(good: Path, out: Path) -> Path:
-    data = bytearray(good.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    out.write_bytes(bytes(data))
-    return out
-
-
-def _cut(good: Path, out: Path) -> Path:
-    data = good.read_bytes()
-    out.write_bytes(data[: len(data) // 2])
-    return out
-
-
 def _not_an_archive(good: Path, out: Path) -> Path:
     recipient = (good.parent / "ops.key").read_text().split("public key: ")[1].split()[0]
     junk = out.with_suffix(".junk")
@@ -98,9 +86,9 @@ CASES = [
     ("another key", None, ["--identity", "{other}"], 14,
      r"the backup does not decrypt with the identity in .*other\.key .*wrong key, or the "
      r"ciphertext is damaged"),
-    ("a byte flipped inside", _flipped, ["--identity", "{key}"], 14,
+    ("a byte flipped inside", A.flipped(0x01), ["--identity", "{key}"], 14,
      r"the backup's ciphertext is damaged or truncated"),
-    ("cut in half", _cut, ["--identity", "{key}"], 14,
+    ("cut in half", A.cut_in_half, ["--identity", "{key}"], 14,
      r"the backup's ciphertext is damaged or truncated"),
     ("an encrypted file that is no archive", _not_an_archive, ["--identity", "{key}"], 12,
      r"cluster\.tar\.gz\.age is corrupt or truncated"),
