@@ -767,9 +767,9 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_drill_flow.py", "not_a_size"),
     ),
     m(
-        "hashing threads: a decryption that fails leaves its hashing thread waiting (stop 30)",
+        "hashing threads: an encryption that fails leaves its hashing thread waiting (stop 30)",
         "jaco/archive/age.py",
-        "            stack.callback(reader.close)\n",
+        "        stack.callback(reader.close)\n",
         "",
         "tests/unit/test_hash_threads.py",
     ),

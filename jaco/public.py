@@ -10,7 +10,6 @@ from __future__ import annotations
 from jaco.archive.age import (
     DecryptionFailed,
     HashingWriter,
-    decrypt_to,
     encrypt_file,
     is_age_file,
     load_identities,
@@ -80,7 +79,6 @@ __all__ = [
     "cluster_id",
     "create_private",
     "decrypt_and_read_archive",
-    "decrypt_to",
     "encrypt_file",
     "encrypt_segment",
     "follow_changes",

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pyrage
 
 from jaco.errors import InvalidArgument, JacoError
-from jaco.files import CHUNK, BlockSha256, HashingReader, Readable, Writable, private_output
+from jaco.files import CHUNK, BlockSha256, HashingReader, Writable, private_output
 
 PIPE_BYTES = 1024 * 1024  # Linux's default pipe-max-size
 AGE_MAGIC = b"age-encryption.org/v1\n"
@@ -151,34 +151,3 @@ def encrypt_file(source: Path, target: Path, recipients: list[str]) -> tuple[str
         pyrage.encrypt_io(reader, writer, parsed)
         cipher_sha = writer.hexdigest()  # flushes the last block
     return reader.hexdigest(), cipher_sha
-
-
-def decrypt_to(
-    source: Path | Readable, sink: IO[bytes] | HashingWriter, identities: list[Any]
-) -> str:
-    """Decrypt `source` (a file, or a stream such as a pipe) into `sink`; returns the
-    ciphertext's SHA-256, hashed as it is read."""
-    try:
-        with contextlib.ExitStack() as stack:
-            src = (
-                stack.enter_context(open(source, "rb", buffering=0))
-                if isinstance(source, Path)
-                else source
-            )
-            reader = HashingReader(src, threaded=True)  # hashed beside pyrage
-            stack.callback(reader.close)
-            pyrage.decrypt_io(reader, sink, identities)
-            sink.flush()
-            reader.drain()  # whatever age did not need is still part of the object
-    except pyrage.DecryptError as exc:
-        whose = identities.name if isinstance(identities, Identities) else "the identity given"
-        raise DecryptionFailed(
-            f"the backup does not decrypt with {whose} ({exc}): wrong key, or the ciphertext "
-            "is damaged"
-        ) from None
-    except OSError as exc:
-        if exc.errno is not None:  # the disk, not the data
-            raise
-        # pyrage reports a payload that fails authentication as a plain OSError
-        raise DecryptionFailed(f"the backup's ciphertext is damaged or truncated ({exc})") from None
-    return reader.hexdigest()

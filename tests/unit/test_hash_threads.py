@@ -1,5 +1,6 @@
 """SHA-256 on threads of their own beside pyrage (`jaco.files.BlockSha256`): the same
-digests as hashing inline, and no thread left behind however a decryption ends."""
+digests as hashing inline, and no thread left behind however an encryption ends.
+(Decryption runs in a process of its own since stop 31: tests/unit/test_decrypter.py.)"""
 
 from __future__ import annotations
 
@@ -12,14 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from jaco.archive.age import (
-    DecryptionFailed,
-    HashingWriter,
-    decrypt_to,
-    encrypt_file,
-    parse_identities,
-)
+from jaco.archive.age import HashingWriter, encrypt_file, parse_identities
+from jaco.archive.encrypted import decrypting
 from jaco.files import CHUNK, BlockSha256, HashingReader
+from tests.mounts import tmpfs
 
 
 def _hash_threads() -> list[threading.Thread]:
@@ -68,30 +65,18 @@ def test_encrypt_then_decrypt_hashes_both_sides_and_leaves_no_thread(tmp_path: P
     plain_sha, cipher_sha = encrypt_file(plain, tmp_path / "cipher", [recipient])
     assert plain_sha == hashlib.sha256(plain.read_bytes()).hexdigest()
     assert cipher_sha == hashlib.sha256((tmp_path / "cipher").read_bytes()).hexdigest()
-    out = io.BytesIO()
-    sink = HashingWriter(out, threaded=True)
-    assert decrypt_to(tmp_path / "cipher", sink, identities) == cipher_sha
-    sink.close()
-    assert sink.hexdigest() == plain_sha and out.getvalue() == plain.read_bytes()
     assert _hash_threads() == []
+    with decrypting(tmp_path / "cipher", identities) as (out, found):
+        assert out.read(len(plain.read_bytes())) == plain.read_bytes()
+    assert (found.ciphertext_sha256, found.plaintext_sha256) == (cipher_sha, plain_sha)
 
 
-def test_a_decryption_that_fails_leaves_no_hashing_thread(tmp_path: Path) -> None:
+def test_an_encryption_that_fails_leaves_no_hashing_thread(tmp_path: Path) -> None:
+    """The disk fills after blocks were hashed on both sides: both threads end."""
     recipient = _keygen(tmp_path / "key")
-    _keygen(tmp_path / "other")
     plain = tmp_path / "plain"
     plain.write_bytes(os.urandom(3 * CHUNK))
-    encrypt_file(plain, tmp_path / "cipher", [recipient])
-    wrong = parse_identities((tmp_path / "other").read_text())
-    sink = HashingWriter(io.BytesIO(), threaded=True)
-    with pytest.raises(DecryptionFailed):
-        decrypt_to(tmp_path / "cipher", sink, wrong)
-    sink.close()
-    # A damaged payload fails after blocks were hashed: the reader's thread ends too.
-    body = bytearray((tmp_path / "cipher").read_bytes())
-    body[len(body) // 2] ^= 1
-    (tmp_path / "damaged").write_bytes(bytes(body))
-    right = parse_identities((tmp_path / "key").read_text())
-    with pytest.raises(DecryptionFailed):
-        decrypt_to(tmp_path / "damaged", io.BytesIO(), right)
-    assert _hash_threads() == []
+    with tmpfs(tmp_path / "small", "size=1m") as small:
+        with pytest.raises(OSError, match="No space left on device"):
+            encrypt_file(plain, small / "cipher", [recipient])
+        assert _hash_threads() == []
