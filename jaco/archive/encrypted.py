@@ -238,10 +238,14 @@ def read_backup(
     return VerifiedArchive(meta, path.stat().st_size)
 
 
+def identities_for(path: Path, identity_file: Path | None) -> list[Any] | None:
+    """The identities in `identity_file`, read only if the backup at `path` is encrypted:
+    --identity may come from JACO_AGE_IDENTITY_FILE, set for other work."""
+    if identity_file is None or not is_age_file(path):
+        return None
+    return load_identities(identity_file)
+
+
 def inspect_backup(path: Path, identity_file: Path | None = None) -> VerifiedArchive:
-    """Verify a backup as the operator has it (`read_backup`), the identity file read only
-    if the backup is encrypted."""
-    identities = None
-    if identity_file is not None and is_age_file(path):
-        identities = load_identities(identity_file)
-    return read_backup(path, identities)
+    """Verify a backup as the operator has it (`read_backup`)."""
+    return read_backup(path, identities_for(path, identity_file))

@@ -192,6 +192,7 @@ def restore_cmd(
     with --identity: no decrypted copy of it is written.
     """
     # Imported here: the node-side modules (PKI, etcd) would cost every command startup time.
+    from jaco.archive.encrypted import identities_for
     from jaco.node.bootstrap import Ports, default_advertise_host
     from jaco.node.restore import restore
 
@@ -203,7 +204,8 @@ def restore_cmd(
     if segments is None:
         if (to_revision, to_time, before_event) != (None, None, None):
             raise InvalidArgument("--to-revision, --to-time and --before-event need --segments")
-        meta = restore(input_, data, name, ports, notify, identities=_identities(input_, identity))
+        identities = identities_for(input_, identity)
+        meta = restore(input_, data, name, ports, notify, identities=identities)
         point = f"at index {meta.snapshot_index} (taken {meta.taken_at.isoformat()})"
     else:
         target = _target(to_revision, to_time, before_event)
@@ -216,14 +218,6 @@ def restore_cmd(
         f"state digest {meta.state_digest[:16]}… verified."
     )
     out.print(f"Start it: systemctl start jaco  (or: jacod --name {name} --data-dir {data.path})")
-
-
-def _identities(archive: Path, identity: Path | None) -> Any:
-    """The identities in `identity`, read only if the backup is encrypted (the option may
-    come from JACO_AGE_IDENTITY_FILE, set for other work)."""
-    from jaco.archive.age import is_age_file, load_identities
-
-    return load_identities(identity) if identity is not None and is_age_file(archive) else None
 
 
 def _target(to_revision: int | None, to_time: str | None, before_event: int | None) -> Any:
