@@ -52,6 +52,7 @@ from jaco.v1 import jaco_pb2 as pb
 DATA = Path(os.environ.get("JACO_DATA_DIR", "/var/lib/jaco"))
 WORK = Path(os.environ.get("TMPDIR", "/tmp"))  # noqa: S108 - the sandbox's own tmpfs
 MAX_HEADER = 1024 * 1024
+ARCHIVE = WORK / "backup.tar.gz"  # decrypted only for a point in time, which restores it again
 
 
 @dataclass
@@ -142,9 +143,8 @@ class Drill:
         raise JacoError(f"nodes {names} not READY within {timeout:.0f}s (last: {last})")
 
     def run(self, stdin: IO[bytes], rejoin: bool) -> None:
-        archive = WORK / "backup.tar.gz"  # written only for a point in time, restored again
         ciphertext = Bounded(stdin, self.backup_bytes) if self.backup_bytes else stdin
-        if not self._decrypt_and_restore(ciphertext, archive if self.point else None):
+        if not self._decrypt_and_restore(ciphertext, ARCHIVE if self.point else None):
             return
         if self.point is not None and not self.check(
             "segments received", lambda: self._receive_segments(stdin)
@@ -155,9 +155,9 @@ class Drill:
         if self.point is not None and meta.cluster_id == self.expect.cluster_id:
             # offline, before this node starts: the archive is freed before the checks
             started = time.monotonic()
-            self.check("point in time", lambda: self._point_in_time(archive))
+            self.check("point in time", lambda: self._point_in_time(ARCHIVE))
             self.timings["point_in_time_seconds"] = time.monotonic() - started
-        archive.unlink(missing_ok=True)
+        ARCHIVE.unlink(missing_ok=True)
         if meta.cluster_id != self.expect.cluster_id:
             self.checks.append(
                 Check(
@@ -312,7 +312,7 @@ class Drill:
         return True, "drill-2 joined with a single-use token; both READY"
 
     def stop(self) -> None:
-        (WORK / "backup.tar.gz").unlink(missing_ok=True)  # a point in time's, if it stopped early
+        ARCHIVE.unlink(missing_ok=True)  # a point in time's, if the drill stopped early
         for daemon in self.daemons:
             daemon.send_signal(signal.SIGTERM)
         for daemon in self.daemons:
