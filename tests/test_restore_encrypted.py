@@ -36,10 +36,11 @@ def encrypted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluste
         yield cluster, sealed, key
 
 
-def _restore(node: Node, archive: Path, *extra: str) -> Result:
+def _restore(node: Node, archive: Path, *extra: str, env: dict[str, str] | None = None) -> Result:
     return run(
         [JACO, "restore", "--input", str(archive), "--name", node.name, *node.port_flags(),
          *extra],
+        env=env,
         timeout=120,
     )  # fmt: skip
 
@@ -57,10 +58,13 @@ def test_an_encrypted_backup_restores_as_it_is_decrypted(
     restored.root.mkdir()
     restored.token = source.token
     node = restored.new_node("r1")
-    result = _restore(node, sealed, "--identity", str(key))
+    scratch = tmp_path / "tmpdir"  # $TMPDIR: nothing decrypted goes there either
+    scratch.mkdir()
+    result = _restore(node, sealed, "--identity", str(key), env={"TMPDIR": str(scratch)})
     assert result.code == 0, result.err
     assert "Restored cluster" in result.out
     assert _files(sealed.parent) == before, "restore wrote beside the backup"
+    assert list(scratch.iterdir()) == [], "restore wrote to $TMPDIR"
     node.start()
     try:
         restored.wait_ready(["r1"])
