@@ -813,6 +813,39 @@ MUTATIONS: list[Mutation] = [
         "tests/unit/test_decrypter.py",
         k(DRILL, "another_plaintext"),
     ),
+    m(
+        "restore: etcd's SHA-256 at the snapshot's end not checked, etcd told to skip it (stop 32)",
+        "jaco/archive/format.py",
+        "            if problem := sha256.trailer_problem():\n"
+        '                raise ArchiveError(f"snapshot.bin {problem}")\n',
+        "",
+        k(RESTORE, "etcd"),
+    ),
+    m(
+        "restore: a snapshot without etcd's SHA-256 let through (stop 32)",
+        "jaco/archive/format.py",
+        "        return self._body >= 0 and self._size % 512 == ETCD_TRAILER",
+        "        return self._body >= 0",
+        k(RESTORE, "etcd"),
+        "tests/unit/test_etcd_trailer.py",
+    ),
+    m(
+        "backup: a snapshot whose etcd SHA-256 does not match is written (stop 32)",
+        "jaco/archive/format.py",
+        "                if problem := sha256.trailer_problem():\n"
+        '                    raise ArchiveError(f"the snapshot the server sent {problem}")\n',
+        "",
+        "tests/test_backup_stream.py",
+    ),
+    m(
+        "etcd's SHA-256: the digest of the rest taken one block late (stop 32)",
+        "jaco/archive/format.py",
+        "            self._sha.update(view[:cut])\n"
+        "            self._body_sha = self._sha.digest()\n"
+        "            self._sha.update(view[cut:])\n",
+        "            self._sha.update(view)\n            self._body_sha = self._sha.digest()\n",
+        "tests/unit/test_etcd_trailer.py",
+    ),
 ]
 
 

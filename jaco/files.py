@@ -319,11 +319,14 @@ class HashingReader:
     The source is read in 1 MiB blocks whatever the caller asks for (pyrage asks for 8 KiB):
     the system calls and the hash updates (each one a GIL release) stay few. A read of a
     whole block or more with nothing buffered passes straight through, uncopied. With
-    `threaded`, the blocks are hashed on a thread of their own (`close` it when done).
+    `threaded`, the blocks are hashed on a thread of their own (`close` it when done); or
+    by the `sha256` given.
     """
 
-    def __init__(self, source: Readable, threaded: bool = False) -> None:
-        self.sha256 = BlockSha256(threaded)
+    def __init__(
+        self, source: Readable, threaded: bool = False, sha256: BlockSha256 | None = None
+    ) -> None:
+        self.sha256 = sha256 if sha256 is not None else BlockSha256(threaded)
         self.size = 0
         self._source = source
         self._block = memoryview(b"")

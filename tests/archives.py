@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import gzip
+import hashlib
 import io
 import json
 import struct
@@ -127,6 +128,11 @@ def _fnv64a(data: bytes) -> int:
     for byte in data:
         h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return h
+
+
+def etcd_trailed(body: bytes) -> bytes:
+    """`body` with the SHA-256 etcd appends to every snapshot it streams."""
+    return body + hashlib.sha256(body).digest()
 
 
 def cut_in_half(good: Path, out: Path) -> Path:

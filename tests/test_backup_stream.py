@@ -24,9 +24,10 @@ from jaco.archive.meta import BackupMeta
 from jaco.client.backup import write_backup_stream
 from jaco.errors import JacoError
 from jaco.v1 import jaco_pb2 as pb
-from tests.archives import bolt_head
+from tests.archives import bolt_head, etcd_trailed
 
-SNAPSHOT = bolt_head() + os.urandom(3 * 1024 * 1024 + 17)  # looks like etcd's, to a reader
+# Looks like etcd's to a reader: a bbolt head, whole blocks, etcd's SHA-256 at the end.
+SNAPSHOT = etcd_trailed(bolt_head() + os.urandom(3 * 1024 * 1024 + 512))
 
 
 def _meta(snapshot: bytes = SNAPSHOT, **over: Any) -> dict[str, Any]:
@@ -52,12 +53,19 @@ def _data(snapshot: bytes = SNAPSHOT) -> Iterator[pb.BackupChunk]:
         yield pb.BackupChunk(data=snapshot[at : at + 1024 * 1024])
 
 
-def _format2(meta: dict[str, Any], size: int = len(SNAPSHOT)) -> list[pb.BackupChunk]:
+def _format2(
+    meta: dict[str, Any], size: int = len(SNAPSHOT), snapshot: bytes = SNAPSHOT
+) -> list[pb.BackupChunk]:
     return [
         pb.BackupChunk(snapshot_size=size),
-        *_data(),
+        *_data(snapshot),
         pb.BackupChunk(meta_json=json.dumps(meta)),
     ]
+
+
+def _sent(snapshot: bytes) -> list[pb.BackupChunk]:
+    """`snapshot` streamed as it is, with a meta.json that matches it."""
+    return _format2(_meta(snapshot), len(snapshot), snapshot)
 
 
 def _members(archive: Path) -> list[str]:
@@ -116,6 +124,16 @@ def test_format_1_server_still_works(tmp_path: Path) -> None:
             f"ended the snapshot after {len(SNAPSHOT)} of the {len(SNAPSHOT) + 1} bytes",
         ),
         ("more bytes than announced", _format2(_meta(), size=len(SNAPSHOT) - 1), "more than"),
+        (
+            "etcd's SHA-256 at the end not matching what etcd sent",
+            _sent(SNAPSHOT[:-32] + bytes(32)),
+            "the snapshot the server sent does not match the SHA-256 etcd appended to it",
+        ),
+        (
+            "no SHA-256 of etcd's at the end",
+            _sent(SNAPSHOT[:-32]),
+            "the snapshot the server sent does not end with the SHA-256 etcd appends",
+        ),
         (
             "meta.json not JSON",
             [*_format2(_meta())[:-1], pb.BackupChunk(meta_json="{nope")],

@@ -42,13 +42,16 @@ def _meta_variant(change: Callable[[dict], None]) -> Callable[[Path, Path], Path
     return make
 
 
-def _rehashed(change: Callable[[bytes], bytes]) -> Callable[[Path, Path], Path]:
-    """A snapshot.bin changed, with meta.json's size and SHA-256 made to match it: only a
-    reading of the store itself can tell."""
+def _rehashed(
+    change: Callable[[bytes], bytes], trailer: bool = True
+) -> Callable[[Path, Path], Path]:
+    """A snapshot.bin changed, with meta.json's size and SHA-256 made to match it, and the
+    SHA-256 etcd appends to a snapshot too (`trailer`): only a reading of the store itself
+    can tell. Without `trailer`, `change` gets and returns the whole file, trailer included."""
 
     def make(good: Path, out: Path) -> Path:
         meta, snap = A.members(good)
-        snap = change(snap)
+        snap = A.etcd_trailed(change(snap[:-32])) if trailer else change(snap)
         meta.update(snapshot_size=len(snap), snapshot_sha256=hashlib.sha256(snap).hexdigest())
         return A.build(
             out, [A.regular("snapshot.bin", snap), A.regular("meta.json", A.meta_bytes(meta))]
@@ -143,8 +146,18 @@ CASES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
     ),
     (
         "a snapshot with its page tree cut short (hashes recomputed to match)",
-        _rehashed(lambda snap: snap[: len(snap) // 2]),
+        _rehashed(lambda snap: snap[: len(snap) // 2 // 4096 * 4096]),
         "snapshot.bin is not a readable jaco store: .*truncated",
+    ),
+    (
+        "etcd's SHA-256 at the end of snapshot.bin not matching, meta.json's matching",
+        _rehashed(lambda snap: snap[:-32] + bytes(32), trailer=False),
+        "snapshot.bin does not match the SHA-256 etcd appended to it",
+    ),
+    (
+        "etcd's SHA-256 at the end of snapshot.bin missing, meta.json's matching",
+        _rehashed(lambda snap: snap[:-32], trailer=False),
+        "snapshot.bin does not end with the SHA-256 etcd appends to every snapshot",
     ),
     (
         "meta.json naming another index (hashes matching)",
@@ -237,6 +250,7 @@ CASES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
 ]
 
 
+# etcd's SHA-256 is checked with the archive: inspect refuses those too.
 RESTORE_ONLY = {c[0] for c in CASES if "hashes" in c[0] and "zeros" not in c[0]} | {
     "state digest not matching content",
     "meta.json naming another cluster",
@@ -244,7 +258,7 @@ RESTORE_ONLY = {c[0] for c in CASES if "hashes" in c[0] and "zeros" not in c[0]}
     "meta.json counts that lie, its digest matching",
 }
 # Refused by the snapshot checks: an ArchiveError, exit code 12.
-SNAPSHOT_CHECKS = RESTORE_ONLY
+SNAPSHOT_CHECKS = RESTORE_ONLY | {c[0] for c in CASES if "etcd's SHA-256" in c[0]}
 
 
 def _restore(node: Node, archive: Path) -> tuple[int, str]:

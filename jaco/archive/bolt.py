@@ -49,6 +49,12 @@ class SnapshotFileError(Exception):
 Record = Value
 
 
+# etcd appends the SHA-256 of the database to every snapshot it streams, so a snapshot file
+# is a whole number of 512-byte blocks and these 32 bytes (`etcdctl snapshot restore` relies
+# on both).
+ETCD_TRAILER = 32
+
+
 def check_head(head: bytes) -> None:
     """Refuse, from its first page alone, what cannot be a bbolt file: the page must be a
     meta page with bbolt's magic, version and a page size bbolt uses."""

@@ -6,9 +6,10 @@ meta.json comes last because it is read from the finished snapshot (archive form
 format 1 archives, meta.json first, stay readable. Reading is hostile-input code, bounded
 before anything is spent: the tar is read by jaco.archive.ustar (headers of the kinds jaco
 writes, nothing loaded whole), exactly the two expected members in an order their format
-allows, bounded sizes, snapshot.bin's first page must be an etcd snapshot's, and its size and
-SHA-256 are checked against meta.json. Nothing from the archive is ever executed or
-unpickled. This module knows nothing of gRPC, etcd or S3.
+allows, bounded sizes, snapshot.bin's first page must be an etcd snapshot's, its last 32
+bytes the SHA-256 etcd appended to the rest, and its size and SHA-256 are checked against
+meta.json. Nothing from the archive is ever executed or unpickled. This module knows nothing
+of gRPC, etcd or S3.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from typing import IO
 # (docs/benchmarks.md); it checks the CRC and length like the stdlib does.
 from isal import igzip_threaded, isal_zlib
 
-from jaco.archive.bolt import SnapshotFileError, check_head
+from jaco.archive.bolt import ETCD_TRAILER, SnapshotFileError, check_head
 from jaco.archive.meta import MAX_META_BYTES, MAX_SNAPSHOT_BYTES, BackupMeta
 from jaco.archive.ustar import TarFormatError, TarReader
 from jaco.errors import ArchiveError, InvalidArgument, JacoError
 from jaco.files import (
     CHUNK,
+    BlockSha256,
     ChunkReader,
     HashingReader,
     check_output_target,
@@ -91,13 +93,15 @@ def write_archive(
     """Write snapshot.bin (`snapshot_size` bytes, from chunks), then meta.json as `meta()`
     returns it once the chunks are done, to `output` atomically; returns the archive's size.
 
-    The snapshot's size and SHA-256 as received must match those meta.json records.
+    The snapshot's size and SHA-256 as received must match those meta.json records, and its
+    last 32 bytes the SHA-256 etcd appended to the rest.
     """
     check_archive_output(output)
     try:
         with private_output(output) as raw:
             with _gzip_open(raw) as gz, _tar_writer(gz) as tar:
-                reader = HashingReader(ChunkReader(iter(snapshot), progress))
+                sha256 = SnapshotSha256(snapshot_size)
+                reader = HashingReader(ChunkReader(iter(snapshot), progress), sha256=sha256)
                 try:
                     tar.addfile(_tarinfo(SNAPSHOT_NAME, snapshot_size), reader)  # type: ignore[arg-type]
                 except OSError as exc:
@@ -111,6 +115,8 @@ def write_archive(
                     raise ArchiveError(
                         f"the server sent more than the {snapshot_size} snapshot bytes it announced"
                     )
+                if problem := sha256.trailer_problem():
+                    raise ArchiveError(f"the snapshot the server sent {problem}")
                 described = meta()
                 if reader.size != described.snapshot_size:
                     raise ArchiveError(
@@ -243,19 +249,70 @@ def _read_members(tar: TarReader, sink: IO[bytes] | None, reserve: Reserve | Non
 
 
 def _copy_hashing(tar: TarReader, size: int, sink: IO[bytes] | None) -> str:
-    """Hash (and copy) snapshot.bin; its first page must look like an etcd snapshot's, so a
-    stream of zeros or junk is refused after a few KiB, not after the gigabytes it claims."""
-    reader = HashingReader(tar)
+    """Hash (and copy) snapshot.bin and return its SHA-256. Its first page must look like an
+    etcd snapshot's, so a stream of zeros or junk is refused after a few KiB, not after the
+    gigabytes it claims; its last 32 bytes must be the SHA-256 etcd appended to the rest
+    (SnapshotSha256, in the same pass), so that etcd's restore need not read and hash the
+    snapshot again (jaco.node.etcd_member)."""
+    sha256 = SnapshotSha256(size)
+    reader = HashingReader(tar, sha256=sha256)
     chunk = reader.read(min(CHUNK, size))
     try:
         check_head(chunk)
     except SnapshotFileError as exc:
         raise ArchiveError(f"snapshot.bin is not an etcd snapshot: {exc}") from None
+    if not sha256.whole_blocks():
+        raise ArchiveError(f"snapshot.bin {NO_TRAILER}")
     remaining = size - len(chunk)
     while True:
         if sink is not None:
             sink.write(chunk)
         if not remaining:
+            if problem := sha256.trailer_problem():
+                raise ArchiveError(f"snapshot.bin {problem}")
             return reader.hexdigest()
         chunk = reader.read(min(CHUNK, remaining))
         remaining -= len(chunk)
+
+
+NO_TRAILER = "does not end with the SHA-256 etcd appends to every snapshot"
+
+
+class SnapshotSha256(BlockSha256):
+    """The SHA-256 of an etcd snapshot of `size` bytes, fed block by block, and on the way
+    the SHA-256 of all but its last 32 bytes (hashlib's digest() lets the hash go on), which
+    etcd appended: one pass checks both."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self._size = size
+        self._body = size - ETCD_TRAILER
+        self._seen = 0
+        self._body_sha: bytes | None = None
+        self._trailer = bytearray()
+
+    def whole_blocks(self) -> bool:
+        """Whether the size is that of a snapshot with etcd's SHA-256 (as etcd's tool says)."""
+        return self._body >= 0 and self._size % 512 == ETCD_TRAILER
+
+    def update(self, block: bytes | bytearray) -> None:
+        view = memoryview(block)
+        cut = self._body - self._seen
+        if 0 <= cut <= len(view):
+            self._sha.update(view[:cut])
+            self._body_sha = self._sha.digest()
+            self._sha.update(view[cut:])
+        else:
+            self._sha.update(view)
+        if cut < len(view) and len(self._trailer) < ETCD_TRAILER:
+            start = max(cut, 0)
+            self._trailer += view[start : start + ETCD_TRAILER - len(self._trailer)]
+        self._seen += len(view)
+
+    def trailer_problem(self) -> str | None:
+        """What is wrong with etcd's SHA-256 at the end, or None, once all was fed."""
+        if not self.whole_blocks():
+            return NO_TRAILER
+        if self._seen != self._size or self._body_sha != bytes(self._trailer):
+            return "does not match the SHA-256 etcd appended to it"
+        return None

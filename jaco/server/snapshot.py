@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from jaco import __version__
-from jaco.archive.bolt import SnapshotFileError
+from jaco.archive.bolt import ETCD_TRAILER, SnapshotFileError
 from jaco.archive.meta import FORMAT, AuditHead, BackupMeta
 from jaco.archive.snapshot_file import read_snapshot_state
 from jaco.errors import Unavailable
@@ -34,7 +34,6 @@ from jaco.model.store import Store
 from jaco.server.convert import data_chunk
 
 SNAPSHOT_TIMEOUT = 600.0
-ETCD_TRAILER = 32  # etcd appends the SHA-256 of the database to its snapshot stream
 MESSAGE_BYTES = 1024 * 1024  # etcd sends 32 KiB pieces; pass them on in 1 MiB messages
 QUEUED_PIECES = 8  # at most this many MiB wait between the receiving thread and the client
 
