@@ -846,6 +846,20 @@ MUTATIONS: list[Mutation] = [
         "            self._sha.update(view)\n            self._body_sha = self._sha.digest()\n",
         "tests/unit/test_etcd_trailer.py",
     ),
+    m(
+        "archive gzip: a block left out of the CRC-32 (stop 32)",
+        "jaco/archive/deflate.py",
+        "                self._crc = isal_zlib.crc32(block, self._crc)\n",
+        "",
+        "tests/unit/test_deflate.py",
+    ),
+    m(
+        "archive gzip: what does not deflate is deflated anyway (stop 32)",
+        "jaco/archive/deflate.py",
+        "    if len(packed) > len(block) - len(block) // SHRINK:",
+        "    if False:",
+        "tests/unit/test_deflate.py",
+    ),
 ]
 
 

@@ -23,13 +23,14 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 # isal's igzip reads and writes the same gzip format several times faster than zlib
 # (docs/benchmarks.md); it checks the CRC and length like the stdlib does.
 from isal import igzip_threaded, isal_zlib
 
 from jaco.archive.bolt import ETCD_TRAILER, SnapshotFileError, check_head
+from jaco.archive.deflate import GzipWriter
 from jaco.archive.meta import MAX_META_BYTES, MAX_SNAPSHOT_BYTES, BackupMeta
 from jaco.archive.ustar import TarFormatError, TarReader
 from jaco.errors import ArchiveError, InvalidArgument, JacoError
@@ -50,9 +51,11 @@ SNAPSHOT_NAME = "snapshot.bin"
 
 def _gzip_open(raw: IO[bytes], mode: str = "wb") -> IO[bytes]:
     """gzip through isal with the codec (and the raw I/O) on a thread of its own: it escapes
-    the GIL, so receiving, hashing and compressing overlap."""
-    level = {"compresslevel": 1} if mode == "wb" else {}
-    return igzip_threaded.open(raw, mode, threads=1, block_size=CHUNK, **level)  # type: ignore[no-any-return]
+    the GIL, so receiving, hashing and compressing overlap. Written by jaco.archive.deflate
+    (what does not deflate is stored, and reads back as a copy)."""
+    if mode == "wb":
+        return cast(IO[bytes], GzipWriter(raw))
+    return igzip_threaded.open(raw, mode, threads=1, block_size=CHUNK)  # type: ignore[no-any-return]
 
 
 def _tar_writer(gz: IO[bytes]) -> tarfile.TarFile:

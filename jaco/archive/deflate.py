@@ -1,0 +1,112 @@
+"""The archive's gzip stream, written block by block on a thread of its own.
+
+Each block (1 MiB, as tarfile hands them over) is deflated by isal at level 1, with the last
+32 KiB of the block before as its dictionary, and ends on a byte boundary (a sync flush); a
+block that deflating does not shrink by at least a sixteenth is written as deflate's stored
+blocks instead. isal, unlike zlib, never falls back to stored blocks: it codes incompressible
+data as Huffman literals, which every reader then decodes at about 400 MB/s here, where a
+stored block is a copy (docs/benchmarks.md, stop 32). jaco's state is JSON and deflates
+tenfold; what does not (random values, keys, certificates, blobs) reads back several times
+faster stored. Any gzip reader reads the result: one member, one deflate stream, CRC-32 and
+length at the end.
+"""
+
+from __future__ import annotations
+
+import queue
+import struct
+import threading
+from typing import IO
+
+from isal import isal_zlib
+
+HEADER = bytes([0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 0xFF])  # deflate, no name, no mtime, OS unknown
+FINAL = b"\x03\x00"  # an empty final block (fixed Huffman): what zlib's Z_FINISH writes
+WINDOW = 32 * 1024
+STORED_MAX = 0xFFFF
+QUEUED = 2  # blocks waiting for the thread
+SHRINK = 16  # deflate a block only if that saves at least 1/SHRINK of it
+
+
+def stored(block: bytes | memoryview) -> list[bytes | memoryview]:
+    """`block` as non-final stored blocks (byte-aligned: each is a 5-byte header and data)."""
+    view = memoryview(block)
+    parts: list[bytes | memoryview] = []
+    for at in range(0, len(view), STORED_MAX):
+        piece = view[at : at + STORED_MAX]
+        parts += [struct.pack("<BHH", 0, len(piece), len(piece) ^ 0xFFFF), piece]
+    return parts
+
+
+def deflated(block: bytes, previous: bytes) -> list[bytes | memoryview]:
+    """`block` deflated, or stored if deflating saves less than a sixteenth of it."""
+    deflater = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -15, zdict=previous[-WINDOW:])
+    packed = deflater.compress(block) + deflater.flush(isal_zlib.Z_SYNC_FLUSH)
+    if len(packed) > len(block) - len(block) // SHRINK:
+        return stored(block)
+    return [packed]
+
+
+class GzipWriter:
+    """A write-only gzip stream over `raw`; `close` writes the end, and raises what the
+    thread met (a full disk, say) if `write` has not raised it already."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self._blocks: queue.Queue[bytes | None] = queue.Queue(QUEUED)
+        self._crc = 0
+        self._size = 0
+        self._error: BaseException | None = None
+        self._closed = False
+        raw.write(HEADER)
+        self._thread = threading.Thread(target=self._run, name="gzip", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._closed:
+            raise ValueError("write to a closed GzipWriter")
+        self._raise()
+        if data:
+            self._blocks.put(bytes(data))  # bytes(b) of a bytes object is that object
+        return len(data)
+
+    def _run(self) -> None:
+        previous = b""
+        while (block := self._blocks.get()) is not None:
+            if self._error is not None:
+                continue  # drained until close, which raises it
+            try:
+                self._raw.writelines(deflated(block, previous))
+                self._crc = isal_zlib.crc32(block, self._crc)
+                self._size += len(block)
+                previous = block
+            except BaseException as exc:  # noqa: BLE001 - raised in the writing thread
+                self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def flush(self) -> None:
+        self._raise()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._blocks.put(None)
+        self._thread.join()
+        self._raise()
+        self._raw.write(FINAL + struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
+
+    def __enter__(self) -> GzipWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is None:
+            self.close()
+            return
+        # Failing already: stop the thread, write no end; the caller discards the output.
+        self._closed = True
+        self._blocks.put(None)
+        self._thread.join()
