@@ -691,7 +691,7 @@ def table(size_mib: int, r: dict[str, Any]) -> list[str]:
         )
     drill = r["drill"]
     lines.append(
-        f"| drill RTO (download, decrypt, restore, READY) | {drill['rto_seconds']:.2f} | "
+        f"| drill RTO (download into decrypt, restore, READY) | {drill['rto_seconds']:.2f} | "
         f"{_rate(enc['bytes'], drill['rto_seconds'])} | {_mib(drill['rss_kib'])} | — | | | | |"
     )
     lines.append(f"| (drill-restore flow, all checks) | {drill['seconds']:.2f} | | | | | | | |")

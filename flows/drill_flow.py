@@ -1,11 +1,13 @@
 """The `drill-restore` flow: prove a stored backup of one cluster restores, in a sandbox.
 
 find the backup in the cluster's catalog (its newest verified backup unless a key is given;
-only ever a backup recorded under this cluster's pinned id) → download the ciphertext and
-check it is the object recorded (object metadata and checksum) → in a fresh sandbox
-(flows/sandbox.py running `python -m jaco.drill.agent`) decrypt, check meta.json names the
-same cluster, restore, start and check through the API → wipe the sandbox, always → record
-the result in the catalog and report every check and the measured restore time (RTO).
+only ever a backup recorded under this cluster's pinned id) → in a fresh sandbox
+(flows/sandbox.py running `python -m jaco.drill.agent`) download the ciphertext (its object
+metadata must name the cluster), decrypt and restore it as it arrives, check it is the object
+recorded (its SHA-256, once read whole, in the flow and in the agent), check meta.json names
+the same cluster, start and check through the API → wipe the sandbox, always → record the
+result in the catalog and report every check and the measured restore time (RTO, from the
+first byte downloaded to READY).
 
 When the backup is extended by change segments (the continuous backup, flows/stream.py) and
 the drill knows the live cluster's servers, it also proves a point in time: a revision of the
@@ -14,8 +16,9 @@ there from the live cluster; the segments up to it go into the sandbox after the
 the agent's "point in time" check restores backup + segments to that revision as `jaco restore
 --segments` does and compares the digests.
 
-The decrypted archive never touches the host's disk: the sandbox gets the ciphertext, and
-the token and verify identity through a pipe. A failed check fails the run and names it.
+Neither the backup nor its decryption touches the host's disk: the sandbox gets the
+ciphertext as it downloads, and the token and verify identity, through a pipe. A failed check
+fails the run and names it.
 """
 
 from __future__ import annotations
@@ -33,13 +36,14 @@ from prefect.logging import get_run_logger
 
 from flows.alerts import current_run, on_run_failure
 from flows.catalog import BackupRecord, Catalog, DrillRecord, now
-from flows.errors import DrillFailed
+from flows.download import Download
+from flows.errors import DrillFailed, StorageError, VerifyFailed
 from flows.params import DrillParams
 from flows.reports import drill_report, publish_history
 from flows.sandbox import open_sandbox, sweep_sandboxes
 from flows.sandbox_limits import tmpfs_bytes
 from flows.storage import open_store
-from flows.tasks import check_ciphertext, download, retrying
+from flows.tasks import check_ciphertext, retrying
 from flows.workdirs import run_workdir, sweep_workdirs
 from jaco.public import (
     BackupMeta,
@@ -87,20 +91,16 @@ def _find(params: DrillParams, catalog: Catalog) -> BackupRecord:
     return verified[0]
 
 
-@task(name="fetch-backup", cache_policy=NO_CACHE)
-def fetch_backup_task(params: DrillParams, record: BackupRecord, directory: Path) -> float:
-    """Download the ciphertext and prove it is the object the catalog recorded, for this
-    cluster (its metadata names the cluster's id, its SHA-256 is the one recorded).
-    Returns the seconds the download took."""
-    cipher = directory / "backup.tar.gz.age"
-    metadata, seconds = download(params.s3_url, params.s3, record.key, cipher)
+def _check_object(record: BackupRecord, metadata: dict[str, str]) -> None:
+    """The object must say it is of the record's cluster and carry its ciphertext checksum,
+    before a byte of it reaches a sandbox."""
     if metadata.get("cluster-id") != record.cluster_id:
-        raise DrillFailed(
+        raise VerifyFailed(
             f"{record.key} says it belongs to cluster {metadata.get('cluster-id')!r}, not "
-            f"{record.cluster_id} ({params.cluster}): refusing to drill it"
+            f"{record.cluster_id}: refusing to drill it"
         )
-    check_ciphertext(record.key, sha256_file(cipher), metadata, record.ciphertext_sha256)
-    return seconds
+    if "ciphertext-sha256" not in metadata:
+        raise VerifyFailed(f"{record.key} carries no ciphertext checksum")
 
 
 @task(name="pick-point", cache_policy=NO_CACHE)
@@ -171,14 +171,31 @@ def sandbox_drill_task(
     params: DrillParams,
     record: BackupRecord,
     anchors: list[dict[str, Any]],
-    directory: Path,
     point: dict[str, Any] | None = None,
     segments: list[Path] | None = None,
 ) -> dict[str, Any]:
     """Run the agent in a fresh sandbox; secrets go in through its stdin, never a file, then
-    the backup's ciphertext and the segments' (the header gives each one's size)."""
-    cipher = directory / "backup.tar.gz.age"
+    the backup's ciphertext as it downloads, and the segments' (the header gives each one's
+    size). The agent decrypts and restores as the bytes come; only once the object has been
+    read whole is it known to be the one recorded (its SHA-256): until then nothing the agent
+    restored counts, and the agent's own first check holds it to the same SHA-256."""
     segments = segments or []
+    backup = open_store(params.s3_url, params.s3).open(record.key)
+    try:
+        return _drill_streamed(params, record, anchors, point, segments, backup)
+    finally:
+        backup.close()
+
+
+def _drill_streamed(
+    params: DrillParams,
+    record: BackupRecord,
+    anchors: list[dict[str, Any]],
+    point: dict[str, Any] | None,
+    segments: list[Path],
+    backup: Download,
+) -> dict[str, Any]:
+    _check_object(record, backup.metadata)
     handed: dict[str, Any] = {
         "token": params.secrets.read_token(),
         "identity": params.secrets.read_identity(),
@@ -189,7 +206,7 @@ def sandbox_drill_task(
             "ciphertext_sha256": record.ciphertext_sha256,
             "anchors": anchors,
         },
-        "backup_bytes": cipher.stat().st_size,
+        "backup_bytes": backup.size,
     }
     if point is not None:
         handed["point"] = {
@@ -202,8 +219,12 @@ def sandbox_drill_task(
         ["--rejoin"] if params.rejoin else [],
         params.timeout_seconds,
         header=json.dumps(handed).encode() + b"\n",
-        payload=[cipher, *segments],
+        payload=[backup, *segments],
     )
+    backup.drain()  # an agent that stopped reading early: the object's hash still needs it all
+    if backup.error is not None:
+        raise backup.error  # the store failed midway: retried, in a fresh sandbox
+    check_ciphertext(record.key, backup.sha256, backup.metadata, record.ciphertext_sha256)
     if not result.report:
         raise DrillFailed(
             f"the drill agent in {sandbox.name} reported nothing (exit "
@@ -211,6 +232,7 @@ def sandbox_drill_task(
         )
     return {
         **result.report,
+        "download_seconds": backup.seconds,
         "sandbox": sandbox.name,
         "driver": sandbox.driver,
         "image": sandbox.image,
@@ -255,8 +277,6 @@ def drill_restore(params: DrillParams) -> dict[str, Any]:
         step = "find-backup"
         record, anchors = retrying(find_backup_task)(params)
         with run_workdir(workdir, f"drill-{params.cluster}") as directory:
-            step = "fetch-backup"
-            download_seconds = retrying(fetch_backup_task)(params, record, directory)
             step = "pick-point"
             point = retrying(pick_point_task)(params, record)
             segments = []
@@ -270,17 +290,17 @@ def drill_restore(params: DrillParams) -> dict[str, Any]:
                 )
             step = "sandbox-drill"
             started = time.monotonic()
-            report = sandbox_drill_task(params, record, anchors, directory, point, segments)
+            report = retrying(sandbox_drill_task)(params, record, anchors, point, segments)
             logger.info("sandbox %s done in %.1fs", report["sandbox"], time.monotonic() - started)
     except Exception as exc:
         message = getattr(exc, "message", str(exc))
+        if step == "sandbox-drill" and isinstance(exc, VerifyFailed | StorageError):
+            step = "fetch-backup"  # the download runs beside the sandbox: it is what failed
         raise DrillFailed(f"drill step {step} failed: {message}") from None
-    timings = {**report.get("timings", {}), "download_seconds": download_seconds}
+    timings = {**report.get("timings", {}), "download_seconds": report["download_seconds"]}
     report["timings"] = timings
-    rto = sum(
-        timings.get(k, 0.0)
-        for k in ("download_seconds", "decrypt_seconds", "restore_seconds", "ready_seconds")
-    )
+    # The download overlaps the decryption (the agent's clock runs from its first byte).
+    rto = sum(timings.get(k, 0.0) for k in ("decrypt_seconds", "restore_seconds", "ready_seconds"))
     meta = BackupMeta.model_validate(report["meta"], strict=False) if report.get("meta") else None
     failed = [c for c in report["checks"] if not c["ok"]]
     passed = bool(report["ok"]) and not failed
@@ -311,6 +331,7 @@ def drill_restore(params: DrillParams) -> dict[str, Any]:
     return {
         "key": record.key,
         "rto_seconds": rto,
+        "timings": timings,
         "checks": report["checks"],
         "sandbox": report["sandbox"],
         "driver": report["driver"],

@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -37,6 +37,9 @@ from typing import IO, Any, Protocol
 import jaco
 from flows.errors import PipelineError
 from flows.sandbox_limits import can_cap_tmpfs, tmpfs_bytes
+
+# What a sandbox's stdin gets after the header: files, or chunks as they come.
+Payload = Sequence[Path | Iterable[bytes]]
 
 CHUNK = 1024 * 1024
 LABEL = "jaco.drill"
@@ -60,7 +63,7 @@ class Sandbox(Protocol):
     image: str | None
 
     def run_agent(
-        self, args: list[str], timeout: float, header: bytes = b"", payload: Sequence[Path] = ()
+        self, args: list[str], timeout: float, header: bytes = b"", payload: Payload = ()
     ) -> AgentResult: ...
 
 
@@ -75,13 +78,17 @@ def _parse_report(stdout: str) -> dict[str, Any]:
     return {}
 
 
-def _feed(stdin: IO[bytes], header: bytes, payload: Sequence[Path]) -> None:
-    """Write the header line, then the payload files one after the other, then close: the
-    agent's stdin (the header says where each file ends)."""
+def _feed(stdin: IO[bytes], header: bytes, payload: Payload) -> None:
+    """Write the header line, then the payload one after the other (files, or chunks as a
+    download brings them), then close: the agent's stdin (the header says where each ends)."""
     with contextlib.suppress(BrokenPipeError, OSError), stdin:
         stdin.write(header)
-        for path in payload:
-            with open(path, "rb") as source:
+        for item in payload:
+            if not isinstance(item, Path):
+                for chunk in item:
+                    stdin.write(chunk)
+                continue
+            with open(item, "rb") as source:
                 while chunk := source.read(CHUNK):
                     stdin.write(chunk)
 
@@ -92,7 +99,7 @@ def _drain(pipe: IO[bytes], into: list[bytes]) -> None:
             into.append(chunk)
 
 
-def _run(cmd: list[str], timeout: float, header: bytes, payload: Sequence[Path], on_timeout: Any,
+def _run(cmd: list[str], timeout: float, header: bytes, payload: Payload, on_timeout: Any,
          name: str) -> AgentResult:  # fmt: skip
     """Start the sandbox, stream its stdin, collect its output (each on a thread of its own:
     `communicate` would close stdin at once), and bound the whole by `timeout`."""
@@ -194,7 +201,7 @@ class BwrapSandbox:
         return [*cmd, "--", sys.executable, "-m", "jaco.drill.agent", *args]
 
     def run_agent(
-        self, args: list[str], timeout: float, header: bytes = b"", payload: Sequence[Path] = ()
+        self, args: list[str], timeout: float, header: bytes = b"", payload: Payload = ()
     ) -> AgentResult:
         # On a timeout, killing bwrap is enough: --die-with-parent takes the namespace down.
         return _run(self.command(args), timeout, header, payload, lambda: None, self.name)
@@ -220,7 +227,7 @@ class InlineSandbox:
         self.image = os.environ.get("JACO_IMAGE") or None
 
     def run_agent(
-        self, args: list[str], timeout: float, header: bytes = b"", payload: Sequence[Path] = ()
+        self, args: list[str], timeout: float, header: bytes = b"", payload: Payload = ()
     ) -> AgentResult:
         scratch = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
         cmd = [
@@ -300,7 +307,7 @@ class DockerSandbox:
         ]  # fmt: skip
 
     def run_agent(
-        self, args: list[str], timeout: float, header: bytes = b"", payload: Sequence[Path] = ()
+        self, args: list[str], timeout: float, header: bytes = b"", payload: Payload = ()
     ) -> AgentResult:
         deadline = time.time() + timeout
         try:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from flows.download import Download
 from flows.errors import StorageError
 from flows.secrets import S3Settings, resolve
 from jaco.public import private_output, sweep_partials, write_private
@@ -40,6 +41,7 @@ class BackupStore(Protocol):
 
     def put(self, key: str, path: Path, metadata: dict[str, str]) -> None: ...
     def get(self, key: str, path: Path) -> dict[str, str]: ...
+    def open(self, key: str) -> Download: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def get_bytes(self, key: str) -> bytes | None: ...
     def delete(self, key: str) -> None: ...
@@ -162,6 +164,25 @@ class S3Store:
             raise _s3_error(exc, f"download of {key}") from None
         return dict(head.get("Metadata", {}))
 
+    def open(self, key: str) -> Download:
+        """`key` as one GET, read in order (the drill feeds it to its sandbox as it comes)."""
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001
+            raise _s3_error(exc, f"download of {key}") from None
+        body = reply["Body"]
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                while chunk := body.read(CHUNK):
+                    yield chunk
+            except Exception as exc:  # noqa: BLE001 - a dropped connection, a short body
+                raise _s3_error(exc, f"download of {key}") from None
+            finally:
+                body.close()
+
+        return Download(key, dict(reply.get("Metadata", {})), reply["ContentLength"], chunks())
+
     def put_bytes(self, key: str, data: bytes) -> None:
         """A small object in one PUT (atomic in S3: readers see the old one or the new one)."""
         try:
@@ -269,6 +290,26 @@ class LocalStore:
         except (OSError, ValueError) as exc:
             raise StorageError(f"reading {key} from {self.root} failed: {exc}") from None
         return dict(metadata)
+
+    def open(self, key: str) -> Download:
+        source = self._path(key)
+        try:
+            metadata = json.loads(_sidecar(source).read_text())
+            handle = open(source, "rb")  # noqa: SIM115 - closed by chunks(), at its end
+        except FileNotFoundError:
+            raise StorageError(f"{key} is not in {self.root}", retryable=False) from None
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"reading {key} from {self.root} failed: {exc}") from None
+
+        def chunks() -> Iterator[bytes]:
+            with handle:
+                try:
+                    while chunk := handle.read(CHUNK):
+                        yield chunk
+                except OSError as exc:
+                    raise StorageError(f"reading {key} from {self.root} failed: {exc}") from None
+
+        return Download(key, dict(metadata), os.fstat(handle.fileno()).st_size, chunks())
 
     def put_bytes(self, key: str, data: bytes) -> None:
         target = self._path(key)

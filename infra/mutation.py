@@ -35,6 +35,7 @@ PITR = "tests/test_pitr.py"
 DRILL_UNIT = "tests/unit/test_drill_input.py"
 SNAPSHOT = "tests/test_snapshot_file.py"
 ENCRYPTED = "tests/test_restore_encrypted.py"
+DRILL_FLOW = "tests/test_drill_flow.py"
 
 
 @dataclass(frozen=True)
@@ -859,6 +860,29 @@ MUTATIONS: list[Mutation] = [
         "    if len(packed) > len(block) - len(block) // SHRINK:",
         "    if False:",
         "tests/unit/test_deflate.py",
+    ),
+    m(
+        "drill: the streamed object's SHA-256 not held to the record by the flow (stop 32)",
+        "flows/drill_flow.py",
+        "    check_ciphertext(record.key, backup.sha256, backup.metadata, "
+        "record.ciphertext_sha256)\n",
+        "",
+        k(DRILL_FLOW, "corrupted"),
+    ),
+    m(
+        "drill: an object whose metadata names another cluster is drilled (stop 32)",
+        "flows/drill_flow.py",
+        '    if metadata.get("cluster-id") != record.cluster_id:',
+        "    if False:",
+        k(DRILL_FLOW, "metadata"),
+    ),
+    m(
+        "drill: a download cut midway is taken for the whole object (stop 32)",
+        "flows/drill_flow.py",
+        "    if backup.error is not None:\n        raise backup.error",
+        "    if False:\n        raise backup.error",
+        k(DRILL_FLOW, "cut_midway"),
+        "tests/unit/test_download.py",
     ),
 ]
 

@@ -20,9 +20,16 @@ class FaultyProxy:
         delay_per_chunk: float = 0.0,
         cut_upstream_once_after: int | None = None,
         listen_host: str = "127.0.0.1",
+        cut_once_after: int | None = None,
+        asked_for: bytes | None = None,
     ) -> None:
         self.target_port = target_port
         self.cut_after = cut_after  # bytes from server to client before the connection drops
+        # ... before one connection (the first to get there) drops; the next ones pass. With
+        # `asked_for`, only a connection whose client sent those bytes (a key in an HTTP
+        # request) counts, from the first reply after them
+        self.cut_once_after = cut_once_after
+        self.asked_for = asked_for
         # bytes from client to server before one connection (the first to get there) drops
         self.cut_upstream_once_after = cut_upstream_once_after
         # bytes from server to client after which the peer goes silent: nothing is forwarded
@@ -51,13 +58,21 @@ class FaultyProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+            asked = threading.Event()
+            for args in ((client, upstream, False, asked), (upstream, client, True, asked)):
+                threading.Thread(target=self._pump, args=args, daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, downstream: bool, asked: threading.Event
+    ) -> None:
         passed = 0
         try:
             while chunk := src.recv(65536):
+                if self.asked_for is not None and not downstream and self.asked_for in chunk:
+                    asked.set()
+                if downstream and self.asked_for is not None and not asked.is_set():
+                    dst.sendall(chunk)  # not the reply counted
+                    continue
                 if self.blackholed.is_set():
                     continue  # swallow everything, answer nothing
                 hole = self.blackhole_after if downstream else None
@@ -66,10 +81,15 @@ class FaultyProxy:
                     continue
                 if downstream and self.delay:
                     time.sleep(self.delay)
-                cut = self.cut_after if downstream else self.cut_upstream_once_after
+                if downstream:
+                    cut = self.cut_after if self.cut_once_after is None else self.cut_once_after
+                else:
+                    cut = self.cut_upstream_once_after
                 if cut is not None and passed + len(chunk) > cut:
                     if not downstream:
                         self.cut_upstream_once_after = None
+                    elif self.cut_once_after is not None:
+                        self.cut_once_after = None
                     self.cuts += 1
                     dst.sendall(chunk[: cut - passed])
                     break

@@ -21,6 +21,8 @@ from flows.sandbox import BwrapSandbox
 from flows.storage import open_store
 from infra.localcluster import Cluster
 from infra.seaweed import SeaweedS3
+from tests.mounts import tmpfs
+from tests.netfaults import FaultyProxy
 from tests.pipeline import BUCKET, SANDBOX_FULL, latest_table
 from tests.processes import own_agents
 
@@ -127,6 +129,81 @@ def test_corrupted_backup_fails_and_names_the_step(stored: dict[str, Any], tmp_p
     assert state.is_failed()
     assert "drill step fetch-backup failed" in str(state.message)
     assert "is damaged" in str(state.message)
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("label", "change", "message"),
+    [
+        (
+            "another cluster's",
+            lambda m: m.update({"cluster-id": "f" * 16}),
+            "says it belongs to cluster 'ffffffffffffffff', not {cid}: refusing to drill it",
+        ),
+        ("no checksum", lambda m: m.pop("ciphertext-sha256"), "carries no ciphertext checksum"),
+    ],
+    ids=["another cluster's", "no checksum"],
+)
+def test_an_object_whose_metadata_is_not_the_records_is_refused(
+    stored: dict[str, Any], tmp_path: Path, label: str, change: Any, message: str
+) -> None:
+    client = stored["s3"].client()
+    head = client.head_object(Bucket=BUCKET, Key=stored["key"])
+    good = client.get_object(Bucket=BUCKET, Key=stored["key"])["Body"].read()
+    metadata = dict(head["Metadata"])
+    change(metadata)
+    client.put_object(Bucket=BUCKET, Key=stored["key"], Body=good, Metadata=metadata)
+    try:
+        state = drill(stored, tmp_path / "work", key=stored["key"])
+    finally:
+        client.put_object(Bucket=BUCKET, Key=stored["key"], Body=good, Metadata=head["Metadata"])
+    assert state.is_failed()
+    cid = head["Metadata"]["cluster-id"]
+    assert f"drill step fetch-backup failed: {stored['key']} " in str(state.message)
+    assert message.format(cid=cid) in str(state.message), state.message
+    assert own_agents() == []
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_the_backup_goes_into_the_sandbox_as_it_downloads_never_to_the_hosts_disk(
+    stored: dict[str, Any], tmp_path: Path
+) -> None:
+    """The flow's work directory is a 4 KiB tmpfs, smaller than the backup: the drill
+    passes, so the ciphertext went from S3 straight into the sandbox (stop 32; before, it was
+    downloaded into the work directory first, and the sandbox fed from that file after)."""
+    size = stored["s3"].client().head_object(Bucket=BUCKET, Key=stored["key"])["ContentLength"]
+    assert size > 4096, size
+    with tmpfs(tmp_path / "work", "size=4k") as work:
+        state = drill(stored, work, key=stored["key"])
+        assert state.is_completed(), state.message
+        assert list(work.iterdir()) == []
+    result = state.result()
+    timings = result["timings"]
+    # The download ran beside the decryption, which the RTO counts from its first byte.
+    assert 0 < timings["download_seconds"] and timings["decrypt_seconds"] > 0
+    assert result["rto_seconds"] == pytest.approx(
+        timings["decrypt_seconds"] + timings["restore_seconds"] + timings["ready_seconds"]
+    )
+
+
+def test_a_download_cut_midway_is_retried_in_a_fresh_sandbox(
+    stored: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3's connection drops halfway through the backup, while the sandbox is restoring it:
+    the step is tried again in a new sandbox, and the drill passes on the whole object."""
+    size = stored["s3"].client().head_object(Bucket=BUCKET, Key=stored["key"])["ContentLength"]
+    proxy = FaultyProxy(
+        stored["s3"].s3_port, cut_once_after=size // 2, asked_for=stored["key"].encode()
+    )
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{proxy.address}")
+    monkeypatch.setenv("JACO_RETRY_BACKOFF", "0.2")
+    try:
+        state = drill(stored, tmp_path / "work", key=stored["key"])
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1
+    assert state.is_completed(), state.message
+    assert own_agents() == []
     assert list((tmp_path / "work").iterdir()) == []
 
 
