@@ -2,12 +2,12 @@
 
 find the backup in the cluster's catalog (its newest verified backup unless a key is given;
 only ever a backup recorded under this cluster's pinned id) → in a fresh sandbox
-(flows/sandbox.py running `python -m jaco.drill.agent`) download the ciphertext (its object
-metadata must name the cluster), decrypt and restore it as it arrives, check it is the object
+(flows/sandbox.py running `python -m jaco.drill.agent`) download the ciphertext (its size and
+object metadata must be the record's), decrypt and restore it as it arrives, check it is the object
 recorded (its SHA-256, once read whole, in the flow and in the agent), check meta.json names
 the same cluster, start and check through the API → wipe the sandbox, always → record the
-result in the catalog and report every check and the measured restore time (RTO, from the
-first byte downloaded to READY).
+result in the catalog and report every check and the measured restore time (RTO, from when
+the agent starts reading the download to READY).
 
 When the backup is extended by change segments (the continuous backup, flows/stream.py) and
 the drill knows the live cluster's servers, it also proves a point in time: a revision of the
@@ -55,6 +55,7 @@ from jaco.public import (
 )
 
 DRILL_TIMEOUT = 3600
+FEED_WAIT = 30.0  # seconds the download may go on once the agent has ended
 
 
 @task(name="find-backup", cache_policy=NO_CACHE)
@@ -91,9 +92,16 @@ def _find(params: DrillParams, catalog: Catalog) -> BackupRecord:
     return verified[0]
 
 
-def _check_object(record: BackupRecord, metadata: dict[str, str]) -> None:
-    """The object must say it is of the record's cluster and carry its ciphertext checksum,
-    before a byte of it reaches a sandbox."""
+def _check_object(record: BackupRecord, backup: Download) -> None:
+    """Before a byte of it reaches a sandbox, the object must be the size recorded, say it is
+    of the record's cluster and carry its ciphertext checksum. Its content is only known to be
+    the one recorded once it has been read whole (its SHA-256, `check_ciphertext`)."""
+    metadata = backup.metadata
+    if backup.size != record.size:
+        raise VerifyFailed(
+            f"{record.key} is {backup.size} bytes; the catalog recorded {record.size}: it is "
+            "not the object uploaded"
+        )
     if metadata.get("cluster-id") != record.cluster_id:
         raise VerifyFailed(
             f"{record.key} says it belongs to cluster {metadata.get('cluster-id')!r}, not "
@@ -195,7 +203,7 @@ def _drill_streamed(
     segments: list[Path],
     backup: Download,
 ) -> dict[str, Any]:
-    _check_object(record, backup.metadata)
+    _check_object(record, backup)
     handed: dict[str, Any] = {
         "token": params.secrets.read_token(),
         "identity": params.secrets.read_identity(),
@@ -221,15 +229,20 @@ def _drill_streamed(
         header=json.dumps(handed).encode() + b"\n",
         payload=[backup, *segments],
     )
-    backup.drain()  # an agent that stopped reading early: the object's hash still needs it all
+    if not backup.finish(FEED_WAIT):
+        raise StorageError(
+            f"the download of {record.key} stalled after {backup.received} of {backup.size} bytes"
+        )
+    if backup.error is None and result.report:
+        backup.drain()  # an agent that stopped reading early: the object's hash needs it all
     if backup.error is not None:
         raise backup.error  # the store failed midway: retried, in a fresh sandbox
-    check_ciphertext(record.key, backup.sha256, backup.metadata, record.ciphertext_sha256)
     if not result.report:
         raise DrillFailed(
             f"the drill agent in {sandbox.name} reported nothing (exit "
             f"{result.returncode}): {result.stderr.strip()[-400:]}"
         )
+    check_ciphertext(record.key, backup.sha256, backup.metadata, record.ciphertext_sha256)
     return {
         **result.report,
         "download_seconds": backup.seconds,
@@ -299,7 +312,7 @@ def drill_restore(params: DrillParams) -> dict[str, Any]:
         raise DrillFailed(f"drill step {step} failed: {message}") from None
     timings = {**report.get("timings", {}), "download_seconds": report["download_seconds"]}
     report["timings"] = timings
-    # The download overlaps the decryption (the agent's clock runs from its first byte).
+    # The download overlaps the decryption (the agent's clock runs from its first read).
     rto = sum(timings.get(k, 0.0) for k in ("decrypt_seconds", "restore_seconds", "ready_seconds"))
     meta = BackupMeta.model_validate(report["meta"], strict=False) if report.get("meta") else None
     failed = [c for c in report["checks"] if not c["ok"]]

@@ -85,8 +85,14 @@ def _feed(stdin: IO[bytes], header: bytes, payload: Payload) -> None:
         stdin.write(header)
         for item in payload:
             if not isinstance(item, Path):
-                for chunk in item:
-                    stdin.write(chunk)
+                chunks = iter(item)
+                try:
+                    for chunk in chunks:
+                        stdin.write(chunk)
+                finally:
+                    getattr(chunks, "close", lambda: None)()  # done reading, whatever ended it
+                if getattr(item, "error", None) is not None:
+                    return  # cut short: what follows would be read as the rest of it
                 continue
             with open(item, "rb") as source:
                 while chunk := source.read(CHUNK):

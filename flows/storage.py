@@ -181,7 +181,8 @@ class S3Store:
             finally:
                 body.close()
 
-        return Download(key, dict(reply.get("Metadata", {})), reply["ContentLength"], chunks())
+        metadata = dict(reply.get("Metadata", {}))
+        return Download(key, metadata, reply["ContentLength"], chunks(), body.close)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """A small object in one PUT (atomic in S3: readers see the old one or the new one)."""
@@ -295,7 +296,7 @@ class LocalStore:
         source = self._path(key)
         try:
             metadata = json.loads(_sidecar(source).read_text())
-            handle = open(source, "rb")  # noqa: SIM115 - closed by chunks(), at its end
+            handle = open(source, "rb")  # noqa: SIM115 - closed by the Download
         except FileNotFoundError:
             raise StorageError(f"{key} is not in {self.root}", retryable=False) from None
         except (OSError, ValueError) as exc:
@@ -306,10 +307,11 @@ class LocalStore:
                 try:
                     while chunk := handle.read(CHUNK):
                         yield chunk
-                except OSError as exc:
+                except (OSError, ValueError) as exc:  # ValueError: closed while read
                     raise StorageError(f"reading {key} from {self.root} failed: {exc}") from None
 
-        return Download(key, dict(metadata), os.fstat(handle.fileno()).st_size, chunks())
+        size = os.fstat(handle.fileno()).st_size
+        return Download(key, dict(metadata), size, chunks(), handle.close)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         target = self._path(key)

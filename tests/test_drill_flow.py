@@ -141,18 +141,23 @@ def test_corrupted_backup_fails_and_names_the_step(stored: dict[str, Any], tmp_p
             "says it belongs to cluster 'ffffffffffffffff', not {cid}: refusing to drill it",
         ),
         ("no checksum", lambda m: m.pop("ciphertext-sha256"), "carries no ciphertext checksum"),
+        ("cut short", None, "is {cut} bytes; the catalog recorded {size}: it is not the object"),
     ],
-    ids=["another cluster's", "no checksum"],
+    ids=["another cluster's", "no checksum", "cut short"],
 )
-def test_an_object_whose_metadata_is_not_the_records_is_refused(
+def test_an_object_that_is_not_the_records_by_its_size_or_metadata_is_refused(
     stored: dict[str, Any], tmp_path: Path, label: str, change: Any, message: str
 ) -> None:
     client = stored["s3"].client()
     head = client.head_object(Bucket=BUCKET, Key=stored["key"])
     good = client.get_object(Bucket=BUCKET, Key=stored["key"])["Body"].read()
     metadata = dict(head["Metadata"])
-    change(metadata)
-    client.put_object(Bucket=BUCKET, Key=stored["key"], Body=good, Metadata=metadata)
+    body = good
+    if change is None:
+        body = good[: len(good) // 2]  # an upload that stopped, its metadata intact
+    else:
+        change(metadata)
+    client.put_object(Bucket=BUCKET, Key=stored["key"], Body=body, Metadata=metadata)
     try:
         state = drill(stored, tmp_path / "work", key=stored["key"])
     finally:
@@ -160,7 +165,8 @@ def test_an_object_whose_metadata_is_not_the_records_is_refused(
     assert state.is_failed()
     cid = head["Metadata"]["cluster-id"]
     assert f"drill step fetch-backup failed: {stored['key']} " in str(state.message)
-    assert message.format(cid=cid) in str(state.message), state.message
+    expected = message.format(cid=cid, cut=len(body), size=len(good))
+    assert expected in str(state.message), state.message
     assert own_agents() == []
     assert list((tmp_path / "work").iterdir()) == []
 
@@ -203,6 +209,8 @@ def test_a_download_cut_midway_is_retried_in_a_fresh_sandbox(
         proxy.close()
     assert proxy.cuts == 1
     assert state.is_completed(), state.message
+    # one sandbox run cut short (its S3 read failed, a retryable StorageError), one whole
+    assert [r.run_count for r in _task_runs(state, "sandbox-drill")] == [2]
     assert own_agents() == []
     assert list((tmp_path / "work").iterdir()) == []
 
