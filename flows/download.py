@@ -77,9 +77,5 @@ class Download:
             self._closer()
 
     @property
-    def complete(self) -> bool:
-        return not self.closed and self.error is None and self.received == self.size
-
-    @property
     def sha256(self) -> str:
         return self._sha.hexdigest()

@@ -75,7 +75,7 @@ def drill_report(
         + (f", image `{report['image']}`" if report.get("image") else "")
         + "), wiped",
         f"- **RTO {rto:.1f} s**: download and decrypt {timings.get('decrypt_seconds', 0):.2f} s "
-        f"(the download alone {timings.get('download_seconds', 0):.2f} s), restore "
+        f"(waiting for the store {timings.get('download_seconds', 0):.2f} s), restore "
         f"{timings.get('restore_seconds', 0):.2f} s, ready {timings.get('ready_seconds', 0):.2f} s",
         "",
         "| check | result | seconds | detail |",

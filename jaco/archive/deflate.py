@@ -6,9 +6,9 @@ block that deflating does not shrink by at least a sixteenth is written as defla
 blocks instead. isal, unlike zlib, never falls back to stored blocks: it codes incompressible
 data as Huffman literals, which every reader then decodes at about 400 MB/s here, where a
 stored block is a copy (docs/benchmarks.md, stop 32). jaco's state is JSON and deflates
-tenfold; what does not (random values, keys, certificates, blobs) reads back several times
-faster stored. Any gzip reader reads the result: one member, one deflate stream, CRC-32 and
-length at the end.
+tenfold; what does not (random values, key material, already-compressed blobs) reads back
+several times faster stored. Any gzip reader reads the result: one member, one deflate
+stream, CRC-32 and length at the end.
 """
 
 from __future__ import annotations
