@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 from flows.errors import StorageError
 
@@ -35,7 +35,7 @@ class Download:
         self._sha = hashlib.sha256()
         self._reading = threading.Lock()
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Generator[bytes, None, None]:
         if not self._reading.acquire(blocking=False):
             raise RuntimeError(f"{self.key} read by two readers at once (a bug)")
         try:

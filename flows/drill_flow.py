@@ -23,6 +23,7 @@ fails the run and names it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -188,53 +189,23 @@ def sandbox_drill_task(
     read whole is it known to be the one recorded (its SHA-256): until then nothing the agent
     restored counts, and the agent's own first check holds it to the same SHA-256."""
     segments = segments or []
-    backup = open_store(params.s3_url, params.s3).open(record.key)
-    try:
-        return _drill_streamed(params, record, anchors, point, segments, backup)
-    finally:
-        backup.close()
-
-
-def _drill_streamed(
-    params: DrillParams,
-    record: BackupRecord,
-    anchors: list[dict[str, Any]],
-    point: dict[str, Any] | None,
-    segments: list[Path],
-    backup: Download,
-) -> dict[str, Any]:
-    _check_object(record, backup)
-    handed: dict[str, Any] = {
-        "token": params.secrets.read_token(),
-        "identity": params.secrets.read_identity(),
-        "expect": {
-            "cluster_id": record.cluster_id,
-            "snapshot_index": record.snapshot_index,
-            "plaintext_sha256": record.plaintext_sha256,
-            "ciphertext_sha256": record.ciphertext_sha256,
-            "anchors": anchors,
-        },
-        "backup_bytes": backup.size,
-    }
-    if point is not None:
-        handed["point"] = {
-            "revision": point["revision"],
-            "state_digest": point["state_digest"],
-            "segments": [(p.name, p.stat().st_size) for p in segments],
-        }
-    sandbox = open_sandbox(params.driver)
-    result = sandbox.run_agent(
-        ["--rejoin"] if params.rejoin else [],
-        params.timeout_seconds,
-        header=json.dumps(handed).encode() + b"\n",
-        payload=[backup, *segments],
-    )
-    if not backup.finish(FEED_WAIT):
-        raise StorageError(
-            f"the download of {record.key} stalled after {backup.received} of {backup.size} bytes"
+    with contextlib.closing(open_store(params.s3_url, params.s3).open(record.key)) as backup:
+        _check_object(record, backup)
+        header = _header(params, record, anchors, point, segments, backup.size)
+        sandbox = open_sandbox(params.driver)
+        result = sandbox.run_agent(
+            ["--rejoin"] if params.rejoin else [],
+            params.timeout_seconds,
+            header=header,
+            payload=[backup, *segments],
         )
-    if backup.error is None and result.report:
-        backup.drain()  # an agent that stopped reading early: the object's hash needs it all
+        if not backup.finish(FEED_WAIT):
+            raise StorageError(
+                f"the download of {record.key} stalled after {backup.received} of "
+                f"{backup.size} bytes"
+            )
+        if backup.error is None and result.report:
+            backup.drain()  # an agent that stopped reading early: the hash needs it all
     if backup.error is not None:
         raise backup.error  # the store failed midway: retried, in a fresh sandbox
     if not result.report:
@@ -245,11 +216,41 @@ def _drill_streamed(
     check_ciphertext(record.key, backup.sha256, backup.metadata, record.ciphertext_sha256)
     return {
         **result.report,
-        "download_seconds": backup.seconds,
+        "timings": {**result.report.get("timings", {}), "download_seconds": backup.seconds},
         "sandbox": sandbox.name,
         "driver": sandbox.driver,
         "image": sandbox.image,
     }
+
+
+def _header(
+    params: DrillParams,
+    record: BackupRecord,
+    anchors: list[dict[str, Any]],
+    point: dict[str, Any] | None,
+    segments: list[Path],
+    backup_bytes: int,
+) -> bytes:
+    """The agent's first line: the secrets, what to expect, and where each input ends."""
+    handed: dict[str, Any] = {
+        "token": params.secrets.read_token(),
+        "identity": params.secrets.read_identity(),
+        "expect": {
+            "cluster_id": record.cluster_id,
+            "snapshot_index": record.snapshot_index,
+            "plaintext_sha256": record.plaintext_sha256,
+            "ciphertext_sha256": record.ciphertext_sha256,
+            "anchors": anchors,
+        },
+        "backup_bytes": backup_bytes,
+    }
+    if point is not None:
+        handed["point"] = {
+            "revision": point["revision"],
+            "state_digest": point["state_digest"],
+            "segments": [(p.name, p.stat().st_size) for p in segments],
+        }
+    return json.dumps(handed).encode() + b"\n"
 
 
 @task(name="record-drill", cache_policy=NO_CACHE)
@@ -310,8 +311,7 @@ def drill_restore(params: DrillParams) -> dict[str, Any]:
         if step == "sandbox-drill" and isinstance(exc, VerifyFailed | StorageError):
             step = "fetch-backup"  # the download runs beside the sandbox: it is what failed
         raise DrillFailed(f"drill step {step} failed: {message}") from None
-    timings = {**report.get("timings", {}), "download_seconds": report["download_seconds"]}
-    report["timings"] = timings
+    timings = report["timings"]
     # The download overlaps the decryption (the agent's clock runs from its first read).
     rto = sum(timings.get(k, 0.0) for k in ("decrypt_seconds", "restore_seconds", "ready_seconds"))
     meta = BackupMeta.model_validate(report["meta"], strict=False) if report.get("meta") else None

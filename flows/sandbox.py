@@ -29,17 +29,18 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 import jaco
+from flows.download import Download
 from flows.errors import PipelineError
 from flows.sandbox_limits import can_cap_tmpfs, tmpfs_bytes
 
-# What a sandbox's stdin gets after the header: files, or chunks as they come.
-Payload = Sequence[Path | Iterable[bytes]]
+# What a sandbox's stdin gets after the header: files, or a download as it comes.
+Payload = Sequence[Path | Download]
 
 CHUNK = 1024 * 1024
 LABEL = "jaco.drill"
@@ -84,14 +85,11 @@ def _feed(stdin: IO[bytes], header: bytes, payload: Payload) -> None:
     with contextlib.suppress(BrokenPipeError, OSError), stdin:
         stdin.write(header)
         for item in payload:
-            if not isinstance(item, Path):
-                chunks = iter(item)
-                try:
+            if isinstance(item, Download):
+                with contextlib.closing(iter(item)) as chunks:  # let go of it however it ends
                     for chunk in chunks:
                         stdin.write(chunk)
-                finally:
-                    getattr(chunks, "close", lambda: None)()  # done reading, whatever ended it
-                if getattr(item, "error", None) is not None:
+                if item.error is not None:
                     return  # cut short: what follows would be read as the rest of it
                 continue
             with open(item, "rb") as source:
