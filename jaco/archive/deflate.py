@@ -90,14 +90,19 @@ class GzipWriter:
     def flush(self) -> None:
         self._raise()
 
-    def close(self) -> None:
+    def _stop(self) -> bool:
+        """End the thread once; False if it was ended already."""
         if self._closed:
-            return
+            return False
         self._closed = True
         self._blocks.put(None)
         self._thread.join()
-        self._raise()
-        self._raw.write(FINAL + struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
+        return True
+
+    def close(self) -> None:
+        if self._stop():
+            self._raise()
+            self._raw.write(FINAL + struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
 
     def __enter__(self) -> GzipWriter:
         return self
@@ -105,8 +110,5 @@ class GzipWriter:
     def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
         if kind is None:
             self.close()
-            return
-        # Failing already: stop the thread, write no end; the caller discards the output.
-        self._closed = True
-        self._blocks.put(None)
-        self._thread.join()
+        else:  # failing already: no end written; the caller discards the output
+            self._stop()
