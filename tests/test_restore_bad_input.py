@@ -101,7 +101,7 @@ CASES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
     ),
     (
         "data appended after the archive",
-        lambda g, o: (o.write_bytes(g.read_bytes() + b"junk"), o)[1],
+        _appended,
         "is corrupt or truncated|unexpected data after the end",
     ),
     ("flipped byte in snapshot.bin", _flip_snapshot, "does not match the SHA-256"),

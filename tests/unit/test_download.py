@@ -24,8 +24,8 @@ def _chunks(fail_after: int | None = None) -> Iterator[bytes]:
         yield chunk
 
 
-def _download(chunks: Iterator[bytes], closed: list[bool] | None = None) -> Download:
-    return Download("k", {"cluster-id": "c"}, 3000, chunks, lambda: (closed or []).append(True))
+def _download(chunks: Iterator[bytes]) -> Download:
+    return Download("k", {"cluster-id": "c"}, 3000, chunks, lambda: None)
 
 
 def test_read_whole_hashed_and_counted() -> None:
