@@ -160,25 +160,24 @@ def decrypting(
 
     feeder = threading.Thread(target=pump, name="decrypt-feed", daemon=True)
     plain = _Plaintext(cast(io.BufferedReader, child.stdout), copy, found, hashes)
+    broken: ArchiveError | None = None
     try:
-        feeder.start()
-        yield cast(IO[bytes], plain), found
-        plain.finish()
-    except ArchiveError:
-        _stop(child, feeder)
-        if failure:  # the ciphertext could not be read: that cut the plaintext short
+        try:
+            feeder.start()
+            yield cast(IO[bytes], plain), found
+            plain.finish()
+        except ArchiveError as exc:
+            broken = exc
+        finally:
+            _stop(child, feeder)
+        if failure:  # the ciphertext could not be read: that also cut any plaintext short
             raise failure[0] from None
-        if child.returncode in (EXIT_NO_KEY, EXIT_DAMAGED):
+        # A broken archive is the decryption's fault only if the decrypter says so.
+        if child.returncode in (EXIT_NO_KEY, EXIT_DAMAGED) or (broken is None and child.returncode):
             raise _failed(child.returncode, words, identities) from None
-        raise
-    else:
-        _stop(child, feeder)
-        if failure:
-            raise failure[0]
-        if child.returncode != 0:
-            raise _failed(child.returncode, words, identities)
+        if broken is not None:
+            raise broken
     finally:
-        _stop(child, feeder)
         words.close()
 
 
