@@ -7,8 +7,10 @@ blocks instead. isal, unlike zlib, never falls back to stored blocks: it codes i
 data as Huffman literals, which every reader then decodes at about 400 MB/s here, where a
 stored block is a copy (docs/benchmarks.md, stop 32). jaco's state is JSON and deflates
 tenfold; what does not (random values, key material, already-compressed blobs) reads back
-several times faster stored. Any gzip reader reads the result: one member, one deflate
-stream, CRC-32 and length at the end.
+several times faster stored. After a stored block, four 16 KiB samples of the next are
+deflated first; if they do not shrink by a sixteenth, the block is stored without deflating
+the rest, so a run of random data costs a sixteenth of deflating it (stop 33). Any gzip
+reader reads the result: one member, one deflate stream, CRC-32 and length at the end.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ WINDOW = 32 * 1024
 STORED_MAX = 0xFFFF
 QUEUED = 2  # blocks waiting for the thread
 SHRINK = 16  # deflate a block only if that saves at least 1/SHRINK of it
+SAMPLES, SAMPLE = 4, 16 * 1024  # after a stored block: deflate these first, to decide
 
 
 def stored(block: bytes | memoryview) -> list[bytes | memoryview]:
@@ -38,13 +41,25 @@ def stored(block: bytes | memoryview) -> list[bytes | memoryview]:
     return parts
 
 
-def deflated(block: bytes, previous: bytes) -> list[bytes | memoryview]:
-    """`block` deflated, or stored if deflating saves less than a sixteenth of it."""
+def _shrinks(data: bytes, previous: bytes) -> bytes | None:
+    """`data` deflated (with the end of `previous` as its dictionary), or None if that saves
+    less than a sixteenth of it."""
     deflater = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -15, zdict=previous[-WINDOW:])
-    packed = deflater.compress(block) + deflater.flush(isal_zlib.Z_SYNC_FLUSH)
-    if len(packed) > len(block) - len(block) // SHRINK:
-        return stored(block)
-    return [packed]
+    packed = deflater.compress(data) + deflater.flush(isal_zlib.Z_SYNC_FLUSH)
+    return None if len(packed) > len(data) - len(data) // SHRINK else packed
+
+
+def deflated(block: bytes, previous: bytes, sample: bool = False) -> list[bytes | memoryview]:
+    """`block` deflated, or stored if deflating saves less than a sixteenth of it. With
+    `sample`, a block whose four 16 KiB samples (at each quarter) do not shrink by a sixteenth
+    is stored without deflating the rest of it."""
+    step = len(block) // SAMPLES
+    if sample and step >= SAMPLE:
+        samples = b"".join(block[at : at + SAMPLE] for at in range(0, SAMPLES * step, step))
+        if _shrinks(samples, previous) is None:
+            return stored(block)
+    packed = _shrinks(block, previous)
+    return stored(block) if packed is None else [packed]
 
 
 class GzipWriter:
@@ -72,11 +87,14 @@ class GzipWriter:
 
     def _run(self) -> None:
         previous = b""
+        was_stored = False
         while (block := self._blocks.get()) is not None:
             if self._error is not None:
                 continue  # drained until close, which raises it
             try:
-                self._raw.writelines(deflated(block, previous))
+                parts = deflated(block, previous, sample=was_stored)
+                was_stored = len(parts) > 1  # stored: a header and data a piece; deflated: one
+                self._raw.writelines(parts)
                 self._crc = isal_zlib.crc32(block, self._crc)
                 self._size += len(block)
                 previous = block

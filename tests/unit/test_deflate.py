@@ -71,6 +71,39 @@ def test_incompressible_blocks_are_stored_and_the_rest_deflated() -> None:
     assert len(again) < 1024
 
 
+def test_after_a_stored_block_random_data_is_not_deflated_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a stored block, samples decide: a random block costs a sixteenth of deflating
+    it, and a compressible one is still deflated."""
+    fed: list[int] = []
+    compressobj = isal_zlib.compressobj
+
+    def counting(*args: object, **kwargs: object) -> object:
+        deflater = compressobj(*args, **kwargs)  # type: ignore[arg-type]
+
+        class Counted:
+            def compress(self, data: bytes) -> bytes:
+                fed.append(len(data))
+                return deflater.compress(data)
+
+            def flush(self, mode: int) -> bytes:
+                return deflater.flush(mode)
+
+        return Counted()
+
+    monkeypatch.setattr(isal_zlib, "compressobj", counting)
+    data = RANDOM[:MIB] + RANDOM[MIB : 2 * MIB] + JSON[:MIB] + RANDOM[2 * MIB : 3 * MIB]
+    written = _gzip(data)
+    assert gzip.decompress(written) == data
+    # The first random block deflated whole (nothing stored before it), the second sampled
+    # only, the JSON sampled then deflated, the last random block deflated whole once more.
+    assert fed == [MIB, 4 * 16 * 1024, 4 * 16 * 1024, MIB, MIB]
+    assert len(written) < len(data) - MIB + MIB // 5  # the JSON block deflated
+    sampled = deflated(RANDOM[:MIB], b"", sample=True)
+    assert b"".join(sampled)[0] & 0b110 == 0  # stored
+
+
 def test_a_tar_written_through_it_is_what_gnu_tar_lists(tmp_path: Path) -> None:
     archive = tmp_path / "a.tar.gz"
     with open(archive, "wb") as raw, GzipWriter(raw) as gz:
