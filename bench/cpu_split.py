@@ -9,7 +9,8 @@ stage is, and which process to make cheaper. The node holds `--keys` small recor
 (bench.realistic), or with `--random-mib` that many MiB of incompressible 48 KiB records (as
 bench.run's random data set). With `--before` (a worktree of another commit, its
 jaco/_native*.so copied in, as for bench.cli_start), jacod is restarted from one tree then the
-other, alternating round by round, on the same store; the client is this tree's. jacod's peak
+other, alternating round by round, on the same store, and `jaco backup` runs from the same
+tree as its jacod. jacod's peak
 RSS while it serves the backup is recorded too. Results go to
 bench/results/cpu-split-<time>.json.
 """
@@ -86,7 +87,8 @@ def run(
                         archive.unlink(missing_ok=True)
                         reset_peak(jacod)
                         etcd0, jacod0 = cpu_seconds(etcd), cpu_seconds(jacod)
-                        result = measure(cmd, env)
+                        own = tree is not None and stage == "jaco backup"
+                        result = measure(cmd, {**env, **({"PYTHONPATH": str(tree)} if own else {})})
                         row: dict[str, float | str] = {
                             "tree": label,
                             "stage": stage,
