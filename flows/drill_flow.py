@@ -238,8 +238,7 @@ def _header(
         "expect": {
             "cluster_id": record.cluster_id,
             "snapshot_index": record.snapshot_index,
-            "plaintext_sha256": record.plaintext_sha256,
-            "ciphertext_sha256": record.ciphertext_sha256,
+            "plaintext_sha256": record.plaintext_sha256,  # the ciphertext's: this flow's to check
             "anchors": anchors,
         },
         "backup_bytes": backup_bytes,

@@ -3,7 +3,8 @@ a `.tar.gz.age`, the pipeline's verify, the drill. No decrypted archive is writt
 
 The decryption runs in a process of its own (jaco.archive.decrypter), fed the ciphertext by a
 thread of this one; this process reads the plaintext from its pipe. Both are hashed on the
-way: the drill and verify compare them with what the pipeline recorded.
+way: verify compares them with what the pipeline recorded, the drill the plaintext (its flow
+hashes the ciphertext as it downloads).
 """
 
 from __future__ import annotations
@@ -115,12 +116,13 @@ def decrypting(
     ciphertext: Path | Readable,
     identities: list[Any],
     copy: IO[bytes] | None = None,
-    hashes: bool = True,
+    hash_ciphertext: bool = True,
+    hash_plaintext: bool = True,
 ) -> Iterator[tuple[IO[bytes], Decryption]]:
     """Decrypt `ciphertext` in a process of its own (jaco.archive.decrypter: pyrage holds the
     GIL) fed by a thread of this one: yields the plaintext to read and the Decryption, filled
-    in once the block is left (both SHA-256, hashed on the way unless `hashes` is False: they
-    cost a core-second per GiB on each side; `copy` gets the plaintext too).
+    in once the block is left (each SHA-256 hashed on the way unless told not to: they cost
+    a core-second per GiB on each side; `copy` gets the plaintext too).
 
     Leaving the block reads the plaintext to its end and raises a decryption's failure.
     Leaving it with an ArchiveError raises the decryption's failure instead, if it had one:
@@ -152,14 +154,14 @@ def decrypting(
 
     def pump() -> None:
         try:
-            _pump(ciphertext, child, found, hashes)
+            _pump(ciphertext, child, found, hash_ciphertext)
         except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
             failure.append(exc)
             with contextlib.suppress(OSError):
                 child.stdin.close()  # type: ignore[union-attr]
 
     feeder = threading.Thread(target=pump, name="decrypt-feed", daemon=True)
-    plain = _Plaintext(cast(io.BufferedReader, child.stdout), copy, found, hashes)
+    plain = _Plaintext(cast(io.BufferedReader, child.stdout), copy, found, hash_plaintext)
     broken: ArchiveError | None = None
     try:
         try:
@@ -232,7 +234,8 @@ def read_backup(
             f"{path} is an age-encrypted backup: give --identity FILE (or set "
             "JACO_AGE_IDENTITY_FILE) to decrypt it as it is read, or decrypt it with `age -d` first"
         )
-    with decrypting(path, identities, hashes=False) as (plain, _):  # nothing to hold them to
+    # nothing to hold the hashes to
+    with decrypting(path, identities, hash_ciphertext=False, hash_plaintext=False) as (plain, _):
         meta = read_archive_stream(plain, sink, path.name, reserve)
     return VerifiedArchive(meta, path.stat().st_size)
 

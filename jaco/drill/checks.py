@@ -24,7 +24,6 @@ class Expect:
     cluster_id: str
     snapshot_index: int = 0
     plaintext_sha256: str = ""
-    ciphertext_sha256: str = ""
     anchors: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -33,7 +32,6 @@ class Expect:
             cluster_id=str(raw["cluster_id"]),
             snapshot_index=int(raw.get("snapshot_index", 0)),
             plaintext_sha256=str(raw.get("plaintext_sha256", "")),
-            ciphertext_sha256=str(raw.get("ciphertext_sha256", "")),
             anchors=list(raw.get("anchors", [])),
         )
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from jaco.drill.agent import Point
+from jaco.archive.encrypted import Decryption
+from jaco.drill.agent import Drill, Point
+from jaco.drill.checks import Expect
 
 DIGEST = "0" * 64
 
@@ -56,3 +58,21 @@ def test_a_segment_name_or_size_that_is_not_a_segment_is_refused(
     assert err.startswith("the drill's input is not what the pipeline sends: segment ")
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert done.stdout == b"" and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("recorded", "ok", "detail"),
+    [
+        ("a" * 64, True, "9 bytes decrypted into the restore: the archive recorded"),
+        ("b" * 64, False, "it decrypts to another archive than the one recorded"),
+        ("", False, "no SHA-256 of it was recorded: nothing to hold it to"),
+    ],
+    ids=["the one recorded", "another", "none recorded"],
+)
+def test_the_backup_is_held_to_the_plaintext_sha256_recorded(
+    recorded: str, ok: bool, detail: str
+) -> None:
+    """The agent's first check: the archive it decrypted is the one the pipeline recorded
+    (the ciphertext is the flow's to check); with no record, the check fails, not passes."""
+    drill = Drill("t", "i", Expect(cluster_id="c", plaintext_sha256=recorded))
+    assert drill._recorded(Decryption(plaintext_sha256="a" * 64, plaintext_size=9)) == (ok, detail)
