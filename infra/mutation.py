@@ -186,7 +186,7 @@ MUTATIONS: list[Mutation] = [
     m(
         "drill: the decrypted plaintext's SHA-256 not compared",
         "jaco/drill/agent.py",
-        "        if expect.plaintext_sha256 and found.plaintext_sha256 != expect.plaintext_sha256:",
+        "        if found.plaintext_sha256 != self.expect.plaintext_sha256:",
         "        if False:",
         k(DRILL, "another_plaintext"),
     ),
@@ -857,9 +857,30 @@ MUTATIONS: list[Mutation] = [
     m(
         "archive gzip: what does not deflate is deflated anyway (stop 32)",
         "jaco/archive/deflate.py",
-        "    if len(packed) > len(block) - len(block) // SHRINK:",
-        "    if False:",
+        "    return None if len(packed) > len(data) - len(data) // SHRINK else packed",
+        "    return packed",
         "tests/unit/test_deflate.py",
+    ),
+    m(
+        "archive gzip: after a stored block, the samples not used (stop 33)",
+        "jaco/archive/deflate.py",
+        "                parts = deflated(block, previous, sample=was_stored)",
+        "                parts = deflated(block, previous, sample=False)",
+        "tests/unit/test_deflate.py",
+    ),
+    m(
+        "archive gzip: a block stored whatever its samples say (stop 33)",
+        "jaco/archive/deflate.py",
+        "        if _shrinks(samples, previous) is None:",
+        "        if True:",
+        "tests/unit/test_deflate.py",
+    ),
+    m(
+        "drill: a record without the plaintext's SHA-256 passes the first check (stop 33)",
+        "jaco/drill/agent.py",
+        "        if not self.expect.plaintext_sha256:",
+        "        if False:",
+        "tests/unit/test_drill_input.py",
     ),
     m(
         "drill: the streamed object's SHA-256 not held to the record by the flow (stop 32)",
