@@ -833,10 +833,31 @@ MUTATIONS: list[Mutation] = [
     m(
         "backup: a snapshot whose etcd SHA-256 does not match is written (stop 32)",
         "jaco/archive/format.py",
-        "                if problem := sha256.trailer_problem():\n"
-        '                    raise ArchiveError(f"the snapshot the server sent {problem}")\n',
+        "                    if problem := sha256.trailer_problem():\n"
+        '                        raise ArchiveError(f"the snapshot the server sent {problem}")\n',
         "",
         "tests/test_backup_stream.py",
+    ),
+    m(
+        "backup: the archive not synced while jacod reads the meta (stop 33)",
+        "jaco/archive/format.py",
+        "                with syncing(raw):",
+        "                if True:",
+        k("tests/test_backup_stream.py", "goes_to_disk"),
+    ),
+    m(
+        "backup: the snapshot's last block asks for the message after it (stop 33)",
+        "jaco/archive/format.py",
+        "HashingReader(Bounded(chunks, snapshot_size), sha256=sha256)",
+        "HashingReader(chunks, sha256=sha256)",
+        k("tests/test_backup_stream.py", "goes_to_disk"),
+    ),
+    m(
+        "backup: the early fsync's failure dropped (stop 33)",
+        "jaco/files.py",
+        "    if failed:\n        raise failed[0]\n",
+        "",
+        k("tests/test_backup_stream.py", "early_fsync"),
     ),
     m(
         "etcd's SHA-256: the digest of the rest taken one block late (stop 32)",

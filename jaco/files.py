@@ -113,6 +113,31 @@ def private_output(path: Path, durable: bool = True) -> Iterator[IO[bytes]]:
         raise
 
 
+@contextlib.contextmanager
+def syncing(out: IO[bytes]) -> Iterator[None]:
+    """fsync `out` on a thread of its own while the block runs: what was written before it
+    goes to disk while the writer waits for something else (a backup's meta.json, which jacod
+    reads from its copy after the last byte). The block's end waits for it, and raises the
+    error it met (Linux reports a failed writeback to one fsync only, so the one after it could
+    pass): a durable write that follows is then short, not skipped."""
+    failed: list[OSError] = []
+
+    def sync() -> None:
+        try:
+            os.fsync(out.fileno())
+        except OSError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=sync, name="early-fsync", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+    if failed:
+        raise failed[0]
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Replace `path` with `data`, readable by its owner only, atomically and durably."""
     with private_output(path) as out:

@@ -9,10 +9,12 @@ transport around them is exercised by tests/test_backup.py against real servers.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,58 @@ def test_format_2_stream_gives_a_verified_archive(tmp_path: Path) -> None:
     # The snapshot's random bytes are stored, not Huffman-coded: the archive is written by
     # jaco.archive.deflate (isal's own writer codes them, BTYPE 10, and they read back slowly).
     assert out.read_bytes()[10] & 0b110 == 0
+
+
+def _synced_before_meta(
+    monkeypatch: pytest.MonkeyPatch, error: OSError | None = None
+) -> tuple[Iterator[pb.BackupChunk], list[str]]:
+    """A format 2 stream whose meta.json comes only once the archive has been fsynced (as
+    jacod's meta pass takes a second after the last byte); fsync fails with `error`."""
+    events: list[str] = []
+    synced = threading.Event()
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        events.append("fsync")
+        synced.set()
+        if error is not None:
+            raise error
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    def stream() -> Iterator[pb.BackupChunk]:
+        *data, meta = _format2(_meta())
+        yield from data
+        events.append("synced before meta.json" if synced.wait(10) else "meta.json first")
+        yield meta
+
+    return stream(), events
+
+
+def test_the_archive_goes_to_disk_while_the_server_reads_the_meta(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "b.tar.gz"
+    stream, events = _synced_before_meta(monkeypatch)
+    result = write_backup_stream(stream, out, lambda s: None, lambda n: None)
+    assert events[:2] == ["fsync", "synced before meta.json"]
+    assert events.count("fsync") >= 2  # and the durable write's own, after meta.json
+    assert read_archive(out).meta == result.meta
+
+
+def test_a_failed_early_fsync_is_raised_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux reports a failed writeback to one fsync: the early one's error must not vanish
+    behind a durable write that then passes."""
+    out = tmp_path / "b.tar.gz"
+    stream, events = _synced_before_meta(monkeypatch, OSError(errno.EIO, os.strerror(errno.EIO)))
+    with pytest.raises(JacoError) as raised:
+        write_backup_stream(stream, out, lambda s: None, lambda n: None)
+    assert str(raised.value) == f"writing {out} failed: [Errno 5] Input/output error"
+    assert events == ["fsync", "synced before meta.json"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_format_1_server_still_works(tmp_path: Path) -> None:

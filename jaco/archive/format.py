@@ -37,11 +37,13 @@ from jaco.errors import ArchiveError, InvalidArgument, JacoError
 from jaco.files import (
     CHUNK,
     BlockSha256,
+    Bounded,
     ChunkReader,
     HashingReader,
     check_output_target,
     disk_full,
     private_output,
+    syncing,
 )
 
 LOOK_AHEAD = 64 * CHUNK
@@ -104,7 +106,10 @@ def write_archive(
         with private_output(output) as raw:
             with _gzip_open(raw) as gz, _tar_writer(gz) as tar:
                 sha256 = SnapshotSha256(snapshot_size)
-                reader = HashingReader(ChunkReader(iter(snapshot), progress), sha256=sha256)
+                chunks = ChunkReader(iter(snapshot), progress)
+                # Bounded: the last block read asks for no more, so the message after the
+                # snapshot (meta.json, which jacod sends a pass later) is awaited below.
+                reader = HashingReader(Bounded(chunks, snapshot_size), sha256=sha256)
                 try:
                     tar.addfile(_tarinfo(SNAPSHOT_NAME, snapshot_size), reader)  # type: ignore[arg-type]
                 except OSError as exc:
@@ -114,13 +119,16 @@ def write_archive(
                         f"the server ended the snapshot after {reader.size} of the "
                         f"{snapshot_size} bytes it announced"
                     ) from None
-                if reader.read(1):
-                    raise ArchiveError(
-                        f"the server sent more than the {snapshot_size} snapshot bytes it announced"
-                    )
-                if problem := sha256.trailer_problem():
-                    raise ArchiveError(f"the snapshot the server sent {problem}")
-                described = meta()
+                # To disk while jacod reads the meta from its copy: the next message waits for it.
+                with syncing(raw):
+                    if chunks.read(1):
+                        raise ArchiveError(
+                            f"the server sent more than the {snapshot_size} snapshot bytes it "
+                            "announced"
+                        )
+                    if problem := sha256.trailer_problem():
+                        raise ArchiveError(f"the snapshot the server sent {problem}")
+                    described = meta()
                 if reader.size != described.snapshot_size:
                     raise ArchiveError(
                         f"the server sent {reader.size} snapshot bytes; its meta.json says "
