@@ -507,6 +507,7 @@ def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> d
         b_up = repeat(reps, lambda: stage("boto3-upload", b_up_args, env, work))
         rows["upload"] = {"bytes": cipher_size, "jaco": up, "ref": b_up}
         expected = {
+            "ciphertext_size": cipher_size,
             "ciphertext_sha256": enc["ciphertext_sha256"],
             "plaintext_sha256": enc["plaintext_sha256"],
             "meta": json.loads(
@@ -517,7 +518,7 @@ def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> d
                 ).stdout
             ),
         }
-        v_args = {"store": f"s3://{BUCKET}", "key": key, "expected": expected, "workdir": str(work)}
+        v_args = {"store": f"s3://{BUCKET}", "key": key, "expected": expected}
         ver = repeat(reps, lambda: stage("verify", v_args, env, work))
         dl = work / "download.out"
         b_down = repeat(

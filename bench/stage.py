@@ -45,11 +45,15 @@ def _verify(args: dict[str, Any]) -> dict[str, Any]:
     expected = args["expected"]
     meta = BackupMeta.model_validate(expected["meta"], strict=False)
     encrypted = Encrypted(
-        Path(), expected["plaintext_sha256"], expected["ciphertext_sha256"], 0, 0.0
+        Path(),
+        expected["plaintext_sha256"],
+        expected["ciphertext_sha256"],
+        expected["ciphertext_size"],
+        0.0,
     )
     # Secrets and S3 settings by default: JACO_TOKEN, JACO_AGE_IDENTITY_FILE, AWS_* (bench.run).
     where = Where(cluster="bench", bucket=args["store"].removeprefix("s3://"))
-    seconds = verify_task.fn(where, Path(args["workdir"]), args["key"], meta, encrypted)
+    seconds = verify_task.fn(where, args["key"], meta, encrypted)
     return {"download_seconds": seconds}
 
 

@@ -202,7 +202,7 @@ def backup_cluster(params: BackupParams) -> dict[str, Any]:
             retrying(catalog_task)(params, record, run)
         with stages.stage("verify", enc.size):
             try:
-                retrying(verify_task)(params, workdir, key, meta, enc)
+                retrying(verify_task)(params, key, meta, enc)
             except Exception as exc:
                 # Compensate explicitly (no transactions around retried tasks): a backup
                 # that cannot be proven restorable must not look like one.

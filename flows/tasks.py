@@ -13,8 +13,8 @@ or artifacts.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,7 @@ from flows.stream import segments_prefix, segments_root
 from jaco.public import (
     ArchiveError,
     BackupMeta,
+    ChunkReader,
     DecryptionFailed,
     InvalidArgument,
     Unavailable,
@@ -43,7 +44,6 @@ from jaco.public import (
     is_retryable,
     open_client,
     parse_identities,
-    sha256_file,
     take_backup,
 )
 
@@ -168,20 +168,6 @@ upload_task = task(name="upload", cache_policy=NO_CACHE)(upload)
 local_copy_task = task(name="local-copy", cache_policy=NO_CACHE)(upload)
 
 
-def download(
-    store_url: str, s3: S3Settings, key: str, cipher: Path
-) -> tuple[dict[str, str], float]:
-    """Download `key` to `cipher` (boto3's parallel ranged GETs); it must carry the ciphertext
-    checksum recorded at upload. Returns the metadata and the seconds taken."""
-    store = open_store(store_url, s3)
-    started = time.monotonic()
-    metadata = store.get(key, cipher)
-    seconds = time.monotonic() - started
-    if "ciphertext-sha256" not in metadata:
-        raise VerifyFailed(f"{key} in {store.name} carries no ciphertext checksum")
-    return metadata, seconds
-
-
 def check_ciphertext(
     key: str, actual: str, metadata: dict[str, str], expected: str | None = None
 ) -> None:
@@ -197,28 +183,42 @@ def check_ciphertext(
 
 
 @task(name="verify", cache_policy=NO_CACHE)
-def verify_task(
-    where: Where, workdir: Path, key: str, taken: BackupMeta, encrypted: Encrypted
-) -> float:
-    """Download, decrypt straight into the archive reader, and check on the way: ciphertext
-    and plaintext checksums, archive structure, meta.json and the snapshot's SHA-256.
-    Returns the seconds the download took."""
+def verify_task(where: Where, key: str, taken: BackupMeta, encrypted: Encrypted) -> float:
+    """Read the stored object as it downloads (one GET, nothing written), decrypt it straight
+    into the archive reader, and check on the way: the ciphertext's size and checksums, the
+    plaintext's, the archive's structure, meta.json and the snapshot's SHA-256. A store that
+    fails midway is raised as such (retried), not as damage. Returns the seconds spent
+    waiting for the store."""
     identities = parse_identities(where.secrets.read_identity(), "the verify identity")
-    with tempfile.TemporaryDirectory(prefix="verify-", dir=workdir) as tmp:
-        cipher = Path(tmp) / "backup.tar.gz.age"
-        metadata, download_seconds = download(where.s3_url, where.s3, key, cipher)
+    with contextlib.closing(open_store(where.s3_url, where.s3).open(key)) as backup:
+        if "ciphertext-sha256" not in backup.metadata:
+            raise VerifyFailed(f"{key} in {where.s3_url} carries no ciphertext checksum")
+        if backup.size != encrypted.size:
+            raise VerifyFailed(
+                f"{key} is damaged: {backup.size} bytes stored, {encrypted.size} uploaded"
+            )
         try:
-            cipher_sha, plain_sha, meta = decrypt_and_read_archive(cipher, identities)
+            # closing: a decrypter that failed leaves the download mid-object, to drain below
+            with contextlib.closing(iter(backup)) as chunks:
+                plain_sha, meta = decrypt_and_read_archive(
+                    ChunkReader(chunks), identities, key.rsplit("/", 1)[-1]
+                )
         except (DecryptionFailed, ArchiveError):
-            check_ciphertext(key, sha256_file(cipher), metadata, encrypted.ciphertext_sha256)
+            backup.drain()  # the checksum needs it all; a store failure explains the rest
+            if backup.error is not None:
+                raise backup.error from None
+            check_ciphertext(key, backup.sha256, backup.metadata, encrypted.ciphertext_sha256)
             raise
-    check_ciphertext(key, cipher_sha, metadata, encrypted.ciphertext_sha256)
+        backup.drain()  # age need not read past its last chunk; the checksum does
+        if backup.error is not None:
+            raise backup.error
+    check_ciphertext(key, backup.sha256, backup.metadata, encrypted.ciphertext_sha256)
     if plain_sha != encrypted.plaintext_sha256:
         raise VerifyFailed(f"{key} decrypts to another archive than was taken")
     for field in ("cluster_id", "snapshot_index", "snapshot_sha256", "state_digest"):
         if getattr(meta, field) != getattr(taken, field):
             raise VerifyFailed(f"{key}'s meta.json has another {field} than was taken")
-    return download_seconds
+    return backup.seconds
 
 
 @task(name="prune", cache_policy=NO_CACHE)

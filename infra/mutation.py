@@ -897,6 +897,36 @@ MUTATIONS: list[Mutation] = [
         "tests/unit/test_deflate.py",
     ),
     m(
+        "verify: a damaged object called only undecryptable, its checksum not compared (stop 33)",
+        "flows/tasks.py",
+        "                raise backup.error from None\n"
+        "            check_ciphertext(key, backup.sha256, backup.metadata, "
+        "encrypted.ciphertext_sha256)\n",
+        "                raise backup.error from None\n",
+        k(VERIFY, "damaged_in_the_store"),
+    ),
+    m(
+        "verify: the stored object's size not held to the upload's (stop 33)",
+        "flows/tasks.py",
+        "        if backup.size != encrypted.size:",
+        "        if False:",
+        k(VERIFY, "damaged_in_the_store"),
+    ),
+    m(
+        "verify: an object without its checksum in its metadata read anyway (stop 33)",
+        "flows/tasks.py",
+        '        if "ciphertext-sha256" not in backup.metadata:',
+        "        if False:",
+        k(VERIFY, "damaged_in_the_store"),
+    ),
+    m(
+        "verify: a download cut midway taken for a damaged object (stop 33)",
+        "flows/tasks.py",
+        "            if backup.error is not None:\n                raise backup.error from None\n",
+        "",
+        k("tests/test_pipeline.py", "cut_mid_verify"),
+    ),
+    m(
         "drill: a record without the plaintext's SHA-256 passes the first check (stop 33)",
         "jaco/drill/agent.py",
         "        if not self.expect.plaintext_sha256:",

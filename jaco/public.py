@@ -45,6 +45,7 @@ from jaco.errors import (
     is_retryable,
 )
 from jaco.files import (
+    ChunkReader,
     HashingReader,
     create_private,
     private_output,
@@ -58,6 +59,7 @@ __all__ = [
     "AuditHead",
     "BackupMeta",
     "BackupResult",
+    "ChunkReader",
     "Client",
     "Compacted",
     "DecryptionFailed",

@@ -101,3 +101,17 @@ def _latest_artifact(key: str) -> Any:
             limit=1,
         )
     return latest.data
+
+
+def task_runs(state: Any, name: str) -> list[Any]:
+    """The task runs of the flow run `state` ended, whose names start with `name`."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    return [r for r in runs if r.name.startswith(name)]

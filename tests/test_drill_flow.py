@@ -23,7 +23,7 @@ from infra.localcluster import Cluster
 from infra.seaweed import SeaweedS3
 from tests.mounts import tmpfs
 from tests.netfaults import FaultyProxy
-from tests.pipeline import BUCKET, SANDBOX_FULL, latest_table
+from tests.pipeline import BUCKET, SANDBOX_FULL, latest_table, task_runs
 from tests.processes import own_agents
 
 CHECKS = [
@@ -210,7 +210,7 @@ def test_a_download_cut_midway_is_retried_in_a_fresh_sandbox(
     assert proxy.cuts == 1
     assert state.is_completed(), state.message
     # one sandbox run cut short (its S3 read failed, a retryable StorageError), one whole
-    assert [r.run_count for r in _task_runs(state, "sandbox-drill")] == [2]
+    assert [r.run_count for r in task_runs(state, "sandbox-drill")] == [2]
     assert own_agents() == []
     assert list((tmp_path / "work").iterdir()) == []
 
@@ -270,21 +270,8 @@ def test_two_drills_at_once_do_not_collide(
     results = [s.result() for s in states]
     assert results[0]["sandbox"] != results[1]["sandbox"]
     assert all(c["ok"] for r in results for c in r["checks"])
-    first, second = (_task_runs(s, "sandbox-drill")[0] for s in states)
+    first, second = (task_runs(s, "sandbox-drill")[0] for s in states)
     assert first.start_time < second.end_time and second.start_time < first.end_time
-
-
-def _task_runs(state: Any, name: str) -> list[Any]:
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
-            )
-        )
-    return [r for r in runs if r.name.startswith(name)]
 
 
 def test_sandbox_cannot_reach_the_hosts_loopback(stored: dict[str, Any], tmp_path: Path) -> None:

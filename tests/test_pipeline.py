@@ -29,7 +29,7 @@ from infra.seaweed import READ_ONLY, SeaweedS3, running_seaweed
 from jaco.client.connection import open_client
 from jaco.v1 import jaco_pb2 as pb
 from tests.netfaults import FaultyProxy
-from tests.pipeline import BUCKET, age_keygen, params
+from tests.pipeline import BUCKET, age_keygen, params, task_runs
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +222,35 @@ def test_connection_cut_mid_upload_leaves_no_truncated_object(
     # past the cut: 1.8 MB of archive (base64 gzips to 3/4) and whatever else the store holds
     assert objects(s3)[result["key"]] == result["size"] > 1_500_000
     assert no_pending_uploads(s3)
+
+
+def test_connection_cut_mid_verify_is_retried_and_the_run_passes(
+    env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verify reads the object as it downloads, straight into the decrypter: S3's reply cut
+    halfway is a store failure, retried (not a damaged backup, deleted)."""
+    s3, keys, cluster = env["s3"], env["keys"], env["cluster"]
+    with open_client(cluster.nodes["node-1"].server, cluster.token) as client:
+        for i in range(3):  # ~1.8 MB of archive: the cut lands mid-object
+            blob = base64.b64encode(os.urandom(600_000)).decode()
+            client.call(
+                "Deploy", pb.DeployRequest(name=f"blob{i}", image="x:1", env={"BLOB": blob})
+            )
+    # Only replies after a request for the backup itself count (its PUT, then its GET).
+    proxy = FaultyProxy(s3.s3_port, cut_once_after=900_000, asked_for=b".tar.gz.age HTTP/1.1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{proxy.address}")
+    monkeypatch.setenv("JACO_RETRY_BACKOFF", "0.2")
+    try:
+        state = run_flow(params(cluster, keys, tmp_path / "local"))
+    finally:
+        proxy.close()
+        for i in range(3):
+            cluster.ok("rm", f"blob{i}")
+    assert proxy.cuts == 1
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert objects(s3)[result["key"]] == result["size"] > 900_000
+    assert [r.run_count for r in task_runs(state, "verify")] == [2]
 
 
 def test_leader_dying_mid_backup_costs_one_server_not_the_run(

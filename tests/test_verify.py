@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
+import flows.backup_flow
 import flows.tasks
 from flows.backup_flow import backup_cluster
 from flows.catalog import Catalog
@@ -91,6 +94,68 @@ def test_verify_names_what_the_stored_object_is_not(
     failure = str(state.message)
     assert message in failure, failure
     assert "corrupt or truncated" not in failure
+    assert [o.key for o in store.list(f"{prefix}/") if "/catalog/" not in o.key] == []
+    assert Catalog(store, prefix, "prod").backups() == []
+    assert not list((tmp_path / "local").rglob("*.age"))
+
+
+def _flipped(data: bytearray, metadata: dict[str, str]) -> None:
+    data[len(data) // 2] ^= 0x01
+
+
+def _cut(data: bytearray, metadata: dict[str, str]) -> None:
+    del data[-100:]
+
+
+def _unmarked(data: bytearray, metadata: dict[str, str]) -> None:
+    del metadata["ciphertext-sha256"]
+
+
+STORED: list[tuple[str, Callable[[bytearray, dict[str, str]], None], str]] = [
+    ("a byte flipped", _flipped, "is damaged: its content does not match the ciphertext checksum"),
+    ("cut short", _cut, "is damaged: {stored} bytes stored, {uploaded} uploaded"),
+    ("no checksum", _unmarked, "carries no ciphertext checksum"),
+]
+
+
+@pytest.mark.parametrize(("label", "damage", "message"), STORED, ids=[c[0] for c in STORED])
+def test_verify_refuses_an_object_damaged_in_the_store(
+    stored1: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    label: str,
+    damage: Callable[[bytearray, dict[str, str]], None],
+    message: str,
+) -> None:
+    """What S3 holds is not what was uploaded (a flipped byte, a short object, the checksum
+    missing from its metadata): verify, reading it as it downloads, names it, and the run
+    leaves no trace of the backup."""
+    cluster, keys = stored1["cluster"], stored1["keys"]
+    sizes: list[int] = []
+
+    def damaging_upload(
+        store_url: str, s3: Any, path: Path, key: str, metadata: dict[str, str]
+    ) -> float:
+        data, changed = bytearray(path.read_bytes()), dict(metadata)
+        damage(data, changed)
+        sizes.extend((len(data), path.stat().st_size))
+        damaged = path.with_name("damaged.age")
+        damaged.write_bytes(data)
+        return flows.tasks.upload(store_url, s3, damaged, key, changed)
+
+    monkeypatch.setattr(
+        flows.backup_flow,
+        "upload_task",
+        task(name="upload", cache_policy=NO_CACHE)(damaging_upload),
+    )
+    prefix = "stored-" + label.replace(" ", "-")
+    store = open_store(f"s3://{BUCKET}")
+    state = backup_cluster(
+        params(cluster, keys, tmp_path / "local", prefix=prefix), return_state=True
+    )
+    assert state.is_failed()
+    failure = str(state.message)
+    assert message.format(stored=sizes[0], uploaded=sizes[-1]) in failure, failure
     assert [o.key for o in store.list(f"{prefix}/") if "/catalog/" not in o.key] == []
     assert Catalog(store, prefix, "prod").backups() == []
     assert not list((tmp_path / "local").rglob("*.age"))

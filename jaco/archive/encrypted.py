@@ -209,13 +209,17 @@ def _failed(code: int, stderr: IO[bytes], identities: list[Any]) -> JacoError:
 
 
 def decrypt_and_read_archive(
-    ciphertext: Path, identities: list[Any]
-) -> tuple[str, str, BackupMeta]:
+    ciphertext: Path | Readable, identities: list[Any], name: str = ""
+) -> tuple[str, BackupMeta]:
     """Decrypt straight into the archive reader: the plaintext never touches the disk.
-    Returns the ciphertext's and the plaintext's SHA-256 and the verified meta.json."""
-    with decrypting(ciphertext, identities) as (plain, found):
-        meta = read_archive_stream(plain, name=ciphertext.name)
-    return found.ciphertext_sha256, found.plaintext_sha256, meta
+    Returns the plaintext's SHA-256 and the verified meta.json (the ciphertext is the caller's
+    to hash: the pipeline's verify hashes it as it downloads). `name` (default: the file's)
+    names it in errors."""
+    if isinstance(ciphertext, Path):
+        name = name or ciphertext.name
+    with decrypting(ciphertext, identities, hash_ciphertext=False) as (plain, found):
+        meta = read_archive_stream(plain, name=name or "the backup")
+    return found.plaintext_sha256, meta
 
 
 def read_backup(
