@@ -26,9 +26,6 @@ from jaco.node.config import DataDir, NodeConfig
 _PR_SET_PDEATHSIG = 1
 MAX_TXN_OPS = 2048
 QUOTA_BACKEND_BYTES = 8 * 1024 * 1024 * 1024
-# How often a starting etcd is asked whether it answers: a refused connection costs little,
-# and each wait is time to READY (0.2 s until stop 33, 0.1 s of it lost on average).
-READY_POLL = 0.05
 
 
 class EtcdNotFound(JacoError):
@@ -152,7 +149,7 @@ class EtcdMember:
                     raise Unavailable(
                         f"etcd did not answer within {timeout:.0f}s; see {self.data.etcd_log}"
                     ) from None
-                await asyncio.sleep(READY_POLL)
+                await asyncio.sleep(0.2)
 
     def last_log_error(self) -> str:
         """The last error etcd logged (its log is JSON lines), for one-line messages."""
