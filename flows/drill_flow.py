@@ -3,11 +3,11 @@
 find the backup in the cluster's catalog (its newest verified backup unless a key is given;
 only ever a backup recorded under this cluster's pinned id) → in a fresh sandbox
 (flows/sandbox.py running `python -m jaco.drill.agent`) download the ciphertext (its size and
-object metadata must be the record's), decrypt and restore it as it arrives, check it is the object
-recorded (its SHA-256, once read whole, in the flow and in the agent), check meta.json names
-the same cluster, start and check through the API → wipe the sandbox, always → record the
-result in the catalog and report every check and the measured restore time (RTO, from when
-the agent starts reading the download to READY).
+object metadata must be the record's), decrypt and restore it as it arrives, check it is the
+object recorded (its SHA-256, once read whole, in the flow; the decrypted archive's in the
+agent), check meta.json names the same cluster, start and check through the API → wipe the
+sandbox, always → record the result in the catalog and report every check and the measured
+restore time (RTO, from when the agent starts reading the download to READY).
 
 When the backup is extended by change segments (the continuous backup, flows/stream.py) and
 the drill knows the live cluster's servers, it also proves a point in time: a revision of the
@@ -187,7 +187,8 @@ def sandbox_drill_task(
     the backup's ciphertext as it downloads, and the segments' (the header gives each one's
     size). The agent decrypts and restores as the bytes come; only once the object has been
     read whole is it known to be the one recorded (its SHA-256): until then nothing the agent
-    restored counts, and the agent's own first check holds it to the same SHA-256."""
+    restored counts; the agent's own first check holds the archive it decrypted to the
+    plaintext SHA-256 recorded."""
     segments = segments or []
     with contextlib.closing(open_store(params.s3_url, params.s3).open(record.key)) as backup:
         _check_object(record, backup)

@@ -885,7 +885,7 @@ MUTATIONS: list[Mutation] = [
     m(
         "archive gzip: after a stored block, the samples not used (stop 33)",
         "jaco/archive/deflate.py",
-        "                parts = deflated(block, previous, sample=was_stored)",
+        "                parts = deflated(block, previous, sample=sample)",
         "                parts = deflated(block, previous, sample=False)",
         "tests/unit/test_deflate.py",
     ),
@@ -903,6 +903,14 @@ MUTATIONS: list[Mutation] = [
         "            check_ciphertext(key, backup.sha256, backup.metadata, "
         "encrypted.ciphertext_sha256)\n",
         "                raise backup.error from None\n",
+        k(VERIFY, "damaged_in_the_store"),
+    ),
+    m(
+        "verify: an object that decrypts is not held to its checksum (stop 33)",
+        "flows/tasks.py",
+        "    check_ciphertext(key, backup.sha256, backup.metadata, encrypted.ciphertext_sha256)\n"
+        "    if plain_sha",
+        "    if plain_sha",
         k(VERIFY, "damaged_in_the_store"),
     ),
     m(

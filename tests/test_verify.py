@@ -107,6 +107,10 @@ def _cut(data: bytearray, metadata: dict[str, str]) -> None:
     del data[-100:]
 
 
+def _mislabelled(data: bytearray, metadata: dict[str, str]) -> None:
+    metadata["ciphertext-sha256"] = "0" * 64  # the object intact, its checksum another's
+
+
 def _unmarked(data: bytearray, metadata: dict[str, str]) -> None:
     del metadata["ciphertext-sha256"]
 
@@ -115,6 +119,7 @@ STORED: list[tuple[str, Callable[[bytearray, dict[str, str]], None], str]] = [
     ("a byte flipped", _flipped, "is damaged: its content does not match the ciphertext checksum"),
     ("cut short", _cut, "is damaged: {stored} bytes stored, {uploaded} uploaded"),
     ("no checksum", _unmarked, "carries no ciphertext checksum"),
+    ("another checksum", _mislabelled, "is damaged: its content does not match the ciphertext"),
 ]
 
 

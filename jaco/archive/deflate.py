@@ -9,7 +9,9 @@ stored block is a copy (docs/benchmarks.md, stop 32). jaco's state is JSON and d
 tenfold; what does not (random values, key material, already-compressed blobs) reads back
 several times faster stored. After a stored block, four 16 KiB samples of the next are
 deflated first; if they do not shrink by a sixteenth, the block is stored without deflating
-the rest, so a run of random data costs a sixteenth of deflating it (stop 33). Any gzip
+the rest, so a run of random data costs about a sixteenth of deflating it (every sixteenth
+block of a stored run is still tried whole, in case the samples missed what deflates; stop
+33). Any gzip
 reader reads the result: one member, one deflate stream, CRC-32 and length at the end.
 """
 
@@ -29,6 +31,7 @@ STORED_MAX = 0xFFFF
 QUEUED = 2  # blocks waiting for the thread
 SHRINK = 16  # deflate a block only if that saves at least 1/SHRINK of it
 SAMPLES, SAMPLE = 4, 16 * 1024  # after a stored block: deflate these first, to decide
+RECHECK = 16  # ... but deflate every 16th block of a stored run whole: samples can miss
 
 
 def stored(block: bytes | memoryview) -> list[bytes | memoryview]:
@@ -87,13 +90,15 @@ class GzipWriter:
 
     def _run(self) -> None:
         previous = b""
-        was_stored = False
+        stored_run = 0  # blocks stored in a row
         while (block := self._blocks.get()) is not None:
             if self._error is not None:
                 continue  # drained until close, which raises it
             try:
-                parts = deflated(block, previous, sample=was_stored)
-                was_stored = len(parts) > 1  # stored: a header and data a piece; deflated: one
+                sample = stored_run % RECHECK != 0
+                parts = deflated(block, previous, sample=sample)
+                # stored: a header and data a piece; deflated: one
+                stored_run = stored_run + 1 if len(parts) > 1 else 0
                 self._raw.writelines(parts)
                 self._crc = isal_zlib.crc32(block, self._crc)
                 self._size += len(block)

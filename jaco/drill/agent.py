@@ -210,11 +210,12 @@ class Drill:
                 self.check("rejoin", lambda: self._rejoin(client, server))
 
     def _decrypt_and_restore(self, ciphertext: Readable, copy_to: Path | None) -> bool:
-        """Decrypt stdin straight into the restore, both sides hashed: no decrypted archive is
-        written (but `copy_to`, which a point in time restores again). Two checks, the backup
-        is the one recorded, then the restore (reported only if the first passes; its time is
-        what follows the last byte decrypted). The pipe is read to its end however the restore
-        ends, so the first check is always answered."""
+        """Decrypt stdin straight into the restore, the plaintext hashed (the flow hashes the
+        ciphertext as it downloads it): no decrypted archive is written (but `copy_to`, which a
+        point in time restores again). Two checks, the backup is the one recorded, then the
+        restore (reported only if the first passes; its time is what follows the last byte
+        decrypted). The pipe is read to its end however the restore ends, so the first check
+        is always answered."""
         started = time.monotonic()
         found = Decryption()
         restored: tuple[bool, str] = (False, "not attempted")

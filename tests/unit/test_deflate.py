@@ -100,6 +100,10 @@ def test_after_a_stored_block_random_data_is_not_deflated_whole(
     # only, the JSON sampled then deflated, the last random block deflated whole once more.
     assert fed == [MIB, 4 * 16 * 1024, 4 * 16 * 1024, MIB, MIB]
     assert len(written) < len(data) - MIB + MIB // 5  # the JSON block deflated
+    # A long stored run is tried whole every sixteenth block (samples can miss).
+    fed.clear()
+    _gzip(RANDOM[:MIB] * 20)
+    assert fed == [MIB, *[4 * 16 * 1024] * 15, MIB, *[4 * 16 * 1024] * 3]
     sampled = deflated(RANDOM[:MIB], b"", sample=True)
     assert b"".join(sampled)[0] & 0b110 == 0  # stored
 
