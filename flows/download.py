@@ -7,8 +7,55 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
+from typing import Any
 
 from flows.errors import StorageError
+
+CHUNK = 1024 * 1024
+RESUMES = 4  # a read cut midway is resumed where it stopped this many times, then fails
+
+
+class Resuming:
+    """An object's bytes in order, from a store that can be asked again from an offset (S3's
+    Range GET, of the same ETag): a read that fails midway resumes where it stopped, up to
+    RESUMES times (boto3's download_file, which verify used until stop 33, retried its parts
+    too); after that, or once closed, the failure is `fail(error)`, the store's."""
+
+    def __init__(
+        self,
+        body: Any,
+        reopen: Callable[[int], Any],
+        fail: Callable[[BaseException], StorageError],
+    ) -> None:
+        self._body, self._reopen, self._fail = body, reopen, fail
+        self.resumed = 0
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        at = 0
+        try:
+            while True:
+                try:
+                    while chunk := self._body.read(CHUNK):
+                        at += len(chunk)
+                        yield chunk
+                    return
+                except Exception as exc:  # noqa: BLE001 - a dropped connection, a short body
+                    if self.closed or self.resumed >= RESUMES:
+                        raise self._fail(exc) from None
+                self._body.close()
+                self.resumed += 1
+                try:
+                    self._body = self._reopen(at)
+                except Exception as exc:  # noqa: BLE001
+                    raise self._fail(exc) from None
+        finally:
+            self._body.close()
+
+    def close(self) -> None:
+        """From any thread: the reading ends (a read under way fails, and is not resumed)."""
+        self.closed = True
+        self._body.close()
 
 
 class Download:

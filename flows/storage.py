@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from flows.download import Download
+from flows.download import Download, Resuming
 from flows.errors import StorageError
 from flows.secrets import S3Settings, resolve
 from jaco.public import private_output, sweep_partials, write_private
@@ -165,24 +165,22 @@ class S3Store:
         return dict(head.get("Metadata", {}))
 
     def open(self, key: str) -> Download:
-        """`key` as one GET, read in order (the drill feeds it to its sandbox as it comes)."""
+        """`key` read in order as it arrives (verify decrypts it, the drill feeds it to its
+        sandbox): one GET, resumed from where it stopped (a Range GET) if it is cut."""
         try:
             reply = self.client.get_object(Bucket=self.bucket, Key=key)
         except Exception as exc:  # noqa: BLE001
             raise _s3_error(exc, f"download of {key}") from None
-        body = reply["Body"]
 
-        def chunks() -> Iterator[bytes]:
-            try:
-                while chunk := body.read(CHUNK):
-                    yield chunk
-            except Exception as exc:  # noqa: BLE001 - a dropped connection, a short body
-                raise _s3_error(exc, f"download of {key}") from None
-            finally:
-                body.close()
+        def reopen(at: int) -> Any:  # the rest of the same object (its ETag), or an error
+            rest = f"bytes={at}-"
+            return self.client.get_object(
+                Bucket=self.bucket, Key=key, Range=rest, IfMatch=reply["ETag"]
+            )["Body"]
 
+        body = Resuming(reply["Body"], reopen, lambda exc: _s3_error(exc, f"download of {key}"))
         metadata = dict(reply.get("Metadata", {}))
-        return Download(key, metadata, reply["ContentLength"], chunks(), body.close)
+        return Download(key, metadata, reply["ContentLength"], iter(body), body.close)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """A small object in one PUT (atomic in S3: readers see the old one or the new one)."""

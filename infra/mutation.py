@@ -932,7 +932,16 @@ MUTATIONS: list[Mutation] = [
         "flows/tasks.py",
         "            if backup.error is not None:\n                raise backup.error from None\n",
         "",
+        k("tests/test_pipeline.py", "cutting_every_reply"),
+    ),
+    m(
+        "S3 download: a cut read not resumed (stop 33)",
+        "flows/download.py",
+        "RESUMES = 4 ",
+        "RESUMES = 0 ",
         k("tests/test_pipeline.py", "cut_mid_verify"),
+        k(DRILL_FLOW, "cut_midway"),
+        "tests/unit/test_download.py",
     ),
     m(
         "drill: a record without the plaintext's SHA-256 passes the first check (stop 33)",
@@ -968,7 +977,7 @@ MUTATIONS: list[Mutation] = [
         "flows/drill_flow.py",
         "    if backup.error is not None:\n        raise backup.error  # the store failed midway",
         "    if False:\n        raise backup.error  # the store failed midway",
-        k(DRILL_FLOW, "cut_midway"),
+        k(DRILL_FLOW, "cutting_every_reply"),
         "tests/unit/test_download.py",
     ),
 ]

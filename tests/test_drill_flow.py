@@ -192,11 +192,12 @@ def test_the_backup_goes_into_the_sandbox_as_it_downloads_never_to_the_hosts_dis
     )
 
 
-def test_a_download_cut_midway_is_retried_in_a_fresh_sandbox(
+def test_a_download_cut_midway_resumes_where_it_stopped(
     stored: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """S3's connection drops halfway through the backup, while the sandbox is restoring it:
-    the step is tried again in a new sandbox, and the drill passes on the whole object."""
+    the download resumes where it stopped (a Range GET), in the same sandbox, and the drill
+    passes on the whole object (until stop 33, the step was tried again in a new sandbox)."""
     size = stored["s3"].client().head_object(Bucket=BUCKET, Key=stored["key"])["ContentLength"]
     proxy = FaultyProxy(
         stored["s3"].s3_port, cut_once_after=size // 2, asked_for=stored["key"].encode()
@@ -209,8 +210,29 @@ def test_a_download_cut_midway_is_retried_in_a_fresh_sandbox(
         proxy.close()
     assert proxy.cuts == 1
     assert state.is_completed(), state.message
-    # one sandbox run cut short (its S3 read failed, a retryable StorageError), one whole
-    assert [r.run_count for r in task_runs(state, "sandbox-drill")] == [2]
+    # one sandbox run: the cut was resumed inside it, not retried as a failed step
+    assert [r.run_count for r in task_runs(state, "sandbox-drill")] == [1]
+    assert own_agents() == []
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_a_store_cutting_every_reply_fails_the_drill_as_the_stores_failure(
+    stored: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every reply for the backup cut short: the resumes run out, and the drill fails naming
+    the store's failure, not a damaged backup."""
+    size = stored["s3"].client().head_object(Bucket=BUCKET, Key=stored["key"])["ContentLength"]
+    proxy = FaultyProxy(stored["s3"].s3_port, cut_after=size // 8, asked_for=stored["key"].encode())
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{proxy.address}")
+    monkeypatch.setenv("JACO_TASK_RETRIES", "0")
+    try:
+        state = drill(stored, tmp_path / "work", key=stored["key"])
+    finally:
+        proxy.close()
+    assert state.is_failed()
+    failure = str(state.message)
+    assert f"drill step fetch-backup failed: S3 download of {stored['key']}" in failure, failure
+    assert "is damaged" not in failure
     assert own_agents() == []
     assert list((tmp_path / "work").iterdir()) == []
 

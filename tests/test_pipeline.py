@@ -224,11 +224,12 @@ def test_connection_cut_mid_upload_leaves_no_truncated_object(
     assert no_pending_uploads(s3)
 
 
-def test_connection_cut_mid_verify_is_retried_and_the_run_passes(
+def test_connection_cut_mid_verify_resumes_and_the_run_passes(
     env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Verify reads the object as it downloads, straight into the decrypter: S3's reply cut
-    halfway is a store failure, retried (not a damaged backup, deleted)."""
+    halfway resumes where it stopped (a Range GET of the same object), the task runs once,
+    and the backup is verified (not called damaged and deleted)."""
     s3, keys, cluster = env["s3"], env["keys"], env["cluster"]
     with open_client(cluster.nodes["node-1"].server, cluster.token) as client:
         for i in range(3):  # ~1.8 MB of archive: the cut lands mid-object
@@ -250,6 +251,35 @@ def test_connection_cut_mid_verify_is_retried_and_the_run_passes(
     assert state.is_completed(), state.message
     result = state.result()
     assert objects(s3)[result["key"]] == result["size"] > 900_000
+    assert [r.run_count for r in task_runs(state, "verify")] == [1]
+
+
+def test_s3_cutting_every_reply_fails_verify_as_the_stores_failure_not_damage(
+    env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every reply cut after 300 kB: verify's resumes run out, and the run fails naming the
+    store's failure (retryable, retried), not a damaged backup."""
+    s3, keys, cluster = env["s3"], env["keys"], env["cluster"]
+    with open_client(cluster.nodes["node-1"].server, cluster.token) as client:
+        for i in range(3):  # ~1.8 MB of archive: six replies' worth, more than the resumes
+            blob = base64.b64encode(os.urandom(600_000)).decode()
+            client.call(
+                "Deploy", pb.DeployRequest(name=f"blob{i}", image="x:1", env={"BLOB": blob})
+            )
+    proxy = FaultyProxy(s3.s3_port, cut_after=300_000)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{proxy.address}")
+    monkeypatch.setenv("JACO_TASK_RETRIES", "1")
+    monkeypatch.setenv("JACO_RETRY_BACKOFF", "0.2")
+    try:
+        state = run_flow(params(cluster, keys, tmp_path / "local"))
+    finally:
+        proxy.close()
+        for i in range(3):
+            cluster.ok("rm", f"blob{i}")
+    assert state.is_failed()
+    failure = str(state.message)
+    assert "StorageError: S3 download of " in failure, failure
+    assert "is damaged" not in failure
     assert [r.run_count for r in task_runs(state, "verify")] == [2]
 
 

@@ -6,12 +6,13 @@ recorded), and a reader stalled in another thread is cut loose without its bytes
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Iterator
 
 import pytest
 
-from flows.download import Download
+from flows.download import RESUMES, Download, Resuming
 from flows.errors import StorageError
 
 CHUNKS = [b"a" * 1000, b"b" * 1000, b"c" * 1000]
@@ -72,3 +73,64 @@ def test_a_reader_stalled_in_another_thread_is_cut_loose() -> None:
     assert download.closed and download.received == 1000
     assert download.error is None  # what failed after the close is not the store's failure
     assert download.finish(0.2)
+
+
+class _Body:
+    """An S3 body over `data[at:]` whose reads fail once `cut` bytes have been read."""
+
+    def __init__(self, data: bytes, at: int, cut: int | None) -> None:
+        self.data, self.at, self.left, self.closed = data, at, cut, False
+
+    def read(self, n: int) -> bytes:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        if self.left is not None and self.left <= 0:
+            raise ConnectionResetError("connection reset by peer")
+        n = n if self.left is None else min(n, self.left)
+        piece = self.data[self.at : self.at + n]
+        self.at += len(piece)
+        if self.left is not None:
+            self.left -= len(piece)
+        return piece
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _resuming(data: bytes, cuts: list[int | None]) -> tuple[Resuming, list[int]]:
+    """Resuming over bodies cut after the given numbers of bytes (None: not cut)."""
+    asked: list[int] = []
+
+    def reopen(at: int) -> _Body:
+        asked.append(at)
+        return _Body(data, at, cuts[len(asked)] if len(asked) < len(cuts) else None)
+
+    return Resuming(_Body(data, 0, cuts[0]), reopen, lambda e: StorageError(f"S3: {e}")), asked
+
+
+def test_a_cut_read_resumes_where_it_stopped() -> None:
+    data = os.urandom(5 * 1024 * 1024 + 7)
+    body, asked = _resuming(data, [1_500_000, 2_000_000, None])
+    assert b"".join(body) == data
+    assert asked == [1_500_000, 3_500_000] and body.resumed == 2
+
+
+def test_resumes_are_bounded_then_the_failure_is_the_stores() -> None:
+    data = os.urandom(10 * 1024 * 1024)
+    body, asked = _resuming(data, [1_000_000] * 10)
+    got = bytearray()
+    with pytest.raises(StorageError, match="^S3: connection reset by peer$"):
+        for chunk in body:
+            got += chunk
+    assert len(asked) == RESUMES and bytes(got) == data[: len(got)]
+    assert len(got) == (RESUMES + 1) * 1_000_000
+
+
+def test_a_closed_download_is_not_resumed() -> None:
+    body, asked = _resuming(os.urandom(3 * 1024 * 1024), [None])
+    chunks = iter(body)
+    next(chunks)
+    body.close()  # as Download.close does from another thread: the next read fails
+    with pytest.raises(StorageError):
+        next(chunks)
+    assert asked == []
