@@ -676,7 +676,9 @@ def table(size_mib: int, r: dict[str, Any]) -> list[str]:
     row("encrypt", enc["bytes"], enc["jaco"], "cp", enc["cp"])
     row("upload", up["bytes"], up["jaco"], "boto3 upload_file", up["ref"])
     dl_only = {"seconds": down["jaco"]["download_seconds"], "rss_kib": down["jaco"]["rss_kib"]}
-    row("download (in verify)", down["bytes"], dl_only, "boto3 download_file", down["ref"])
+    # Since stop 33 verify reads the object as it downloads: its seconds waiting for S3 are
+    # not a download's time (the decrypter sets the pace), only the whole task compares.
+    row("waiting for S3 (in verify)", down["bytes"], dl_only, "boto3 download_file", down["ref"])
     ref_name = "download_file, age -d into tar -tzf"
     row("verify task (whole)", down["bytes"], down["jaco"], ref_name, down["verify_ref"])
     row("restore to READY", res["bytes"], res["jaco"], "etcdctl restore + etcd", res["ref"])
@@ -726,14 +728,13 @@ def targets(results: dict[int, dict[str, Any]], dataset: str = "") -> list[str]:
         check(f"{size} MiB restore ≤1.25x", ratio("restore") <= 1.25, f"{ratio('restore'):.2f}x")
         check(f"{size} MiB encrypt ≤1.5x age", ratio("encrypt") <= 1.5, f"{ratio('encrypt'):.2f}x")
         check(f"{size} MiB upload ≤1.0x boto3", ratio("upload") <= 1.0, f"{ratio('upload'):.2f}x")
-        d = r["download"]["jaco"]["download_seconds"] / r["download"]["ref"]["seconds"]
-        check(
-            f"{size} MiB download ≤1.0x boto3",
-            d <= 1.0,
-            f"{d:.2f}x (verify whole: {ratio('download'):.2f}x the download alone)",
-        )
         v = r["download"]["jaco"]["seconds"] / r["download"]["verify_ref"]["seconds"]
-        lines.append(f"- verify task vs download_file, age -d into tar -tzf: {v:.2f}x")
+        check(
+            f"{size} MiB verify (streamed download, decrypt, checks) ≤1.0x download_file, "
+            "age -d into tar -tzf",
+            v <= 1.0,
+            f"{v:.2f}x (the whole task {ratio('download'):.2f}x the download alone)",
+        )
         check(
             f"{size} MiB pipeline ≤1.2x sum", ratio("pipeline") <= 1.2, f"{ratio('pipeline'):.2f}x"
         )
