@@ -203,11 +203,13 @@ def verify_task(where: Where, key: str, taken: BackupMeta, encrypted: Encrypted)
                 plain_sha, meta = decrypt_and_read_archive(
                     ChunkReader(chunks), identities, key.rsplit("/", 1)[-1]
                 )
-        except (DecryptionFailed, ArchiveError):
-            backup.drain()  # the checksum needs it all; a store failure explains the rest
-            if backup.error is not None:
+        except Exception as exc:
+            if backup.error is None and isinstance(exc, DecryptionFailed | ArchiveError):
+                backup.drain()  # the checksum needs it all
+            if backup.error is not None:  # the store failed: that explains the rest
                 raise backup.error from None
-            check_ciphertext(key, backup.sha256, backup.metadata, encrypted.ciphertext_sha256)
+            if isinstance(exc, DecryptionFailed | ArchiveError):
+                check_ciphertext(key, backup.sha256, backup.metadata, encrypted.ciphertext_sha256)
             raise
         backup.drain()  # age need not read past its last chunk; the checksum does
         if backup.error is not None:
