@@ -197,25 +197,35 @@ def test_upload_refused_for_good_leaves_no_local_copy_either(
     assert copies == [], "a local copy outlived the run"
 
 
-def test_connection_cut_mid_upload_leaves_no_truncated_object(
-    env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    s3, keys, cluster = env["s3"], env["keys"], env["cluster"]
+def run_through(
+    env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proxy: FaultyProxy
+) -> Any:
+    """One backup run with S3 reached through `proxy`, the cluster holding ~1.8 MB of
+    incompressible state (three deployments of 600 kB of random bytes; base64 gzips to 3/4),
+    removed afterwards."""
+    cluster = env["cluster"]
     with open_client(cluster.nodes["node-1"].server, cluster.token) as client:
-        for i in range(3):  # ~2.4 MiB of incompressible state: a multipart upload
+        for i in range(3):
             blob = base64.b64encode(os.urandom(600_000)).decode()
             client.call(
                 "Deploy", pb.DeployRequest(name=f"blob{i}", image="x:1", env={"BLOB": blob})
             )
-    proxy = FaultyProxy(s3.s3_port, cut_upstream_once_after=1_500_000)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{proxy.address}")
-    monkeypatch.setenv("JACO_S3_PART_MIB", "1")
     try:
-        state = run_flow(params(cluster, keys, tmp_path / "local"))
+        return run_flow(params(cluster, env["keys"], tmp_path / "local"))
     finally:
         proxy.close()
         for i in range(3):
             cluster.ok("rm", f"blob{i}")
+
+
+def test_connection_cut_mid_upload_leaves_no_truncated_object(
+    env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3 = env["s3"]
+    proxy = FaultyProxy(s3.s3_port, cut_upstream_once_after=1_500_000)
+    monkeypatch.setenv("JACO_S3_PART_MIB", "1")  # ~1.8 MB of archive: a multipart upload
+    state = run_through(env, tmp_path, monkeypatch, proxy)
     assert proxy.cuts == 1
     assert state.is_completed(), state.message
     result = state.result()
@@ -230,23 +240,12 @@ def test_connection_cut_mid_verify_resumes_and_the_run_passes(
     """Verify reads the object as it downloads, straight into the decrypter: S3's reply cut
     halfway resumes where it stopped (a Range GET of the same object), the task runs once,
     and the backup is verified (not called damaged and deleted)."""
-    s3, keys, cluster = env["s3"], env["keys"], env["cluster"]
-    with open_client(cluster.nodes["node-1"].server, cluster.token) as client:
-        for i in range(3):  # ~1.8 MB of archive: the cut lands mid-object
-            blob = base64.b64encode(os.urandom(600_000)).decode()
-            client.call(
-                "Deploy", pb.DeployRequest(name=f"blob{i}", image="x:1", env={"BLOB": blob})
-            )
-    # Only replies after a request for the backup itself count (its PUT, then its GET).
+    s3 = env["s3"]
+    # Only replies after a request for the backup itself count (its PUT, then its GET); the
+    # ~1.8 MB object is cut midway.
     proxy = FaultyProxy(s3.s3_port, cut_once_after=900_000, asked_for=b".tar.gz.age HTTP/1.1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{proxy.address}")
     monkeypatch.setenv("JACO_RETRY_BACKOFF", "0.2")
-    try:
-        state = run_flow(params(cluster, keys, tmp_path / "local"))
-    finally:
-        proxy.close()
-        for i in range(3):
-            cluster.ok("rm", f"blob{i}")
+    state = run_through(env, tmp_path, monkeypatch, proxy)
     assert proxy.cuts == 1
     assert state.is_completed(), state.message
     result = state.result()
@@ -259,23 +258,11 @@ def test_s3_cutting_every_reply_fails_verify_as_the_stores_failure_not_damage(
 ) -> None:
     """Every reply cut after 300 kB: verify's resumes run out, and the run fails naming the
     store's failure (retryable, retried), not a damaged backup."""
-    s3, keys, cluster = env["s3"], env["keys"], env["cluster"]
-    with open_client(cluster.nodes["node-1"].server, cluster.token) as client:
-        for i in range(3):  # ~1.8 MB of archive: six replies' worth, more than the resumes
-            blob = base64.b64encode(os.urandom(600_000)).decode()
-            client.call(
-                "Deploy", pb.DeployRequest(name=f"blob{i}", image="x:1", env={"BLOB": blob})
-            )
-    proxy = FaultyProxy(s3.s3_port, cut_after=300_000)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{proxy.address}")
+    # ~1.8 MB of archive: six replies' worth, more than the resumes
+    proxy = FaultyProxy(env["s3"].s3_port, cut_after=300_000)
     monkeypatch.setenv("JACO_TASK_RETRIES", "1")
     monkeypatch.setenv("JACO_RETRY_BACKOFF", "0.2")
-    try:
-        state = run_flow(params(cluster, keys, tmp_path / "local"))
-    finally:
-        proxy.close()
-        for i in range(3):
-            cluster.ok("rm", f"blob{i}")
+    state = run_through(env, tmp_path, monkeypatch, proxy)
     assert state.is_failed()
     failure = str(state.message)
     assert "StorageError: S3 download of " in failure, failure

@@ -94,9 +94,14 @@ def test_verify_names_what_the_stored_object_is_not(
     failure = str(state.message)
     assert message in failure, failure
     assert "corrupt or truncated" not in failure
+    _no_trace(store, prefix, tmp_path / "local")
+
+
+def _no_trace(store: Any, prefix: str, local: Path) -> None:
+    """Nothing of the failed backup in the bucket, its catalog or the local copies."""
     assert [o.key for o in store.list(f"{prefix}/") if "/catalog/" not in o.key] == []
     assert Catalog(store, prefix, "prod").backups() == []
-    assert not list((tmp_path / "local").rglob("*.age"))
+    assert not list(local.rglob("*.age"))
 
 
 def _flipped(data: bytearray, metadata: dict[str, str]) -> None:
@@ -161,6 +166,4 @@ def test_verify_refuses_an_object_damaged_in_the_store(
     assert state.is_failed()
     failure = str(state.message)
     assert message.format(stored=sizes[0], uploaded=sizes[-1]) in failure, failure
-    assert [o.key for o in store.list(f"{prefix}/") if "/catalog/" not in o.key] == []
-    assert Catalog(store, prefix, "prod").backups() == []
-    assert not list((tmp_path / "local").rglob("*.age"))
+    _no_trace(store, prefix, tmp_path / "local")
