@@ -229,8 +229,6 @@ class Drill:
                     if self.backup_bytes:  # what it decrypts to is a little smaller
                         require_space(copy_to.parent, self.backup_bytes, "decrypting this backup")
                     copy = stack.enter_context(create_private(copy_to))
-                # The ciphertext is the flow's to hold to its record: it hashes the object as
-                # it downloads it, and discards this report if that fails (stop 33).
                 plain, found = stack.enter_context(
                     decrypting(ciphertext, identities, copy=copy, hash_ciphertext=False)
                 )
@@ -254,8 +252,7 @@ class Drill:
             return False, "no SHA-256 of it was recorded: nothing to hold it to"
         if found.plaintext_sha256 != self.expect.plaintext_sha256:
             return False, "it decrypts to another archive than the one recorded"
-        size = found.plaintext_size
-        return True, f"{size} bytes decrypted into the restore: the archive recorded"
+        return True, f"{found.plaintext_size} bytes decrypted into the restore: the one recorded"
 
     def _receive_segments(self, stdin: IO[bytes]) -> tuple[bool, str]:
         """The segments' ciphertexts, as they follow the backup on stdin, each into the

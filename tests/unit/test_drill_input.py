@@ -63,7 +63,7 @@ def test_a_segment_name_or_size_that_is_not_a_segment_is_refused(
 @pytest.mark.parametrize(
     ("recorded", "ok", "detail"),
     [
-        ("a" * 64, True, "9 bytes decrypted into the restore: the archive recorded"),
+        ("a" * 64, True, "9 bytes decrypted into the restore: the one recorded"),
         ("b" * 64, False, "it decrypts to another archive than the one recorded"),
         ("", False, "no SHA-256 of it was recorded: nothing to hold it to"),
     ],
