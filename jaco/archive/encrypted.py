@@ -2,9 +2,9 @@
 a `.tar.gz.age`, the pipeline's verify, the drill. No decrypted archive is written.
 
 The decryption runs in a process of its own (jaco.archive.decrypter), fed the ciphertext by a
-thread of this one; this process reads the plaintext from its pipe. Both are hashed on the
-way: verify compares them with what the pipeline recorded, the drill the plaintext (its flow
-hashes the ciphertext as it downloads).
+thread of this one; this process reads the plaintext from its pipe, hashed on the way: verify
+and the drill compare it with what the pipeline recorded (their flows hash the ciphertext as
+it downloads, flows.download).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from jaco.files import CHUNK, Readable
 class Decryption:
     """What a decryption found: complete once `decrypting` has ended."""
 
-    ciphertext_sha256: str = ""
     plaintext_sha256: str = ""
     plaintext_size: int = 0
     seconds: float = 0.0  # from the start to the plaintext's last byte
@@ -80,13 +79,10 @@ class _Plaintext:
             self._found.plaintext_sha256 = self._sha.hexdigest()
 
 
-def _pump(
-    source: Path | Readable, child: subprocess.Popen[bytes], found: Decryption, hashes: bool
-) -> None:
-    """Feed the ciphertext to the decrypter, hashing it. If the decrypter stops reading, the
-    rest is still hashed when it ended well (age need not read what follows its last chunk:
-    it is part of the object all the same), not when it failed."""
-    sha = hashlib.sha256() if hashes else None
+def _pump(source: Path | Readable, child: subprocess.Popen[bytes]) -> None:
+    """Feed the ciphertext to the decrypter. If the decrypter stops reading, the rest is still
+    read when it ended well (age need not read what follows its last chunk: it is part of the
+    object all the same, and a stream may carry more after it), not when it failed."""
     with contextlib.ExitStack() as stack:
         src = (
             stack.enter_context(open(source, "rb", buffering=0))
@@ -96,8 +92,6 @@ def _pump(
         sink: IO[bytes] | None = child.stdin
         assert sink is not None
         while block := src.read(CHUNK):
-            if sha is not None:
-                sha.update(block)
             if sink is not None:
                 try:
                     sink.write(block)
@@ -107,8 +101,6 @@ def _pump(
                         return
         with contextlib.suppress(BrokenPipeError):
             child.stdin.close()  # type: ignore[union-attr]
-    if sha is not None:
-        found.ciphertext_sha256 = sha.hexdigest()
 
 
 @contextlib.contextmanager
@@ -116,13 +108,14 @@ def decrypting(
     ciphertext: Path | Readable,
     identities: list[Any],
     copy: IO[bytes] | None = None,
-    hash_ciphertext: bool = True,
-    hash_plaintext: bool = True,
+    hashes: bool = True,
 ) -> Iterator[tuple[IO[bytes], Decryption]]:
     """Decrypt `ciphertext` in a process of its own (jaco.archive.decrypter: pyrage holds the
     GIL) fed by a thread of this one: yields the plaintext to read and the Decryption, filled
-    in once the block is left (each SHA-256 hashed on the way unless told not to: they cost
-    a core-second per GiB on each side; `copy` gets the plaintext too).
+    in once the block is left (the plaintext's SHA-256, hashed on the way unless `hashes` is
+    False: a core-second per GiB; `copy` gets the plaintext too). The ciphertext is the
+    caller's to hash, as it reads it (until stop 33 this hashed it too, for callers that all
+    hashed it already or did not need it).
 
     Leaving the block reads the plaintext to its end and raises a decryption's failure.
     Leaving it with an ArchiveError raises the decryption's failure instead, if it had one:
@@ -154,14 +147,14 @@ def decrypting(
 
     def pump() -> None:
         try:
-            _pump(ciphertext, child, found, hash_ciphertext)
+            _pump(ciphertext, child)
         except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
             failure.append(exc)
             with contextlib.suppress(OSError):
                 child.stdin.close()  # type: ignore[union-attr]
 
     feeder = threading.Thread(target=pump, name="decrypt-feed", daemon=True)
-    plain = _Plaintext(cast(io.BufferedReader, child.stdout), copy, found, hash_plaintext)
+    plain = _Plaintext(cast(io.BufferedReader, child.stdout), copy, found, hashes)
     broken: ArchiveError | None = None
     try:
         try:
@@ -212,12 +205,11 @@ def decrypt_and_read_archive(
     ciphertext: Path | Readable, identities: list[Any], name: str = ""
 ) -> tuple[str, BackupMeta]:
     """Decrypt straight into the archive reader: the plaintext never touches the disk.
-    Returns the plaintext's SHA-256 and the verified meta.json (the ciphertext is the caller's
-    to hash: the pipeline's verify hashes it as it downloads). `name` (default: the file's)
+    Returns the plaintext's SHA-256 and the verified meta.json. `name` (default: the file's)
     names it in errors."""
     if isinstance(ciphertext, Path):
         name = name or ciphertext.name
-    with decrypting(ciphertext, identities, hash_ciphertext=False) as (plain, found):
+    with decrypting(ciphertext, identities) as (plain, found):
         meta = read_archive_stream(plain, name=name or "the backup")
     return found.plaintext_sha256, meta
 
@@ -238,8 +230,7 @@ def read_backup(
             f"{path} is an age-encrypted backup: give --identity FILE (or set "
             "JACO_AGE_IDENTITY_FILE) to decrypt it as it is read, or decrypt it with `age -d` first"
         )
-    # nothing to hold the hashes to
-    with decrypting(path, identities, hash_ciphertext=False, hash_plaintext=False) as (plain, _):
+    with decrypting(path, identities, hashes=False) as (plain, _):  # nothing to hold it to
         meta = read_archive_stream(plain, sink, path.name, reserve)
     return VerifiedArchive(meta, path.stat().st_size)
 

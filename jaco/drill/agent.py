@@ -229,9 +229,7 @@ class Drill:
                     if self.backup_bytes:  # what it decrypts to is a little smaller
                         require_space(copy_to.parent, self.backup_bytes, "decrypting this backup")
                     copy = stack.enter_context(create_private(copy_to))
-                plain, found = stack.enter_context(
-                    decrypting(ciphertext, identities, copy=copy, hash_ciphertext=False)
-                )
+                plain, found = stack.enter_context(decrypting(ciphertext, identities, copy=copy))
                 restored = _attempt(lambda: self._restore(plain))
             return self._recorded(found)
 
