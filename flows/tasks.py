@@ -197,24 +197,25 @@ def verify_task(where: Where, key: str, taken: BackupMeta, encrypted: Encrypted)
             raise VerifyFailed(
                 f"{key} is damaged: {backup.size} bytes stored, {encrypted.size} uploaded"
             )
+        broken: DecryptionFailed | ArchiveError | None = None
         try:
-            # closing: a decrypter that failed leaves the download mid-object, to drain below
+            # closing: a decrypter that failed leaves the download mid-object, drained below
             with contextlib.closing(iter(backup)) as chunks:
                 plain_sha, meta = decrypt_and_read_archive(
                     ChunkReader(chunks), identities, key.rsplit("/", 1)[-1]
                 )
-        except Exception as exc:
-            if backup.error is None and isinstance(exc, DecryptionFailed | ArchiveError):
-                backup.drain()  # the checksum needs it all
-            if backup.error is not None:  # the store failed: that explains the rest
+        except (DecryptionFailed, ArchiveError) as exc:
+            broken = exc  # damage, if the checksum below says so
+        except Exception:
+            if backup.error is not None:
                 raise backup.error from None
-            if isinstance(exc, DecryptionFailed | ArchiveError):
-                check_ciphertext(key, backup.sha256, backup.metadata, encrypted.ciphertext_sha256)
             raise
-        backup.drain()  # age need not read past its last chunk; the checksum does
-        if backup.error is not None:
-            raise backup.error
+        backup.drain()  # the checksum needs it all (age need not read past its last chunk)
+        if backup.error is not None:  # the store failed: that explains the rest
+            raise backup.error from None
     check_ciphertext(key, backup.sha256, backup.metadata, encrypted.ciphertext_sha256)
+    if broken is not None:
+        raise broken
     if plain_sha != encrypted.plaintext_sha256:
         raise VerifyFailed(f"{key} decrypts to another archive than was taken")
     for field in ("cluster_id", "snapshot_index", "snapshot_sha256", "state_digest"):
