@@ -70,7 +70,7 @@ def test_verify_names_what_the_stored_object_is_not(
     message: str,
     lie: bool,
 ) -> None:
-    cluster, keys = stored1["cluster"], stored1["keys"]
+    cluster = stored1["cluster"]
     other = tmp_path / "other.tar.gz"  # another real backup of the same cluster
     cluster.ok("backup", "--output", str(other))
 
@@ -85,23 +85,25 @@ def test_verify_names_what_the_stored_object_is_not(
         return (sha256_file(source) if lie else plain_sha), cipher_sha
 
     monkeypatch.setattr(flows.tasks, "encrypt_file", wrong_encrypt)
-    prefix = "verify-" + label.replace(" ", "-")
-    store = open_store(f"s3://{BUCKET}")
-    state = backup_cluster(
-        params(cluster, keys, tmp_path / "local", prefix=prefix), return_state=True
-    )
-    assert state.is_failed()
-    failure = str(state.message)
+    failure = _failed_without_trace(stored1, tmp_path, "verify-" + label)
     assert message in failure, failure
     assert "corrupt or truncated" not in failure
-    _no_trace(store, prefix, tmp_path / "local")
 
 
-def _no_trace(store: Any, prefix: str, local: Path) -> None:
-    """Nothing of the failed backup in the bucket, its catalog or the local copies."""
+def _failed_without_trace(stored1: dict[str, Any], tmp_path: Path, prefix: str) -> str:
+    """One backup run under `prefix`, which must fail and leave nothing of the backup in the
+    bucket, its catalog or the local copies; its failure message."""
+    prefix = prefix.replace(" ", "-")
+    store = open_store(f"s3://{BUCKET}")
+    local = tmp_path / "local"
+    state = backup_cluster(
+        params(stored1["cluster"], stored1["keys"], local, prefix=prefix), return_state=True
+    )
+    assert state.is_failed()
     assert [o.key for o in store.list(f"{prefix}/") if "/catalog/" not in o.key] == []
     assert Catalog(store, prefix, "prod").backups() == []
     assert not list(local.rglob("*.age"))
+    return str(state.message)
 
 
 def _flipped(data: bytearray, metadata: dict[str, str]) -> None:
@@ -140,7 +142,6 @@ def test_verify_refuses_an_object_damaged_in_the_store(
     """What S3 holds is not what was uploaded (a flipped byte, a short object, the checksum
     missing from its metadata): verify, reading it as it downloads, names it, and the run
     leaves no trace of the backup."""
-    cluster, keys = stored1["cluster"], stored1["keys"]
     sizes: list[int] = []
 
     def damaging_upload(
@@ -158,12 +159,5 @@ def test_verify_refuses_an_object_damaged_in_the_store(
         "upload_task",
         task(name="upload", cache_policy=NO_CACHE)(damaging_upload),
     )
-    prefix = "stored-" + label.replace(" ", "-")
-    store = open_store(f"s3://{BUCKET}")
-    state = backup_cluster(
-        params(cluster, keys, tmp_path / "local", prefix=prefix), return_state=True
-    )
-    assert state.is_failed()
-    failure = str(state.message)
+    failure = _failed_without_trace(stored1, tmp_path, "stored-" + label)
     assert message.format(stored=sizes[0], uploaded=sizes[-1]) in failure, failure
-    _no_trace(store, prefix, tmp_path / "local")
