@@ -239,7 +239,7 @@ def _header(
         "expect": {
             "cluster_id": record.cluster_id,
             "snapshot_index": record.snapshot_index,
-            "plaintext_sha256": record.plaintext_sha256,  # the ciphertext's: this flow's to check
+            "plaintext_sha256": record.plaintext_sha256,  # the ciphertext is this flow's to check
             "anchors": anchors,
         },
         "backup_bytes": backup_bytes,

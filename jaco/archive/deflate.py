@@ -11,8 +11,8 @@ several times faster stored. After a stored block, four 16 KiB samples of the ne
 deflated first; if they do not shrink by a sixteenth, the block is stored without deflating
 the rest, so a run of random data costs about a sixteenth of deflating it (every sixteenth
 block of a stored run is still tried whole, in case the samples missed what deflates; stop
-33). Any gzip
-reader reads the result: one member, one deflate stream, CRC-32 and length at the end.
+33). Any gzip reader reads the result: one member, one deflate stream, CRC-32 and length at
+the end.
 """
 
 from __future__ import annotations
