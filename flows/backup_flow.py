@@ -5,7 +5,8 @@ command line (`jaco pipeline run`, alias `jaco-backup`). One backup of a cluster
 (flows.locking), and each run first sweeps what dead runs left. The cluster's id is pinned in
 its catalog on the first backup; a server answering as another cluster fails the run. The
 catalog records the backup when it is stored and marks it verified once verify has proven it;
-a backup that fails verification is deleted from both stores and from the catalog.
+a backup verify shows damaged is deleted from both stores and from the catalog, and one verify
+could not finish checking (the store kept failing) is kept, recorded unverified.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from prefect.logging import get_run_logger
 from flows.alerts import current_run, on_run_failure
 from flows.catalog import BackupRecord, Catalog, RunRef, Verified, now
 from flows.drill_flow import drill_restore
-from flows.errors import PipelineError
+from flows.errors import PipelineError, VerifyFailed
 from flows.locking import cluster_lock
 from flows.params import BackupParams
 from flows.reports import backup_report, publish_history
@@ -45,8 +46,12 @@ from flows.tasks import (
     verify_task,
 )
 from flows.workdirs import run_workdir, sweep_workdirs
+from jaco.public import ArchiveError, DecryptionFailed
 
 MIB = 1024 * 1024
+# What verify raises when it has shown the stored backup not to be the one taken (as opposed
+# to not having been able to look).
+DAMAGE = (VerifyFailed, DecryptionFailed, ArchiveError)
 BACKUP_TIMEOUT = 2 * 3600
 
 
@@ -203,13 +208,22 @@ def backup_cluster(params: BackupParams) -> dict[str, Any]:
         with stages.stage("verify", enc.size):
             try:
                 retrying(verify_task)(params, key, meta, enc)
-            except Exception as exc:
+            except DAMAGE as exc:
                 # Compensate explicitly (no transactions around retried tasks): a backup
-                # that cannot be proven restorable must not look like one.
+                # shown not to restore must not look like one.
                 logger.error("verification failed for good (%s); deleting %s", exc, key)
                 for url, s3 in ((params.s3_url, params.s3), (params.local_url, None)):
                     open_store(url, s3).delete(key)
                     Catalog(open_store(url, s3), params.prefix, params.cluster).forget([key])
+                raise
+            except Exception as exc:
+                # Verify could not run to the end (the store kept failing, a secret could
+                # not be read): nothing showed the backup damaged, so it is not deleted. Its
+                # records stay unverified, which nothing counts as a good backup.
+                logger.error(
+                    "verification could not finish (%s: %s); %s is kept, recorded unverified",
+                    type(exc).__name__, exc, key,
+                )  # fmt: skip
                 raise
             record = record.model_copy(update={"verified": Verified(at=now(), run=run)})
             retrying(catalog_task)(params, record, run)

@@ -972,6 +972,20 @@ MUTATIONS: list[Mutation] = [
         k(DRILL_FLOW, "cutting_every_reply"),
         "tests/unit/test_download.py",
     ),
+    m(
+        "verify: a backup the store kept from being checked deleted as damaged (stop 34)",
+        "flows/backup_flow.py",
+        "            except DAMAGE as exc:",
+        "            except Exception as exc:",
+        k("tests/test_pipeline.py", "cutting_every_reply"),
+    ),
+    m(
+        "verify: a backup shown damaged kept (stop 34)",
+        "flows/backup_flow.py",
+        "DAMAGE = (VerifyFailed, DecryptionFailed, ArchiveError)",
+        "DAMAGE = (VerifyFailed,)",
+        k("tests/test_pipeline.py", "wrong_verify_identity"),
+    ),
 ]
 
 

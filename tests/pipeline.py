@@ -115,3 +115,18 @@ def task_runs(state: Any, name: str) -> list[Any]:
             )
         )
     return [r for r in runs if r.name.startswith(name)]
+
+
+def flow_logs(state: Any) -> str:
+    """What the flow run `state` ended logged, as the Prefect server holds it (where operators
+    read it), one message per line."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)  # the last batch may still be on its way
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    return "\n".join(log.message for log in logs)

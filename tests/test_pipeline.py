@@ -22,14 +22,16 @@ from typing import Any
 import pytest
 
 from flows.backup_flow import backup_cluster
+from flows.catalog import Catalog
 from flows.params import BackupParams
 from flows.secrets import S3Settings
+from flows.storage import open_store
 from infra.localcluster import Cluster, cluster_of
 from infra.seaweed import READ_ONLY, SeaweedS3, running_seaweed
 from jaco.client.connection import open_client
 from jaco.v1 import jaco_pb2 as pb
 from tests.netfaults import FaultyProxy
-from tests.pipeline import BUCKET, age_keygen, params, task_runs
+from tests.pipeline import BUCKET, age_keygen, flow_logs, params, task_runs
 
 
 @pytest.fixture(scope="module")
@@ -257,9 +259,13 @@ def test_s3_cutting_every_reply_fails_verify_as_the_stores_failure_not_damage(
     env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every reply cut after 300 kB: verify's resumes run out, and the run fails naming the
-    store's failure (retryable, retried), not a damaged backup."""
+    store's failure (retryable, retried), not a damaged backup. Nothing showed the backup
+    damaged, so it is not deleted: both copies stay, recorded unverified (nothing counts it
+    as a good backup), and the log says so."""
+    s3 = env["s3"]
+    before = objects(s3)
     # ~1.8 MB of archive: six replies' worth, more than the resumes
-    proxy = FaultyProxy(env["s3"].s3_port, cut_after=300_000)
+    proxy = FaultyProxy(s3.s3_port, cut_after=300_000)
     monkeypatch.setenv("JACO_TASK_RETRIES", "1")
     monkeypatch.setenv("JACO_RETRY_BACKOFF", "0.2")
     state = run_through(env, tmp_path, monkeypatch, proxy)
@@ -268,6 +274,14 @@ def test_s3_cutting_every_reply_fails_verify_as_the_stores_failure_not_damage(
     assert "StorageError: S3 download of " in failure, failure
     assert "is damaged" not in failure
     assert [r.run_count for r in task_runs(state, "verify")] == [2]
+    [key] = set(objects(s3)) - set(before)
+    assert [p.relative_to(tmp_path / "local").as_posix() for p in
+            (tmp_path / "local").rglob("*.age")] == [key]  # fmt: skip
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3.env()["AWS_ENDPOINT_URL_S3"])
+    for url in (f"s3://{BUCKET}", f"file://{tmp_path / 'local'}"):
+        record = Catalog(open_store(url), "jaco", "prod").backup(key)
+        assert record is not None and record.verified is None, url
+    assert f"{key} is kept, recorded unverified" in flow_logs(state)
 
 
 def test_leader_dying_mid_backup_costs_one_server_not_the_run(
