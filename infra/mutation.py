@@ -986,6 +986,13 @@ MUTATIONS: list[Mutation] = [
         "DAMAGE = (VerifyFailed,)",
         k("tests/test_pipeline.py", "wrong_verify_identity"),
     ),
+    m(
+        "S3 download: a cut read resumed from whatever the key now holds (stop 34)",
+        "flows/storage.py",
+        'Range=rest, IfMatch=reply["ETag"]',
+        "Range=rest",
+        k("tests/test_pipeline.py", "same_object"),
+    ),
 ]
 
 

@@ -284,6 +284,33 @@ def test_s3_cutting_every_reply_fails_verify_as_the_stores_failure_not_damage(
     assert f"{key} is kept, recorded unverified" in flow_logs(state)
 
 
+def test_a_cut_read_resumes_only_from_the_same_object(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read cut midway resumes with a Range GET of the same object (its ETag): were the
+    object rewritten meanwhile, the rest of another object is not spliced onto the first
+    one's start; the download ends as the store's failure, short of the object."""
+    s3 = env["s3"]
+    key = "resume/rewritten"
+    s3.client().put_object(Bucket=BUCKET, Key=key, Body=b"a" * 4_000_000)
+    proxy = FaultyProxy(s3.s3_port, cut_once_after=2_500_000)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{proxy.address}")
+    try:
+        download = open_store(f"s3://{BUCKET}").open(key)
+        chunks = iter(download)
+        first = next(chunks)  # 1 MiB read; the cut comes later, and so does the resume
+        s3.client().put_object(Bucket=BUCKET, Key=key, Body=b"b" * 4_000_000)
+        rest = b"".join(chunks)
+    finally:
+        proxy.close()
+        download.close()
+    assert proxy.cuts == 1
+    assert download.error is not None
+    assert f"S3 download of {key}" in str(download.error), download.error
+    assert b"b" not in first + rest
+    assert download.received == len(first + rest) < 4_000_000
+
+
 def test_leader_dying_mid_backup_costs_one_server_not_the_run(
     env: dict[str, Any], tmp_path: Path
 ) -> None:
