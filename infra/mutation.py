@@ -993,6 +993,13 @@ MUTATIONS: list[Mutation] = [
         "Range=rest",
         k("tests/test_pipeline.py", "same_object"),
     ),
+    m(
+        "backup: jacod's receiving thread not lowered in priority (stop 34)",
+        "jaco/server/snapshot.py",
+        "        _yield_cpu()\n",
+        "",
+        k("tests/test_backup.py", "etcd_stalls"),
+    ),
 ]
 
 

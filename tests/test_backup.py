@@ -6,6 +6,7 @@ and read-only disks are real tmpfs mounts (the suite runs as root, as CI does).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -176,16 +177,30 @@ def test_a_client_gone_while_etcd_stalls_frees_the_node_at_once(tmp_path: Path) 
         os.kill(etcd, signal.SIGSTOP)
         try:
             time.sleep(1)  # the receiving thread now waits for etcd's next piece
+            # ... at a lower priority than the rest of jacod: a backup yields the CPU
+            niced = _nice_of_threads(jacod)
+            assert sorted(niced) == [0, 10] and len(niced[10]) == 1, niced
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=30)
             assert proc.returncode == 130, err
             # etcd is still stopped: only the call's end can have woken the receiving thread
             wait_for(lambda: not any(scratch.iterdir()), 15, "the scratch copy to go")
+            wait_for(lambda: 10 not in _nice_of_threads(jacod), 15, "the receiving thread to end")
         finally:
             os.kill(etcd, signal.SIGCONT)
         _no_archive_left(out)
         done = cluster.ok("backup", "--output", str(out / "b.tar.gz"))
         assert "snapshot index" in done.err and (out / "b.tar.gz").stat().st_size > 30_000_000
+
+
+def _nice_of_threads(pid: int) -> dict[int, list[int]]:
+    """The threads of `pid` by their nice value."""
+    threads: dict[int, list[int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            nice = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+            threads.setdefault(nice, []).append(int(task.name))
+    return threads
 
 
 def _open_files(pid: int) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -36,6 +37,9 @@ from jaco.server.convert import data_chunk
 SNAPSHOT_TIMEOUT = 600.0
 MESSAGE_BYTES = 1024 * 1024  # etcd sends 32 KiB pieces; pass them on in 1 MiB messages
 QUEUED_PIECES = 8  # at most this many MiB wait between the receiving thread and the client
+# The receiving thread's nice, above jacod's: a backup yields the CPU to etcd and to the API's
+# writes (bench/write_p99: their p99 during a backup 1.49x -> 1.03x that during etcdctl's).
+BACKUP_NICE = 10
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,7 @@ class _Receiver:
 
     def _run(self) -> None:
         assert self._stream is not None
+        _yield_cpu()
         try:
             fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             # No fsync: a scratch copy, deleted after streaming (a crash removes it anyway).
@@ -174,3 +179,12 @@ class _Receiver:
         self.sha256.update(piece)
         self.size += size
         return self._hand_over(wire)
+
+
+def _yield_cpu() -> None:
+    """Lower the calling thread's priority (Linux: a thread's nice is its own) by BACKUP_NICE,
+    up to 19; anyone may lower their own. Nothing else depends on it: a failure is ignored."""
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        niced = min(19, os.getpriority(os.PRIO_PROCESS, tid) + BACKUP_NICE)
+        os.setpriority(os.PRIO_PROCESS, tid, niced)
