@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from jaco.archive.age import PIPE_BYTES, DecryptionFailed, Identities, is_age_file, load_identities
-from jaco.archive.decrypter import EXIT_DAMAGED, EXIT_NO_KEY
+from jaco.archive.decrypter import EXIT_DAMAGED, EXIT_NO_KEY, EXIT_READER_LEFT
 from jaco.archive.format import Reserve, VerifiedArchive, read_archive, read_archive_stream
 from jaco.archive.meta import BackupMeta
 from jaco.errors import ArchiveError, InvalidArgument, JacoError
@@ -167,9 +167,13 @@ def decrypting(
             _stop(child, feeder)
         if failure:  # the ciphertext could not be read: that also cut any plaintext short
             raise failure[0] from None
-        # A broken archive is the decryption's fault only if the decrypter says so.
-        if child.returncode in (EXIT_NO_KEY, EXIT_DAMAGED) or (broken is None and child.returncode):
-            raise _failed(child.returncode, words, identities) from None
+        # A broken archive is the decryption's fault only if the decrypter says so, and the
+        # decrypter's own if it died (killed, an I/O error): it cut the plaintext short.
+        # (EXIT_NO_KEY and EXIT_DAMAGED among them; EXIT_READER_LEFT is the archive's reader
+        # stopping at what it found broken)
+        code = child.returncode
+        if code and (broken is None or code != EXIT_READER_LEFT):
+            raise _failed(code, words, identities) from None
         if broken is not None:
             raise broken
     finally:

@@ -16,7 +16,7 @@ import pytest
 
 from jaco.archive.age import DecryptionFailed, Identities
 from jaco.archive.encrypted import decrypting
-from jaco.errors import ArchiveError
+from jaco.errors import ArchiveError, JacoError
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
 
@@ -107,4 +107,26 @@ def test_a_source_that_fails_is_named_as_itself(sealed: tuple[Path, Identities])
         with decrypting(Failing(), identities) as (plain, _):
             while plain.read(1024 * 1024):
                 pass
+    assert _children() == []
+
+
+def test_a_decrypter_killed_midway_is_its_own_failure_not_a_broken_archive(
+    sealed: tuple[Path, Identities],
+) -> None:
+    """The decrypter killed (the OOM killer, a kill -9) cuts the plaintext short; the reader
+    then finds the archive truncated. That is not the backup's damage (verify deletes a
+    backup for an ArchiveError or a DecryptionFailed), but the decrypter's failure."""
+    import signal
+
+    path, identities = sealed
+    with pytest.raises(JacoError) as caught:
+        with decrypting(path, identities) as (plain, _):
+            assert plain.read(1024) == DATA[:1024]
+            (child,) = _children()
+            os.kill(child, signal.SIGKILL)
+            while plain.read(1024 * 1024):
+                pass
+            raise ArchiveError("the archive is corrupt or truncated")  # what the reader says
+    assert not isinstance(caught.value, (ArchiveError, DecryptionFailed)), caught.value
+    assert "the decrypter failed (exit -9)" in str(caught.value)
     assert _children() == []
