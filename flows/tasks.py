@@ -229,8 +229,10 @@ def prune_task(
     where: Where, store_url: str, cluster_id: str, policy: RetentionPolicy, protect: str | None
 ) -> dict[str, Any]:
     """Apply the retention policy to one store; never touches `protect` (the newest backup
-    when None) or locked objects. The catalog of that store forgets what was deleted, and the
-    change segments of backups no longer there go too (prune_chains)."""
+    when None), the newest backup its catalog records verified (newer unverified ones, kept
+    by a verify that could not finish, must not push it out) or locked objects. The catalog
+    of that store forgets what was deleted, and the change segments of backups no longer
+    there go too (prune_chains)."""
     store = open_store(store_url, where.s3)
     prefix = f"{where.prefix.strip('/')}/{cluster_id}/"
     objects = list(store.list(prefix))
@@ -240,14 +242,16 @@ def prune_task(
                 "segments_deleted": 0}  # fmt: skip
     if protect is None:
         protect = max(backups, key=lambda b: (b.day, b.index)).key
-    keep = to_keep(backups, policy) | {protect}
+    catalog = Catalog(store, where.prefix, where.cluster)
+    verified = next((b.key for b in catalog.backups() if b.verified), protect)
+    keep = to_keep(backups, policy) | {protect, verified}
     candidates = sorted(b.key for b in backups if b.key not in keep)
     locked = {key for key in candidates if store.is_locked(key)}  # asked only where it matters
     doomed = [key for key in candidates if key not in locked]
     if not policy.dry_run:
         for key in doomed:
             store.delete(key)
-        Catalog(store, where.prefix, where.cluster).forget(doomed)
+        catalog.forget(doomed)
     remaining = {stem_of(b.key) for b in backups if b.key not in doomed}
     segments = prune_chains(store, where, remaining, policy.dry_run)
     get_run_logger().info(

@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from prefect import flow
 
+from flows.catalog import BackupRecord, Catalog, Verified
 from flows.params import PruneParams
 from flows.prune_flow import prune_backups
 from flows.retention import RetentionPolicy, parse_key
+from flows.storage import open_store
 from flows.tasks import prune_task
 from infra.seaweed import SeaweedS3, running_seaweed
 
@@ -50,7 +52,9 @@ def where(bucket: str = BUCKET, local: Path | None = None) -> PruneParams:
 
 
 @flow
-def prune(store_url: str, policy: RetentionPolicy, protect: str, bucket: str = BUCKET) -> Any:
+def prune(
+    store_url: str, policy: RetentionPolicy, protect: str | None, bucket: str = BUCKET
+) -> Any:
     """The task as the backup flow runs it (inside a flow run)."""
     return prune_task(where(bucket), store_url, "c1", policy, protect)
 
@@ -106,6 +110,37 @@ def test_gfs_on_local_directory(tmp_path: Path, prefect: str) -> None:
     prune(f"file://{tmp_path}", POLICY, key_of(dt.date(2026, 3, 3)))
     keys = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.age")]
     assert remaining_days(keys) == EXPECTED | {PROTECTED}
+
+
+def test_the_newest_verified_backup_outlives_newer_unverified_ones(
+    tmp_path: Path, prefect: str
+) -> None:
+    """A backup whose verify could not finish is kept, unverified: it must not take the last
+    slot of the one the catalog proves restorable. keep_last=1, the newest unverified, run as
+    the prune flow runs it (nothing named to protect): the verified one before it stays."""
+    days = all_days()[-3:]
+    catalog = Catalog(open_store(f"file://{tmp_path}"), "jaco", "c1")
+    for day in days:
+        path = tmp_path / key_of(day)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        verified = Verified(at=dt.datetime.now(dt.UTC)) if day == days[1] else None
+        catalog.record_backup(_record(key_of(day), day, verified))
+    policy = RetentionPolicy(keep_last=1, daily=0, weekly=0, monthly=0)
+    result = prune(f"file://{tmp_path}", policy, None)
+    assert result["kept"] == sorted([key_of(days[1]), key_of(days[2])])
+    assert result["deleted"] == [key_of(days[0])]
+    assert sorted(b.key for b in catalog.backups()) == result["kept"]
+
+
+def _record(key: str, day: dt.date, verified: Verified | None) -> BackupRecord:
+    return BackupRecord(
+        cluster="c1", cluster_id="c1", key=key,
+        taken_at=dt.datetime.combine(day, dt.time(), dt.UTC),
+        snapshot_index=day.toordinal(), snapshot_term=1, jaco_version="test",
+        archive_size=1, size=1, plaintext_sha256="0" * 64, ciphertext_sha256="1" * 64,
+        snapshot_sha256="2" * 64, state_digest="3" * 64, counts={}, verified=verified,
+    )  # fmt: skip
 
 
 def test_objects_under_object_lock_are_skipped(
