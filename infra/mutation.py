@@ -794,10 +794,10 @@ MUTATIONS: list[Mutation] = [
     m(
         "restore of a .tar.gz.age: a damaged ciphertext is reported as a corrupt archive (stop 31)",
         "jaco/archive/encrypted.py",
-        "        if child.returncode in (EXIT_NO_KEY, EXIT_DAMAGED) or (broken is None and "
-        "child.returncode):",
-        "        if broken is None and child.returncode:",
+        "        if code and (broken is None or code != EXIT_READER_LEFT):",
+        "        if broken is None and code:",
         k(ENCRYPTED, "flipped or cut"),
+        "tests/unit/test_decrypter.py",
     ),
     m(
         "decrypter: the age identity handed over in its argument list (stop 31)",
@@ -999,6 +999,13 @@ MUTATIONS: list[Mutation] = [
         "        _yield_cpu()\n",
         "",
         k("tests/test_backup.py", "etcd_stalls"),
+    ),
+    m(
+        "retention: the newest verified backup pushed out by newer unverified ones (stop 34)",
+        "flows/tasks.py",
+        "    keep = to_keep(backups, policy) | {protect, verified}",
+        "    keep = to_keep(backups, policy) | {protect}",
+        k("tests/test_retention.py", "newest_verified"),
     ),
 ]
 

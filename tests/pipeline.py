@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 from pathlib import Path
@@ -118,15 +119,18 @@ def task_runs(state: Any, name: str) -> list[Any]:
 
 
 def flow_logs(state: Any) -> str:
-    """What the flow run `state` ended logged, as the Prefect server holds it (where operators
-    read it), one message per line."""
+    """The warnings and errors the flow run `state` ended logged, as the Prefect server holds
+    them (where operators read them), one message per line."""
     from prefect import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterLevel
     from prefect.logging.handlers import APILogWorker
 
     APILogWorker.drain_all(timeout=10)  # the last batch may still be on its way
     with get_client(sync_client=True) as client:
         logs = client.read_logs(
-            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+            LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+                level=LogFilterLevel(ge_=logging.WARNING),  # a long run's first page is INFO
+            )
         )
     return "\n".join(log.message for log in logs)

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[2]
-RESULT = re.compile(r"\b(?:[a-z]+(?:-[a-z]+)*-)?\d{8}T\d{6}Z\.(?:json|log|txt)\b")
+RESULT = re.compile(r"\b(?:[a-z][a-z0-9]*(?:-[a-z0-9]+)*-)?\d{8}T\d{6}Z\.(?:json|log|txt)\b")
 
 
 def test_every_results_file_the_docs_quote_is_committed() -> None:
