@@ -374,7 +374,7 @@ class Catalog:
             backups=backups,
             failures=self.failures(),
             failure_counts=self.failure_counts(),
-            window=self.window(backups),
+            window=self.window([b for b in backups if b.verified]),  # proven bases only
             stream=self.stream_status(),
         )
 

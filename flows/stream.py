@@ -126,8 +126,9 @@ class Stream:
     # -- the chain -----------------------------------------------------------------------
 
     def newest_backup(self) -> BackupRecord | None:
-        backups = self.catalogs[0].backups()
-        return backups[0] if backups else None
+        """The chain's base: the newest backup verify proved (one it could not finish checking
+        is kept, unverified, and is no base for a point-in-time restore)."""
+        return next((b for b in self.catalogs[0].backups() if b.verified), None)
 
     def full_backup(self, why: str) -> BackupRecord:
         from flows.backup_flow import backup_cluster

@@ -1007,6 +1007,20 @@ MUTATIONS: list[Mutation] = [
         "    keep = to_keep(backups, policy) | {protect}",
         k("tests/test_retention.py", "newest_verified"),
     ),
+    m(
+        "change stream: segments chained onto an unverified backup (stop 34)",
+        "flows/stream.py",
+        "        return next((b for b in self.catalogs[0].backups() if b.verified), None)",
+        "        return next(iter(self.catalogs[0].backups()), None)",
+        "tests/unit/test_stream_base.py",
+    ),
+    m(
+        "catalog: the restorable window reaching an unverified backup (stop 34)",
+        "flows/catalog.py",
+        "window=self.window([b for b in backups if b.verified])",
+        "window=self.window(backups)",
+        "tests/unit/test_stream_base.py",
+    ),
 ]
 
 

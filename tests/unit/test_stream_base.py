@@ -1,0 +1,55 @@
+"""The change stream chains its segments onto the newest *verified* full backup, and the
+restorable window `jaco backup ls` shows spans verified backups only: a newer one that verify
+could not finish checking (kept, unverified) is no base for a point-in-time restore."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pyrage
+
+from flows.catalog import BackupRecord, Catalog, Verified
+from flows.params import BackupParams
+from flows.storage import open_store
+from flows.stream import Stream
+
+
+def _record(index: int, verified: bool) -> BackupRecord:
+    day = dt.date(2026, 12, 1) + dt.timedelta(days=index)
+    return BackupRecord(
+        cluster="c1", cluster_id="c1",
+        key=f"jaco/c1/{day:%Y/%m/%d}/cluster-{day.isoformat()}-{index}.tar.gz.age",
+        taken_at=dt.datetime.combine(day, dt.time(), dt.UTC), snapshot_index=index,
+        snapshot_term=1, jaco_version="test", archive_size=1, size=1,
+        plaintext_sha256="0" * 64, ciphertext_sha256="1" * 64, snapshot_sha256="2" * 64,
+        state_digest="3" * 64, counts={},
+        verified=Verified(at=dt.datetime.now(dt.UTC)) if verified else None,
+    )  # fmt: skip
+
+
+def test_the_stream_bases_its_chain_on_the_newest_verified_backup(tmp_path: Path) -> None:
+    params = BackupParams(
+        cluster="c1",
+        servers=["127.0.0.1:1"],
+        bucket="unused",
+        recipients=[str(pyrage.x25519.Identity.generate().to_public())],
+        local_dir=str(tmp_path),
+    )
+    stream = Stream(params)
+    catalog = Catalog(open_store(f"file://{tmp_path}"), "jaco", "c1")
+    stream.catalogs = [catalog]  # the local store's catalog: the same code as S3's
+    assert stream.newest_backup() is None
+    for index, verified in ((1, True), (2, True), (3, False)):
+        catalog.record_backup(_record(index, verified))
+    base = stream.newest_backup()
+    assert base is not None and base.snapshot_index == 2
+
+
+def test_the_restorable_window_ends_at_the_newest_verified_backup(tmp_path: Path) -> None:
+    catalog = Catalog(open_store(f"file://{tmp_path}"), "jaco", "c1")
+    for index, verified in ((1, True), (2, True), (3, False)):
+        catalog.record_backup(_record(index, verified))
+    window = catalog.view().window
+    assert window is not None
+    assert window.until == _record(2, True).taken_at and window.base == _record(2, True).stem
