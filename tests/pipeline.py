@@ -1,7 +1,8 @@
-"""Helpers shared by the flow tests: real age keys and the flow's parameters."""
+"""Helpers shared by the flow tests: real age keys, the flow's parameters, catalog records."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import re
@@ -9,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from flows.catalog import BackupRecord, Verified
 from flows.params import BackupParams
 from flows.retention import RetentionPolicy
 from infra.localcluster import Cluster
@@ -134,3 +136,16 @@ def flow_logs(state: Any) -> str:
             )
         )
     return "\n".join(log.message for log in logs)
+
+
+def backup_record(key: str, day: dt.date, index: int, verified: bool) -> BackupRecord:
+    """A catalog record of backup `key` (cluster c1) taken at midnight of `day`, verified or
+    not; its checksums are placeholders (nothing reads the object)."""
+    return BackupRecord(
+        cluster="c1", cluster_id="c1", key=key,
+        taken_at=dt.datetime.combine(day, dt.time(), dt.UTC), snapshot_index=index,
+        snapshot_term=1, jaco_version="test", archive_size=1, size=1,
+        plaintext_sha256="0" * 64, ciphertext_sha256="1" * 64, snapshot_sha256="2" * 64,
+        state_digest="3" * 64, counts={},
+        verified=Verified(at=dt.datetime.now(dt.UTC)) if verified else None,
+    )  # fmt: skip

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 from prefect import flow
 
-from flows.catalog import BackupRecord, Catalog, Verified
+from flows.catalog import Catalog
 from flows.params import PruneParams
 from flows.prune_flow import prune_backups
 from flows.retention import RetentionPolicy, parse_key
 from flows.storage import open_store
 from flows.tasks import prune_task
 from infra.seaweed import SeaweedS3, running_seaweed
+from tests.pipeline import backup_record
 
 BUCKET = "retention"
 PREFIX = "jaco/c1/"
@@ -124,23 +125,14 @@ def test_the_newest_verified_backup_outlives_newer_unverified_ones(
         path = tmp_path / key_of(day)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
-        verified = Verified(at=dt.datetime.now(dt.UTC)) if day == days[1] else None
-        catalog.record_backup(_record(key_of(day), day, verified))
+        catalog.record_backup(
+            backup_record(key_of(day), day, day.toordinal(), verified=day == days[1])
+        )
     policy = RetentionPolicy(keep_last=1, daily=0, weekly=0, monthly=0)
     result = prune(f"file://{tmp_path}", policy, None)
     assert result["kept"] == sorted([key_of(days[1]), key_of(days[2])])
     assert result["deleted"] == [key_of(days[0])]
     assert sorted(b.key for b in catalog.backups()) == result["kept"]
-
-
-def _record(key: str, day: dt.date, verified: Verified | None) -> BackupRecord:
-    return BackupRecord(
-        cluster="c1", cluster_id="c1", key=key,
-        taken_at=dt.datetime.combine(day, dt.time(), dt.UTC),
-        snapshot_index=day.toordinal(), snapshot_term=1, jaco_version="test",
-        archive_size=1, size=1, plaintext_sha256="0" * 64, ciphertext_sha256="1" * 64,
-        snapshot_sha256="2" * 64, state_digest="3" * 64, counts={}, verified=verified,
-    )  # fmt: skip
 
 
 def test_objects_under_object_lock_are_skipped(

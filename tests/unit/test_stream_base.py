@@ -9,23 +9,17 @@ from pathlib import Path
 
 import pyrage
 
-from flows.catalog import BackupRecord, Catalog, Verified
+from flows.catalog import BackupRecord, Catalog
 from flows.params import BackupParams
 from flows.storage import open_store
 from flows.stream import Stream
+from tests.pipeline import backup_record
 
 
 def _record(index: int, verified: bool) -> BackupRecord:
     day = dt.date(2026, 12, 1) + dt.timedelta(days=index)
-    return BackupRecord(
-        cluster="c1", cluster_id="c1",
-        key=f"jaco/c1/{day:%Y/%m/%d}/cluster-{day.isoformat()}-{index}.tar.gz.age",
-        taken_at=dt.datetime.combine(day, dt.time(), dt.UTC), snapshot_index=index,
-        snapshot_term=1, jaco_version="test", archive_size=1, size=1,
-        plaintext_sha256="0" * 64, ciphertext_sha256="1" * 64, snapshot_sha256="2" * 64,
-        state_digest="3" * 64, counts={},
-        verified=Verified(at=dt.datetime.now(dt.UTC)) if verified else None,
-    )  # fmt: skip
+    key = f"jaco/c1/{day:%Y/%m/%d}/cluster-{day.isoformat()}-{index}.tar.gz.age"
+    return backup_record(key, day, index, verified)
 
 
 def test_the_stream_bases_its_chain_on_the_newest_verified_backup(tmp_path: Path) -> None:
