@@ -987,6 +987,13 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_pipeline.py", "wrong_verify_identity"),
     ),
     m(
+        "verify: a backup whose archive is broken kept (stop 34)",
+        "flows/backup_flow.py",
+        "DAMAGE = (VerifyFailed, DecryptionFailed, ArchiveError)",
+        "DAMAGE = (VerifyFailed, DecryptionFailed)",
+        k(VERIFY, "archive_is_broken"),
+    ),
+    m(
         "S3 download: a cut read resumed from whatever the key now holds (stop 34)",
         "flows/storage.py",
         'Range=rest, IfMatch=reply["ETag"]',

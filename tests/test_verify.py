@@ -90,6 +90,24 @@ def test_verify_names_what_the_stored_object_is_not(
     assert "corrupt or truncated" not in failure
 
 
+def test_verify_deletes_a_backup_whose_archive_is_broken(
+    stored1: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Encrypt wrote, and reported truly, an age file of the archive cut in half: the
+    ciphertext and plaintext checksums hold, the archive reader refuses it. That proves the
+    object is no restorable backup (an ArchiveError is damage, not a failure to look): the
+    run leaves no trace of it."""
+
+    def truncating_encrypt(source: Path, target: Path, recipients: list[str]) -> tuple[str, str]:
+        cut = source.with_name("cut.tar.gz")
+        cut.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+        return encrypt_file(cut, target, recipients)
+
+    monkeypatch.setattr(flows.tasks, "encrypt_file", truncating_encrypt)
+    failure = _failed_without_trace(stored1, tmp_path, "verify-archive-cut")
+    assert "ArchiveError" in failure and "truncated" in failure, failure
+
+
 def _failed_without_trace(stored1: dict[str, Any], tmp_path: Path, prefix: str) -> str:
     """One backup run under `prefix`, which must fail and leave nothing of the backup in the
     bucket, its catalog or the local copies; its failure message."""
