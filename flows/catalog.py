@@ -275,6 +275,12 @@ class Catalog:
             record.drills = sorted(drills.get(record.stem, []), key=lambda d: d.at)
         return sorted(records, key=lambda r: (r.taken_at, r.snapshot_index), reverse=True)
 
+    def newest_verified(self) -> BackupRecord | None:
+        """The newest backup verify proved; its drills are not read (retention and the change
+        stream need only the record, and a damaged drill record must not stop them)."""
+        verified = [r for r in self._read_all("backups/", BackupRecord) if r.verified]
+        return max(verified, key=lambda r: (r.taken_at, r.snapshot_index), default=None)
+
     def forget(self, keys: Iterable[str]) -> None:
         """Remove the records of backups that are gone (retention)."""
         for key in keys:

@@ -128,7 +128,7 @@ class Stream:
     def newest_backup(self) -> BackupRecord | None:
         """The chain's base: the newest backup verify proved (one it could not finish checking
         is kept, unverified, and is no base for a point-in-time restore)."""
-        return next((b for b in self.catalogs[0].backups() if b.verified), None)
+        return self.catalogs[0].newest_verified()
 
     def full_backup(self, why: str) -> BackupRecord:
         from flows.backup_flow import backup_cluster

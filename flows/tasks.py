@@ -33,11 +33,10 @@ from flows.secrets import ClusterSecrets, S3Settings
 from flows.storage import BackupStore, open_store
 from flows.stream import segments_prefix, segments_root
 from jaco.public import (
-    ArchiveError,
     BackupMeta,
     ChunkReader,
-    DecryptionFailed,
     InvalidArgument,
+    JacoError,
     Unavailable,
     decrypt_and_read_archive,
     encrypt_file,
@@ -197,14 +196,14 @@ def verify_task(where: Where, key: str, taken: BackupMeta, encrypted: Encrypted)
             raise VerifyFailed(
                 f"{key} is damaged: {backup.size} bytes stored, {encrypted.size} uploaded"
             )
-        broken: DecryptionFailed | ArchiveError | None = None
+        broken: JacoError | None = None
         try:
             # closing: a decrypter that failed leaves the download mid-object, drained below
             with contextlib.closing(iter(backup)) as chunks:
                 plain_sha, meta = decrypt_and_read_archive(
                     ChunkReader(chunks), identities, key.rsplit("/", 1)[-1]
                 )
-        except (DecryptionFailed, ArchiveError) as exc:
+        except JacoError as exc:  # a decrypter that died among them (not damage by itself)
             broken = exc  # damage, if the checksum below says so
         except Exception:
             if backup.error is not None:
@@ -243,8 +242,8 @@ def prune_task(
     if protect is None:
         protect = max(backups, key=lambda b: (b.day, b.index)).key
     catalog = Catalog(store, where.prefix, where.cluster)
-    verified = next((b.key for b in catalog.backups() if b.verified), protect)
-    keep = to_keep(backups, policy) | {protect, verified}
+    verified = catalog.newest_verified()
+    keep = to_keep(backups, policy) | {protect, verified.key if verified else protect}
     candidates = sorted(b.key for b in backups if b.key not in keep)
     locked = {key for key in candidates if store.is_locked(key)}  # asked only where it matters
     doomed = [key for key in candidates if key not in locked]

@@ -987,6 +987,14 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_pipeline.py", "wrong_verify_identity"),
     ),
     m(
+        "verify: a decrypter that died raised before the object is held to its checksum (stop 34)",
+        "flows/tasks.py",
+        "        except JacoError as exc:  # a decrypter that died among them "
+        "(not damage by itself)",
+        "        except VerifyFailed as exc:",
+        k(VERIFY, "dying"),
+    ),
+    m(
         "verify: a backup whose archive is broken kept (stop 34)",
         "flows/backup_flow.py",
         "DAMAGE = (VerifyFailed, DecryptionFailed, ArchiveError)",
@@ -1010,14 +1018,21 @@ MUTATIONS: list[Mutation] = [
     m(
         "retention: the newest verified backup pushed out by newer unverified ones (stop 34)",
         "flows/tasks.py",
-        "    keep = to_keep(backups, policy) | {protect, verified}",
+        "    keep = to_keep(backups, policy) | {protect, verified.key if verified else protect}",
         "    keep = to_keep(backups, policy) | {protect}",
+        k("tests/test_retention.py", "newest_verified"),
+    ),
+    m(
+        "retention: every drill record read, so a damaged one stops prune (stop 34)",
+        "flows/tasks.py",
+        "    verified = catalog.newest_verified()",
+        "    verified = next((b for b in catalog.backups() if b.verified), None)",
         k("tests/test_retention.py", "newest_verified"),
     ),
     m(
         "change stream: segments chained onto an unverified backup (stop 34)",
         "flows/stream.py",
-        "        return next((b for b in self.catalogs[0].backups() if b.verified), None)",
+        "        return self.catalogs[0].newest_verified()",
         "        return next(iter(self.catalogs[0].backups()), None)",
         "tests/unit/test_stream_base.py",
     ),

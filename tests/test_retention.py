@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prefect import flow
 
-from flows.catalog import Catalog
+from flows.catalog import Catalog, stem_of
 from flows.params import PruneParams
 from flows.prune_flow import prune_backups
 from flows.retention import RetentionPolicy, parse_key
@@ -117,21 +117,27 @@ def test_the_newest_verified_backup_outlives_newer_unverified_ones(
     tmp_path: Path, prefect: str
 ) -> None:
     """A backup whose verify could not finish is kept, unverified: it must not take the last
-    slot of the one the catalog proves restorable. keep_last=1, the newest unverified, run as
-    the prune flow runs it (nothing named to protect): the verified one before it stays."""
-    days = all_days()[-3:]
+    slot of the one the catalog proves restorable. keep_last=1, the two newest unverified, run
+    as the prune flow runs it (nothing named to protect): the newest verified one stays, the
+    older verified one goes. A damaged drill record beside them does not stop it (retention
+    reads the backup records only)."""
+    days = all_days()[-4:]
     catalog = Catalog(open_store(f"file://{tmp_path}"), "jaco", "c1")
     for day in days:
         path = tmp_path / key_of(day)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
         catalog.record_backup(
-            backup_record(key_of(day), day, day.toordinal(), verified=day == days[1])
+            backup_record(key_of(day), day, day.toordinal(), verified=day in days[:2])
         )
+    drill = tmp_path / "jaco/catalog/c1/drills" / stem_of(key_of(days[2])) / "x.json"
+    drill.parent.mkdir(parents=True)
+    drill.write_bytes(b"{")  # damaged
     policy = RetentionPolicy(keep_last=1, daily=0, weekly=0, monthly=0)
     result = prune(f"file://{tmp_path}", policy, None)
-    assert result["kept"] == sorted([key_of(days[1]), key_of(days[2])])
-    assert result["deleted"] == [key_of(days[0])]
+    assert result["kept"] == sorted([key_of(days[1]), key_of(days[3])])
+    assert result["deleted"] == sorted([key_of(days[0]), key_of(days[2])])
+    assert not drill.exists()  # its backup forgotten, its drill records went with it
     assert sorted(b.key for b in catalog.backups()) == result["kept"]
 
 

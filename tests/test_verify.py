@@ -25,7 +25,7 @@ import flows.tasks
 from flows.backup_flow import backup_cluster
 from flows.catalog import Catalog
 from flows.storage import open_store
-from jaco.public import encrypt_file, sha256_file
+from jaco.public import JacoError, encrypt_file, sha256_file
 from tests import archives as A
 from tests.pipeline import BUCKET, params
 
@@ -106,6 +106,39 @@ def test_verify_deletes_a_backup_whose_archive_is_broken(
     monkeypatch.setattr(flows.tasks, "encrypt_file", truncating_encrypt)
     failure = _failed_without_trace(stored1, tmp_path, "verify-archive-cut")
     assert "ArchiveError" in failure and "truncated" in failure, failure
+
+
+def test_a_decrypter_dying_on_a_damaged_object_still_finds_it_damaged(
+    stored1: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A byte flipped in the stored object, and the decrypter dying on it (`the decrypter
+    failed`, which alone is no proof of damage: a backup is kept for it). Verify still reads
+    the object to its end and holds it to its checksum, which proves the damage: the run names
+    it and leaves no trace (it was retried, then kept, unverified). The dying decrypter is a
+    stand-in: a real one cannot be made to die on cue inside the flow."""
+
+    def damaging_upload(
+        store_url: str, s3: Any, path: Path, key: str, metadata: dict[str, str]
+    ) -> float:
+        damaged = path.with_name("damaged.age")
+        data = bytearray(path.read_bytes())
+        _flipped(data, metadata)
+        damaged.write_bytes(data)
+        return flows.tasks.upload(store_url, s3, damaged, key, metadata)
+
+    def dying(ciphertext: Any, identities: Any, name: str = "") -> Any:
+        ciphertext.read(1024)
+        raise JacoError("the decrypter failed (exit 1)")
+
+    monkeypatch.setenv("JACO_TASK_RETRIES", "0")
+    monkeypatch.setattr(
+        flows.backup_flow,
+        "upload_task",
+        task(name="upload", cache_policy=NO_CACHE)(damaging_upload),
+    )
+    monkeypatch.setattr(flows.tasks, "decrypt_and_read_archive", dying)
+    failure = _failed_without_trace(stored1, tmp_path, "verify-dying-decrypter")
+    assert "is damaged: its content does not match the ciphertext checksum" in failure, failure
 
 
 def _failed_without_trace(stored1: dict[str, Any], tmp_path: Path, prefix: str) -> str:
