@@ -227,11 +227,12 @@ def verify_task(where: Where, key: str, taken: BackupMeta, encrypted: Encrypted)
 def prune_task(
     where: Where, store_url: str, cluster_id: str, policy: RetentionPolicy, protect: str | None
 ) -> dict[str, Any]:
-    """Apply the retention policy to one store; never touches `protect` (the newest backup
-    when None), the newest backup its catalog records verified (newer unverified ones, kept
-    by a verify that could not finish, must not push it out) or locked objects. The catalog
-    of that store forgets what was deleted, and the change segments of backups no longer
-    there go too (prune_chains)."""
+    """Apply the retention policy to one store; never touches `protect` (the backup flow's:
+    the backup it has just verified, the newest verified by then) or locked objects. Without
+    `protect` (the prune flow), never the newest backup nor the newest its catalog records
+    verified (newer unverified ones, kept by a verify that could not finish, must not push it
+    out). The catalog of that store forgets what was deleted, and the change segments of
+    backups no longer there go too (prune_chains)."""
     store = open_store(store_url, where.s3)
     prefix = f"{where.prefix.strip('/')}/{cluster_id}/"
     objects = list(store.list(prefix))
@@ -239,11 +240,14 @@ def prune_task(
     if not backups:
         return {"store": store.name, "deleted": [], "kept": [], "locked": [], "dry_run": True,
                 "segments_deleted": 0}  # fmt: skip
-    if protect is None:
-        protect = max(backups, key=lambda b: (b.day, b.index)).key
     catalog = Catalog(store, where.prefix, where.cluster)
-    verified = catalog.newest_verified()
-    keep = to_keep(backups, policy) | {protect, verified.key if verified else protect}
+    keep = to_keep(backups, policy)
+    if protect is not None:
+        keep.add(protect)
+    else:  # the catalog's records are read only here: a GET each
+        keep.add(max(backups, key=lambda b: (b.day, b.index)).key)
+        verified = catalog.newest_verified()
+        keep |= {verified.key} if verified else set()
     candidates = sorted(b.key for b in backups if b.key not in keep)
     locked = {key for key in candidates if store.is_locked(key)}  # asked only where it matters
     doomed = [key for key in candidates if key not in locked]

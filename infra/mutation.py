@@ -1018,8 +1018,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "retention: the newest verified backup pushed out by newer unverified ones (stop 34)",
         "flows/tasks.py",
-        "    keep = to_keep(backups, policy) | {protect, verified.key if verified else protect}",
-        "    keep = to_keep(backups, policy) | {protect}",
+        "        keep |= {verified.key} if verified else set()\n",
+        "",
         k("tests/test_retention.py", "newest_verified"),
     ),
     m(
