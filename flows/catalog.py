@@ -273,13 +273,13 @@ class Catalog:
                 drills.setdefault(stem, []).append(drill)
         for record in records:
             record.drills = sorted(drills.get(record.stem, []), key=lambda d: d.at)
-        return sorted(records, key=lambda r: (r.taken_at, r.snapshot_index), reverse=True)
+        return sorted(records, key=_age, reverse=True)
 
     def newest_verified(self) -> BackupRecord | None:
         """The newest backup verify proved; its drills are not read (retention and the change
         stream need only the record, and a damaged drill record must not stop them)."""
         verified = [r for r in self._read_all("backups/", BackupRecord) if r.verified]
-        return max(verified, key=lambda r: (r.taken_at, r.snapshot_index), default=None)
+        return max(verified, key=_age, default=None)
 
     def forget(self, keys: Iterable[str]) -> None:
         """Remove the records of backups that are gone (retention)."""
@@ -383,6 +383,11 @@ class Catalog:
             window=self.window([b for b in backups if b.verified]),  # proven bases only
             stream=self.stream_status(),
         )
+
+
+def _age(record: BackupRecord) -> tuple[dt.datetime, int]:
+    """Orders backups oldest to newest."""
+    return record.taken_at, record.snapshot_index
 
 
 def clusters_in(store: BackupStore, prefix: str) -> list[str]:
