@@ -203,8 +203,8 @@ def verify_task(where: Where, key: str, taken: BackupMeta, encrypted: Encrypted)
                 plain_sha, meta = decrypt_and_read_archive(
                     ChunkReader(chunks), identities, key.rsplit("/", 1)[-1]
                 )
-        except JacoError as exc:  # a decrypter that died among them (not damage by itself)
-            broken = exc  # damage, if the checksum below says so
+        except JacoError as exc:  # a bad key or archive, or a decrypter that died
+            broken = exc  # raised after the checksum, which names damage first
         except Exception:
             if backup.error is not None:
                 raise backup.error from None

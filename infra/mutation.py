@@ -989,8 +989,7 @@ MUTATIONS: list[Mutation] = [
     m(
         "verify: a decrypter that died raised before the object is held to its checksum (stop 34)",
         "flows/tasks.py",
-        "        except JacoError as exc:  # a decrypter that died among them "
-        "(not damage by itself)",
+        "        except JacoError as exc:  # a bad key or archive, or a decrypter that died",
         "        except VerifyFailed as exc:",
         k(VERIFY, "dying"),
     ),

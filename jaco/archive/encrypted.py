@@ -167,10 +167,9 @@ def decrypting(
             _stop(child, feeder)
         if failure:  # the ciphertext could not be read: that also cut any plaintext short
             raise failure[0] from None
-        # A broken archive is the decryption's fault only if the decrypter says so, and the
-        # decrypter's own if it died (killed, an I/O error): it cut the plaintext short.
-        # (EXIT_NO_KEY and EXIT_DAMAGED among them; EXIT_READER_LEFT is the archive's reader
-        # stopping at what it found broken)
+        # Any exit but 0 is the decrypter's failure (a wrong key, a damaged payload, or it
+        # died: killed, an I/O error, cutting the plaintext short), which explains a broken
+        # archive; but EXIT_READER_LEFT after one is the archive's reader stopping there.
         code = child.returncode
         if code and (broken is None or code != EXIT_READER_LEFT):
             raise _failed(code, words, identities) from None
