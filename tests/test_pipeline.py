@@ -202,9 +202,9 @@ def test_upload_refused_for_good_leaves_no_local_copy_either(
 def run_through(
     env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proxy: FaultyProxy
 ) -> Any:
-    """One backup run with S3 reached through `proxy`, the cluster holding ~1.8 MB of
-    incompressible state (three deployments of 600 kB of random bytes; base64 gzips to 3/4),
-    removed afterwards."""
+    """One backup run with S3 reached through `proxy` (for the run only), the cluster holding
+    ~1.8 MB of incompressible state (three deployments of 600 kB of random bytes; base64
+    gzips to 3/4), removed afterwards."""
     cluster = env["cluster"]
     with open_client(cluster.nodes["node-1"].server, cluster.token) as client:
         for i in range(3):
@@ -217,6 +217,7 @@ def run_through(
         return run_flow(params(cluster, env["keys"], tmp_path / "local"))
     finally:
         proxy.close()
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", env["s3"].endpoint)
         for i in range(3):
             cluster.ok("rm", f"blob{i}")
 
@@ -277,7 +278,6 @@ def test_s3_cutting_every_reply_fails_verify_as_the_stores_failure_not_damage(
     [key] = set(objects(s3)) - set(before)
     assert [p.relative_to(tmp_path / "local").as_posix() for p in
             (tmp_path / "local").rglob("*.age")] == [key]  # fmt: skip
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3.env()["AWS_ENDPOINT_URL_S3"])
     for url in (f"s3://{BUCKET}", f"file://{tmp_path / 'local'}"):
         record = Catalog(open_store(url), "jaco", "prod").backup(key)
         assert record is not None and record.verified is None, url

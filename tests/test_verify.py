@@ -117,25 +117,12 @@ def test_a_decrypter_dying_on_a_damaged_object_still_finds_it_damaged(
     it and leaves no trace (it was retried, then kept, unverified). The dying decrypter is a
     stand-in: a real one cannot be made to die on cue inside the flow."""
 
-    def damaging_upload(
-        store_url: str, s3: Any, path: Path, key: str, metadata: dict[str, str]
-    ) -> float:
-        damaged = path.with_name("damaged.age")
-        data = bytearray(path.read_bytes())
-        _flipped(data, metadata)
-        damaged.write_bytes(data)
-        return flows.tasks.upload(store_url, s3, damaged, key, metadata)
-
     def dying(ciphertext: Any, identities: Any, name: str = "") -> Any:
         ciphertext.read(1024)
         raise JacoError("the decrypter failed (exit 1)")
 
     monkeypatch.setenv("JACO_TASK_RETRIES", "0")
-    monkeypatch.setattr(
-        flows.backup_flow,
-        "upload_task",
-        task(name="upload", cache_policy=NO_CACHE)(damaging_upload),
-    )
+    _upload_damaged(monkeypatch, _flipped)
     monkeypatch.setattr(flows.tasks, "decrypt_and_read_archive", dying)
     failure = _failed_without_trace(stored1, tmp_path, "verify-dying-decrypter")
     assert "is damaged: its content does not match the ciphertext checksum" in failure, failure
@@ -155,6 +142,31 @@ def _failed_without_trace(stored1: dict[str, Any], tmp_path: Path, prefix: str) 
     assert Catalog(store, prefix, "prod").backups() == []
     assert not list(local.rglob("*.age"))
     return str(state.message)
+
+
+def _upload_damaged(
+    monkeypatch: pytest.MonkeyPatch, damage: Callable[[bytearray, dict[str, str]], None]
+) -> list[int]:
+    """The flow's upload stores the encrypted backup with `damage` done to its bytes or its
+    metadata; returns [damaged size, uploaded size], filled in by the upload."""
+    sizes: list[int] = []
+
+    def damaging_upload(
+        store_url: str, s3: Any, path: Path, key: str, metadata: dict[str, str]
+    ) -> float:
+        data, changed = bytearray(path.read_bytes()), dict(metadata)
+        damage(data, changed)
+        sizes.extend((len(data), path.stat().st_size))
+        damaged = path.with_name("damaged.age")
+        damaged.write_bytes(data)
+        return flows.tasks.upload(store_url, s3, damaged, key, changed)
+
+    monkeypatch.setattr(
+        flows.backup_flow,
+        "upload_task",
+        task(name="upload", cache_policy=NO_CACHE)(damaging_upload),
+    )
+    return sizes
 
 
 def _flipped(data: bytearray, metadata: dict[str, str]) -> None:
@@ -193,22 +205,6 @@ def test_verify_refuses_an_object_damaged_in_the_store(
     """What S3 holds is not what was uploaded (a flipped byte, a short object, the checksum
     missing from its metadata): verify, reading it as it downloads, names it, and the run
     leaves no trace of the backup."""
-    sizes: list[int] = []
-
-    def damaging_upload(
-        store_url: str, s3: Any, path: Path, key: str, metadata: dict[str, str]
-    ) -> float:
-        data, changed = bytearray(path.read_bytes()), dict(metadata)
-        damage(data, changed)
-        sizes.extend((len(data), path.stat().st_size))
-        damaged = path.with_name("damaged.age")
-        damaged.write_bytes(data)
-        return flows.tasks.upload(store_url, s3, damaged, key, changed)
-
-    monkeypatch.setattr(
-        flows.backup_flow,
-        "upload_task",
-        task(name="upload", cache_policy=NO_CACHE)(damaging_upload),
-    )
+    sizes = _upload_damaged(monkeypatch, damage)
     failure = _failed_without_trace(stored1, tmp_path, "stored-" + label)
     assert message.format(stored=sizes[0], uploaded=sizes[-1]) in failure, failure
