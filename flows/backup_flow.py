@@ -5,8 +5,9 @@ command line (`jaco pipeline run`, alias `jaco-backup`). One backup of a cluster
 (flows.locking), and each run first sweeps what dead runs left. The cluster's id is pinned in
 its catalog on the first backup; a server answering as another cluster fails the run. The
 catalog records the backup when it is stored and marks it verified once verify has proven it;
-a backup verify shows damaged is deleted from both stores and from the catalog, and one verify
-could not finish checking (the store kept failing) is kept, recorded unverified.
+a backup verify shows damaged is deleted from both stores and from the catalog; one verify
+could not finish checking (the store kept failing), or one that is the object uploaded but does
+not open with the verify identity (a configuration error), is kept, recorded unverified.
 """
 
 from __future__ import annotations
@@ -46,11 +47,11 @@ from flows.tasks import (
     verify_task,
 )
 from flows.workdirs import run_workdir, sweep_workdirs
-from jaco.public import ArchiveError, DecryptionFailed
+from jaco.public import ArchiveError, DecryptionFailed, WrongKey
 
 MIB = 1024 * 1024
 # What verify raises when it has shown the stored backup not to be the one taken (as opposed
-# to not having been able to look).
+# to not having been able to look). WrongKey, a DecryptionFailed, is not: it names the key.
 DAMAGE = (VerifyFailed, DecryptionFailed, ArchiveError)
 BACKUP_TIMEOUT = 2 * 3600
 
@@ -208,20 +209,24 @@ def backup_cluster(params: BackupParams) -> dict[str, Any]:
         with stages.stage("verify", enc.size):
             try:
                 retrying(verify_task)(params, key, meta, enc)
-            except DAMAGE as exc:
-                # Compensate explicitly (no transactions around retried tasks): a backup
-                # shown not to restore must not look like one.
-                logger.error("verification failed for good (%s); deleting %s", exc, key)
-                for url, s3 in ((params.s3_url, params.s3), (params.local_url, None)):
-                    open_store(url, s3).delete(key)
-                    Catalog(open_store(url, s3), params.prefix, params.cluster).forget([key])
-                raise
             except Exception as exc:
-                # Verify could not run to the end (the store kept failing, a secret could
-                # not be read): nothing showed the backup damaged, so it is not deleted. Its
-                # records stay unverified, which nothing counts as a good backup.
+                if isinstance(exc, DAMAGE) and not isinstance(exc, WrongKey):
+                    # Compensate explicitly (no transactions around retried tasks): a backup
+                    # shown not to restore must not look like one.
+                    logger.error("verification failed for good (%s); deleting %s", exc, key)
+                    for url, s3 in ((params.s3_url, params.s3), (params.local_url, None)):
+                        open_store(url, s3).delete(key)
+                        Catalog(open_store(url, s3), params.prefix, params.cluster).forget([key])
+                    raise
+                # Nothing showed the backup damaged: verify could not run to the end (the
+                # store kept failing, a secret could not be read), or the object uploaded does
+                # not open with the verify identity (a configuration error; it may open with
+                # the operators' keys, and deleting it would delete every backup until the key
+                # is mended). It is kept; its records stay unverified, which nothing counts as
+                # a good backup.
                 logger.error(
-                    "verification could not finish (%s: %s); %s is kept, recorded unverified",
+                    "verification did not show the backup damaged (%s: %s); %s is kept, recorded "
+                    "unverified",
                     type(exc).__name__, exc, key,
                 )  # fmt: skip
                 raise

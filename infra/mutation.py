@@ -899,9 +899,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "verify: the object not held to its checksum, decrypted or not (stop 33)",
         "flows/tasks.py",
-        "    check_ciphertext(key, backup.sha256, backup.metadata, encrypted.ciphertext_sha256)\n"
-        "    if broken is not None:",
-        "    if broken is not None:",
+        "    check_ciphertext(key, backup.sha256, backup.metadata, encrypted.ciphertext_sha256)\n",
+        "",
         k(VERIFY, "damaged_in_the_store"),
     ),
     m(
@@ -975,15 +974,36 @@ MUTATIONS: list[Mutation] = [
     m(
         "verify: a backup the store kept from being checked deleted as damaged (stop 34)",
         "flows/backup_flow.py",
-        "            except DAMAGE as exc:",
-        "            except Exception as exc:",
+        "                if isinstance(exc, DAMAGE) and not isinstance(exc, WrongKey):",
+        "                if True:",
         k("tests/test_pipeline.py", "cutting_every_reply"),
     ),
     m(
         "verify: a backup shown damaged kept (stop 34)",
         "flows/backup_flow.py",
         "DAMAGE = (VerifyFailed, DecryptionFailed, ArchiveError)",
-        "DAMAGE = (VerifyFailed,)",
+        "DAMAGE = (VerifyFailed, ArchiveError)",
+        k(VERIFY, "does_not_decrypt"),
+    ),
+    m(
+        "verify: a backup deleted because the verify identity is not a recipient (stop 35)",
+        "flows/backup_flow.py",
+        "                if isinstance(exc, DAMAGE) and not isinstance(exc, WrongKey):",
+        "                if isinstance(exc, DAMAGE):",
+        k("tests/test_pipeline.py", "wrong_verify_identity"),
+    ),
+    m(
+        "decrypt: a key that opens no recipient stanza taken for a damaged payload (stop 35)",
+        "jaco/archive/encrypted.py",
+        "        return WrongKey(",
+        "        return DecryptionFailed(",
+        k("tests/test_pipeline.py", "wrong_verify_identity"),
+    ),
+    m(
+        "verify: a wrong verify identity not named as such (stop 35)",
+        "flows/tasks.py",
+        "    if isinstance(broken, WrongKey):",
+        "    if False:",
         k("tests/test_pipeline.py", "wrong_verify_identity"),
     ),
     m(

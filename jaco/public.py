@@ -10,6 +10,7 @@ from __future__ import annotations
 from jaco.archive.age import (
     DecryptionFailed,
     HashingWriter,
+    WrongKey,
     encrypt_file,
     is_age_file,
     load_identities,
@@ -63,6 +64,7 @@ __all__ = [
     "Client",
     "Compacted",
     "DecryptionFailed",
+    "WrongKey",
     "HashingReader",
     "HashingWriter",
     "IncompatibleVersion",

@@ -108,6 +108,26 @@ def test_verify_deletes_a_backup_whose_archive_is_broken(
     assert "ArchiveError" in failure and "truncated" in failure, failure
 
 
+def test_verify_deletes_a_backup_whose_ciphertext_does_not_decrypt(
+    stored1: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Encrypt wrote an age file with a byte of its payload flipped, and reported that file's
+    real checksums: the object is the one uploaded, the verify identity opens its header, and
+    its payload fails age's authentication. That proves it no restorable backup (a
+    DecryptionFailed other than a wrong key is damage): the run leaves no trace of it."""
+
+    def damaging_encrypt(source: Path, target: Path, recipients: list[str]) -> tuple[str, str]:
+        encrypt_file(source, target, recipients)
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        target.write_bytes(data)
+        return sha256_file(source), sha256_file(target)
+
+    monkeypatch.setattr(flows.tasks, "encrypt_file", damaging_encrypt)
+    failure = _failed_without_trace(stored1, tmp_path, "verify-payload-damaged")
+    assert "DecryptionFailed: the backup's ciphertext is damaged or truncated" in failure, failure
+
+
 def test_a_decrypter_dying_on_a_damaged_object_still_finds_it_damaged(
     stored1: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
