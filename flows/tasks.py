@@ -235,10 +235,10 @@ def prune_task(
 ) -> dict[str, Any]:
     """Apply the retention policy to one store; never touches `protect` (the backup flow's:
     the backup it has just verified, the newest verified by then) or locked objects. Without
-    `protect` (the prune flow), never the newest backup nor the newest its catalog records
-    verified (newer unverified ones, kept by a verify that could not finish, must not push it
-    out). The catalog of that store forgets what was deleted, and the change segments of
-    backups no longer there go too (prune_chains)."""
+    `protect` (the prune flow), never the newest backup nor the newest still stored that its
+    catalog records verified (newer unverified ones, kept by a verify that could not finish,
+    must not push it out). The catalog of that store forgets what was deleted, and the change
+    segments of backups no longer there go too (prune_chains)."""
     store = open_store(store_url, where.s3)
     prefix = f"{where.prefix.strip('/')}/{cluster_id}/"
     objects = list(store.list(prefix))
@@ -252,7 +252,7 @@ def prune_task(
         keep.add(protect)
     else:  # the catalog's records are read only here: a GET each
         keep.add(max(backups, key=lambda b: (b.day, b.index)).key)
-        verified = catalog.newest_verified()
+        verified = catalog.newest_verified({b.key for b in backups})  # one still stored
         keep |= {verified.key} if verified else set()
     candidates = sorted(b.key for b in backups if b.key not in keep)
     locked = {key for key in candidates if store.is_locked(key)}  # asked only where it matters

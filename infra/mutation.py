@@ -1044,9 +1044,16 @@ MUTATIONS: list[Mutation] = [
     m(
         "retention: every drill record read, so a damaged one stops prune (stop 34)",
         "flows/tasks.py",
-        "    verified = catalog.newest_verified()",
+        "    verified = catalog.newest_verified({b.key for b in backups})",
         "    verified = next((b for b in catalog.backups() if b.verified), None)",
         k("tests/test_retention.py", "newest_verified"),
+    ),
+    m(
+        "retention: the newest verified backup protected though gone from the store (stop 35)",
+        "flows/tasks.py",
+        "    verified = catalog.newest_verified({b.key for b in backups})",
+        "    verified = catalog.newest_verified()",
+        k("tests/test_retention.py", "still_stored"),
     ),
     m(
         "change stream: segments chained onto an unverified backup (stop 34)",

@@ -141,6 +141,27 @@ def test_the_newest_verified_backup_outlives_newer_unverified_ones(
     assert sorted(b.key for b in catalog.backups()) == result["kept"]
 
 
+def test_the_newest_verified_backup_still_stored_is_kept(tmp_path: Path, prefect: str) -> None:
+    """The catalog's newest verified backup is gone from the store (deleted by hand, or by a
+    lifecycle rule), its record left: retention keeps the newest verified backup that is still
+    there, not a name that protects nothing. keep_last=1, the prune flow's way."""
+    days = all_days()[-3:]
+    catalog = Catalog(open_store(f"file://{tmp_path}"), "jaco", "c1")
+    for day in days:
+        path = tmp_path / key_of(day)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        catalog.record_backup(
+            backup_record(key_of(day), day, day.toordinal(), verified=day in days[:2])
+        )
+    (tmp_path / key_of(days[1])).unlink()  # the newest verified one, its record kept
+    policy = RetentionPolicy(keep_last=1, daily=0, weekly=0, monthly=0)
+    result = prune(f"file://{tmp_path}", policy, None)
+    assert result["kept"] == sorted([key_of(days[0]), key_of(days[2])])
+    assert result["deleted"] == []
+    assert (tmp_path / key_of(days[0])).exists()
+
+
 def test_objects_under_object_lock_are_skipped(
     s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch, prefect: str
 ) -> None:
