@@ -5,9 +5,9 @@ command line (`jaco pipeline run`, alias `jaco-backup`). One backup of a cluster
 (flows.locking), and each run first sweeps what dead runs left. The cluster's id is pinned in
 its catalog on the first backup; a server answering as another cluster fails the run. The
 catalog records the backup when it is stored and marks it verified once verify has proven it;
-a backup verify shows damaged is deleted from both stores and from the catalog; one verify
-could not finish checking (the store kept failing), or one that is the object uploaded but does
-not open with the verify identity (a configuration error), is kept, recorded unverified.
+a backup verify shows damaged is deleted from both stores and from the catalog, and one verify
+could not finish checking (the store kept failing) is kept, recorded unverified. A verify
+identity that is none of the recipients is refused before anything is taken.
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ from flows.tasks import (
     verify_task,
 )
 from flows.workdirs import run_workdir, sweep_workdirs
-from jaco.public import ArchiveError, DecryptionFailed, WrongKey
+from jaco.public import ArchiveError, DecryptionFailed, parse_identities
 
 MIB = 1024 * 1024
 # What verify raises when it has shown the stored backup not to be the one taken (as opposed
-# to not having been able to look). WrongKey, a DecryptionFailed, is not: it names the key.
+# to not having been able to look).
 DAMAGE = (VerifyFailed, DecryptionFailed, ArchiveError)
 BACKUP_TIMEOUT = 2 * 3600
 
@@ -93,14 +93,30 @@ class Stages:
 
 @task(name="prepare", cache_policy=NO_CACHE)
 def prepare_task(params: BackupParams) -> tuple[str | None, list[str]]:
-    """Read the cluster's pinned id, and sweep the work directories dead runs left (the
-    archive before encryption). Called inside the cluster's lock."""
+    """Check the verify identity, read the cluster's pinned id, and sweep the work
+    directories dead runs left (the archive before encryption). Called inside the cluster's
+    lock."""
+    check_verify_identity(params)
     catalog = Catalog(open_store(params.s3_url, params.s3), params.prefix, params.cluster)
     identity = catalog.identity()
     swept = sweep_workdirs(Path(params.local_dir) / ".work")
     for item in swept:
         get_run_logger().warning("swept %s", item)
     return (identity.cluster_id if identity else params.cluster_id), swept
+
+
+def check_verify_identity(params: BackupParams) -> None:
+    """Refuse, before anything is taken, a verify identity that is none of the recipients:
+    verify could not open the backup, which would then be deleted as undecryptable, run after
+    run (and the change stream, restarted, would take one after another)."""
+    identities = parse_identities(params.secrets.read_identity(), "the verify identity")
+    public = sorted(str(identity.to_public()) for identity in identities)
+    if not set(public) & set(params.recipients):
+        raise PipelineError(
+            f"the verify identity (public key {', '.join(public)}) is not one of "
+            f"{params.cluster}'s recipients: verify could not open its backups; nothing was "
+            "taken (add its public key to recipients, or set the identity of one of them)"
+        )
 
 
 @task(name="sweep", cache_policy=NO_CACHE)
@@ -209,24 +225,22 @@ def backup_cluster(params: BackupParams) -> dict[str, Any]:
         with stages.stage("verify", enc.size):
             try:
                 retrying(verify_task)(params, key, meta, enc)
+            except DAMAGE as exc:
+                # Compensate explicitly (no transactions around retried tasks): a backup
+                # shown not to restore must not look like one. (The verify identity is one of
+                # the recipients, checked before the backup was taken: a ciphertext it cannot
+                # open is damaged, not a configuration error.)
+                logger.error("verification failed for good (%s); deleting %s", exc, key)
+                for url, s3 in ((params.s3_url, params.s3), (params.local_url, None)):
+                    open_store(url, s3).delete(key)
+                    Catalog(open_store(url, s3), params.prefix, params.cluster).forget([key])
+                raise
             except Exception as exc:
-                if isinstance(exc, DAMAGE) and not isinstance(exc, WrongKey):
-                    # Compensate explicitly (no transactions around retried tasks): a backup
-                    # shown not to restore must not look like one.
-                    logger.error("verification failed for good (%s); deleting %s", exc, key)
-                    for url, s3 in ((params.s3_url, params.s3), (params.local_url, None)):
-                        open_store(url, s3).delete(key)
-                        Catalog(open_store(url, s3), params.prefix, params.cluster).forget([key])
-                    raise
-                # Nothing showed the backup damaged: verify could not run to the end (the
-                # store kept failing, a secret could not be read), or the object uploaded does
-                # not open with the verify identity (a configuration error; it may open with
-                # the operators' keys, and deleting it would delete every backup until the key
-                # is mended). It is kept; its records stay unverified, which nothing counts as
-                # a good backup.
+                # Verify could not run to the end (the store kept failing, a secret could not
+                # be read): nothing showed the backup damaged, so it is not deleted. Its
+                # records stay unverified, which nothing counts as a good backup.
                 logger.error(
-                    "verification did not show the backup damaged (%s: %s); %s is kept, recorded "
-                    "unverified",
+                    "verification could not finish (%s: %s); %s is kept, recorded unverified",
                     type(exc).__name__, exc, key,
                 )  # fmt: skip
                 raise

@@ -19,7 +19,7 @@ class PipelineError(JacoError):
 
 
 class VerifyFailed(PipelineError):
-    """The stored backup is not what was taken: wrong key, damaged object, bad archive."""
+    """The stored backup is not what was taken: a damaged object, another archive or meta.json."""
 
 
 class DrillFailed(PipelineError):

@@ -38,7 +38,6 @@ from jaco.public import (
     InvalidArgument,
     JacoError,
     Unavailable,
-    WrongKey,
     decrypt_and_read_archive,
     encrypt_file,
     is_retryable,
@@ -214,11 +213,6 @@ def verify_task(where: Where, key: str, taken: BackupMeta, encrypted: Encrypted)
         if backup.error is not None:  # the store failed: that explains the rest
             raise backup.error from None
     check_ciphertext(key, backup.sha256, backup.metadata, encrypted.ciphertext_sha256)
-    if isinstance(broken, WrongKey):  # the object is the one uploaded: the key is what is wrong
-        raise WrongKey(
-            f"{key} does not decrypt with the verify identity, though it is the ciphertext "
-            "uploaded: the verify identity is not one of the recipients it was encrypted to"
-        ) from None
     if broken is not None:
         raise broken
     if plain_sha != encrypted.plaintext_sha256:

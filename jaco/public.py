@@ -10,7 +10,6 @@ from __future__ import annotations
 from jaco.archive.age import (
     DecryptionFailed,
     HashingWriter,
-    WrongKey,
     encrypt_file,
     is_age_file,
     load_identities,
@@ -64,7 +63,6 @@ __all__ = [
     "Client",
     "Compacted",
     "DecryptionFailed",
-    "WrongKey",
     "HashingReader",
     "HashingWriter",
     "IncompatibleVersion",

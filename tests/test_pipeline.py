@@ -29,7 +29,6 @@ from flows.storage import open_store
 from infra.localcluster import Cluster, cluster_of
 from infra.seaweed import READ_ONLY, SeaweedS3, running_seaweed
 from jaco.client.connection import open_client
-from jaco.public import decrypt_and_read_archive, parse_identities
 from jaco.v1 import jaco_pb2 as pb
 from tests.netfaults import FaultyProxy
 from tests.pipeline import BUCKET, age_keygen, flow_logs, params, task_runs
@@ -369,34 +368,28 @@ def test_leader_node_killed(
         assert state.result()["snapshot_index"] > 0
 
 
-def test_wrong_verify_identity_fails_and_keeps_the_backup_unverified(
+def test_wrong_verify_identity_is_refused_before_anything_is_taken(
     env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The worker's verify identity is not among the cluster's recipients (a configuration
-    error): the stored object is the ciphertext uploaded, and opens with the operators' key.
-    Verify fails once (no retry), names the key, and keeps the backup in both stores, recorded
-    unverified: deleting it would delete every backup until the key is mended."""
+    """The worker's verify identity is none of the cluster's recipients (a configuration
+    error): verify could not open the backup, which it would delete as undecryptable, run
+    after run. The run fails before a backup is taken, naming the identity's public key (not
+    the secret), and nothing is stored: no object, no local copy, no catalog record."""
     s3, keys = env["s3"], env["keys"]
     monkeypatch.setenv("JACO_AGE_IDENTITY_FILE", str(keys["other"]))  # not a recipient
     before = objects(s3)
-    state = run_flow(params(env["cluster"], keys, tmp_path / "local"))
+    state = run_flow(params(env["cluster"], keys, tmp_path / "local", cluster="misconfigured"))
     assert state.is_failed()
     failure = str(state.message) + _failure(state)
-    assert "does not decrypt with the verify identity, though it is the ciphertext uploaded" in (
+    assert f"the verify identity (public key {keys['other_recipient']}) is not one of " in (
         failure
     ), failure
-    assert "WrongKey" in failure and "is damaged:" not in failure
-    assert [r.run_count for r in _task_runs(state, "verify")] == [1]  # permanent: no retry
-    [key] = set(objects(s3)) - set(before)
-    local = tmp_path / "local" / key
-    assert [p.relative_to(tmp_path / "local").as_posix() for p in
-            (tmp_path / "local").rglob("*.age")] == [key]  # fmt: skip
-    for url in (f"s3://{BUCKET}", f"file://{tmp_path / 'local'}"):
-        record = Catalog(open_store(url), "jaco", "prod").backup(key)
-        assert record is not None and record.verified is None, url
-    assert f"{key} is kept, recorded unverified" in flow_logs(state)
-    _, meta = decrypt_and_read_archive(local, parse_identities(keys["identity"].read_text()))
-    assert meta.cluster_id == record.cluster_id  # the operators' key opens it: a good backup
+    assert "nothing was taken" in failure and "AGE-SECRET-KEY" not in failure
+    assert _task_runs(state, "take-backup") == []
+    assert objects(s3) == before
+    assert not list((tmp_path / "local").rglob("*.age"))
+    assert Catalog(open_store(f"s3://{BUCKET}"), "jaco", "misconfigured").backups() == []
+    assert "AGE-SECRET-KEY" not in flow_logs(state)
 
 
 def test_bad_token_fails_fast_and_alerts(

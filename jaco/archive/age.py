@@ -30,11 +30,6 @@ class DecryptionFailed(JacoError):
     retryable = False
 
 
-class WrongKey(DecryptionFailed):
-    """The identity given opens none of the ciphertext's recipient stanzas: it is not a key
-    the ciphertext was encrypted to (or its header is damaged)."""
-
-
 def is_age_file(path: Path) -> bool:
     """Does the file start like an age file (its binary format's header line)?"""
     try:

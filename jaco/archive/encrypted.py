@@ -24,14 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
-from jaco.archive.age import (
-    PIPE_BYTES,
-    DecryptionFailed,
-    Identities,
-    WrongKey,
-    is_age_file,
-    load_identities,
-)
+from jaco.archive.age import PIPE_BYTES, DecryptionFailed, Identities, is_age_file, load_identities
 from jaco.archive.decrypter import EXIT_DAMAGED, EXIT_NO_KEY, EXIT_READER_LEFT
 from jaco.archive.format import Reserve, VerifiedArchive, read_archive, read_archive_stream
 from jaco.archive.meta import BackupMeta
@@ -202,7 +195,7 @@ def _failed(code: int, stderr: IO[bytes], identities: list[Any]) -> JacoError:
     words = said[-1][:300] if said else f"exit {code}"
     if code == EXIT_NO_KEY:
         whose = identities.name if isinstance(identities, Identities) else "the identity given"
-        return WrongKey(
+        return DecryptionFailed(
             f"the backup does not decrypt with {whose} ({words}): wrong key, or the ciphertext "
             "is damaged"
         )
