@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import os
 import shutil
 import statistics
@@ -83,6 +84,12 @@ def run(keys: int, random_mib: int, repeat: int, work: Path) -> list[dict[str, f
                         "client_cpu": result["cpu_seconds"],
                         "jacod_cpu": cpu_seconds(jacod) - before,
                     }  # fmt: skip
+                    if tree is not None and stage == "jaco":  # the patched jacod served it
+                        with tarfile.open(archive) as served:
+                            meta = served.extractfile("meta.json")
+                            assert meta is not None
+                            stand_in = json.loads((work / "stand-in.json").read_bytes())
+                            assert json.loads(meta.read())["taken_at"] == stand_in["taken_at"]
                     rows.append(row)
                     print("  " + ", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
     return rows
@@ -113,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--random-mib", type=int, default=0, help="random records, not --keys")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
+    changed = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "jaco"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    if changed:  # the patched copy is made from HEAD: both must be the same code
+        print(f"commit the changes under jaco/ first:\n{changed}", file=sys.stderr)
+        return 2
     started = dt.datetime.now(dt.UTC)
     with tempfile.TemporaryDirectory(prefix="jaco-ceiling-", dir="/var/tmp") as tmp:
         try:
