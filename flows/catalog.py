@@ -279,11 +279,8 @@ class Catalog:
         """The newest backup verify proved (of the keys `among`, where given: those still
         stored); its drills are not read (retention and the change stream need only the
         record, and a damaged drill record must not stop them)."""
-        verified = [
-            r
-            for r in self._read_all("backups/", BackupRecord)
-            if r.verified and (among is None or r.key in among)
-        ]
+        records = self._read_all("backups/", BackupRecord)
+        verified = [r for r in records if r.verified and (among is None or r.key in among)]
         return max(verified, key=_age, default=None)
 
     def forget(self, keys: Iterable[str]) -> None:
