@@ -4,7 +4,8 @@ Served by the deployments process when asked (`python -m deployments.serve --met
 9464`, on 127.0.0.1 unless told otherwise). Per cluster:
 
     jaco_backup_last_success_timestamp_seconds   newest stored backup (its snapshot time)
-    jaco_backup_last_verified_timestamp_seconds  newest verified backup (its snapshot time)
+    jaco_backup_last_verified_timestamp_seconds  newest verified backup still stored (its
+                                                 snapshot time)
     jaco_backup_last_size_bytes                  size of the newest stored backup, encrypted
     jaco_drill_last_success_timestamp_seconds    newest passing restore drill
     jaco_drill_last_rto_seconds                  that drill's measured restore time
@@ -30,9 +31,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from flows.catalog import Catalog, ClusterView
+from flows.catalog import BackupRecord, Catalog, ClusterView
 from flows.storage import open_store
-from flows.watchdog_flow import Objective
+from flows.watchdog_flow import Objective, newest_stored_verified
 
 CACHE_SECONDS = 15.0
 KINDS = ("backup", "drill", "prune", "watchdog")
@@ -41,22 +42,24 @@ KINDS = ("backup", "drill", "prune", "watchdog")
 class CatalogCollector(Collector):
     def __init__(self, targets: list[Objective]) -> None:
         self.targets = targets
-        self._cache: dict[str, tuple[float, ClusterView | None]] = {}
+        self._cache: dict[str, tuple[float, ClusterView | None, BackupRecord | None]] = {}
         self._lock = threading.Lock()
 
-    def _view(self, target: Objective) -> ClusterView | None:
+    def _view(self, target: Objective) -> tuple[ClusterView | None, BackupRecord | None]:
+        """The cluster's catalog, and its newest verified backup still in the store."""
         with self._lock:
             cached = self._cache.get(target.cluster)
             if cached and time.monotonic() - cached[0] < CACHE_SECONDS:
-                return cached[1]
+                return cached[1], cached[2]
         try:
             catalog = Catalog(open_store(target.s3_url, target.s3), target.prefix, target.cluster)
             view: ClusterView | None = catalog.view()
+            newest = newest_stored_verified(view, catalog.store)[0] if view else None
         except Exception:  # noqa: BLE001 - reported as jaco_catalog_up 0
-            view = None
+            view, newest = None, None
         with self._lock:
-            self._cache[target.cluster] = (time.monotonic(), view)
-        return view
+            self._cache[target.cluster] = (time.monotonic(), view, newest)
+        return view, newest
 
     def collect(self) -> Iterator[Metric]:
         def gauge(name: str, doc: str) -> GaugeMetricFamily:
@@ -91,13 +94,12 @@ class CatalogCollector(Collector):
             backup_goal.add_metric(labels, target.max_backup_age)
             drill_goal.add_metric(labels, target.max_drill_age)
             _add(stream_goal, labels, target.max_stream_lag)
-            view = self._view(target)
+            view, newest_verified = self._view(target)
             up.add_metric(labels, 0 if view is None else 1)
             if view is None:
                 continue
             _add(success, labels, view.newest.taken_at.timestamp() if view.newest else None)
             _add(size, labels, view.newest.size if view.newest else None)
-            newest_verified = view.newest_verified
             _add(
                 verified, labels, newest_verified.taken_at.timestamp() if newest_verified else None
             )

@@ -47,6 +47,7 @@ class BackupStore(Protocol):
     def delete(self, key: str) -> None: ...
     def list(self, prefix: str) -> Iterator[StoredObject]: ...
     def is_locked(self, key: str) -> bool: ...
+    def exists(self, key: str) -> bool: ...
     def sweep(self, prefix: str) -> builtins.list[str]: ...
 
 
@@ -207,6 +208,16 @@ class S3Store:
         except Exception as exc:  # noqa: BLE001
             raise _s3_error(exc, f"delete of {key}") from None
 
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001
+            error = _s3_error(exc, f"head of {key}")
+            if "NoSuchKey" in error.message or " 404" in error.message:
+                return False
+            raise error from None
+        return True
+
     def is_locked(self, key: str) -> bool:
         """Under S3 object lock (retention not yet expired, or a legal hold)?"""
         try:
@@ -336,6 +347,9 @@ class LocalStore:
 
     def is_locked(self, key: str) -> bool:
         return False  # a directory has no object lock
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
 
     def list(self, prefix: str) -> Iterator[StoredObject]:
         """Every object whose key starts with `prefix` (not sidecars, not temp files)."""

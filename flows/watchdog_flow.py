@@ -21,9 +21,9 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from flows.alerts import alert, current_run, on_run_failure
-from flows.catalog import Catalog, ClusterView, Failure, RunRef, now
+from flows.catalog import BackupRecord, Catalog, ClusterView, Failure, RunRef, now
 from flows.params import Where
-from flows.storage import open_store
+from flows.storage import BackupStore, open_store
 
 WATCHED_FLOWS = {"backup-cluster": 7200.0, "drill-restore": 3600.0, "prune-backups": 3600.0}
 GRACE_SECONDS = 600
@@ -53,10 +53,26 @@ def _human(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
-def stale_conditions(target: Objective, view: ClusterView) -> dict[str, str]:
-    """What is wrong with one cluster's recoverability, by condition, as alert reasons."""
+def newest_stored_verified(
+    view: ClusterView, store: BackupStore
+) -> tuple[BackupRecord | None, list[BackupRecord]]:
+    """The newest verified backup whose object is still in `store` (a HEAD each, newest
+    first), and the newer verified records whose object is gone (deleted by hand, or by a
+    lifecycle rule): a record alone restores nothing."""
+    gone: list[BackupRecord] = []
+    for record in view.backups:
+        if record.verified:
+            if store.exists(record.key):
+                return record, gone
+            gone.append(record)
+    return None, gone
+
+
+def stale_conditions(target: Objective, view: ClusterView, store: BackupStore) -> dict[str, str]:
+    """What is wrong with one cluster's recoverability, by condition, as alert reasons. A
+    verified backup counts only while its object is in `store`."""
     problems = {}
-    newest = view.newest_verified
+    newest, gone = newest_stored_verified(view, store)
     age = _age(newest.taken_at if newest else None)
     if age is None:
         problems["backup.stale"] = f"there is no verified backup of {target.cluster} at all"
@@ -64,6 +80,11 @@ def stale_conditions(target: Objective, view: ClusterView) -> dict[str, str]:
         problems["backup.stale"] = (
             f"the newest verified backup of {target.cluster} ({newest.key if newest else ''}) "
             f"is {_human(age)} old; the objective is {_human(target.max_backup_age)}"
+        )
+    if gone and "backup.stale" in problems:
+        problems["backup.stale"] += (
+            f" ({len(gone)} newer verified backup(s) recorded in the catalog are gone from "
+            f"{store.name}: {gone[0].key})"
         )
     drilled = view.last_passing_drill()
     age = _age(drilled[1].at if drilled else None)
@@ -195,7 +216,7 @@ def watchdog(params: WatchdogParams) -> dict[str, Any]:
             alert("catalog.unreadable", target.cluster, reason, target.secrets, me)
             findings.setdefault(target.cluster, []).append(reason)
             continue
-        problems = stale_conditions(target, view)
+        problems = stale_conditions(target, view, catalog.store)
         _clear(catalog, {"backup.stale", "drill.stale", "stream.stale"} - set(problems))
         for condition, reason in problems.items():
             findings.setdefault(target.cluster, []).append(reason)

@@ -1043,6 +1043,29 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_retention.py", "still_stored"),
     ),
     m(
+        "watchdog: a verified backup gone from the store counted as fresh (stop 35)",
+        "flows/watchdog_flow.py",
+        "    newest, gone = newest_stored_verified(view, store)",
+        "    newest, gone = view.newest_verified, []",
+        k("tests/test_watchdog.py", "gone_from_the_store"),
+    ),
+    m(
+        "metrics: a verified backup gone from the store reported as the newest (stop 35)",
+        "flows/metrics.py",
+        "newest_stored_verified(view, catalog.store)[0] if view else None",
+        "view.newest_verified if view else None",
+        k("tests/test_watchdog.py", "gone_from_the_store"),
+    ),
+    m(
+        "S3: a missing object taken for a stored one (stop 35)",
+        "flows/storage.py",
+        '            if "NoSuchKey" in error.message or " 404" in error.message:\n'
+        "                return False",
+        '            if "NoSuchKey" in error.message or " 404" in error.message:\n'
+        "                return True",
+        k("tests/test_watchdog.py", "gone_from_the_store"),
+    ),
+    m(
         "change stream: segments chained onto an unverified backup (stop 34)",
         "flows/stream.py",
         "        return self.catalogs[0].newest_verified()",

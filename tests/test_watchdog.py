@@ -69,6 +69,40 @@ def test_stale_backups_and_missing_drills_alert_once_per_interval(
     assert {p["reason"] for p in hook.posts} <= recorded
 
 
+def test_a_verified_backup_gone_from_the_store_is_no_backup(
+    stored1: dict[str, Any], hook: Webhook
+) -> None:
+    """The catalog records a verified backup taken a moment ago whose object is gone from S3
+    (deleted by hand, or by a lifecycle rule): the watchdog alerts that there is no verified
+    backup, naming the missing one, and the metric of the newest verified backup is absent,
+    as for a cluster never backed up (before: both counted the record, a fresh green)."""
+    from flows.metrics import CatalogCollector
+
+    taken = catalog(stored1).backups()[0]
+    gone = Catalog(open_store(f"s3://{BUCKET}"), "jaco", "vanished")
+    key = taken.key.replace(".tar.gz.age", "-gone.tar.gz.age")
+    gone.record_backup(taken.model_copy(update={"key": key, "cluster": "vanished"}))
+    target = objective(stored1, cluster="vanished", max_backup_age=3600, max_drill_age=10**9)
+    try:
+        findings = watchdog(WatchdogParams(clusters=[target]))
+        samples = [
+            (family.name, sample.labels.get("cluster"))
+            for family in CatalogCollector([target]).collect()
+            for sample in family.samples
+        ]
+    finally:
+        store = open_store(f"s3://{BUCKET}")
+        for obj in list(store.list("jaco/catalog/vanished/")):
+            store.delete(obj.key)
+    assert sorted(hook.events("vanished")) == ["jaco.backup.stale", "jaco.drill.stale"]
+    [reason] = [p["reason"] for p in hook.posts if p["event"] == "jaco.backup.stale"]
+    assert "there is no verified backup of vanished at all" in reason, reason
+    assert f"recorded in the catalog are gone from s3://{BUCKET}: {key}" in reason, reason
+    assert reason in findings["vanished"]
+    assert ("jaco_backup_last_success_timestamp_seconds", "vanished") in samples  # stored record
+    assert ("jaco_backup_last_verified_timestamp_seconds", "vanished") not in samples
+
+
 def _flow_process(kind: str, p: Any, log: Path, timeout: float | None = None) -> Any:
     from prefect.settings import PREFECT_API_URL
 
