@@ -113,6 +113,20 @@ def test_gfs_on_local_directory(tmp_path: Path, prefect: str) -> None:
     assert remaining_days(keys) == EXPECTED | {PROTECTED}
 
 
+def _stored(root: Path, days: list[dt.date], verified: list[dt.date]) -> Catalog:
+    """A backup of each day in a local store at `root`, recorded in its catalog (those of
+    `verified` verified); the catalog."""
+    catalog = Catalog(open_store(f"file://{root}"), "jaco", "c1")
+    for day in days:
+        path = root / key_of(day)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        catalog.record_backup(
+            backup_record(key_of(day), day, day.toordinal(), verified=day in verified)
+        )
+    return catalog
+
+
 def test_the_newest_verified_backup_outlives_newer_unverified_ones(
     tmp_path: Path, prefect: str
 ) -> None:
@@ -122,14 +136,7 @@ def test_the_newest_verified_backup_outlives_newer_unverified_ones(
     older verified one goes. A damaged drill record beside them does not stop it (retention
     reads the backup records only)."""
     days = all_days()[-4:]
-    catalog = Catalog(open_store(f"file://{tmp_path}"), "jaco", "c1")
-    for day in days:
-        path = tmp_path / key_of(day)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"x")
-        catalog.record_backup(
-            backup_record(key_of(day), day, day.toordinal(), verified=day in days[:2])
-        )
+    catalog = _stored(tmp_path, days, verified=days[:2])
     drill = tmp_path / "jaco/catalog/c1/drills" / stem_of(key_of(days[2])) / "x.json"
     drill.parent.mkdir(parents=True)
     drill.write_bytes(b"{")  # damaged
@@ -146,14 +153,7 @@ def test_the_newest_verified_backup_still_stored_is_kept(tmp_path: Path, prefect
     lifecycle rule), its record left: retention keeps the newest verified backup that is still
     there, not a name that protects nothing. keep_last=1, the prune flow's way."""
     days = all_days()[-3:]
-    catalog = Catalog(open_store(f"file://{tmp_path}"), "jaco", "c1")
-    for day in days:
-        path = tmp_path / key_of(day)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"x")
-        catalog.record_backup(
-            backup_record(key_of(day), day, day.toordinal(), verified=day in days[:2])
-        )
+    _stored(tmp_path, days, verified=days[:2])
     (tmp_path / key_of(days[1])).unlink()  # the newest verified one, its record kept
     policy = RetentionPolicy(keep_last=1, daily=0, weekly=0, monthly=0)
     result = prune(f"file://{tmp_path}", policy, None)
