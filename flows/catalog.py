@@ -23,7 +23,7 @@ locking is needed to read or write it.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -275,13 +275,13 @@ class Catalog:
             record.drills = sorted(drills.get(record.stem, []), key=lambda d: d.at)
         return sorted(records, key=_age, reverse=True)
 
-    def newest_verified(self, among: Collection[str] | None = None) -> BackupRecord | None:
-        """The newest backup verify proved (of the keys `among`, where given: those still
-        stored); its drills are not read (retention and the change stream need only the
-        record, and a damaged drill record must not stop them)."""
-        records = self._read_all("backups/", BackupRecord)
-        verified = [r for r in records if r.verified and (among is None or r.key in among)]
-        return max(verified, key=_age, default=None)
+    def newest_verified(self, stored: Callable[[str], bool] | None = None) -> BackupRecord | None:
+        """The newest backup verify proved whose key `stored` accepts (asked newest first,
+        until one is: whether its object is still there); its drills are not read (retention
+        and the change stream need only the record; a damaged drill record must not stop them)."""
+        verified = [r for r in self._read_all("backups/", BackupRecord) if r.verified]
+        newest_first = sorted(verified, key=_age, reverse=True)
+        return next((r for r in newest_first if stored is None or stored(r.key)), None)
 
     def forget(self, keys: Iterable[str]) -> None:
         """Remove the records of backups that are gone (retention)."""

@@ -126,9 +126,10 @@ class Stream:
     # -- the chain -----------------------------------------------------------------------
 
     def newest_backup(self) -> BackupRecord | None:
-        """The chain's base: the newest backup verify proved (one it could not finish checking
-        is kept, unverified, and is no base for a point-in-time restore)."""
-        return self.catalogs[0].newest_verified()
+        """The chain's base: the newest backup verify proved whose object is still stored (one
+        verify could not finish checking is kept, unverified, and is no base for a
+        point-in-time restore; nor is a record whose object was deleted)."""
+        return self.catalogs[0].newest_verified(self.catalogs[0].store.exists)
 
     def full_backup(self, why: str) -> BackupRecord:
         from flows.backup_flow import backup_cluster

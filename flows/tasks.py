@@ -246,7 +246,7 @@ def prune_task(
         keep.add(protect)
     else:  # the catalog's records are read only here: a GET each
         keep.add(max(backups, key=lambda b: (b.day, b.index)).key)
-        verified = catalog.newest_verified({b.key for b in backups})  # one still stored
+        verified = catalog.newest_verified({b.key for b in backups}.__contains__)  # stored
         keep |= {verified.key} if verified else set()
     candidates = sorted(b.key for b in backups if b.key not in keep)
     locked = {key for key in candidates if store.is_locked(key)}  # asked only where it matters

@@ -1031,14 +1031,14 @@ MUTATIONS: list[Mutation] = [
     m(
         "retention: every drill record read, so a damaged one stops prune (stop 34)",
         "flows/tasks.py",
-        "    verified = catalog.newest_verified({b.key for b in backups})",
+        "    verified = catalog.newest_verified({b.key for b in backups}.__contains__)",
         "    verified = next((b for b in catalog.backups() if b.verified), None)",
         k("tests/test_retention.py", "newest_verified"),
     ),
     m(
         "retention: the newest verified backup protected though gone from the store (stop 35)",
         "flows/tasks.py",
-        "    verified = catalog.newest_verified({b.key for b in backups})",
+        "    verified = catalog.newest_verified({b.key for b in backups}.__contains__)",
         "    verified = catalog.newest_verified()",
         k("tests/test_retention.py", "still_stored"),
     ),
@@ -1068,8 +1068,15 @@ MUTATIONS: list[Mutation] = [
     m(
         "change stream: segments chained onto an unverified backup (stop 34)",
         "flows/stream.py",
-        "        return self.catalogs[0].newest_verified()",
+        "        return self.catalogs[0].newest_verified(self.catalogs[0].store.exists)",
         "        return next(iter(self.catalogs[0].backups()), None)",
+        "tests/unit/test_stream_base.py",
+    ),
+    m(
+        "change stream: segments chained onto a verified backup gone from the store (stop 35)",
+        "flows/stream.py",
+        "        return self.catalogs[0].newest_verified(self.catalogs[0].store.exists)",
+        "        return self.catalogs[0].newest_verified()",
         "tests/unit/test_stream_base.py",
     ),
     m(

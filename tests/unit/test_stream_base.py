@@ -1,6 +1,7 @@
-"""The change stream chains its segments onto the newest *verified* full backup, and the
-restorable window `jaco backup ls` shows spans verified backups only: a newer one that verify
-could not finish checking (kept, unverified) is no base for a point-in-time restore."""
+"""The change stream chains its segments onto the newest *verified* full backup still
+stored, and the restorable window `jaco backup ls` shows spans verified backups only: a newer
+one that verify could not finish checking (kept, unverified) is no base for a point-in-time
+restore, nor is one whose object was deleted."""
 
 from __future__ import annotations
 
@@ -36,8 +37,14 @@ def test_the_stream_bases_its_chain_on_the_newest_verified_backup(tmp_path: Path
     assert stream.newest_backup() is None
     for index, verified in ((1, True), (2, True), (3, False)):
         catalog.record_backup(_record(index, verified))
+        (tmp_path / _record(index, verified).key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / _record(index, verified).key).write_bytes(b"x")  # the object, stored
     base = stream.newest_backup()
     assert base is not None and base.snapshot_index == 2
+    # Its object deleted by hand (the record left): no base; the older verified one is.
+    (tmp_path / base.key).unlink()
+    base = stream.newest_backup()
+    assert base is not None and base.snapshot_index == 1
 
 
 def test_the_restorable_window_ends_at_the_newest_verified_backup(tmp_path: Path) -> None:
