@@ -330,9 +330,10 @@ def test_a_server_answering_as_another_cluster_fails_the_backup(site: dict[str, 
         assert backup_cluster(alpha.backup_params(), return_state=True).is_completed()
     before = [b.key for b in _catalog("alpha").backups()]
     beta = config.clusters["beta"]
-    wrong = alpha.backup_params().model_copy(
-        update={"servers": beta.servers, "secrets": beta.secrets}
-    )
+    # beta's servers and token; alpha's own verify identity (beta's would be refused before
+    # the backup is taken: it is none of alpha's recipients)
+    secrets = alpha.secrets.model_copy(update={"token": beta.secrets.token})
+    wrong = alpha.backup_params().model_copy(update={"servers": beta.servers, "secrets": secrets})
     state = backup_cluster(wrong, return_state=True)
     assert state.is_failed()
     pinned = _catalog("alpha").identity()
