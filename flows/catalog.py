@@ -29,6 +29,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flows.errors import PipelineError
+from flows.retention import newest_verified_in
 from flows.storage import BackupStore
 from jaco.public import AuditHead
 
@@ -170,7 +171,7 @@ class ClusterView(BaseModel):
 
     @property
     def newest_verified(self) -> BackupRecord | None:
-        return next((b for b in self.backups if b.verified), None)
+        return newest_verified_in(self.backups)[0]
 
     def last_passing_drill(self) -> tuple[BackupRecord, DrillRecord] | None:
         drills = [(b, d) for b in self.backups for d in b.drills if d.passed]
@@ -276,12 +277,10 @@ class Catalog:
         return sorted(records, key=_age, reverse=True)
 
     def newest_verified(self, stored: Callable[[str], bool] | None = None) -> BackupRecord | None:
-        """The newest backup verify proved whose key `stored` accepts (asked newest first,
-        until one is: whether its object is still there); its drills are not read (retention
-        and the change stream need only the record; a damaged drill record must not stop them)."""
-        verified = [r for r in self._read_all("backups/", BackupRecord) if r.verified]
-        newest_first = sorted(verified, key=_age, reverse=True)
-        return next((r for r in newest_first if stored is None or stored(r.key)), None)
+        """newest_verified_in over the records alone (retention and the change stream need no
+        drills, and a damaged drill record must not stop them)."""
+        records = sorted(self._read_all("backups/", BackupRecord), key=_age, reverse=True)
+        return newest_verified_in(records, stored)[0]
 
     def forget(self, keys: Iterable[str]) -> None:
         """Remove the records of backups that are gone (retention)."""

@@ -31,9 +31,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from flows.catalog import BackupRecord, Catalog, ClusterView
+from flows.catalog import BackupRecord, Catalog, ClusterView, newest_verified_in
 from flows.storage import open_store
-from flows.watchdog_flow import Objective, newest_stored_verified
+from flows.watchdog_flow import Objective
 
 CACHE_SECONDS = 15.0
 KINDS = ("backup", "drill", "prune", "watchdog")
@@ -51,10 +51,12 @@ class CatalogCollector(Collector):
             cached = self._cache.get(target.cluster)
             if cached and time.monotonic() - cached[0] < CACHE_SECONDS:
                 return cached[1], cached[2]
+        view: ClusterView | None = None
+        newest: BackupRecord | None = None
         try:
             catalog = Catalog(open_store(target.s3_url, target.s3), target.prefix, target.cluster)
-            view: ClusterView | None = catalog.view()
-            newest = newest_stored_verified(view, catalog.store)[0] if view else None
+            view = catalog.view()
+            newest = newest_verified_in(view.backups, catalog.store.exists)[0]  # HEADs
         except Exception:  # noqa: BLE001 - reported as jaco_catalog_up 0
             view, newest = None, None
         with self._lock:

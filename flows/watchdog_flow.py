@@ -21,7 +21,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from flows.alerts import alert, current_run, on_run_failure
-from flows.catalog import BackupRecord, Catalog, ClusterView, Failure, RunRef, now
+from flows.catalog import Catalog, ClusterView, Failure, RunRef, newest_verified_in, now
 from flows.params import Where
 from flows.storage import BackupStore, open_store
 
@@ -53,26 +53,11 @@ def _human(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
-def newest_stored_verified(
-    view: ClusterView, store: BackupStore
-) -> tuple[BackupRecord | None, list[BackupRecord]]:
-    """The newest verified backup whose object is still in `store` (a HEAD each, newest
-    first), and the newer verified records whose object is gone (deleted by hand, or by a
-    lifecycle rule): a record alone restores nothing."""
-    gone: list[BackupRecord] = []
-    for record in view.backups:
-        if record.verified:
-            if store.exists(record.key):
-                return record, gone
-            gone.append(record)
-    return None, gone
-
-
 def stale_conditions(target: Objective, view: ClusterView, store: BackupStore) -> dict[str, str]:
     """What is wrong with one cluster's recoverability, by condition, as alert reasons. A
     verified backup counts only while its object is in `store`."""
     problems = {}
-    newest, gone = newest_stored_verified(view, store)
+    newest, gone = newest_verified_in(view.backups, store.exists)  # a HEAD each, newest first
     age = _age(newest.taken_at if newest else None)
     if age is None:
         problems["backup.stale"] = f"there is no verified backup of {target.cluster} at all"

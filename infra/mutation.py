@@ -1045,15 +1045,15 @@ MUTATIONS: list[Mutation] = [
     m(
         "watchdog: a verified backup gone from the store counted as fresh (stop 35)",
         "flows/watchdog_flow.py",
-        "    newest, gone = newest_stored_verified(view, store)",
-        "    newest, gone = view.newest_verified, []",
+        "    newest, gone = newest_verified_in(view.backups, store.exists)",
+        "    newest, gone = newest_verified_in(view.backups)",
         k("tests/test_watchdog.py", "gone_from_the_store"),
     ),
     m(
         "metrics: a verified backup gone from the store reported as the newest (stop 35)",
         "flows/metrics.py",
-        "newest_stored_verified(view, catalog.store)[0] if view else None",
-        "view.newest_verified if view else None",
+        "newest = newest_verified_in(view.backups, catalog.store.exists)[0]",
+        "newest = newest_verified_in(view.backups)[0]",
         k("tests/test_watchdog.py", "gone_from_the_store"),
     ),
     m(
