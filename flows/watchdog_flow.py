@@ -193,15 +193,14 @@ def watchdog(params: WatchdogParams) -> dict[str, Any]:
         findings.setdefault(cluster, []).append(f"run {run.name}: {abandoned['message']}")
     for target in params.clusters:
         catalog = Catalog(open_store(target.s3_url, target.s3), target.prefix, target.cluster)
-        try:
-            view = catalog.view()
+        try:  # the catalog, and the HEAD of its newest verified backups
+            problems = stale_conditions(target, catalog.view(), catalog.store)
         except Exception as exc:  # noqa: BLE001 - an unreadable catalog is itself the alarm
             reason = f"the catalog of {target.cluster} cannot be read: {exc}"
             logger.error(reason)
             alert("catalog.unreadable", target.cluster, reason, target.secrets, me)
             findings.setdefault(target.cluster, []).append(reason)
             continue
-        problems = stale_conditions(target, view, catalog.store)
         _clear(catalog, {"backup.stale", "drill.stale", "stream.stale"} - set(problems))
         for condition, reason in problems.items():
             findings.setdefault(target.cluster, []).append(reason)

@@ -1050,6 +1050,15 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_watchdog.py", "gone_from_the_store"),
     ),
     m(
+        "watchdog: one unreadable catalog stops the watch of every cluster (stop 35)",
+        "flows/watchdog_flow.py",
+        "        except Exception as exc:  # noqa: BLE001 - an unreadable catalog is itself the "
+        "alarm",
+        "        except ValueError as exc:  # noqa: BLE001 - an unreadable catalog is itself the "
+        "alarm",
+        k("tests/test_watchdog.py", "unreadable_catalog"),
+    ),
+    m(
         "metrics: a verified backup gone from the store reported as the newest (stop 35)",
         "flows/metrics.py",
         "newest = newest_verified_in(view.backups, catalog.store.exists)[0]",

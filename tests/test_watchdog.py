@@ -103,6 +103,19 @@ def test_a_verified_backup_gone_from_the_store_is_no_backup(
     assert ("jaco_backup_last_verified_timestamp_seconds", "vanished") not in samples
 
 
+def test_an_unreadable_catalog_alerts_and_the_other_clusters_are_still_checked(
+    stored1: dict[str, Any], hook: Webhook
+) -> None:
+    """One cluster's catalog cannot be read (its bucket does not exist): that is an alert of
+    its own, and the watchdog goes on to the next cluster instead of failing for all."""
+    broken = objective(stored1, cluster="lost", bucket="no-such-bucket")
+    fresh = objective(stored1, max_backup_age=3600, max_drill_age=3600)
+    findings = watchdog(WatchdogParams(clusters=[broken, fresh]))
+    assert hook.events("lost") == ["jaco.catalog.unreadable"]
+    assert "the catalog of lost cannot be read" in findings["lost"][0]
+    assert hook.events("prod") == ["jaco.drill.stale"]  # checked after it
+
+
 def _flow_process(kind: str, p: Any, log: Path, timeout: float | None = None) -> Any:
     from prefect.settings import PREFECT_API_URL
 
