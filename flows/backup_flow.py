@@ -47,7 +47,7 @@ from flows.tasks import (
     verify_task,
 )
 from flows.workdirs import run_workdir, sweep_workdirs
-from jaco.public import ArchiveError, DecryptionFailed, parse_identities
+from jaco.public import ArchiveError, DecryptionFailed, JacoError, parse_identities
 
 MIB = 1024 * 1024
 # What verify raises when it has shown the stored backup not to be the one taken (as opposed
@@ -108,8 +108,13 @@ def prepare_task(params: BackupParams) -> tuple[str | None, list[str]]:
 def check_verify_identity(params: BackupParams) -> None:
     """Refuse, before anything is taken, a verify identity that is none of the recipients:
     verify could not open the backup, which would then be deleted as undecryptable, run after
-    run (and the change stream, restarted, would take one after another)."""
-    identities = parse_identities(params.secrets.read_identity(), "the verify identity")
+    run (and the change stream, restarted, would take one after another). An identity that
+    cannot be read decides nothing here: the backup is taken, and verify, which cannot check
+    it either, keeps it unverified and says why."""
+    try:
+        identities = parse_identities(params.secrets.read_identity(), "the verify identity")
+    except JacoError:
+        return
     public = sorted(str(identity.to_public()) for identity in identities)
     if not set(public) & set(params.recipients):
         raise PipelineError(

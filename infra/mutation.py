@@ -1036,6 +1036,13 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_retention.py", "newest_verified"),
     ),
     m(
+        "verify identity: one that cannot be read refuses the backup (stop 35)",
+        "flows/backup_flow.py",
+        "    except JacoError:\n        return\n",
+        "    except JacoError:\n        raise\n",
+        k("tests/test_pipeline.py", "unreadable_verify_identity"),
+    ),
+    m(
         "retention: the newest verified backup protected though gone from the store (stop 35)",
         "flows/tasks.py",
         "    verified = catalog.newest_verified({b.key for b in backups}.__contains__)",

@@ -275,6 +275,12 @@ def test_s3_cutting_every_reply_fails_verify_as_the_stores_failure_not_damage(
     assert "StorageError: S3 download of " in failure, failure
     assert "is damaged" not in failure
     assert [r.run_count for r in task_runs(state, "verify")] == [2]
+    _kept_unverified(state, s3, before, tmp_path)
+
+
+def _kept_unverified(state: Any, s3: SeaweedS3, before: dict[str, int], tmp_path: Path) -> None:
+    """The run's one new backup is in S3 and the local directory, recorded unverified in both
+    catalogs, and the run's log says it was kept."""
     [key] = set(objects(s3)) - set(before)
     assert [p.relative_to(tmp_path / "local").as_posix() for p in
             (tmp_path / "local").rglob("*.age")] == [key]  # fmt: skip
@@ -282,6 +288,22 @@ def test_s3_cutting_every_reply_fails_verify_as_the_stores_failure_not_damage(
         record = Catalog(open_store(url), "jaco", "prod").backup(key)
         assert record is not None and record.verified is None, url
     assert f"{key} is kept, recorded unverified" in flow_logs(state)
+
+
+def test_an_unreadable_verify_identity_still_takes_the_backup_unverified(
+    env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verify identity cannot be read (its file is missing): the check against the
+    recipients cannot decide, so the backup is still taken and stored; verify says why it
+    could not check it, and it is kept, recorded unverified (a backup nothing showed damaged)."""
+    s3 = env["s3"]
+    before = objects(s3)
+    monkeypatch.setenv("JACO_AGE_IDENTITY_FILE", str(tmp_path / "missing.key"))
+    state = run_flow(params(env["cluster"], env["keys"], tmp_path / "local"))
+    assert state.is_failed()
+    failure = str(state.message)
+    assert "the verify identity: cannot read" in failure and "missing.key" in failure, failure
+    _kept_unverified(state, s3, before, tmp_path)
 
 
 def test_a_cut_read_resumes_only_from_the_same_object(
