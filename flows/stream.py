@@ -68,6 +68,12 @@ class StreamSettings(BaseModel):
         description="Sealed segments held for a failing store, at most; then reading pauses.",
     )
     heartbeat_seconds: float = Field(15.0, gt=0, description="How often to write stream.json.")
+    full_backup_retry_seconds: float = Field(
+        60.0, gt=0, description="The wait after a failed full backup; doubled after each."
+    )
+    full_backup_retry_max_seconds: float = Field(
+        3600.0, gt=0, description="The longest wait between two full backups that fail."
+    )
 
 
 def _now() -> dt.datetime:
@@ -137,25 +143,43 @@ class Stream:
         log.warning("%s: taking a new full backup of %s", why, self.params.cluster)
         state = backup_cluster(self.params, return_state=True)
         if not state.is_completed():
-            raise JacoError(f"the full backup failed: {state.message}")
+            raise JacoError(f"the full backup of {self.params.cluster} failed: {state.message}")
         backup = self.newest_backup()
-        assert backup is not None
+        if backup is None:  # deleted between the run and now
+            raise JacoError(f"the full backup of {self.params.cluster} is not in the catalog")
         log.warning("new full backup %s at revision %s", backup.key, backup.snapshot_index)
         return backup
+
+    def _full_backup_until_stopped(self, why: str) -> BackupRecord | None:
+        """`full_backup`, tried again after a failure, each wait twice the last (up to
+        `full_backup_retry_max_seconds`): a cause that lasts (a refused token, a wrong verify
+        identity) costs one failed run and one alert per wait, not one per systemd restart.
+        None once stopped."""
+        wait = self.settings.full_backup_retry_seconds
+        while not self.stop.is_set():
+            try:
+                return self.full_backup(why)
+            except JacoError as exc:
+                first = exc.message.splitlines()[0] if exc.message else "failed"
+                log.error("%s; the next attempt in %.0fs", first, wait)
+                self.stop.wait(wait)
+                wait = min(wait * 2, self.settings.full_backup_retry_max_seconds)
+        return None
 
     def run(self) -> None:
         backup = self._retry_until_stopped(self.newest_backup)
         if backup is None and not self.stop.is_set():
-            backup = self.full_backup("no full backup in the catalog yet")
+            backup = self._full_backup_until_stopped("no full backup in the catalog yet")
         while backup is not None and not self.stop.is_set():
             try:
                 self._follow(backup)
                 return
             except Rebase:
-                backup = self.newest_backup()
+                backup = self._retry_until_stopped(self.newest_backup)
             except Compacted as exc:
                 self._drain()
-                backup = self.full_backup(f"etcd compacted past the stream's position ({exc})")
+                why = f"etcd compacted past the stream's position ({exc})"
+                backup = self._full_backup_until_stopped(why)
 
     def _retry_until_stopped(self, fn: Callable[[], BackupRecord | None]) -> BackupRecord | None:
         while not self.stop.is_set():

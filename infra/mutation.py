@@ -1102,6 +1102,20 @@ MUTATIONS: list[Mutation] = [
         "window=self.window(backups)",
         "tests/unit/test_stream_base.py",
     ),
+    m(
+        "change stream: a failed full backup ends the process (systemd restarts it) (stop 36)",
+        "flows/stream.py",
+        '                log.error("%s; the next attempt in %.0fs", first, wait)\n',
+        "                raise\n",
+        "tests/test_stream_start.py",
+    ),
+    m(
+        "change stream: a failing full backup retried at a fixed pace (stop 36)",
+        "flows/stream.py",
+        "                wait = min(wait * 2, self.settings.full_backup_retry_max_seconds)",
+        "                wait = min(wait, self.settings.full_backup_retry_max_seconds)",
+        "tests/test_stream_start.py",
+    ),
 ]
 
 

@@ -124,6 +124,15 @@ def stream(
             "(etcd keeps the history) until they are stored.",
         ),
     ] = 64.0,
+    full_backup_retry_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            max=3600,
+            help="After a failed full backup (none yet, or etcd compacted past the stream), "
+            "wait this long and try again; the wait doubles after each failure, up to 1 h.",
+        ),
+    ] = 60.0,
 ) -> None:
     """Continuous backup: the cluster's changes as encrypted segments to its stores, until
     SIGTERM. Resumes after the last segment recorded in the catalog; see docs/pipeline.md."""
@@ -153,6 +162,7 @@ def stream(
         segment_bytes=int(segment_mib * 1024 * 1024),
         heartbeat_seconds=heartbeat_seconds,
         max_queued_bytes=max(int(max_queued_mib * 1024 * 1024), 1),
+        full_backup_retry_seconds=full_backup_retry_seconds,
     )
     Stream(site.clusters[cluster].backup_params(), settings, stop).run()
 
