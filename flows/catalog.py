@@ -276,11 +276,13 @@ class Catalog:
             record.drills = sorted(drills.get(record.stem, []), key=lambda d: d.at)
         return sorted(records, key=_age, reverse=True)
 
-    def newest_verified(self, stored: Callable[[str], bool] | None = None) -> BackupRecord | None:
-        """newest_verified_in over the records alone (retention and the change stream need no
+    def records(self) -> list[BackupRecord]:
+        """The backup records alone, newest first (retention and the change stream need no
         drills, and a damaged drill record must not stop them)."""
-        records = sorted(self._read_all("backups/", BackupRecord), key=_age, reverse=True)
-        return newest_verified_in(records, stored)[0]
+        return sorted(self._read_all("backups/", BackupRecord), key=_age, reverse=True)
+
+    def newest_verified(self, stored: Callable[[str], bool] | None = None) -> BackupRecord | None:
+        return newest_verified_in(self.records(), stored)[0]
 
     def forget(self, keys: Iterable[str]) -> None:
         """Remove the records of backups that are gone (retention)."""

@@ -1,15 +1,16 @@
 """Which backups to keep: the last N, plus grandfather-father-son (daily, weekly, monthly).
 
 Backups are identified by their key, `…/{YYYY}/{MM}/{DD}/cluster-{YYYY-MM-DD}-{index}.tar.gz.age`:
-the date and snapshot index order them. For each daily/weekly/monthly bucket the newest backup
-is kept. The newest verified backup is never deleted, nor are objects under object lock.
+the date and snapshot index order them. For each daily/weekly/monthly bucket the newest verified
+backup is kept (the newest, if none is verified). The newest verified backup is never deleted,
+nor are objects under object lock.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,12 @@ def parse_key(key: str) -> Backup | None:
     return Backup(key, dt.date.fromisoformat(match.group(1)), int(match.group(2)))
 
 
-def to_keep(backups: list[Backup], policy: RetentionPolicy) -> set[str]:
+def to_keep(
+    backups: list[Backup], policy: RetentionPolicy, verified: Collection[str] = ()
+) -> set[str]:
+    """The keys to keep: the `keep_last` newest, and for each of the last daily, weekly and
+    monthly periods its newest backup among those `verified` names, or its newest if it has
+    none verified (one that verify could not finish must not take a period's only slot)."""
     ordered = sorted(backups, key=lambda b: (b.day, b.index), reverse=True)
     keep = {b.key for b in ordered[: policy.keep_last]}
     buckets = [
@@ -52,14 +58,16 @@ def to_keep(backups: list[Backup], policy: RetentionPolicy) -> set[str]:
         (policy.monthly, lambda b: (b.day.year, b.day.month)),
     ]
     for count, bucket_of in buckets:
-        seen: list[object] = []
-        for backup in ordered:  # newest first: the first of each bucket is its newest
+        chosen: dict[object, str] = {}
+        for backup in ordered:  # newest first: a bucket's backups follow each other
             bucket = bucket_of(backup)
-            if bucket not in seen:
-                if len(seen) == count:
+            if bucket not in chosen:
+                if len(chosen) == count:
                     break
-                seen.append(bucket)
-                keep.add(backup.key)
+                chosen[bucket] = backup.key
+            elif backup.key in verified and chosen[bucket] not in verified:
+                chosen[bucket] = backup.key
+        keep |= set(chosen.values())
     return keep
 
 

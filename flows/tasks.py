@@ -28,7 +28,7 @@ from prefect.tasks import exponential_backoff
 from flows.catalog import Catalog, stem_of
 from flows.errors import VerifyFailed
 from flows.params import Where
-from flows.retention import RetentionPolicy, parse_key, to_keep
+from flows.retention import RetentionPolicy, newest_verified_in, parse_key, to_keep
 from flows.secrets import ClusterSecrets, S3Settings
 from flows.storage import BackupStore, open_store
 from flows.stream import segments_prefix, segments_root
@@ -241,12 +241,13 @@ def prune_task(
         return {"store": store.name, "deleted": [], "kept": [], "locked": [], "dry_run": True,
                 "segments_deleted": 0}  # fmt: skip
     catalog = Catalog(store, where.prefix, where.cluster)
-    keep = to_keep(backups, policy)
+    records = catalog.records()  # a GET each: which backups verify proved
+    keep = to_keep(backups, policy, {r.key for r in records if r.verified})
     if protect is not None:
         keep.add(protect)
-    else:  # the catalog's records are read only here: a GET each
+    else:
         keep.add(max(backups, key=lambda b: (b.day, b.index)).key)
-        verified = catalog.newest_verified({b.key for b in backups}.__contains__)  # stored
+        verified = newest_verified_in(records, {b.key for b in backups}.__contains__)[0]
         keep |= {verified.key} if verified else set()
     candidates = sorted(b.key for b in backups if b.key not in keep)
     locked = {key for key in candidates if store.is_locked(key)}  # asked only where it matters

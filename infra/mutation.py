@@ -1031,8 +1031,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "retention: every drill record read, so a damaged one stops prune (stop 34)",
         "flows/tasks.py",
-        "    verified = catalog.newest_verified({b.key for b in backups}.__contains__)",
-        "    verified = next((b for b in catalog.backups() if b.verified), None)",
+        "    records = catalog.records()  # a GET each: which backups verify proved",
+        "    records = catalog.backups()",
         k("tests/test_retention.py", "newest_verified"),
     ),
     m(
@@ -1045,8 +1045,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "retention: the newest verified backup protected though gone from the store (stop 35)",
         "flows/tasks.py",
-        "    verified = catalog.newest_verified({b.key for b in backups}.__contains__)",
-        "    verified = catalog.newest_verified()",
+        "        verified = newest_verified_in(records, {b.key for b in backups}.__contains__)[0]",
+        "        verified = newest_verified_in(records)[0]",
         k("tests/test_retention.py", "still_stored"),
     ),
     m(
@@ -1115,6 +1115,21 @@ MUTATIONS: list[Mutation] = [
         "                wait = min(wait * 2, self.settings.full_backup_retry_max_seconds)",
         "                wait = min(wait, self.settings.full_backup_retry_max_seconds)",
         "tests/test_stream_start.py",
+    ),
+    m(
+        "retention: a period's slot taken by a newer unverified backup (stop 36)",
+        "flows/retention.py",
+        "            elif backup.key in verified and chosen[bucket] not in verified:\n"
+        "                chosen[bucket] = backup.key\n",
+        "",
+        k("tests/test_retention.py", "newest_verified_backup_not"),
+    ),
+    m(
+        "retention: the backup flow's prune not told which backups are verified (stop 36)",
+        "flows/tasks.py",
+        "    keep = to_keep(backups, policy, {r.key for r in records if r.verified})",
+        "    keep = to_keep(backups, policy)",
+        k("tests/test_retention.py", "newest_verified_backup_not"),
     ),
 ]
 

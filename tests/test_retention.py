@@ -162,6 +162,29 @@ def test_the_newest_verified_backup_still_stored_is_kept(tmp_path: Path, prefect
     assert (tmp_path / key_of(days[0])).exists()
 
 
+@pytest.mark.parametrize("way", ["prune flow", "backup flow"])
+def test_each_period_keeps_its_newest_verified_backup_not_a_newer_unverified_one(
+    tmp_path: Path, prefect: str, way: str
+) -> None:
+    """Verify could not finish for the newest backup of a week (S3 failing that evening): kept,
+    unverified. That week's slot goes to its newest verified backup, not to the unverified one
+    (which the newest verified backup of the whole store no longer protects, a week on).
+    keep_last=1, weekly=2: Mon 16 – Wed 25 November 2026, ISO weeks 47 and 48, the 22nd (week
+    47's last) and the 25th (the newest) unverified. Pruned as the prune flow does it (nothing
+    named) and as the backup flow does (the 24th, just verified, named): the same."""
+    days = [dt.date(2026, 11, d) for d in range(16, 26)]
+    unverified = [dt.date(2026, 11, 22), dt.date(2026, 11, 25)]
+    _stored(tmp_path, days, verified=[d for d in days if d not in unverified])
+    policy = RetentionPolicy(keep_last=1, daily=0, weekly=2, monthly=0)
+    protect = key_of(dt.date(2026, 11, 24)) if way == "backup flow" else None
+    result = prune(f"file://{tmp_path}", policy, protect)
+    kept = [key_of(dt.date(2026, 11, d)) for d in (21, 24, 25)]
+    assert result["kept"] == sorted(kept)
+    assert sorted(k for k in (p.relative_to(tmp_path).as_posix() for p in
+                  tmp_path.rglob("*.age"))) == sorted(kept)  # fmt: skip
+    assert key_of(dt.date(2026, 11, 22)) in result["deleted"]
+
+
 def test_objects_under_object_lock_are_skipped(
     s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch, prefect: str
 ) -> None:

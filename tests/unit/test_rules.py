@@ -263,6 +263,28 @@ def test_retention_keeps_the_newest_and_one_per_period() -> None:
     assert parse_key("jaco/x/notes.txt") is None
 
 
+def test_retention_keeps_each_periods_newest_verified_backup() -> None:
+    """A period whose newest backup is unverified (verify could not finish) keeps its newest
+    verified one instead; a period with none verified keeps its newest, as before."""
+    day = dt.date(2026, 11, 27)
+    backups = [
+        Backup(f"k/cluster-{(day - dt.timedelta(days=d)).isoformat()}-{i}.tar.gz.age",
+               day - dt.timedelta(days=d), i)
+        for d in range(5) for i in (1, 2, 3)
+    ]  # fmt: skip
+    name = "k/cluster-2026-11-{}-{}.tar.gz.age".format
+    verified = {name(26, 1), name(25, 2), name(25, 3), name(24, 1), name(24, 2)}
+    keep = to_keep(backups, RetentionPolicy(keep_last=1, daily=4, weekly=0, monthly=0), verified)
+    # keep_last: 27-3; daily: 27 none verified -> 27-3; 26 -> 26-1; 25 -> 25-3; 24 -> 24-2.
+    assert keep == {name(27, 3), name(26, 1), name(25, 3), name(24, 2)}
+    assert to_keep(backups, RetentionPolicy(keep_last=1, daily=4, weekly=0, monthly=0)) == {
+        name(27, 3),
+        name(26, 3),
+        name(25, 3),
+        name(24, 3),
+    }
+
+
 def test_errors_say_whether_a_retry_can_help() -> None:
     assert is_retryable(Unavailable("x")) and is_retryable(Conflict("x"))
     assert not is_retryable(InvalidArgument("x")) and not is_retryable(ArchiveError("x"))
