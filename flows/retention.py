@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
-
-if TYPE_CHECKING:
-    from flows.catalog import BackupRecord
 
 KEY_RE = re.compile(r"cluster-(\d{4}-\d{2}-\d{2})-(\d+)\.tar\.gz\.age$")
 
@@ -69,16 +65,3 @@ def to_keep(
                 chosen[bucket] = backup.key
         keep |= set(chosen.values())
     return keep
-
-
-def newest_verified_in(
-    backups: Iterable[BackupRecord], stored: Callable[[str], bool] | None = None
-) -> tuple[BackupRecord | None, list[BackupRecord]]:
-    """The first verified backup of `backups` (newest first) whose key `stored` accepts (asked
-    in turn: is its object still there?), and the verified ones before it that it did not."""
-    gone: list[BackupRecord] = []
-    for record in (b for b in backups if b.verified):
-        if stored is None or stored(record.key):
-            return record, gone
-        gone.append(record)
-    return None, gone

@@ -28,7 +28,8 @@ from prefect.tasks import exponential_backoff
 from flows.catalog import Catalog, stem_of
 from flows.errors import VerifyFailed
 from flows.params import Where
-from flows.retention import RetentionPolicy, newest_verified_in, parse_key, to_keep
+from flows.records import newest_verified_in
+from flows.retention import RetentionPolicy, parse_key, to_keep
 from flows.secrets import ClusterSecrets, S3Settings
 from flows.storage import BackupStore, open_store
 from flows.stream import segments_prefix, segments_root
