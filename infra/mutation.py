@@ -1131,6 +1131,20 @@ MUTATIONS: list[Mutation] = [
         "    keep = to_keep(backups, policy)",
         k("tests/test_retention.py", "newest_verified_backup_not"),
     ),
+    m(
+        "backup ls: a record taken for a stored backup (stop 36)",
+        "jaco/cli/catalog.py",
+        "    stored = {o.key for f in sorted(folders) for o in catalog.store.list(f) if o.key in keys}",
+        "    stored = keys",
+        "tests/unit/test_backup_ls.py",
+    ),
+    m(
+        "backup ls: the restorable window resting on a backup gone from the store (stop 36)",
+        "jaco/cli/catalog.py",
+        '        view = view.model_copy(update={"window": catalog.window(bases)})',
+        "        pass",
+        "tests/unit/test_backup_ls.py",
+    ),
 ]
 
 

@@ -42,6 +42,11 @@ PrefixOpt = Annotated[str, typer.Option(help="Key prefix, with --store.")]
 def catalog_views(
     config: Path | None, store: str | None, prefix: str, only: list[str]
 ) -> list[Any]:
+    """Each cluster's ClusterView, read from its catalog."""
+    return [catalog.view() for catalog in _catalogs(config, store, prefix, only)]
+
+
+def _catalogs(config: Path | None, store: str | None, prefix: str, only: list[str]) -> list[Any]:
     from flows.catalog import Catalog, clusters_in
     from flows.config import load_config, site_config_path
     from flows.errors import PipelineError
@@ -51,7 +56,7 @@ def catalog_views(
         if store:
             opened = open_store(store if "://" in store else f"file://{Path(store).absolute()}")
             names = only or clusters_in(opened, prefix)
-            return [Catalog(opened, prefix, n).view() for n in names]
+            return [Catalog(opened, prefix, n) for n in names]
         path = config or site_config_path()
         site = load_config(path)
         unknown = sorted(set(only) - set(site.clusters))
@@ -61,12 +66,26 @@ def catalog_views(
                 f"{', '.join(sorted(site.clusters)) or 'none'})"
             )
         return [
-            Catalog(open_store(c.s3_url, c.s3), c.prefix, name).view()
+            Catalog(open_store(c.s3_url, c.s3), c.prefix, name)
             for name, c in site.clusters.items()
             if not only or name in only
         ]
     except PipelineError as exc:
         raise InvalidArgument(exc.message.splitlines()[0]) from None
+
+
+def _stored_view(catalog: Any) -> tuple[ClusterView, set[str]]:
+    """A cluster's view, and the keys of its backups whose objects are in the store (one
+    listing of each folder they are in): a record outlives an object deleted by hand or by a
+    lifecycle rule. The restorable window then rests only on verified backups still stored."""
+    view = catalog.view()
+    folders = {b.key.rsplit("/", 4)[0] + "/" for b in view.backups}
+    keys = {b.key for b in view.backups}
+    stored = {o.key for f in sorted(folders) for o in catalog.store.list(f) if o.key in keys}
+    if any(b.verified and b.key not in stored for b in view.backups):
+        bases = [b for b in view.backups if b.verified and b.key in stored]
+        view = view.model_copy(update={"window": catalog.window(bases)})
+    return view, stored
 
 
 def _ago(at: dt.datetime | None) -> str:
@@ -79,12 +98,16 @@ def _ago(at: dt.datetime | None) -> str:
     return f"{seconds:.0f}s ago"
 
 
-def _json(view: ClusterView) -> dict[str, Any]:
+def _json(view: ClusterView, stored: set[str] | None = None) -> dict[str, Any]:
     return {
         "cluster": view.cluster,
         "cluster_id": view.identity.cluster_id if view.identity else None,
         "backups": [
-            {**b.model_dump(mode="json"), "drills": [d.model_dump(mode="json") for d in b.drills]}
+            {
+                **b.model_dump(mode="json"),
+                "drills": [d.model_dump(mode="json") for d in b.drills],
+                **({"stored": b.key in stored} if stored is not None else {}),
+            }
             for b in view.backups
         ],
         "failures": [f.model_dump(mode="json") for f in view.failures],
@@ -105,14 +128,17 @@ def backup_ls(
     as_json: AsJson = False,
 ) -> None:
     """List the backups the pipeline keeps, per cluster, from its catalog: verified or not,
-    last restore drill and its RTO, recent failures."""
-    views = catalog_views(config, store, prefix, cluster or [])
+    whether the object is still stored, last restore drill and its RTO, recent failures."""
+    from flows.catalog import newest_verified_in
+
+    views = [_stored_view(c) for c in _catalogs(config, store, prefix, cluster or [])]
     if as_json:
-        print_json([_json(v) for v in views])
+        print_json([_json(v, stored) for v, stored in views])
         return
-    for view in views:
+    for view, stored in views:
         pinned = view.identity.cluster_id if view.identity else "not pinned yet"
-        good = view.newest_verified
+        good = newest_verified_in(view.backups, stored.__contains__)[0]
+        gone = [b for b in view.backups if b.verified and b.key not in stored]
         drilled = view.last_passing_drill()
         out.print(
             f"[bold]{safe(view.cluster)}[/bold] (cluster {safe(pinned)}): newest verified "
@@ -123,7 +149,7 @@ def backup_ls(
         from rich.table import Table
 
         listing = Table(show_edge=False)
-        for col in ("KEY", "INDEX", "TAKEN", "SIZE", "VERIFIED", "LAST DRILL", "RTO"):
+        for col in ("KEY", "INDEX", "TAKEN", "SIZE", "VERIFIED", "STORED", "LAST DRILL", "RTO"):
             listing.add_column(col)
         for b in view.backups:
             drill = b.last_drill
@@ -133,10 +159,17 @@ def backup_ls(
                 b.taken_at.isoformat(timespec="seconds"),
                 str(b.size),
                 "yes" if b.verified else "NO",
+                "yes" if b.key in stored else "GONE",
                 ("passed " if drill.passed else "FAILED ") + _ago(drill.at) if drill else "-",
                 f"{drill.rto_seconds:.1f}s" if drill and drill.rto_seconds else "-",
             )
         out.print(listing)
+        for record in gone:
+            out.print(
+                f"  verified backup {safe(record.key)} is gone from the store (deleted by hand or "
+                "by a lifecycle rule); its record remains and nothing counts it",
+                soft_wrap=True,
+            )
         if view.window is not None:
             w = view.window
             out.print(
