@@ -1134,7 +1134,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "backup ls: a record taken for a stored backup (stop 36)",
         "jaco/cli/catalog.py",
-        "    stored = {o.key for f in sorted(folders) for o in catalog.store.list(f) if o.key in keys}",
+        "    stored = {o.key for f in sorted(folders) for o in catalog.store.list(f) "
+        "if o.key in keys}",
         "    stored = keys",
         "tests/unit/test_backup_ls.py",
     ),
