@@ -106,3 +106,22 @@ class DrillParams(Where):
 
 class PruneParams(Where):
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
+
+
+class StreamSettings(BaseModel):
+    segment_seconds: float = Field(5.0, gt=0, description="Cut a segment at least this often.")
+    segment_bytes: int = Field(4 * 1024 * 1024, gt=0, description="... or at this size.")
+    rebase_seconds: float = Field(60.0, gt=0, description="How often to look for a newer backup.")
+    retry_max_seconds: float = Field(30.0, gt=0, description="Longest wait between retries.")
+    max_queued_bytes: int = Field(
+        64 * 1024 * 1024,
+        gt=0,
+        description="Sealed segments held for a failing store, at most; then reading pauses.",
+    )
+    heartbeat_seconds: float = Field(15.0, gt=0, description="How often to write stream.json.")
+    full_backup_retry_seconds: float = Field(
+        60.0, gt=0, description="The wait after a failed full backup; doubled after each."
+    )
+    full_backup_retry_max_seconds: float = Field(
+        3600.0, gt=0, description="The longest wait between two full backups that fail."
+    )

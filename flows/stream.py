@@ -35,10 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, Field
-
 from flows.catalog import BackupRecord, Catalog, SegmentRecord, StreamStatus, stem_of
-from flows.params import BackupParams
+from flows.params import BackupParams, StreamSettings
 from flows.storage import BackupStore, open_store
 from flows.stream_reader import Reading
 from jaco.public import (
@@ -55,25 +53,6 @@ from jaco.public import (
 )
 
 log = logging.getLogger("jaco.stream")
-
-
-class StreamSettings(BaseModel):
-    segment_seconds: float = Field(5.0, gt=0, description="Cut a segment at least this often.")
-    segment_bytes: int = Field(4 * 1024 * 1024, gt=0, description="... or at this size.")
-    rebase_seconds: float = Field(60.0, gt=0, description="How often to look for a newer backup.")
-    retry_max_seconds: float = Field(30.0, gt=0, description="Longest wait between retries.")
-    max_queued_bytes: int = Field(
-        64 * 1024 * 1024,
-        gt=0,
-        description="Sealed segments held for a failing store, at most; then reading pauses.",
-    )
-    heartbeat_seconds: float = Field(15.0, gt=0, description="How often to write stream.json.")
-    full_backup_retry_seconds: float = Field(
-        60.0, gt=0, description="The wait after a failed full backup; doubled after each."
-    )
-    full_backup_retry_max_seconds: float = Field(
-        3600.0, gt=0, description="The longest wait between two full backups that fail."
-    )
 
 
 def _now() -> dt.datetime:
@@ -150,17 +129,26 @@ class Stream:
         log.warning("new full backup %s at revision %s", backup.key, backup.snapshot_index)
         return backup
 
-    def _full_backup_until_stopped(self, why: str) -> BackupRecord | None:
+    def _full_backup_until_stopped(self, why: str, newer_than: int = -1) -> BackupRecord | None:
         """`full_backup`, tried again after a failure, each wait twice the last (up to
         `full_backup_retry_max_seconds`): a cause that lasts (a refused token, a wrong verify
-        identity) costs one failed run and one alert per wait, not one per systemd restart.
-        None once stopped."""
+        identity, Prefect's API out of reach) costs one failed run and one alert per wait, not
+        one per systemd restart. A run that failed after storing a verified backup (its prune
+        or its drill failed) is a base all the same: the newest one still stored, if its
+        revision is past `newer_than`. None once stopped."""
         wait = self.settings.full_backup_retry_seconds
         while not self.stop.is_set():
             try:
                 return self.full_backup(why)
-            except JacoError as exc:
-                first = exc.message.splitlines()[0] if exc.message else "failed"
+            except Exception as exc:  # noqa: BLE001 - any cause: logged, retried
+                text = exc.message if isinstance(exc, JacoError) else f"{type(exc).__name__}: {exc}"
+                first = text.splitlines()[0] if text else type(exc).__name__
+                newest = self._newest_quietly()
+                if newest is not None and newest.snapshot_index > newer_than:
+                    log.warning(
+                        "%s; it stored and verified %s: streaming from it", first, newest.key
+                    )
+                    return newest
                 log.error("%s; the next attempt in %.0fs", first, wait)
                 self.stop.wait(wait)
                 wait = min(wait * 2, self.settings.full_backup_retry_max_seconds)
@@ -175,11 +163,14 @@ class Stream:
                 self._follow(backup)
                 return
             except Rebase:
-                backup = self._retry_until_stopped(self.newest_backup)
+                newer = self._retry_until_stopped(self.newest_backup)
+                if newer is None and not self.stop.is_set():  # the newer one is gone again
+                    newer = self._full_backup_until_stopped("the newer full backup is gone")
+                backup = newer
             except Compacted as exc:
                 self._drain()
                 why = f"etcd compacted past the stream's position ({exc})"
-                backup = self._full_backup_until_stopped(why)
+                backup = self._full_backup_until_stopped(why, backup.snapshot_index)
 
     def _retry_until_stopped(self, fn: Callable[[], BackupRecord | None]) -> BackupRecord | None:
         while not self.stop.is_set():
