@@ -136,10 +136,22 @@ class Catalog:
             record.drills = sorted(drills.get(record.stem, []), key=lambda d: d.at)
         return sorted(records, key=_age, reverse=True)
 
-    def records(self) -> list[BackupRecord]:
+    def records(self, damaged: list[str] | None = None) -> list[BackupRecord]:
         """The backup records alone, newest first (retention and the change stream need no
-        drills, and a damaged drill record must not stop them)."""
-        return sorted(self._read_all("backups/", BackupRecord), key=_age, reverse=True)
+        drills, and a damaged drill record must not stop them). Given `damaged`, a record that
+        cannot be parsed is named there instead of stopping the read."""
+        if damaged is None:
+            return sorted(self._read_all("backups/", BackupRecord), key=_age, reverse=True)
+        found = []
+        for obj in self.store.list(self.root + "backups/"):
+            try:
+                record = self._read(obj.key, BackupRecord) if obj.key.endswith(".json") else None
+            except PipelineError:
+                damaged.append(obj.key)
+                continue
+            if record is not None:
+                found.append(record)
+        return sorted(found, key=_age, reverse=True)
 
     def newest_verified(self, stored: Callable[[str], bool] | None = None) -> BackupRecord | None:
         return newest_verified_in(self.records(), stored)[0]

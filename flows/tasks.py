@@ -240,10 +240,15 @@ def prune_task(
     backups = [b for b in (parse_key(o.key) for o in objects) if b is not None]
     if not backups:
         return {"store": store.name, "deleted": [], "kept": [], "locked": [], "dry_run": True,
-                "segments_deleted": 0}  # fmt: skip
+                "segments_deleted": 0, "damaged_records": []}  # fmt: skip
     catalog = Catalog(store, where.prefix, where.cluster)
-    records = catalog.records()  # a GET each: which backups verify proved
+    damaged: list[str] = []
+    records = catalog.records(damaged)  # a GET each: which backups verify proved
     keep = to_keep(backups, policy, {r.key for r in records if r.verified})
+    unknown = {k.rsplit("/", 1)[-1].removesuffix(".json") for k in damaged}
+    keep |= {b.key for b in backups if stem_of(b.key) in unknown}  # verified? cannot tell
+    for key in damaged:
+        get_run_logger().warning("the catalog record %s is damaged: its backup is kept", key)
     if protect is not None:
         keep.add(protect)
     else:
@@ -275,6 +280,7 @@ def prune_task(
         "locked": sorted(locked),
         "dry_run": policy.dry_run,
         "segments_deleted": segments,
+        "damaged_records": damaged,
     }
 
 

@@ -1031,7 +1031,7 @@ MUTATIONS: list[Mutation] = [
     m(
         "retention: every drill record read, so a damaged one stops prune (stop 34)",
         "flows/tasks.py",
-        "    records = catalog.records()  # a GET each: which backups verify proved",
+        "    records = catalog.records(damaged)  # a GET each: which backups verify proved",
         "    records = catalog.backups()",
         k("tests/test_retention.py", "newest_verified"),
     ),
@@ -1130,6 +1130,36 @@ MUTATIONS: list[Mutation] = [
         "    keep = to_keep(backups, policy, {r.key for r in records if r.verified})",
         "    keep = to_keep(backups, policy)",
         k("tests/test_retention.py", "newest_verified_backup_not"),
+    ),
+    m(
+        "change stream: a full backup that cannot start (Prefect out of reach) ends the process "
+        "(stop 36)",
+        "flows/stream.py",
+        "            except Exception as exc:  # noqa: BLE001 - any cause: logged, retried",
+        "            except JacoError as exc:",
+        k("tests/test_stream_start.py", "out_of_reach"),
+    ),
+    m(
+        "change stream: a failed run's verified backup not taken as the base (stop 36)",
+        "flows/stream.py",
+        "                if newest is not None and newest.snapshot_index > newer_than:",
+        "                if False:",
+        k("tests/test_stream_start.py", "is_the_base"),
+    ),
+    m(
+        "retention: a damaged backup record fails prune (stop 36)",
+        "flows/tasks.py",
+        "    records = catalog.records(damaged)  # a GET each: which backups verify proved",
+        "    records = catalog.records()",
+        k("tests/test_retention.py", "damaged_backup_record"),
+    ),
+    m(
+        "retention: the backup of a damaged record not kept (stop 36)",
+        "flows/tasks.py",
+        "    keep |= {b.key for b in backups if stem_of(b.key) in unknown}  # verified? cannot "
+        "tell",
+        "",
+        k("tests/test_retention.py", "damaged_backup_record"),
     ),
     m(
         "backup ls: a record taken for a stored backup (stop 36)",

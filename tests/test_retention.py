@@ -185,6 +185,27 @@ def test_each_period_keeps_its_newest_verified_backup_not_a_newer_unverified_one
     assert key_of(dt.date(2026, 11, 22)) in result["deleted"]
 
 
+@pytest.mark.parametrize("way", ["prune flow", "backup flow"])
+def test_a_damaged_backup_record_keeps_its_backup_and_does_not_stop_prune(
+    tmp_path: Path, prefect: str, way: str
+) -> None:
+    """One backup record cannot be parsed (edited by hand, cut short): retention cannot tell
+    whether that backup was verified, so it keeps it, names the record, and prunes the rest
+    as usual. It does not fail: the backup flow's prune stage reads every record, and one bad
+    record must not fail every backup run after it."""
+    days = all_days()[-5:]
+    _stored(tmp_path, days, verified=days)
+    damaged = tmp_path / "jaco/catalog/c1/backups" / f"{stem_of(key_of(days[0]))}.json"
+    damaged.write_bytes(b'{"cluster": "c1", "key": ')  # cut short
+    policy = RetentionPolicy(keep_last=2, daily=0, weekly=0, monthly=0)
+    protect = key_of(days[-1]) if way == "backup flow" else None
+    result = prune(f"file://{tmp_path}", policy, protect)
+    assert result["kept"] == sorted(key_of(d) for d in (days[0], days[3], days[4]))
+    assert result["deleted"] == sorted(key_of(d) for d in days[1:3])
+    assert result["damaged_records"] == [damaged.relative_to(tmp_path).as_posix()]
+    assert (tmp_path / key_of(days[0])).exists() and damaged.exists()
+
+
 def test_objects_under_object_lock_are_skipped(
     s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch, prefect: str
 ) -> None:
