@@ -20,7 +20,12 @@ KEY_RE = re.compile(r"cluster-(\d{4}-\d{2}-\d{2})-(\d+)\.tar\.gz\.age$")
 
 class RetentionPolicy(BaseModel):
     keep_last: int = Field(7, ge=1, description="Always keep this many newest backups.")
-    daily: int = Field(7, ge=0, description="Keep the newest backup of each of the last N days.")
+    daily: int = Field(
+        7,
+        ge=0,
+        description="Keep a backup of each of the last N days: its newest verified one (its "
+        "newest, if none is verified).",
+    )
     weekly: int = Field(4, ge=0, description="…of each of the last N ISO weeks.")
     monthly: int = Field(12, ge=0, description="…of each of the last N months.")
     dry_run: bool = Field(False, description="Report what would be deleted; delete nothing.")

@@ -166,8 +166,9 @@ def backup_ls(
         out.print(listing)
         for record in gone:
             out.print(
-                f"  verified backup {safe(record.key)} is gone from the store (deleted by hand or "
-                "by a lifecycle rule); its record remains and nothing counts it",
+                f"  verified backup {safe(record.key)} is gone from the store (deleted by hand, by "
+                "a lifecycle rule, or by a prune that stopped early); its record remains and "
+                "nothing counts it",
                 soft_wrap=True,
             )
         if view.window is not None:
