@@ -23,6 +23,7 @@ locking is needed to read or write it.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
@@ -47,6 +48,7 @@ from flows.records import (
 from flows.storage import BackupStore
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger("jaco.catalog")
 FAILURES_KEPT = 5000  # about a year of hourly trouble
 FAILURES_SHOWN = 50
 
@@ -154,7 +156,13 @@ class Catalog:
         return sorted(found, key=_age, reverse=True)
 
     def newest_verified(self, stored: Callable[[str], bool] | None = None) -> BackupRecord | None:
-        return newest_verified_in(self.records(), stored)[0]
+        """The change stream's base. A record that cannot be parsed is passed over (and
+        logged), not a reason to stop streaming."""
+        damaged: list[str] = []
+        records = self.records(damaged)
+        for key in damaged:
+            log.warning("the catalog record %s in %s is damaged: passed over", key, self.store.name)
+        return newest_verified_in(records, stored)[0]
 
     def forget(self, keys: Iterable[str]) -> None:
         """Remove the records of backups that are gone (retention)."""

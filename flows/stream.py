@@ -141,15 +141,16 @@ class Stream:
             try:
                 return self.full_backup(why)
             except Exception as exc:  # noqa: BLE001 - any cause: logged, retried
+                ours = isinstance(exc, JacoError)
                 text = exc.message if isinstance(exc, JacoError) else f"{type(exc).__name__}: {exc}"
                 first = text.splitlines()[0] if text else type(exc).__name__
                 newest = self._newest_quietly()
                 if newest is not None and newest.snapshot_index > newer_than:
-                    log.warning(
-                        "%s; it stored and verified %s: streaming from it", first, newest.key
-                    )
+                    log.warning("%s; a verified backup %s is stored: streaming from it", first,
+                                newest.key)  # fmt: skip
                     return newest
-                log.error("%s; the next attempt in %.0fs", first, wait)
+                # not ours (Prefect's client, a bug): its traceback too
+                log.error("%s; the next attempt in %.0fs", first, wait, exc_info=not ours)
                 self.stop.wait(wait)
                 wait = min(wait * 2, self.settings.full_backup_retry_max_seconds)
         return None
@@ -170,7 +171,7 @@ class Stream:
             except Compacted as exc:
                 self._drain()
                 why = f"etcd compacted past the stream's position ({exc})"
-                backup = self._full_backup_until_stopped(why, backup.snapshot_index)
+                backup = self._full_backup_until_stopped(why, self.seen_revision)
 
     def _retry_until_stopped(self, fn: Callable[[], BackupRecord | None]) -> BackupRecord | None:
         while not self.stop.is_set():

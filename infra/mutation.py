@@ -1105,7 +1105,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "change stream: a failed full backup ends the process (systemd restarts it) (stop 36)",
         "flows/stream.py",
-        '                log.error("%s; the next attempt in %.0fs", first, wait)\n',
+        '                log.error("%s; the next attempt in %.0fs", first, wait, '
+        "exc_info=not ours)\n",
         "                raise\n",
         "tests/test_stream_start.py",
     ),
@@ -1145,6 +1146,20 @@ MUTATIONS: list[Mutation] = [
         "                if newest is not None and newest.snapshot_index > newer_than:",
         "                if False:",
         k("tests/test_stream_start.py", "is_the_base"),
+    ),
+    m(
+        "change stream: the base etcd compacted past taken again after a failed run (stop 36)",
+        "flows/stream.py",
+        "                if newest is not None and newest.snapshot_index > newer_than:",
+        "                if newest is not None:",
+        "tests/unit/test_stream_retry.py",
+    ),
+    m(
+        "change stream: a damaged backup record stops the stream from finding its base (stop 36)",
+        "flows/catalog.py",
+        "        records = self.records(damaged)\n        for key in damaged:",
+        "        records = self.records()\n        for key in damaged:",
+        "tests/unit/test_stream_base.py",
     ),
     m(
         "retention: a damaged backup record fails prune (stop 36)",

@@ -45,6 +45,10 @@ def test_the_stream_bases_its_chain_on_the_newest_verified_backup(tmp_path: Path
     (tmp_path / base.key).unlink()
     base = stream.newest_backup()
     assert base is not None and base.snapshot_index == 1
+    # A record that cannot be parsed (cut short) is passed over, not the end of the stream.
+    (tmp_path / "jaco/catalog/c1/backups/cluster-2026-12-05-4.json").write_bytes(b'{"key": ')
+    base = stream.newest_backup()
+    assert base is not None and base.snapshot_index == 1
 
 
 def test_the_restorable_window_ends_at_the_newest_verified_backup(tmp_path: Path) -> None:

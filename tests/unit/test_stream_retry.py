@@ -1,0 +1,62 @@
+"""The change stream's loop when etcd has compacted past its base and every full backup run
+fails: it waits between runs (each wait twice the last), and does not take the base it just
+lost for a new one. Without that guard it alternated between following the old base and a
+failed run with no wait at all: a backup run and an alert each time, as fast as they fail.
+
+`Stream.run` as it is, on a real local catalog; what etcd and the backup flow answer (compacted,
+failed) is scripted by overriding the two methods that ask them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pyrage
+
+from flows.catalog import BackupRecord, Catalog
+from flows.params import BackupParams, StreamSettings
+from flows.storage import open_store
+from flows.stream import Stream
+from jaco.public import Compacted, JacoError
+from tests.unit.test_stream_base import _record
+
+
+class Compacting(Stream):
+    def __init__(self, params: BackupParams, settings: StreamSettings) -> None:
+        super().__init__(params, settings, threading.Event())
+        self.follows: list[int] = []
+        self.runs: list[float] = []
+
+    def _follow(self, backup: BackupRecord) -> None:
+        self.follows.append(backup.snapshot_index)
+        self.seen_revision = backup.snapshot_index  # as _follow does first
+        raise Compacted("etcd compacted past revision 2")
+
+    def full_backup(self, why: str) -> BackupRecord:
+        self.runs.append(time.monotonic())
+        if len(self.runs) == 4:
+            self.stop.set()
+        raise JacoError("the full backup of c1 failed: refused")
+
+
+def test_compaction_and_failing_runs_wait_rather_than_follow_the_lost_base(tmp_path: Path) -> None:
+    params = BackupParams(
+        cluster="c1",
+        servers=["127.0.0.1:1"],
+        bucket="unused",
+        recipients=[str(pyrage.x25519.Identity.generate().to_public())],
+        local_dir=str(tmp_path),
+    )
+    stream = Compacting(params, StreamSettings(full_backup_retry_seconds=0.05))
+    catalog = Catalog(open_store(f"file://{tmp_path}"), "jaco", "c1")
+    stream.catalogs = [catalog]
+    record = _record(2, True)
+    catalog.record_backup(record)
+    (tmp_path / record.key).parent.mkdir(parents=True)
+    (tmp_path / record.key).write_bytes(b"x")
+    stream.run()
+    assert stream.follows == [2]  # the lost base followed once, not after every failed run
+    assert len(stream.runs) == 4
+    gaps = [b - a for a, b in zip(stream.runs, stream.runs[1:], strict=False)]
+    assert all(gap >= wait for gap, wait in zip(gaps, (0.05, 0.1, 0.2), strict=True)), gaps
