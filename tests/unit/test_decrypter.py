@@ -23,8 +23,8 @@ DATA = os.urandom(3 * 1024 * 1024 + 17)
 
 def _children() -> list[int]:
     found = []
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        found += [int(p) for p in (task / "children").read_text().split()]
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():  # a thread may end meanwhile: b""
+        found += [int(p) for p in _read(os.getpid(), f"task/{task.name}/children").split()]
     return [p for p in found if b"jaco.archive.decrypter" in _read(p, "cmdline")]
 
 
