@@ -40,7 +40,9 @@ def site(
 
 
 def _configure(root: Path, cluster: Cluster, name: str, token: Path, extra: str = "") -> Path:
-    """The site configuration of one cluster `name`, its token read from the file `token`."""
+    """The site configuration of one cluster `name`, its token read from the file `token`;
+    its objects under a prefix of its own, `jaco-NAME/` (the tests share a bucket, and their
+    clusters are one cluster, whose backups would otherwise share a folder)."""
     recipient = age_keygen(root / "ops.key")
     servers = ", ".join(f'"{n.server}"' for n in cluster.nodes.values())
     config = root / "clusters.toml"
@@ -48,7 +50,7 @@ def _configure(root: Path, cluster: Cluster, name: str, token: Path, extra: str 
         f"""[clusters.{name}]
 servers = [{servers}]
 bucket = "{BUCKET}"
-prefix = "jaco"
+prefix = "jaco-{name}"
 recipients = ["{recipient}"]
 local_dir = "{root / "local"}"
 {extra}
@@ -93,7 +95,7 @@ def test_a_failing_full_backup_is_retried_with_backoff_not_by_exiting(
     token.write_text(forged)
     config = _configure(root, cluster, "lonely", token)
     waits = re.compile(r"the full backup of lonely failed: .*; the next attempt in (\d+)s")
-    catalog = Catalog(open_store(f"s3://{BUCKET}"), "jaco", "lonely")
+    catalog = Catalog(open_store(f"s3://{BUCKET}"), "jaco-lonely", "lonely")
     hook, log = Webhook(), root / "stream.log"
     process = _stream(config, "lonely", str(site["prefect"]), hook, log)
     try:
@@ -110,9 +112,9 @@ def test_a_failing_full_backup_is_retried_with_backoff_not_by_exiting(
         alerts = hook.events("lonely")
         assert set(alerts) == {"jaco.backup.failed"}, alerts
         assert failed <= len(alerts) <= failed + 1, (failed, alerts)  # +1: one under way
-        listing = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="jaco/")
+        listing = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="jaco-lonely/")
         keys = [o["Key"] for o in listing.get("Contents", [])]
-        assert not [k for k in keys if not k.startswith("jaco/catalog/")], keys
+        assert keys and not [k for k in keys if not k.startswith("jaco-lonely/catalog/")], keys
 
         token.write_text(cluster.token)  # mended: the next attempt takes the base
         wait_for(lambda: catalog.stream_status() is not None, 180, "the stream's heartbeat")
@@ -142,7 +144,7 @@ def test_a_run_that_failed_after_storing_a_verified_backup_is_the_base(
     token = root / "token"
     token.write_text(cluster.token)
     config = _configure(root, cluster, "drilled", token, 'drill_every = 1\ndrill_driver = "inline"')
-    catalog = Catalog(open_store(f"s3://{BUCKET}"), "jaco", "drilled")
+    catalog = Catalog(open_store(f"s3://{BUCKET}"), "jaco-drilled", "drilled")
     hook, log = Webhook(), root / "stream.log"
     process = _stream(config, "drilled", str(site["prefect"]), hook, log)
     try:
@@ -157,7 +159,7 @@ def test_a_run_that_failed_after_storing_a_verified_backup_is_the_base(
         status = catalog.stream_status()
         assert status is not None and status.base == base.stem, text[-3000:]
         assert "the inline drill driver runs only inside an ephemeral drill container" in text
-        assert f"it stored and verified {base.key}: streaming from it" in text, text[-3000:]
+        assert f"a verified backup {base.key} is stored: streaming from it" in text, text[-3000:]
         assert "the next attempt in" not in text
         assert hook.events("drilled").count("jaco.backup.failed") == 1, hook.posts
     finally:
@@ -194,4 +196,4 @@ def test_prefect_out_of_reach_is_waited_for_like_a_failed_run(site: dict[str, ob
         code = _stop(process)
         hook.close()
     assert code == 0, log.read_text()[-3000:]
-    assert Catalog(open_store(f"s3://{BUCKET}"), "jaco", "unserved").backups() == []
+    assert Catalog(open_store(f"s3://{BUCKET}"), "jaco-unserved", "unserved").backups() == []
