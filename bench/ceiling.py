@@ -15,7 +15,6 @@ product. Results: bench/results/ceiling-<time>.json.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import os
@@ -28,8 +27,7 @@ import tempfile
 from pathlib import Path
 
 from bench.cpu_split import cpu_seconds, restart
-from bench.realistic import fill
-from bench.run import MIB, fill_random, measure, save_results
+from bench.run import fill_store, measure, save_results
 from infra.localcluster import JACO, cluster_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,10 +50,7 @@ def run(keys: int, random_mib: int, repeat: int, work: Path) -> list[dict[str, f
     rows: list[dict[str, float | str]] = []
     with cluster_of(work / "c", 1) as cluster:
         node = cluster.nodes["node-1"]
-        if random_mib:
-            print(f"built: {asyncio.run(fill_random(node, random_mib * MIB, 48 * 1024))} keys")
-        else:
-            print(f"built: {asyncio.run(fill(node, keys))}", flush=True)
+        print(f"built: {fill_store(node, keys, random_mib)}", flush=True)
         env = {"JACO_TOKEN": cluster.token, "JACO_SERVER": node.server}
         measure([str(JACO), "backup", "-o", str(work / "stand-in.tar.gz")], env)
         with tarfile.open(work / "stand-in.tar.gz") as taken:

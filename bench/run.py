@@ -201,6 +201,14 @@ def endpoint_status(node: Node) -> Any:
     )
 
 
+def fill_store(node: Node, keys: int, random_mib: int) -> str:
+    """The node's store filled with `random_mib` MiB of random 48 KiB records or, if that is 0,
+    `keys` small ones (bench.realistic); what was built, as the benches print it."""
+    if random_mib:
+        return f"{asyncio.run(fill_random(node, random_mib * MIB, 48 * 1024))} keys"
+    return str(asyncio.run(realistic.fill(node, keys)))
+
+
 async def fill_random(node: Node, total: int, value_bytes: int) -> int:
     from jaco.model.etcd import Etcd, op_put
     from jaco.node.config import DataDir
