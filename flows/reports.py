@@ -47,6 +47,9 @@ def backup_report(
             f"\nRetention on {p['store']}: {verb} {len(p['deleted'])}, kept "
             f"{len(p['kept'])}, {len(p['locked'])} under object lock."
         )
+        if p.get("damaged_records"):  # its backup kept: whether it was verified is unknown
+            lines += ["Damaged catalog records (their backups kept; mend or remove them):"]
+            lines += ["- `" + k.replace("`", "'") + "`" for k in p["damaged_records"]]
     if swept:
         lines += ["", "Swept what dead runs left:", *(f"- {item}" for item in swept)]
     return "\n".join(lines)

@@ -1177,6 +1177,14 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_retention.py", "damaged_backup_record"),
     ),
     m(
+        "report: damaged catalog records left out of the backup run's report (stop 36)",
+        "flows/reports.py",
+        '        if p.get("damaged_records"):  # its backup kept: whether it was verified is '
+        "unknown",
+        "        if False:",
+        k("tests/test_retention.py", "damaged_backup_record"),
+    ),
+    m(
         "backup ls: a record taken for a stored backup (stop 36)",
         "jaco/cli/catalog.py",
         "    stored = {o.key for f in sorted(folders) for o in catalog.store.list(f) "

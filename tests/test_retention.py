@@ -7,22 +7,26 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from prefect import flow
 
 from flows.catalog import Catalog, stem_of
-from flows.params import PruneParams
+from flows.params import BackupParams, PruneParams
 from flows.prune_flow import prune_backups
+from flows.reports import backup_report
 from flows.retention import RetentionPolicy, parse_key
 from flows.storage import open_store
 from flows.tasks import prune_task
 from infra.seaweed import SeaweedS3, running_seaweed
+from tests.archives import a_meta
 from tests.pipeline import backup_record
 
 BUCKET = "retention"
 PREFIX = "jaco/c1/"
+AGE_RECIPIENT = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"  # docs example
 POLICY = RetentionPolicy(keep_last=3, daily=7, weekly=4, monthly=6)
 # One backup a day from 2026-01-01 to 2026-11-25 (a Wednesday, ISO week 48). By hand:
 # last 3: Nov 23-25; daily 7: Nov 19-25; weekly 4: Nov 25 (wk 48), Nov 22 (47), Nov 15 (46),
@@ -204,6 +208,16 @@ def test_a_damaged_backup_record_keeps_its_backup_and_does_not_stop_prune(
     assert result["deleted"] == sorted(key_of(d) for d in days[1:3])
     assert result["damaged_records"] == [damaged.relative_to(tmp_path).as_posix()]
     assert (tmp_path / key_of(days[0])).exists() and damaged.exists()
+    # where operators look: the backup run's report names it
+    params = BackupParams(cluster="c1", servers=["127.0.0.1:1"], bucket=BUCKET,
+                          recipients=[AGE_RECIPIENT], local_dir=str(tmp_path))  # fmt: skip
+    sizes = SimpleNamespace(size=1, plaintext_sha256="0" * 64, ciphertext_sha256="1" * 64)
+    report = backup_report(params, a_meta(), key_of(days[-1]), sizes, [], [result], [])
+    assert (
+        "Damaged catalog records (their backups kept; mend or remove them):\n- `"
+        + (result["damaged_records"][0] + "`")
+        in report
+    ), report
 
 
 def test_objects_under_object_lock_are_skipped(
