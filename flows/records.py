@@ -144,10 +144,6 @@ class ClusterView(BaseModel):
     def newest(self) -> BackupRecord | None:
         return self.backups[0] if self.backups else None
 
-    @property
-    def newest_verified(self) -> BackupRecord | None:
-        return newest_verified_in(self.backups)[0]
-
     def last_passing_drill(self) -> tuple[BackupRecord, DrillRecord] | None:
         drills = [(b, d) for b in self.backups for d in b.drills if d.passed]
         return max(drills, key=lambda pair: pair[1].at, default=None)
