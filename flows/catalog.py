@@ -79,11 +79,19 @@ class Catalog:
     def _write(self, key: str, record: BaseModel) -> None:
         self.store.put_bytes(key, record.model_dump_json(indent=2).encode() + b"\n")
 
-    def _read_all(self, prefix: str, model: type[M]) -> list[M]:
+    def _read_all(self, prefix: str, model: type[M], damaged: list[str] | None = None) -> list[M]:
+        """Every record under `prefix`. Given `damaged`, one that cannot be parsed is named
+        there instead of stopping the read."""
         found = []
         for obj in self.store.list(self.root + prefix):
             if obj.key.endswith(".json"):
-                record = self._read(obj.key, model)
+                try:
+                    record = self._read(obj.key, model)
+                except PipelineError:
+                    if damaged is None:
+                        raise
+                    damaged.append(obj.key)
+                    continue
                 if record is not None:
                     found.append(record)
         return found
@@ -116,11 +124,15 @@ class Catalog:
 
     # -- backups -----------------------------------------------------------------------------
 
+    def record_key(self, key: str) -> str:
+        """Where the record of the backup `key` is."""
+        return f"{self.root}backups/{stem_of(key)}.json"
+
     def record_backup(self, record: BackupRecord) -> None:
-        self._write(f"{self.root}backups/{record.stem}.json", record)
+        self._write(self.record_key(record.key), record)
 
     def backup(self, key: str) -> BackupRecord | None:
-        record = self._read(f"{self.root}backups/{stem_of(key)}.json", BackupRecord)
+        record = self._read(self.record_key(key), BackupRecord)
         if record is not None:
             record.drills = self._read_all(f"drills/{stem_of(key)}/", DrillRecord)
         return record
@@ -142,18 +154,7 @@ class Catalog:
         """The backup records alone, newest first (retention and the change stream need no
         drills, and a damaged drill record must not stop them). Given `damaged`, a record that
         cannot be parsed is named there instead of stopping the read."""
-        if damaged is None:
-            return sorted(self._read_all("backups/", BackupRecord), key=_age, reverse=True)
-        found = []
-        for obj in self.store.list(self.root + "backups/"):
-            try:
-                record = self._read(obj.key, BackupRecord) if obj.key.endswith(".json") else None
-            except PipelineError:
-                damaged.append(obj.key)
-                continue
-            if record is not None:
-                found.append(record)
-        return sorted(found, key=_age, reverse=True)
+        return sorted(self._read_all("backups/", BackupRecord, damaged), key=_age, reverse=True)
 
     def newest_verified(self, stored: Callable[[str], bool] | None = None) -> BackupRecord | None:
         """The change stream's base. A record that cannot be parsed is passed over (and
@@ -170,7 +171,7 @@ class Catalog:
             stem = stem_of(key)
             for obj in list(self.store.list(f"{self.root}drills/{stem}/")):
                 self.store.delete(obj.key)
-            self.store.delete(f"{self.root}backups/{stem}.json")
+            self.store.delete(self.record_key(key))
 
     # -- change segments --------------------------------------------------------------------
 

@@ -245,8 +245,7 @@ def prune_task(
     damaged: list[str] = []
     records = catalog.records(damaged)  # a GET each: which backups verify proved
     keep = to_keep(backups, policy, {r.key for r in records if r.verified})
-    unknown = {k.rsplit("/", 1)[-1].removesuffix(".json") for k in damaged}
-    keep |= {b.key for b in backups if stem_of(b.key) in unknown}  # verified? cannot tell
+    keep |= {b.key for b in backups if catalog.record_key(b.key) in damaged}  # verified?
     for key in damaged:
         get_run_logger().warning("the catalog record %s is damaged: its backup is kept", key)
     if protect is not None:

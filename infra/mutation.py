@@ -1171,8 +1171,7 @@ MUTATIONS: list[Mutation] = [
     m(
         "retention: the backup of a damaged record not kept (stop 36)",
         "flows/tasks.py",
-        "    keep |= {b.key for b in backups if stem_of(b.key) in unknown}  # verified? cannot "
-        "tell",
+        "    keep |= {b.key for b in backups if catalog.record_key(b.key) in damaged}  # verified?",
         "",
         k("tests/test_retention.py", "damaged_backup_record"),
     ),
