@@ -142,8 +142,8 @@ class Stream:
                 return self.full_backup(why)
             except Exception as exc:  # noqa: BLE001 - any cause: logged, retried
                 ours = isinstance(exc, JacoError)
-                text = exc.message if isinstance(exc, JacoError) else f"{type(exc).__name__}: {exc}"
-                first = text.splitlines()[0] if text else type(exc).__name__
+                text = str(exc) if ours else f"{type(exc).__name__}: {exc}"
+                first = (text.splitlines() or [type(exc).__name__])[0]
                 newest = self._newest_quietly()
                 if newest is not None and newest.snapshot_index > newer_than:
                     log.warning("%s; a verified backup %s is stored: streaming from it", first,
