@@ -75,6 +75,20 @@ def _stream(config: Path, name: str, prefect: str, hook: Webhook, log: Path) -> 
         )
 
 
+def _waits(process: subprocess.Popen, log: Path, waits: re.Pattern[str], first: list[str]) -> str:
+    """Once the log names as many waits as `first`: they are `first`, in seconds, and the
+    process is still up (not ended by the failures). The log's text."""
+    wait_for(
+        lambda: len(waits.findall(log.read_text())) >= len(first) or process.poll() is not None,
+        300,
+        f"{len(first)} failed attempts",
+    )
+    text = log.read_text()
+    assert process.poll() is None, text[-3000:]
+    assert waits.findall(text)[: len(first)] == first, text[-3000:]
+    return text
+
+
 def _stop(process: subprocess.Popen) -> int:
     process.send_signal(signal.SIGTERM)
     return process.wait(60)
@@ -99,14 +113,7 @@ def test_a_failing_full_backup_is_retried_with_backoff_not_by_exiting(
     hook, log = Webhook(), root / "stream.log"
     process = _stream(config, "lonely", str(site["prefect"]), hook, log)
     try:
-        wait_for(
-            lambda: len(waits.findall(log.read_text())) >= 3 or process.poll() is not None,
-            180,
-            "three failed full backups",
-        )
-        text = log.read_text()
-        assert process.poll() is None, text[-3000:]
-        assert waits.findall(text)[:3] == ["1", "2", "4"], text[-3000:]
+        text = _waits(process, log, waits, ["1", "2", "4"])
         assert "not valid for this cluster" in text, text[-3000:]
         failed = len(waits.findall(text))
         alerts = hook.events("lonely")
@@ -183,14 +190,7 @@ def test_prefect_out_of_reach_is_waited_for_like_a_failed_run(site: dict[str, ob
     process = _stream(config, "unserved", nowhere, hook, log)
     waits = re.compile(r"the next attempt in (\d+)s")
     try:
-        wait_for(
-            lambda: len(waits.findall(log.read_text())) >= 2 or process.poll() is not None,
-            300,
-            "two failed attempts",
-        )
-        text = log.read_text()
-        assert process.poll() is None, text[-3000:]
-        assert waits.findall(text)[:2] == ["1", "2"], text[-3000:]
+        text = _waits(process, log, waits, ["1", "2"])
         assert f"RuntimeError: Failed to reach API at {nowhere}" in text, text[-3000:]
     finally:
         code = _stop(process)

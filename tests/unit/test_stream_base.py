@@ -23,15 +23,19 @@ def _record(index: int, verified: bool) -> BackupRecord:
     return backup_record(key, day, index, verified)
 
 
-def test_the_stream_bases_its_chain_on_the_newest_verified_backup(tmp_path: Path) -> None:
-    params = BackupParams(
+def _params(local: Path) -> BackupParams:
+    """Cluster c1's, its local copy in `local`; no server or bucket is reached."""
+    return BackupParams(
         cluster="c1",
         servers=["127.0.0.1:1"],
         bucket="unused",
         recipients=[str(pyrage.x25519.Identity.generate().to_public())],
-        local_dir=str(tmp_path),
+        local_dir=str(local),
     )
-    stream = Stream(params)
+
+
+def test_the_stream_bases_its_chain_on_the_newest_verified_backup(tmp_path: Path) -> None:
+    stream = Stream(_params(tmp_path))
     catalog = Catalog(open_store(f"file://{tmp_path}"), "jaco", "c1")
     stream.catalogs = [catalog]  # the local store's catalog: the same code as S3's
     assert stream.newest_backup() is None

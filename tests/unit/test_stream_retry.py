@@ -12,14 +12,12 @@ import threading
 import time
 from pathlib import Path
 
-import pyrage
-
 from flows.catalog import BackupRecord, Catalog
 from flows.params import BackupParams, StreamSettings
 from flows.storage import open_store
 from flows.stream import Stream
 from jaco.public import Compacted, JacoError
-from tests.unit.test_stream_base import _record
+from tests.unit.test_stream_base import _params, _record
 
 
 class Compacting(Stream):
@@ -41,14 +39,7 @@ class Compacting(Stream):
 
 
 def test_compaction_and_failing_runs_wait_rather_than_follow_the_lost_base(tmp_path: Path) -> None:
-    params = BackupParams(
-        cluster="c1",
-        servers=["127.0.0.1:1"],
-        bucket="unused",
-        recipients=[str(pyrage.x25519.Identity.generate().to_public())],
-        local_dir=str(tmp_path),
-    )
-    stream = Compacting(params, StreamSettings(full_backup_retry_seconds=0.05))
+    stream = Compacting(_params(tmp_path), StreamSettings(full_backup_retry_seconds=0.05))
     catalog = Catalog(open_store(f"file://{tmp_path}"), "jaco", "c1")
     stream.catalogs = [catalog]
     record = _record(2, True)
