@@ -34,6 +34,7 @@ from flows.drill_flow import drill_restore
 from flows.errors import PipelineError, VerifyFailed
 from flows.locking import cluster_lock
 from flows.params import BackupParams
+from flows.records import backups_root
 from flows.reports import backup_report, publish_history
 from flows.storage import open_store
 from flows.tasks import (
@@ -129,7 +130,7 @@ def sweep_task(params: BackupParams, cluster_id: str) -> list[str]:
     """Remove the unfinished local copies and multipart uploads of this cluster's dead runs
     (the key names the cluster id, known once the server has answered). Inside the lock, no
     live run of the cluster can be writing there."""
-    scope = f"{params.prefix.strip('/')}/{cluster_id}/"
+    scope = backups_root(params.prefix, cluster_id)
     swept = open_store(params.local_url).sweep(scope)
     swept += open_store(params.s3_url, params.s3).sweep(scope)
     for item in swept:

@@ -63,6 +63,7 @@ class Catalog:
     def __init__(self, store: BackupStore, prefix: str, cluster: str) -> None:
         self.store = store
         self.cluster = cluster
+        self.prefix = prefix
         self.root = f"{prefix.strip('/')}/catalog/{cluster}/"
 
     def _read(self, key: str, model: type[M]) -> M | None:

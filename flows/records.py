@@ -153,6 +153,11 @@ class ClusterView(BaseModel):
         return max(drills, key=lambda pair: pair[1].at, default=None)
 
 
+def backups_root(prefix: str, cluster_id: str) -> str:
+    """Where a cluster's backups are: `PREFIX/CLUSTER_ID/`, then `YYYY/MM/DD/` and the name."""
+    return f"{prefix.strip('/')}/{cluster_id}/"
+
+
 def stem_of(key: str) -> str:
     name = key.rsplit("/", 1)[-1]
     return name.removesuffix(".age").removesuffix(".tar.gz")

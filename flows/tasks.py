@@ -28,7 +28,7 @@ from prefect.tasks import exponential_backoff
 from flows.catalog import Catalog, stem_of
 from flows.errors import VerifyFailed
 from flows.params import Where
-from flows.records import newest_verified_in
+from flows.records import backups_root, newest_verified_in
 from flows.retention import RetentionPolicy, parse_key, to_keep
 from flows.secrets import ClusterSecrets, S3Settings
 from flows.storage import BackupStore, open_store
@@ -80,7 +80,7 @@ def retrying(step: T) -> T:
 def backup_key(prefix: str, meta: BackupMeta) -> str:
     day = meta.taken_on
     return (
-        f"{prefix.strip('/')}/{meta.cluster_id}/{day:%Y/%m/%d}/"
+        f"{backups_root(prefix, meta.cluster_id)}{day:%Y/%m/%d}/"
         f"cluster-{day.isoformat()}-{meta.snapshot_index}.tar.gz.age"
     )
 
@@ -235,7 +235,7 @@ def prune_task(
     must not push it out). The catalog of that store forgets what was deleted, and the change
     segments of backups no longer there go too (prune_chains)."""
     store = open_store(store_url, where.s3)
-    prefix = f"{where.prefix.strip('/')}/{cluster_id}/"
+    prefix = backups_root(where.prefix, cluster_id)
     objects = list(store.list(prefix))
     backups = [b for b in (parse_key(o.key) for o in objects) if b is not None]
     if not backups:

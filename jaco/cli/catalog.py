@@ -76,10 +76,13 @@ def _catalogs(config: Path | None, store: str | None, prefix: str, only: list[st
 
 def _stored_view(catalog: Any) -> tuple[ClusterView, set[str]]:
     """A cluster's view, and the keys of its backups whose objects are in the store (one
-    listing of each folder they are in): a record outlives an object deleted by hand or by a
-    lifecycle rule. The restorable window then rests only on verified backups still stored."""
+    listing of the backups folder of each cluster id its records name): a record outlives an
+    object deleted by hand or by a lifecycle rule. The restorable window then rests only on
+    verified backups still stored."""
+    from flows.records import backups_root
+
     view = catalog.view()
-    folders = {b.key.rsplit("/", 4)[0] + "/" for b in view.backups}
+    folders = {backups_root(catalog.prefix, b.cluster_id) for b in view.backups}
     keys = {b.key for b in view.backups}
     stored = {o.key for f in sorted(folders) for o in catalog.store.list(f) if o.key in keys}
     if any(b.verified and b.key not in stored for b in view.backups):
