@@ -1155,6 +1155,14 @@ MUTATIONS: list[Mutation] = [
         "tests/unit/test_stream_retry.py",
     ),
     m(
+        "change stream: a newer base gone when looked for ends the process (stop 36)",
+        "flows/stream.py",
+        "                    newer = self._full_backup_until_stopped("
+        '"the newer full backup is gone")',
+        "                    pass",
+        k("tests/unit/test_stream_retry.py", "newer_base_gone"),
+    ),
+    m(
         "change stream: a damaged backup record stops the stream from finding its base (stop 36)",
         "flows/catalog.py",
         "        records = self.records(damaged)\n        for key in damaged:",
