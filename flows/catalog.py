@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
@@ -45,12 +47,20 @@ from flows.records import (
     now,
     stem_of,
 )
-from flows.storage import BackupStore
+from flows.storage import BackupStore, StoredObject
 
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger("jaco.catalog")
 FAILURES_KEPT = 5000  # about a year of hourly trouble
 FAILURES_SHOWN = 50
+# Records already read in this process, by store location and listed prefix: key -> (the tag
+# the listing showed, the record). The metrics read every cluster's catalog each scrape, the
+# change stream its backups each minute: a record whose listing shows the same tag is not
+# fetched again; one the listing no longer shows is dropped with it. At most READ_PREFIXES
+# prefixes are kept, the least recently read dropped first.
+_SEEN: OrderedDict[tuple[str, str], dict[str, tuple[str, BaseModel]]] = OrderedDict()
+_SEEN_LOCK = threading.Lock()
+READ_PREFIXES = 4096
 
 
 def _stamp(at: dt.datetime) -> str:
@@ -83,9 +93,27 @@ class Catalog:
     def _read_all(self, prefix: str, model: type[M], damaged: list[str] | None = None) -> list[M]:
         """Every record under `prefix`. Given `damaged`, one that cannot be parsed is named
         there instead of stopping the read."""
+        listed = [o for o in self.store.list(self.root + prefix) if o.key.endswith(".json")]
+        return [record for _, record in self._read_listed(prefix, listed, model, damaged)]
+
+    def _read_listed(
+        self,
+        prefix: str,
+        listed: list[StoredObject],
+        model: type[M],
+        damaged: list[str] | None = None,
+    ) -> list[tuple[str, M]]:
+        """The records of `listed` (the objects a listing of `prefix` showed, or some of them),
+        each fetched only if this process has not read it with the tag listed. Each record
+        returned is the caller's own copy."""
+        scope = (self.store.location, self.root + prefix)
+        with _SEEN_LOCK:
+            seen = _SEEN.get(scope, {})
+        kept: dict[str, tuple[str, BaseModel]] = {}
         found = []
-        for obj in self.store.list(self.root + prefix):
-            if obj.key.endswith(".json"):
+        for obj in listed:
+            tag, record = seen.get(obj.key, ("", None))
+            if not (obj.tag and tag == obj.tag and isinstance(record, model)):
                 try:
                     record = self._read(obj.key, model)
                 except PipelineError:
@@ -93,8 +121,15 @@ class Catalog:
                         raise
                     damaged.append(obj.key)
                     continue
-                if record is not None:
-                    found.append(record)
+                if record is None:  # deleted since it was listed
+                    continue
+            kept[obj.key] = (obj.tag, record)
+            found.append((obj.key, record.model_copy(deep=True)))
+        with _SEEN_LOCK:
+            _SEEN[scope] = kept
+            _SEEN.move_to_end(scope)
+            while len(_SEEN) > READ_PREFIXES:
+                _SEEN.popitem(last=False)
         return found
 
     # -- identity ----------------------------------------------------------------------------
@@ -142,11 +177,10 @@ class Catalog:
         """Newest first, each with its drills."""
         records = self._read_all("backups/", BackupRecord)
         drills: dict[str, list[DrillRecord]] = {}
-        for obj in self.store.list(self.root + "drills/"):
-            stem = obj.key[len(self.root + "drills/") :].split("/", 1)[0]
-            drill = self._read(obj.key, DrillRecord)
-            if drill is not None:
-                drills.setdefault(stem, []).append(drill)
+        listed = list(self.store.list(self.root + "drills/"))
+        for key, drill in self._read_listed("drills/", listed, DrillRecord):
+            stem = key[len(self.root + "drills/") :].split("/", 1)[0]
+            drills.setdefault(stem, []).append(drill)
         for record in records:
             record.drills = sorted(drills.get(record.stem, []), key=lambda d: d.at)
         return sorted(records, key=_age, reverse=True)
@@ -198,13 +232,19 @@ class Catalog:
     def window(self, backups: list[BackupRecord]) -> Window | None:
         """From the oldest backup whose chain reaches the newest chain's start, to the end of
         the newest chain: any point between can be restored."""
-        bases = {
-            o.key[len(self.root + "segments/") :].split("/", 1)[0]
-            for o in self.store.list(self.root + "segments/")
+        chains: dict[str, StoredObject] = {}  # each chain's newest segment (keys sort by revision)
+        for obj in self.store.list(self.root + "segments/"):
+            base = obj.key[len(self.root + "segments/") :].split("/", 1)[0]
+            if obj.key.endswith(".json") and (base not in chains or obj.key > chains[base].key):
+                chains[base] = obj
+        wanted = [chains[b.stem] for b in backups if b.stem in chains]
+        lasts = {
+            key[len(self.root + "segments/") :].split("/", 1)[0]: segment
+            for key, segment in self._read_listed("segments/", wanted, SegmentRecord)
         }
         window: Window | None = None
         for backup in sorted(backups, key=lambda b: b.snapshot_index):
-            last = self.last_segment(backup.stem) if backup.stem in bases else None
+            last = lasts.get(backup.stem)
             until = dt.datetime.fromisoformat(last.last_at) if last else backup.taken_at
             if window is not None and backup.taken_at <= window.until:
                 since = window.since
@@ -241,17 +281,22 @@ class Catalog:
 
     def _failure_keys(self) -> list[str]:
         """Oldest first (the keys start with a UTC timestamp)."""
-        return sorted(o.key for o in self.store.list(self.root + "failures/"))
+        return [o.key for o in self._failures_listed()]
 
-    def failures(self, limit: int = FAILURES_SHOWN) -> list[Failure]:
-        """The newest `limit` failures, newest first."""
-        found = [self._read(key, Failure) for key in reversed(self._failure_keys()[-limit:])]
-        return [f for f in found if f is not None]
+    def _failures_listed(self) -> list[StoredObject]:
+        return sorted(self.store.list(self.root + "failures/"), key=lambda o: o.key)
 
-    def failure_counts(self) -> dict[str, int]:
+    def failures(
+        self, limit: int = FAILURES_SHOWN, listed: list[StoredObject] | None = None
+    ) -> list[Failure]:
+        """The newest `limit` failures, newest first (of `listed`, if the caller listed them)."""
+        newest = (self._failures_listed() if listed is None else listed)[-limit:][::-1]
+        return [failure for _, failure in self._read_listed("failures/", newest, Failure)]
+
+    def failure_counts(self, listed: list[StoredObject] | None = None) -> dict[str, int]:
         """Failures kept, by kind (read from the keys alone: no object is fetched)."""
         counts: dict[str, int] = {}
-        for key in self._failure_keys():
+        for key in (o.key for o in (self._failures_listed() if listed is None else listed)):
             parts = key.rsplit("/", 1)[-1].split("-")
             kind = parts[1] if len(parts) > 2 else "unknown"
             counts[kind] = counts.get(kind, 0) + 1
@@ -259,12 +304,13 @@ class Catalog:
 
     def view(self) -> ClusterView:
         backups = self.backups()
+        failures = self._failures_listed()
         return ClusterView(
             cluster=self.cluster,
             identity=self.identity(),
             backups=backups,
-            failures=self.failures(),
-            failure_counts=self.failure_counts(),
+            failures=self.failures(listed=failures),
+            failure_counts=self.failure_counts(failures),
             window=self.window([b for b in backups if b.verified]),  # proven bases only
             stream=self.stream_status(),
         )

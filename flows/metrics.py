@@ -17,7 +17,10 @@ Served by the deployments process when asked (`python -m deployments.serve --met
     jaco_stream_objective_seconds                max_stream_lag, where set
     jaco_catalog_up                              1 when the catalog could be read
 
-A scrape reads each catalog at most once per CACHE_SECONDS.
+A scrape reads each catalog at most once per CACHE_SECONDS, up to SCRAPE_THREADS clusters
+at a time, each through the store it opened on its first scrape (opened again after a failed
+read, so that rotated S3 keys are taken up), and fetches only the catalog records that
+changed since the last scrape (flows.catalog).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -32,10 +36,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from flows.catalog import BackupRecord, Catalog, ClusterView, newest_verified_in
-from flows.storage import open_store
+from flows.storage import BackupStore, open_store
 from flows.watchdog_flow import Objective
 
 CACHE_SECONDS = 15.0
+SCRAPE_THREADS = 8
 KINDS = ("backup", "drill", "prune", "watchdog")
 
 
@@ -43,6 +48,7 @@ class CatalogCollector(Collector):
     def __init__(self, targets: list[Objective]) -> None:
         self.targets = targets
         self._cache: dict[str, tuple[float, ClusterView | None, BackupRecord | None]] = {}
+        self._stores: dict[str, BackupStore] = {}
         self._lock = threading.Lock()
 
     def _view(self, target: Objective) -> tuple[ClusterView | None, BackupRecord | None]:
@@ -54,11 +60,19 @@ class CatalogCollector(Collector):
         view: ClusterView | None = None
         newest: BackupRecord | None = None
         try:
-            catalog = Catalog(open_store(target.s3_url, target.s3), target.prefix, target.cluster)
+            with self._lock:
+                store = self._stores.get(target.cluster)
+            if store is None:
+                store = open_store(target.s3_url, target.s3)
+                with self._lock:
+                    self._stores[target.cluster] = store
+            catalog = Catalog(store, target.prefix, target.cluster)
             view = catalog.view()
             newest = newest_verified_in(view.backups, catalog.store.exists)[0]  # HEADs
         except Exception:  # noqa: BLE001 - reported as jaco_catalog_up 0
             view, newest = None, None
+            with self._lock:  # opened again next time, its secrets read again
+                self._stores.pop(target.cluster, None)
         with self._lock:
             self._cache[target.cluster] = (time.monotonic(), view, newest)
         return view, newest
@@ -91,12 +105,13 @@ class CatalogCollector(Collector):
         failures = CounterMetricFamily(
             "jaco_failures", "Failed runs recorded in the catalog", labels=["cluster", "kind"]
         )
-        for target in self.targets:
+        with ThreadPoolExecutor(SCRAPE_THREADS, thread_name_prefix="scrape") as pool:
+            views = list(pool.map(self._view, self.targets))
+        for target, (view, newest_verified) in zip(self.targets, views, strict=True):
             labels = [target.cluster]
             backup_goal.add_metric(labels, target.max_backup_age)
             drill_goal.add_metric(labels, target.max_drill_age)
             _add(stream_goal, labels, target.max_stream_lag)
-            view, newest_verified = self._view(target)
             up.add_metric(labels, 0 if view is None else 1)
             if view is None:
                 continue

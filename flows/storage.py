@@ -34,10 +34,12 @@ class StoredObject:
     key: str
     size: int
     modified: dt.datetime
+    tag: str = ""  # changes whenever the object is written again (S3: its ETag); "": unknown
 
 
 class BackupStore(Protocol):
     name: str
+    location: str  # the name, and where it is served from (one bucket name, many endpoints)
 
     def put(self, key: str, path: Path, metadata: dict[str, str]) -> None: ...
     def get(self, key: str, path: Path) -> dict[str, str]: ...
@@ -134,6 +136,7 @@ class S3Store:
             raise
         except Exception as exc:  # noqa: BLE001 - a missing profile, a malformed endpoint
             raise StorageError(f"S3 client for {self.name}: {exc}", retryable=False) from None
+        self.location = f"{self.client.meta.endpoint_url} {self.name}"
         # boto3's defaults (8 MiB parts, 10 threads) unless JACO_S3_PART_MIB says otherwise:
         # measured in bench/, leaner settings were slower than the reference. A download's
         # queue of received chunks waiting for the file is 16 (4 MiB), not 100: the same
@@ -236,7 +239,9 @@ class S3Store:
             )
             for page in pages:
                 for obj in page.get("Contents", []):
-                    yield StoredObject(obj["Key"], obj["Size"], obj["LastModified"])
+                    yield StoredObject(
+                        obj["Key"], obj["Size"], obj["LastModified"], obj.get("ETag", "")
+                    )
         except StorageError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -267,7 +272,7 @@ class LocalStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.name = str(root)
+        self.name = self.location = str(root)
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -362,9 +367,10 @@ class LocalStore:
             key = path.relative_to(self.root).as_posix()
             if key.startswith(prefix):
                 stat = path.stat()
-                yield StoredObject(
-                    key, stat.st_size, dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC)
-                )
+                modified = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC)
+                # Objects are replaced (a rename), never edited in place: a new inode.
+                tag = f"{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}"
+                yield StoredObject(key, stat.st_size, modified, tag)
 
     def sweep(self, prefix: str) -> builtins.list[str]:
         """Remove the temp files of copies a dead run was writing under `prefix`."""

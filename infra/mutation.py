@@ -1206,6 +1206,55 @@ MUTATIONS: list[Mutation] = [
         "        pass",
         "tests/unit/test_backup_ls.py",
     ),
+    m(
+        "catalog reads: every record fetched again on every scrape (stop 37)",
+        "flows/catalog.py",
+        "            if not (obj.tag and tag == obj.tag and isinstance(record, model)):",
+        "            if True:",
+        k("tests/test_catalog_reads.py", "second_scrape"),
+    ),
+    m(
+        "catalog reads: a record served from memory though its tag changed (stop 37)",
+        "flows/catalog.py",
+        "            if not (obj.tag and tag == obj.tag and isinstance(record, model)):",
+        "            if not isinstance(record, model):",
+        k("tests/test_catalog_reads.py", "rewritten_or_removed"),
+    ),
+    m(
+        "catalog reads: a directory store's tag blind to a record replaced (stop 37)",
+        "flows/storage.py",
+        '                tag = f"{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}"',
+        '                tag = f"{stat.st_size}"',
+        k("tests/test_catalog_reads.py", "rewritten_or_removed"),
+    ),
+    m(
+        "catalog reads: the caller given the record kept in memory, not a copy (stop 37)",
+        "flows/catalog.py",
+        "            found.append((obj.key, record.model_copy(deep=True)))",
+        "            found.append((obj.key, record))  # type: ignore[arg-type]",
+        k("tests/test_catalog_reads.py", "rewritten_or_removed"),
+    ),
+    m(
+        "catalog reads: a removed record's cached copy kept (stop 37)",
+        "flows/catalog.py",
+        "            _SEEN[scope] = kept\n",
+        "            _SEEN[scope] = {**seen, **kept}\n",
+        k("tests/test_catalog_reads.py", "rewritten_or_removed"),
+    ),
+    m(
+        "metrics: a store whose read failed kept for the next scrape (stop 37)",
+        "flows/metrics.py",
+        "                self._stores.pop(target.cluster, None)",
+        "                pass",
+        k("tests/test_catalog_reads.py", "rotated"),
+    ),
+    m(
+        "catalog window: a chain's first segment taken for its newest (stop 37)",
+        "flows/catalog.py",
+        " (base not in chains or obj.key > chains[base].key)",
+        " (base not in chains or obj.key < chains[base].key)",
+        k("tests/test_catalog_reads.py", "second_scrape"),
+    ),
 ]
 
 

@@ -1,0 +1,203 @@
+"""What a metrics scrape and the change stream's look at the catalog cost in S3 requests.
+
+The metrics endpoint reads every cluster's catalog on each scrape (every 15 s by default) and
+the change stream reads its cluster's backup records every minute. Each read fetched every
+backup, drill and failure record again: with 30 backups and their drills per cluster, one
+scrape of 50 clusters was thousands of GETs, and took longer than Prometheus waits. A record
+is now fetched once, and again only when the store's listing shows it changed (its ETag, or a
+file's inode, mtime and size). Counted here on the real client against SeaweedFS: every S3
+call the process makes goes through botocore's event hooks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flows.storage
+from flows import catalog as catalog_module
+from flows.catalog import Catalog
+from flows.metrics import CatalogCollector
+from flows.records import DrillRecord, Failure, SegmentRecord, Verified
+from flows.secrets import S3Settings
+from flows.storage import open_store
+from flows.watchdog_flow import Objective
+from infra.seaweed import SeaweedS3, running_seaweed
+from tests.unit.test_describe import _record
+
+BUCKET = "catalog-reads"
+CLUSTERS = ("alpha", "beta")
+BACKUPS = 5
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
+        server.create_bucket(BUCKET)
+        yield server
+
+
+@pytest.fixture
+def calls(s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Every S3 operation made by a store opened from now on, by name (GetObject, ...); the
+    stores reach SeaweedFS through the environment, as the pipeline's do."""
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    made: Counter[str] = Counter()
+    real = flows.storage._s3_client
+
+    def counted(*args: Any) -> Any:
+        client = real(*args)
+        client.meta.events.register("before-call.s3", lambda model, **_: made.update([model.name]))
+        return client
+
+    monkeypatch.setattr(flows.storage, "_s3_client", counted)
+    monkeypatch.setattr(catalog_module, "_SEEN", OrderedDict(), raising=False)  # a new process
+    return made
+
+
+def _fill(prefix: str) -> None:
+    store = open_store(f"s3://{BUCKET}")
+    for cluster in CLUSTERS:
+        catalog = Catalog(store, prefix, cluster)
+        for n in range(BACKUPS):
+            at = NOW - dt.timedelta(hours=n)
+            record = _record(cluster, f"cluster-2026-12-04-{40 + n}.tar.gz.age").model_copy(
+                update={"taken_at": at, "snapshot_index": 40 + n, "verified": Verified(at=at)}
+            )
+            catalog.record_backup(record)
+            store.put_bytes(record.key, b"x")
+            for minutes in (5, 10):
+                drill = DrillRecord(
+                    at=at + dt.timedelta(minutes=minutes), passed=True, rto_seconds=2
+                )
+                catalog.record_drill(record.key, drill)
+        catalog.record_failure(Failure(at=NOW, kind="drill", reason="a failed drill"))
+        newest = catalog.records()[0]
+        for first in (45, 50):
+            catalog.record_segment(_segment(newest.stem, first))
+
+
+def _segment(base: str, first: int) -> SegmentRecord:
+    at = (NOW + dt.timedelta(seconds=first)).isoformat()
+    return SegmentRecord(
+        key=f"segments/{base}/{first}", base=base, base_revision=40, first_revision=first,
+        last_revision=first + 4, first_at=at, last_at=at, revisions=5, changes=5, size=1,
+        ciphertext_sha256="4" * 64, written_at=NOW,
+    )  # fmt: skip
+
+
+def _targets(prefix: str) -> list[Objective]:
+    return [Objective(cluster=c, bucket=BUCKET, prefix=prefix) for c in CLUSTERS]
+
+
+def _scrape(collector: CatalogCollector) -> dict[tuple[str, str], float]:
+    collector._cache.clear()  # as a scrape after CACHE_SECONDS
+    return {
+        (sample.name, sample.labels.get("cluster", "")): sample.value
+        for family in collector.collect()
+        for sample in family.samples
+    }
+
+
+def test_a_second_scrape_fetches_no_record_again_and_sees_every_change(
+    s3: SeaweedS3, calls: Counter[str]
+) -> None:
+    _fill("scrape")
+    collector = CatalogCollector(_targets("scrape"))
+    first = _scrape(collector)
+    assert all(first[("jaco_catalog_up", c)] == 1 for c in CLUSTERS), first
+    records = BACKUPS * 3 + 1 + 1  # each backup and its two drills, one failure, the newest
+    # segment of the one chain; per cluster: its records, identity.json and stream.json
+    assert calls["GetObject"] == len(CLUSTERS) * (records + 2), calls
+    calls.clear()
+
+    assert _scrape(collector) == first
+    assert calls["GetObject"] == len(CLUSTERS) * 2, calls  # identity and stream alone
+    assert calls["ListObjectsV2"] > 0
+
+    # A change made elsewhere (another process's drill of alpha's newest backup, failed) is
+    # read, and read alone: its listing shows a key this process has not fetched.
+    store = open_store(f"s3://{BUCKET}")
+    alpha = Catalog(store, "scrape", "alpha")
+    newest = alpha.records()[0]
+    later = NOW + dt.timedelta(minutes=30)
+    alpha.record_drill(newest.key, DrillRecord(at=later, passed=False, reason="broken"))
+    calls.clear()
+    third = _scrape(collector)
+    assert calls["GetObject"] == len(CLUSTERS) * 2 + 1, calls
+    # The newest segment changes as the stream stores the next one: read again, the window
+    # reaches it.
+    alpha.record_segment(_segment(newest.stem, 55))
+    calls.clear()
+    assert alpha.view().window.last_revision == 59  # type: ignore[union-attr]
+    _scrape(collector)
+    assert calls["GetObject"] == 2 + len(CLUSTERS) * 2 + 1, calls  # the view above, its segment
+    assert (
+        third[("jaco_drill_last_success_timestamp_seconds", "alpha")]
+        == first[("jaco_drill_last_success_timestamp_seconds", "alpha")]
+    )
+    assert (
+        third[("jaco_drill_last_success_timestamp_seconds", "beta")]
+        == first[("jaco_drill_last_success_timestamp_seconds", "beta")]
+    )
+
+
+def test_a_record_rewritten_or_removed_is_never_served_from_memory(
+    s3: SeaweedS3, calls: Counter[str], tmp_path: Path
+) -> None:
+    _fill("rewrite")
+    for url in (f"s3://{BUCKET}", f"file://{tmp_path}"):
+        store = open_store(url)
+        catalog = Catalog(store, "rewrite", "beta")
+        if url.startswith("file"):
+            for n in range(2):
+                at = NOW - dt.timedelta(hours=n)
+                catalog.record_backup(
+                    _record("beta", f"cluster-2026-12-04-{40 + n}.tar.gz.age").model_copy(
+                        update={"taken_at": at, "snapshot_index": 40 + n}
+                    )
+                )
+        before = catalog.records()
+        newest = before[0]
+        # Rewritten with the same size (the flag's value changes, not its length): a new
+        # ETag on S3, a new inode on a directory (records are replaced, never edited).
+        changed = newest.model_copy(update={"snapshot_term": 9 - newest.snapshot_term % 9})
+        catalog.record_backup(changed)
+        again = Catalog(open_store(url), "rewrite", "beta")
+        assert again.records()[0].snapshot_term == changed.snapshot_term, url
+        again.forget([before[-1].key])
+        assert [r.key for r in again.records()] == [r.key for r in before[:-1]], url
+        # and is not held in memory either: what is held is what the last listing showed
+        seen = catalog_module._SEEN.items()
+        held = {key for (where, _), keys in seen if where == again.store.location for key in keys}
+        assert again.record_key(before[-1].key) not in held, url
+        # What a caller does to a record it was given does not reach the next reader.
+        given = again.records()[0]
+        given.drills.append(DrillRecord(at=NOW, passed=False))
+        assert again.records()[0].drills == [], url
+
+
+def test_a_scrape_after_the_s3_key_is_rotated_uses_the_new_key(
+    s3: SeaweedS3, calls: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The endpoint keeps each cluster's store (its S3 client) between scrapes; one whose read
+    failed is opened again, so a key rotated in its secret's source is taken up without a
+    restart."""
+    _fill("rotated")
+    monkeypatch.setenv("ROTATED_ID", s3.access_key)
+    monkeypatch.setenv("ROTATED_KEY", "not-the-key")
+    settings = S3Settings(access_key_id="env:ROTATED_ID", secret_access_key="env:ROTATED_KEY")
+    target = Objective(cluster="alpha", bucket=BUCKET, prefix="rotated", s3=settings)
+    collector = CatalogCollector([target])
+    assert _scrape(collector)[("jaco_catalog_up", "alpha")] == 0
+    monkeypatch.setenv("ROTATED_KEY", s3.secret_key)
+    scraped = _scrape(collector)
+    assert scraped[("jaco_catalog_up", "alpha")] == 1, scraped
+    assert scraped[("jaco_backup_last_verified_timestamp_seconds", "alpha")] == NOW.timestamp()
