@@ -75,6 +75,22 @@ class Catalog:
         self.cluster = cluster
         self.prefix = prefix
         self.root = f"{prefix.strip('/')}/catalog/{cluster}/"
+        self._listing: list[StoredObject] | None = None  # while view() reads: its one LIST
+
+    def _list(self, prefix: str) -> list[StoredObject]:
+        """The objects under `prefix` (in the catalog): while view() reads, out of its one
+        listing of the whole catalog, not another request."""
+        if self._listing is None:
+            return list(self.store.list(self.root + prefix))
+        return [o for o in self._listing if o.key.startswith(self.root + prefix)]
+
+    def _read_one(self, name: str, model: type[M]) -> M | None:
+        """The record `name` (in the catalog); while view() reads, fetched only if listed and
+        changed since this process read it."""
+        if self._listing is None:
+            return self._read(self.root + name, model)
+        listed = [o for o in self._list(name) if o.key == self.root + name]
+        return next((record for _, record in self._read_listed(name, listed, model)), None)
 
     def _read(self, key: str, model: type[M]) -> M | None:
         raw = self.store.get_bytes(key)
@@ -93,7 +109,7 @@ class Catalog:
     def _read_all(self, prefix: str, model: type[M], damaged: list[str] | None = None) -> list[M]:
         """Every record under `prefix`. Given `damaged`, one that cannot be parsed is named
         there instead of stopping the read."""
-        listed = [o for o in self.store.list(self.root + prefix) if o.key.endswith(".json")]
+        listed = [o for o in self._list(prefix) if o.key.endswith(".json")]
         return [record for _, record in self._read_listed(prefix, listed, model, damaged)]
 
     def _read_listed(
@@ -135,7 +151,7 @@ class Catalog:
     # -- identity ----------------------------------------------------------------------------
 
     def identity(self) -> Identity | None:
-        return self._read(self.root + "identity.json", Identity)
+        return self._read_one("identity.json", Identity)
 
     def check_identity(self, cluster_id: str, source: str) -> None:
         """Refuse a cluster id other than the one pinned (naming both)."""
@@ -177,7 +193,7 @@ class Catalog:
         """Newest first, each with its drills."""
         records = self._read_all("backups/", BackupRecord)
         drills: dict[str, list[DrillRecord]] = {}
-        listed = list(self.store.list(self.root + "drills/"))
+        listed = self._list("drills/")
         for key, drill in self._read_listed("drills/", listed, DrillRecord):
             stem = key[len(self.root + "drills/") :].split("/", 1)[0]
             drills.setdefault(stem, []).append(drill)
@@ -233,7 +249,7 @@ class Catalog:
         """From the oldest backup whose chain reaches the newest chain's start, to the end of
         the newest chain: any point between can be restored."""
         chains: dict[str, StoredObject] = {}  # each chain's newest segment (keys sort by revision)
-        for obj in self.store.list(self.root + "segments/"):
+        for obj in self._list("segments/"):
             base = obj.key[len(self.root + "segments/") :].split("/", 1)[0]
             if obj.key.endswith(".json") and (base not in chains or obj.key > chains[base].key):
                 chains[base] = obj
@@ -263,7 +279,7 @@ class Catalog:
         self._write(f"{self.root}stream.json", status)
 
     def stream_status(self) -> StreamStatus | None:
-        return self._read(f"{self.root}stream.json", StreamStatus)
+        return self._read_one("stream.json", StreamStatus)
 
     # -- drills and failures -----------------------------------------------------------------
 
@@ -284,36 +300,39 @@ class Catalog:
         return [o.key for o in self._failures_listed()]
 
     def _failures_listed(self) -> list[StoredObject]:
-        return sorted(self.store.list(self.root + "failures/"), key=lambda o: o.key)
+        return sorted(self._list("failures/"), key=lambda o: o.key)
 
-    def failures(
-        self, limit: int = FAILURES_SHOWN, listed: list[StoredObject] | None = None
-    ) -> list[Failure]:
-        """The newest `limit` failures, newest first (of `listed`, if the caller listed them)."""
-        newest = (self._failures_listed() if listed is None else listed)[-limit:][::-1]
+    def failures(self, limit: int = FAILURES_SHOWN) -> list[Failure]:
+        """The newest `limit` failures, newest first."""
+        newest = self._failures_listed()[-limit:][::-1]
         return [failure for _, failure in self._read_listed("failures/", newest, Failure)]
 
-    def failure_counts(self, listed: list[StoredObject] | None = None) -> dict[str, int]:
+    def failure_counts(self) -> dict[str, int]:
         """Failures kept, by kind (read from the keys alone: no object is fetched)."""
         counts: dict[str, int] = {}
-        for key in (o.key for o in (self._failures_listed() if listed is None else listed)):
+        for key in self._failure_keys():
             parts = key.rsplit("/", 1)[-1].split("-")
             kind = parts[1] if len(parts) > 2 else "unknown"
             counts[kind] = counts.get(kind, 0) + 1
         return counts
 
     def view(self) -> ClusterView:
-        backups = self.backups()
-        failures = self._failures_listed()
-        return ClusterView(
-            cluster=self.cluster,
-            identity=self.identity(),
-            backups=backups,
-            failures=self.failures(listed=failures),
-            failure_counts=self.failure_counts(failures),
-            window=self.window([b for b in backups if b.verified]),  # proven bases only
-            stream=self.stream_status(),
-        )
+        """The whole catalog, read from one listing of it (the metrics read every cluster's
+        view on each scrape: one LIST, and a GET only of a record new or changed since)."""
+        self._listing = list(self.store.list(self.root))
+        try:
+            backups = self.backups()
+            return ClusterView(
+                cluster=self.cluster,
+                identity=self.identity(),
+                backups=backups,
+                failures=self.failures(),
+                failure_counts=self.failure_counts(),
+                window=self.window([b for b in backups if b.verified]),  # proven bases only
+                stream=self.stream_status(),
+            )
+        finally:
+            self._listing = None
 
 
 def _age(record: BackupRecord) -> tuple[dt.datetime, int]:

@@ -1249,6 +1249,20 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_catalog_reads.py", "rotated"),
     ),
     m(
+        "catalog view: each part of the catalog listed on its own (stop 37)",
+        "flows/catalog.py",
+        "        if self._listing is None:\n            return list(self.store.list(",
+        "        if True:\n            return list(self.store.list(",
+        k("tests/test_catalog_reads.py", "second_scrape"),
+    ),
+    m(
+        "catalog view: identity.json and stream.json fetched on every view (stop 37)",
+        "flows/catalog.py",
+        "        if self._listing is None:\n            return self._read(self.root + name, model)",
+        "        if True:\n            return self._read(self.root + name, model)",
+        k("tests/test_catalog_reads.py", "second_scrape"),
+    ),
+    m(
         "catalog window: a chain's first segment taken for its newest (stop 37)",
         "flows/catalog.py",
         " (base not in chains or obj.key > chains[base].key)",
