@@ -137,8 +137,19 @@ def _add(family: GaugeMetricFamily, labels: list[str], value: Any) -> None:
 
 
 def serve_metrics(targets: list[Objective], port: int, address: str = "127.0.0.1") -> Any:
-    """Start the HTTP endpoint in a background thread; returns the server (to shut down)."""
+    """Start the HTTP endpoint in a background thread; returns the server (to shut down).
+
+    Every catalog is read once at the start, on a thread of its own: the first scrape reads
+    every record (a fleet's thousands of GETs), and a scrape that waits for that times out in
+    Prometheus while the next one starts the same reads again."""
     registry = CollectorRegistry()
-    registry.register(CatalogCollector(targets))
+    collector = CatalogCollector(targets)
+    registry.register(collector)
     server, _ = start_http_server(port, addr=address, registry=registry)
+    threading.Thread(target=_read_all, args=(collector,), name="metrics-warm", daemon=True).start()
     return server
+
+
+def _read_all(collector: CatalogCollector) -> None:
+    for _ in collector.collect():
+        pass

@@ -1263,6 +1263,14 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_catalog_reads.py", "second_scrape"),
     ),
     m(
+        "metrics: the catalogs first read by the first scrape, not at the start (stop 37)",
+        "flows/metrics.py",
+        '    threading.Thread(target=_read_all, args=(collector,), name="metrics-warm", '
+        "daemon=True).start()",
+        "    pass",
+        k("tests/test_catalog_reads.py", "before_its_first_scrape"),
+    ),
+    m(
         "catalog window: a chain's first segment taken for its newest (stop 37)",
         "flows/catalog.py",
         " (base not in chains or obj.key > chains[base].key)",

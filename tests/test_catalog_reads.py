@@ -13,6 +13,8 @@ goes through botocore's event hooks.
 from __future__ import annotations
 
 import datetime as dt
+import socket
+import urllib.request
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +25,12 @@ import pytest
 import flows.storage
 from flows import catalog as catalog_module
 from flows.catalog import Catalog
-from flows.metrics import CatalogCollector
+from flows.metrics import CatalogCollector, serve_metrics
 from flows.records import DrillRecord, Failure, SegmentRecord, Verified
 from flows.secrets import S3Settings
 from flows.storage import open_store
 from flows.watchdog_flow import Objective
+from infra.localcluster import wait_for
 from infra.seaweed import SeaweedS3, running_seaweed
 from tests.unit.test_describe import IDS, _record
 
@@ -206,3 +209,24 @@ def test_a_scrape_after_the_s3_key_is_rotated_uses_the_new_key(
     scraped = _scrape(collector)
     assert scraped[("jaco_catalog_up", "alpha")] == 1, scraped
     assert scraped[("jaco_backup_last_verified_timestamp_seconds", "alpha")] == NOW.timestamp()
+
+
+def test_the_endpoint_reads_every_catalog_before_its_first_scrape(calls: Counter[str]) -> None:
+    """The first scrape after a start would read every record (thousands of GETs for a
+    fleet) and outlast Prometheus' timeout: the endpoint reads them as it starts."""
+    _fill("warm")
+    catalog_module._SEEN.clear()
+    calls.clear()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = serve_metrics(_targets("warm"), port)
+    try:
+        records = BACKUPS * 3 + 1 + 1 + 1  # as in the first scrape above
+        wait_for(lambda: calls["GetObject"] == len(CLUSTERS) * records, 60, "the reads")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:  # noqa: S310
+            text = reply.read().decode()
+        assert 'jaco_catalog_up{cluster="alpha"} 1.0' in text, text
+        assert calls["GetObject"] == len(CLUSTERS) * records, calls  # no record fetched again
+    finally:
+        server.shutdown()
