@@ -20,7 +20,8 @@ Served by the deployments process when asked (`python -m deployments.serve --met
 A scrape reads each catalog at most once per CACHE_SECONDS, up to SCRAPE_THREADS clusters
 at a time, each through the store it opened on its first scrape (opened again after a failed
 read, so that rotated S3 keys are taken up), and fetches only the catalog records that
-changed since the last scrape (flows.catalog).
+changed since the last scrape (flows.catalog). Every catalog is read once at the start; a
+scrape that comes while a cluster is being read waits for that read's result.
 """
 
 from __future__ import annotations
@@ -49,10 +50,18 @@ class CatalogCollector(Collector):
         self.targets = targets
         self._cache: dict[str, tuple[float, ClusterView | None, BackupRecord | None]] = {}
         self._stores: dict[str, BackupStore] = {}
+        self._reading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def _view(self, target: Objective) -> tuple[ClusterView | None, BackupRecord | None]:
-        """The cluster's catalog, and its newest verified backup still in the store."""
+        """The cluster's catalog, and its newest verified backup still in the store. One read
+        of a cluster at a time: a scrape that comes while one runs waits for its result."""
+        with self._lock:
+            reading = self._reading.setdefault(target.cluster, threading.Lock())
+        with reading:
+            return self._read_view(target)
+
+    def _read_view(self, target: Objective) -> tuple[ClusterView | None, BackupRecord | None]:
         with self._lock:
             cached = self._cache.get(target.cluster)
             if cached and time.monotonic() - cached[0] < CACHE_SECONDS:

@@ -1271,6 +1271,13 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_catalog_reads.py", "before_its_first_scrape"),
     ),
     m(
+        "metrics: a scrape during a read of the same cluster reads it again (stop 37)",
+        "flows/metrics.py",
+        "        with reading:\n            return self._read_view(target)\n",
+        "        return self._read_view(target)\n",
+        k("tests/test_catalog_reads.py", "during_the_first_reads"),
+    ),
+    m(
         "catalog window: a chain's first segment taken for its newest (stop 37)",
         "flows/catalog.py",
         " (base not in chains or obj.key > chains[base].key)",

@@ -230,3 +230,23 @@ def test_the_endpoint_reads_every_catalog_before_its_first_scrape(calls: Counter
         assert calls["GetObject"] == len(CLUSTERS) * records, calls  # no record fetched again
     finally:
         server.shutdown()
+
+
+def test_a_scrape_during_the_first_reads_waits_for_them(calls: Counter[str]) -> None:
+    """A scrape that comes while the endpoint's first reads run (or while another scrape's
+    do: two Prometheus servers) takes their result instead of reading every record again."""
+    _fill("during")
+    catalog_module._SEEN.clear()
+    calls.clear()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = serve_metrics(_targets("during"), port)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as reply:  # noqa: S310
+            text = reply.read().decode()
+        assert 'jaco_catalog_up{cluster="beta"} 1.0' in text, text
+        records = BACKUPS * 3 + 1 + 1 + 1
+        assert calls["GetObject"] == len(CLUSTERS) * records, calls  # each record once
+    finally:
+        server.shutdown()
