@@ -55,12 +55,14 @@ FAILURES_KEPT = 5000  # about a year of hourly trouble
 FAILURES_SHOWN = 50
 # Records already read in this process, by store location and listed prefix: key -> (the tag
 # the listing showed, the record). The metrics read every cluster's catalog each scrape, the
-# change stream its backups each minute: a record whose listing shows the same tag is not
-# fetched again; one the listing no longer shows is dropped with it. At most READ_PREFIXES
-# prefixes are kept, the least recently read dropped first.
+# change stream its backups each minute: a record whose listing shows the same tag (S3: its
+# ETag, size and time; a directory store gives none) is not fetched again; one the listing no
+# longer shows is dropped with it. This relies on S3's read-after-write consistency (a GET
+# returns the version listed or a newer one). At most READ_PREFIXES prefixes are kept, the
+# least recently read dropped first: a view reads 6, so about 10,900 clusters' catalogs fit.
 _SEEN: OrderedDict[tuple[str, str], dict[str, tuple[str, BaseModel]]] = OrderedDict()
 _SEEN_LOCK = threading.Lock()
-READ_PREFIXES = 4096
+READ_PREFIXES = 65536
 
 
 def _stamp(at: dt.datetime) -> str:
@@ -68,7 +70,8 @@ def _stamp(at: dt.datetime) -> str:
 
 
 class Catalog:
-    """One cluster's catalog in one store."""
+    """One cluster's catalog in one store. An instance is used by one thread at a time (its
+    view() reads from one listing it holds meanwhile); make one per thread."""
 
     def __init__(self, store: BackupStore, prefix: str, cluster: str) -> None:
         self.store = store

@@ -34,7 +34,7 @@ class StoredObject:
     key: str
     size: int
     modified: dt.datetime
-    tag: str = ""  # changes whenever the object is written again (S3: its ETag); "": unknown
+    tag: str = ""  # changes whenever the object is written again; "": none (always read)
 
 
 class BackupStore(Protocol):
@@ -239,9 +239,9 @@ class S3Store:
             )
             for page in pages:
                 for obj in page.get("Contents", []):
-                    yield StoredObject(
-                        obj["Key"], obj["Size"], obj["LastModified"], obj.get("ETag", "")
-                    )
+                    etag = obj.get("ETag", "")  # none: never served from memory
+                    tag = etag and f"{etag} {obj['Size']} {obj['LastModified'].isoformat()}"
+                    yield StoredObject(obj["Key"], obj["Size"], obj["LastModified"], tag)
         except StorageError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -368,9 +368,9 @@ class LocalStore:
             if key.startswith(prefix):
                 stat = path.stat()
                 modified = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC)
-                # Objects are replaced (a rename), never edited in place: a new inode.
-                tag = f"{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}"
-                yield StoredObject(key, stat.st_size, modified, tag)
+                # No tag: a replaced file can come back with the inode, size and (on a coarse
+                # clock) mtime of the one before, and a local read costs next to nothing.
+                yield StoredObject(key, stat.st_size, modified)
 
     def sweep(self, prefix: str) -> builtins.list[str]:
         """Remove the temp files of copies a dead run was writing under `prefix`."""

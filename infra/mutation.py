@@ -1223,9 +1223,30 @@ MUTATIONS: list[Mutation] = [
     m(
         "catalog reads: a directory store's tag blind to a record replaced (stop 37)",
         "flows/storage.py",
-        '                tag = f"{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}"',
-        '                tag = f"{stat.st_size}"',
+        "                yield StoredObject(key, stat.st_size, modified)",
+        "                yield StoredObject(key, stat.st_size, modified, str(stat.st_size))",
         k("tests/test_catalog_reads.py", "rewritten_or_removed"),
+    ),
+    m(
+        "catalog reads: an object listed without a tag served from memory (stop 37)",
+        "flows/catalog.py",
+        "            if not (obj.tag and tag == obj.tag and isinstance(record, model)):",
+        "            if not (tag == obj.tag and isinstance(record, model)):",
+        k("tests/test_catalog_reads.py", "rewritten_or_removed"),
+    ),
+    m(
+        "catalog view: its listing kept once the view is read (stop 37)",
+        "flows/catalog.py",
+        "        finally:\n            self._listing = None\n",
+        "        finally:\n            pass\n",
+        k("tests/test_catalog_reads.py", "rewritten_or_removed"),
+    ),
+    m(
+        "catalog reads: the records kept not bounded (stop 37)",
+        "flows/catalog.py",
+        "            while len(_SEEN) > READ_PREFIXES:",
+        "            while len(_SEEN) > READ_PREFIXES * 100:",
+        k("tests/test_catalog_reads.py", "bounded_by_prefix"),
     ),
     m(
         "catalog reads: the caller given the record kept in memory, not a copy (stop 37)",

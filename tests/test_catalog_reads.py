@@ -140,6 +140,7 @@ def test_a_second_scrape_fetches_no_record_again_and_sees_every_change(
     calls.clear()
     third = _scrape(collector)
     assert calls["GetObject"] == 1, calls
+    assert [d.passed for d in alpha.view().backups[0].drills][-1] is False  # the new one, read
     # The newest segment changes as the stream stores the next one: read again, the window
     # reaches it.
     alpha.record_segment(_segment(newest.stem, 55))
@@ -186,6 +187,11 @@ def test_a_record_rewritten_or_removed_is_never_served_from_memory(
         seen = catalog_module._SEEN.items()
         held = {key for (where, _), keys in seen if where == again.store.location for key in keys}
         assert again.record_key(before[-1].key) not in held, url
+        # A catalog that has read a view reads the store again afterwards, not that listing.
+        again.view()
+        catalog.record_backup(before[-1])
+        assert len(again.records()) == len(before), url
+        again.forget([before[-1].key])
         # What a caller does to a record it was given does not reach the next reader.
         given = again.records()[0]
         given.drills.append(DrillRecord(at=NOW, passed=False))
@@ -250,3 +256,25 @@ def test_a_scrape_during_the_first_reads_waits_for_them(calls: Counter[str]) -> 
         assert calls["GetObject"] == len(CLUSTERS) * records, calls  # each record once
     finally:
         server.shutdown()
+
+
+def test_the_records_kept_are_bounded_by_prefix_the_least_recently_read_dropped(
+    calls: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fill("bounded")
+    catalog_module._SEEN.clear()
+    monkeypatch.setattr(catalog_module, "READ_PREFIXES", 6)  # one view's worth
+    store = open_store(f"s3://{BUCKET}")
+    alpha, beta = (Catalog(store, "bounded", c) for c in CLUSTERS)
+    alpha.view()
+    calls.clear()
+    alpha.view()
+    assert calls["GetObject"] == 0, calls
+    beta.view()
+    parts = ("backups/", "drills/", "failures/", "segments/", "identity.json", "stream.json")
+    assert {where for (_, where) in catalog_module._SEEN} == {
+        f"bounded/catalog/beta/{part}" for part in parts
+    }
+    calls.clear()
+    alpha.view()  # dropped: read again
+    assert calls["GetObject"] == BACKUPS * 3 + 1 + 1 + 1, calls
