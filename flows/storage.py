@@ -22,7 +22,8 @@ from typing import Any, Protocol
 
 from flows.download import Download, Resuming
 from flows.errors import StorageError
-from flows.secrets import S3Settings, resolve
+from flows.s3client import _s3_client, _s3_error
+from flows.secrets import S3Settings
 from jaco.public import private_output, sweep_partials, write_private
 
 CHUNK = 1024 * 1024
@@ -51,71 +52,6 @@ class BackupStore(Protocol):
     def is_locked(self, key: str) -> bool: ...
     def exists(self, key: str) -> bool: ...
     def sweep(self, prefix: str) -> builtins.list[str]: ...
-
-
-_PERMANENT_S3_CODES = {
-    "AccessDenied",
-    "NoSuchBucket",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "AccountProblem",
-    "InvalidBucketName",
-    "NoSuchKey",
-    "404",
-    "403",
-}
-
-
-def _s3_error(exc: BaseException, what: str) -> StorageError:
-    from botocore.exceptions import (
-        ClientError,
-        NoCredentialsError,
-        PartialCredentialsError,
-        ProfileNotFound,
-    )
-
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError | ProfileNotFound):
-        return StorageError(f"S3 {what}: {exc}", retryable=False)  # configuration, not weather
-
-    # upload_file wraps S3's answer in S3UploadFailedError (the ClientError is its context):
-    # without unwrapping, a refusal for good (bad credentials) looked transient and was retried.
-    cause: BaseException | None = exc
-    while cause is not None and not isinstance(cause, ClientError):
-        cause = cause.__cause__ or cause.__context__
-    if cause is not None:
-        exc = cause
-    if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        message = exc.response.get("Error", {}).get("Message", "") or code
-        return StorageError(
-            f"S3 {what}: {code} {message}".strip(), retryable=code not in _PERMANENT_S3_CODES
-        )
-    return StorageError(f"S3 {what}: {exc}")
-
-
-def _s3_client(settings: S3Settings, connect_timeout: float, read_timeout: float) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    keys: dict[str, str] = {}
-    if settings.access_key_id and settings.secret_access_key:
-        keys = {
-            "aws_access_key_id": resolve(settings.access_key_id, "the S3 access key id"),
-            "aws_secret_access_key": resolve(settings.secret_access_key, "the S3 secret key"),
-        }
-    # A session per store: boto3's default session caches credentials for the whole process,
-    # and one worker serves clusters with different credentials.
-    session = boto3.session.Session(profile_name=settings.profile, **keys)
-    return session.client(
-        "s3",
-        endpoint_url=settings.endpoint,
-        region_name=settings.region,
-        config=Config(
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            retries={"max_attempts": 3, "mode": "standard"},
-        ),
-    )
 
 
 class S3Store:

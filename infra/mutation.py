@@ -1299,6 +1299,13 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_catalog_reads.py", "during_the_first_reads"),
     ),
     m(
+        "S3 stores: each session loading S3's model again (stop 37)",
+        "flows/s3client.py",
+        "        profile_name=settings.profile, botocore_session=_botocore_session(), **keys",
+        "        profile_name=settings.profile, **keys",
+        "tests/unit/test_store_memory.py",
+    ),
+    m(
         "catalog window: a chain's first segment taken for its newest (stop 37)",
         "flows/catalog.py",
         " (base not in chains or obj.key > chains[base].key)",
