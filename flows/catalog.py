@@ -54,13 +54,13 @@ log = logging.getLogger("jaco.catalog")
 FAILURES_KEPT = 5000  # about a year of hourly trouble
 FAILURES_SHOWN = 50
 # Records already read in this process, by store location and listed prefix: key -> (the tag
-# the listing showed, the record). The metrics read every cluster's catalog each scrape, the
+# the listing showed, the record's bytes). The metrics read every cluster's catalog each scrape, the
 # change stream its backups each minute: a record whose listing shows the same tag (S3: its
 # ETag, size and time; a directory store gives none) is not fetched again; one the listing no
 # longer shows is dropped with it. This relies on S3's read-after-write consistency (a GET
 # returns the version listed or a newer one). At most READ_PREFIXES prefixes are kept, the
 # least recently read dropped first: a view reads 6, so about 10,900 clusters' catalogs fit.
-_SEEN: OrderedDict[tuple[str, str], dict[str, tuple[str, BaseModel]]] = OrderedDict()
+_SEEN: OrderedDict[tuple[str, str], dict[str, tuple[str, bytes]]] = OrderedDict()
 _SEEN_LOCK = threading.Lock()
 READ_PREFIXES = 65536
 
@@ -97,8 +97,9 @@ class Catalog:
 
     def _read(self, key: str, model: type[M]) -> M | None:
         raw = self.store.get_bytes(key)
-        if raw is None:
-            return None
+        return None if raw is None else self._parse(key, raw, model)
+
+    def _parse(self, key: str, raw: bytes, model: type[M]) -> M:
         try:
             return model.model_validate_json(raw)
         except ValidationError:
@@ -124,26 +125,28 @@ class Catalog:
     ) -> list[tuple[str, M]]:
         """The records of `listed` (the objects a listing of `prefix` showed, or some of them),
         each fetched only if this process has not read it with the tag listed. Each record
-        returned is the caller's own copy."""
+        returned is the caller's own (parsed from the bytes kept: a third of the memory of
+        the parsed record, and quicker than a copy of it)."""
         scope = (self.store.location, self.root + prefix)
         with _SEEN_LOCK:
             seen = _SEEN.get(scope, {})
-        kept: dict[str, tuple[str, BaseModel]] = {}
+        kept: dict[str, tuple[str, bytes]] = {}
         found = []
         for obj in listed:
-            tag, record = seen.get(obj.key, ("", None))
-            if not (obj.tag and tag == obj.tag and isinstance(record, model)):
-                try:
-                    record = self._read(obj.key, model)
-                except PipelineError:
-                    if damaged is None:
-                        raise
-                    damaged.append(obj.key)
+            tag, raw = seen.get(obj.key, ("", None))
+            if not (obj.tag and tag == obj.tag) or raw is None:
+                raw = self.store.get_bytes(obj.key)
+                if raw is None:  # deleted since it was listed
                     continue
-                if record is None:  # deleted since it was listed
-                    continue
-            kept[obj.key] = (obj.tag, record)
-            found.append((obj.key, record.model_copy(deep=True)))
+            try:
+                record = self._parse(obj.key, raw, model)
+            except PipelineError:
+                if damaged is None:
+                    raise
+                damaged.append(obj.key)
+                continue
+            kept[obj.key] = (obj.tag, raw)
+            found.append((obj.key, record))
         with _SEEN_LOCK:
             _SEEN[scope] = kept
             _SEEN.move_to_end(scope)

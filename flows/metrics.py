@@ -18,10 +18,11 @@ Served by the deployments process when asked (`python -m deployments.serve --met
     jaco_catalog_up                              1 when the catalog could be read
 
 A scrape reads each catalog at most once per CACHE_SECONDS, up to SCRAPE_THREADS clusters
-at a time, each through the store it opened on its first scrape (opened again after a failed
-read, so that rotated S3 keys are taken up), and fetches only the catalog records that
-changed since the last scrape (flows.catalog). Every catalog is read once at the start; a
-scrape that comes while a cluster is being read waits for that read's result.
+at a time, through one store (S3 client) per bucket and settings, kept between scrapes
+(opened again after a failed read, so that rotated S3 keys are taken up), and fetches only
+the catalog records that changed since the last scrape (flows.catalog). Every catalog is read
+once at the start; a scrape that comes while a cluster is being read waits for that read's
+result.
 """
 
 from __future__ import annotations
@@ -68,20 +69,21 @@ class CatalogCollector(Collector):
                 return cached[1], cached[2]
         view: ClusterView | None = None
         newest: BackupRecord | None = None
+        where = f"{target.s3_url} {target.s3.model_dump_json()}"  # secrets' sources, not values
         try:
             with self._lock:
-                store = self._stores.get(target.cluster)
+                store = self._stores.get(where)
             if store is None:
                 store = open_store(target.s3_url, target.s3)
                 with self._lock:
-                    self._stores[target.cluster] = store
+                    self._stores[where] = store
             catalog = Catalog(store, target.prefix, target.cluster)
             view = catalog.view()
             newest = newest_verified_in(view.backups, catalog.store.exists)[0]  # HEADs
         except Exception:  # noqa: BLE001 - reported as jaco_catalog_up 0
             view, newest = None, None
             with self._lock:  # opened again next time, its secrets read again
-                self._stores.pop(target.cluster, None)
+                self._stores.pop(where, None)
         with self._lock:
             self._cache[target.cluster] = (time.monotonic(), view, newest)
         return view, newest
