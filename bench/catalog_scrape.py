@@ -8,9 +8,9 @@ and two drills of each, ten failures and one change chain of 20 segments (what a
 under a daily/weekly/monthly policy and an hourly drill). A child process per tree (this
 checkout, and with `--before` a worktree of another commit) builds the metrics collector
 and scrapes it three times, as Prometheus would every 15 s, counting every S3 call its
-clients make (botocore's event hooks). Wall time is on loopback: real S3 answers a request in
-tens of milliseconds, not one, so the request counts are what carries over. Results:
-bench/results/catalog-scrape-<time>.json.
+clients make (botocore's event hooks), with its peak RSS (what it keeps of the records).
+Wall time is on loopback: real S3 answers a request in tens of milliseconds, not one, so the
+request counts are what carries over. Results: bench/results/catalog-scrape-<time>.json.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -101,7 +102,9 @@ def child(clusters: int) -> None:
         up = sum(
             s.value for f in collector.collect() if f.name == "jaco_catalog_up" for s in f.samples
         )
-        scrapes.append({"seconds": time.monotonic() - started, "up": up, "calls": dict(made)})
+        seconds = time.monotonic() - started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        scrapes.append({"seconds": seconds, "up": up, "calls": dict(made), "peak_rss_mib": peak})
     print(json.dumps(scrapes))
 
 
