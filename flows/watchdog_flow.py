@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect import flow, get_client
@@ -27,6 +28,7 @@ from flows.storage import BackupStore, open_store
 
 WATCHED_FLOWS = {"backup-cluster": 7200.0, "drill-restore": 3600.0, "prune-backups": 3600.0}
 GRACE_SECONDS = 600
+READ_THREADS = 4  # catalogs read at a time (flows.metrics reads as many)
 
 
 class Objective(Where):
@@ -163,6 +165,16 @@ def end_abandoned_runs(params: WatchdogParams, logger: Any) -> list[dict[str, An
     return ended
 
 
+def _conditions(target: Objective) -> tuple[Catalog, dict[str, str] | Exception]:
+    """A cluster's catalog, and what is wrong with its recoverability (or why it could not
+    be read: the catalog, and the HEAD of its newest verified backups)."""
+    catalog = Catalog(open_store(target.s3_url, target.s3), target.prefix, target.cluster)
+    try:
+        return catalog, stale_conditions(target, catalog.view(), catalog.store)
+    except Exception as exc:  # noqa: BLE001 - reported by the caller
+        return catalog, exc
+
+
 @flow(name="watchdog", on_failure=[on_run_failure], timeout_seconds=900)
 def watchdog(params: WatchdogParams) -> dict[str, Any]:
     logger = get_run_logger()
@@ -191,12 +203,13 @@ def watchdog(params: WatchdogParams) -> dict[str, Any]:
             flow=abandoned["flow"],
         )
         findings.setdefault(cluster, []).append(f"run {run.name}: {abandoned['message']}")
-    for target in params.clusters:
-        catalog = Catalog(open_store(target.s3_url, target.s3), target.prefix, target.cluster)
-        try:  # the catalog, and the HEAD of its newest verified backups
-            problems = stale_conditions(target, catalog.view(), catalog.store)
-        except Exception as exc:  # noqa: BLE001 - an unreadable catalog is itself the alarm
-            reason = f"the catalog of {target.cluster} cannot be read: {exc}"
+    # The catalogs are read side by side (a fleet's, one after the other, outlasted the run's
+    # timeout on real S3); what they say is acted on one cluster at a time.
+    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="watch") as pool:
+        read = list(pool.map(_conditions, params.clusters))
+    for target, (catalog, problems) in zip(params.clusters, read, strict=True):
+        if isinstance(problems, Exception):  # an unreadable catalog is itself the alarm
+            reason = f"the catalog of {target.cluster} cannot be read: {problems}"
             logger.error(reason)
             alert("catalog.unreadable", target.cluster, reason, target.secrets, me)
             findings.setdefault(target.cluster, []).append(reason)

@@ -1059,10 +1059,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "watchdog: one unreadable catalog stops the watch of every cluster (stop 35)",
         "flows/watchdog_flow.py",
-        "        except Exception as exc:  # noqa: BLE001 - an unreadable catalog is itself the "
-        "alarm",
-        "        except ValueError as exc:  # noqa: BLE001 - an unreadable catalog is itself the "
-        "alarm",
+        "    except Exception as exc:  # noqa: BLE001 - reported by the caller",
+        "    except ValueError as exc:  # noqa: BLE001 - reported by the caller",
         k("tests/test_watchdog.py", "unreadable_catalog"),
     ),
     m(
@@ -1297,6 +1295,13 @@ MUTATIONS: list[Mutation] = [
         "        profile_name=settings.profile, botocore_session=_botocore_session(), **keys",
         "        profile_name=settings.profile, **keys",
         "tests/unit/test_store_memory.py",
+    ),
+    m(
+        "watchdog: the clusters' catalogs read one after the other (stop 37)",
+        "flows/watchdog_flow.py",
+        "    with ThreadPoolExecutor(READ_THREADS, ",
+        "    with ThreadPoolExecutor(1, ",
+        k("tests/test_catalog_reads.py", "side_by_side"),
     ),
     m(
         "catalog window: a chain's first segment taken for its newest (stop 37)",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import threading
 import urllib.request
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from flows.metrics import CatalogCollector, serve_metrics
 from flows.records import DrillRecord, Failure, SegmentRecord, Verified
 from flows.secrets import S3Settings
 from flows.storage import open_store
-from flows.watchdog_flow import Objective
+from flows.watchdog_flow import Objective, WatchdogParams, watchdog
 from infra.localcluster import wait_for
 from infra.seaweed import SeaweedS3, running_seaweed
 from tests.unit.test_describe import IDS, _record
@@ -278,3 +279,29 @@ def test_the_records_kept_are_bounded_by_prefix_the_least_recently_read_dropped(
     calls.clear()
     alpha.view()  # dropped: read again
     assert calls["GetObject"] == BACKUPS * 3 + 1 + 1 + 1, calls
+
+
+def test_the_watchdog_reads_the_clusters_catalogs_side_by_side(
+    calls: Counter[str], prefect: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watchdog read one catalog after the other: a fleet's (a GET per record, on real
+    S3) outlasted its run's 15-minute timeout. Each cluster's listing here waits until the
+    other's has begun: read one after the other, the first waits in vain and its catalog is
+    reported unreadable."""
+    _fill("watched")
+    together = threading.Barrier(len(CLUSTERS), timeout=20)
+    counted = flows.storage._s3_client
+
+    def gated(*args: Any) -> Any:
+        client = counted(*args)
+
+        def wait(params: dict[str, Any], **_: Any) -> None:
+            if params.get("Prefix", "").count("/") == 3:  # watched/catalog/NAME/: a view's
+                together.wait()
+
+        client.meta.events.register("before-parameter-build.s3.ListObjectsV2", wait)
+        return client
+
+    monkeypatch.setattr(flows.storage, "_s3_client", gated)
+    findings = watchdog(WatchdogParams(clusters=_targets("watched")))
+    assert findings == {}, findings
