@@ -1304,6 +1304,13 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_catalog_reads.py", "side_by_side"),
     ),
     m(
+        "metrics: the clusters' catalogs read one after the other (stop 37)",
+        "flows/metrics.py",
+        "        with ThreadPoolExecutor(SCRAPE_THREADS, ",
+        "        with ThreadPoolExecutor(1, ",
+        k("tests/test_catalog_reads.py", "scrape_reads_the_clusters"),
+    ),
+    m(
         "catalog window: a chain's first segment taken for its newest (stop 37)",
         "flows/catalog.py",
         " (base not in chains or obj.key > chains[base].key)",

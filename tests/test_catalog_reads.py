@@ -281,14 +281,9 @@ def test_the_records_kept_are_bounded_by_prefix_the_least_recently_read_dropped(
     assert calls["GetObject"] == BACKUPS * 3 + 1 + 1 + 1, calls
 
 
-def test_the_watchdog_reads_the_clusters_catalogs_side_by_side(
-    calls: Counter[str], prefect: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The watchdog read one catalog after the other: a fleet's (a GET per record, on real
-    S3) outlasted its run's 15-minute timeout. Each cluster's listing here waits until the
-    other's has begun: read one after the other, the first waits in vain and its catalog is
-    reported unreadable."""
-    _fill("watched")
+def _side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each cluster's view listing (PREFIX/catalog/NAME/) waits until every other cluster's
+    has begun: read one after the other, the first waits in vain (20 s) and fails."""
     together = threading.Barrier(len(CLUSTERS), timeout=20)
     counted = flows.storage._s3_client
 
@@ -296,12 +291,30 @@ def test_the_watchdog_reads_the_clusters_catalogs_side_by_side(
         client = counted(*args)
 
         def wait(params: dict[str, Any], **_: Any) -> None:
-            if params.get("Prefix", "").count("/") == 3:  # watched/catalog/NAME/: a view's
+            if params.get("Prefix", "").count("/") == 3:
                 together.wait()
 
         client.meta.events.register("before-parameter-build.s3.ListObjectsV2", wait)
         return client
 
     monkeypatch.setattr(flows.storage, "_s3_client", gated)
+
+
+def test_the_watchdog_reads_the_clusters_catalogs_side_by_side(
+    calls: Counter[str], prefect: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watchdog read one catalog after the other: a fleet's (a GET per record, on real
+    S3) could outlast its run's 15-minute timeout."""
+    _fill("watched")
+    _side_by_side(monkeypatch)
     findings = watchdog(WatchdogParams(clusters=_targets("watched")))
     assert findings == {}, findings
+
+
+def test_a_scrape_reads_the_clusters_catalogs_side_by_side(
+    calls: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fill("scraped")
+    _side_by_side(monkeypatch)
+    scraped = _scrape(CatalogCollector(_targets("scraped")))
+    assert [scraped[("jaco_catalog_up", c)] for c in CLUSTERS] == [1, 1], scraped
