@@ -134,7 +134,7 @@ class Catalog:
         found = []
         for obj in listed:
             tag, raw = seen.get(obj.key, ("", None))
-            if not (obj.tag and tag == obj.tag) or raw is None:
+            if tag != obj.tag or raw is None:  # never kept untagged: below
                 raw = self.store.get_bytes(obj.key)
                 if raw is None:  # deleted since it was listed
                     continue
@@ -145,7 +145,8 @@ class Catalog:
                     raise
                 damaged.append(obj.key)
                 continue
-            kept[obj.key] = (obj.tag, raw)
+            if obj.tag:  # untagged (a directory store): read every time, kept for nothing
+                kept[obj.key] = (obj.tag, raw)
             found.append((obj.key, record))
         with _SEEN_LOCK:
             _SEEN[scope] = kept

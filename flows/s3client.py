@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any
 
 from flows.errors import StorageError
@@ -60,11 +61,14 @@ def _s3_client(settings: S3Settings, connect_timeout: float, read_timeout: float
         }
     # A session per store (boto3's default one caches credentials for the whole process, and
     # one worker serves clusters with different credentials), all sharing one loader of the
-    # service's model: 9 ms and 0.5 MiB a store instead of 140 ms and 12 MiB (a metrics
-    # endpoint keeps one store per cluster).
-    session = boto3.session.Session(
-        profile_name=settings.profile, botocore_session=_botocore_session(), **keys
-    )
+    # service's model: 9 ms and 0.5 MiB a store instead of 140 ms and 12 MiB (the metrics
+    # endpoint keeps a store per bucket and settings; a flow opens several).
+    with _LOADER_LOCK:
+        session = boto3.session.Session(
+            profile_name=settings.profile, botocore_session=_botocore_session(), **keys
+        )
+        paths = _loader().search_paths  # each boto3 session adds its data directory again
+        paths[:] = list(dict.fromkeys(paths))
     return session.client(
         "s3",
         endpoint_url=settings.endpoint,
@@ -77,13 +81,17 @@ def _s3_client(settings: S3Settings, connect_timeout: float, read_timeout: float
     )
 
 
+_LOADER_LOCK = threading.Lock()
+
+
 @functools.cache
 def _loader() -> Any:
     """botocore's loader of service models, the part of a session that costs (the S3 model
-    parsed: 12 MiB): one for the process."""
-    import botocore.session
+    parsed: 12 MiB): one for the process, made without a session (whose profile, perhaps one
+    AWS_PROFILE names and a store's settings override, is no concern of the loader's)."""
+    import botocore.loaders
 
-    return botocore.session.get_session().get_component("data_loader")
+    return botocore.loaders.create_loader()
 
 
 def _botocore_session() -> Any:

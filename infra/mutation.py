@@ -1207,14 +1207,14 @@ MUTATIONS: list[Mutation] = [
     m(
         "catalog reads: every record fetched again on every scrape (stop 37)",
         "flows/catalog.py",
-        "            if not (obj.tag and tag == obj.tag) or raw is None:",
+        "            if tag != obj.tag or raw is None:  # never kept untagged: below",
         "            if True:",
         k("tests/test_catalog_reads.py", "second_scrape"),
     ),
     m(
         "catalog reads: a record served from memory though its tag changed (stop 37)",
         "flows/catalog.py",
-        "            if not (obj.tag and tag == obj.tag) or raw is None:",
+        "            if tag != obj.tag or raw is None:  # never kept untagged: below",
         "            if raw is None:",
         k("tests/test_catalog_reads.py", "rewritten_or_removed"),
     ),
@@ -1223,13 +1223,6 @@ MUTATIONS: list[Mutation] = [
         "flows/storage.py",
         "                yield StoredObject(key, stat.st_size, modified)",
         "                yield StoredObject(key, stat.st_size, modified, str(stat.st_size))",
-        k("tests/test_catalog_reads.py", "rewritten_or_removed"),
-    ),
-    m(
-        "catalog reads: an object listed without a tag served from memory (stop 37)",
-        "flows/catalog.py",
-        "            if not (obj.tag and tag == obj.tag) or raw is None:",
-        "            if not (tag == obj.tag) or raw is None:",
         k("tests/test_catalog_reads.py", "rewritten_or_removed"),
     ),
     m(
@@ -1309,6 +1302,42 @@ MUTATIONS: list[Mutation] = [
         "        with ThreadPoolExecutor(SCRAPE_THREADS, ",
         "        with ThreadPoolExecutor(1, ",
         k("tests/test_catalog_reads.py", "scrape_reads_the_clusters"),
+    ),
+    m(
+        "metrics: every cluster read through the first cluster's store (stop 37)",
+        "flows/metrics.py",
+        '        where = f"{target.s3_url} {target.s3.model_dump_json()}"',
+        '        where = ""',
+        k("tests/test_catalog_reads.py", "two_buckets"),
+    ),
+    m(
+        "metrics: one cluster's damaged record remakes the store it shares (stop 37)",
+        "flows/metrics.py",
+        "            if isinstance(exc, StorageError):",
+        "            if True:",
+        k("tests/test_catalog_reads.py", "does_not_remake"),
+    ),
+    m(
+        "catalog reads: a directory store's records kept though never used (stop 37)",
+        "flows/catalog.py",
+        "            if obj.tag:  # untagged",
+        "            if True:  # untagged",
+        k("tests/test_catalog_reads.py", "rewritten_or_removed"),
+    ),
+    m(
+        "S3 stores: the shared loader's search path grown by every store (stop 37)",
+        "flows/s3client.py",
+        "        paths[:] = list(dict.fromkeys(paths))",
+        "        pass",
+        "tests/unit/test_store_memory.py",
+    ),
+    m(
+        "S3 stores: the shared loader made by a session that reads AWS_PROFILE (stop 37)",
+        "flows/s3client.py",
+        "    return botocore.loaders.create_loader()",
+        "    return __import__('botocore.session').session.get_session()"
+        ".get_component('data_loader')",
+        "tests/unit/test_store_memory.py",
     ),
     m(
         "catalog window: a chain's first segment taken for its newest (stop 37)",

@@ -67,13 +67,14 @@ def calls(s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     return made
 
 
-def _fill(prefix: str) -> None:
-    store = open_store(f"s3://{BUCKET}")
+def _fill(prefix: str, bucket: str = BUCKET, hours: int = 0) -> None:
+    """Each cluster's catalog: its newest backup `hours` before NOW."""
+    store = open_store(f"s3://{bucket}")
     for cluster in CLUSTERS:
         catalog = Catalog(store, prefix, cluster)
         catalog.pin(IDS[cluster], None)
         for n in range(BACKUPS):
-            at = NOW - dt.timedelta(hours=n)
+            at = NOW - dt.timedelta(hours=hours + n)
             record = _record(cluster, f"cluster-2026-12-04-{40 + n}.tar.gz.age").model_copy(
                 update={"taken_at": at, "snapshot_index": 40 + n, "verified": Verified(at=at)}
             )
@@ -188,6 +189,8 @@ def test_a_record_rewritten_or_removed_is_never_served_from_memory(
         seen = catalog_module._SEEN.items()
         held = {key for (where, _), keys in seen if where == again.store.location for key in keys}
         assert again.record_key(before[-1].key) not in held, url
+        if url.startswith("file"):  # untagged: read every time, so nothing kept
+            assert held == set(), held
         # A catalog that has read a view reads the store again afterwards, not that listing.
         again.view()
         catalog.record_backup(before[-1])
@@ -318,3 +321,42 @@ def test_a_scrape_reads_the_clusters_catalogs_side_by_side(
     _side_by_side(monkeypatch)
     scraped = _scrape(CatalogCollector(_targets("scraped")))
     assert [scraped[("jaco_catalog_up", c)] for c in CLUSTERS] == [1, 1], scraped
+
+
+def test_clusters_in_two_buckets_are_each_read_from_their_own(
+    s3: SeaweedS3, calls: Counter[str]
+) -> None:
+    """Stores are kept per bucket and settings, shared by the clusters that have the same."""
+    other = f"{BUCKET}-2"
+    s3.create_bucket(other)
+    _fill("buckets")
+    _fill("buckets", other, hours=7)
+    alpha, beta = _targets("buckets")
+    beta = beta.model_copy(update={"bucket": other})
+    scraped = _scrape(CatalogCollector([alpha, beta]))
+    newest = {c: scraped[("jaco_backup_last_success_timestamp_seconds", c)] for c in CLUSTERS}
+    assert newest == {"alpha": NOW.timestamp(), "beta": NOW.timestamp() - 7 * 3600}, newest
+
+
+def test_one_cluster_s_damaged_record_does_not_remake_the_store_it_shares(
+    calls: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged record is that cluster's failure, not its store's: the S3 client the other
+    clusters share is kept (remade, it would resolve its credentials again every scrape)."""
+    _fill("shared")
+    store = open_store(f"s3://{BUCKET}")
+    damaged = Catalog(store, "shared", "alpha")
+    store.put_bytes(damaged.record_key(damaged.records()[0].key), b"{damaged")
+    made: list[object] = []
+    counted = flows.storage._s3_client
+
+    def remembered(*args: Any) -> Any:
+        made.append(client := counted(*args))
+        return client
+
+    monkeypatch.setattr(flows.storage, "_s3_client", remembered)
+    collector = CatalogCollector(_targets("shared"))
+    for _ in range(3):
+        scraped = _scrape(collector)
+        assert [scraped[("jaco_catalog_up", c)] for c in CLUSTERS] == [0, 1], scraped
+    assert len(made) == 1
