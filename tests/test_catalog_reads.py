@@ -12,6 +12,7 @@ goes through botocore's event hooks.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import socket
 import threading
@@ -39,6 +40,9 @@ BUCKET = "catalog-reads"
 CLUSTERS = ("alpha", "beta")
 BACKUPS = 5
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+# a catalog's records as _fill writes them: each backup and its two drills, one failure, the
+# newest segment of its one chain, identity.json (no stream.json)
+RECORDS = BACKUPS * 3 + 1 + 1 + 1
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +126,7 @@ def test_a_second_scrape_fetches_no_record_again_and_sees_every_change(
     collector = CatalogCollector(_targets("scrape"))
     first = _scrape(collector)
     assert all(first[("jaco_catalog_up", c)] == 1 for c in CLUSTERS), first
-    # per cluster: each backup and its two drills, one failure, the newest segment of the one
-    # chain, identity.json (no stream.json: not fetched, as not listed)
-    records = BACKUPS * 3 + 1 + 1 + 1
-    assert calls["GetObject"] == len(CLUSTERS) * records, calls
+    assert calls["GetObject"] == len(CLUSTERS) * RECORDS, calls  # stream.json: not listed
     calls.clear()
 
     assert _scrape(collector) == first
@@ -221,45 +222,45 @@ def test_a_scrape_after_the_s3_key_is_rotated_uses_the_new_key(
     assert scraped[("jaco_backup_last_verified_timestamp_seconds", "alpha")] == NOW.timestamp()
 
 
-def test_the_endpoint_reads_every_catalog_before_its_first_scrape(calls: Counter[str]) -> None:
-    """The first scrape after a start would read every record (thousands of GETs for a
-    fleet) and outlast Prometheus' timeout: the endpoint reads them as it starts."""
-    _fill("warm")
+@contextlib.contextmanager
+def _serving(prefix: str, calls: Counter[str]) -> Iterator[str]:
+    """The metrics endpoint over freshly filled catalogs, in a process that has read none
+    (`calls` counting from its start): its URL."""
+    _fill(prefix)
     catalog_module._SEEN.clear()
     calls.clear()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = serve_metrics(_targets("warm"), port)
+    server = serve_metrics(_targets(prefix), port)
     try:
-        records = BACKUPS * 3 + 1 + 1 + 1  # as in the first scrape above
-        wait_for(lambda: calls["GetObject"] == len(CLUSTERS) * records, 60, "the reads")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:  # noqa: S310
-            text = reply.read().decode()
-        assert 'jaco_catalog_up{cluster="alpha"} 1.0' in text, text
-        assert calls["GetObject"] == len(CLUSTERS) * records, calls  # no record fetched again
+        yield f"http://127.0.0.1:{port}/metrics"
     finally:
         server.shutdown()
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=60) as reply:  # noqa: S310 - the local endpoint
+        return str(reply.read().decode())
+
+
+def test_the_endpoint_reads_every_catalog_before_its_first_scrape(calls: Counter[str]) -> None:
+    """The first scrape after a start would read every record (thousands of GETs for a
+    fleet) and outlast Prometheus' timeout: the endpoint reads them as it starts."""
+    with _serving("warm", calls) as url:
+        wait_for(lambda: calls["GetObject"] == len(CLUSTERS) * RECORDS, 60, "the reads")
+        text = _get(url)
+        assert 'jaco_catalog_up{cluster="alpha"} 1.0' in text, text
+        assert calls["GetObject"] == len(CLUSTERS) * RECORDS, calls  # no record fetched again
 
 
 def test_a_scrape_during_the_first_reads_waits_for_them(calls: Counter[str]) -> None:
     """A scrape that comes while the endpoint's first reads run (or while another scrape's
     do: two Prometheus servers) takes their result instead of reading every record again."""
-    _fill("during")
-    catalog_module._SEEN.clear()
-    calls.clear()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = serve_metrics(_targets("during"), port)
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as reply:  # noqa: S310
-            text = reply.read().decode()
+    with _serving("during", calls) as url:
+        text = _get(url)
         assert 'jaco_catalog_up{cluster="beta"} 1.0' in text, text
-        records = BACKUPS * 3 + 1 + 1 + 1
-        assert calls["GetObject"] == len(CLUSTERS) * records, calls  # each record once
-    finally:
-        server.shutdown()
+        assert calls["GetObject"] == len(CLUSTERS) * RECORDS, calls  # each record once
 
 
 def test_the_records_kept_are_bounded_by_prefix_the_least_recently_read_dropped(
@@ -281,7 +282,7 @@ def test_the_records_kept_are_bounded_by_prefix_the_least_recently_read_dropped(
     }
     calls.clear()
     alpha.view()  # dropped: read again
-    assert calls["GetObject"] == BACKUPS * 3 + 1 + 1 + 1, calls
+    assert calls["GetObject"] == RECORDS, calls
 
 
 def _side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
