@@ -87,6 +87,11 @@ class Catalog:
             return list(self.store.list(self.root + prefix))
         return [o for o in self._listing if o.key.startswith(self.root + prefix)]
 
+    def _under(self, folder: str, key: str) -> str:
+        """The first name under `folder` (in the catalog) in `key`: a drill's or a segment's
+        backup stem."""
+        return key[len(self.root + folder) :].split("/", 1)[0]
+
     def _read_one(self, name: str, model: type[M]) -> M | None:
         """The record `name` (in the catalog); while view() reads, fetched only if listed and
         changed since this process read it."""
@@ -200,10 +205,8 @@ class Catalog:
         """Newest first, each with its drills."""
         records = self._read_all("backups/", BackupRecord)
         drills: dict[str, list[DrillRecord]] = {}
-        listed = self._list("drills/")
-        for key, drill in self._read_listed("drills/", listed, DrillRecord):
-            stem = key[len(self.root + "drills/") :].split("/", 1)[0]
-            drills.setdefault(stem, []).append(drill)
+        for key, drill in self._read_listed("drills/", self._list("drills/"), DrillRecord):
+            drills.setdefault(self._under("drills/", key), []).append(drill)
         for record in records:
             record.drills = sorted(drills.get(record.stem, []), key=lambda d: d.at)
         return sorted(records, key=_age, reverse=True)
@@ -257,12 +260,12 @@ class Catalog:
         the newest chain: any point between can be restored."""
         chains: dict[str, StoredObject] = {}  # each chain's newest segment (keys sort by revision)
         for obj in self._list("segments/"):
-            base = obj.key[len(self.root + "segments/") :].split("/", 1)[0]
+            base = self._under("segments/", obj.key)
             if obj.key.endswith(".json") and (base not in chains or obj.key > chains[base].key):
                 chains[base] = obj
         wanted = [chains[b.stem] for b in backups if b.stem in chains]
         lasts = {
-            key[len(self.root + "segments/") :].split("/", 1)[0]: segment
+            self._under("segments/", key): segment
             for key, segment in self._read_listed("segments/", wanted, SegmentRecord)
         }
         window: Window | None = None

@@ -158,10 +158,12 @@ def serve_metrics(targets: list[Objective], port: int, address: str = "127.0.0.1
     collector = CatalogCollector(targets)
     registry.register(collector)
     server, _ = start_http_server(port, addr=address, registry=registry)
-    threading.Thread(target=_read_all, args=(collector,), name="metrics-warm", daemon=True).start()
+    threading.Thread(
+        target=_collect_once, args=(collector,), name="metrics-warm", daemon=True
+    ).start()
     return server
 
 
-def _read_all(collector: CatalogCollector) -> None:
+def _collect_once(collector: CatalogCollector) -> None:
     for _ in collector.collect():
         pass

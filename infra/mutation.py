@@ -1270,9 +1270,9 @@ MUTATIONS: list[Mutation] = [
     m(
         "metrics: the catalogs first read by the first scrape, not at the start (stop 37)",
         "flows/metrics.py",
-        '    threading.Thread(target=_read_all, args=(collector,), name="metrics-warm", '
-        "daemon=True).start()",
-        "    pass",
+        '        target=_collect_once, args=(collector,), name="metrics-warm", daemon=True\n'
+        "    ).start()",
+        '        target=lambda: None, name="metrics-warm", daemon=True\n    ).start()',
         k("tests/test_catalog_reads.py", "before_its_first_scrape"),
     ),
     m(
@@ -1338,6 +1338,13 @@ MUTATIONS: list[Mutation] = [
         "    return __import__('botocore.session').session.get_session()"
         ".get_component('data_loader')",
         "tests/unit/test_store_memory.py",
+    ),
+    m(
+        "catalog failures: the oldest shown, not the newest (stop 37)",
+        "flows/catalog.py",
+        "        newest = self._failures_listed()[-limit:][::-1]",
+        "        newest = self._failures_listed()[:limit]",
+        k("tests/test_catalog_reads.py", "newest_first"),
     ),
     m(
         "catalog window: a chain's first segment taken for its newest (stop 37)",
