@@ -361,3 +361,17 @@ def test_one_cluster_s_damaged_record_does_not_remake_the_store_it_shares(
         scraped = _scrape(collector)
         assert [scraped[("jaco_catalog_up", c)] for c in CLUSTERS] == [0, 1], scraped
     assert len(made) == 1
+
+
+def test_failures_are_the_newest_first_in_a_view_and_alone(calls: Counter[str]) -> None:
+    """failures() reads only the newest `limit` of the listed failures (a year of them is
+    kept): newest first, whether out of a view's listing or its own."""
+    store = open_store(f"s3://{BUCKET}")
+    catalog = Catalog(store, "failures", "alpha")
+    for minutes in (30, 10, 20):
+        at = NOW - dt.timedelta(minutes=minutes)
+        catalog.record_failure(Failure(at=at, kind="backup", reason=f"{minutes} min ago"))
+    assert [f.reason for f in catalog.failures(limit=2)] == ["10 min ago", "20 min ago"]
+    view = catalog.view()
+    assert [f.reason for f in view.failures] == ["10 min ago", "20 min ago", "30 min ago"]
+    assert view.failure_counts == {"backup": 3}
