@@ -1353,6 +1353,13 @@ MUTATIONS: list[Mutation] = [
         " (base not in chains or obj.key < chains[base].key)",
         k("tests/test_catalog_reads.py", "second_scrape"),
     ),
+    m(
+        "jacod's start: its member asked on the client's channel, in reconnect backoff (stop 38)",
+        "jaco/node/etcd_member.py",
+        "            await probe.status(timeout=2)",
+        "            await (self.client or probe).status(timeout=2)",
+        "tests/test_etcd_start.py",
+    ),
 ]
 
 

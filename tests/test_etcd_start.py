@@ -1,0 +1,71 @@
+"""jacod's start: it sees its etcd member answer as soon as the member does.
+
+jacod polls its starting member until a Status call answers. On the client's own channel, a
+refused attempt (etcd not listening yet) put gRPC's reconnect backoff in the way: the channel
+tried again only about a second later, whatever happened meanwhile, so every start of jacod
+(and every restore's time to READY) waited up to a second for a member that was already up
+(docs/benchmarks.md, stop 38). Each ask now has a channel of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from infra.localcluster import Cluster
+from infra.ports import free_port
+from jaco.model.etcd import Etcd
+from jaco.node.config import DataDir
+from jaco.node.etcd_member import EtcdMember
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
+
+
+@contextlib.asynccontextmanager
+async def _forwarding(port: int, target: int) -> AsyncIterator[None]:
+    """127.0.0.1:`port` forwarded to 127.0.0.1:`target`, from now until the block ends."""
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        to_reader, to_writer = await asyncio.open_connection("127.0.0.1", target)
+        await asyncio.gather(_pipe(reader, to_writer), _pipe(to_reader, writer))
+
+    server = await asyncio.start_server(forward, "127.0.0.1", port)
+    try:
+        yield
+    finally:
+        server.close()
+
+
+def test_a_member_that_comes_up_right_after_a_refused_ask_is_seen_at_the_next(
+    single: Cluster,
+) -> None:
+    node = single.nodes["node-1"]
+    data = DataDir(node.data_dir)
+    config = data.load()
+    etcd_port, port = config.etcd_client_port, free_port()
+    config.etcd_client_port = port  # the member, reached through a port nothing listens on yet
+
+    async def scenario() -> tuple[bool, bool, int]:
+        member = EtcdMember(data, config)
+        member.client = Etcd(member.endpoint, data.tls)  # as start() makes it, before polling
+        try:
+            before = await member.answers()  # refused: nothing listens
+            async with _forwarding(port, etcd_port):
+                after = await member.answers()  # at once, no wait for a backoff
+                # and the client jacod goes on with works through the same port
+                revision = (await member.client.status()).revision if after else 0
+            return before, after, revision
+        finally:
+            await member.client.close()
+
+    before, after, revision = asyncio.run(scenario())
+    assert not before
+    assert after, "the member answered, but the ask right after a refused one did not see it"
+    assert revision > 0
