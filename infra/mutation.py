@@ -1360,6 +1360,21 @@ MUTATIONS: list[Mutation] = [
         "            await (self.client or probe).status(timeout=2)",
         "tests/test_etcd_start.py",
     ),
+    m(
+        "jacod's start: the API's modules loaded before etcd is spawned (stop 38)",
+        "jaco/server/daemon.py",
+        "    member = EtcdMember(data, config)\n    await member.spawn()\n",
+        "    import jaco.server.api  # noqa: F401\n\n"
+        "    member = EtcdMember(data, config)\n    await member.spawn()\n",
+        k("tests/test_etcd_start.py", "spawned_before"),
+    ),
+    m(
+        "jacod's start: the etcd client's gRPC loaded with the member's module (stop 38)",
+        "jaco/node/etcd_member.py",
+        "if TYPE_CHECKING:\n    from jaco.model.etcd import Etcd\n",
+        "if True:\n    from jaco.model.etcd import Etcd\n",
+        k("tests/test_etcd_start.py", "spawned_before"),
+    ),
 ]
 
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
-from infra.localcluster import Cluster
+from infra.localcluster import Cluster, wait_for
 from infra.ports import free_port
 from jaco.model.etcd import Etcd
 from jaco.node.config import DataDir
@@ -69,3 +72,37 @@ def test_a_member_that_comes_up_right_after_a_refused_ask_is_seen_at_the_next(
     assert not before
     assert after, "the member answered, but the ask right after a refused one did not see it"
     assert revision > 0
+
+
+def test_etcd_is_spawned_before_the_api_modules_load(single: Cluster, tmp_path: Path) -> None:
+    """jacod spawns etcd first and loads gRPC and the service while etcd starts (they took a
+    quarter of a second before etcd was even started). `-X importtime` writes each import to
+    stderr as it completes, in order with jacod's own log lines."""
+    node = single.nodes["node-1"]
+    node.stop()
+    stderr = tmp_path / "jacod.stderr"
+    with stderr.open("wb") as err:
+        jacod = subprocess.Popen(
+            [sys.executable, "-X", "importtime", "-m", "jaco.server.daemon", "--name", node.name]
+            + ["--data-dir", str(node.data_dir), "--listen", node.server],
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+        )
+    try:
+        wait_for(lambda: b"serving on" in stderr.read_bytes(), 60, "jacod serving")
+    finally:
+        jacod.terminate()
+        jacod.wait(30)
+    lines = stderr.read_text().splitlines()
+    spawned = next(i for i, line in enumerate(lines) if "etcd started (pid" in line)
+    loaded = {
+        module: next(
+            i
+            for i, line in enumerate(lines)
+            if line.startswith("import time:") and line.rsplit("|", 1)[1].strip() == module
+        )
+        for module in ("grpc", "jaco.server.service", "jaco.model.etcd")
+    }
+    early = [module for module, at in loaded.items() if at < spawned]
+    assert not early, f"loaded before etcd was spawned: {early}"

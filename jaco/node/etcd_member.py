@@ -11,6 +11,7 @@ import asyncio
 import ctypes
 import ipaddress
 import json
+import logging
 import os
 import shutil
 import signal
@@ -18,11 +19,15 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jaco.errors import JacoError, Unavailable
-from jaco.model.etcd import Etcd
 from jaco.node.config import DataDir, NodeConfig
 
+if TYPE_CHECKING:
+    from jaco.model.etcd import Etcd
+
+log = logging.getLogger("jacod")
 _PR_SET_PDEATHSIG = 1
 MAX_TXN_OPS = 2048
 QUOTA_BACKEND_BYTES = 8 * 1024 * 1024 * 1024
@@ -122,17 +127,26 @@ class EtcdMember:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.config.etcd_client_port}"
 
-    async def start(self, ready_timeout: float = 60.0) -> Etcd:
-        log = os.fdopen(
+    async def spawn(self) -> None:
+        """Start the etcd process, without waiting for it to answer."""
+        sink = os.fdopen(
             os.open(self.data.etcd_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab"
         )
         cmd, preexec = dying_with_parent(member_args(self.data, self.config))
         try:
             self.process = await asyncio.create_subprocess_exec(
-                *cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=preexec
+                *cmd, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, preexec_fn=preexec
             )
         finally:
-            log.close()
+            sink.close()
+        log.info("etcd started (pid %s), logging to %s", self.process.pid, self.data.etcd_log)
+
+    async def start(self, ready_timeout: float = 60.0) -> Etcd:
+        """Spawn etcd (unless spawn() did) and wait until it answers; its client."""
+        from jaco.model.etcd import Etcd  # gRPC: jacod loads it while etcd starts
+
+        if self.process is None:
+            await self.spawn()
         self.client = Etcd(self.endpoint, self.data.tls)
         await self._wait_ready(ready_timeout)
         return self.client
@@ -161,6 +175,8 @@ class EtcdMember:
         reconnect backoff (a second at first) before it tries again, so a member that comes
         up just after a refused attempt would be seen up to a second late: on every start
         of jacod, and so in every restore's time to READY (docs/benchmarks.md, stop 38)."""
+        from jaco.model.etcd import Etcd
+
         probe = Etcd(self.endpoint, self.data.tls)
         try:
             await probe.status(timeout=2)

@@ -30,10 +30,11 @@ TICK = 1.0
 class Node:
     """The running state of one jacod."""
 
-    def __init__(self, data: DataDir, config: NodeConfig) -> None:
+    def __init__(self, data: DataDir, config: NodeConfig, member: EtcdMember) -> None:
+        """`member`: the node's etcd member, spawned already or not (start() spawns it)."""
         self.data = data
         self.config = config
-        self.member = EtcdMember(data, config)
+        self.member = member
         self.is_learner = True
         self._etcd: Etcd | None = None
         self._store: Store | None = None

@@ -15,8 +15,8 @@ from google.protobuf import json_format
 
 from jaco.cli.common import message_dict
 from jaco.cli.workloads import write_status_json
+from jaco.server.api import add_service
 from jaco.server.convert import data_chunk, deployment, serialized_or_message
-from jaco.server.daemon import add_service
 from jaco.v1 import jaco_pb2 as pb
 from jaco.v1 import jaco_pb2_grpc as pb_grpc
 
