@@ -1,0 +1,254 @@
+"""Restore to READY, split in two: `jaco restore`, then jacod's start to READY; beside
+`etcdctl snapshot restore`, then a bare etcd's start to healthy. This tree beside another.
+
+    git worktree add --detach /tmp/jaco-before REV
+    cp jaco/_native*.so /tmp/jaco-before/jaco/     # the compiled pass is a build product
+    python -m bench.node_ready --before /tmp/jaco-before [--before TREE2 ...] [--random-mib 512]
+        [--repeat 4]
+
+One node is filled with `--random-mib` MiB of incompressible 48 KiB records (as bench.run's
+random data set), backed up once by `jaco backup` and once by `etcdctl snapshot save`. Each
+round restores the archive with each tree's `jaco restore` and starts that tree's jacod on it,
+and restores etcd's snapshot and starts a bare etcd on it, in an order that turns round by
+round; each `--before` tree is named by its commit. Readiness is asked every 20 ms, each time
+on a new connection, on both sides (bench.run asks every 300 ms: up to that much is added to
+either side at random). Medians, and every round. Results go to
+bench/results/node-ready-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import functools
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.run import MIB, PY, RESULTS, fill_random, measure, stop_pid
+from infra.localcluster import JACO, cluster_of
+from infra.ports import free_port
+
+HERE = Path(__file__).resolve().parents[1]
+POLL = 0.02
+ENTRY = "import sys; from jaco.cli.main import main; sys.argv = ['jaco', *sys.argv[1:]]; main()"
+_no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _until(ready: Callable[[], bool], what: str, timeout: float = 300) -> float:
+    """Ask `ready` every POLL seconds; the monotonic time it first said yes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if ready():
+                return time.monotonic()
+        except Exception:  # noqa: BLE001, S110 - not up yet: ask again
+            pass
+        time.sleep(POLL)
+    raise RuntimeError(f"{what} not ready within {timeout:.0f}s")
+
+
+def jaco_side(tree: Path, archive: Path, work: Path, token: str) -> dict[str, float]:
+    from jaco.client.connection import open_client
+    from jaco.v1 import jaco_pb2 as pb
+
+    data = work / "restored"
+    api = free_port()
+    env = {"PYTHONPATH": str(tree)}
+    args = ["restore", "--input", str(archive), "--name", "restored", "--data-dir", str(data)]
+    args += ["--advertise-host", "127.0.0.1", "--api-port", str(api)]
+    args += ["--etcd-client-port", str(free_port()), "--etcd-peer-port", str(free_port())]
+    restore = measure([PY, "-P", "-c", ENTRY, *args], env)["seconds"]
+    with open(work / "jacod.log", "ab") as log:
+        started, wall = time.monotonic(), time.time()
+        jacod = subprocess.Popen(
+            [PY, "-P", "-m", "jaco.server.daemon", "--name", "restored"]
+            + ["--data-dir", str(data), "--listen", f"127.0.0.1:{api}"],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def ready() -> bool:
+        with open_client(f"127.0.0.1:{api}", token, timeout=5) as client:
+            nodes = client.call("ClusterStatus", pb.ClusterStatusRequest(), timeout=5).nodes
+        return any(n.name == "restored" and n.state == "READY" for n in nodes)
+
+    try:
+        start = _until(ready, "the restored jacod") - started
+        spawned, serving = (at - wall for at in _etcd_times(data / "etcd.log"))
+    finally:
+        stop_pid(jacod)
+        shutil.rmtree(data, ignore_errors=True)
+    return {
+        "restore": restore,
+        "start": start,
+        "etcd_spawned": spawned,
+        "after_etcd": start - serving,
+        "total": restore + start,
+    }
+
+
+def etcd_side(snapshot: Path, work: Path) -> dict[str, float]:
+    data = work / "bare-etcd"
+    client, peer = free_port(), free_port()
+    peer_url = f"http://127.0.0.1:{peer}"
+    cluster = [f"--initial-cluster=bare={peer_url}", f"--initial-advertise-peer-urls={peer_url}"]
+    restore = measure(
+        ["etcdctl", "snapshot", "restore", str(snapshot), "--name", "bare", f"--data-dir={data}"]
+        + cluster,
+        {"ETCDCTL_API": "3"},
+    )["seconds"]
+    log_file = work / "bare-etcd.log"
+    log_file.unlink(missing_ok=True)
+    with open(log_file, "ab") as log:
+        started, wall = time.monotonic(), time.time()
+        etcd = subprocess.Popen(
+            ["etcd", "--name=bare", f"--data-dir={data}", f"--listen-peer-urls={peer_url}"]
+            + ["--logger=zap", "--log-outputs=stderr"]  # JSON lines, as jacod has its etcd log
+            + [f"--listen-client-urls=http://127.0.0.1:{client}"]
+            + [f"--advertise-client-urls=http://127.0.0.1:{client}"]
+            + cluster,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def healthy() -> bool:
+        with _no_proxy.open(f"http://127.0.0.1:{client}/health", timeout=2) as resp:
+            return bool(resp.status == 200)
+
+    try:
+        start = _until(healthy, "the bare etcd") - started
+        spawned, serving = (at - wall for at in _etcd_times(log_file))
+    finally:
+        stop_pid(etcd)
+        shutil.rmtree(data, ignore_errors=True)
+    return {
+        "restore": restore,
+        "start": start,
+        "etcd_spawned": spawned,
+        "after_etcd": start - serving,
+        "total": restore + start,
+    }
+
+
+def _etcd_times(log: Path) -> tuple[float, float]:
+    """When etcd logged its first line, and that it serves clients (its JSON log's `ts`, as
+    Unix times): it has a leader then. How long a single member waits for its election is
+    etcd's own, and random (100 ms to a second here): what follows it is the starter's cost."""
+    times = []
+    for line in log.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+            at = dt.datetime.fromisoformat(entry["ts"].replace("Z", "+00:00")).timestamp()
+        except (ValueError, KeyError, TypeError):
+            continue
+        times.append(at)
+        if str(entry.get("msg", "")).startswith("serving client traffic"):
+            return times[0], at
+    raise RuntimeError(f"{log} does not say when etcd began to serve clients")
+
+
+def _commit(tree: Path) -> str:
+    return subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def run(before: list[Path], random_mib: int, repeat: int) -> dict[str, list[dict[str, float]]]:
+    trees = {_commit(tree): tree.resolve() for tree in before}
+    trees[f"{_commit(HERE)} (this tree)"] = HERE
+    with tempfile.TemporaryDirectory(prefix="jaco-node-ready-") as tmp:
+        work = Path(tmp)
+        archive, snapshot = work / "jaco.tar.gz", work / "etcdctl.db"
+        with cluster_of(work / "c", 1) as cluster:
+            node = cluster.nodes["node-1"]
+            built = asyncio.run(fill_random(node, random_mib * MIB, 48 * 1024))
+            print(f"built: {built} random records of 48 KiB", flush=True)
+            env = {"JACO_TOKEN": cluster.token, "JACO_SERVER": node.server}
+            measure([str(JACO), "backup", "-o", str(archive)], env)
+            measure(node.snapshot_save_command(snapshot), {"ETCDCTL_API": "3"})
+            token = cluster.token
+        runs: dict[str, Callable[[], dict[str, float]]] = {
+            label: functools.partial(jaco_side, tree, archive, work, token)
+            for label, tree in trees.items()
+        }
+        runs["etcd"] = functools.partial(etcd_side, snapshot, work)
+        sides: dict[str, list[dict[str, float]]] = {side: [] for side in runs}
+        order = list(runs)
+        for round_ in range(repeat):
+            turn = round_ % len(order)
+            for side in order[turn:] + order[:turn]:
+                sides[side].append(runs[side]())
+                got = sides[side][-1]
+                print(
+                    f"round {round_ + 1} {side}: restore {got['restore']:.2f} s, start to "
+                    f"ready {got['start']:.2f} s (etcd's first log line {got['etcd_spawned']:.2f} "
+                    f"s, after etcd served {got['after_etcd']:.2f} s), "
+                    f"total {got['total']:.2f} s",
+                    flush=True,
+                )
+    return sides
+
+
+def summary(sides: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    return {
+        side: {part: statistics.median(r[part] for r in runs) for part in runs[0]}
+        for side, runs in sides.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--before", type=Path, action="append", required=True, help="another tree (repeatable)"
+    )
+    parser.add_argument("--random-mib", type=int, default=512)
+    parser.add_argument("--repeat", type=int, default=4)
+    args = parser.parse_args(argv)
+    sides = run(args.before, args.random_mib, args.repeat)
+    medians = summary(sides)
+    ref = medians["etcd"]["total"]
+    print(
+        "\n| side | restore | start to ready | of it: etcd's first log line | after etcd "
+        "served | total | / etcd's |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for side, m in medians.items():
+        print(
+            f"| {side} | {m['restore']:.2f} s | {m['start']:.2f} s | {m['etcd_spawned']:.2f} s | "
+            f"{m['after_etcd']:.2f} s | "
+            f"{m['total']:.2f} s | {m['total'] / ref:.2f}× |"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS / f"node-ready-{stamp}.json"
+    record: dict[str, Any] = {
+        "before": [str(tree) for tree in args.before],
+        "random_mib": args.random_mib,
+        "poll_seconds": POLL,
+        "rounds": sides,
+        "medians": medians,
+    }
+    out.write_text(json.dumps(record, indent=1))
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
