@@ -85,19 +85,7 @@ def jaco_side(tree: Path, archive: Path, work: Path, token: str) -> dict[str, fl
             nodes = client.call("ClusterStatus", pb.ClusterStatusRequest(), timeout=5).nodes
         return any(n.name == "restored" and n.state == "READY" for n in nodes)
 
-    try:
-        start = _until(ready, "the restored jacod") - started
-        spawned, serving = (at - wall for at in _etcd_times(data / "etcd.log"))
-    finally:
-        stop_pid(jacod)
-        shutil.rmtree(data, ignore_errors=True)
-    return {
-        "restore": restore,
-        "start": start,
-        "etcd_spawned": spawned,
-        "after_etcd": start - serving,
-        "total": restore + start,
-    }
+    return _side(restore, (started, wall), ready, jacod, data, data / "etcd.log")
 
 
 def etcd_side(snapshot: Path, work: Path) -> dict[str, float]:
@@ -129,11 +117,25 @@ def etcd_side(snapshot: Path, work: Path) -> dict[str, float]:
         with _no_proxy.open(f"http://127.0.0.1:{client}/health", timeout=2) as resp:
             return bool(resp.status == 200)
 
+    return _side(restore, (started, wall), healthy, etcd, data, log_file)
+
+
+def _side(
+    restore: float,
+    spawned_at: tuple[float, float],
+    ready: Callable[[], bool],
+    process: subprocess.Popen[bytes],
+    data: Path,
+    etcd_log: Path,
+) -> dict[str, float]:
+    """Wait until `ready`, then stop `process` and remove its `data`: one side's figures, its
+    start split by `etcd_log` (`spawned_at`: the monotonic and the Unix time of its spawn)."""
+    started, wall = spawned_at
     try:
-        start = _until(healthy, "the bare etcd") - started
-        spawned, serving = (at - wall for at in _etcd_times(log_file))
+        start = _until(ready, str(data.name)) - started
+        spawned, serving = (at - wall for at in _etcd_times(etcd_log))
     finally:
-        stop_pid(etcd)
+        stop_pid(process)
         shutil.rmtree(data, ignore_errors=True)
     return {
         "restore": restore,
