@@ -11,8 +11,8 @@ random data set), backed up once by `jaco backup` and once by `etcdctl snapshot 
 round restores the archive with each tree's `jaco restore` and starts that tree's jacod on it,
 and restores etcd's snapshot and starts a bare etcd on it, in an order that turns round by
 round; each `--before` tree is named by its commit. Readiness is asked every 20 ms, each time
-on a new connection, on both sides (bench.run asks every 300 ms: up to that much is added to
-either side at random). Medians, and every round. Results go to
+on a new connection, on both sides (as bench.run does since; it asked every 300 ms, which
+added up to that much to either side at random). Medians, and every round. Results go to
 bench/results/node-ready-<time>.json.
 """
 
@@ -35,18 +35,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.run import MIB, PY, RESULTS, fill_random, measure, stop_pid
+from bench.run import MIB, PY, READY_POLL, RESULTS, fill_random, measure, stop_pid
 from infra.localcluster import JACO, cluster_of
 from infra.ports import free_port
 
 HERE = Path(__file__).resolve().parents[1]
-POLL = 0.02
 ENTRY = "import sys; from jaco.cli.main import main; sys.argv = ['jaco', *sys.argv[1:]]; main()"
 _no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _until(ready: Callable[[], bool], what: str, timeout: float = 300) -> float:
-    """Ask `ready` every POLL seconds; the monotonic time it first said yes."""
+    """Ask `ready` every READY_POLL seconds; the monotonic time it first said yes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -54,7 +53,7 @@ def _until(ready: Callable[[], bool], what: str, timeout: float = 300) -> float:
                 return time.monotonic()
         except Exception:  # noqa: BLE001, S110 - not up yet: ask again
             pass
-        time.sleep(POLL)
+        time.sleep(READY_POLL)
     raise RuntimeError(f"{what} not ready within {timeout:.0f}s")
 
 
@@ -243,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, Any] = {
         "before": [str(tree) for tree in args.before],
         "random_mib": args.random_mib,
-        "poll_seconds": POLL,
+        "poll_seconds": READY_POLL,
         "rounds": sides,
         "medians": medians,
     }

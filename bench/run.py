@@ -47,6 +47,9 @@ MIB = 1024 * 1024
 PY = sys.executable
 BIN = Path(PY).parent
 RESULTS = Path(__file__).parent / "results"
+# Restore to READY: how often each side is asked whether it is up (every 0.3 s until stop 38,
+# which added up to that much to either side at random; docs/benchmarks.md, bench.node_ready)
+READY_POLL = 0.02
 BUCKET = "bench"
 QUOTA = 8 * 1024**3
 DEPLOYS = {64: 200, 512: 300, 2048: 400}
@@ -295,7 +298,7 @@ def wait_http(url: str, timeout: float = 300) -> None:
         with _no_proxy.open(url, timeout=2) as resp:
             return bool(resp.status == 200)
 
-    wait_for(ok, timeout, url)
+    wait_for(ok, timeout, url, every=READY_POLL)
 
 
 def restore_jaco(archive: Path, work: Path, token: str) -> dict:
@@ -343,7 +346,7 @@ def restore_jaco(archive: Path, work: Path, token: str) -> dict:
                 reply = client.call("ClusterStatus", pb.ClusterStatusRequest(), timeout=5)
             return any(n.name == "restored" and n.state == "READY" for n in reply.nodes)
 
-        wait_for(ready, 600, "restored node READY")
+        wait_for(ready, 600, "restored node READY", every=READY_POLL)
         seconds = time.monotonic() - started
         jacod_kib = peak_kib(jacod.pid)
     finally:

@@ -28,7 +28,9 @@ JACO = str(BIN / "jaco")
 JACOD = str(BIN / "jacod")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 60, what: str = "condition", every: float = 0.3
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -38,7 +40,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "con
                 return last
         except Exception as exc:  # noqa: BLE001 - keep polling, report the last one
             last = exc
-        time.sleep(0.3)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
