@@ -1375,6 +1375,16 @@ MUTATIONS: list[Mutation] = [
         "if True:\n    from jaco.model.etcd import Etcd\n",
         k("tests/test_etcd_start.py", "spawned_before"),
     ),
+    m(
+        "jacod's start: start() polls on the client's channel, not answers() (stop 38)",
+        "jaco/node/etcd_member.py",
+        "            self.asks += 1\n            if await self.answers():\n",
+        "            self.asks += 1\n            try:\n"
+        "                await self.client.status(timeout=2)\n                answered = True\n"
+        "            except Unavailable:\n"
+        "                answered = False\n            if answered:\n",
+        k("tests/test_etcd_start.py", "after_a_failed_one"),
+    ),
 ]
 
 

@@ -32,10 +32,17 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 @contextlib.asynccontextmanager
-async def _forwarding(port: int, target: int) -> AsyncIterator[None]:
-    """127.0.0.1:`port` forwarded to 127.0.0.1:`target`, from now until the block ends."""
+async def _forwarding(port: int, target: int, drop_first: int = 0) -> AsyncIterator[None]:
+    """127.0.0.1:`port` forwarded to 127.0.0.1:`target`, from now until the block ends; the
+    first `drop_first` connections are closed at once instead (an ask that fails)."""
+    dropped = 0
 
     async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal dropped
+        if dropped < drop_first:
+            dropped += 1
+            writer.close()
+            return
         to_reader, to_writer = await asyncio.open_connection("127.0.0.1", target)
         await asyncio.gather(_pipe(reader, to_writer), _pipe(to_reader, writer))
 
@@ -72,6 +79,34 @@ def test_a_member_that_comes_up_right_after_a_refused_ask_is_seen_at_the_next(
     assert not before
     assert after, "the member answered, but the ask right after a refused one did not see it"
     assert revision > 0
+
+
+def test_start_sees_the_member_at_the_ask_after_a_failed_one(single: Cluster) -> None:
+    """The same, through start(): its first ask fails (the connection is closed), the next
+    one, a poll later, reaches the member. On the client's channel the asks in between would
+    fail without connecting, until gRPC's backoff let it try again (about a second: about
+    twenty asks)."""
+    node = single.nodes["node-1"]
+    data = DataDir(node.data_dir)
+    config = data.load()
+    etcd_port, port = config.etcd_client_port, free_port()
+    config.etcd_client_port = port
+
+    async def scenario() -> int:
+        member = EtcdMember(data, config)
+        # the member's process, as spawn() would have set it (etcd is the fixture's node's)
+        member.process = await asyncio.create_subprocess_exec("sleep", "60")
+        try:
+            async with _forwarding(port, etcd_port, drop_first=1):
+                await member.start(ready_timeout=30)
+            return member.asks
+        finally:
+            member.process.kill()
+            await member.process.wait()
+            if member.client is not None:
+                await member.client.close()
+
+    assert asyncio.run(scenario()) == 2
 
 
 def test_etcd_is_spawned_before_the_api_modules_load(single: Cluster, tmp_path: Path) -> None:

@@ -122,6 +122,7 @@ class EtcdMember:
         self.config = config
         self.process: asyncio.subprocess.Process | None = None
         self.client: Etcd | None = None
+        self.asks = 0  # how many times start() asked whether the member answers
 
     @property
     def endpoint(self) -> str:
@@ -129,10 +130,10 @@ class EtcdMember:
 
     async def spawn(self) -> None:
         """Start the etcd process, without waiting for it to answer."""
+        cmd, preexec = dying_with_parent(member_args(self.data, self.config))
         sink = os.fdopen(
             os.open(self.data.etcd_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab"
         )
-        cmd, preexec = dying_with_parent(member_args(self.data, self.config))
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *cmd, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, preexec_fn=preexec
@@ -153,14 +154,19 @@ class EtcdMember:
 
     async def _wait_ready(self, timeout: float) -> None:
         assert self.client is not None and self.process is not None
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         while True:
             if self.process.returncode is not None:
                 raise Unavailable(
                     f"etcd exited with code {self.process.returncode} during start: "
                     f"{self.last_log_error()} (log: {self.data.etcd_log})"
                 )
+            self.asks += 1
             if await self.answers():
+                log.info(
+                    "etcd answers (asked %d times in %.2f s)", self.asks, time.monotonic() - started
+                )
                 return
             if time.monotonic() > deadline:
                 raise Unavailable(

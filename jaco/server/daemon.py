@@ -57,12 +57,15 @@ async def _serve(data: DataDir, config: NodeConfig, listen: str) -> int:
         loop.add_signal_handler(sig, stop.set)
     member = EtcdMember(data, config)
     await member.spawn()
-    # The API's modules, while etcd starts (it takes longer than they do to load).
-    from jaco.server.api import run
-    from jaco.server.node import Node
+    try:
+        # The API's modules, while etcd starts (it takes longer than they do to load).
+        from jaco.server.api import run
+        from jaco.server.node import Node
 
-    node = Node(data, config, member)
-    await run(node, listen, stop)
+        node = Node(data, config, member)
+        await run(node, listen, stop)
+    finally:
+        await member.stop()  # stopped already unless jacod failed before serving: then here
     return node.exit_code
 
 

@@ -2,7 +2,8 @@
 
 It keeps the node's liveness key fresh, promotes caught-up learners (when its member leads)
 and, on the first start after `jaco restore`, makes this node the only member and records
-RESTORE_COMPLETED. The API (jaco.server.service) serves from it; jaco.server.daemon runs both.
+RESTORE_COMPLETED. The API (jaco.server.service) serves from it; jaco.server.api runs both
+(jaco.server.daemon, the entry point, spawns its etcd member first).
 """
 
 from __future__ import annotations
