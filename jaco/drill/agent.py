@@ -52,9 +52,7 @@ from jaco.v1 import jaco_pb2 as pb
 DATA = Path(os.environ.get("JACO_DATA_DIR", "/var/lib/jaco"))
 WORK = Path(os.environ.get("TMPDIR", "/tmp"))  # noqa: S108 - the sandbox's own tmpfs
 MAX_HEADER = 1024 * 1024
-# Between two asks whether the restored node is READY: the RTO a drill reports includes up to
-# this much of waiting for the next ask (it was 0.3 s; jacod's start itself is 0.8 s, stop 38).
-READY_POLL = 0.1
+READY_POLL = 0.1  # between asks whether the node is READY: the drill's RTO includes up to this
 ARCHIVE = WORK / "backup.tar.gz"  # decrypted only for a point in time, which restores it again
 
 
