@@ -1385,6 +1385,13 @@ MUTATIONS: list[Mutation] = [
         "                answered = False\n            if answered:\n",
         k("tests/test_etcd_start.py", "after_a_failed_one"),
     ),
+    m(
+        "jacod's start: its etcd not stopped when jacod fails before serving (stop 38)",
+        "jaco/server/daemon.py",
+        "        await member.stop()  # stopped already unless",
+        "        pass  # stopped already unless",
+        k("tests/test_etcd_start.py", "cannot_listen"),
+    ),
 ]
 
 

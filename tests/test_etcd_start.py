@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from infra.localcluster import Cluster, wait_for
 from infra.ports import free_port
+from jaco.errors import Unavailable
 from jaco.model.etcd import Etcd
 from jaco.node.config import DataDir
 from jaco.node.etcd_member import EtcdMember
@@ -141,3 +143,27 @@ def test_etcd_is_spawned_before_the_api_modules_load(single: Cluster, tmp_path: 
     }
     early = [module for module, at in loaded.items() if at < spawned]
     assert not early, f"loaded before etcd was spawned: {early}"
+
+
+def test_a_jacod_that_cannot_listen_says_so_and_stops_its_etcd(single: Cluster) -> None:
+    """A failure between etcd's spawn and serving (here: the API's port taken) ends jacod
+    with one line, after it has stopped its etcd: not left to die after jacod, whose data
+    dir lock is then gone already (a restarted jacod could meet the old etcd still running)."""
+    node = single.nodes["node-1"]
+    node.stop()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = subprocess.run(
+            [sys.executable, "-m", "jaco.server.daemon", "--name", node.name]
+            + ["--data-dir", str(node.data_dir), "--listen", listen],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == Unavailable.exit_code, result.stderr
+    assert lines[-1] == f"jacod: cannot listen on {listen} (in use?)"
+    assert any("etcd stopped (exit code" in line for line in lines[:-1]), result.stderr

@@ -220,6 +220,7 @@ class EtcdMember:
         except TimeoutError:
             process.kill()
             await process.wait()
+        log.info("etcd stopped (exit code %s)", process.returncode)
 
 
 def snapshot_restore(

@@ -73,8 +73,7 @@ async def run(node: Node, listen: str, stop: asyncio.Event) -> None:
     credentials = grpc.ssl_server_credentials([(data.node_key.read_bytes(), chain)])
     try:
         server.add_secure_port(listen, credentials)
-    except RuntimeError:
-        await node.member.stop()
+    except RuntimeError:  # jaco.server.daemon stops the member on the way out
         raise Unavailable(f"cannot listen on {listen} (in use?)") from None
     await server.start()
     log.info("jacod %s (%s) serving on %s", node.config.name, __version__, listen)
