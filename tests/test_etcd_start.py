@@ -17,11 +17,11 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from infra.localcluster import Cluster, wait_for
+from infra.localcluster import Cluster, Node, wait_for
 from infra.ports import free_port
 from jaco.errors import Unavailable
 from jaco.model.etcd import Etcd
-from jaco.node.config import DataDir
+from jaco.node.config import DataDir, NodeConfig
 from jaco.node.etcd_member import EtcdMember
 
 
@@ -55,14 +55,26 @@ async def _forwarding(port: int, target: int, drop_first: int = 0) -> AsyncItera
         server.close()
 
 
+def _elsewhere(cluster: Cluster) -> tuple[DataDir, NodeConfig, int, int]:
+    """Node 1's data dir and config, its member to be reached through a port nothing listens
+    on yet; its etcd's own client port, and that one."""
+    data = DataDir(cluster.nodes["node-1"].data_dir)
+    config = data.load()
+    etcd_port, port = config.etcd_client_port, free_port()
+    config.etcd_client_port = port
+    return data, config, etcd_port, port
+
+
+def _jacod(node: Node, listen: str, *python_flags: str) -> list[str]:
+    """The command of node's jacod, listening on `listen` (stop the node's own first)."""
+    daemon = [sys.executable, *python_flags, "-m", "jaco.server.daemon"]
+    return daemon + ["--name", node.name, "--data-dir", str(node.data_dir), "--listen", listen]
+
+
 def test_a_member_that_comes_up_right_after_a_refused_ask_is_seen_at_the_next(
     single: Cluster,
 ) -> None:
-    node = single.nodes["node-1"]
-    data = DataDir(node.data_dir)
-    config = data.load()
-    etcd_port, port = config.etcd_client_port, free_port()
-    config.etcd_client_port = port  # the member, reached through a port nothing listens on yet
+    data, config, etcd_port, port = _elsewhere(single)
 
     async def scenario() -> tuple[bool, bool, int]:
         member = EtcdMember(data, config)
@@ -88,11 +100,7 @@ def test_start_sees_the_member_at_the_ask_after_a_failed_one(single: Cluster) ->
     one, a poll later, reaches the member. On the client's channel the asks in between would
     fail without connecting, until gRPC's backoff let it try again (about a second: about
     twenty asks)."""
-    node = single.nodes["node-1"]
-    data = DataDir(node.data_dir)
-    config = data.load()
-    etcd_port, port = config.etcd_client_port, free_port()
-    config.etcd_client_port = port
+    data, config, etcd_port, port = _elsewhere(single)
 
     async def scenario() -> int:
         member = EtcdMember(data, config)
@@ -120,8 +128,7 @@ def test_etcd_is_spawned_before_the_api_modules_load(single: Cluster, tmp_path: 
     stderr = tmp_path / "jacod.stderr"
     with stderr.open("wb") as err:
         jacod = subprocess.Popen(
-            [sys.executable, "-X", "importtime", "-m", "jaco.server.daemon", "--name", node.name]
-            + ["--data-dir", str(node.data_dir), "--listen", node.server],
+            _jacod(node, node.server, "-X", "importtime"),
             stdin=subprocess.DEVNULL,
             stdout=err,
             stderr=err,
@@ -156,8 +163,7 @@ def test_a_jacod_that_cannot_listen_says_so_and_stops_its_etcd(single: Cluster) 
         taken.listen()
         listen = f"127.0.0.1:{taken.getsockname()[1]}"
         result = subprocess.run(
-            [sys.executable, "-m", "jaco.server.daemon", "--name", node.name]
-            + ["--data-dir", str(node.data_dir), "--listen", listen],
+            _jacod(node, listen),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

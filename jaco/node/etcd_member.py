@@ -153,7 +153,7 @@ class EtcdMember:
         return self.client
 
     async def _wait_ready(self, timeout: float) -> None:
-        assert self.client is not None and self.process is not None
+        assert self.process is not None
         started = time.monotonic()
         deadline = started + timeout
         while True:
