@@ -30,37 +30,30 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.run import MIB, PY, READY_POLL, RESULTS, fill_random, measure, stop_pid
-from infra.localcluster import JACO, cluster_of
+from bench.run import (
+    MIB,
+    PY,
+    READY_POLL,
+    RESULTS,
+    bare_etcd,
+    fill_random,
+    http_ok,
+    measure,
+    restored_ready,
+    stop_pid,
+)
+from infra.localcluster import JACO, cluster_of, wait_for
 from infra.ports import free_port
 
 HERE = Path(__file__).resolve().parents[1]
 ENTRY = "import sys; from jaco.cli.main import main; sys.argv = ['jaco', *sys.argv[1:]]; main()"
-_no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _until(ready: Callable[[], bool], what: str, timeout: float = 300) -> float:
-    """Ask `ready` every READY_POLL seconds; the monotonic time it first said yes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if ready():
-                return time.monotonic()
-        except Exception:  # noqa: BLE001, S110 - not up yet: ask again
-            pass
-        time.sleep(READY_POLL)
-    raise RuntimeError(f"{what} not ready within {timeout:.0f}s")
 
 
 def jaco_side(tree: Path, archive: Path, work: Path, token: str) -> dict[str, float]:
-    from jaco.client.connection import open_client
-    from jaco.v1 import jaco_pb2 as pb
-
     data = work / "restored"
     api = free_port()
     env = {"PYTHONPATH": str(tree)}
@@ -79,43 +72,21 @@ def jaco_side(tree: Path, archive: Path, work: Path, token: str) -> dict[str, fl
             stdin=subprocess.DEVNULL,
         )
 
-    def ready() -> bool:
-        with open_client(f"127.0.0.1:{api}", token, timeout=5) as client:
-            nodes = client.call("ClusterStatus", pb.ClusterStatusRequest(), timeout=5).nodes
-        return any(n.name == "restored" and n.state == "READY" for n in nodes)
-
+    ready = functools.partial(restored_ready, api, token)
     return _side(restore, (started, wall), ready, jacod, data, data / "etcd.log")
 
 
 def etcd_side(snapshot: Path, work: Path) -> dict[str, float]:
     data = work / "bare-etcd"
-    client, peer = free_port(), free_port()
-    peer_url = f"http://127.0.0.1:{peer}"
-    cluster = [f"--initial-cluster=bare={peer_url}", f"--initial-advertise-peer-urls={peer_url}"]
-    restore = measure(
-        ["etcdctl", "snapshot", "restore", str(snapshot), "--name", "bare", f"--data-dir={data}"]
-        + cluster,
-        {"ETCDCTL_API": "3"},
-    )["seconds"]
+    client = free_port()
+    restore_cmd, etcd_cmd = bare_etcd(snapshot, data, client, free_port())
+    restore = measure(restore_cmd, {"ETCDCTL_API": "3"})["seconds"]
     log_file = work / "bare-etcd.log"
     log_file.unlink(missing_ok=True)
     with open(log_file, "ab") as log:
         started, wall = time.monotonic(), time.time()
-        etcd = subprocess.Popen(
-            ["etcd", "--name=bare", f"--data-dir={data}", f"--listen-peer-urls={peer_url}"]
-            + ["--logger=zap", "--log-outputs=stderr"]  # JSON lines, as jacod has its etcd log
-            + [f"--listen-client-urls=http://127.0.0.1:{client}"]
-            + [f"--advertise-client-urls=http://127.0.0.1:{client}"]
-            + cluster,
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def healthy() -> bool:
-        with _no_proxy.open(f"http://127.0.0.1:{client}/health", timeout=2) as resp:
-            return bool(resp.status == 200)
-
+        etcd = subprocess.Popen(etcd_cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    healthy = functools.partial(http_ok, f"http://127.0.0.1:{client}/health")
     return _side(restore, (started, wall), healthy, etcd, data, log_file)
 
 
@@ -131,7 +102,8 @@ def _side(
     start split by `etcd_log` (`spawned_at`: the monotonic and the Unix time of its spawn)."""
     started, wall = spawned_at
     try:
-        start = _until(ready, str(data.name)) - started
+        wait_for(ready, 300, str(data.name), every=READY_POLL)
+        start = time.monotonic() - started
         spawned, serving = (at - wall for at in _etcd_times(etcd_log))
     finally:
         stop_pid(process)

@@ -293,18 +293,40 @@ def build(root: Path, size_mib: int, value_kib: int) -> tuple[Cluster, dict[str,
 # -- the stages --------------------------------------------------------------------------------
 
 
+def http_ok(url: str) -> bool:
+    """Whether `url` answers 200 (no proxy: the targets are on loopback)."""
+    with _no_proxy.open(url, timeout=2) as resp:
+        return bool(resp.status == 200)
+
+
 def wait_http(url: str, timeout: float = 300) -> None:
-    def ok() -> bool:
-        with _no_proxy.open(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-
-    wait_for(ok, timeout, url, every=READY_POLL)
+    wait_for(lambda: http_ok(url), timeout, url, every=READY_POLL)
 
 
-def restore_jaco(archive: Path, work: Path, token: str) -> dict:
+def restored_ready(api: int, token: str) -> bool:
+    """Whether the node "restored" serving on 127.0.0.1:`api` reports itself READY."""
     from jaco.client.connection import open_client
     from jaco.v1 import jaco_pb2 as pb
 
+    with open_client(f"127.0.0.1:{api}", token, timeout=5) as client:
+        reply = client.call("ClusterStatus", pb.ClusterStatusRequest(), timeout=5)
+    return any(n.name == "restored" and n.state == "READY" for n in reply.nodes)
+
+
+def bare_etcd(snapshot: Path, data: Path, client: int, peer: int) -> tuple[list[str], list[str]]:
+    """The reference's two commands: `etcdctl snapshot restore` of `snapshot` into `data`, then
+    a bare etcd on it, its client API on 127.0.0.1:`client` (plain HTTP), its log JSON lines."""
+    peer_url = f"http://127.0.0.1:{peer}"
+    cluster = [f"--initial-cluster=bare={peer_url}", f"--initial-advertise-peer-urls={peer_url}"]
+    restore = ["etcdctl", "snapshot", "restore", str(snapshot), "--name", "bare"]
+    etcd = ["etcd", "--name=bare", f"--data-dir={data}", f"--listen-peer-urls={peer_url}"]
+    etcd += [f"--listen-client-urls=http://127.0.0.1:{client}"]
+    etcd += [f"--advertise-client-urls=http://127.0.0.1:{client}"]
+    etcd += [f"--quota-backend-bytes={QUOTA}", "--logger=zap", "--log-outputs=stderr"]
+    return restore + [f"--data-dir={data}", *cluster], etcd + cluster
+
+
+def restore_jaco(archive: Path, work: Path, token: str) -> dict:
     data = work / "restored"
     api, client_port, peer = free_port(), free_port(), free_port()
     started = time.monotonic()
@@ -340,13 +362,7 @@ def restore_jaco(archive: Path, work: Path, token: str) -> dict:
     )
     log.close()
     try:
-
-        def ready() -> bool:
-            with open_client(f"127.0.0.1:{api}", token, timeout=5) as client:
-                reply = client.call("ClusterStatus", pb.ClusterStatusRequest(), timeout=5)
-            return any(n.name == "restored" and n.state == "READY" for n in reply.nodes)
-
-        wait_for(ready, 600, "restored node READY", every=READY_POLL)
+        wait_for(lambda: restored_ready(api, token), 600, "restored node READY", every=READY_POLL)
         seconds = time.monotonic() - started
         jacod_kib = peak_kib(jacod.pid)
     finally:
@@ -362,26 +378,12 @@ def restore_jaco(archive: Path, work: Path, token: str) -> dict:
 
 def restore_reference(snapshot: Path, work: Path) -> dict:
     data = work / "bare-etcd"
-    client_port, peer = free_port(), free_port()
-    peer_url = f"http://127.0.0.1:{peer}"
+    client_port = free_port()
+    restore, start = bare_etcd(snapshot, data, client_port, free_port())
     started = time.monotonic()
-    tool = measure(
-        ["etcdctl", "snapshot", "restore", str(snapshot), "--name", "bare"]
-        + [f"--data-dir={data}", f"--initial-cluster=bare={peer_url}"]
-        + [f"--initial-advertise-peer-urls={peer_url}"],
-        {"ETCDCTL_API": "3"},
-    )
+    tool = measure(restore, {"ETCDCTL_API": "3"})
     log = open(work / "bare-etcd.log", "ab")  # noqa: SIM115
-    etcd = subprocess.Popen(
-        ["etcd", "--name=bare", f"--data-dir={data}"]
-        + [f"--listen-client-urls=http://127.0.0.1:{client_port}"]
-        + [f"--advertise-client-urls=http://127.0.0.1:{client_port}"]
-        + [f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}"]
-        + [f"--initial-cluster=bare={peer_url}", f"--quota-backend-bytes={QUOTA}"],
-        stdout=log,
-        stderr=log,
-        stdin=subprocess.DEVNULL,
-    )
+    etcd = subprocess.Popen(start, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     log.close()
     try:
         wait_http(f"http://127.0.0.1:{client_port}/health")
