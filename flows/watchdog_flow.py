@@ -165,14 +165,14 @@ def end_abandoned_runs(params: WatchdogParams, logger: Any) -> list[dict[str, An
     return ended
 
 
-def _conditions(target: Objective) -> tuple[Catalog, dict[str, str] | Exception]:
-    """A cluster's catalog, and what is wrong with its recoverability (or why it could not
-    be read: the catalog, and the HEAD of its newest verified backups)."""
-    catalog = Catalog(open_store(target.s3_url, target.s3), target.prefix, target.cluster)
+def _conditions(target: Objective) -> tuple[Catalog, dict[str, str]] | Exception:
+    """A cluster's catalog and what is wrong with its recoverability, or why it could not be
+    read: its store (S3 client), the catalog, the HEAD of its newest verified backups."""
     try:
+        catalog = Catalog(open_store(target.s3_url, target.s3), target.prefix, target.cluster)
         return catalog, stale_conditions(target, catalog.view(), catalog.store)
     except Exception as exc:  # noqa: BLE001 - reported by the caller
-        return catalog, exc
+        return exc
 
 
 @flow(name="watchdog", on_failure=[on_run_failure], timeout_seconds=900)
@@ -207,13 +207,14 @@ def watchdog(params: WatchdogParams) -> dict[str, Any]:
     # timeout on real S3); what they say is acted on one cluster at a time.
     with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="watch") as pool:
         read = list(pool.map(_conditions, params.clusters))
-    for target, (catalog, problems) in zip(params.clusters, read, strict=True):
-        if isinstance(problems, Exception):  # an unreadable catalog is itself the alarm
-            reason = f"the catalog of {target.cluster} cannot be read: {problems}"
+    for target, conditions in zip(params.clusters, read, strict=True):
+        if isinstance(conditions, Exception):  # an unreadable catalog is itself the alarm
+            reason = f"the catalog of {target.cluster} cannot be read: {conditions}"
             logger.error(reason)
             alert("catalog.unreadable", target.cluster, reason, target.secrets, me)
             findings.setdefault(target.cluster, []).append(reason)
             continue
+        catalog, problems = conditions
         _clear(catalog, {"backup.stale", "drill.stale", "stream.stale"} - set(problems))
         for condition, reason in problems.items():
             findings.setdefault(target.cluster, []).append(reason)

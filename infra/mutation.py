@@ -1392,6 +1392,15 @@ MUTATIONS: list[Mutation] = [
         "        pass  # stopped already unless",
         k("tests/test_etcd_start.py", "cannot_listen"),
     ),
+    m(
+        "watchdog: a cluster's store opened outside the guard, failing every cluster (stop 38)",
+        "flows/watchdog_flow.py",
+        "    try:\n        catalog = Catalog(open_store(target.s3_url, target.s3), target.prefix, "
+        "target.cluster)\n",
+        "    catalog = Catalog(open_store(target.s3_url, target.s3), target.prefix, "
+        "target.cluster)\n    try:\n",
+        k("tests/test_watchdog.py", "store_cannot_be_opened"),
+    ),
 ]
 
 

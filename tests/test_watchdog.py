@@ -20,7 +20,7 @@ import pytest
 
 from flows.catalog import Catalog
 from flows.params import BackupParams
-from flows.secrets import ClusterSecrets
+from flows.secrets import ClusterSecrets, S3Settings
 from flows.storage import open_store
 from flows.watchdog_flow import Objective, WatchdogParams, watchdog
 from infra.localcluster import wait_for
@@ -114,6 +114,20 @@ def test_an_unreadable_catalog_alerts_and_the_other_clusters_are_still_checked(
     assert hook.events("lost") == ["jaco.catalog.unreadable"]
     assert "the catalog of lost cannot be read" in findings["lost"][0]
     assert hook.events("prod") == ["jaco.drill.stale"]  # checked after it
+
+
+def test_a_cluster_whose_store_cannot_be_opened_alerts_and_the_others_are_still_checked(
+    stored1: dict[str, Any], hook: Webhook
+) -> None:
+    """The same when the cluster's S3 client cannot even be made (a profile that does not
+    exist): its own alert, not a failed run that checks no cluster at all."""
+    broken = objective(stored1, cluster="lost", s3=S3Settings(profile="no-such-profile"))
+    fresh = objective(stored1, max_backup_age=3600, max_drill_age=3600)
+    findings = watchdog(WatchdogParams(clusters=[broken, fresh]))
+    assert hook.events("lost") == ["jaco.catalog.unreadable"]
+    assert "the catalog of lost cannot be read" in findings["lost"][0]
+    assert "no-such-profile" in findings["lost"][0]
+    assert hook.events("prod") == ["jaco.drill.stale"]
 
 
 def _flow_process(kind: str, p: Any, log: Path, timeout: float | None = None) -> Any:
