@@ -47,6 +47,7 @@ from flows.tasks import (
     upload_task,
     verify_task,
 )
+from flows.variables import set_variable
 from flows.workdirs import run_workdir, sweep_workdirs
 from jaco.public import ArchiveError, DecryptionFailed, JacoError, parse_identities
 
@@ -65,7 +66,7 @@ def _backups_counted(cluster: str) -> int:
 
     name = f"jaco_backups_{cluster.replace('-', '_')}"
     count = int(str(Variable.get(name, default=0))) + 1
-    Variable.set(name, count, overwrite=True)
+    set_variable(name, count)
     return count
 
 

@@ -167,6 +167,8 @@ def _reclaim(name: str, cluster: str, raw: str | None, logger: Any) -> None:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
     from prefect.variables import Variable
 
+    from flows.variables import unset_variable
+
     current = Variable.get(_variable(name), default=None)
     if current != raw:
         return  # someone else took it meanwhile
@@ -176,14 +178,15 @@ def _reclaim(name: str, cluster: str, raw: str | None, logger: Any) -> None:
     )  # fmt: skip
     with get_client(sync_client=True) as client:
         client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
-    Variable.unset(_variable(name))
+    unset_variable(_variable(name))
 
 
 @contextlib.contextmanager
 def _heartbeat(variable: str, lease: str, logger: Any) -> Iterator[None]:
     """While the block runs: renew the lease, and say who holds it and that it is alive."""
     from prefect import get_client
-    from prefect.variables import Variable
+
+    from flows.variables import set_variable, unset_variable
 
     me = _me()
     stop = threading.Event()
@@ -199,7 +202,7 @@ def _heartbeat(variable: str, lease: str, logger: Any) -> Iterator[None]:
                         "could not renew the lock's lease (%s): another run may start", exc
                     )
                 with contextlib.suppress(Exception):  # a missed beat is not a failure
-                    Variable.set(variable, json.dumps(me), overwrite=True)
+                    set_variable(variable, json.dumps(me))
                 if stop.wait(HEARTBEAT_SECONDS):
                     return
 
@@ -213,7 +216,7 @@ def _heartbeat(variable: str, lease: str, logger: Any) -> Iterator[None]:
         stop.set()
         thread.join()
         with contextlib.suppress(Exception):
-            Variable.unset(variable)
+            unset_variable(variable)
 
 
 def _ensure_limit(name: str) -> None:

@@ -1401,6 +1401,34 @@ MUTATIONS: list[Mutation] = [
         "target.cluster)\n    try:\n",
         k("tests/test_watchdog.py", "store_cannot_be_opened"),
     ),
+    m(
+        "Prefect variables: written through Prefect's client, 2 s pause on a 503 (stop 39)",
+        "flows/variables.py",
+        "        reply = httpx.Client.send(http, request)",
+        "        reply = http.send(request)",
+        "tests/test_prefect_variables.py",
+    ),
+    m(
+        "backup lock: its holder deleted through Prefect's Variable.unset on release (stop 39)",
+        "flows/locking.py",
+        "            unset_variable(variable)",
+        "            __import__('prefect.variables').variables.Variable.unset(variable)",
+        k("tests/test_prefect_variables.py", "lock_is_released"),
+    ),
+    m(
+        "Prefect variables: a variable that is not there yet is not created (stop 39)",
+        "flows/variables.py",
+        "        if reply.status_code == 404:  # not there yet",
+        "        if False:  # not there yet",
+        k("tests/test_prefect_variables.py", "busy_update"),
+    ),
+    m(
+        "Prefect variables: a server that stays busy is asked forever (stop 39)",
+        "flows/variables.py",
+        "        if reply.status_code != BUSY or time.monotonic() + pause > deadline:",
+        "        if reply.status_code != BUSY:",
+        k("tests/test_prefect_variables.py", "stays_busy"),
+    ),
 ]
 
 
