@@ -10,10 +10,11 @@ own, with Prefect's client logging at DEBUG. Per run: the flow's seconds; its st
 seconds (take-backup, encrypt, upload, local-copy, verify, prune, as its report gives them),
 the work, beside which the rest is the flow's own cost (Prefect's task bookkeeping, the lock,
 the catalog, the artifacts); and how often Prefect's client paused on a 503 from the server
-(its "Another attempt will be made in …" lines), and for how long. With `--others K`, K
-processes run a small flow of three tasks over and over on the same server meanwhile, as the
-runs of a fleet's other clusters would. A TREE is a worktree of another commit with
-jaco/_native*.so copied in (as for bench.node_ready). Results: bench/results/flow-end-<time>.json.
+(its "Another attempt will be made in …" lines), and for how long, beside how often
+flows.api_writes asked again instead. With `--others K`, K processes run a small flow of three
+tasks over and over on the same server meanwhile, as the runs of a fleet's other clusters
+would. A TREE is a worktree of another commit with jaco/_native*.so copied in (as for
+bench.node_ready). Results: bench/results/flow-end-<time>.json.
 """
 
 from __future__ import annotations
@@ -21,49 +22,38 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import os
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.node_ready import HERE, _commit
+from bench.node_ready import HERE, commit_of
 from bench.realistic import fill
-from bench.run import BUCKET, PY, save_results, services, stage_env
+from bench.run import BUCKET, PY, save_results, services, stage, stage_env
 from infra.localcluster import cluster_of
 
 PAUSE = re.compile(r"Another attempt will be made in ([0-9.]+)s")
+ASKED_AGAIN = re.compile(r"the Prefect API (?:answered|broke).*; asking again in")
 
 
 def one_run(tree: Path, args: dict[str, Any], env: dict[str, str], work: Path) -> dict[str, Any]:
-    result = work / ".result-flow.json"
-    started = time.monotonic()
-    done = subprocess.run(
-        [PY, "-m", "bench.stage", "flow", json.dumps(args), str(result)],
-        env={**env, "PYTHONPATH": str(tree), "PREFECT_LOGGING_LEVEL": "DEBUG"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    wall = time.monotonic() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"the flow from {tree} failed: {done.stderr[-800:]}")
-    inner = json.loads(result.read_text())
-    result.unlink()
-    pauses = [float(s) for s in PAUSE.findall(done.stdout + done.stderr)]
-    stages = sum(row["seconds"] for row in inner["stages"])
+    debug = {"PYTHONPATH": str(tree), "PREFECT_LOGGING_LEVEL": "DEBUG",
+             "PREFECT_LOGGING_EXTRA_LOGGERS": "flows"}  # fmt: skip
+    got = stage("flow", args, {**env, **debug}, work, output=True)
+    pauses = [float(s) for s in PAUSE.findall(got["output"])]
+    stages = sum(row["seconds"] for row in got["stages"])
     return {
-        "flow": inner["seconds"],
+        "flow": got["seconds"],
         "stages": stages,
-        "rest": inner["seconds"] - stages,
+        "rest": got["seconds"] - stages,
         "pauses": len(pauses),
         "paused": sum(pauses),
-        "process": wall,
+        "asked_again": len(ASKED_AGAIN.findall(got["output"])),
+        "process": got["wall_seconds"],
     }
 
 
@@ -84,8 +74,8 @@ def other_runs() -> None:
 
 
 def run(before: list[Path], keys: int, repeat: int, others: int) -> dict[str, list[dict[str, Any]]]:
-    trees = {_commit(tree): tree.resolve() for tree in before}
-    trees[f"{_commit(HERE)} (this tree)"] = HERE
+    trees = {commit_of(tree): tree.resolve() for tree in before}
+    trees[f"{commit_of(HERE)} (this tree)"] = HERE
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
     with tempfile.TemporaryDirectory(prefix="jaco-flow-end-") as tmp:
         work = Path(tmp)
@@ -140,7 +130,8 @@ def _rounds(
             print(
                 f"round {round_ + 1} {label}: flow {got['flow']:.2f} s, stages "
                 f"{got['stages']:.2f} s, the rest {got['rest']:.2f} s; Prefect's client "
-                f"paused {got['pauses']} times ({got['paused']:.1f} s)",
+                f"paused {got['pauses']} times ({got['paused']:.1f} s); flows.api_writes asked "
+                f"again {got['asked_again']} times",
                 flush=True,
             )
 
@@ -153,11 +144,12 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
         }
         pauses = sum(r["pauses"] for r in rows)
         paused = sum(r["paused"] for r in rows)
+        again = sum(r["asked_again"] for r in rows)
         lines.append(
             f"{label}: flow {med['flow']:.2f} s (median of {len(rows)}; mean "
             f"{statistics.mean(r['flow'] for r in rows):.2f} s), its stages {med['stages']:.2f} s,"
             f" the rest {med['rest']:.2f} s; Prefect's client paused {pauses} times in "
-            f"{len(rows)} runs, {paused:.1f} s in all"
+            f"{len(rows)} runs, {paused:.1f} s in all; flows.api_writes asked again {again} times"
         )
     return lines
 

@@ -134,7 +134,7 @@ def _etcd_times(log: Path) -> tuple[float, float]:
     raise RuntimeError(f"{log} does not say when etcd began to serve clients")
 
 
-def _commit(tree: Path) -> str:
+def commit_of(tree: Path) -> str:
     return subprocess.run(
         ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
         capture_output=True,
@@ -144,8 +144,8 @@ def _commit(tree: Path) -> str:
 
 
 def run(before: list[Path], random_mib: int, repeat: int) -> dict[str, list[dict[str, float]]]:
-    trees = {_commit(tree): tree.resolve() for tree in before}
-    trees[f"{_commit(HERE)} (this tree)"] = HERE
+    trees = {commit_of(tree): tree.resolve() for tree in before}
+    trees[f"{commit_of(HERE)} (this tree)"] = HERE
     with tempfile.TemporaryDirectory(prefix="jaco-node-ready-") as tmp:
         work = Path(tmp)
         archive, snapshot = work / "jaco.tar.gz", work / "etcdctl.db"

@@ -70,9 +70,11 @@ def save_results(kind: str, started: dt.datetime, key: str, results: Any) -> Pat
 # -- measuring one process ------------------------------------------------------------------
 
 
-def measure(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 1800) -> dict:
+def measure(
+    cmd: list[str], env: dict[str, str] | None = None, timeout: float = 1800, output: bool = False
+) -> dict:
     """Run `cmd` to completion; wall seconds, its CPU seconds (user + system) and the peak RSS
-    the kernel recorded for it."""
+    the kernel recorded for it (and with `output`, all it wrote to stdout and stderr)."""
     # Through GNU time, not fork+wait4 from here: Linux carries a process's peak RSS across
     # exec, so any child forked from this (large) process would report at least our own peak.
     # time is small; the peak it reports is the child's own (plus children it reaped itself,
@@ -103,21 +105,28 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 
             f"{' '.join(cmd[:4])}… exited {proc.returncode}: "
             f"{stderr.decode(errors='replace')[-800:]}"
         )
-    return {
+    result = {
         "seconds": seconds,
         "cpu_seconds": float(lines[-2]) + float(lines[-1]),
         "rss_kib": int(lines[-3]),
         "stdout": stdout.decode()[-2000:],
     }
+    if output:
+        result["output"] = (stdout + stderr).decode(errors="replace")
+    return result
 
 
-def stage(name: str, args: dict[str, Any], env: dict[str, str], work: Path) -> dict:
+def stage(
+    name: str, args: dict[str, Any], env: dict[str, str], work: Path, output: bool = False
+) -> dict:
     """A Python stage in its own process (bench.stage); seconds are the call's own."""
     result_file = work / f".result-{name}.json"
-    outer = measure([PY, "-m", "bench.stage", name, json.dumps(args), str(result_file)], env)
+    cmd = [PY, "-m", "bench.stage", name, json.dumps(args), str(result_file)]
+    outer = measure(cmd, env, output=output)
     inner = json.loads(result_file.read_text())
     result_file.unlink()
-    return {**inner, "wall_seconds": outer["seconds"]}
+    kept = {"output": outer["output"]} if output else {}
+    return {**inner, "wall_seconds": outer["seconds"], **kept}
 
 
 def jaco_cli(args: list[str], env: dict[str, str], work: Path) -> dict:

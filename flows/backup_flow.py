@@ -29,6 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from flows.alerts import current_run, on_run_failure
+from flows.api_writes import set_variable
 from flows.catalog import BackupRecord, Catalog, RunRef, Verified, now
 from flows.drill_flow import drill_restore
 from flows.errors import PipelineError, VerifyFailed
@@ -47,7 +48,6 @@ from flows.tasks import (
     upload_task,
     verify_task,
 )
-from flows.variables import set_variable
 from flows.workdirs import run_workdir, sweep_workdirs
 from jaco.public import ArchiveError, DecryptionFailed, JacoError, parse_identities
 
@@ -58,7 +58,7 @@ DAMAGE = (VerifyFailed, DecryptionFailed, ArchiveError)
 BACKUP_TIMEOUT = 2 * 3600
 
 
-def _backups_counted(cluster: str) -> int:
+def count_backups(cluster: str) -> int:
     """Count successful backups per cluster in a Prefect variable (for drill_every).
 
     Called inside the cluster's lock: two runs never read-increment-write it at once."""
@@ -260,7 +260,7 @@ def backup_cluster(params: BackupParams) -> dict[str, Any]:
                     retrying(prune_task)(params, url, meta.cluster_id, params.retention, key)
                 )
         if params.drill_every:
-            drill_due = _backups_counted(params.cluster) % params.drill_every == 0
+            drill_due = count_backups(params.cluster) % params.drill_every == 0
     create_markdown_artifact(
         backup_report(params, meta, key, enc, stages.rows, pruned, swept),
         key=f"jaco-backup-{params.cluster}",

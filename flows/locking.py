@@ -109,47 +109,45 @@ def _variable(name: str) -> str:
 
 @contextlib.contextmanager
 def _prefect_lock(name: str, cluster: str, wait_seconds: float, logger: Any) -> Iterator[None]:
-    import httpx
-    from prefect import get_client
-    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
     from prefect.runtime import flow_run
     from prefect.variables import Variable
 
+    from flows.api_writes import api_write
+
     _ensure_limit(name)
-    holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id) if flow_run.id else None
+    take: dict[str, Any] = {
+        "names": [name], "slots": 1, "mode": "concurrency", "lease_duration": LEASE_SECONDS
+    }  # fmt: skip
+    if flow_run.id:
+        take["holder"] = {"type": "flow_run", "id": str(flow_run.id)}
     deadline = time.monotonic() + wait_seconds
     said = False
-    with get_client(sync_client=True) as client:
-        while True:
-            try:
-                reply = client.increment_concurrency_slots_with_lease(
-                    [name], 1, "concurrency", LEASE_SECONDS, holder
-                )
-                lease = str(reply.json()["lease_id"])
-                break
-            except httpx.HTTPStatusError as exc:
-                if exc.response.status_code != 423:  # 423 Locked: someone holds it
-                    raise
-            raw = Variable.get(_variable(name), default=None)
-            raw_text = raw if isinstance(raw, str) else None
-            if not said:
-                logger.warning("waiting for %s", _describe(cluster, raw_text))
-                said = True
-            if _stale(raw_text):
-                _reclaim(name, cluster, raw_text, logger)
-            if time.monotonic() > deadline:
-                raise PipelineError(
-                    f"gave up after waiting {wait_seconds:.0f}s for "
-                    f"{_describe(cluster, raw_text)}; if that run is dead, its slot frees itself "
-                    f"within {LEASE_SECONDS + 15}s"
-                )
-            time.sleep(POLL_SECONDS)
-        try:
-            with _heartbeat(_variable(name), lease, logger):
-                yield
-        finally:
-            with contextlib.suppress(Exception):  # else the lease simply expires
-                client.release_concurrency_slots_with_lease(lease)  # type: ignore[arg-type]
+    while True:
+        reply = api_write("POST", "/v2/concurrency_limits/increment-with-lease", take)
+        if reply.status_code != 423:  # 423 Locked: someone holds it
+            reply.raise_for_status()
+            lease = str(reply.json()["lease_id"])
+            break
+        raw = Variable.get(_variable(name), default=None)
+        raw_text = raw if isinstance(raw, str) else None
+        if not said:
+            logger.warning("waiting for %s", _describe(cluster, raw_text))
+            said = True
+        if _stale(raw_text):
+            _reclaim(name, cluster, raw_text, logger)
+        if time.monotonic() > deadline:
+            raise PipelineError(
+                f"gave up after waiting {wait_seconds:.0f}s for "
+                f"{_describe(cluster, raw_text)}; if that run is dead, its slot frees itself "
+                f"within {LEASE_SECONDS + 15}s"
+            )
+        time.sleep(POLL_SECONDS)
+    try:
+        with _heartbeat(_variable(name), lease, logger):
+            yield
+    finally:
+        with contextlib.suppress(Exception):  # else the lease simply expires
+            api_write("POST", "/v2/concurrency_limits/decrement-with-lease", {"lease_id": lease})
 
 
 def _stale(raw: str | None) -> bool:
@@ -167,7 +165,7 @@ def _reclaim(name: str, cluster: str, raw: str | None, logger: Any) -> None:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
     from prefect.variables import Variable
 
-    from flows.variables import unset_variable
+    from flows.api_writes import unset_variable
 
     current = Variable.get(_variable(name), default=None)
     if current != raw:
@@ -186,7 +184,7 @@ def _heartbeat(variable: str, lease: str, logger: Any) -> Iterator[None]:
     """While the block runs: renew the lease, and say who holds it and that it is alive."""
     from prefect import get_client
 
-    from flows.variables import set_variable, unset_variable
+    from flows.api_writes import set_variable, unset_variable
 
     me = _me()
     stop = threading.Event()
