@@ -37,13 +37,14 @@ from bench.run import BUCKET, PY, save_results, services, stage, stage_env
 from infra.localcluster import cluster_of
 
 PAUSE = re.compile(r"Another attempt will be made in ([0-9.]+)s")
+# httpx's line for each request (this tree's bench.stage shows them; older ones do not)
+BUSY = re.compile(r'HTTP Request: (\w+ \S+) "HTTP/1.1 503')
 ASKED_AGAIN = re.compile(r"the Prefect API (?:answered|broke).*; asking again in")
 
 
 def one_run(tree: Path, args: dict[str, Any], env: dict[str, str], work: Path) -> dict[str, Any]:
-    debug = {"PYTHONPATH": str(tree), "PREFECT_LOGGING_LEVEL": "DEBUG",
-             "PREFECT_LOGGING_EXTRA_LOGGERS": "flows"}  # fmt: skip
-    got = stage("flow", args, {**env, **debug}, work, output=True)
+    debug = {"PREFECT_LOGGING_LEVEL": "DEBUG", "BENCH_DEBUG_LOGGERS": "flows.api_writes,httpx"}
+    got = stage("flow", args, {**env, **debug}, work, output=True, tree=tree)
     pauses = [float(s) for s in PAUSE.findall(got["output"])]
     stages = sum(row["seconds"] for row in got["stages"])
     return {
@@ -53,6 +54,7 @@ def one_run(tree: Path, args: dict[str, Any], env: dict[str, str], work: Path) -
         "pauses": len(pauses),
         "paused": sum(pauses),
         "asked_again": len(ASKED_AGAIN.findall(got["output"])),
+        "busy": BUSY.findall(got["output"]),
         "process": got["wall_seconds"],
     }
 
@@ -131,7 +133,7 @@ def _rounds(
                 f"round {round_ + 1} {label}: flow {got['flow']:.2f} s, stages "
                 f"{got['stages']:.2f} s, the rest {got['rest']:.2f} s; Prefect's client "
                 f"paused {got['pauses']} times ({got['paused']:.1f} s); flows.api_writes asked "
-                f"again {got['asked_again']} times",
+                f"again {got['asked_again']} times; answered 503: {got['busy']}",
                 flush=True,
             )
 

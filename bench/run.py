@@ -117,12 +117,19 @@ def measure(
 
 
 def stage(
-    name: str, args: dict[str, Any], env: dict[str, str], work: Path, output: bool = False
+    name: str,
+    args: dict[str, Any],
+    env: dict[str, str],
+    work: Path,
+    output: bool = False,
+    tree: Path | None = None,
 ) -> dict:
-    """A Python stage in its own process (bench.stage); seconds are the call's own."""
+    """A Python stage in its own process (bench.stage); seconds are the call's own. With
+    `tree`, that tree's code alone (`-P`: not this directory's, which `-m` would put first)."""
     result_file = work / f".result-{name}.json"
-    cmd = [PY, "-m", "bench.stage", name, json.dumps(args), str(result_file)]
-    outer = measure(cmd, env, output=output)
+    own = ["-P"] if tree else []
+    cmd = [PY, *own, "-m", "bench.stage", name, json.dumps(args), str(result_file)]
+    outer = measure(cmd, {**env, "PYTHONPATH": str(tree)} if tree else env, output=output)
     inner = json.loads(result_file.read_text())
     result_file.unlink()
     kept = {"output": outer["output"]} if output else {}

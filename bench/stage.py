@@ -115,6 +115,23 @@ def _cli(result_file: Path, argv: list[str]) -> int:
     return code if isinstance(code, int) else 1
 
 
+def _debug_loggers() -> None:
+    """BENCH_DEBUG_LOGGERS=a,b: those loggers at DEBUG on stderr (bench.flow_end reads them),
+    set after Prefect's own logging setup, which would reset them."""
+    import logging
+    import os
+
+    names = [n for n in os.environ.get("BENCH_DEBUG_LOGGERS", "").split(",") if n]
+    if names:
+        import prefect.main  # noqa: F401 - Prefect configures logging on import
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        for name in names:
+            logging.getLogger(name).setLevel(logging.DEBUG)
+            logging.getLogger(name).addHandler(handler)
+
+
 def run() -> int:
     if sys.argv[1] == "cli":
         return _cli(Path(sys.argv[2]), sys.argv[4:] if sys.argv[3] == "--" else sys.argv[3:])
@@ -133,6 +150,7 @@ def run() -> int:
         import flows.drill_flow  # noqa: F401
     if name.startswith("boto3"):
         import boto3  # noqa: F401
+    _debug_loggers()
     started = time.monotonic()
     extra = fn(args)
     seconds = time.monotonic() - started
