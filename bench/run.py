@@ -125,7 +125,9 @@ def stage(
     tree: Path | None = None,
 ) -> dict:
     """A Python stage in its own process (bench.stage); seconds are the call's own. With
-    `tree`, that tree's code alone (`-P`: not this directory's, which `-m` would put first)."""
+    `tree`, that tree's code first (`-P`: not this directory's, which `-m` would put first);
+    a module the tree lacks still comes from this checkout's install (copy jaco/_native*.so
+    into the tree)."""
     result_file = work / f".result-{name}.json"
     own = ["-P"] if tree else []
     cmd = [PY, *own, "-m", "bench.stage", name, json.dumps(args), str(result_file)]

@@ -116,8 +116,10 @@ def _cli(result_file: Path, argv: list[str]) -> int:
 
 
 def _debug_loggers() -> None:
-    """BENCH_DEBUG_LOGGERS=a,b: those loggers at DEBUG on stderr (bench.flow_end reads them),
-    set after Prefect's own logging setup, which would reset them."""
+    """BENCH_DEBUG_LOGGERS=a,b: those loggers at DEBUG (bench.flow_end reads them), set after
+    Prefect's own logging setup, which would reset them. Their lines reach stderr through
+    Prefect's console handler on the root logger (a handler of our own would print each
+    twice)."""
     import logging
     import os
 
@@ -125,11 +127,8 @@ def _debug_loggers() -> None:
     if names:
         import prefect.main  # noqa: F401 - Prefect configures logging on import
 
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         for name in names:
             logging.getLogger(name).setLevel(logging.DEBUG)
-            logging.getLogger(name).addHandler(handler)
 
 
 def run() -> int:

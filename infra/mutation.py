@@ -1475,6 +1475,20 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_api_writes.py", "lock_is_taken"),
     ),
     m(
+        "backup lock: any refusal but success waited for, not only 423 (stop 39)",
+        "flows/locking.py",
+        "        if reply.status_code != 423:  # 423 Locked: someone holds it",
+        "        if reply.is_success:  # 423 Locked: someone holds it",
+        k("tests/test_api_writes.py", "refuses"),
+    ),
+    m(
+        "backup lock: its slot taken for a day, not LEASE_SECONDS (stop 39)",
+        "flows/locking.py",
+        '"mode": "concurrency", "lease_duration": LEASE_SECONDS',
+        '"mode": "concurrency", "lease_duration": 86400',
+        k("tests/test_api_writes.py", "lock_is_taken"),
+    ),
+    m(
         "Prefect variables: Prefect's attribution headers left out (stop 39)",
         "flows/api_writes.py",
         "        http._add_attribution_headers(request)  # what Prefect's send adds first",

@@ -25,7 +25,7 @@ import pytest
 
 from flows.api_writes import set_variable, unset_variable
 from flows.backup_flow import count_backups
-from flows.locking import cluster_lock
+from flows.locking import LEASE_SECONDS, cluster_lock
 from infra.localcluster import wait_for
 
 
@@ -38,6 +38,7 @@ class BusyFirst:
     def __init__(self, api: str, first: dict[str, list[int | None]]) -> None:
         target = api.removesuffix("/").removesuffix("/api")
         self.seen: list[tuple[str, str, frozenset[str]]] = []
+        self.bodies: list[tuple[str, str, bytes]] = []
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -47,6 +48,7 @@ class BusyFirst:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 names = frozenset(k.lower() for k in self.headers)
                 owner.seen.append((self.command, self.path, names))
+                owner.bodies.append((self.command, self.path, body))
                 planned = next(
                     (v for k, v in first.items() if _matches(k, self.command, self.path) and v),
                     [],
@@ -82,6 +84,9 @@ class BusyFirst:
 
     def asked(self, key: str) -> list[str]:
         return [p for m, p, _ in self.seen if _matches(key, m, p)]
+
+    def sent(self, key: str) -> list[Any]:
+        return [json.loads(b) for m, p, b in self.bodies if _matches(key, m, p)]
 
     def headers(self, key: str) -> list[frozenset[str]]:
         return [h for m, p, h in self.seen if _matches(key, m, p)]
@@ -245,6 +250,23 @@ def test_the_backup_lock_is_taken_held_and_released_without_prefects_pause(
                 "POST /decrement-with-lease"):  # fmt: skip
         assert len(proxy.asked(key)) >= 2, key
     assert len(_asked_again(lines)) == 4 and _paused_by_prefect(lines) == [], lines
+    # what Prefect's client sent for the same take (no flow run here: no holder)
+    take = {"names": ["jaco-backup-busytest"], "slots": 1, "mode": "concurrency",
+            "lease_duration": LEASE_SECONDS}  # fmt: skip
+    assert proxy.sent("POST /increment-with-lease") == [take, take]
+
+
+def test_a_lock_the_server_refuses_is_an_error_at_once(prefect: str, tmp_path: Path) -> None:
+    """Only 423 (held by another run) is waited for; any other refusal fails the run now."""
+    proxy = BusyFirst(prefect, {"POST /increment-with-lease": [422]})
+    ran = []
+    with (
+        _through(proxy),
+        pytest.raises(httpx.HTTPStatusError, match="422"),
+        cluster_lock("jaco-backup-refused", "refused", 900, tmp_path, logging.getLogger()),
+    ):
+        ran.append(True)
+    assert ran == [] and len(proxy.asked("POST /increment-with-lease")) == 1
 
 
 def _slots(limit: str) -> int:
