@@ -161,11 +161,9 @@ def _stale(raw: str | None) -> bool:
 def _reclaim(name: str, cluster: str, raw: str | None, logger: Any) -> None:
     """The holder stopped being heard of long ago, yet the slot is still taken: the server
     lost the lease (a restart). Free the slot so the cluster is backed up again."""
-    from prefect import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
     from prefect.variables import Variable
 
-    from flows.api_writes import unset_variable
+    from flows.api_writes import api_write, unset_variable
 
     current = Variable.get(_variable(name), default=None)
     if current != raw:
@@ -174,8 +172,7 @@ def _reclaim(name: str, cluster: str, raw: str | None, logger: Any) -> None:
         "reclaiming the lock of %s: no sign of life for over %ss", _describe(cluster, raw),
         STALE_SECONDS,
     )  # fmt: skip
-    with get_client(sync_client=True) as client:
-        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+    api_write("PATCH", f"/v2/concurrency_limits/{name}", {"active_slots": 0}).raise_for_status()
     unset_variable(_variable(name))
 
 

@@ -1489,6 +1489,15 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_api_writes.py", "lock_is_taken"),
     ),
     m(
+        "backup lock: a silent holder's slot freed through Prefect's client (stop 39)",
+        "flows/locking.py",
+        '    api_write("PATCH", f"/v2/concurrency_limits/{name}", {"active_slots": 0})'
+        ".raise_for_status()",
+        "    __import__('prefect').get_client(sync_client=True).__enter__()._client.patch(\n"
+        '        f"/v2/concurrency_limits/{name}", json={"active_slots": 0}\n    )',
+        k("tests/test_api_writes.py", "went_silent"),
+    ),
+    m(
         "Prefect variables: Prefect's attribution headers left out (stop 39)",
         "flows/api_writes.py",
         "        http._add_attribution_headers(request)  # what Prefect's send adds first",

@@ -6,7 +6,9 @@ lock. Prefect's client then pauses 2 s before it asks again, and the run with it
 HTTP forwarder in front of the real server answers the first writes it is told to with 503
 (or drops them), as SQLite's busy server does, and passes everything else on. What tells the
 two behaviours apart is not a clock but whose retry ran: flows.api_writes says it asked
-again, Prefect's client says it will pause.
+again, Prefect's client says it will pause. The server is real and shared with the other
+tests: it may answer 503 on its own too, so jaco's retries are counted at least, Prefect's
+pauses exactly (none).
 """
 
 from __future__ import annotations
@@ -165,8 +167,9 @@ def test_a_busy_delete_is_asked_again_without_prefects_pause(prefect: str) -> No
     with _through(proxy) as lines:
         unset_variable("jaco_test_busy_delete")
     assert _value("jaco_test_busy_delete") is None
-    assert proxy.asked("DELETE /variables/") == ["/api/variables/name/jaco_test_busy_delete"] * 2
-    assert len(_asked_again(lines)) == 1, lines
+    deletes = proxy.asked("DELETE /variables/")
+    assert deletes[:2] == ["/api/variables/name/jaco_test_busy_delete"] * 2
+    assert len(_asked_again(lines)) >= 1, lines
     assert _paused_by_prefect(lines) == []
     # gone already: nothing to do, no error
     unset_variable("jaco_test_busy_delete")
@@ -179,8 +182,8 @@ def test_a_busy_update_is_asked_again_and_a_missing_variable_created(prefect: st
         set_variable("jaco_test_busy_set", "second")  # PATCH updates
     assert _value("jaco_test_busy_set") == "second"
     assert proxy.asked("PATCH /variables/")[:2] == ["/api/variables/name/jaco_test_busy_set"] * 2
-    assert len(proxy.asked("POST /variables/")) == 1
-    assert len(_asked_again(lines)) == 1 and _paused_by_prefect(lines) == [], lines
+    assert len(proxy.asked("POST /variables/")) >= 1
+    assert len(_asked_again(lines)) >= 1 and _paused_by_prefect(lines) == [], lines
 
 
 def test_what_prefect_retries_is_asked_again_a_broken_connection_too(prefect: str) -> None:
@@ -191,7 +194,7 @@ def test_what_prefect_retries_is_asked_again_a_broken_connection_too(prefect: st
     with _through(proxy) as lines:
         unset_variable("jaco_test_broken")
     assert _value("jaco_test_broken") is None
-    assert len(proxy.asked("DELETE /variables/")) == 4
+    assert len(proxy.asked("DELETE /variables/")) >= 4
     again = [line for line in lines if "asking again" in line]
     assert ["broke the connection" in again[0], "502" in again[1], "429" in again[2]] == [
         True
@@ -212,7 +215,8 @@ def test_the_writes_carry_the_headers_prefects_own_do(
         Variable.set("jaco_test_headers", "a", overwrite=True)
         Variable.set("jaco_test_headers", "b", overwrite=True)  # Prefect's PATCH
         set_variable("jaco_test_headers", "c")  # ours
-    prefects, ours = proxy.headers("PATCH /variables/")
+    patches = proxy.headers("PATCH /variables/")  # Prefect's first, ours last
+    prefects, ours = patches[0], patches[-1]
     assert "x-prefect-worker-name" in prefects
     assert ours == prefects, sorted(ours ^ prefects)
     assert _value("jaco_test_headers") == "c"
@@ -249,11 +253,12 @@ def test_the_backup_lock_is_taken_held_and_released_without_prefects_pause(
     for key in ("POST /increment-with-lease", "PATCH /variables/", "DELETE /variables/",
                 "POST /decrement-with-lease"):  # fmt: skip
         assert len(proxy.asked(key)) >= 2, key
-    assert len(_asked_again(lines)) == 4 and _paused_by_prefect(lines) == [], lines
+    assert len(_asked_again(lines)) >= 4 and _paused_by_prefect(lines) == [], lines
     # what Prefect's client sent for the same take (no flow run here: no holder)
     take = {"names": ["jaco-backup-busytest"], "slots": 1, "mode": "concurrency",
             "lease_duration": LEASE_SECONDS}  # fmt: skip
-    assert proxy.sent("POST /increment-with-lease") == [take, take]
+    sent = proxy.sent("POST /increment-with-lease")
+    assert len(sent) >= 2 and all(body == take for body in sent), sent
 
 
 def test_a_lock_the_server_refuses_is_an_error_at_once(prefect: str, tmp_path: Path) -> None:
@@ -292,7 +297,7 @@ def test_a_lock_whose_holder_went_silent_is_reclaimed_without_prefects_pause(
     silent = {"run_id": "x", "run_name": "gone", "started_at": "2026-01-01T00:00:00+00:00",
               "heard_at": "2026-01-01T00:00:00+00:00"}  # fmt: skip
     Variable.set("jaco_backup_silent_holder", json.dumps(silent), overwrite=True)
-    proxy = BusyFirst(prefect, {"DELETE /variables/": [503]})
+    proxy = BusyFirst(prefect, {"PATCH /concurrency_limits/": [503], "DELETE /variables/": [503]})
     ran = []
     with _through(proxy) as lines:
         with cluster_lock("jaco-backup-silent", "silent", 60, tmp_path, logging.getLogger()):
@@ -300,7 +305,9 @@ def test_a_lock_whose_holder_went_silent_is_reclaimed_without_prefects_pause(
     assert ran == [True]
     assert proxy.asked("DELETE /variables/")[0] == "/api/variables/name/jaco_backup_silent_holder"
     assert _value("jaco_backup_silent_holder") is None
-    assert len(_asked_again(lines)) == 1 and _paused_by_prefect(lines) == [], lines
+    freed = proxy.sent("PATCH /concurrency_limits/jaco-backup-silent")
+    assert freed[:2] == [{"active_slots": 0}] * 2
+    assert len(_asked_again(lines)) >= 2 and _paused_by_prefect(lines) == [], lines
 
 
 def test_the_backup_counter_is_counted_without_prefects_pause(prefect: str) -> None:
@@ -311,7 +318,7 @@ def test_the_backup_counter_is_counted_without_prefects_pause(prefect: str) -> N
     with _through(proxy) as lines:
         assert count_backups("busytest") == 7
     assert _value("jaco_backups_busytest") == 7
-    assert len(_asked_again(lines)) == 1 and _paused_by_prefect(lines) == [], lines
+    assert len(_asked_again(lines)) >= 1 and _paused_by_prefect(lines) == [], lines
 
 
 def test_a_server_that_stays_busy_is_an_error_not_a_hang(prefect: str) -> None:
