@@ -156,7 +156,7 @@ def test_prefects_own_unset_pauses_on_a_busy_server(prefect: str) -> None:
     with _through(proxy) as lines:
         Variable.unset("jaco_test_prefects_own")
     assert _value("jaco_test_prefects_own") is None
-    assert len(_paused_by_prefect(lines)) == 1, lines
+    assert len(_paused_by_prefect(lines)) >= 1, lines
 
 
 def test_a_busy_delete_is_asked_again_without_prefects_pause(prefect: str) -> None:
@@ -232,6 +232,7 @@ def test_the_backup_lock_is_taken_held_and_released_without_prefects_pause(
 
     holder_key = "jaco_backup_busytest_holder"
     Variable.set(holder_key, "{}", overwrite=True)
+    _limit("jaco-backup-busytest", active=0)  # made here: made in the lock, Prefect's own write
     proxy = BusyFirst(
         prefect,
         {
@@ -274,6 +275,17 @@ def test_a_lock_the_server_refuses_is_an_error_at_once(prefect: str, tmp_path: P
     assert ran == [] and len(proxy.asked("POST /increment-with-lease")) == 1
 
 
+def _limit(name: str, active: int) -> None:
+    """The backup lock's concurrency limit, made before the test watches for pauses."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=name, limit=1, active_slots=active)
+        )
+
+
 def _slots(limit: str) -> int:
     from prefect import get_client
 
@@ -286,14 +298,9 @@ def test_a_lock_whose_holder_went_silent_is_reclaimed_without_prefects_pause(
 ) -> None:
     """A slot still taken whose holder was last heard of long ago (a server that lost its
     leases) is freed, its holder variable deleted through a busy server, and the run goes on."""
-    from prefect import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.variables import Variable
 
-    with get_client(sync_client=True) as client:
-        client.create_global_concurrency_limit(
-            GlobalConcurrencyLimitCreate(name="jaco-backup-silent", limit=1, active_slots=1)
-        )
+    _limit("jaco-backup-silent", active=1)
     silent = {"run_id": "x", "run_name": "gone", "started_at": "2026-01-01T00:00:00+00:00",
               "heard_at": "2026-01-01T00:00:00+00:00"}  # fmt: skip
     Variable.set("jaco_backup_silent_holder", json.dumps(silent), overwrite=True)
