@@ -109,6 +109,7 @@ def _variable(name: str) -> str:
 
 @contextlib.contextmanager
 def _prefect_lock(name: str, cluster: str, wait_seconds: float, logger: Any) -> Iterator[None]:
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
     from prefect.runtime import flow_run
     from prefect.variables import Variable
 
@@ -118,8 +119,9 @@ def _prefect_lock(name: str, cluster: str, wait_seconds: float, logger: Any) -> 
     take: dict[str, Any] = {
         "names": [name], "slots": 1, "mode": "concurrency", "lease_duration": LEASE_SECONDS
     }  # fmt: skip
-    if flow_run.id:
-        take["holder"] = {"type": "flow_run", "id": str(flow_run.id)}
+    if flow_run.id:  # what Prefect's increment_concurrency_slots_with_lease sends
+        holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id)
+        take["holder"] = holder.model_dump(mode="json")
     deadline = time.monotonic() + wait_seconds
     said = False
     while True:
