@@ -81,7 +81,6 @@ def run(before: list[Path], keys: int, repeat: int, others: int) -> dict[str, li
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
     with tempfile.TemporaryDirectory(prefix="jaco-flow-end-") as tmp:
         work = Path(tmp)
-        (work / "services").mkdir()
         with services(work / "services") as ctx, cluster_of(work / "c", 1) as cluster:
             node = cluster.nodes["node-1"]
             print(f"built: {asyncio.run(fill(node, keys))}", flush=True)

@@ -422,6 +422,7 @@ def pct(values: list[float], q: float) -> float:
 def services(root: Path) -> Iterator[dict[str, Any]]:
     """What the pipeline's stages need, under `root`: an age key, a SeaweedFS S3 with the
     bench's bucket and a Prefect server; stopped on the way out."""
+    root.mkdir(parents=True, exist_ok=True)
     s3 = SeaweedS3(root / "s3")
     prefect: prefect_server.PrefectServer | None = None
     try:
