@@ -1504,6 +1504,62 @@ MUTATIONS: list[Mutation] = [
         "        pass",
         k("tests/test_api_writes.py", "headers"),
     ),
+    m(
+        "restore in place: the snapshot's consistent_index left as etcd's tool would not (stop 40)",
+        "jaco/node/seeded_restore.py",
+        "    os.pwrite(snapshot, index, at)",
+        "    pass",
+        k("tests/test_restore_seeded.py", "etcds_restore_makes or applies_writes"),
+    ),
+    m(
+        "restore in place: etcd's SHA-256 trailer left at the end of the store (stop 40)",
+        "jaco/node/seeded_restore.py",
+        "        os.ftruncate(snapshot, size - ETCD_TRAILER)",
+        "        pass",
+        k("tests/test_restore_seeded.py", "etcds_restore_makes"),
+    ),
+    m(
+        "restore in place: with any restore tool, not only etcdctl 3.4 (stop 40)",
+        "jaco/node/seeded_restore.py",
+        '    if Path(tool).name != "etcdctl":\n        return False',
+        "    return True",
+        k("tests/test_restore_seeded.py", "another_restore_tool"),
+    ),
+    m(
+        "restore in place: any etcdctl version taken for 3.4 (stop 40)",
+        "jaco/node/seeded_restore.py",
+        "    return TOOL_34.search(said.stdout) is not None",
+        "    return True",
+        k("tests/test_restore_seeded.py", "another_restore_tool"),
+    ),
+    m(
+        "restore in place: a snapshot that cannot be linked is not copied (stop 40)",
+        "jaco/node/seeded_restore.py",
+        "            _copy(snapshot, staged)",
+        "            staged.touch(0o600)",
+        k("tests/test_restore_seeded.py", "cannot_be_linked"),
+    ),
+    m(
+        "restore in place: the copied store readable by others (stop 40)",
+        "jaco/node/seeded_restore.py",
+        "    with create_private(to) as out:",
+        '    with open(to, "xb") as out:',
+        k("tests/test_restore_seeded.py", "cannot_be_linked"),
+    ),
+    m(
+        "restore in place: the snapshot made etcd's store without its check (stop 40)",
+        "jaco/node/restore.py",
+        "        state = _check_snapshot(path, meta, data.path)",
+        "        state = read_snapshot_state(path, data.path)",
+        "tests/test_restore_bad_input.py",
+    ),
+    m(
+        "restore in place: room asked for the snapshot alone, not etcd's log (stop 40)",
+        "jaco/node/restore.py",
+        "        need = size + WAL_BYTES if in_place else 2 * size",
+        "        need = size",
+        "tests/test_restore_atomic.py",
+    ),
 ]
 
 

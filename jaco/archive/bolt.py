@@ -70,7 +70,7 @@ def _page_size_ok(size: int) -> bool:
     return 512 <= size <= 1 << 16 and not size & (size - 1)
 
 
-def _fnv64a(data: bytes) -> int:
+def fnv64a(data: bytes) -> int:
     h = 0xCBF29CE484222325
     for byte in data:
         h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
@@ -119,7 +119,7 @@ class BoltFile:
         for page in (0, 1):
             raw = self.read(page * page_size + PAGE_HEADER.size, META.size)
             magic, version, _, _, root, _, _, pages, txid, checksum = META.unpack(raw)
-            if magic != MAGIC or version != VERSION or _fnv64a(raw[:-8]) != checksum:
+            if magic != MAGIC or version != VERSION or fnv64a(raw[:-8]) != checksum:
                 continue
             if best is None or txid > best[0]:
                 best = (txid, root, pages)
@@ -197,6 +197,33 @@ class BoltFile:
                         raise SnapshotFileError(f"the snapshot's {name!r} bucket is inline")
                     return int(root)
         raise SnapshotFileError(f"the snapshot has no {name!r} bucket (not an etcd store)")
+
+    def value_at(self, bucket: bytes, key: bytes) -> tuple[int, int]:
+        """Where the value of `key` in the top-level `bucket` lies in the file: (offset,
+        size). The bucket may be inline, its page inside its parent's value (etcd's small
+        `meta` bucket is)."""
+        for offset, count, head in self.leaves(self.root, set()):
+            for flags, name, at, vsize, value in self._elements(offset, count, head, BUCKET.size):
+                if name != bucket:
+                    continue
+                if not flags & BUCKET_LEAF or vsize < BUCKET.size:
+                    raise SnapshotFileError(f"the store's {name!r} is not a bucket")
+                root = BUCKET.unpack_from(value)[0]
+                pages: Iterator[tuple[int, int, bytes]]
+                if root:
+                    pages = self.leaves(root, set())
+                else:  # inline: one leaf page, right after the bucket's header
+                    at += BUCKET.size
+                    page = self.read(at, vsize - BUCKET.size)
+                    if len(page) < PAGE_HEADER.size:
+                        raise SnapshotFileError(f"the store's {name!r} bucket is damaged")
+                    pages = iter([(at, PAGE_HEADER.unpack_from(page)[2], page)])
+                for page_at, elements, first in pages:
+                    for _, found, value_at, size, _ in self._elements(page_at, elements, first, 0):
+                        if found == key:
+                            return value_at, size
+                raise SnapshotFileError(f"the store's {name!r} bucket holds no {key!r}")
+        raise SnapshotFileError(f"the store has no {bucket!r} bucket (not an etcd store)")
 
     def revisions(self, keep: Callable[[bytes], bool]) -> Iterator[tuple[bytes, Record | None]]:
         """Every stored revision of the keys `keep` accepts, oldest first: (key, its record, or

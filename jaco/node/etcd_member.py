@@ -31,6 +31,7 @@ log = logging.getLogger("jacod")
 _PR_SET_PDEATHSIG = 1
 MAX_TXN_OPS = 2048
 QUOTA_BACKEND_BYTES = 8 * 1024 * 1024 * 1024
+WAL_BYTES = 64 * 1000 * 1000  # etcd preallocates each WAL file (wal.SegmentSizeBytes)
 READY_POLL = 0.05  # seconds between two asks whether a starting member answers
 
 
@@ -223,6 +224,11 @@ class EtcdMember:
         log.info("etcd stopped (exit code %s)", process.returncode)
 
 
+def restore_tool() -> str:
+    """etcd's restore tool: etcdutl where there is one (etcd 3.5 and later), else etcdctl."""
+    return shutil.which("etcdutl") or etcd_binary("etcdctl")
+
+
 def snapshot_restore(
     snapshot: Path, data: DataDir, config: NodeConfig, pass_fds: tuple[int, ...] = ()
 ) -> None:
@@ -233,9 +239,8 @@ def snapshot_restore(
     not to read and hash it all again (`--skip-hash-check`, about 60 % of the tool's time).
     The tool dies with the thread that started it: a restore killed midway must not leave it
     writing into a directory the next attempt removes."""
-    tool = shutil.which("etcdutl") or etcd_binary("etcdctl")
     cmd = [
-        tool,
+        restore_tool(),
         "snapshot",
         "restore",
         str(snapshot),

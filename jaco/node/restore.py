@@ -6,7 +6,8 @@ moment leaves the data dir as it was; the next attempt removes what a dead one l
 says so. The snapshot is extracted into a file with no name on that filesystem
 (jaco.files.anonymous_file): no plaintext copy of the store survives a crash outside the data
 dir, and nothing is written to $TMPDIR. Before a byte of it is written, the filesystem must
-have room for about twice its declared size (the snapshot, and etcd's copy of it). An
+have room for its declared size and etcd's 64 MB log (twice its size where etcd's tool copies
+it: any tool but etcdctl 3.4, jaco.node.seeded_restore). An
 age-encrypted backup (the pipeline's `.tar.gz.age`) is decrypted as it is read, on a thread
 of its own: no decrypted archive is ever written.
 
@@ -14,7 +15,8 @@ Everything about the archive is verified as it is extracted (structure, meta.jso
 size and SHA-256, version). The snapshot file itself is then read (jaco.archive.snapshot_file:
 no etcd started, nothing executed): its revision must be `snapshot_index`, its state digest
 and counts those in meta.json, its cluster the one named; the cluster CA comes out of it.
-Meanwhile etcd's own restore writes a single-member store, and the node gets a certificate
+Then that file becomes the store of a single-member etcd made by etcd's own restore tool
+(without the tool's copy of it, jaco.node.seeded_restore), and the node gets a certificate
 from the cluster's own CA. On the next jacod start the node comes up as the only voter of
 the same cluster and records RESTORE_COMPLETED.
 """
@@ -47,7 +49,8 @@ from jaco.model import pki
 from jaco.model.names import check_name
 from jaco.node.bootstrap import Ports, single_member_config, write_pki
 from jaco.node.config import DataDir
-from jaco.node.etcd_member import snapshot_restore
+from jaco.node.etcd_member import WAL_BYTES, snapshot_restore
+from jaco.node.seeded_restore import restore_seeded, seeded
 
 
 def restore(
@@ -80,8 +83,12 @@ def restore(
     for left in sweep_partials(parent, STAGING, target.name):
         notify(f"removed {left}, left by an interrupted restore")
 
+    in_place = seeded()
+
     def reserve(size: int) -> None:
-        require_space(parent, 2 * size, "restoring this backup")
+        # the snapshot, and etcd's log; or, where etcd's tool copies it, the snapshot twice
+        need = size + WAL_BYTES if in_place else 2 * size
+        require_space(parent, need, "restoring this backup")
 
     with staged_dir(target) as staging, anonymous_file(staging) as snapshot:
         if isinstance(archive, Path):
@@ -92,24 +99,32 @@ def restore(
         meta.check_version()
         staged = DataDir(staging)
         staged.create()
-        _prime(snapshot.fileno(), staged, name, ports, meta)
+        _prime(snapshot.fileno(), staged, name, ports, meta, in_place)
         if after is not None:
             after(staged)
     return meta
 
 
-def _prime(snapshot: int, data: DataDir, name: str, ports: Ports, meta: BackupMeta) -> None:
+def _prime(
+    snapshot: int, data: DataDir, name: str, ports: Ports, meta: BackupMeta, in_place: bool
+) -> None:
     """Fill the staged data dir from the snapshot (an open descriptor, reached by path through
-    /proc/self/fd, in this process and in etcd's restore tool)."""
+    /proc/self/fd, in this process and in etcd's restore tool): checked, then made etcd's
+    store in place (jaco.node.seeded_restore), or, with a restore tool other than etcdctl
+    3.4, copied by that tool while it is checked."""
     config = single_member_config(name, meta.cluster_id, ports)
     path = Path(f"/proc/self/fd/{snapshot}")
-    # Reading the snapshot's state and etcd's restore each take a while: run them together.
-    with ThreadPoolExecutor(1) as pool:
-        checked = pool.submit(_check_snapshot, path, meta, data.path)
-        try:
-            snapshot_restore(path, data, config, pass_fds=(snapshot,))
-        finally:
-            state = checked.result()  # its error, if any, wins: it says what is wrong
+    if in_place:
+        state = _check_snapshot(path, meta, data.path)
+        restore_seeded(snapshot, data, config)
+    else:
+        # Reading the snapshot's state and etcd's restore each take a while: run them together.
+        with ThreadPoolExecutor(1) as pool:
+            checked = pool.submit(_check_snapshot, path, meta, data.path)
+            try:
+                snapshot_restore(path, data, config, pass_fds=(snapshot,))
+            finally:
+                state = checked.result()  # its error, if any, wins: it says what is wrong
     ca = state.ca
     node = pki.issue(ca, name, pki.node_hosts(name, ports.advertise_host), pki.NODE_VALID_DAYS)
     write_pki(data, ca.cert_pem, node.cert_pem, node.key_pem)

@@ -1,0 +1,133 @@
+"""etcd's restore without its copy of the snapshot (etcdctl 3.4).
+
+`etcdctl snapshot restore` copies the snapshot into the new data dir (`member/snap/db`), then
+changes one value in that copy: the `meta` bucket's `consistent_index`, set to the commit
+index of the single-member raft log it writes beside it. That log (the WAL) and the raft
+snapshot depend on the member's name, its peer URL and the cluster token, not on the store.
+(tests/test_restore_seeded.py holds both to that: bucket by bucket and file by file, against
+the tool's own restore of the same snapshot.) The copy was most of a large restore: 2.2 GB
+written a second time, into memory this host had to find (docs/benchmarks.md, stop 40).
+
+So jaco lets etcd's tool restore an empty bbolt store (16 KiB, written here), and puts the
+snapshot file it has already written and checked in the place of the seed's `db`, with etcd's
+trailer cut off and `consistent_index` set to the value the tool wrote into the seed: the
+same eight bytes, in place (bbolt keeps no checksum of its data pages). Only with etcdctl 3.4,
+whose restore this is known to match. Any other tool restores the whole snapshot as before:
+etcdutl, of etcd 3.5 and later, also writes the new membership into the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import struct
+import subprocess
+from pathlib import Path
+
+from jaco.archive.bolt import (
+    ETCD_TRAILER,
+    MAGIC,
+    META_PAGE,
+    PAGE_HEADER,
+    VERSION,
+    BoltFile,
+    SnapshotFileError,
+    fnv64a,
+)
+from jaco.errors import ArchiveError
+from jaco.files import anonymous_file, create_private, fsync_dir
+from jaco.node.config import DataDir, NodeConfig
+from jaco.node.etcd_member import restore_tool, snapshot_restore
+
+META_BUCKET, CONSISTENT_INDEX = b"meta", b"consistent_index"
+PAGE = 4096
+FREELIST_PAGE, LEAF_PAGE = 0x10, 0x02
+TOOL_34 = re.compile(r"^etcdctl version: 3\.4\.[0-9]+$", re.MULTILINE)
+
+
+@functools.cache
+def seeded() -> bool:
+    """Whether this host's restore tool is etcdctl 3.4, the one whose restore is known."""
+    tool = restore_tool()
+    if Path(tool).name != "etcdctl":
+        return False
+    try:
+        said = subprocess.run([tool, "version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return TOOL_34.search(said.stdout) is not None
+
+
+def empty_store() -> bytes:
+    """An empty bbolt database as bbolt creates one: two meta pages, an empty freelist, an
+    empty root leaf."""
+    pages = bytearray(4 * PAGE)
+    for txid in (0, 1):
+        at = txid * PAGE
+        PAGE_HEADER.pack_into(pages, at, txid, META_PAGE, 0, 0)
+        # magic, version, page size, flags, root bucket (page 3), freelist (page 2), 4 pages
+        body = struct.pack("<IIIIQQQQQ", MAGIC, VERSION, PAGE, 0, 3, 0, 2, 4, txid)
+        pages[at + PAGE_HEADER.size : at + PAGE_HEADER.size + len(body)] = body
+        struct.pack_into("<Q", pages, at + PAGE_HEADER.size + len(body), fnv64a(body))
+    PAGE_HEADER.pack_into(pages, 2 * PAGE, 2, FREELIST_PAGE, 0, 0)
+    PAGE_HEADER.pack_into(pages, 3 * PAGE, 3, LEAF_PAGE, 0, 0)
+    return bytes(pages)
+
+
+def restore_seeded(snapshot: int, data: DataDir, config: NodeConfig) -> None:
+    """Make the staged data dir's etcd store out of the open, checked `snapshot` file (it
+    becomes `member/snap/db`: its descriptor must be of this data dir's filesystem)."""
+    with anonymous_file(data.path) as seed:
+        seed.write(empty_store())
+        seed.flush()
+        fd = seed.fileno()
+        snapshot_restore(Path(f"/proc/self/fd/{fd}"), data, config, pass_fds=(fd,))
+    db = data.etcd_dir / "member" / "snap" / "db"
+    with BoltFile(db) as made:
+        index = made.read(*made.value_at(META_BUCKET, CONSISTENT_INDEX))
+    size = os.fstat(snapshot).st_size
+    if size % 512 == ETCD_TRAILER:  # what etcd's tool cuts off, as it does
+        os.ftruncate(snapshot, size - ETCD_TRAILER)
+    try:
+        with BoltFile(Path(f"/proc/self/fd/{snapshot}")) as store:
+            at, length = store.value_at(META_BUCKET, CONSISTENT_INDEX)
+    except SnapshotFileError as exc:
+        raise ArchiveError(f"snapshot.bin is not an etcd store etcd can restore: {exc}") from None
+    if length != len(index):
+        raise ArchiveError(f"snapshot.bin's consistent_index is {length} bytes, not {len(index)}")
+    os.pwrite(snapshot, index, at)
+    os.fsync(snapshot)
+    _put_in_place(snapshot, db)
+
+
+def _put_in_place(snapshot: int, db: Path) -> None:
+    """The snapshot file named `db`, replacing the seed's: linked (a file without a name,
+    jaco.files.anonymous_file), or copied where it cannot be (a filesystem without O_TMPFILE)."""
+    staged = db.with_name("db.jaco")
+    try:
+        os.link(f"/proc/self/fd/{snapshot}", staged, follow_symlinks=True)
+        linked = True
+    except OSError:
+        linked = False
+    try:
+        if not linked:
+            _copy(snapshot, staged)
+        os.replace(staged, db)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            staged.unlink()
+        raise
+    fsync_dir(db.parent)
+
+
+def _copy(snapshot: int, to: Path) -> None:
+    with create_private(to) as out:
+        size, done = os.fstat(snapshot).st_size, 0
+        while done < size:
+            copied = os.copy_file_range(snapshot, out.fileno(), size - done, done, done)
+            if not copied:
+                raise ArchiveError("the snapshot file ended before its size")
+            done += copied
+        os.fsync(out.fileno())

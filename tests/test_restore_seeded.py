@@ -1,0 +1,240 @@
+"""Restore without etcd's copy of the snapshot (jaco.node.seeded_restore): the store it makes
+is the one `etcdctl snapshot restore` makes, value for value and file for file, and etcd
+serves it and applies writes to it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from infra.localcluster import JACO, Cluster, cluster_of, run, wait_for
+from infra.ports import free_port
+from jaco.archive.bolt import BUCKET, BUCKET_LEAF, LEAF_ELEMENT, PAGE_HEADER, BoltFile
+from jaco.files import anonymous_file
+from jaco.node import restore as restore_module
+from jaco.node import seeded_restore
+from jaco.node.bootstrap import Ports, single_member_config
+from jaco.node.config import DataDir, NodeConfig
+from jaco.node.etcd_member import snapshot_restore
+from jaco.node.restore import restore
+
+
+def store_items(path: Path) -> dict[str, bytes]:
+    """Every value of a bbolt file, nested and inline buckets included, by its path."""
+    items: dict[str, bytes] = {}
+    with BoltFile(path) as bolt:
+
+        def walk(root: int, inline: bytes, prefix: str) -> None:
+            if root:
+                elements = [
+                    (flags, key, value)
+                    for offset, count, head in bolt.leaves(root, set())
+                    for flags, key, _, _, value in bolt._elements(offset, count, head, 1 << 30)
+                ]
+            else:
+                count = PAGE_HEADER.unpack_from(inline)[2]
+                elements = []
+                for i in range(count):
+                    at = PAGE_HEADER.size + i * LEAF_ELEMENT.size
+                    flags, pos, ksize, vsize = LEAF_ELEMENT.unpack_from(inline, at)
+                    start = at + pos
+                    key = inline[start : start + ksize]
+                    elements.append((flags, key, inline[start + ksize : start + ksize + vsize]))
+            for flags, key, value in elements:
+                name = f"{prefix}/{key.hex()}"
+                if flags & BUCKET_LEAF:
+                    walk(BUCKET.unpack_from(value)[0], value[BUCKET.size :], name)
+                else:
+                    items[name] = value
+
+        walk(bolt.root, b"", "")
+    return items
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real jaco store's snapshot, as etcd streams it (its SHA-256 trailer included)."""
+    root = tmp_path_factory.mktemp("seeded")
+    with cluster_of(root / "c", 1) as cluster:
+        for i in range(30):
+            cluster.ok("deploy", f"app-{i}", "--image", f"registry.local/app:{i}")
+        cluster.ok("token", "create", "--role", "viewer")
+        return cluster.nodes["node-1"].save_snapshot(root / "snap.db")
+
+
+def _config(name: str) -> NodeConfig:
+    return single_member_config(
+        name, "c-test", Ports("127.0.0.1", free_port(), free_port(), free_port())
+    )
+
+
+def _seeded(snapshot: Path, data: DataDir, config: NodeConfig) -> None:
+    data.path.mkdir()
+    with anonymous_file(data.path) as file, open(snapshot, "rb") as source:
+        shutil.copyfileobj(source, file)
+        file.flush()
+        seeded_restore.restore_seeded(file.fileno(), data, config)
+
+
+def test_the_seeded_store_is_the_one_etcds_restore_makes(snapshot: Path, tmp_path: Path) -> None:
+    assert seeded_restore.seeded()  # this host's etcdctl is 3.4: the path under test
+    config = _config("r")
+    tool, ours = DataDir(tmp_path / "tool"), DataDir(tmp_path / "ours")
+    tool.path.mkdir()
+    snapshot_restore(snapshot, tool, config)
+    _seeded(snapshot, ours, config)
+
+    made, theirs = (
+        store_items(ours.etcd_dir / "member/snap/db"),
+        store_items(tool.etcd_dir / "member/snap/db"),
+    )
+    assert made == theirs
+    # the one value etcd's tool changes is among them, and changed: not the snapshot's
+    index = "/" + b"meta".hex() + "/" + b"consistent_index".hex()
+    assert made[index] == (1).to_bytes(8, "big") != store_items(snapshot)[index]
+    db = ours.etcd_dir / "member/snap/db"
+    assert db.stat().st_size == snapshot.stat().st_size - 32  # etcd's trailer cut off
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    files = sorted(p.relative_to(tool.etcd_dir) for p in tool.etcd_dir.rglob("*") if p.is_file())
+    assert files == sorted(
+        p.relative_to(ours.etcd_dir) for p in ours.etcd_dir.rglob("*") if p.is_file()
+    )
+    for name in files:  # the raft log and snapshot: byte for byte
+        if name.name != "db":
+            assert (tool.etcd_dir / name).read_bytes() == (ours.etcd_dir / name).read_bytes(), name
+
+
+def test_etcd_serves_the_seeded_store_and_applies_writes(snapshot: Path, tmp_path: Path) -> None:
+    config = _config("r")
+    data = DataDir(tmp_path / "data")
+    _seeded(snapshot, data, config)
+    client = f"http://127.0.0.1:{free_port()}"
+    etcd_cmd = ["etcd", "--name=r", f"--data-dir={data.etcd_dir}"]
+    peer = config.peer_url.replace("https://", "http://")  # one member: no peer ever calls
+    etcd_cmd += [f"--listen-peer-urls={peer}", f"--listen-client-urls={client}"]
+    etcd_cmd += [f"--advertise-client-urls={client}"]
+    env = {**os.environ, "ETCDCTL_API": "3"}
+
+    def ctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = ["etcdctl", f"--endpoints={client}", "-w", "json", *args]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30, check=check)
+
+    def revision() -> int:
+        status = json.loads(ctl("endpoint", "status").stdout)
+        return int(status[0]["Status"]["header"]["revision"])
+
+    def serving() -> subprocess.Popen[bytes]:
+        etcd = subprocess.Popen(etcd_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: ctl("endpoint", "health", check=False).returncode == 0, 60, "etcd")
+        return etcd
+
+    etcd = serving()
+    try:
+        before = revision()
+        assert before > 30  # the snapshot's store, with its history
+        ctl("put", "/after-restore", "yes")  # applied: etcd skips what its index says it has
+        assert revision() == before + 1
+    finally:
+        etcd.terminate()
+        etcd.wait(30)
+    etcd = serving()  # still there after a restart, from the raft log and the store
+    try:
+        got = json.loads(ctl("get", "/after-restore").stdout)["kvs"]
+        assert base64.b64decode(got[0]["value"]) == b"yes"
+        assert revision() == before + 1
+    finally:
+        etcd.terminate()
+        etcd.wait(30)
+
+
+@pytest.mark.parametrize("said", ["etcdctl version: 3.5.17\nAPI version: 3.5", "no version"])
+def test_another_restore_tool_copies_the_snapshot_as_before(
+    said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only etcdctl 3.4's restore is known to match: any other keeps etcd's own copy."""
+    fake = tmp_path / "bin" / "etcdctl"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' '{said}'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    seeded_restore.seeded.cache_clear()
+    try:
+        assert not seeded_restore.seeded()
+    finally:
+        seeded_restore.seeded.cache_clear()
+    (fake.parent / "etcdutl").symlink_to("/bin/true")
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    try:
+        assert not seeded_restore.seeded()
+    finally:
+        seeded_restore.seeded.cache_clear()
+
+
+def test_both_ways_restore_the_same_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copy etcd's own tool makes (any tool but etcdctl 3.4) and the store made in place
+    give the same restored node."""
+    with cluster_of(tmp_path / "c", 1) as cluster:
+        cluster.ok("deploy", "web", "--image", "nginx:1.27")
+        archive = tmp_path / "backup.tar.gz"
+        cluster.ok("backup", "--output", str(archive))
+    stores = {}
+    for in_place in (True, False):
+        monkeypatch.setattr(restore_module, "seeded", lambda in_place=in_place: in_place)
+        data = DataDir(tmp_path / f"restored-{in_place}")
+        restore(archive, data, "r", Ports("127.0.0.1", free_port(), free_port(), free_port()))
+        stores[in_place] = store_items(data.etcd_dir / "member/snap/db")
+    assert stores[True] == stores[False]
+    assert len(stores[True]) > 10
+
+
+def test_a_cluster_restored_in_place_serves_its_backup(tmp_path: Path) -> None:
+    with cluster_of(tmp_path / "c", 1) as cluster:
+        cluster.ok("deploy", "web", "--image", "nginx:1.27", "--replicas", "2")
+        before = cluster.ok("status", "--json").json()
+        archive = tmp_path / "backup.tar.gz"
+        cluster.ok("backup", "--output", str(archive))
+        token = cluster.token
+    drill = Cluster(tmp_path / "drill")
+    drill.root.mkdir()
+    drill.token = token
+    node = drill.new_node("r")
+    done = run([JACO, "restore", "--input", str(archive), "--name", "r", *node.port_flags()])
+    assert done.code == 0, done.err
+    try:
+        node.start()
+        drill.wait_ready(["r"])
+        assert drill.ok("status", "--json").json() == before
+        drill.ok("deploy", "api", "--image", "api:2")  # a write after the restore is applied
+        assert [d["name"] for d in drill.ok("status", "--json").json()["deployments"]] == [
+            "api",
+            "web",
+        ]
+    finally:
+        drill.stop_all()
+
+
+def test_a_snapshot_that_cannot_be_linked_is_copied_privately(tmp_path: Path) -> None:
+    """On a filesystem without O_TMPFILE the snapshot had a name for an instant and cannot be
+    linked again: it is copied into place instead, readable by its owner only."""
+    body = os.urandom(3 * 1024 * 1024 + 5)
+    named = tmp_path / "scratch"
+    fd = os.open(named, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, body)
+        named.unlink()
+        db = tmp_path / "snap" / "db"
+        db.parent.mkdir()
+        db.write_bytes(b"the seed's")
+        seeded_restore._put_in_place(fd, db)
+    finally:
+        os.close(fd)
+    assert db.read_bytes() == body
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    assert [p.name for p in db.parent.iterdir()] == ["db"]
