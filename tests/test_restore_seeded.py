@@ -80,7 +80,8 @@ def _seeded(snapshot: Path, data: DataDir, config: NodeConfig) -> None:
     with anonymous_file(data.path) as file, open(snapshot, "rb") as source:
         shutil.copyfileobj(source, file)
         file.flush()
-        seeded_restore.restore_seeded(file.fileno(), data, config)
+        seeded_restore.restore_seed(data, config)
+        seeded_restore.adopt(file.fileno(), data)
 
 
 def test_the_seeded_store_is_the_one_etcds_restore_makes(snapshot: Path, tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ from jaco.model.names import check_name
 from jaco.node.bootstrap import Ports, single_member_config, write_pki
 from jaco.node.config import DataDir
 from jaco.node.etcd_member import WAL_BYTES, snapshot_restore
-from jaco.node.seeded_restore import restore_seeded, seeded
+from jaco.node.seeded_restore import adopt, restore_seed, seeded
 
 
 def restore(
@@ -109,22 +109,23 @@ def _prime(
     snapshot: int, data: DataDir, name: str, ports: Ports, meta: BackupMeta, in_place: bool
 ) -> None:
     """Fill the staged data dir from the snapshot (an open descriptor, reached by path through
-    /proc/self/fd, in this process and in etcd's restore tool): checked, then made etcd's
-    store in place (jaco.node.seeded_restore), or, with a restore tool other than etcdctl
-    3.4, copied by that tool while it is checked."""
+    /proc/self/fd, in this process and in etcd's restore tool). It is checked while etcd's
+    tool restores an empty store, then made that store's db in place (etcdctl 3.4,
+    jaco.node.seeded_restore); any other tool copies it while it is checked."""
     config = single_member_config(name, meta.cluster_id, ports)
     path = Path(f"/proc/self/fd/{snapshot}")
-    if in_place:
-        state = _check_snapshot(path, meta, data.path)
-        restore_seeded(snapshot, data, config)
-    else:
-        # Reading the snapshot's state and etcd's restore each take a while: run them together.
-        with ThreadPoolExecutor(1) as pool:
-            checked = pool.submit(_check_snapshot, path, meta, data.path)
-            try:
+    # Reading the snapshot's state and etcd's restore each take a while: run them together.
+    with ThreadPoolExecutor(1) as pool:
+        checked = pool.submit(_check_snapshot, path, meta, data.path)
+        try:
+            if in_place:
+                restore_seed(data, config)
+            else:
                 snapshot_restore(path, data, config, pass_fds=(snapshot,))
-            finally:
-                state = checked.result()  # its error, if any, wins: it says what is wrong
+        finally:
+            state = checked.result()  # its error, if any, wins: it says what is wrong
+    if in_place:
+        adopt(snapshot, data)
     ca = state.ca
     node = pki.issue(ca, name, pki.node_hosts(name, ports.advertise_host), pki.NODE_VALID_DAYS)
     write_pki(data, ca.cert_pem, node.cert_pem, node.key_pem)

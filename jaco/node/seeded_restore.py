@@ -76,14 +76,19 @@ def empty_store() -> bytes:
     return bytes(pages)
 
 
-def restore_seeded(snapshot: int, data: DataDir, config: NodeConfig) -> None:
-    """Make the staged data dir's etcd store out of the open, checked `snapshot` file (it
-    becomes `member/snap/db`: its descriptor must be of this data dir's filesystem)."""
+def restore_seed(data: DataDir, config: NodeConfig) -> None:
+    """etcd's tool restores the empty store into the staged data dir: its raft log and
+    snapshot, and a `db` that `adopt` replaces."""
     with anonymous_file(data.path) as seed:
         seed.write(empty_store())
         seed.flush()
         fd = seed.fileno()
         snapshot_restore(Path(f"/proc/self/fd/{fd}"), data, config, pass_fds=(fd,))
+
+
+def adopt(snapshot: int, data: DataDir) -> None:
+    """The open, checked `snapshot` file becomes the seeded data dir's `member/snap/db` (its
+    descriptor must be of this data dir's filesystem), as etcd's tool would have made it."""
     db = data.etcd_dir / "member" / "snap" / "db"
     with BoltFile(db) as made:
         index = made.read(*made.value_at(META_BUCKET, CONSISTENT_INDEX))
