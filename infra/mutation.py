@@ -1533,6 +1533,13 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_restore_seeded.py", "another_restore_tool"),
     ),
     m(
+        "restore in place: the snapshot copied into place, not linked (stop 40)",
+        "jaco/node/seeded_restore.py",
+        "        os.link(str(snapshot), staged, src_dir_fd=fds, follow_symlinks=True)",
+        '        os.link(f"/proc/self/fd/{snapshot}", staged, follow_symlinks=True)',
+        k("tests/test_restore_seeded.py", "etcds_restore_makes"),
+    ),
+    m(
         "restore in place: a snapshot that cannot be linked is not copied (stop 40)",
         "jaco/node/seeded_restore.py",
         "            _copy(snapshot, staged)",
@@ -1547,10 +1554,10 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_restore_seeded.py", "cannot_be_linked"),
     ),
     m(
-        "restore in place: the snapshot made etcd's store without its check (stop 40)",
+        "restore: the snapshot made etcd's store without its check (stop 40)",
         "jaco/node/restore.py",
-        "        state = _check_snapshot(path, meta, data.path)",
-        "        state = read_snapshot_state(path, data.path)",
+        "        checked = pool.submit(_check_snapshot, path, meta, data.path)",
+        "        checked = pool.submit(read_snapshot_state, path, data.path)",
         "tests/test_restore_bad_input.py",
     ),
     m(

@@ -75,13 +75,16 @@ def _config(name: str) -> NodeConfig:
     )
 
 
-def _seeded(snapshot: Path, data: DataDir, config: NodeConfig) -> None:
+def _seeded(snapshot: Path, data: DataDir, config: NodeConfig) -> int:
+    """Restore `snapshot` in place into `data`, as restore does; the inode of the file it was
+    written to."""
     data.path.mkdir()
     with anonymous_file(data.path) as file, open(snapshot, "rb") as source:
         shutil.copyfileobj(source, file)
         file.flush()
         seeded_restore.restore_seed(data, config)
         seeded_restore.adopt(file.fileno(), data)
+        return os.fstat(file.fileno()).st_ino
 
 
 def test_the_seeded_store_is_the_one_etcds_restore_makes(snapshot: Path, tmp_path: Path) -> None:
@@ -90,7 +93,7 @@ def test_the_seeded_store_is_the_one_etcds_restore_makes(snapshot: Path, tmp_pat
     tool, ours = DataDir(tmp_path / "tool"), DataDir(tmp_path / "ours")
     tool.path.mkdir()
     snapshot_restore(snapshot, tool, config)
-    _seeded(snapshot, ours, config)
+    written = _seeded(snapshot, ours, config)
 
     made, theirs = (
         store_items(ours.etcd_dir / "member/snap/db"),
@@ -101,6 +104,7 @@ def test_the_seeded_store_is_the_one_etcds_restore_makes(snapshot: Path, tmp_pat
     index = "/" + b"meta".hex() + "/" + b"consistent_index".hex()
     assert made[index] == (1).to_bytes(8, "big") != store_items(snapshot)[index]
     db = ours.etcd_dir / "member/snap/db"
+    assert db.stat().st_ino == written  # the file written, not a copy of it
     assert db.stat().st_size == snapshot.stat().st_size - 32  # etcd's trailer cut off
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
     files = sorted(p.relative_to(tool.etcd_dir) for p in tool.etcd_dir.rglob("*") if p.is_file())

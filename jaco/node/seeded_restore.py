@@ -111,11 +111,14 @@ def _put_in_place(snapshot: int, db: Path) -> None:
     """The snapshot file named `db`, replacing the seed's: linked (a file without a name,
     jaco.files.anonymous_file), or copied where it cannot be (a filesystem without O_TMPFILE)."""
     staged = db.with_name("db.jaco")
-    try:
-        os.link(f"/proc/self/fd/{snapshot}", staged, follow_symlinks=True)
+    fds = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
+    try:  # linkat(2) with AT_SYMLINK_FOLLOW (a dir fd makes Python call linkat, not link)
+        os.link(str(snapshot), staged, src_dir_fd=fds, follow_symlinks=True)
         linked = True
     except OSError:
         linked = False
+    finally:
+        os.close(fds)
     try:
         if not linked:
             _copy(snapshot, staged)
