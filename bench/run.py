@@ -135,7 +135,7 @@ def stage(
     inner = json.loads(result_file.read_text())
     result_file.unlink()
     kept = {"output": outer["output"]} if output else {}
-    return {**inner, "wall_seconds": outer["seconds"], **kept}
+    return {**inner, "wall_seconds": outer["seconds"], "cpu_seconds": outer["cpu_seconds"], **kept}
 
 
 def jaco_cli(args: list[str], env: dict[str, str], work: Path) -> dict:
