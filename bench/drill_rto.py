@@ -9,10 +9,11 @@ restore to READY restores, as in `make bench`) and the backup-cluster flow (what
 restores, from S3). Then each round runs, for each tree, restore to READY (its `jaco restore`
 of the archive, then its jacod to READY: bench.node_ready's) and the drill-restore flow
 (bench.stage's `drill`, bwrap), in an order that turns round by round. Per drill: its RTO and
-the checks that make it up, the CPU seconds of the flow's process tree (the sandbox included)
-and of SeaweedFS meanwhile. The goal (issue 16): RTO ≤ 1.3× restore to READY of its tree.
-A TREE is a worktree of another commit with jaco/_native*.so copied in (as for
-bench.node_ready). Results: bench/results/drill-rto-<time>.json.
+the checks that make it up, the CPU seconds of the flow's stage process as GNU time reports
+them (the bwrap sandbox's processes are not among them), and SeaweedFS's meanwhile. The goal
+(issue 16): RTO ≤ 1.3× restore to READY of its tree. A TREE is a worktree of another commit
+with jaco/_native*.so copied in (as for bench.node_ready). Results:
+bench/results/drill-rto-<time>.json.
 """
 
 from __future__ import annotations
