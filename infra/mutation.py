@@ -1567,6 +1567,42 @@ MUTATIONS: list[Mutation] = [
         "        need = size",
         "tests/test_restore_atomic.py",
     ),
+    m(
+        "restore in place: a store it cannot change in place refused, not copied by etcd (stop 40)",
+        "jaco/node/seeded_restore.py",
+        "        shutil.rmtree(data.etcd_dir)\n"
+        "        snapshot_restore(path, data, config, pass_fds=(snapshot,))\n        return",
+        "        raise",
+        k("tests/test_restore_seeded.py", "cannot_change_in_place"),
+    ),
+    m(
+        "restore in place: consistent_index taken wherever its element points (stop 40)",
+        "jaco/archive/bolt.py",
+        "and offset <= value_at and value_at + size <= offset + length",
+        "and True",
+        k("tests/test_restore_seeded.py", "outside_its_page"),
+    ),
+    m(
+        "restore in place: the fallback's copy written without asking for room (stop 40)",
+        "jaco/node/seeded_restore.py",
+        "    require_space(to.parent, size, what)  # restore reserved room for one copy, not two",
+        "    pass",
+        k("tests/test_restore_seeded.py", "cannot_hold"),
+    ),
+    m(
+        "restore in place: any etcdctl 3.4.x trusted, not the 3.4.23 compared (stop 40)",
+        "jaco/node/seeded_restore.py",
+        'TOOL_34 = re.compile(r"^etcdctl version: 3\\.4\\.23$", re.MULTILINE)',
+        'TOOL_34 = re.compile(r"^etcdctl version: 3\\.4\\.[0-9]+$", re.MULTILINE)',
+        k("tests/test_restore_seeded.py", "another_restore_tool"),
+    ),
+    m(
+        "etcd's restore tool run with the environment's ETCDCTL_API (stop 40)",
+        "jaco/node/etcd_member.py",
+        "        env=tool_env(),",
+        "        env=None,",
+        k("tests/test_restore_seeded.py", "v2_api"),
+    ),
 ]
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import stat
+import struct
 import subprocess
 from pathlib import Path
 
@@ -16,7 +17,15 @@ import pytest
 
 from infra.localcluster import JACO, Cluster, cluster_of, run, wait_for
 from infra.ports import free_port
-from jaco.archive.bolt import BUCKET, BUCKET_LEAF, LEAF_ELEMENT, PAGE_HEADER, BoltFile
+from jaco.archive.bolt import (
+    BUCKET,
+    BUCKET_LEAF,
+    LEAF_ELEMENT,
+    PAGE_HEADER,
+    BoltFile,
+    SnapshotFileError,
+)
+from jaco.errors import JacoError
 from jaco.files import anonymous_file
 from jaco.node import restore as restore_module
 from jaco.node import seeded_restore
@@ -24,6 +33,7 @@ from jaco.node.bootstrap import Ports, single_member_config
 from jaco.node.config import DataDir, NodeConfig
 from jaco.node.etcd_member import snapshot_restore
 from jaco.node.restore import restore
+from tests.mounts import tmpfs
 
 
 def store_items(path: Path) -> dict[str, bytes]:
@@ -83,7 +93,7 @@ def _seeded(snapshot: Path, data: DataDir, config: NodeConfig) -> int:
         shutil.copyfileobj(source, file)
         file.flush()
         seeded_restore.restore_seed(data, config)
-        seeded_restore.adopt(file.fileno(), data)
+        seeded_restore.adopt(file.fileno(), data, config)
         return os.fstat(file.fileno()).st_ino
 
 
@@ -159,7 +169,9 @@ def test_etcd_serves_the_seeded_store_and_applies_writes(snapshot: Path, tmp_pat
         etcd.wait(30)
 
 
-@pytest.mark.parametrize("said", ["etcdctl version: 3.5.17\nAPI version: 3.5", "no version"])
+@pytest.mark.parametrize(
+    "said", ["etcdctl version: 3.5.17\nAPI version: 3.5", "etcdctl version: 3.4.24", "no version"]
+)
 def test_another_restore_tool_copies_the_snapshot_as_before(
     said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -243,3 +255,91 @@ def test_a_snapshot_that_cannot_be_linked_is_copied_privately(tmp_path: Path) ->
     assert db.read_bytes() == body
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
     assert [p.name for p in db.parent.iterdir()] == ["db"]
+
+
+def test_a_store_it_cannot_change_in_place_is_copied_by_etcds_tool(tmp_path: Path) -> None:
+    """A store without `consistent_index` (an etcd that has applied no write to its store yet,
+    only a lease): etcd's tool restores it, by its copy, as it would have."""
+    client, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    env = {**os.environ, "ETCDCTL_API": "3"}
+    etcd = subprocess.Popen(
+        ["etcd", "--name=s", f"--data-dir={tmp_path / 'src'}", f"--listen-client-urls={client}",
+         f"--advertise-client-urls={client}", f"--listen-peer-urls={peer}",
+         f"--initial-advertise-peer-urls={peer}", f"--initial-cluster=s={peer}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    ctl = ["etcdctl", f"--endpoints={client}"]
+    try:
+        wait_for(lambda: subprocess.run([*ctl, "lease", "grant", "100"], env=env).returncode == 0)
+        snapshot = tmp_path / "lease-only.db"
+        subprocess.run([*ctl, "snapshot", "save", str(snapshot)], env=env, check=True)
+    finally:
+        etcd.terminate()
+        etcd.wait(30)
+    index = "/" + b"meta".hex() + "/" + b"consistent_index".hex()
+    assert index not in store_items(snapshot)
+    config = _config("r")
+    tool, ours = DataDir(tmp_path / "tool"), DataDir(tmp_path / "ours")
+    tool.path.mkdir()
+    snapshot_restore(snapshot, tool, config)
+    written = _seeded(snapshot, ours, config)
+    db = ours.etcd_dir / "member/snap/db"
+    assert db.stat().st_ino != written  # the tool's copy
+    assert store_items(db) == store_items(tool.etcd_dir / "member/snap/db")
+
+
+def test_a_consistent_index_outside_its_page_is_not_written_there(
+    snapshot: Path, tmp_path: Path
+) -> None:
+    """A store whose `consistent_index` element points past its page (at a copy of the key at
+    the end of the file): the eight bytes are not written there."""
+    data = bytearray(snapshot.read_bytes()[:-32])
+    with BoltFile(snapshot) as bolt:
+        value_at, _ = bolt.value_at(b"meta", b"consistent_index")
+        page_size = bolt.page_size
+    key_at = value_at - len(b"consistent_index")
+    header = next(
+        at
+        for at in range(key_at // page_size * page_size, key_at)
+        if LEAF_ELEMENT.unpack_from(data, at)[1:] == (key_at - at, 16, 8)
+    )
+    data += b"\0" * (page_size - 16) + b"consistent_index" + bytes(8)
+    struct.pack_into("<I", data, header + 4, len(data) - 8 - 16 - header)  # its key's position
+    crafted = tmp_path / "crafted.db"
+    crafted.write_bytes(data)
+    with BoltFile(crafted) as bolt, pytest.raises(SnapshotFileError, match="holds 0"):
+        bolt.value_at(b"meta", b"consistent_index")
+
+
+def test_a_copy_the_disk_cannot_hold_is_refused_before_it_is_written(tmp_path: Path) -> None:
+    """Restore reserves room for one copy of the snapshot: the fallback's second is asked for
+    before a byte of it is written, and refused in one line."""
+    named = tmp_path / "scratch"
+    fd = os.open(named, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, os.urandom(3 * 1024 * 1024))
+        named.unlink()
+        with tmpfs(tmp_path / "small", "size=2m") as small:
+            db = small / "db"
+            db.write_bytes(b"the seed's")
+            with pytest.raises(JacoError, match="needs 3145728 bytes but the filesystem holding"):
+                seeded_restore._put_in_place(fd, db)
+            assert [p.name for p in small.iterdir()] == ["db"]
+            assert db.read_bytes() == b"the seed's"
+    finally:
+        os.close(fd)
+
+
+def test_an_environment_asking_for_etcds_v2_api_changes_nothing(
+    snapshot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ETCDCTL_API", "2")  # etcdctl 3.4 then knows no `version`, no snapshots
+    seeded_restore.seeded.cache_clear()
+    try:
+        assert seeded_restore.seeded()
+    finally:
+        seeded_restore.seeded.cache_clear()
+    tool = DataDir(tmp_path / "tool")
+    tool.path.mkdir()
+    snapshot_restore(snapshot, tool, _config("r"))
+    assert (tool.etcd_dir / "member/snap/db").exists()

@@ -200,30 +200,37 @@ class BoltFile:
 
     def value_at(self, bucket: bytes, key: bytes) -> tuple[int, int]:
         """Where the value of `key` in the top-level `bucket` lies in the file: (offset,
-        size). The bucket may be inline, its page inside its parent's value (etcd's small
-        `meta` bucket is)."""
+        size), inside its page. The bucket may be inline, its page inside its parent's value
+        (etcd's small `meta` bucket is). Refused unless the key is there exactly once."""
         for offset, count, head in self.leaves(self.root, set()):
             for flags, name, at, vsize, value in self._elements(offset, count, head, BUCKET.size):
                 if name != bucket:
                     continue
                 if not flags & BUCKET_LEAF or vsize < BUCKET.size:
                     raise SnapshotFileError(f"the store's {name!r} is not a bucket")
-                root = BUCKET.unpack_from(value)[0]
-                pages: Iterator[tuple[int, int, bytes]]
-                if root:
-                    pages = self.leaves(root, set())
-                else:  # inline: one leaf page, right after the bucket's header
-                    at += BUCKET.size
-                    page = self.read(at, vsize - BUCKET.size)
-                    if len(page) < PAGE_HEADER.size:
-                        raise SnapshotFileError(f"the store's {name!r} bucket is damaged")
-                    pages = iter([(at, PAGE_HEADER.unpack_from(page)[2], page)])
-                for page_at, elements, first in pages:
-                    for _, found, value_at, size, _ in self._elements(page_at, elements, first, 0):
-                        if found == key:
-                            return value_at, size
-                raise SnapshotFileError(f"the store's {name!r} bucket holds no {key!r}")
+                return self._only(key, BUCKET.unpack_from(value)[0], at, vsize, name)
         raise SnapshotFileError(f"the store has no {bucket!r} bucket (not an etcd store)")
+
+    def _only(self, key: bytes, root: int, at: int, vsize: int, name: bytes) -> tuple[int, int]:
+        pages: list[tuple[int, int, bytes, int]] = []  # offset, elements, first page, bytes
+        if root:
+            for offset, count, first in self.leaves(root, set()):
+                overflow = PAGE_HEADER.unpack_from(first)[3]
+                pages.append((offset, count, first, (overflow + 1) * self.page_size))
+        else:  # inline: one leaf page, right after the bucket's header
+            page = self.read(at + BUCKET.size, vsize - BUCKET.size)
+            if len(page) < PAGE_HEADER.size:
+                raise SnapshotFileError(f"the store's {name!r} bucket is damaged")
+            pages.append((at + BUCKET.size, PAGE_HEADER.unpack_from(page)[2], page, len(page)))
+        found = [
+            (value_at, size)
+            for offset, count, first, length in pages
+            for _, element, value_at, size, _ in self._elements(offset, count, first, 0)
+            if element == key and offset <= value_at and value_at + size <= offset + length
+        ]
+        if len(found) != 1:
+            raise SnapshotFileError(f"the store's {name!r} bucket holds {len(found)} {key!r}")
+        return found[0]
 
     def revisions(self, keep: Callable[[bytes], bool]) -> Iterator[tuple[bytes, Record | None]]:
         """Every stored revision of the keys `keep` accepts, oldest first: (key, its record, or

@@ -224,6 +224,11 @@ class EtcdMember:
         log.info("etcd stopped (exit code %s)", process.returncode)
 
 
+def tool_env() -> dict[str, str]:
+    """etcdctl 3.4 speaks the v2 API if the environment says so, and then has no snapshots."""
+    return {**os.environ, "ETCDCTL_API": "3"}
+
+
 def restore_tool() -> str:
     """etcd's restore tool: etcdutl where there is one (etcd 3.5 and later), else etcdctl."""
     return shutil.which("etcdutl") or etcd_binary("etcdctl")
@@ -260,6 +265,7 @@ def snapshot_restore(
         check=False,
         pass_fds=pass_fds,
         preexec_fn=preexec,
+        env=tool_env(),
     )
     if result.returncode != 0:
         raise JacoError(f"etcd could not restore the snapshot: {result.stderr.strip()[-400:]}")

@@ -125,7 +125,7 @@ def _prime(
         finally:
             state = checked.result()  # its error, if any, wins: it says what is wrong
     if in_place:
-        adopt(snapshot, data)
+        adopt(snapshot, data, config)
     ca = state.ca
     node = pki.issue(ca, name, pki.node_hosts(name, ports.advertise_host), pki.NODE_VALID_DAYS)
     write_pki(data, ca.cert_pem, node.cert_pem, node.key_pem)
