@@ -7,7 +7,7 @@ says so. The snapshot is extracted into a file with no name on that filesystem
 (jaco.files.anonymous_file): no plaintext copy of the store survives a crash outside the data
 dir, and nothing is written to $TMPDIR. Before a byte of it is written, the filesystem must
 have room for its declared size and etcd's 64 MB log (twice its size where etcd's tool copies
-it: any tool but etcdctl 3.4, jaco.node.seeded_restore). An
+it: any tool but etcdctl 3.4.23, jaco.node.seeded_restore). An
 age-encrypted backup (the pipeline's `.tar.gz.age`) is decrypted as it is read, on a thread
 of its own: no decrypted archive is ever written.
 
@@ -110,7 +110,7 @@ def _prime(
 ) -> None:
     """Fill the staged data dir from the snapshot (an open descriptor, reached by path through
     /proc/self/fd, in this process and in etcd's restore tool). It is checked while etcd's
-    tool restores an empty store, then made that store's db in place (etcdctl 3.4,
+    tool restores an empty store, then made that store's db in place (etcdctl 3.4.23,
     jaco.node.seeded_restore); any other tool copies it while it is checked."""
     config = single_member_config(name, meta.cluster_id, ports)
     path = Path(f"/proc/self/fd/{snapshot}")

@@ -1,4 +1,4 @@
-"""etcd's restore without its copy of the snapshot (etcdctl 3.4).
+"""etcd's restore without its copy of the snapshot (etcdctl 3.4.23).
 
 `etcdctl snapshot restore` copies the snapshot into the new data dir (`member/snap/db`), then
 changes one value in that copy: the `meta` bucket's `consistent_index`, set to the commit
@@ -15,9 +15,10 @@ written a second time, into memory this host had to find (docs/benchmarks.md, st
 So jaco lets etcd's tool restore an empty bbolt store (16 KiB, written here), and puts the
 snapshot file it has already written and checked in the place of the seed's `db`, with etcd's
 trailer cut off and `consistent_index` set to the value the tool wrote into the seed: the
-same eight bytes, in place (bbolt keeps no checksum of its data pages). Only with etcdctl 3.4,
+same eight bytes, in place (bbolt keeps no checksum of its data pages). Only with etcdctl 3.4.23,
 whose restore this is known to match. Any other tool restores the whole snapshot as before:
-etcdutl, of etcd 3.5 and later, also writes the new membership into the store.
+etcdutl, of etcd 3.5 and later, also writes the new membership into the store. So does a
+store this cannot change so (`adopt`).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ TOOL_34 = re.compile(r"^etcdctl version: 3\.4\.23$", re.MULTILINE)
 
 @functools.cache
 def seeded() -> bool:
-    """Whether this host's restore tool is etcdctl 3.4, the one whose restore is known."""
+    """Whether this host's restore tool is etcdctl 3.4.23, the one whose restore is known."""
     tool = restore_tool()
     if Path(tool).name != "etcdctl":
         return False
