@@ -13,6 +13,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from jaco.archive.bolt import fnv64a
 from jaco.archive.meta import BackupMeta
 
 
@@ -119,15 +120,8 @@ def bolt_head(page_size: int = 4096) -> bytes:
     """A first page that looks like an etcd snapshot's (a bbolt meta page)."""
     page = struct.pack("<QHHI", 0, 0x04, 0, 0)
     meta = struct.pack("<IIII QQ QQQ", 0xED0CDAED, 2, page_size, 0, 3, 0, 2, 4, 1)
-    meta += struct.pack("<Q", _fnv64a(meta))
+    meta += struct.pack("<Q", fnv64a(meta))
     return (page + meta).ljust(page_size, b"\0")
-
-
-def _fnv64a(data: bytes) -> int:
-    h = 0xCBF29CE484222325
-    for byte in data:
-        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
 
 
 def etcd_trailed(body: bytes) -> bytes:
