@@ -1519,11 +1519,11 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_restore_seeded.py", "etcds_restore_makes"),
     ),
     m(
-        "restore in place: with any restore tool, not only etcdctl 3.4 (stop 40)",
-        "jaco/node/seeded_restore.py",
-        '    if Path(tool).name != "etcdctl":\n        return False',
-        "    return True",
-        k("tests/test_restore_seeded.py", "another_restore_tool"),
+        "restore in place: etcdctl taken for the restore tool though etcdutl is there (stop 40)",
+        "jaco/node/etcd_member.py",
+        '    return shutil.which("etcdutl") or etcd_binary("etcdctl")',
+        '    return etcd_binary("etcdctl")',
+        k("tests/test_restore_seeded.py", "etcdutl_beside"),
     ),
     m(
         "restore in place: any etcdctl version taken for 3.4 (stop 40)",

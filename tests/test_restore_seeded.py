@@ -129,7 +129,8 @@ def test_the_seeded_store_is_the_one_etcds_restore_makes(snapshot: Path, tmp_pat
 def test_etcd_serves_the_seeded_store_and_applies_writes(snapshot: Path, tmp_path: Path) -> None:
     config = _config("r")
     data = DataDir(tmp_path / "data")
-    _seeded(snapshot, data, config)
+    written = _seeded(snapshot, data, config)
+    assert (data.etcd_dir / "member/snap/db").stat().st_ino == written  # made in place
     client = f"http://127.0.0.1:{free_port()}"
     etcd_cmd = ["etcd", "--name=r", f"--data-dir={data.etcd_dir}"]
     peer = config.peer_url.replace("https://", "http://")  # one member: no peer ever calls
@@ -175,21 +176,34 @@ def test_etcd_serves_the_seeded_store_and_applies_writes(snapshot: Path, tmp_pat
 def test_another_restore_tool_copies_the_snapshot_as_before(
     said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Only etcdctl 3.4's restore is known to match: any other keeps etcd's own copy."""
-    fake = tmp_path / "bin" / "etcdctl"
-    fake.parent.mkdir()
-    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' '{said}'\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    """Only etcdctl 3.4.23's restore is known to match: any other keeps etcd's own copy."""
+    _fake_tool(tmp_path / "bin" / "etcdctl", said, monkeypatch)
+    assert not _seeded_here()
+
+
+def test_etcdutl_beside_the_known_etcdctl_copies_the_snapshot_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """etcdutl (etcd 3.5 and later) is the restore tool wherever it is installed, even beside
+    an etcdctl 3.4.23: its restore writes the membership into the store too."""
+    _fake_tool(tmp_path / "bin" / "etcdctl", "etcdctl version: 3.4.23", monkeypatch)
+    assert _seeded_here()  # the fake etcdctl alone is trusted: the gate below is etcdutl's
+    _fake_tool(tmp_path / "bin" / "etcdutl", "etcdutl version: 3.5.17", monkeypatch)
+    assert not _seeded_here()
+
+
+def _fake_tool(path: Path, said: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore tool on PATH first that only says `said` when asked its version."""
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"#!/bin/sh\nprintf '%s\\n' '{said}'\n")
+    path.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{path.parent}:{os.environ['PATH']}")
+
+
+def _seeded_here() -> bool:
     seeded_restore.seeded.cache_clear()
     try:
-        assert not seeded_restore.seeded()
-    finally:
-        seeded_restore.seeded.cache_clear()
-    (fake.parent / "etcdutl").symlink_to("/bin/true")
-    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
-    try:
-        assert not seeded_restore.seeded()
+        return seeded_restore.seeded()
     finally:
         seeded_restore.seeded.cache_clear()
 
@@ -334,11 +348,7 @@ def test_an_environment_asking_for_etcds_v2_api_changes_nothing(
     snapshot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ETCDCTL_API", "2")  # etcdctl 3.4 then knows no `version`, no snapshots
-    seeded_restore.seeded.cache_clear()
-    try:
-        assert seeded_restore.seeded()
-    finally:
-        seeded_restore.seeded.cache_clear()
+    assert _seeded_here()
     tool = DataDir(tmp_path / "tool")
     tool.path.mkdir()
     snapshot_restore(snapshot, tool, _config("r"))
