@@ -1603,6 +1603,41 @@ MUTATIONS: list[Mutation] = [
         "        env=None,",
         k("tests/test_restore_seeded.py", "v2_api"),
     ),
+    m(
+        "the ciphertext fed to the decrypter through this process, never spliced (stop 41)",
+        "jaco/archive/encrypted.py",
+        "    if not isinstance(inner, io.BufferedReader | io.FileIO):",
+        "    if True:",
+        k("tests/unit/test_decrypter.py", "spliced or limit_inside"),
+    ),
+    m(
+        "splice: what the drill's stdin holds buffered skipped (stop 41)",
+        "jaco/archive/encrypted.py",
+        "            moved = len(first)",
+        "            moved, first = len(first), b''",
+        k("tests/unit/test_decrypter.py", "spliced or limit_inside"),
+    ),
+    m(
+        "splice: the drill's stdin read past the backup's end (stop 41)",
+        "jaco/archive/encrypted.py",
+        "            n = os.splice(fd, out, CHUNK if limit is None else min(CHUNK, limit - moved))",
+        "            n = os.splice(fd, out, CHUNK)",
+        k("tests/unit/test_decrypter.py", "spliced"),
+    ),
+    m(
+        "the plaintext hashed on the thread that reads it (stop 41)",
+        "jaco/archive/encrypted.py",
+        "        self._sha = BlockSha256(threaded=True) if hashes else None",
+        "        self._sha = BlockSha256(threaded=False) if hashes else None",
+        k("tests/unit/test_hash_threads.py", "hashes_both_sides"),
+    ),
+    m(
+        "the plaintext's hashing thread left running when the reader stops (stop 41)",
+        "jaco/archive/encrypted.py",
+        "            plain.close()",
+        "            pass",
+        k("tests/unit/test_hash_threads.py", "hashes_both_sides"),
+    ),
 ]
 
 

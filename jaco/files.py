@@ -287,12 +287,12 @@ class Bounded:
     several (the drill's stdin: the backup, then its segments)."""
 
     def __init__(self, source: Readable, limit: int) -> None:
-        self._source = source
+        self.source = source
         self.left = limit
 
     def read(self, n: int = -1) -> bytes:
         want = self.left if n < 0 else min(n, self.left)
-        data = self._source.read(want) if want else b""
+        data = self.source.read(want) if want else b""
         self.left -= len(data)
         return data
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import io
 import os
 import subprocess
@@ -29,7 +28,7 @@ from jaco.archive.decrypter import EXIT_DAMAGED, EXIT_NO_KEY, EXIT_READER_LEFT
 from jaco.archive.format import Reserve, VerifiedArchive, read_archive, read_archive_stream
 from jaco.archive.meta import BackupMeta
 from jaco.errors import ArchiveError, InvalidArgument, JacoError
-from jaco.files import CHUNK, Readable
+from jaco.files import CHUNK, BlockSha256, Bounded, Readable
 
 
 @dataclass
@@ -39,17 +38,21 @@ class Decryption:
     plaintext_sha256: str = ""
     plaintext_size: int = 0
     seconds: float = 0.0  # from the start to the plaintext's last byte
+    spliced: int = 0  # ciphertext bytes the kernel moved to the decrypter (_spliced)
 
 
 class _Plaintext:
     """The decrypter's output as the caller reads it (igzip reads with readinto), hashed on
-    the way and copied to `copy` if there is one."""
+    the way and copied to `copy` if there is one. The hash runs on a thread of its own, fed a
+    copy of each block (the caller's buffer is used again): on the thread that reads it, it
+    held up the archive's reading behind it, 1.3-1.9 s of a 2 GiB drill (docs/benchmarks.md,
+    stop 41)."""
 
     def __init__(
         self, raw: io.BufferedReader, copy: IO[bytes] | None, found: Decryption, hashes: bool
     ) -> None:
         self._raw, self._copy, self._found = raw, copy, found
-        self._sha = hashlib.sha256() if hashes else None
+        self._sha = BlockSha256(threaded=True) if hashes else None
         self._started = time.monotonic()
 
     def readinto(self, buffer: memoryview) -> int:
@@ -59,7 +62,7 @@ class _Plaintext:
                 self._found.seconds = time.monotonic() - self._started
             return 0
         if self._sha is not None:
-            self._sha.update(buffer[:n])
+            self._sha.update(bytes(buffer[:n]))
         if self._copy is not None:
             self._copy.write(buffer[:n])
         self._found.plaintext_size += n
@@ -78,29 +81,72 @@ class _Plaintext:
         if self._sha is not None:
             self._found.plaintext_sha256 = self._sha.hexdigest()
 
+    def close(self) -> None:
+        """End the hashing thread, whether or not the plaintext was read to its end."""
+        if self._sha is not None:
+            self._sha.close()
 
-def _pump(source: Path | Readable, child: subprocess.Popen[bytes]) -> None:
-    """Feed the ciphertext to the decrypter. If the decrypter stops reading, the rest is still
-    read when it ended well (age need not read what follows its last chunk: it is part of the
-    object all the same, and a stream may carry more after it), not when it failed."""
+
+def _spliced(source: Readable, out: int) -> int | None:
+    """Move `source` into the pipe `out` with splice(2), where it is a file or a buffered
+    reader of one, whole or Bounded (a file to restore, the drill's stdin): the kernel moves
+    the pages, where reading and writing them copied every byte twice through this process, a
+    core-second per 2 GiB (docs/benchmarks.md, stop 41). What the reader holds buffered goes
+    first. Returns the bytes moved, or None for any other source, nothing read from it."""
+    limit, inner = (source.left, source.source) if isinstance(source, Bounded) else (None, source)
+    if not isinstance(inner, io.BufferedReader | io.FileIO):
+        return None
+    try:
+        fd = inner.fileno()
+    except (OSError, ValueError):  # a reader of something that is no descriptor
+        return None
+    moved = 0
+    try:
+        if isinstance(inner, io.BufferedReader):
+            held = inner.peek(1)  # what is buffered (one read if nothing is)
+            first = inner.read(len(held) if limit is None else min(len(held), limit))
+            moved = len(first)
+            view = memoryview(first)
+            while view:
+                view = view[os.write(out, view) :]
+        while limit is None or moved < limit:
+            n = os.splice(fd, out, CHUNK if limit is None else min(CHUNK, limit - moved))
+            if not n:
+                break
+            moved += n
+    finally:
+        if isinstance(source, Bounded):
+            source.left -= moved
+    return moved
+
+
+def _pump(source: Path | Readable, child: subprocess.Popen[bytes], found: Decryption) -> None:
+    """Feed the ciphertext to the decrypter, spliced where it can be (_spliced). If the
+    decrypter stops reading, the rest is still read when it ended well (age need not read what
+    follows its last chunk: it is part of the object all the same, and a stream may carry more
+    after it), not when it failed."""
     with contextlib.ExitStack() as stack:
         src = (
             stack.enter_context(open(source, "rb", buffering=0))
             if isinstance(source, Path)
             else source
         )
-        sink: IO[bytes] | None = child.stdin
+        sink = child.stdin
         assert sink is not None
-        while block := src.read(CHUNK):
-            if sink is not None:
-                try:
+        try:
+            spliced = _spliced(src, sink.fileno())
+            if spliced is None:
+                while block := src.read(CHUNK):
                     sink.write(block)
-                except BrokenPipeError:
-                    sink = None
-                    if child.wait() != 0:
-                        return
+            else:
+                found.spliced = spliced
+        except BrokenPipeError:
+            if child.wait() != 0:
+                return
+            while src.read(CHUNK):
+                pass
         with contextlib.suppress(BrokenPipeError):
-            child.stdin.close()  # type: ignore[union-attr]
+            sink.close()
 
 
 @contextlib.contextmanager
@@ -147,7 +193,7 @@ def decrypting(
 
     def pump() -> None:
         try:
-            _pump(ciphertext, child)
+            _pump(ciphertext, child, found)
         except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
             failure.append(exc)
             with contextlib.suppress(OSError):
@@ -164,6 +210,7 @@ def decrypting(
         except ArchiveError as exc:
             broken = exc
         finally:
+            plain.close()
             _stop(child, feeder)
         if failure:  # the ciphertext could not be read: that also cut any plaintext short
             raise failure[0] from None

@@ -17,6 +17,7 @@ import pytest
 from jaco.archive.age import DecryptionFailed, Identities
 from jaco.archive.encrypted import decrypting
 from jaco.errors import ArchiveError, JacoError
+from jaco.files import Bounded
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
 
@@ -130,3 +131,60 @@ def test_a_decrypter_killed_midway_is_its_own_failure_not_a_broken_archive(
     assert not isinstance(caught.value, (ArchiveError, DecryptionFailed)), caught.value
     assert "the decrypter failed (exit -9)" in str(caught.value)
     assert _children() == []
+
+
+def _pipe_carrying(*parts: bytes) -> io.BufferedReader:
+    """A pipe's reading end, buffered as the drill's stdin is, that a thread fills with
+    `parts` and then closes."""
+    import threading
+
+    r, w = os.pipe()
+
+    def fill() -> None:
+        with os.fdopen(w, "wb") as sink:
+            for part in parts:
+                sink.write(part)
+
+    threading.Thread(target=fill, daemon=True).start()
+    return os.fdopen(r, "rb")
+
+
+def test_a_file_and_a_bounded_pipe_are_spliced_and_what_follows_is_left_to_read(
+    sealed: tuple[Path, Identities],
+) -> None:
+    """The drill's stdin: a header line, the ciphertext (its first bytes already in the
+    reader's buffer when the header is read), then more that is not the backup's. The kernel
+    moves the ciphertext to the decrypter (`spliced`); what follows is left where it was."""
+    path, identities = sealed
+    with decrypting(path, identities) as (plain, found):
+        assert plain.read(len(DATA) + 1) == DATA
+    assert found.spliced == path.stat().st_size
+    ciphertext = path.read_bytes()
+    after = os.urandom(70_000)  # more than a pipe's buffer, so it follows through the pipe
+    stdin = _pipe_carrying(b'{"header": 1}\n', ciphertext, after)
+    assert stdin.readline() == b'{"header": 1}\n'
+    part = Bounded(stdin, len(ciphertext))
+    with decrypting(part, identities) as (plain, found):
+        assert plain.read(len(DATA) + 1) == DATA
+    assert found.spliced == len(ciphertext) and part.left == 0
+    assert found.plaintext_sha256 == hashlib.sha256(DATA).hexdigest()
+    assert stdin.read() == after
+    assert _children() == []
+
+
+def test_a_limit_inside_what_is_buffered_moves_that_much_and_no_more() -> None:
+    from jaco.archive.encrypted import _spliced
+
+    r, w = os.pipe()
+    os.write(w, b"line\n0123456789rest")
+    os.close(w)
+    stdin = os.fdopen(r, "rb")
+    assert stdin.readline() == b"line\n"  # the reader now holds all that followed the line
+    r, w = os.pipe()
+    part = Bounded(stdin, 4)
+    assert _spliced(part, w) == 4 and part.left == 0
+    os.close(w)
+    with os.fdopen(r, "rb") as moved:
+        assert moved.read() == b"0123"
+    assert stdin.read() == b"456789rest"
+    assert _spliced(io.BytesIO(b"not a descriptor"), 1) is None

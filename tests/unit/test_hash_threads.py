@@ -68,7 +68,15 @@ def test_encrypt_then_decrypt_hashes_both_sides_and_leaves_no_thread(tmp_path: P
     assert _hash_threads() == []
     with decrypting(tmp_path / "cipher", identities) as (out, found):
         assert out.read(len(plain.read_bytes())) == plain.read_bytes()
+        # the plaintext's hash, off the thread that reads it (stop 41)
+        assert len(_hash_threads()) == 1
     assert found.plaintext_sha256 == plain_sha  # the ciphertext: its reader's to hash
+    assert _hash_threads() == []
+    with pytest.raises(RuntimeError, match="the reader stopped"):
+        with decrypting(tmp_path / "cipher", identities) as (out, _):
+            out.read(CHUNK)
+            raise RuntimeError("the reader stopped")
+    assert _hash_threads() == []
 
 
 def test_an_encryption_that_fails_leaves_no_hashing_thread(tmp_path: Path) -> None:
