@@ -4,9 +4,10 @@
 changes one value in that copy: the `meta` bucket's `consistent_index`, set to the commit
 index of the single-member raft log it writes beside it. (Two cases differ. A compaction
 scheduled but not finished when the snapshot was taken is finished in the tool's copy; on the
-store made here etcd finishes it at its first start, and the stores are equal from then on:
-seen in review, not tested. A user key named like the old member's id the tool would delete:
-jaco's keys all live under its own prefix.) That log (the WAL) and the raft
+store made here etcd finishes it at its first start, and the stores are equal from then on
+(tests/test_restore_seeded.py, a snapshot taken with 600 revisions left to delete). A user key
+named like the old member's id the tool would delete: jaco's keys all live under its own
+prefix.) That log (the WAL) and the raft
 snapshot depend on the member's name, its peer URL and the cluster token, not on the store.
 (tests/test_restore_seeded.py holds both to that: bucket by bucket and file by file, against
 the tool's own restore of the same snapshot.) The copy was most of a large restore: 2.2 GB
