@@ -10,7 +10,8 @@ restores, from S3). Then each round runs, for each tree, restore to READY (its `
 of the archive, then its jacod to READY: bench.node_ready's) and the drill-restore flow
 (bench.stage's `drill`, bwrap), in an order that turns round by round. Per drill: its RTO and
 the checks that make it up, the CPU seconds of the flow's stage process as GNU time reports
-them (the bwrap sandbox's processes are not among them), and SeaweedFS's meanwhile. The goal
+them (the bwrap sandbox's processes are not among them), the sandbox's (its agent's report:
+the agent and all it started; trees before stop 41 report none: nan), and SeaweedFS's. The goal
 (issue 16): RTO ≤ 1.3× restore to READY of its tree. A TREE is a worktree of another commit
 with jaco/_native*.so copied in (as for bench.node_ready). Results:
 bench/results/drill-rto-<time>.json.
@@ -53,6 +54,7 @@ def one_drill(tree: Path, args: dict[str, Any], env: dict[str, str], work: Path,
         **parts,
         "flow": got["seconds"],
         "flow_cpu": got["cpu_seconds"],
+        "sandbox_cpu": got.get("sandbox_cpu_seconds") or float("nan"),  # none before stop 41
         "s3_cpu": cpu_seconds(s3_pid) - s3_before,
         "rss_kib": got["rss_kib"],
     }
@@ -134,7 +136,8 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
             f"READY, {ready:.2f} s (medians of {len(rows)}; the drill's decrypt "
             f"{med[RTO_PARTS[0]]:.2f} s, restore {med['restore']:.2f} s, READY "
             f"{med['ready']:.2f} s; its flow {med['flow']:.2f} s, the flow's CPU "
-            f"{med['flow_cpu']:.2f} s, SeaweedFS's {med['s3_cpu']:.2f} s)"
+            f"{med['flow_cpu']:.2f} s, the sandbox's {med['sandbox_cpu']:.2f} s, SeaweedFS's "
+            f"{med['s3_cpu']:.2f} s)"
         )
     return lines
 

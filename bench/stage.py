@@ -88,6 +88,7 @@ def _drill(args: dict[str, Any]) -> dict[str, Any]:
         "rto_seconds": result["rto_seconds"],
         "checks": len(result["checks"]),
         "check_seconds": {c["name"]: c["seconds"] for c in result["checks"]},
+        "sandbox_cpu_seconds": result["timings"].get("cpu_seconds"),
     }
 
 

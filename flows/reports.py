@@ -79,7 +79,12 @@ def drill_report(
         + "), wiped",
         f"- **RTO {rto:.1f} s**: download and decrypt {timings.get('decrypt_seconds', 0):.2f} s "
         f"(waiting for the store {timings.get('download_seconds', 0):.2f} s), restore "
-        f"{timings.get('restore_seconds', 0):.2f} s, ready {timings.get('ready_seconds', 0):.2f} s",
+        f"{timings.get('restore_seconds', 0):.2f} s, ready {timings.get('ready_seconds', 0):.2f} s"
+        + (
+            f"; the sandbox's CPU {timings['cpu_seconds']:.2f} s"
+            if "cpu_seconds" in timings
+            else ""
+        ),
         "",
         "| check | result | seconds | detail |",
         "|---|---|---|---|",

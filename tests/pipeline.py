@@ -85,9 +85,14 @@ def latest_table(key: str) -> list[dict[str, Any]]:
     return list(json.loads(data) if isinstance(data, str) else data)
 
 
+def latest_report(cluster: str) -> str:
+    """The newest drill report (markdown) of `cluster`."""
+    return str(_latest_artifact(f"jaco-drill-{cluster}"))
+
+
 def latest_checks(cluster: str) -> list[str]:
     """The check rows ("| name | result |") of the newest drill report of `cluster`."""
-    report = str(_latest_artifact(f"jaco-drill-{cluster}"))
+    report = latest_report(cluster)
     rows = [line.split(" | ")[:2] for line in report.splitlines() if line.startswith("| ")]
     return [f"{name[2:]}: {result}" for name, result in rows[1:]]  # past the header row
 

@@ -23,7 +23,7 @@ from infra.localcluster import Cluster
 from infra.seaweed import SeaweedS3
 from tests.mounts import tmpfs
 from tests.netfaults import FaultyProxy
-from tests.pipeline import BUCKET, SANDBOX_FULL, latest_table, task_runs
+from tests.pipeline import BUCKET, SANDBOX_FULL, latest_report, latest_table, task_runs
 from tests.processes import own_agents
 
 CHECKS = [
@@ -187,6 +187,8 @@ def test_the_backup_goes_into_the_sandbox_as_it_downloads_never_to_the_hosts_dis
     timings = result["timings"]
     # The download ran beside the decryption, which the RTO counts from its first byte.
     assert 0 < timings["download_seconds"] and timings["decrypt_seconds"] > 0
+    assert timings["cpu_seconds"] > 0  # the sandbox's: the agent and all it started
+    assert f"the sandbox's CPU {timings['cpu_seconds']:.2f} s" in latest_report("prod")
     assert result["rto_seconds"] == pytest.approx(
         timings["decrypt_seconds"] + timings["restore_seconds"] + timings["ready_seconds"]
     )
