@@ -3,7 +3,8 @@ drill's time and CPU go:
 
     python -m bench.drill_rto --random-mib 2048 [--repeat 3] [--before TREE]
 
-One single-node cluster of random 48 KiB records (bench.run.build), SeaweedFS and a Prefect
+One single-node cluster of random 48 KiB records (bench.run.build; `--value-kib 0`: the
+realistic data set's small records), SeaweedFS and a Prefect
 server (bench.run.services). Its backup is taken twice: `jaco backup` to a plain archive (what
 restore to READY restores, as in `make bench`) and the backup-cluster flow (what the drill
 restores, from S3). Then each round runs, for each tree, restore to READY (its `jaco restore`
@@ -60,13 +61,13 @@ def one_drill(tree: Path, args: dict[str, Any], env: dict[str, str], work: Path,
     }
 
 
-def run(before: list[Path], random_mib: int, repeat: int) -> dict[str, Any]:
+def run(before: list[Path], random_mib: int, repeat: int, value_kib: int = 48) -> dict[str, Any]:
     trees = {commit_of(tree): tree.resolve() for tree in before}
     trees[f"{commit_of(HERE)} (this tree)"] = HERE
     with tempfile.TemporaryDirectory(prefix="jaco-drill-rto-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         with services(work / "services") as ctx:
-            cluster, built = build(work / "c", random_mib, 48)
+            cluster, built = build(work / "c", random_mib, value_kib)
             try:
                 print(f"built: {built}", flush=True)
                 node = cluster.nodes["node-1"]
@@ -145,11 +146,14 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", type=Path, action="append", default=[])
-    parser.add_argument("--random-mib", type=int, default=2048)
+    parser.add_argument("--random-mib", type=int, default=2048, help="the store's size")
+    parser.add_argument(
+        "--value-kib", type=int, default=48, help="0: small JSON records (bench.realistic)"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
     started = dt.datetime.now(dt.UTC)
-    got = run(args.before, args.random_mib, args.repeat)
+    got = run(args.before, args.random_mib, args.repeat, args.value_kib)
     lines = summary(got["runs"])
     print("\n".join(["", *lines]))
     save_results("drill-rto", started, "result", {**got, "summary": lines})
