@@ -1606,7 +1606,7 @@ MUTATIONS: list[Mutation] = [
     m(
         "the ciphertext fed to the decrypter through this process, never spliced (stop 41)",
         "jaco/archive/encrypted.py",
-        "    if not isinstance(inner, io.BufferedReader | io.FileIO):",
+        "    if not buffered and not isinstance(inner, io.FileIO):",
         "    if True:",
         k("tests/unit/test_decrypter.py", "spliced or limit_inside"),
     ),
@@ -1637,6 +1637,41 @@ MUTATIONS: list[Mutation] = [
         "            plain.close()",
         "            pass",
         k("tests/unit/test_hash_threads.py", "hashes_both_sides"),
+    ),
+    m(
+        "splice: a refused splice (a seccomp filter, a descriptor without it) fails (stop 41)",
+        "jaco/archive/encrypted.py",
+        "                if exc.errno in REFUSED:",
+        "                if False:",
+        k("tests/unit/test_decrypter.py", "splice_is_refused"),
+    ),
+    m(
+        "splice: what a refused splice left is not copied (stop 41)",
+        "jaco/archive/encrypted.py",
+        "            while block := src.read(CHUNK):\n                sink.write(block)",
+        "            pass",
+        k("tests/unit/test_decrypter.py", "splice_is_refused"),
+    ),
+    m(
+        "the backup's part not read to its end when the decrypter ends early and well (stop 41)",
+        "jaco/archive/encrypted.py",
+        "            while src.read(CHUNK):\n                pass",
+        "            pass",
+        k("tests/unit/test_decrypter.py", "ends_well_before_the_end"),
+    ),
+    m(
+        "splice: a buffered reader over any raw stream with a descriptor spliced (stop 41)",
+        "jaco/archive/encrypted.py",
+        "isinstance(inner, io.BufferedReader) and isinstance(inner.raw, io.FileIO)",
+        "isinstance(inner, io.BufferedReader)",
+        k("tests/unit/test_decrypter.py", "only_a_file"),
+    ),
+    m(
+        "splice: a part with nothing left waits for a byte (stop 41)",
+        "jaco/archive/encrypted.py",
+        "    if limit == 0:\n        return 0",
+        "    pass",
+        k("tests/unit/test_decrypter.py", "nothing_left"),
     ),
 ]
 

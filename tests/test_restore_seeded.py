@@ -383,18 +383,22 @@ def test_a_snapshot_taken_mid_compaction_gives_the_tools_store_once_etcd_has_run
         return subprocess.run(cmd, env=env, input=stdin, capture_output=True, text=True,
                               timeout=60, check=False)  # fmt: skip
 
+    def stop(process: subprocess.Popen[bytes]) -> None:
+        process.terminate()
+        process.wait(30)
+
     def etcd(data: Path, name: str, peer: str = peer) -> subprocess.Popen[bytes]:
         cmd = ["etcd", f"--name={name}", f"--data-dir={data}", f"--listen-client-urls={client}",
                f"--advertise-client-urls={client}", f"--listen-peer-urls={peer}",
                f"--initial-advertise-peer-urls={peer}", f"--initial-cluster={name}={peer}",
                "--experimental-compaction-batch-limit=1", "--max-txn-ops=1000"]  # fmt: skip
         process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: ctl("endpoint", "health").returncode == 0, 60, "etcd")
+        try:
+            wait_for(lambda: ctl("endpoint", "health").returncode == 0, 60, "etcd")
+        except BaseException:
+            stop(process)
+            raise
         return process
-
-    def stop(process: subprocess.Popen[bytes]) -> None:
-        process.terminate()
-        process.wait(30)
 
     # 600 revisions to delete, one a batch, etcd resting 10 ms after each: seconds of window
     source = etcd(tmp_path / "source", "source")

@@ -10,6 +10,7 @@ it downloads, flows.download).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import os
@@ -87,19 +88,26 @@ class _Plaintext:
             self._sha.close()
 
 
+# What splice(2) may answer where a copy still works: a filesystem or descriptor without it,
+# a sandbox whose seccomp filter refuses it, a source with nothing to read yet (non-blocking)
+REFUSED = {errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EAGAIN, errno.EOPNOTSUPP, errno.EXDEV}
+
+
 def _spliced(source: Readable, out: int) -> int | None:
     """Move `source` into the pipe `out` with splice(2), where it is a file or a buffered
     reader of one, whole or Bounded (a file to restore, the drill's stdin): the kernel moves
     the pages, where reading and writing them copied every byte twice through this process, a
     core-second per 2 GiB (docs/benchmarks.md, stop 41). What the reader holds buffered goes
-    first. Returns the bytes moved, or None for any other source, nothing read from it."""
+    first. Returns the bytes moved, which a refused splice (REFUSED) ends early, leaving the
+    rest to copy; or None for any other source, nothing read from it."""
     limit, inner = (source.left, source.source) if isinstance(source, Bounded) else (None, source)
-    if not isinstance(inner, io.BufferedReader | io.FileIO):
+    buffered = isinstance(inner, io.BufferedReader) and isinstance(inner.raw, io.FileIO)
+    if not buffered and not isinstance(inner, io.FileIO):
         return None
-    try:
-        fd = inner.fileno()
-    except (OSError, ValueError):  # a reader of something that is no descriptor
-        return None
+    assert isinstance(inner, io.BufferedReader | io.FileIO)
+    if limit == 0:
+        return 0
+    fd = inner.fileno()
     moved = 0
     try:
         if isinstance(inner, io.BufferedReader):
@@ -110,7 +118,12 @@ def _spliced(source: Readable, out: int) -> int | None:
             while view:
                 view = view[os.write(out, view) :]
         while limit is None or moved < limit:
-            n = os.splice(fd, out, CHUNK if limit is None else min(CHUNK, limit - moved))
+            try:
+                n = os.splice(fd, out, CHUNK if limit is None else min(CHUNK, limit - moved))
+            except OSError as exc:
+                if exc.errno in REFUSED:
+                    break
+                raise
             if not n:
                 break
             moved += n
@@ -121,10 +134,10 @@ def _spliced(source: Readable, out: int) -> int | None:
 
 
 def _pump(source: Path | Readable, child: subprocess.Popen[bytes], found: Decryption) -> None:
-    """Feed the ciphertext to the decrypter, spliced where it can be (_spliced). If the
-    decrypter stops reading, the rest is still read when it ended well (age need not read what
-    follows its last chunk: it is part of the object all the same, and a stream may carry more
-    after it), not when it failed."""
+    """Feed the ciphertext to the decrypter, spliced as far as it can be (_spliced), the rest
+    copied. If the decrypter stops reading, the rest is still read when it ended well (age
+    need not read what follows its last chunk: it is part of the object all the same, and a
+    stream may carry more after it), not when it failed."""
     with contextlib.ExitStack() as stack:
         src = (
             stack.enter_context(open(source, "rb", buffering=0))
@@ -134,12 +147,9 @@ def _pump(source: Path | Readable, child: subprocess.Popen[bytes], found: Decryp
         sink = child.stdin
         assert sink is not None
         try:
-            spliced = _spliced(src, sink.fileno())
-            if spliced is None:
-                while block := src.read(CHUNK):
-                    sink.write(block)
-            else:
-                found.spliced = spliced
+            found.spliced = _spliced(src, sink.fileno()) or 0
+            while block := src.read(CHUNK):
+                sink.write(block)
         except BrokenPipeError:
             if child.wait() != 0:
                 return

@@ -323,7 +323,7 @@ class Drill:
                 daemon.kill()
 
     def report(self) -> dict[str, Any]:
-        # after stop(): cpu_seconds is this process's and all it started (decrypter, jacod, etcd)
+        # after stop(): this process's CPU and its waited-for children's (decrypter, jacod, etcd)
         cpu = sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
                   for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))  # fmt: skip
         return {

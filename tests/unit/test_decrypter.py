@@ -6,10 +6,12 @@ each named as such."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import pyrage
 import pytest
@@ -140,8 +142,8 @@ def _pipe_carrying(*parts: bytes) -> io.BufferedReader:
 
     r, w = os.pipe()
 
-    def fill() -> None:
-        with os.fdopen(w, "wb") as sink:
+    def fill() -> None:  # a reader that stops early leaves the rest unwritten
+        with contextlib.suppress(BrokenPipeError), os.fdopen(w, "wb") as sink:
             for part in parts:
                 sink.write(part)
 
@@ -188,3 +190,102 @@ def test_a_limit_inside_what_is_buffered_moves_that_much_and_no_more() -> None:
         assert moved.read() == b"0123"
     assert stdin.read() == b"456789rest"
     assert _spliced(io.BytesIO(b"not a descriptor"), 1) is None
+
+
+def test_a_decrypter_that_ends_well_before_the_end_leaves_the_part_read_to_its_limit() -> None:
+    """age need not read past its last chunk: when the decrypter ends well before taking it
+    all, the rest of the backup's part is still read, so that what follows stays in place;
+    when it fails, nothing more is read."""
+    import subprocess
+    import sys
+
+    from jaco.archive.encrypted import Decryption, _pump
+
+    for code in (0, 1):
+        body, after = os.urandom(5_000_000), b"NEXT-SEGMENT" * 1000
+        stdin = _pipe_carrying(b"hdr\n", body, after)
+        assert stdin.readline() == b"hdr\n"
+        child = subprocess.Popen(
+            [sys.executable, "-c", f"import os; os.read(0, 100); os._exit({code})"],
+            stdin=subprocess.PIPE,
+        )
+        part = Bounded(stdin, len(body))
+        _pump(part, child, Decryption())
+        assert child.wait() == code
+        if code == 0:
+            assert part.left == 0 and stdin.read() == after
+        else:
+            assert part.left > 0
+
+
+SPLICE_REFUSED = """
+import ctypes, json, os, struct, sys
+from pathlib import Path
+from typing import Any
+# a seccomp filter: splice(2) answers EINVAL (x86_64's syscall 275), as where it is refused
+libc = ctypes.CDLL(None, use_errno=True)
+def op(code, k, jt=0, jf=0):
+    return struct.pack("HBBI", code, jt, jf, k)
+prog = b"".join([op(0x20, 4), op(0x15, 0xC000003E, 1, 0), op(0x06, 0x7FFF0000),
+                 op(0x20, 0), op(0x15, 275, 0, 1), op(0x06, 0x00050000 | 22),
+                 op(0x06, 0x7FFF0000)])
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+buf = ctypes.create_string_buffer(prog)
+assert libc.prctl(38, 1, 0, 0, 0) == 0 and libc.prctl(
+    22, 2, ctypes.byref(Prog(len(prog) // 8, ctypes.addressof(buf))), 0, 0) == 0
+from jaco.archive.age import parse_identities
+from jaco.archive.encrypted import decrypting
+path, key, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with decrypting(Path(path), parse_identities(key, "the test identity")) as (plain, found):
+    data = plain.read(size + 1)
+print(json.dumps({"sha256": found.plaintext_sha256, "read": len(data), "spliced": found.spliced}))
+"""
+
+
+def test_where_splice_is_refused_the_ciphertext_is_copied(
+    sealed: tuple[Path, Identities], tmp_path: Path
+) -> None:
+    """A sandbox whose seccomp filter refuses splice(2), or a descriptor without it: the
+    decryption copies what the kernel would not move, as before stop 41."""
+    import json
+    import platform
+    import subprocess
+    import sys
+
+    assert platform.machine() == "x86_64", "the filter names x86_64's splice"
+    path, identities = sealed
+    done = subprocess.run(
+        [sys.executable, "-c", SPLICE_REFUSED, str(path), str(identities[0]), str(len(DATA))],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout)
+    assert got == {"sha256": hashlib.sha256(DATA).hexdigest(), "read": len(DATA), "spliced": 0}
+
+
+def test_only_a_file_or_a_reader_of_a_files_descriptor_is_spliced(tmp_path: Path) -> None:
+    """A buffered reader over another raw stream (one that changes what it reads, say) is
+    copied, whatever descriptor it names."""
+    from jaco.archive.encrypted import _spliced
+
+    class Raw(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def fileno(self) -> int:
+            return 0
+
+        def readinto(self, buffer: Any) -> int:
+            return 0
+
+    assert _spliced(io.BufferedReader(Raw()), 1) is None
+
+
+@pytest.mark.timeout(30)  # a wait for a byte that never comes ends only here
+def test_a_part_with_nothing_left_reads_nothing() -> None:
+    from jaco.archive.encrypted import _spliced
+
+    r, w = os.pipe()
+    with os.fdopen(r, "rb") as never_written, os.fdopen(w, "wb"):
+        assert _spliced(Bounded(never_written, 0), 1) == 0  # no wait for a byte
