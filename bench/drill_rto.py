@@ -40,6 +40,7 @@ from bench.run import (
     services,
     stage,
     stage_env,
+    turning,
 )
 
 RTO_PARTS = ("backup is the one recorded", "restore", "ready")
@@ -114,14 +115,11 @@ def _restore_side(tree: Path, archive: Path, work: Path, token: str) -> dict[str
 
 
 def _rounds(sides: dict[str, Any], runs: dict[str, list[dict[str, Any]]], repeat: int) -> None:
-    order = list(sides)
-    for round_ in range(repeat):
-        turn = round_ % len(order)
-        for label in order[turn:] + order[:turn]:
-            got = sides[label]()
-            runs[label].append(got)
-            shown = ", ".join(f"{k} {v:.2f}" for k, v in got.items() if isinstance(v, float))
-            print(f"round {round_ + 1} {label}: {shown}", flush=True)
+    for round_, label in turning(list(sides), repeat):
+        got = sides[label]()
+        runs[label].append(got)
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in got.items() if isinstance(v, float))
+        print(f"round {round_ + 1} {label}: {shown}", flush=True)
 
 
 def summary(runs: dict[str, list[dict[str, Any]]]) -> list[str]:

@@ -33,7 +33,7 @@ from typing import Any
 
 from bench.node_ready import HERE, commit_of
 from bench.realistic import fill
-from bench.run import BUCKET, PY, save_results, services, stage, stage_env
+from bench.run import BUCKET, PY, save_results, services, stage, stage_env, turning
 from infra.localcluster import cluster_of
 
 PAUSE = re.compile(r"Another attempt will be made in ([0-9.]+)s")
@@ -122,19 +122,16 @@ def _rounds(
             "local_dir": str(work / "local"),
         }
     }
-    order = list(trees)
-    for round_ in range(repeat):
-        turn = round_ % len(order)
-        for label in order[turn:] + order[:turn]:
-            got = one_run(trees[label], args, env, work)
-            runs[label].append(got)
-            print(
-                f"round {round_ + 1} {label}: flow {got['flow']:.2f} s, stages "
-                f"{got['stages']:.2f} s, the rest {got['rest']:.2f} s; Prefect's client "
-                f"paused {got['pauses']} times ({got['paused']:.1f} s); flows.api_writes asked "
-                f"again {got['asked_again']} times; answered 503: {got['busy']}",
-                flush=True,
-            )
+    for round_, label in turning(list(trees), repeat):
+        got = one_run(trees[label], args, env, work)
+        runs[label].append(got)
+        print(
+            f"round {round_ + 1} {label}: flow {got['flow']:.2f} s, stages "
+            f"{got['stages']:.2f} s, the rest {got['rest']:.2f} s; Prefect's client "
+            f"paused {got['pauses']} times ({got['paused']:.1f} s); flows.api_writes asked "
+            f"again {got['asked_again']} times; answered 503: {got['busy']}",
+            flush=True,
+        )
 
 
 def summary(runs: dict[str, list[dict[str, Any]]]) -> list[str]:

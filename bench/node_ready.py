@@ -45,6 +45,7 @@ from bench.run import (
     measure,
     restored_ready,
     stop_pid,
+    turning,
 )
 from infra.localcluster import JACO, cluster_of, wait_for
 from infra.ports import free_port
@@ -163,19 +164,16 @@ def run(before: list[Path], random_mib: int, repeat: int) -> dict[str, list[dict
         }
         runs["etcd"] = functools.partial(etcd_side, snapshot, work)
         sides: dict[str, list[dict[str, float]]] = {side: [] for side in runs}
-        order = list(runs)
-        for round_ in range(repeat):
-            turn = round_ % len(order)
-            for side in order[turn:] + order[:turn]:
-                sides[side].append(runs[side]())
-                got = sides[side][-1]
-                print(
-                    f"round {round_ + 1} {side}: restore {got['restore']:.2f} s, start to "
-                    f"ready {got['start']:.2f} s (etcd's first log line {got['etcd_spawned']:.2f} "
-                    f"s, after etcd served {got['after_etcd']:.2f} s), "
-                    f"total {got['total']:.2f} s",
-                    flush=True,
-                )
+        for round_, side in turning(list(runs), repeat):
+            sides[side].append(runs[side]())
+            got = sides[side][-1]
+            print(
+                f"round {round_ + 1} {side}: restore {got['restore']:.2f} s, start to "
+                f"ready {got['start']:.2f} s (etcd's first log line {got['etcd_spawned']:.2f} "
+                f"s, after etcd served {got['after_etcd']:.2f} s), "
+                f"total {got['total']:.2f} s",
+                flush=True,
+            )
     return sides
 
 

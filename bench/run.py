@@ -151,6 +151,15 @@ def repeat(n: int, fn: Callable[[], dict]) -> dict:
     return _summary([fn() for _ in range(n)])
 
 
+def turning(order: list[str], rounds: int) -> Iterator[tuple[int, str]]:
+    """(round, label) for `rounds` rounds of every label in `order`, the order turning by one
+    each round, so that no side always runs first (see `alternating`)."""
+    for round_ in range(rounds):
+        turn = round_ % len(order)
+        for label in order[turn:] + order[:turn]:
+            yield round_, label
+
+
 def alternating(n: int, ours: Callable[[], dict], ref: Callable[[], dict]) -> tuple[dict, dict]:
     """`repeat` of jaco's stage and its reference, interleaved: the reference first in even
     rounds, jaco first in odd ones. This VM charges the first writer of memory it has not

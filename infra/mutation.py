@@ -1570,8 +1570,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "restore in place: a store it cannot change in place refused, not copied by etcd (stop 40)",
         "jaco/node/seeded_restore.py",
-        "        shutil.rmtree(data.etcd_dir)\n"
-        "        snapshot_restore(path, data, config, pass_fds=(snapshot,))\n        return",
+        "        shutil.rmtree(data.etcd_dir)\n        copy_restore(snapshot, data, config)\n"
+        "        return",
         "        raise",
         k("tests/test_restore_seeded.py", "cannot_change_in_place"),
     ),

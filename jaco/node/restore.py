@@ -49,8 +49,8 @@ from jaco.model import pki
 from jaco.model.names import check_name
 from jaco.node.bootstrap import Ports, single_member_config, write_pki
 from jaco.node.config import DataDir
-from jaco.node.etcd_member import WAL_BYTES, snapshot_restore
-from jaco.node.seeded_restore import adopt, restore_seed, seeded
+from jaco.node.etcd_member import WAL_BYTES
+from jaco.node.seeded_restore import adopt, copy_restore, restore_seed, seeded
 
 
 def restore(
@@ -121,7 +121,7 @@ def _prime(
             if in_place:
                 restore_seed(data, config)
             else:
-                snapshot_restore(path, data, config, pass_fds=(snapshot,))
+                copy_restore(snapshot, data, config)
         finally:
             state = checked.result()  # its error, if any, wins: it says what is wrong
     if in_place:

@@ -89,8 +89,12 @@ def restore_seed(data: DataDir, config: NodeConfig) -> None:
     with anonymous_file(data.path) as seed:
         seed.write(empty_store())
         seed.flush()
-        fd = seed.fileno()
-        snapshot_restore(Path(f"/proc/self/fd/{fd}"), data, config, pass_fds=(fd,))
+        copy_restore(seed.fileno(), data, config)
+
+
+def copy_restore(fd: int, data: DataDir, config: NodeConfig) -> None:
+    """etcd's tool restores the file open at `fd` into the data dir, copying it there."""
+    snapshot_restore(Path(f"/proc/self/fd/{fd}"), data, config, pass_fds=(fd,))
 
 
 def adopt(snapshot: int, data: DataDir, config: NodeConfig) -> None:
@@ -109,7 +113,7 @@ def adopt(snapshot: int, data: DataDir, config: NodeConfig) -> None:
             raise SnapshotFileError(f"its consistent_index is {length} bytes, not {len(index)}")
     except SnapshotFileError:
         shutil.rmtree(data.etcd_dir)
-        snapshot_restore(path, data, config, pass_fds=(snapshot,))
+        copy_restore(snapshot, data, config)
         return
     size = os.fstat(snapshot).st_size
     if size % 512 == ETCD_TRAILER:  # what etcd's tool cuts off, as it does
