@@ -5,12 +5,14 @@ serves it and applies writes to it."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
 import stat
 import struct
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -126,48 +128,69 @@ def test_the_seeded_store_is_the_one_etcds_restore_makes(snapshot: Path, tmp_pat
             assert (tool.etcd_dir / name).read_bytes() == (ours.etcd_dir / name).read_bytes(), name
 
 
+class _Etcd:
+    """A bare etcd (one member, no TLS) on a client port of its own, and etcdctl against it."""
+
+    def __init__(self) -> None:
+        self.client = f"http://127.0.0.1:{free_port()}"
+
+    def ctl(
+        self, *args: str, stdin: str = "", check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = ["etcdctl", f"--endpoints={self.client}", *args]
+        env = {**os.environ, "ETCDCTL_API": "3"}
+        return subprocess.run(cmd, env=env, input=stdin, capture_output=True, text=True,
+                              timeout=60, check=check)  # fmt: skip
+
+    def revision(self) -> int:
+        status = json.loads(self.ctl("-w", "json", "endpoint", "status", check=True).stdout)
+        return int(status[0]["Status"]["header"]["revision"])
+
+    @contextlib.contextmanager
+    def serving(self, data: Path, name: str, peer: str, *flags: str) -> Iterator[None]:
+        """etcd on `data` until the block ends (`flags`: a new member's, for instance; a
+        restored data dir knows its cluster)."""
+        cmd = ["etcd", f"--name={name}", f"--data-dir={data}", f"--listen-peer-urls={peer}",
+               f"--listen-client-urls={self.client}", f"--advertise-client-urls={self.client}",
+               *flags]  # fmt: skip
+        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: self.ctl("endpoint", "health").returncode == 0, 60, "etcd")
+            yield
+        finally:
+            process.terminate()
+            process.wait(30)
+
+    @contextlib.contextmanager
+    def new_member(self, data: Path, *flags: str) -> Iterator[None]:
+        """A new one-member cluster on `data`, serving until the block ends."""
+        peer = f"http://127.0.0.1:{free_port()}"
+        first = (f"--initial-advertise-peer-urls={peer}", f"--initial-cluster=s={peer}")
+        with self.serving(data, "s", peer, *first, *flags):
+            yield
+
+
+def _peer(config: NodeConfig) -> str:
+    return config.peer_url.replace("https://", "http://")  # one member: no peer ever calls
+
+
 def test_etcd_serves_the_seeded_store_and_applies_writes(snapshot: Path, tmp_path: Path) -> None:
     config = _config("r")
     data = DataDir(tmp_path / "data")
     written = _seeded(snapshot, data, config)
     assert (data.etcd_dir / "member/snap/db").stat().st_ino == written  # made in place
-    client = f"http://127.0.0.1:{free_port()}"
-    etcd_cmd = ["etcd", "--name=r", f"--data-dir={data.etcd_dir}"]
-    peer = config.peer_url.replace("https://", "http://")  # one member: no peer ever calls
-    etcd_cmd += [f"--listen-peer-urls={peer}", f"--listen-client-urls={client}"]
-    etcd_cmd += [f"--advertise-client-urls={client}"]
-    env = {**os.environ, "ETCDCTL_API": "3"}
-
-    def ctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = ["etcdctl", f"--endpoints={client}", "-w", "json", *args]
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30, check=check)
-
-    def revision() -> int:
-        status = json.loads(ctl("endpoint", "status").stdout)
-        return int(status[0]["Status"]["header"]["revision"])
-
-    def serving() -> subprocess.Popen[bytes]:
-        etcd = subprocess.Popen(etcd_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: ctl("endpoint", "health", check=False).returncode == 0, 60, "etcd")
-        return etcd
-
-    etcd = serving()
-    try:
-        before = revision()
+    etcd = _Etcd()
+    with etcd.serving(data.etcd_dir, "r", _peer(config)):
+        before = etcd.revision()
         assert before > 30  # the snapshot's store, with its history
-        ctl("put", "/after-restore", "yes")  # applied: etcd skips what its index says it has
-        assert revision() == before + 1
-    finally:
-        etcd.terminate()
-        etcd.wait(30)
-    etcd = serving()  # still there after a restart, from the raft log and the store
-    try:
-        got = json.loads(ctl("get", "/after-restore").stdout)["kvs"]
-        assert base64.b64decode(got[0]["value"]) == b"yes"
-        assert revision() == before + 1
-    finally:
-        etcd.terminate()
-        etcd.wait(30)
+        # applied: etcd skips what its index says it has
+        etcd.ctl("put", "/after-restore", "yes", check=True)
+        assert etcd.revision() == before + 1
+    # still there after a restart, from the raft log and the store
+    with etcd.serving(data.etcd_dir, "r", _peer(config)):
+        got = json.loads(etcd.ctl("-w", "json", "get", "/after-restore", check=True).stdout)
+        assert base64.b64decode(got["kvs"][0]["value"]) == b"yes"
+        assert etcd.revision() == before + 1
 
 
 @pytest.mark.parametrize(
@@ -274,22 +297,11 @@ def test_a_snapshot_that_cannot_be_linked_is_copied_privately(tmp_path: Path) ->
 def test_a_store_it_cannot_change_in_place_is_copied_by_etcds_tool(tmp_path: Path) -> None:
     """A store without `consistent_index` (an etcd that has applied no write to its store yet,
     only a lease): etcd's tool restores it, by its copy, as it would have."""
-    client, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
-    env = {**os.environ, "ETCDCTL_API": "3"}
-    etcd = subprocess.Popen(
-        ["etcd", "--name=s", f"--data-dir={tmp_path / 'src'}", f"--listen-client-urls={client}",
-         f"--advertise-client-urls={client}", f"--listen-peer-urls={peer}",
-         f"--initial-advertise-peer-urls={peer}", f"--initial-cluster=s={peer}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    ctl = ["etcdctl", f"--endpoints={client}"]
-    try:
-        wait_for(lambda: subprocess.run([*ctl, "lease", "grant", "100"], env=env).returncode == 0)
+    etcd = _Etcd()
+    with etcd.new_member(tmp_path / "src"):
+        etcd.ctl("lease", "grant", "100", check=True)
         snapshot = tmp_path / "lease-only.db"
-        subprocess.run([*ctl, "snapshot", "save", str(snapshot)], env=env, check=True)
-    finally:
-        etcd.terminate()
-        etcd.wait(30)
+        etcd.ctl("snapshot", "save", str(snapshot), check=True)
     index = "/" + b"meta".hex() + "/" + b"consistent_index".hex()
     assert index not in store_items(snapshot)
     config = _config("r")
@@ -375,48 +387,20 @@ def test_a_snapshot_taken_mid_compaction_gives_the_tools_store_once_etcd_has_run
     finishes it when it starts.
     Once each has run, the two stores are the same, value for value, and neither serves the
     compacted revision."""
-    client, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
-    env = {**os.environ, "ETCDCTL_API": "3"}
-
-    def ctl(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        cmd = ["etcdctl", f"--endpoints={client}", *args]
-        return subprocess.run(cmd, env=env, input=stdin, capture_output=True, text=True,
-                              timeout=60, check=False)  # fmt: skip
-
-    def stop(process: subprocess.Popen[bytes]) -> None:
-        process.terminate()
-        process.wait(30)
-
-    def etcd(data: Path, name: str, peer: str = peer) -> subprocess.Popen[bytes]:
-        cmd = ["etcd", f"--name={name}", f"--data-dir={data}", f"--listen-client-urls={client}",
-               f"--advertise-client-urls={client}", f"--listen-peer-urls={peer}",
-               f"--initial-advertise-peer-urls={peer}", f"--initial-cluster={name}={peer}",
-               "--experimental-compaction-batch-limit=1", "--max-txn-ops=1000"]  # fmt: skip
-        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_for(lambda: ctl("endpoint", "health").returncode == 0, 60, "etcd")
-        except BaseException:
-            stop(process)
-            raise
-        return process
-
+    etcd = _Etcd()
     # 600 revisions to delete, one a batch, etcd resting 10 ms after each: seconds of window
-    source = etcd(tmp_path / "source", "source")
-    try:
+    slow = ("--experimental-compaction-batch-limit=1", "--max-txn-ops=1000")
+    with etcd.new_member(tmp_path / "source", *slow):
         for round_ in (1, 2):
             puts = "".join(f"put /k/{i:04} round-{round_}\n" for i in range(600))
-            assert ctl("txn", stdin=f"\n{puts}\n\n").returncode == 0
-        assert ctl("compact", "3").returncode == 0
+            etcd.ctl("txn", stdin=f"\n{puts}\n\n", check=True)
+        etcd.ctl("compact", "3", check=True)
         snapshot = tmp_path / "snap.db"
-        saved = ctl("snapshot", "save", str(snapshot))
-        assert saved.returncode == 0, saved.stderr
-    finally:
-        stop(source)
+        etcd.ctl("snapshot", "save", str(snapshot), check=True)
     scheduled, finished = _compaction(snapshot)
     assert scheduled == 3 and finished < scheduled, (scheduled, finished)  # mid-compaction
 
-    config = single_member_config("r", "c-test", Ports("127.0.0.1", free_port(), free_port(),
-                                                       free_port()))  # fmt: skip
+    config = _config("r")
     tool, ours = DataDir(tmp_path / "tool"), DataDir(tmp_path / "ours")
     tool.path.mkdir()
     snapshot_restore(snapshot, tool, config)
@@ -426,14 +410,11 @@ def test_a_snapshot_taken_mid_compaction_gives_the_tools_store_once_etcd_has_run
     stores = {}
     for data in (tool, ours):
         db = data.etcd_dir / "member/snap/db"
-        member = etcd(data.etcd_dir, "r", config.peer_url.replace("https://", "http://"))
-        try:
+        with etcd.serving(data.etcd_dir, "r", _peer(config), *slow):
             wait_for(lambda db=db: _compaction(db)[1] == 3, 60, "the compaction to finish")
-            old = ctl("get", "/k/0000", "--rev=2")
+            old = etcd.ctl("get", "/k/0000", "--rev=2")
             assert "required revision has been compacted" in old.stderr, old
-            assert ctl("get", "/k/0599", "--print-value-only").stdout == "round-2\n"
-        finally:
-            stop(member)
+            assert etcd.ctl("get", "/k/0599", "--print-value-only").stdout == "round-2\n"
         stores[data.path.name] = store_items(db)
     assert stores["tool"] == stores["ours"]
     assert len([k for k in stores["ours"] if k.startswith("/" + b"key".hex() + "/")]) == 600
