@@ -1673,6 +1673,13 @@ MUTATIONS: list[Mutation] = [
         "    pass",
         k("tests/unit/test_decrypter.py", "nothing_left"),
     ),
+    m(
+        "the drill's cpu_seconds the agent's alone, not its children's (stop 41)",
+        "jaco/drill/agent.py",
+        "(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))",
+        "(resource.RUSAGE_SELF,))",
+        k("tests/unit/test_drill_input.py", "cpu_of_what"),
+    ),
 ]
 
 

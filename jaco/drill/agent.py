@@ -324,8 +324,8 @@ class Drill:
 
     def report(self) -> dict[str, Any]:
         # after stop(): this process's CPU and its waited-for children's (decrypter, jacod, etcd)
-        cpu = sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
-                  for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))  # fmt: skip
+        used = map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        cpu = sum(u.ru_utime + u.ru_stime for u in used)
         return {
             "checks": [asdict(c) for c in self.checks],
             "timings": {**self.timings, "cpu_seconds": round(cpu, 2)},

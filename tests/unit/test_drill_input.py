@@ -76,3 +76,16 @@ def test_the_backup_is_held_to_the_plaintext_sha256_recorded(
     (the ciphertext is the flow's to check); with no record, the check fails, not passes."""
     drill = Drill("t", "i", Expect(cluster_id="c", plaintext_sha256=recorded))
     assert drill._recorded(Decryption(plaintext_sha256="a" * 64, plaintext_size=9)) == (ok, detail)
+
+
+def test_the_report_counts_the_cpu_of_what_the_agent_started_and_waited_for() -> None:
+    """`cpu_seconds` is the sandbox's: the agent's own and its children's (the decrypter,
+    jacod and etcd), not the agent's alone."""
+    drill = Drill("t", "i", Expect(cluster_id="c"))
+    before = drill.report()["timings"]["cpu_seconds"]
+    burn = "import resource; sum(range(3 * 10**7)); r = resource.getrusage(resource.RUSAGE_SELF); "
+    burn += "print(r.ru_utime + r.ru_stime)"
+    child = float(subprocess.run([sys.executable, "-c", burn], capture_output=True, text=True,
+                                 check=True).stdout)  # fmt: skip
+    assert child > 0.2
+    assert drill.report()["timings"]["cpu_seconds"] - before >= child - 0.02  # report rounds
