@@ -9,7 +9,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
+import platform
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +22,7 @@ import pyrage
 import pytest
 
 from jaco.archive.age import DecryptionFailed, Identities
-from jaco.archive.encrypted import decrypting
+from jaco.archive.encrypted import Decryption, _pump, _spliced, decrypting
 from jaco.errors import ArchiveError, JacoError
 from jaco.files import Bounded
 
@@ -138,8 +143,6 @@ def test_a_decrypter_killed_midway_is_its_own_failure_not_a_broken_archive(
 def _pipe_carrying(*parts: bytes) -> io.BufferedReader:
     """A pipe's reading end, buffered as the drill's stdin is, that a thread fills with
     `parts` and then closes."""
-    import threading
-
     r, w = os.pipe()
 
     def fill() -> None:  # a reader that stops early leaves the rest unwritten
@@ -175,8 +178,6 @@ def test_a_file_and_a_bounded_pipe_are_spliced_and_what_follows_is_left_to_read(
 
 
 def test_a_limit_inside_what_is_buffered_moves_that_much_and_no_more() -> None:
-    from jaco.archive.encrypted import _spliced
-
     r, w = os.pipe()
     os.write(w, b"line\n0123456789rest")
     os.close(w)
@@ -196,11 +197,6 @@ def test_a_decrypter_that_ends_well_before_the_end_leaves_the_part_read_to_its_l
     """age need not read past its last chunk: when the decrypter ends well before taking it
     all, the rest of the backup's part is still read, so that what follows stays in place;
     when it fails, nothing more is read."""
-    import subprocess
-    import sys
-
-    from jaco.archive.encrypted import Decryption, _pump
-
     for code in (0, 1):
         body, after = os.urandom(5_000_000), b"NEXT-SEGMENT" * 1000
         stdin = _pipe_carrying(b"hdr\n", body, after)
@@ -221,7 +217,6 @@ def test_a_decrypter_that_ends_well_before_the_end_leaves_the_part_read_to_its_l
 SPLICE_REFUSED = """
 import ctypes, json, os, struct, sys
 from pathlib import Path
-from typing import Any
 # a seccomp filter: splice(2) answers EINVAL (x86_64's syscall 275), as where it is refused
 libc = ctypes.CDLL(None, use_errno=True)
 def op(code, k, jt=0, jf=0):
@@ -248,11 +243,6 @@ def test_where_splice_is_refused_the_ciphertext_is_copied(
 ) -> None:
     """A sandbox whose seccomp filter refuses splice(2), or a descriptor without it: the
     decryption copies what the kernel would not move, as before stop 41."""
-    import json
-    import platform
-    import subprocess
-    import sys
-
     assert platform.machine() == "x86_64", "the filter names x86_64's splice"
     path, identities = sealed
     done = subprocess.run(
@@ -266,26 +256,37 @@ def test_where_splice_is_refused_the_ciphertext_is_copied(
 
 def test_only_a_file_or_a_reader_of_a_files_descriptor_is_spliced(tmp_path: Path) -> None:
     """A buffered reader over another raw stream (one that changes what it reads, say) is
-    copied, whatever descriptor it names."""
-    from jaco.archive.encrypted import _spliced
+    copied, whatever descriptor it names: nothing is read from that descriptor."""
+    named_r, named_w = os.pipe()
+    os.write(named_w, b"left unread")
+    os.close(named_w)
 
     class Raw(io.RawIOBase):
         def readable(self) -> bool:
             return True
 
         def fileno(self) -> int:
-            return 0
+            return named_r
 
         def readinto(self, buffer: Any) -> int:
             return 0
 
-    assert _spliced(io.BufferedReader(Raw()), 1) is None
+    r, w = os.pipe()
+    try:
+        assert _spliced(io.BufferedReader(Raw()), w) is None
+        os.close(w)
+        assert os.read(r, 64) == b"" and os.read(named_r, 64) == b"left unread"
+    finally:
+        os.close(r)
+        os.close(named_r)
 
 
 @pytest.mark.timeout(30)  # a wait for a byte that never comes ends only here
 def test_a_part_with_nothing_left_reads_nothing() -> None:
-    from jaco.archive.encrypted import _spliced
-
     r, w = os.pipe()
+    out_r, out_w = os.pipe()
     with os.fdopen(r, "rb") as never_written, os.fdopen(w, "wb"):
-        assert _spliced(Bounded(never_written, 0), 1) == 0  # no wait for a byte
+        with os.fdopen(out_r, "rb") as moved, os.fdopen(out_w, "wb") as out:
+            assert _spliced(Bounded(never_written, 0), out.fileno()) == 0  # no wait for a byte
+            out.close()
+            assert moved.read() == b""
