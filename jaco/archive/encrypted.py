@@ -101,10 +101,11 @@ def _spliced(source: Readable, out: int) -> int | None:
     first. Returns the bytes moved, which a refused splice (REFUSED) ends early, leaving the
     rest to copy; or None for any other source, nothing read from it."""
     limit, inner = (source.left, source.source) if isinstance(source, Bounded) else (None, source)
-    buffered = isinstance(inner, io.BufferedReader) and isinstance(inner.raw, io.FileIO)
-    if not buffered and not isinstance(inner, io.FileIO):
+    if isinstance(inner, io.BufferedReader):
+        if not isinstance(inner.raw, io.FileIO):  # a raw stream may change what it reads
+            return None
+    elif not isinstance(inner, io.FileIO):
         return None
-    assert isinstance(inner, io.BufferedReader | io.FileIO)
     if limit == 0:
         return 0
     fd = inner.fileno()
