@@ -4,15 +4,15 @@ drill's time and CPU go:
     python -m bench.drill_rto --random-mib 2048 [--repeat 3] [--before TREE]
 
 One single-node cluster of random 48 KiB records (bench.run.build; `--value-kib 0`: the
-realistic data set's small records), SeaweedFS and a Prefect
-server (bench.run.services). Its backup is taken twice: `jaco backup` to a plain archive (what
-restore to READY restores, as in `make bench`) and the backup-cluster flow (what the drill
-restores, from S3). Then each round runs, for each tree, restore to READY (its `jaco restore`
-of the archive, then its jacod to READY: bench.node_ready's) and the drill-restore flow
-(bench.stage's `drill`, bwrap), in an order that turns round by round. Per drill: its RTO and
-the checks that make it up, the CPU seconds of the flow's stage process as GNU time reports
-them (the bwrap sandbox's processes are not among them), the sandbox's (its agent's report:
-the agent and all it started; trees before stop 41 report none: nan), and SeaweedFS's. The goal
+realistic data set's small records; `--random-mib` is the store's size either way), SeaweedFS
+and a Prefect server (bench.run.services). Its backup is taken twice: `jaco backup` to a plain
+archive (what restore to READY restores, as in `make bench`) and the backup-cluster flow (what
+the drill restores, from S3). Then each round runs, for each tree, restore to READY (its `jaco
+restore` of the archive, then its jacod to READY: bench.node_ready's) and the drill-restore
+flow (bench.stage's `drill`, bwrap), in an order that turns round by round. Per drill: its RTO
+and the checks that make it up, the CPU seconds of the flow's stage process as GNU time reports
+them (the bwrap sandbox's processes are not among them), the sandbox's (its agent's report: the
+agent and all it started; trees before stop 41 report none: nan), and SeaweedFS's. The goal
 (issue 16): RTO ≤ 1.3× restore to READY of its tree. A TREE is a worktree of another commit
 with jaco/_native*.so copied in (as for bench.node_ready). Results:
 bench/results/drill-rto-<time>.json.
