@@ -776,7 +776,7 @@ MUTATIONS: list[Mutation] = [
     ),
     m(
         "hashing threads: the digest is taken before the last blocks are hashed (stop 30)",
-        "jaco/files.py",
+        "jaco/streams.py",
         "        self.close()\n        return self._sha.hexdigest()",
         "        return self._sha.hexdigest()",
         "tests/unit/test_hash_threads.py",
@@ -1605,7 +1605,7 @@ MUTATIONS: list[Mutation] = [
     ),
     m(
         "the ciphertext fed to the decrypter through this process, never spliced (stop 41)",
-        "jaco/archive/encrypted.py",
+        "jaco/streams.py",
         "    if isinstance(inner, io.BufferedReader):\n"
         "        if not isinstance(inner.raw, io.FileIO):",
         "    if True:\n        if True:",
@@ -1613,14 +1613,14 @@ MUTATIONS: list[Mutation] = [
     ),
     m(
         "splice: what the drill's stdin holds buffered skipped (stop 41)",
-        "jaco/archive/encrypted.py",
+        "jaco/streams.py",
         "            moved = len(first)",
         "            moved, first = len(first), b''",
         k("tests/unit/test_decrypter.py", "spliced or limit_inside"),
     ),
     m(
         "splice: the drill's stdin read past the backup's end (stop 41)",
-        "jaco/archive/encrypted.py",
+        "jaco/streams.py",
         "            n = os.splice(fd, out, CHUNK if limit is None else min(CHUNK, limit - moved))",
         "            n = os.splice(fd, out, CHUNK)",
         k("tests/unit/test_decrypter.py", "spliced"),
@@ -1641,7 +1641,7 @@ MUTATIONS: list[Mutation] = [
     ),
     m(
         "splice: a refused splice (a seccomp filter, a descriptor without it) fails (stop 41)",
-        "jaco/archive/encrypted.py",
+        "jaco/streams.py",
         "                if exc.errno in REFUSED:",
         "                if False:",
         k("tests/unit/test_decrypter.py", "splice_is_refused"),
@@ -1662,14 +1662,14 @@ MUTATIONS: list[Mutation] = [
     ),
     m(
         "splice: a buffered reader over any raw stream with a descriptor spliced (stop 41)",
-        "jaco/archive/encrypted.py",
+        "jaco/streams.py",
         "        if not isinstance(inner.raw, io.FileIO):  # a raw stream may change what",
         "        if False:  # a raw stream may change what",
         k("tests/unit/test_decrypter.py", "only_a_file"),
     ),
     m(
         "splice: a part with nothing left waits for a byte (stop 41)",
-        "jaco/archive/encrypted.py",
+        "jaco/streams.py",
         "    if limit == 0:\n        return 0",
         "    pass",
         k("tests/unit/test_decrypter.py", "nothing_left"),

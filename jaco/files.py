@@ -1,4 +1,4 @@
-"""Files that hold secrets or must never be seen half-written, and hashing while streaming.
+"""Files that hold secrets or must never be seen half-written.
 
 One way to do each: `write_private` (small files) and `private_output` (streams) write a
 temp name in the target's directory (`.NAME.partial-PID`, created O_EXCL, mode 0600, held
@@ -7,8 +7,8 @@ a crash leaves either the old file or the new one, never a torn one; a failure r
 temp file, and `sweep_partials` removes those of writers that died (their flock is gone).
 `staged_dir` does the same for a whole directory (`.NAME.restore-PID`, renamed over an absent
 or empty target), and `anonymous_file` holds scratch data that has no name at all, so no crash
-can leave it behind. `HashingReader` hashes what passes through any `read()`-able source, in
-1 MiB blocks.
+can leave it behind. Streams through the process (reading, hashing, splicing) are
+jaco.streams.
 """
 
 from __future__ import annotations
@@ -18,18 +18,16 @@ import errno
 import fcntl
 import hashlib
 import os
-import queue
 import re
 import shutil
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
 from jaco.errors import InvalidArgument, JacoError
 
-CHUNK = 1024 * 1024
 PARTIAL = ".partial-"
 STAGING = ".restore-"
 
@@ -241,150 +239,3 @@ def require_space(directory: Path, needed: int, what: str) -> None:
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-class ChunkReader:
-    """A `read()`-able view of an iterator of byte chunks (reads assembled across chunks)."""
-
-    def __init__(self, chunks: Iterator[bytes], progress: Callable[[int], None] | None = None):
-        self._chunks = chunks
-        self._chunk = b""
-        self._offset = 0
-        self._progress = progress
-
-    def read(self, n: int = -1) -> bytes:
-        parts: list[bytes] = []
-        need = n if n >= 0 else -1
-        while need:
-            if self._offset >= len(self._chunk):
-                chunk = next(self._chunks, None)
-                if chunk is None:
-                    break
-                if self._progress is not None:
-                    self._progress(len(chunk))
-                self._chunk, self._offset = chunk, 0
-            end = len(self._chunk) if need < 0 else self._offset + need
-            part = self._chunk[self._offset : end]
-            self._offset += len(part)
-            if need > 0:
-                need -= len(part)
-            parts.append(part)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-class Readable(Protocol):
-    def read(self, n: int, /) -> bytes: ...
-
-
-class Writable(Protocol):
-    def write(self, data: bytes | bytearray, /) -> int: ...
-
-    def flush(self) -> None: ...
-
-
-class Bounded:
-    """The next `limit` bytes of a stream, and no more: one part of a stream that carries
-    several (the drill's stdin: the backup, then its segments)."""
-
-    def __init__(self, source: Readable, limit: int) -> None:
-        self.source = source
-        self.left = limit
-
-    def read(self, n: int = -1) -> bytes:
-        want = self.left if n < 0 else min(n, self.left)
-        data = self.source.read(want) if want else b""
-        self.left -= len(data)
-        return data
-
-
-class BlockSha256:
-    """SHA-256 of whole blocks, `threaded` on a thread of its own: hashlib lets go of the GIL
-    while it hashes a large buffer, so the thread that feeds it (pyrage, decrypting or
-    encrypting) goes on meanwhile on another core. A block must not change once handed over.
-    `close` ends the thread whether or not the digest was taken; no block may follow it."""
-
-    def __init__(self, threaded: bool = False) -> None:
-        self._sha = hashlib.sha256()
-        self._threaded = threaded
-        self._blocks: queue.Queue[bytes | bytearray | None] = queue.Queue(4)
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def _run(self) -> None:
-        while (block := self._blocks.get()) is not None:
-            self._sha.update(block)
-
-    def update(self, block: bytes | bytearray) -> None:
-        if self._closed:
-            raise RuntimeError("a closed BlockSha256 was fed (a bug)")
-        if not self._threaded:
-            self._sha.update(block)
-            return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
-            self._thread.start()
-        self._blocks.put(block)
-
-    def close(self) -> None:
-        self._closed = True
-        if self._thread is not None:
-            self._blocks.put(None)
-            self._thread.join()
-            self._thread = None
-
-    def hexdigest(self) -> str:
-        """The digest of every block handed over (the thread's last ones included)."""
-        self.close()
-        return self._sha.hexdigest()
-
-
-class HashingReader:
-    """A read-only source that counts and hashes what is read from it.
-
-    The source is read in 1 MiB blocks whatever the caller asks for (pyrage asks for 8 KiB):
-    the system calls and the hash updates (each one a GIL release) stay few. A read of a
-    whole block or more with nothing buffered passes straight through, uncopied. With
-    `threaded`, the blocks are hashed on a thread of their own (`close` it when done); or
-    by the `sha256` given.
-    """
-
-    def __init__(
-        self, source: Readable, threaded: bool = False, sha256: BlockSha256 | None = None
-    ) -> None:
-        self.sha256 = sha256 if sha256 is not None else BlockSha256(threaded)
-        self.size = 0
-        self._source = source
-        self._block = memoryview(b"")
-        self._at = 0
-
-    def _take(self, block: bytes) -> bytes:
-        self.sha256.update(block)
-        self.size += len(block)
-        return block
-
-    def read(self, n: int = -1) -> bytes:
-        if n < 0:
-            parts = [self._block[self._at :].tobytes()]
-            self._at = len(self._block)
-            while block := self._source.read(CHUNK):
-                parts.append(self._take(block))
-            return b"".join(parts)
-        if self._at >= len(self._block):
-            if n >= CHUNK:
-                return self._take(self._source.read(n))
-            self._block, self._at = memoryview(self._take(self._source.read(CHUNK))), 0
-        piece = self._block[self._at : self._at + n].tobytes()
-        self._at += len(piece)
-        return piece
-
-    def drain(self) -> None:
-        """Read (and hash) whatever the consumer did not need."""
-        self._at = len(self._block)
-        while self.read(CHUNK):
-            pass
-
-    def hexdigest(self) -> str:
-        return self.sha256.hexdigest()
-
-    def close(self) -> None:
-        self.sha256.close()

@@ -44,15 +44,8 @@ from jaco.errors import (
     Unavailable,
     is_retryable,
 )
-from jaco.files import (
-    ChunkReader,
-    HashingReader,
-    create_private,
-    private_output,
-    sha256_file,
-    sweep_partials,
-    write_private,
-)
+from jaco.files import create_private, private_output, sha256_file, sweep_partials, write_private
+from jaco.streams import ChunkReader, HashingReader
 
 __all__ = [
     "ArchiveError",

@@ -17,7 +17,8 @@ from typing import Any
 import pyrage
 
 from jaco.errors import InvalidArgument, JacoError
-from jaco.files import CHUNK, BlockSha256, HashingReader, Writable, private_output
+from jaco.files import private_output
+from jaco.streams import CHUNK, BlockSha256, HashingReader, Writable
 
 PIPE_BYTES = 1024 * 1024  # Linux's default pipe-max-size
 AGE_MAGIC = b"age-encryption.org/v1\n"

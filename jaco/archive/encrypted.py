@@ -10,7 +10,6 @@ it downloads, flows.download).
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import io
 import os
@@ -29,7 +28,7 @@ from jaco.archive.decrypter import EXIT_DAMAGED, EXIT_NO_KEY, EXIT_READER_LEFT
 from jaco.archive.format import Reserve, VerifiedArchive, read_archive, read_archive_stream
 from jaco.archive.meta import BackupMeta
 from jaco.errors import ArchiveError, InvalidArgument, JacoError
-from jaco.files import CHUNK, BlockSha256, Bounded, Readable
+from jaco.streams import CHUNK, BlockSha256, Readable, spliced
 
 
 @dataclass
@@ -39,7 +38,7 @@ class Decryption:
     plaintext_sha256: str = ""
     plaintext_size: int = 0
     seconds: float = 0.0  # from the start to the plaintext's last byte
-    spliced: int = 0  # ciphertext bytes the kernel moved to the decrypter (_spliced)
+    spliced: int = 0  # ciphertext bytes the kernel moved to the decrypter (jaco.streams.spliced)
 
 
 class _Plaintext:
@@ -88,54 +87,8 @@ class _Plaintext:
             self._sha.close()
 
 
-# What splice(2) may answer where a copy still works: a filesystem or descriptor without it,
-# a sandbox whose seccomp filter refuses it, a source with nothing to read yet (non-blocking)
-REFUSED = {errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EAGAIN, errno.EOPNOTSUPP, errno.EXDEV}
-
-
-def _spliced(source: Readable, out: int) -> int | None:
-    """Move `source` into the pipe `out` with splice(2), where it is a file or a buffered
-    reader of one, whole or Bounded (a file to restore, the drill's stdin): the kernel moves
-    the pages, where reading and writing them copied every byte twice through this process, a
-    core-second per 2 GiB (docs/benchmarks.md, stop 41). What the reader holds buffered goes
-    first. Returns the bytes moved, which a refused splice (REFUSED) ends early, leaving the
-    rest to copy; or None for any other source, nothing read from it."""
-    limit, inner = (source.left, source.source) if isinstance(source, Bounded) else (None, source)
-    if isinstance(inner, io.BufferedReader):
-        if not isinstance(inner.raw, io.FileIO):  # a raw stream may change what it reads
-            return None
-    elif not isinstance(inner, io.FileIO):
-        return None
-    if limit == 0:
-        return 0
-    fd = inner.fileno()
-    moved = 0
-    try:
-        if isinstance(inner, io.BufferedReader):
-            held = inner.peek(1)  # what is buffered (one read if nothing is)
-            first = inner.read(len(held) if limit is None else min(len(held), limit))
-            moved = len(first)
-            view = memoryview(first)
-            while view:
-                view = view[os.write(out, view) :]
-        while limit is None or moved < limit:
-            try:
-                n = os.splice(fd, out, CHUNK if limit is None else min(CHUNK, limit - moved))
-            except OSError as exc:
-                if exc.errno in REFUSED:
-                    break
-                raise
-            if not n:
-                break
-            moved += n
-    finally:
-        if isinstance(source, Bounded):
-            source.left -= moved
-    return moved
-
-
 def _pump(source: Path | Readable, child: subprocess.Popen[bytes], found: Decryption) -> None:
-    """Feed the ciphertext to the decrypter, spliced as far as it can be (_spliced), the rest
+    """Feed the ciphertext to the decrypter, spliced as far as it can be (`spliced`), the rest
     copied. If the decrypter stops reading, the rest is still read when it ended well (age
     need not read what follows its last chunk: it is part of the object all the same, and a
     stream may carry more after it), not when it failed."""
@@ -148,7 +101,7 @@ def _pump(source: Path | Readable, child: subprocess.Popen[bytes], found: Decryp
         sink = child.stdin
         assert sink is not None
         try:
-            found.spliced = _spliced(src, sink.fileno()) or 0
+            found.spliced = spliced(src, sink.fileno()) or 0
             while block := src.read(CHUNK):
                 sink.write(block)
         except BrokenPipeError:

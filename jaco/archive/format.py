@@ -34,17 +34,8 @@ from jaco.archive.deflate import GzipWriter
 from jaco.archive.meta import MAX_META_BYTES, MAX_SNAPSHOT_BYTES, BackupMeta
 from jaco.archive.ustar import TarFormatError, TarReader
 from jaco.errors import ArchiveError, InvalidArgument, JacoError
-from jaco.files import (
-    CHUNK,
-    BlockSha256,
-    Bounded,
-    ChunkReader,
-    HashingReader,
-    check_output_target,
-    disk_full,
-    private_output,
-    syncing,
-)
+from jaco.files import check_output_target, disk_full, private_output, syncing
+from jaco.streams import CHUNK, BlockSha256, Bounded, ChunkReader, HashingReader
 
 LOOK_AHEAD = 64 * CHUNK
 META_NAME = "meta.json"

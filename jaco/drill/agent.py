@@ -42,12 +42,13 @@ from jaco.client.connection import Client, connect_info, full_status
 from jaco.drill import checks
 from jaco.drill.checks import Expect
 from jaco.errors import JacoError, Unauthenticated
-from jaco.files import Bounded, Readable, create_private, require_space
+from jaco.files import create_private, require_space
 from jaco.model.tokens import parse_token
 from jaco.node.bootstrap import Ports, join_cluster
 from jaco.node.config import DataDir
 from jaco.node.pitr import DirSource, Target, point_in_time_restore
 from jaco.node.restore import restore
+from jaco.streams import Bounded, Readable
 from jaco.v1 import jaco_pb2 as pb
 
 DATA = Path(os.environ.get("JACO_DATA_DIR", "/var/lib/jaco"))

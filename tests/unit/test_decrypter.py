@@ -22,9 +22,9 @@ import pyrage
 import pytest
 
 from jaco.archive.age import DecryptionFailed, Identities
-from jaco.archive.encrypted import Decryption, _pump, _spliced, decrypting
+from jaco.archive.encrypted import Decryption, _pump, decrypting
 from jaco.errors import ArchiveError, JacoError
-from jaco.files import Bounded
+from jaco.streams import Bounded, spliced
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
 
@@ -185,12 +185,12 @@ def test_a_limit_inside_what_is_buffered_moves_that_much_and_no_more() -> None:
     assert stdin.readline() == b"line\n"  # the reader now holds all that followed the line
     r, w = os.pipe()
     part = Bounded(stdin, 4)
-    assert _spliced(part, w) == 4 and part.left == 0
+    assert spliced(part, w) == 4 and part.left == 0
     os.close(w)
     with os.fdopen(r, "rb") as moved:
         assert moved.read() == b"0123"
     assert stdin.read() == b"456789rest"
-    assert _spliced(io.BytesIO(b"not a descriptor"), 1) is None
+    assert spliced(io.BytesIO(b"not a descriptor"), 1) is None
 
 
 def test_a_decrypter_that_ends_well_before_the_end_leaves_the_part_read_to_its_limit() -> None:
@@ -254,7 +254,7 @@ def test_where_splice_is_refused_the_ciphertext_is_copied(
     assert got == {"sha256": hashlib.sha256(DATA).hexdigest(), "read": len(DATA), "spliced": 0}
 
 
-def test_only_a_file_or_a_reader_of_a_files_descriptor_is_spliced(tmp_path: Path) -> None:
+def test_only_a_file_or_a_reader_of_a_files_descriptor_isspliced(tmp_path: Path) -> None:
     """A buffered reader over another raw stream (one that changes what it reads, say) is
     copied, whatever descriptor it names: nothing is read from that descriptor."""
     named_r, named_w = os.pipe()
@@ -273,7 +273,7 @@ def test_only_a_file_or_a_reader_of_a_files_descriptor_is_spliced(tmp_path: Path
 
     r, w = os.pipe()
     try:
-        assert _spliced(io.BufferedReader(Raw()), w) is None
+        assert spliced(io.BufferedReader(Raw()), w) is None
         os.close(w)
         assert os.read(r, 64) == b"" and os.read(named_r, 64) == b"left unread"
     finally:
@@ -287,6 +287,6 @@ def test_a_part_with_nothing_left_reads_nothing() -> None:
     out_r, out_w = os.pipe()
     with os.fdopen(r, "rb") as never_written, os.fdopen(w, "wb"):
         with os.fdopen(out_r, "rb") as moved, os.fdopen(out_w, "wb") as out:
-            assert _spliced(Bounded(never_written, 0), out.fileno()) == 0  # no wait for a byte
+            assert spliced(Bounded(never_written, 0), out.fileno()) == 0  # no wait for a byte
             out.close()
             assert moved.read() == b""

@@ -17,9 +17,6 @@ import pytest
 from jaco.errors import InvalidArgument, JacoError
 from jaco.files import (
     STAGING,
-    Bounded,
-    ChunkReader,
-    HashingReader,
     anonymous_file,
     check_output_target,
     disk_full,
@@ -28,6 +25,7 @@ from jaco.files import (
     sweep_partials,
     write_private,
 )
+from jaco.streams import Bounded, ChunkReader, HashingReader
 
 
 def test_private_output_replaces_atomically_with_mode_0600(tmp_path: Path) -> None:

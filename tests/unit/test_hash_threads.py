@@ -15,7 +15,7 @@ import pytest
 
 from jaco.archive.age import HashingWriter, encrypt_file, parse_identities
 from jaco.archive.encrypted import decrypting
-from jaco.files import CHUNK, BlockSha256, HashingReader
+from jaco.streams import CHUNK, BlockSha256, HashingReader
 from tests.mounts import tmpfs
 
 

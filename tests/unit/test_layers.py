@@ -109,6 +109,7 @@ RULES = [
     ("jaco.drill", ("jaco.model.etcd", "jaco.model.store", "jaco.server", "flows", "prefect"),
      "the drill agent checks the restored node through its API, not with etcd credentials"),
     ("jaco.files", ("jaco.model", "jaco.server", "jaco.client", "flows"), "a leaf helper"),
+    ("jaco.streams", ("jaco.",), "a leaf"),
     ("jaco.errors", ("jaco.",), "a leaf"),
 ]  # fmt: skip
 
