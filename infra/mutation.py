@@ -1675,6 +1675,13 @@ MUTATIONS: list[Mutation] = [
         k("tests/unit/test_decrypter.py", "nothing_left"),
     ),
     m(
+        "splice: a non-blocking stdin with nothing yet ends the splice, the rest cut (stop 42)",
+        "jaco/streams.py",
+        "                select.select([], [out], [])\n                continue",
+        "                break",
+        k("tests/unit/test_decrypter.py", "non_blocking"),
+    ),
+    m(
         "the drill's cpu_seconds the agent's alone, not its children's (stop 41)",
         "jaco/drill/agent.py",
         "(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))",

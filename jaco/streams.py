@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import queue
+import select
 import threading
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -170,8 +171,9 @@ class HashingReader:
 
 
 # What splice(2) may answer where a copy still works: a filesystem or descriptor without it,
-# a sandbox whose seccomp filter refuses it, a source with nothing to read yet (non-blocking)
-REFUSED = {errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EAGAIN, errno.EOPNOTSUPP, errno.EXDEV}
+# a sandbox whose seccomp filter refuses it. (EAGAIN is waited out: the copy could not read a
+# non-blocking source to its end either.)
+REFUSED = {errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV}
 
 
 def spliced(source: Readable, out: int) -> int | None:
@@ -202,6 +204,10 @@ def spliced(source: Readable, out: int) -> int | None:
         while limit is None or moved < limit:
             try:
                 n = os.splice(fd, out, CHUNK if limit is None else min(CHUNK, limit - moved))
+            except BlockingIOError:  # a non-blocking source with nothing yet, or a full pipe
+                select.select([fd], [], [])
+                select.select([], [out], [])
+                continue
             except OSError as exc:
                 if exc.errno in REFUSED:
                     break

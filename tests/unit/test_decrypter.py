@@ -15,6 +15,7 @@ import platform
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,34 @@ def test_a_limit_inside_what_is_buffered_moves_that_much_and_no_more() -> None:
         assert moved.read() == b"0123"
     assert stdin.read() == b"456789rest"
     assert spliced(io.BytesIO(b"not a descriptor"), 1) is None
+
+
+def test_a_non_blocking_source_with_nothing_yet_is_waited_for_not_cut_short(
+    sealed: tuple[Path, Identities],
+) -> None:
+    """A non-blocking stdin answers EAGAIN whenever the writer is behind. That is not a refusal:
+    the splice waits for the next bytes (a copy would have stopped at the first gap, and age
+    failed on a cut ciphertext)."""
+    path, identities = sealed
+    ciphertext, after = path.read_bytes(), b"what follows"
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+
+    def fill() -> None:  # in pieces, with gaps the reader must wait out
+        with os.fdopen(w, "wb", buffering=0) as sink:
+            for at in range(0, len(ciphertext), 256 * 1024):
+                time.sleep(0.02)
+                sink.write(ciphertext[at : at + 256 * 1024])
+            sink.write(after)
+
+    threading.Thread(target=fill, daemon=True).start()
+    stdin = os.fdopen(r, "rb")
+    part = Bounded(stdin, len(ciphertext))
+    with decrypting(part, identities) as (plain, found):
+        assert plain.read(len(DATA) + 1) == DATA
+    assert found.spliced == len(ciphertext) and part.left == 0
+    os.set_blocking(r, True)
+    assert stdin.read() == after
 
 
 def test_a_decrypter_that_ends_well_before_the_end_leaves_the_part_read_to_its_limit() -> None:
