@@ -1682,6 +1682,27 @@ MUTATIONS: list[Mutation] = [
         k("tests/unit/test_decrypter.py", "non_blocking"),
     ),
     m(
+        "write-behind: the archive's pages left to the kernel until its end (stop 42)",
+        "jaco/archive/format.py",
+        "GzipWriter(raw, WriteBehind(raw))",
+        "GzipWriter(raw)",
+        k("tests/test_backup_stream.py", "as_it_is_written"),
+    ),
+    m(
+        "write-behind: no window's write to disk started or waited for (stop 42)",
+        "jaco/files.py",
+        "        self._call(self._started, end, _WRITE)\n",
+        "        return\n",
+        k("tests/test_write_behind.py", "two_windows"),
+    ),
+    m(
+        "write-behind: a write error the wait took is dropped, not raised (stop 42)",
+        "jaco/files.py",
+        "        raise OSError(code, os.strerror(code))",
+        "        return",
+        k("tests/test_write_behind.py", "disk_fails"),
+    ),
+    m(
         "the drill's cpu_seconds the agent's alone, not its children's (stop 41)",
         "jaco/drill/agent.py",
         "(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))",

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tarfile
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +22,14 @@ from typing import Any
 
 import pytest
 
+import jaco.files
 from jaco.archive.format import read_archive
 from jaco.archive.meta import BackupMeta
 from jaco.client.backup import write_backup_stream
 from jaco.errors import JacoError
 from jaco.v1 import jaco_pb2 as pb
 from tests.archives import bolt_head, etcd_trailed
+from tests.pages import waiting_bytes
 
 # Looks like etcd's to a reader: a bbolt head, whole blocks, etcd's SHA-256 at the end.
 SNAPSHOT = etcd_trailed(bolt_head() + os.urandom(3 * 1024 * 1024 + 512))
@@ -207,3 +210,32 @@ def test_malformed_streams_leave_no_file(
     with pytest.raises(JacoError, match=message):
         write_backup_stream(iter(stream), out, lambda s: None, lambda n: None)
     assert list(tmp_path.iterdir()) == [], f"{label}: something was left behind"
+
+
+def test_the_archive_goes_to_disk_as_it_is_written_not_all_at_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The archive's pages are written back a window at a time (jaco.files.WriteBehind), not
+    left in memory for the machine's dirty limit to stall every writer (etcd's WAL) at 2 GiB.
+    Counted by the kernel (cachestat) while the last MiBs of the snapshot still stream."""
+    monkeypatch.setattr(jaco.files, "WRITE_BEHIND", 1024 * 1024)
+    snapshot = etcd_trailed(bolt_head() + os.urandom(24 * 1024 * 1024 + 512))
+    waiting: list[int] = []
+    written: list[int] = []
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:  # a disk's filesystem, as on CI
+        out = Path(tmp) / "b.tar.gz"
+
+        def stream() -> Iterator[pb.BackupChunk]:
+            for at, chunk in enumerate(_sent(snapshot)):
+                if at == 22:  # 21 MiB handed over: most of it written by the gzip thread
+                    (partial,) = Path(tmp).glob(".b.tar.gz.partial-*")
+                    with open(partial, "rb") as f:
+                        waiting.append(waiting_bytes(f.fileno()))
+                        written.append(os.fstat(f.fileno()).st_size)
+                yield chunk
+
+        result = write_backup_stream(stream(), out, lambda s: None, lambda n: None)
+        assert read_archive(out).meta == result.meta
+    assert written[0] >= 12 * 1024 * 1024, written  # it looks while the archive grows
+    # the window being written, the one started, and what the gzip thread holds
+    assert waiting[0] <= 6 * 1024 * 1024, waiting

@@ -24,6 +24,8 @@ from typing import IO
 
 from isal import isal_zlib
 
+from jaco.files import WriteBehind
+
 HEADER = bytes([0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 0xFF])  # deflate, no name, no mtime, OS unknown
 FINAL = b"\x03\x00"  # an empty final block (fixed Huffman): what zlib's Z_FINISH writes
 WINDOW = 32 * 1024
@@ -67,10 +69,12 @@ def deflated(block: bytes, previous: bytes, sample: bool = False) -> list[bytes 
 
 class GzipWriter:
     """A write-only gzip stream over `raw`; `close` writes the end, and raises what the
-    thread met (a full disk, say) if `write` has not raised it already."""
+    thread met (a full disk, say) if `write` has not raised it already. With `behind`, the
+    thread starts the disk write of what it wrote as it goes (jaco.files.WriteBehind)."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes], behind: WriteBehind | None = None) -> None:
         self._raw = raw
+        self._behind = behind
         self._blocks: queue.Queue[bytes | None] = queue.Queue(QUEUED)
         self._crc = 0
         self._size = 0
@@ -100,6 +104,8 @@ class GzipWriter:
                 # stored: a header and data a piece; deflated: one
                 stored_run = stored_run + 1 if len(parts) > 1 else 0
                 self._raw.writelines(parts)
+                if self._behind is not None:
+                    self._behind.wrote()
                 self._crc = isal_zlib.crc32(block, self._crc)
                 self._size += len(block)
                 previous = block

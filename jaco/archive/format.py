@@ -34,7 +34,7 @@ from jaco.archive.deflate import GzipWriter
 from jaco.archive.meta import MAX_META_BYTES, MAX_SNAPSHOT_BYTES, BackupMeta
 from jaco.archive.ustar import TarFormatError, TarReader
 from jaco.errors import ArchiveError, InvalidArgument, JacoError
-from jaco.files import check_output_target, disk_full, private_output, syncing
+from jaco.files import WriteBehind, check_output_target, disk_full, private_output, syncing
 from jaco.streams import CHUNK, BlockSha256, Bounded, ChunkReader, HashingReader
 
 LOOK_AHEAD = 64 * CHUNK
@@ -45,9 +45,10 @@ SNAPSHOT_NAME = "snapshot.bin"
 def _gzip_open(raw: IO[bytes], mode: str = "wb") -> IO[bytes]:
     """gzip through isal with the codec (and the raw I/O) on a thread of its own: it escapes
     the GIL, so receiving, hashing and compressing overlap. Written by jaco.archive.deflate
-    (what does not deflate is stored, and reads back as a copy)."""
+    (what does not deflate is stored, and reads back as a copy), its disk write started as it
+    goes (WriteBehind: a backup does not fill the machine's memory with pages to write)."""
     if mode == "wb":
-        return cast(IO[bytes], GzipWriter(raw))
+        return cast(IO[bytes], GzipWriter(raw, WriteBehind(raw)))
     return igzip_threaded.open(raw, mode, threads=1, block_size=CHUNK)  # type: ignore[no-any-return]
 
 
