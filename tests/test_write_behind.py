@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import os
 import subprocess
 import tempfile
@@ -15,7 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+import pytest
+
+from jaco.client.backup import write_backup_stream
+from jaco.errors import JacoError
 from jaco.files import WriteBehind
+from jaco.v1 import jaco_pb2 as pb
+from tests.archives import bolt_head, etcd_trailed
 from tests.mounts import tmpfs
 from tests.pages import waiting_bytes
 
@@ -91,3 +99,41 @@ def test_a_write_the_disk_fails_is_raised_by_the_write_behind(tmp_path: Path) ->
                 break
     assert failed is not None, "48 MiB written to a disk that holds 12 and no error raised"
     assert failed.errno in (errno.EIO, errno.ENOSPC), failed
+
+
+def test_a_backup_onto_a_failing_disk_fails_in_one_line_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """`jaco backup`'s writer onto the same failing disk: the one line names the file and the
+    error, and no archive (nor its temp name) is left."""
+    snapshot = etcd_trailed(bolt_head() + os.urandom(40 * MIB + 512))
+    meta = {
+        "cluster_id": "c0ffee",
+        "snapshot_index": 42,
+        "snapshot_term": 3,
+        "jaco_version": "1.0.0",
+        "taken_at": "2026-11-26T00:00:00+00:00",
+        "leader_at_snapshot": "node-1",
+        "format": 2,
+        "snapshot_sha256": hashlib.sha256(snapshot).hexdigest(),
+        "snapshot_size": len(snapshot),
+        "counts": {"deployments": 1},
+        "state_digest": "ab" * 32,
+    }
+    stream = [
+        pb.BackupChunk(snapshot_size=len(snapshot)),
+        *(pb.BackupChunk(data=snapshot[at : at + MIB]) for at in range(0, len(snapshot), MIB)),
+        pb.BackupChunk(meta_json=json.dumps(meta)),
+    ]
+    with _failing_disk(tmp_path) as disk:
+        out = disk / "b.tar.gz"
+        with pytest.raises(JacoError) as failed:
+            write_backup_stream(iter(stream), out, lambda s: None, lambda n: None)
+        left = sorted(p.name for p in disk.iterdir() if p.name != "lost+found")
+    # the loop device reports its backing store full (ENOSPC); a dying disk would say EIO
+    assert str(failed.value) in (
+        f"the disk holding {disk} is full; nothing was written to b.tar.gz",
+        f"writing {out} failed: [Errno 5] Input/output error",
+    ), failed.value
+    assert failed.value.exit_code == 1
+    assert left == []
