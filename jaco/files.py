@@ -140,15 +140,17 @@ def syncing(out: IO[bytes]) -> Iterator[None]:
 
 # sync_file_range(2)'s flags (linux/fs.h)
 _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
-# Where sync_file_range is not there to call, or not for this file: a copy still works
+# Where sync_file_range cannot be called, or not for this file: the write goes on without it
 _NO_SYNC_FILE_RANGE = {errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EPERM, errno.EOPNOTSUPP}
 WRITE_BEHIND = 32 * 1024 * 1024
 
 
 @functools.cache
-def _sync_file_range() -> Callable[[int, int, int, int], int]:
-    call = ctypes.CDLL(None, use_errno=True).sync_file_range
-    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range, or None where there is none (not Linux)."""
+    call = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+    if call is not None:
+        call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
     return call  # type: ignore[no-any-return]
 
 
@@ -167,7 +169,7 @@ class WriteBehind:
         self._fd, self._window = out.fileno(), window or WRITE_BEHIND
         self._started = 0  # bytes whose write to disk has been started
         self._waited = 0  # bytes whose write has ended
-        self._off = False
+        self._off = _sync_file_range() is None
 
     def wrote(self) -> None:
         """Call after writing to `out`, on the thread that writes."""
@@ -182,7 +184,8 @@ class WriteBehind:
         self._waited, self._started = self._started, end
 
     def _call(self, start: int, end: int, flags: int) -> None:
-        if self._off or _sync_file_range()(self._fd, start, end - start, flags) == 0:
+        call = _sync_file_range()
+        if self._off or call is None or call(self._fd, start, end - start, flags) == 0:
             return
         code = ctypes.get_errno()
         if code in _NO_SYNC_FILE_RANGE:
