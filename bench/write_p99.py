@@ -32,10 +32,12 @@ from infra.localcluster import JACO, cluster_of
 
 def run(
     random_mib: int, repeat: int, nice: int | None, before: Path | None
-) -> dict[str, list[float]]:
+) -> tuple[dict[str, list[float]], list[dict[str, object]]]:
+    """The samples of each variant, pooled, and each backup's own figures (round by round)."""
     from jaco.client.connection import open_client
 
     samples: dict[str, list[float]] = {"quiet": []}
+    rounds: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="jaco-write-p99-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         with cluster_of(work / "c", 1) as cluster:
@@ -77,12 +79,24 @@ def run(
                         out.unlink(missing_ok=True)
                         snap.unlink(missing_ok=True)
                         samples.setdefault(label, []).extend(lat)
+                        rounds.append(
+                            {"round": round_ + 1, "variant": label, "n": len(lat),
+                             "p50": pct(lat, 0.5), "p99": pct(lat, 0.99)}
+                        )  # fmt: skip
                         print(
                             f"  round {round_ + 1} {label}: n={len(lat)} p50 "
                             f"{pct(lat, 0.5) * 1000:.1f} ms p99 {pct(lat, 0.99) * 1000:.1f} ms",
                             flush=True,
                         )
-    return samples
+    return samples, rounds
+
+
+def _commit(tree: Path) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    dirty = subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD", "--", "jaco"])
+    return done.stdout.strip() + (" with changes to jaco/" if dirty.returncode else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nice", type=int, help="a variant: jaco backup under nice -n N")
     parser.add_argument("--before", type=Path, help="a variant: jacod and jaco from another tree")
     args = parser.parse_args(argv)
-    samples = run(args.random_mib, args.repeat, args.nice, args.before)
+    samples, rounds = run(args.random_mib, args.repeat, args.nice, args.before)
     ref = pct(samples["etcdctl snapshot save"], 0.99)
     print(f"\n{'variant':<28} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'p99 / etcdctl':>14}")
     for label, lat in samples.items():
@@ -109,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                 "random_mib": args.random_mib,
                 "repeat": args.repeat,
                 "before": str(args.before or ""),
+                "commit": _commit(Path(__file__).resolve().parent.parent),
+                "before_commit": _commit(args.before) if args.before else "",
+                "rounds": rounds,
                 "samples": samples,
             }
         )

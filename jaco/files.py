@@ -188,7 +188,9 @@ class WriteBehind:
         if self._off or call is None or call(self._fd, start, end - start, flags) == 0:
             return
         code = ctypes.get_errno()
-        if code in _NO_SYNC_FILE_RANGE:
+        # Only a call that does not wait may be refused: a wait hands over the file's write
+        # error whatever its number (EPERM from NFS, say), and no fsync after it would see it.
+        if flags == _WRITE and code in _NO_SYNC_FILE_RANGE:
             self._off = True
             return
         raise OSError(code, os.strerror(code))

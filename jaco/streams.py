@@ -205,8 +205,8 @@ def spliced(source: Readable, out: int) -> int | None:
             try:
                 n = os.splice(fd, out, CHUNK if limit is None else min(CHUNK, limit - moved))
             except BlockingIOError:  # a non-blocking source with nothing yet, or a full pipe
-                select.select([fd], [], [])
-                select.select([], [out], [])
+                _wait_for(fd, select.POLLIN)
+                _wait_for(out, select.POLLOUT)
                 continue
             except OSError as exc:
                 if exc.errno in REFUSED:
@@ -219,3 +219,10 @@ def spliced(source: Readable, out: int) -> int | None:
         if isinstance(source, Bounded):
             source.left -= moved
     return moved
+
+
+def _wait_for(fd: int, event: int) -> None:
+    """Until `fd` is ready for `event`, or has ended (poll: any descriptor number)."""
+    waiting = select.poll()
+    waiting.register(fd, event)
+    waiting.poll()

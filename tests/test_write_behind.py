@@ -7,6 +7,7 @@ grow), and its error is raised, not left for an fsync that would no longer see i
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import json
@@ -19,12 +20,12 @@ from typing import IO
 
 import pytest
 
+import jaco.files
 from jaco.client.backup import write_backup_stream
 from jaco.errors import JacoError
 from jaco.files import WriteBehind
 from jaco.v1 import jaco_pb2 as pb
 from tests.archives import bolt_head, etcd_trailed
-from tests.mounts import tmpfs
 from tests.pages import waiting_bytes
 
 MIB = 1024 * 1024
@@ -57,8 +58,16 @@ def test_a_long_write_keeps_at_most_two_windows_waiting_for_the_disk() -> None:
 @contextlib.contextmanager
 def _failing_disk(tmp_path: Path) -> Iterator[Path]:
     """An ext4 of 64 MiB on a loop device whose backing file lies on a 12 MiB tmpfs: once that
-    is full, the disk's writes fail (EIO), as a dying disk's do."""
-    with tmpfs(tmp_path / "backing", "size=12m") as backing:
+    is full, the disk's writes fail (ENOSPC from the loop device; a dying disk says EIO). Taken
+    down lazily and without raising, so that a failing test shows its own error."""
+    backing, mounted = tmp_path / "backing", tmp_path / "disk"
+    backing.mkdir()
+    mounted.mkdir()
+    with contextlib.ExitStack() as undo:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(backing)], check=True
+        )
+        undo.callback(subprocess.run, ["umount", "-l", str(backing)], check=False)
         image = backing / "disk.img"
         with open(image, "wb") as f:
             f.truncate(64 * MIB)
@@ -70,16 +79,10 @@ def _failing_disk(tmp_path: Path) -> Iterator[Path]:
         device = subprocess.run(
             ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
         ).stdout.strip()
-        mounted = tmp_path / "disk"
-        mounted.mkdir()
-        try:
-            subprocess.run(["mount", "-t", "ext4", device, str(mounted)], check=True)
-            try:
-                yield mounted
-            finally:
-                subprocess.run(["umount", "-l", str(mounted)], check=True)
-        finally:
-            subprocess.run(["losetup", "-d", device], check=True)
+        undo.callback(subprocess.run, ["losetup", "-d", device], check=False)
+        subprocess.run(["mount", "-t", "ext4", device, str(mounted)], check=True)
+        undo.callback(subprocess.run, ["umount", "-l", str(mounted)], check=False)
+        yield mounted
 
 
 def test_a_write_the_disk_fails_is_raised_by_the_write_behind(tmp_path: Path) -> None:
@@ -102,10 +105,11 @@ def test_a_write_the_disk_fails_is_raised_by_the_write_behind(tmp_path: Path) ->
 
 
 def test_a_backup_onto_a_failing_disk_fails_in_one_line_and_leaves_nothing(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`jaco backup`'s writer onto the same failing disk: the one line names the file and the
-    error, and no archive (nor its temp name) is left."""
+    """`jaco backup`'s writer onto the same failing disk: the write-behind's wait takes the
+    error on the gzip thread, and the one line names the file and the error; no archive (nor
+    its temp name) is left."""
     snapshot = etcd_trailed(bolt_head() + os.urandom(40 * MIB + 512))
     meta = {
         "cluster_id": "c0ffee",
@@ -125,6 +129,7 @@ def test_a_backup_onto_a_failing_disk_fails_in_one_line_and_leaves_nothing(
         *(pb.BackupChunk(data=snapshot[at : at + MIB]) for at in range(0, len(snapshot), MIB)),
         pb.BackupChunk(meta_json=json.dumps(meta)),
     ]
+    monkeypatch.setattr(jaco.files, "WRITE_BEHIND", 2 * MIB)  # waited for before the end
     with _failing_disk(tmp_path) as disk:
         out = disk / "b.tar.gz"
         with pytest.raises(JacoError) as failed:
@@ -137,3 +142,42 @@ def test_a_backup_onto_a_failing_disk_fails_in_one_line_and_leaves_nothing(
     ), failed.value
     assert failed.value.exit_code == 1
     assert left == []
+
+
+def test_a_wait_raises_whatever_error_the_file_has_only_a_first_call_may_be_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The errors that mean "not here" (EPERM, EINVAL, ...) turn the write-behind off only on a
+    call that does not wait: a wait hands over the file's write error, and an NFS or FUSE disk
+    may give any number. (libc's call stands in here: no disk on this machine fails with
+    EPERM.)"""
+    calls: list[int] = []
+
+    def refusing(answer: dict[int, int]) -> object:
+        def call(fd: int, offset: int, count: int, flags: int) -> int:
+            calls.append(flags)
+            if flags in answer:
+                ctypes.set_errno(answer[flags])
+                return -1
+            return 0
+
+        return lambda: call
+
+    with tempfile.TemporaryFile(dir="/var/tmp") as out:
+        monkeypatch.setattr(jaco.files, "_sync_file_range", refusing({7: errno.EPERM}))
+        behind = WriteBehind(out, MIB)
+        with pytest.raises(OSError) as failed:
+            for _ in range(4):
+                out.write(b"x" * MIB)
+                out.flush()
+                behind.wrote()
+        assert failed.value.errno == errno.EPERM and calls == [2, 2, 7]
+    calls.clear()
+    with tempfile.TemporaryFile(dir="/var/tmp") as out:
+        monkeypatch.setattr(jaco.files, "_sync_file_range", refusing({2: errno.ENOSYS}))
+        behind = WriteBehind(out, MIB)
+        for _ in range(4):
+            out.write(b"x" * MIB)
+            out.flush()
+            behind.wrote()
+        assert calls == [2]  # refused once, then never asked again

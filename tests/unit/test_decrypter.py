@@ -7,11 +7,13 @@ each named as such."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import threading
@@ -199,10 +201,16 @@ def test_a_non_blocking_source_with_nothing_yet_is_waited_for_not_cut_short(
 ) -> None:
     """A non-blocking stdin answers EAGAIN whenever the writer is behind. That is not a refusal:
     the splice waits for the next bytes (a copy would have stopped at the first gap, and age
-    failed on a cut ciphertext)."""
+    failed on a cut ciphertext). The wait takes any descriptor number (select(2) would refuse
+    one of 1024 or more)."""
     path, identities = sealed
     ciphertext, after = path.read_bytes(), b"what follows"
-    r, w = os.pipe()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2100 <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2100, hard))
+    low, w = os.pipe()
+    r = fcntl.fcntl(low, fcntl.F_DUPFD_CLOEXEC, 2000)
+    os.close(low)
     os.set_blocking(r, False)
 
     def fill() -> None:  # in pieces, with gaps the reader must wait out
@@ -283,7 +291,7 @@ def test_where_splice_is_refused_the_ciphertext_is_copied(
     assert got == {"sha256": hashlib.sha256(DATA).hexdigest(), "read": len(DATA), "spliced": 0}
 
 
-def test_only_a_file_or_a_reader_of_a_files_descriptor_isspliced(tmp_path: Path) -> None:
+def test_only_a_file_or_a_reader_of_a_files_descriptor_is_spliced(tmp_path: Path) -> None:
     """A buffered reader over another raw stream (one that changes what it reads, say) is
     copied, whatever descriptor it names: nothing is read from that descriptor."""
     named_r, named_w = os.pipe()
