@@ -1700,7 +1700,7 @@ MUTATIONS: list[Mutation] = [
         "jaco/files.py",
         "        raise OSError(code, os.strerror(code))",
         "        return",
-        k("tests/test_write_behind.py", "disk_fails or failing_disk"),
+        k("tests/test_write_behind.py", "disk_fails"),
     ),
     m(
         "write-behind: a wait's error that reads like a refusal turns it off, dropped (stop 42)",

@@ -1,5 +1,5 @@
-"""Real small or read-only filesystems for the tests of full and read-only disks (tmpfs mounts:
-the suite runs as root, as CI does)."""
+"""Real small, read-only or failing filesystems for the tests of full, read-only and failing
+disks (tmpfs mounts, ext4 on a loop device: the suite runs as root, as CI does)."""
 
 from __future__ import annotations
 
@@ -17,3 +17,33 @@ def tmpfs(path: Path, options: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", str(path)], check=True)
+
+
+@contextlib.contextmanager
+def failing_disk(tmp_path: Path) -> Iterator[Path]:
+    """An ext4 of 64 MiB on a loop device whose backing file lies on a 12 MiB tmpfs: once that
+    is full, the disk's writes fail (ENOSPC from the loop device; a dying disk says EIO). Taken
+    down lazily and without raising, so that a failing test shows its own error."""
+    backing, mounted = tmp_path / "backing", tmp_path / "disk"
+    backing.mkdir()
+    mounted.mkdir()
+    with contextlib.ExitStack() as undo:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(backing)], check=True
+        )
+        undo.callback(subprocess.run, ["umount", "-l", str(backing)], check=False)
+        image = backing / "disk.img"
+        with open(image, "wb") as f:
+            f.truncate(64 * 1024 * 1024)
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-J", "size=4",
+             str(image)],
+            check=True,
+        )  # fmt: skip
+        device = subprocess.run(
+            ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        undo.callback(subprocess.run, ["losetup", "-d", device], check=False)
+        subprocess.run(["mount", "-t", "ext4", device, str(mounted)], check=True)
+        undo.callback(subprocess.run, ["umount", "-l", str(mounted)], check=False)
+        yield mounted

@@ -29,8 +29,10 @@ from jaco.client.backup import write_backup_stream
 from jaco.errors import JacoError
 from jaco.v1 import jaco_pb2 as pb
 from tests.archives import bolt_head, etcd_trailed
+from tests.mounts import failing_disk
 from tests.pages import waiting_bytes
 
+MIB = 1024 * 1024
 # Looks like etcd's to a reader: a bbolt head, whole blocks, etcd's SHA-256 at the end.
 SNAPSHOT = etcd_trailed(bolt_head() + os.urandom(3 * 1024 * 1024 + 512))
 
@@ -239,3 +241,25 @@ def test_the_archive_goes_to_disk_as_it_is_written_not_all_at_its_end(
     assert written[0] >= 12 * 1024 * 1024, written  # it looks while the archive grows
     # the window being written, the one started, and what the gzip thread holds
     assert waiting[0] <= 6 * 1024 * 1024, waiting
+
+
+def test_a_backup_onto_a_failing_disk_fails_in_one_line_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`jaco backup`'s writer onto a failing disk (tests.mounts.failing_disk): the
+    write-behind's wait takes the error on the gzip thread, and the one line names the file and
+    the error; no archive (nor its temp name) is left."""
+    snapshot = etcd_trailed(bolt_head() + os.urandom(40 * MIB + 512))
+    monkeypatch.setattr(jaco.files, "WRITE_BEHIND", 2 * MIB)  # waited for before the end
+    with failing_disk(tmp_path) as disk:
+        out = disk / "b.tar.gz"
+        with pytest.raises(JacoError) as failed:
+            write_backup_stream(iter(_sent(snapshot)), out, lambda s: None, lambda n: None)
+        left = sorted(p.name for p in disk.iterdir() if p.name != "lost+found")
+    # the loop device reports its backing store full (ENOSPC); a dying disk would say EIO
+    assert str(failed.value) in (
+        f"the disk holding {disk} is full; nothing was written to b.tar.gz",
+        f"writing {out} failed: [Errno 5] Input/output error",
+    ), failed.value
+    assert failed.value.exit_code == 1
+    assert left == []

@@ -6,26 +6,18 @@ grow), and its error is raised, not left for an fsync that would no longer see i
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
-import hashlib
-import json
 import os
-import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import pytest
 
 import jaco.files
-from jaco.client.backup import write_backup_stream
-from jaco.errors import JacoError
 from jaco.files import WriteBehind
-from jaco.v1 import jaco_pb2 as pb
-from tests.archives import bolt_head, etcd_trailed
+from tests.mounts import failing_disk
 from tests.pages import waiting_bytes
 
 MIB = 1024 * 1024
@@ -55,41 +47,11 @@ def test_a_long_write_keeps_at_most_two_windows_waiting_for_the_disk() -> None:
     assert waiting <= 2 * 4 * MIB + MIB, waiting
 
 
-@contextlib.contextmanager
-def _failing_disk(tmp_path: Path) -> Iterator[Path]:
-    """An ext4 of 64 MiB on a loop device whose backing file lies on a 12 MiB tmpfs: once that
-    is full, the disk's writes fail (ENOSPC from the loop device; a dying disk says EIO). Taken
-    down lazily and without raising, so that a failing test shows its own error."""
-    backing, mounted = tmp_path / "backing", tmp_path / "disk"
-    backing.mkdir()
-    mounted.mkdir()
-    with contextlib.ExitStack() as undo:
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(backing)], check=True
-        )
-        undo.callback(subprocess.run, ["umount", "-l", str(backing)], check=False)
-        image = backing / "disk.img"
-        with open(image, "wb") as f:
-            f.truncate(64 * MIB)
-        subprocess.run(
-            ["mkfs.ext4", "-q", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-J", "size=4",
-             str(image)],
-            check=True,
-        )  # fmt: skip
-        device = subprocess.run(
-            ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
-        ).stdout.strip()
-        undo.callback(subprocess.run, ["losetup", "-d", device], check=False)
-        subprocess.run(["mount", "-t", "ext4", device, str(mounted)], check=True)
-        undo.callback(subprocess.run, ["umount", "-l", str(mounted)], check=False)
-        yield mounted
-
-
 def test_a_write_the_disk_fails_is_raised_by_the_write_behind(tmp_path: Path) -> None:
     """Waiting for a window takes the file's write error (an fsync after it would not see it):
     it is raised, so the archive is not renamed into place as if it were whole."""
     failed: OSError | None = None
-    with _failing_disk(tmp_path) as disk, open(disk / "archive", "wb") as out:
+    with failing_disk(tmp_path) as disk, open(disk / "archive", "wb") as out:
         behind = WriteBehind(out, 2 * MIB)
         block = os.urandom(MIB)
         for _ in range(48):
@@ -102,46 +64,6 @@ def test_a_write_the_disk_fails_is_raised_by_the_write_behind(tmp_path: Path) ->
                 break
     assert failed is not None, "48 MiB written to a disk that holds 12 and no error raised"
     assert failed.errno in (errno.EIO, errno.ENOSPC), failed
-
-
-def test_a_backup_onto_a_failing_disk_fails_in_one_line_and_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`jaco backup`'s writer onto the same failing disk: the write-behind's wait takes the
-    error on the gzip thread, and the one line names the file and the error; no archive (nor
-    its temp name) is left."""
-    snapshot = etcd_trailed(bolt_head() + os.urandom(40 * MIB + 512))
-    meta = {
-        "cluster_id": "c0ffee",
-        "snapshot_index": 42,
-        "snapshot_term": 3,
-        "jaco_version": "1.0.0",
-        "taken_at": "2026-11-26T00:00:00+00:00",
-        "leader_at_snapshot": "node-1",
-        "format": 2,
-        "snapshot_sha256": hashlib.sha256(snapshot).hexdigest(),
-        "snapshot_size": len(snapshot),
-        "counts": {"deployments": 1},
-        "state_digest": "ab" * 32,
-    }
-    stream = [
-        pb.BackupChunk(snapshot_size=len(snapshot)),
-        *(pb.BackupChunk(data=snapshot[at : at + MIB]) for at in range(0, len(snapshot), MIB)),
-        pb.BackupChunk(meta_json=json.dumps(meta)),
-    ]
-    monkeypatch.setattr(jaco.files, "WRITE_BEHIND", 2 * MIB)  # waited for before the end
-    with _failing_disk(tmp_path) as disk:
-        out = disk / "b.tar.gz"
-        with pytest.raises(JacoError) as failed:
-            write_backup_stream(iter(stream), out, lambda s: None, lambda n: None)
-        left = sorted(p.name for p in disk.iterdir() if p.name != "lost+found")
-    # the loop device reports its backing store full (ENOSPC); a dying disk would say EIO
-    assert str(failed.value) in (
-        f"the disk holding {disk} is full; nothing was written to b.tar.gz",
-        f"writing {out} failed: [Errno 5] Input/output error",
-    ), failed.value
-    assert failed.value.exit_code == 1
-    assert left == []
 
 
 def test_a_wait_raises_whatever_error_the_file_has_only_a_first_call_may_be_refused(
