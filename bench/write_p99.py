@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from bench.cpu_split import restart
+from bench.node_ready import commit_of
 from bench.run import MIB, RESULTS, deploy_latencies, fill_random, pct
 from infra.localcluster import JACO, cluster_of
 
@@ -92,11 +93,9 @@ def run(
 
 
 def _commit(tree: Path) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
+    """bench.node_ready's commit_of, saying whether jaco/ differs from it (an uncommitted A/B)."""
     dirty = subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD", "--", "jaco"])
-    return done.stdout.strip() + (" with changes to jaco/" if dirty.returncode else "")
+    return commit_of(tree) + (" with changes to jaco/" if dirty.returncode else "")
 
 
 def main(argv: list[str] | None = None) -> int:

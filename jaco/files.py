@@ -14,7 +14,6 @@ jaco.streams.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import functools
@@ -141,13 +140,16 @@ def syncing(out: IO[bytes]) -> Iterator[None]:
 # sync_file_range(2)'s flags (linux/fs.h)
 _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
 # Where sync_file_range cannot be called, or not for this file: the write goes on without it
-_NO_SYNC_FILE_RANGE = {errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EPERM, errno.EOPNOTSUPP}
+_NO_SYNC_FILE_RANGE = {errno.ENOSYS, errno.EINVAL, errno.EPERM, errno.EOPNOTSUPP}
 WRITE_BEHIND = 32 * 1024 * 1024
 
 
 @functools.cache
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """libc's sync_file_range, or None where there is none (not Linux)."""
+    """libc's sync_file_range, or None where there is none (not Linux). ctypes is imported
+    here, not with this module: only a long write needs it, not every command's start."""
+    import ctypes
+
     call = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
     if call is not None:
         call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
@@ -162,18 +164,18 @@ class WriteBehind:
     beside etcd's log fsyncs for as long as the backup lasts (write p99 during a 2 GiB backup
     1.61x -> 1.22x that during etcdctl's save; docs/benchmarks.md, stop 42). Only for what must
     reach the disk anyway (it is fsynced at its end): the writes come earlier, not more of
-    them. Where the call is refused (not Linux), nothing is done; an error it reports for the
-    file is raised: the wait took it, and no fsync after it would see it."""
+    them. For a regular file. Where the call is refused (not Linux), nothing is done; an error
+    it reports for the file is raised: the wait took it, and no fsync after it would see it."""
 
     def __init__(self, out: IO[bytes], window: int | None = None) -> None:
         self._fd, self._window = out.fileno(), window or WRITE_BEHIND
         self._started = 0  # bytes whose write to disk has been started
         self._waited = 0  # bytes whose write has ended
-        self._off = _sync_file_range() is None
+        self._sync = _sync_file_range()  # None: not here, or refused for this file
 
     def wrote(self) -> None:
         """Call after writing to `out`, on the thread that writes."""
-        if self._off:
+        if self._sync is None:
             return
         end = os.lseek(self._fd, 0, os.SEEK_CUR)  # what the kernel has, not what is buffered
         if end - self._started < self._window:
@@ -184,14 +186,15 @@ class WriteBehind:
         self._waited, self._started = self._started, end
 
     def _call(self, start: int, end: int, flags: int) -> None:
-        call = _sync_file_range()
-        if self._off or call is None or call(self._fd, start, end - start, flags) == 0:
+        if self._sync is None or self._sync(self._fd, start, end - start, flags) == 0:
             return
+        import ctypes  # imported already: _sync_file_range found the call
+
         code = ctypes.get_errno()
         # Only a call that does not wait may be refused: a wait hands over the file's write
         # error whatever its number (EPERM from NFS, say), and no fsync after it would see it.
         if flags == _WRITE and code in _NO_SYNC_FILE_RANGE:
-            self._off = True
+            self._sync = None
             return
         raise OSError(code, os.strerror(code))
 

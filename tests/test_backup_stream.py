@@ -218,8 +218,8 @@ def test_the_archive_goes_to_disk_as_it_is_written_not_all_at_its_end(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The archive's pages are written back a window at a time (jaco.files.WriteBehind), not
-    left in memory for the machine's dirty limit to stall every writer (etcd's WAL) at 2 GiB.
-    Counted by the kernel (cachestat) while the last MiBs of the snapshot still stream."""
+    left in memory for the kernel to write back beside etcd's log fsyncs (2 GiB: 1.8 GiB of
+    them). Counted by the kernel (cachestat) while the last MiBs of the snapshot still stream."""
     monkeypatch.setattr(jaco.files, "WRITE_BEHIND", 1024 * 1024)
     snapshot = etcd_trailed(bolt_head() + os.urandom(24 * 1024 * 1024 + 512))
     waiting: list[int] = []

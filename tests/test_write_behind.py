@@ -1,8 +1,9 @@
 """jaco.files.WriteBehind: a long write to disk keeps few of its pages waiting in memory, so a
-2 GiB backup does not bring the machine to its dirty limit, where every writer (etcd's WAL
-among them) is made to wait. The pages are counted by the kernel (cachestat(2), Linux 6.5+);
-a disk that fails its writes is a real one (ext4 on a loop device whose backing file cannot
-grow), and its error is raised, not left for an fsync that would no longer see it."""
+2 GiB backup's pages are not written back by the kernel in one long stretch beside etcd's log
+fsyncs (docs/benchmarks.md, stop 42). The pages are counted by the kernel (cachestat(2),
+Linux 6.5+); a disk that fails its writes is a real one (ext4 on a loop device whose backing
+file cannot grow), and its error is raised, not left for an fsync that would no longer see
+it."""
 
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from tests.pages import waiting_bytes
 MIB = 1024 * 1024
 
 
-def _write(out: IO[bytes], behind: WriteBehind | None) -> None:
+def _write(out: IO[bytes], behind: WriteBehind | None, mib: int = 64) -> None:
     block = os.urandom(MIB)
-    for _ in range(64):
+    for _ in range(mib):
         out.write(block)
         out.flush()
         if behind is not None:
@@ -88,18 +89,11 @@ def test_a_wait_raises_whatever_error_the_file_has_only_a_first_call_may_be_refu
     with tempfile.TemporaryFile(dir="/var/tmp") as out:
         monkeypatch.setattr(jaco.files, "_sync_file_range", refusing({7: errno.EPERM}))
         behind = WriteBehind(out, MIB)
-        with pytest.raises(OSError) as failed:
-            for _ in range(4):
-                out.write(b"x" * MIB)
-                out.flush()
-                behind.wrote()
+        with pytest.raises(OSError) as failed:  # writes to /var/tmp fail in no other way
+            _write(out, behind, 4)
         assert failed.value.errno == errno.EPERM and calls == [2, 2, 7]
     calls.clear()
     with tempfile.TemporaryFile(dir="/var/tmp") as out:
         monkeypatch.setattr(jaco.files, "_sync_file_range", refusing({2: errno.ENOSYS}))
-        behind = WriteBehind(out, MIB)
-        for _ in range(4):
-            out.write(b"x" * MIB)
-            out.flush()
-            behind.wrote()
+        _write(out, WriteBehind(out, MIB), 4)
         assert calls == [2]  # refused once, then never asked again
