@@ -11,27 +11,25 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A tmpfs at `path` (made), taken down lazily and without raising: a file a failing test
+    left open does not keep it mounted, nor hide the test's own error."""
     path.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
     try:
         yield path
     finally:
-        subprocess.run(["umount", str(path)], check=True)
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @contextlib.contextmanager
 def failing_disk(tmp_path: Path) -> Iterator[Path]:
     """An ext4 of 64 MiB on a loop device whose backing file lies on a 12 MiB tmpfs: once that
     is full, the disk's writes fail (ENOSPC from the loop device; a dying disk says EIO). Taken
-    down lazily and without raising, so that a failing test shows its own error."""
-    backing, mounted = tmp_path / "backing", tmp_path / "disk"
-    backing.mkdir()
+    down as `tmpfs` is."""
+    mounted = tmp_path / "disk"
     mounted.mkdir()
     with contextlib.ExitStack() as undo:
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(backing)], check=True
-        )
-        undo.callback(subprocess.run, ["umount", "-l", str(backing)], check=False)
+        backing = undo.enter_context(tmpfs(tmp_path / "backing", "size=12m"))
         image = backing / "disk.img"
         with open(image, "wb") as f:
             f.truncate(64 * 1024 * 1024)
