@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from infra.localcluster import Cluster, Node, wait_for
-from infra.ports import free_port
 from jaco.errors import Unavailable
 from jaco.model.etcd import Etcd
 from jaco.node.config import DataDir, NodeConfig
@@ -34,9 +33,9 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 @contextlib.asynccontextmanager
-async def _forwarding(port: int, target: int, drop_first: int = 0) -> AsyncIterator[None]:
-    """127.0.0.1:`port` forwarded to 127.0.0.1:`target`, from now until the block ends; the
-    first `drop_first` connections are closed at once instead (an ask that fails)."""
+async def _forwarding(path: Path, target: Path, drop_first: int = 0) -> AsyncIterator[None]:
+    """The unix socket `path` forwarded to the socket `target`, from now until the block ends;
+    the first `drop_first` connections are closed at once instead (an ask that fails)."""
     dropped = 0
 
     async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -45,24 +44,24 @@ async def _forwarding(port: int, target: int, drop_first: int = 0) -> AsyncItera
             dropped += 1
             writer.close()
             return
-        to_reader, to_writer = await asyncio.open_connection("127.0.0.1", target)
+        to_reader, to_writer = await asyncio.open_unix_connection(target)
         await asyncio.gather(_pipe(reader, to_writer), _pipe(to_reader, writer))
 
-    server = await asyncio.start_server(forward, "127.0.0.1", port)
+    server = await asyncio.start_unix_server(forward, path)
     try:
         yield
     finally:
         server.close()
+        path.unlink(missing_ok=True)  # noqa: ASYNC240 - one syscall
 
 
-def _elsewhere(cluster: Cluster) -> tuple[DataDir, NodeConfig, int, int]:
-    """Node 1's data dir and config, its member to be reached through a port nothing listens
-    on yet; its etcd's own client port, and that one."""
-    data = DataDir(cluster.nodes["node-1"].data_dir)
-    config = data.load()
-    etcd_port, port = config.etcd_client_port, free_port()
-    config.etcd_client_port = port
-    return data, config, etcd_port, port
+def _elsewhere(cluster: Cluster, tmp: Path) -> tuple[DataDir, NodeConfig, Path]:
+    """A data dir whose member socket nothing listens on yet, node 1's config, and the
+    socket node 1's jacod reaches its member through."""
+    real = DataDir(cluster.nodes["node-1"].data_dir)
+    data = DataDir(tmp / "elsewhere")
+    data.etcd_socket_dir.mkdir(parents=True, mode=0o700)
+    return data, real.load(), real.etcd_socket
 
 
 def _jacod(node: Node, listen: str, *python_flags: str) -> list[str]:
@@ -72,16 +71,16 @@ def _jacod(node: Node, listen: str, *python_flags: str) -> list[str]:
 
 
 def test_a_member_that_comes_up_right_after_a_refused_ask_is_seen_at_the_next(
-    single: Cluster,
+    single: Cluster, tmp_path: Path
 ) -> None:
-    data, config, etcd_port, port = _elsewhere(single)
+    data, config, target = _elsewhere(single, tmp_path)
 
     async def scenario() -> tuple[bool, bool, int]:
         member = EtcdMember(data, config)
-        member.client = Etcd(member.endpoint, data.tls)  # as start() makes it, before polling
+        member.client = Etcd(data.etcd_socket)  # as start() makes it, before polling
         try:
             before = await member.answers()  # refused: nothing listens
-            async with _forwarding(port, etcd_port):
+            async with _forwarding(data.etcd_socket, target):
                 after = await member.answers()  # at once, no wait for a backoff
                 # and the client jacod goes on with works through the same port
                 revision = (await member.client.status()).revision if after else 0
@@ -95,19 +94,21 @@ def test_a_member_that_comes_up_right_after_a_refused_ask_is_seen_at_the_next(
     assert revision > 0
 
 
-def test_start_sees_the_member_at_the_ask_after_a_failed_one(single: Cluster) -> None:
+def test_start_sees_the_member_at_the_ask_after_a_failed_one(
+    single: Cluster, tmp_path: Path
+) -> None:
     """The same, through start(): its first ask fails (the connection is closed), the next
     one, a poll later, reaches the member. On the client's channel the asks in between would
     fail without connecting, until gRPC's backoff let it try again (about a second: about
     twenty asks)."""
-    data, config, etcd_port, port = _elsewhere(single)
+    data, config, target = _elsewhere(single, tmp_path)
 
     async def scenario() -> int:
         member = EtcdMember(data, config)
         # the member's process, as spawn() would have set it (etcd is the fixture's node's)
         member.process = await asyncio.create_subprocess_exec("sleep", "60")
         try:
-            async with _forwarding(port, etcd_port, drop_first=1):
+            async with _forwarding(data.etcd_socket, target, drop_first=1):
                 await member.start(ready_timeout=30)
             return member.asks
         finally:

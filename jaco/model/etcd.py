@@ -1,7 +1,7 @@
 """The etcd adapter: the only module that speaks etcd's API.
 
-It uses the etcd v3 gRPC stubs that ship with `aetcd` over a mutual-TLS `grpc.aio` channel
-(aetcd's own client has no TLS and no learner support). Everything above this module sees
+It uses the etcd v3 gRPC stubs that ship with `aetcd` over a `grpc.aio` channel to the local
+member's unix socket (aetcd's own client has no learner support). Everything above this module sees
 plain dataclasses and jaco exceptions, so a newer etcd only changes this file and
 `etcd_member.py`.
 """
@@ -9,7 +9,9 @@ plain dataclasses and jaco exceptions, so a newer etcd only changes this file an
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,7 +26,7 @@ from jaco.model.etcd_errors import (
     translate,
 )
 from jaco.model.etcd_keys import part_end, prefix_end, shared_prefix
-from jaco.model.etcd_types import KV, Member, MemberStatus, Revision, TlsFiles, WatchEvent
+from jaco.model.etcd_types import KV, Member, MemberStatus, Revision, WatchEvent
 
 
 def _which(prefix: str, start: bytes) -> str:
@@ -47,11 +49,24 @@ PART_PAGES = 8  # a part of a range holding more pages than this is split (Etcd.
 TXN_READS = 1000  # reads in one transaction (jacod starts etcd with --max-txn-ops=2048)
 
 
+SUN_PATH = 108  # the bytes a unix socket's address holds (sockaddr_un.sun_path), its NUL included
+
+
 def channel_options(max_message: int = MAX_MESSAGE) -> list[tuple[str, Any]]:
-    return [
-        ("grpc.max_receive_message_length", max_message),
-        ("grpc.ssl_target_name_override", "localhost"),
-    ]
+    return [("grpc.max_receive_message_length", max_message)]
+
+
+def socket_target(socket: Path) -> tuple[str, int | None]:
+    """gRPC's address of the unix socket `socket`, and the descriptor it needs held open.
+
+    A socket's address holds at most 107 bytes of path; a longer one (a data dir deep in a
+    tree) is reached through a descriptor of its directory, /proc/self/fd/N/NAME, which the
+    caller closes once done with the address."""
+    socket = socket.absolute()
+    if len(os.fsencode(socket)) < SUN_PATH:
+        return f"unix:{socket}", None
+    fd = os.open(socket.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"unix:/proc/self/fd/{fd}/{socket.name}", fd
 
 
 def op_put(key: str, value: bytes, lease: int = 0) -> Any:
@@ -73,23 +88,18 @@ def cmp_mod_revision(key: str, revision: int) -> Any:
 
 
 class Etcd:
-    """An async client of one etcd member (the local one, over loopback mutual TLS)."""
+    """An async client of the local etcd member, over its unix socket.
 
-    def __init__(
-        self, endpoint: str, tls: TlsFiles, timeout: float = 10.0, max_message: int = MAX_MESSAGE
-    ) -> None:
-        self.endpoint = endpoint
+    The socket lies in a directory of the data dir that only jacod's user may enter
+    (jaco.node.etcd_member), so it needs no TLS: the member's TLS listener on 127.0.0.1 stays
+    for etcd's own tools. TLS cost the member and jacod about 0.8 s of CPU per 512 MiB of a
+    backup's snapshot stream (docs/benchmarks.md, stop 43)."""
+
+    def __init__(self, socket: Path, timeout: float = 10.0, max_message: int = MAX_MESSAGE) -> None:
+        self.target, self._socket_dir = socket_target(socket)
         self.timeout = timeout
         self.max_message = max_message
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=tls.ca.read_bytes(),
-            private_key=tls.key.read_bytes(),
-            certificate_chain=tls.cert.read_bytes(),
-        )
-        self.credentials = credentials
-        self._channel = grpc.aio.secure_channel(
-            endpoint, credentials, options=channel_options(max_message)
-        )
+        self._channel = grpc.aio.insecure_channel(self.target, options=channel_options(max_message))
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
         self._watch = rpc.WatchStub(self._channel)
@@ -98,6 +108,9 @@ class Etcd:
 
     async def close(self) -> None:
         await self._channel.close(None)
+        if self._socket_dir is not None:
+            os.close(self._socket_dir)
+            self._socket_dir = None
 
     async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:

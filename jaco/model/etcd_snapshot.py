@@ -22,16 +22,16 @@ class SnapshotStream:
         """etcd's Maintenance.Snapshot stream of the member `etcd` talks to, byte for byte (it
         ends with a SHA-256 trailer), for a worker thread: a blocking channel of its own keeps
         the 32 KiB pieces (tens of thousands per GiB) off the event loop."""
-        return cls(etcd.endpoint, etcd.credentials, timeout)
+        return cls(etcd.target, timeout)
 
-    def __init__(self, endpoint: str, credentials: grpc.ChannelCredentials, timeout: float):
+    def __init__(self, target: str, timeout: float):
         # The pieces are read on the iterating thread itself: by default a second thread (the
         # channel's) receives each one and wakes the reader, two thread switches per 32 KiB.
         options = [
             *channel_options(),
             (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
         ]
-        self._channel = grpc.secure_channel(endpoint, credentials, options=options)
+        self._channel = grpc.insecure_channel(target, options=options)
         stub = rpc.MaintenanceStub(self._channel)
         self._call = stub.Snapshot(rpc.SnapshotRequest(), timeout=timeout)
 

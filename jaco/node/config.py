@@ -57,9 +57,15 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+# etcd takes a unix socket's URL as host:port (unix://etcd:0) and listens at that name in its
+# working directory, the data dir's etcd-socket
+ETCD_SOCKET = "etcd:0"
+
+
 class DataDir:
     def __init__(self, path: Path) -> None:
-        self.path = path
+        # absolute: etcd runs in a directory of its own (etcd-socket) and is given these paths
+        self.path = path.absolute()
 
     node_json = property(lambda self: self.path / "node.json")
     pki = property(lambda self: self.path / "pki")
@@ -68,6 +74,9 @@ class DataDir:
     node_key = property(lambda self: self.path / "pki" / "node.key")
     etcd_dir = property(lambda self: self.path / "etcd")
     etcd_log = property(lambda self: self.path / "etcd.log")
+    # jacod's way to its member: a unix socket in a directory only jacod's user may enter
+    etcd_socket_dir = property(lambda self: self.path / "etcd-socket")
+    etcd_socket = property(lambda self: self.path / "etcd-socket" / ETCD_SOCKET)
     lock_file = property(lambda self: self.path / "jacod.lock")
     restore_marker = property(lambda self: self.path / "restore.json")
 

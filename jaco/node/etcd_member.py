@@ -1,7 +1,9 @@
 """Running an etcd member as a child process, and etcd's offline tools.
 
-jacod supervises exactly one member. Its client port listens on 127.0.0.1 with mutual TLS;
-its peer port uses mutual TLS with certificates from the cluster CA. The child gets
+jacod supervises exactly one member. jacod reaches it through a unix socket in the data dir's
+etcd-socket directory (mode 0700: only jacod's user may connect), without TLS; its client port
+listens on 127.0.0.1 with mutual TLS for etcd's own tools; its peer port uses mutual TLS with
+certificates from the cluster CA. The child gets
 PR_SET_PDEATHSIG so that it never outlives a jacod that was killed.
 """
 
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jaco.errors import JacoError, Unavailable
-from jaco.node.config import DataDir, NodeConfig
+from jaco.node.config import ETCD_SOCKET, DataDir, NodeConfig
 
 if TYPE_CHECKING:
     from jaco.model.etcd import Etcd
@@ -87,7 +89,8 @@ def member_args(data: DataDir, config: NodeConfig) -> list[str]:
         etcd_binary("etcd"),
         f"--name={config.name}",
         f"--data-dir={data.etcd_dir}",
-        f"--listen-client-urls={client}",
+        # the socket: a name in etcd's working directory, the data dir's etcd-socket (spawn)
+        f"--listen-client-urls={client},unix://{ETCD_SOCKET}",
         f"--advertise-client-urls={client}",
         f"--listen-peer-urls={peer_listen}",
         f"--initial-advertise-peer-urls={config.peer_url}",
@@ -115,6 +118,16 @@ def member_args(data: DataDir, config: NodeConfig) -> list[str]:
     ]
 
 
+def prepare_socket_dir(data: DataDir) -> None:
+    """The directory etcd listens in for jacod: made, or made private again (mode 0700: the
+    socket has no TLS; whoever may enter the directory may read and write the whole store),
+    and emptied of the socket a member killed before left, on which etcd 3.4 refuses to
+    listen ("address already in use")."""
+    data.etcd_socket_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(data.etcd_socket_dir, 0o700)
+    data.etcd_socket.unlink(missing_ok=True)
+
+
 class EtcdMember:
     """One etcd child process and a client connected to it."""
 
@@ -125,19 +138,21 @@ class EtcdMember:
         self.client: Etcd | None = None
         self.asks = 0  # how many times start() asked whether the member answers
 
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.config.etcd_client_port}"
-
     async def spawn(self) -> None:
         """Start the etcd process, without waiting for it to answer."""
         cmd, preexec = dying_with_parent(member_args(self.data, self.config))
+        prepare_socket_dir(self.data)
         sink = os.fdopen(
             os.open(self.data.etcd_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab"
         )
         try:
             self.process = await asyncio.create_subprocess_exec(
-                *cmd, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, preexec_fn=preexec
+                *cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=sink,
+                preexec_fn=preexec,
+                cwd=self.data.etcd_socket_dir,
             )
         finally:
             sink.close()
@@ -149,7 +164,7 @@ class EtcdMember:
 
         if self.process is None:
             await self.spawn()
-        self.client = Etcd(self.endpoint, self.data.tls)
+        self.client = Etcd(self.data.etcd_socket)
         await self._wait_ready(ready_timeout)
         return self.client
 
@@ -184,7 +199,7 @@ class EtcdMember:
         of jacod, and so in every restore's time to READY (docs/benchmarks.md, stop 38)."""
         from jaco.model.etcd import Etcd
 
-        probe = Etcd(self.endpoint, self.data.tls)
+        probe = Etcd(self.data.etcd_socket)
         try:
             await probe.status(timeout=2)
             return True
