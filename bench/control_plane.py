@@ -44,7 +44,7 @@ async def place(node: Node, replicas: int) -> None:
     from jaco.model.keys import P_DEPLOYMENTS, P_IPAM, P_REPLICAS, P_SCHEDULER, encode, replica_id
     from jaco.node.config import DataDir
 
-    etcd = Etcd(f"127.0.0.1:{node.client_port}", DataDir(node.data_dir).tls, timeout=120)
+    etcd = Etcd(DataDir(node.data_dir).etcd_socket, timeout=120)
     hosts = ipaddress.ip_network(SUBNET).hosts()
     next(hosts)  # the gateway
     ops: list[Any] = []

@@ -98,7 +98,7 @@ async def fill(node: Node, keys: int, seed: int = 16) -> dict[str, Any]:
     from jaco.node.config import DataDir
 
     rng = random.Random(seed)
-    etcd = Etcd(f"127.0.0.1:{node.client_port}", DataDir(node.data_dir).tls, timeout=120)
+    etcd = Etcd(DataDir(node.data_dir).etcd_socket, timeout=120)
     gate = asyncio.Semaphore(4)
     pending: list[Any] = []
     tasks: list[asyncio.Task[Any]] = []

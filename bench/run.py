@@ -243,7 +243,7 @@ async def fill_random(node: Node, total: int, value_bytes: int) -> int:
     from jaco.model.etcd import Etcd, op_put
     from jaco.node.config import DataDir
 
-    etcd = Etcd(f"127.0.0.1:{node.client_port}", DataDir(node.data_dir).tls, timeout=60)
+    etcd = Etcd(DataDir(node.data_dir).etcd_socket, timeout=60)
     per_txn = max(1, (1300 * 1024) // (value_bytes + 64))
     keys = max(1, total // value_bytes)
     gate = asyncio.Semaphore(4)

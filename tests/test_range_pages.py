@@ -29,7 +29,7 @@ PREFIX = ROOT + "bulk/"
 
 def _etcd(cluster: Cluster) -> Etcd:
     node = cluster.nodes["node-1"]
-    return Etcd(f"127.0.0.1:{node.client_port}", DataDir(node.data_dir).tls, max_message=BOUND)
+    return Etcd(DataDir(node.data_dir).etcd_socket, max_message=BOUND)
 
 
 def test_a_listing_larger_than_one_answer_is_read_whole_at_one_revision(single: Cluster) -> None:

@@ -43,7 +43,7 @@ BULK = ROOT + "bulk/"
 
 
 def _etcd(node: Node) -> Etcd:
-    return Etcd(f"127.0.0.1:{node.client_port}", DataDir(node.data_dir).tls)
+    return Etcd(DataDir(node.data_dir).etcd_socket)
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ def _store(root: Path) -> Path:
         node = cluster.nodes["node-1"]
 
         async def fill() -> None:
-            etcd = Etcd(f"127.0.0.1:{node.client_port}", DataDir(node.data_dir).tls)
+            etcd = Etcd(DataDir(node.data_dir).etcd_socket)
             try:
                 value = b"v" * 200
                 for start in range(0, RECORDS, BATCH):
