@@ -26,6 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.node_ready import described_commit
 from bench.realistic import fill
 from bench.run import MIB, RESULTS, fill_random, measure, peak_kib, reset_peak
 from infra.localcluster import JACO, Cluster, Node, cluster_of
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"cpu-split-{stamp}.json"
     data = {"random_mib": args.random_mib} if args.random_mib else {"keys": args.keys}
+    data["commit"] = described_commit(Path(__file__).resolve().parent.parent)
+    data["before_commit"] = described_commit(args.before) if args.before else ""
     out.write_text(json.dumps({**data, "runs": rows}, indent=1) + "\n")
     print(f"results: {out}")
     return 0

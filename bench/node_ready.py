@@ -144,6 +144,12 @@ def commit_of(tree: Path) -> str:
     ).stdout.strip()
 
 
+def described_commit(tree: Path) -> str:
+    """commit_of, saying whether jaco/ differs from it (an uncommitted A/B)."""
+    dirty = subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD", "--", "jaco"])
+    return commit_of(tree) + (" with changes to jaco/" if dirty.returncode else "")
+
+
 def run(before: list[Path], random_mib: int, repeat: int) -> dict[str, list[dict[str, float]]]:
     trees = {commit_of(tree): tree.resolve() for tree in before}
     trees[f"{commit_of(HERE)} (this tree)"] = HERE

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from bench.cpu_split import restart
-from bench.node_ready import commit_of
+from bench.node_ready import described_commit
 from bench.run import MIB, RESULTS, deploy_latencies, fill_random, pct
 from infra.localcluster import JACO, cluster_of
 
@@ -92,12 +92,6 @@ def run(
     return samples, rounds
 
 
-def _commit(tree: Path) -> str:
-    """bench.node_ready's commit_of, saying whether jaco/ differs from it (an uncommitted A/B)."""
-    dirty = subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD", "--", "jaco"])
-    return commit_of(tree) + (" with changes to jaco/" if dirty.returncode else "")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--random-mib", type=int, default=512)
@@ -122,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                 "random_mib": args.random_mib,
                 "repeat": args.repeat,
                 "before": str(args.before or ""),
-                "commit": _commit(Path(__file__).resolve().parent.parent),
-                "before_commit": _commit(args.before) if args.before else "",
+                "commit": described_commit(Path(__file__).resolve().parent.parent),
+                "before_commit": described_commit(args.before) if args.before else "",
                 "rounds": rounds,
                 "samples": samples,
             }

@@ -1700,7 +1700,14 @@ MUTATIONS: list[Mutation] = [
         "jaco/node/etcd_member.py",
         "    os.chmod(data.etcd_socket_dir, 0o700)\n",
         "    os.chmod(data.etcd_socket_dir, 0o755)  # noqa: S103\n",
-        k("tests/test_etcd_socket.py", "no_other_user"),
+        k("tests/test_etcd_socket.py", "other_users_out"),
+    ),
+    m(
+        "etcd socket: a data dir given relative, which etcd reads from its own directory (stop 43)",
+        "jaco/node/config.py",
+        "        self.path = path.absolute()\n",
+        "        self.path = path\n",
+        k("tests/test_etcd_socket.py", "relative"),
     ),
     m(
         "splice: a non-blocking stdin with nothing yet ends the splice, the rest cut (stop 42)",

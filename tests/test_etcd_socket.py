@@ -12,16 +12,19 @@ import asyncio
 import contextlib
 import ipaddress
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from infra.localcluster import Cluster, wait_for
 from jaco.model.etcd import SUN_PATH, Etcd
 from jaco.node.config import DataDir
+from jaco.node.etcd_member import prepare_socket_dir
 
 NOBODY = ("--reuid=65534", "--regid=65534", "--clear-groups")
 
@@ -79,7 +82,7 @@ def _tcp_peers(pid: int) -> set[str]:
     return peers
 
 
-def test_jacod_reaches_its_member_over_a_socket_no_other_user_may_open(single: Cluster) -> None:
+def test_jacod_reaches_its_member_over_a_socket_in_a_private_directory(single: Cluster) -> None:
     node = single.nodes["node-1"]
     data = DataDir(node.data_dir)
     assert stat.S_ISSOCK(data.etcd_socket.stat().st_mode)
@@ -92,13 +95,30 @@ def test_jacod_reaches_its_member_over_a_socket_no_other_user_may_open(single: C
         pid = node.process.pid
         wait_for(lambda: mine in _tcp_peers(pid), 30, "jacod to accept our connection")
         assert f"127.0.0.1:{node.client_port}" not in _tcp_peers(pid)
-    # another user is kept out by the socket's directory, even with the data dir opened up
-    os.chmod(node.data_dir, 0o755)  # noqa: S103 - the point
+    assert _connect(data.etcd_socket) == "connected"  # jacod's user (root here) does
+
+
+def test_the_socket_directory_keeps_other_users_out() -> None:
+    """The directory as jacod makes it keeps another user (nobody) from a socket anyone may
+    write to, where every directory above lets them through; opened up, it lets them in. (Not
+    in a test's own tmp_path: pytest's root, mode 0700, would keep them out anyway.)"""
+    base = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="jaco-socket-"))
     try:
-        assert _connect(data.etcd_socket, *NOBODY) == "PermissionError"
-        assert _connect(data.etcd_socket) == "connected"  # jacod's user (root here) does
+        os.chmod(base, 0o755)  # noqa: S103 - the point
+        data = DataDir(base / "data")
+        data.create()
+        os.chmod(data.path, 0o755)  # noqa: S103 - the point: only etcd-socket/ stands in the way
+        prepare_socket_dir(data)
+        assert stat.S_IMODE(data.etcd_socket_dir.stat().st_mode) == 0o700
+        with socket.socket(socket.AF_UNIX) as listening:
+            listening.bind(str(data.etcd_socket))
+            os.chmod(data.etcd_socket, 0o777)  # noqa: S103 - the socket itself open to all
+            listening.listen()
+            assert _connect(data.etcd_socket, *NOBODY) == "PermissionError"
+            os.chmod(data.etcd_socket_dir, 0o755)  # noqa: S103 - opened up: the control
+            assert _connect(data.etcd_socket, *NOBODY) == "connected"
     finally:
-        os.chmod(node.data_dir, 0o700)
+        shutil.rmtree(base)
 
 
 def test_a_restart_makes_the_socket_directory_private_again(single: Cluster) -> None:
@@ -147,7 +167,7 @@ def test_a_socket_deeper_than_an_address_holds_is_reached_through_its_directory(
         for fd in os.listdir("/proc/self/fd"):
             with contextlib.suppress(OSError):  # (the listing's own descriptor, closed)
                 targets.append(os.readlink(f"/proc/self/fd/{fd}"))
-        return targets.count(str(real.etcd_socket_dir))
+        return targets.count(str(real.etcd_socket_dir.resolve()))
 
     async def status() -> tuple[int, int]:
         etcd = Etcd(far)
@@ -160,3 +180,26 @@ def test_a_socket_deeper_than_an_address_holds_is_reached_through_its_directory(
     assert revision > 0
     assert during == 1
     assert held() == 0, "the directory's descriptor was left open"
+
+
+def test_a_relative_data_dir_is_found_by_etcd_in_its_own_directory(
+    single: Cluster, tmp_path: Path
+) -> None:
+    """etcd runs in the data dir's etcd-socket/, so every path it is given must not depend on
+    jacod's working directory: a jacod started with a relative --data-dir serves a backup."""
+    node = single.nodes["node-1"]
+    node.stop()
+    cmd = [sys.executable, "-m", "jaco.server.daemon", "--name", node.name]
+    cmd += ["--data-dir", node.data_dir.name, "--listen", node.server]
+    with (tmp_path / "jacod.log").open("wb") as log:
+        jacod = subprocess.Popen(
+            cmd, cwd=node.data_dir.parent, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
+    try:
+        single.wait_ready([node.name], via=node, timeout=60)
+        archive = tmp_path / "relative.tar.gz"
+        single.ok("backup", "-o", str(archive), server=node.server)
+        assert archive.stat().st_size > 0
+    finally:
+        jacod.terminate()
+        jacod.wait(30)

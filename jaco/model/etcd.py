@@ -107,10 +107,15 @@ class Etcd:
         self._maintenance = rpc.MaintenanceStub(self._channel)
 
     async def close(self) -> None:
-        await self._channel.close(None)
-        if self._socket_dir is not None:
-            os.close(self._socket_dir)
-            self._socket_dir = None
+        """Close the channel, then the socket directory's descriptor, if any. A channel made
+        from `target` elsewhere (the snapshot stream's) must be done before: the descriptor's
+        number may then name another file."""
+        try:
+            await self._channel.close(None)
+        finally:
+            if self._socket_dir is not None:
+                os.close(self._socket_dir)
+                self._socket_dir = None
 
     async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:

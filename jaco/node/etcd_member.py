@@ -42,13 +42,13 @@ class EtcdNotFound(JacoError):
 
 
 def etcd_binary(name: str) -> str:
-    path = shutil.which(name)
+    path = shutil.which(name)  # made absolute below: etcd runs in a directory of its own
     if not path:
         raise EtcdNotFound(
             f"the `{name}` binary is not on PATH; install etcd (Debian: apt-get install "
             "etcd-server etcd-client)"
         )
-    return path
+    return os.path.abspath(path)
 
 
 def dying_with_parent(
@@ -64,7 +64,7 @@ def dying_with_parent(
         return cmd, None
     setpriv = shutil.which("setpriv")
     if setpriv is not None:
-        return [setpriv, f"--pdeathsig={sig}", "--", *cmd], None
+        return [os.path.abspath(setpriv), f"--pdeathsig={sig}", "--", *cmd], None
     signum = signal.Signals[f"SIG{sig}"]
 
     def die_with_parent() -> None:
@@ -122,7 +122,8 @@ def prepare_socket_dir(data: DataDir) -> None:
     """The directory etcd listens in for jacod: made, or made private again (mode 0700: the
     socket has no TLS; whoever may enter the directory may read and write the whole store),
     and emptied of the socket a member killed before left, on which etcd 3.4 refuses to
-    listen ("address already in use")."""
+    listen ("address already in use"). (A member that stops removes the socket by its name:
+    no member of this data dir runs while jacod, holding its lock, starts the next.)"""
     data.etcd_socket_dir.mkdir(mode=0o700, exist_ok=True)
     os.chmod(data.etcd_socket_dir, 0o700)
     data.etcd_socket.unlink(missing_ok=True)
