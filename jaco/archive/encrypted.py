@@ -1,10 +1,10 @@
 """Encrypted backups read as they are decrypted: `jaco restore` and `jaco backup inspect` of
 a `.tar.gz.age`, the pipeline's verify, the drill. No decrypted archive is written.
 
-The decryption runs in a process of its own (the `age` CLI where it is on PATH, else
-jaco.archive.decrypter with pyrage), fed the ciphertext by a thread of this one; this process
-reads the plaintext from its pipe, hashed on the way: verify and the drill compare it with what
-the pipeline recorded (their flows hash the ciphertext as it downloads, flows.download).
+The decryption runs in a process of its own (jaco.archive.decrypter), fed the ciphertext by a
+thread of this one; this process reads the plaintext from its pipe, hashed on the way: verify
+and the drill compare it with what the pipeline recorded (their flows hash the ciphertext as
+it downloads, flows.download).
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import contextlib
 import fcntl
 import io
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -134,10 +132,9 @@ def decrypting(
     a damaged ciphertext explains the broken archive."""
     words = tempfile.TemporaryFile()  # a file: a long traceback cannot block
     keys_read, keys_write = os.pipe()
-    command, by_age = decrypter_command(keys_read)
     try:
         child = subprocess.Popen(
-            command,
+            [sys.executable, "-m", "jaco.archive.decrypter", str(keys_read)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=words,
@@ -184,53 +181,13 @@ def decrypting(
         # Any exit but 0 is the decrypter's failure (a wrong key, a damaged payload, or it
         # died: killed, an I/O error, cutting the plaintext short), which explains a broken
         # archive; but EXIT_READER_LEFT after one is the archive's reader stopping there.
-        code = _age_outcome(child.returncode, words) if by_age else child.returncode
+        code = child.returncode
         if code and (broken is None or code != EXIT_READER_LEFT):
             raise _failed(code, words, identities) from None
         if broken is not None:
             raise broken
     finally:
         words.close()
-
-
-def decrypter_command(keys: int) -> tuple[list[str], bool]:
-    """The decrypter's command, the identities read from descriptor `keys` (a pipe: never in
-    the argument list or the environment), and whether it is the `age` CLI. age where it is on
-    PATH (the jaco image and `make deps` install it): 1 GiB in 0.95 s of CPU, against 1.35 s
-    for pyrage's process (docs/benchmarks.md, stop 43). Else jaco.archive.decrypter."""
-    age = shutil.which("age")
-    if age is not None:
-        return [os.path.abspath(age), "--decrypt", "--identity", f"/dev/fd/{keys}"], True
-    return [sys.executable, "-m", "jaco.archive.decrypter", str(keys)], False
-
-
-# What age 1.1 says, as jaco.archive.decrypter's exits: its identities open no recipient
-# stanza, or what it read is no age file; the payload fails authentication or ends early.
-_AGE_NO_KEY = ("no identity matched", "failed to read header")
-_AGE_DAMAGED = ("payload", "unexpected EOF", "last chunk")
-
-
-def _age_error(stderr: IO[bytes]) -> str:
-    """age's "age: error: ..." line (it adds a line on where to report errors after it)."""
-    stderr.seek(0)  # the child wrote through the same open file
-    said = stderr.read(64 * 1024).decode(errors="replace").splitlines()
-    errors = [line.removeprefix("age: error: ") for line in said if line.startswith("age: error:")]
-    return errors[-1] if errors else ""
-
-
-def _age_outcome(code: int, stderr: IO[bytes]) -> int:
-    """The `age` CLI's exit as jaco.archive.decrypter's: age exits 1 for every failure, and a
-    broken pipe ends it with SIGPIPE."""
-    if code == -signal.SIGPIPE:
-        return EXIT_READER_LEFT
-    if code != 1:
-        return code
-    error = _age_error(stderr)
-    if any(words in error for words in _AGE_NO_KEY):
-        return EXIT_NO_KEY
-    if any(words in error for words in _AGE_DAMAGED):
-        return EXIT_DAMAGED
-    return code
 
 
 def _stop(child: subprocess.Popen[bytes], feeder: threading.Thread) -> None:
@@ -246,7 +203,7 @@ def _stop(child: subprocess.Popen[bytes], feeder: threading.Thread) -> None:
 def _failed(code: int, stderr: IO[bytes], identities: list[Any]) -> JacoError:
     stderr.seek(0)  # the child wrote through the same open file
     said = stderr.read(64 * 1024).decode(errors="replace").strip().splitlines()
-    words = (_age_error(stderr) or said[-1])[:300] if said else f"exit {code}"
+    words = said[-1][:300] if said else f"exit {code}"
     if code == EXIT_NO_KEY:
         whose = identities.name if isinstance(identities, Identities) else "the identity given"
         return DecryptionFailed(
