@@ -1707,7 +1707,7 @@ MUTATIONS: list[Mutation] = [
         "jaco/node/config.py",
         "        self.path = path.absolute()\n",
         "        self.path = path\n",
-        k("tests/test_etcd_socket.py", "relative"),
+        k("tests/test_etcd_start.py", "relative"),
     ),
     m(
         "splice: a non-blocking stdin with nothing yet ends the splice, the rest cut (stop 42)",

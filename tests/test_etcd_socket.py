@@ -180,26 +180,3 @@ def test_a_socket_deeper_than_an_address_holds_is_reached_through_its_directory(
     assert revision > 0
     assert during == 1
     assert held() == 0, "the directory's descriptor was left open"
-
-
-def test_a_relative_data_dir_is_found_by_etcd_in_its_own_directory(
-    single: Cluster, tmp_path: Path
-) -> None:
-    """etcd runs in the data dir's etcd-socket/, so every path it is given must not depend on
-    jacod's working directory: a jacod started with a relative --data-dir serves a backup."""
-    node = single.nodes["node-1"]
-    node.stop()
-    cmd = [sys.executable, "-m", "jaco.server.daemon", "--name", node.name]
-    cmd += ["--data-dir", node.data_dir.name, "--listen", node.server]
-    with (tmp_path / "jacod.log").open("wb") as log:
-        jacod = subprocess.Popen(
-            cmd, cwd=node.data_dir.parent, stdin=subprocess.DEVNULL, stdout=log, stderr=log
-        )
-    try:
-        single.wait_ready([node.name], via=node, timeout=60)
-        archive = tmp_path / "relative.tar.gz"
-        single.ok("backup", "-o", str(archive), server=node.server)
-        assert archive.stat().st_size > 0
-    finally:
-        jacod.terminate()
-        jacod.wait(30)

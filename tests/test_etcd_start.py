@@ -64,10 +64,12 @@ def _elsewhere(cluster: Cluster, tmp: Path) -> tuple[DataDir, NodeConfig, Path]:
     return data, real.load(), real.etcd_socket
 
 
-def _jacod(node: Node, listen: str, *python_flags: str) -> list[str]:
-    """The command of node's jacod, listening on `listen` (stop the node's own first)."""
+def _jacod(node: Node, listen: str, *python_flags: str, data_dir: str = "") -> list[str]:
+    """The command of node's jacod, listening on `listen` (stop the node's own first), its data
+    dir given as `data_dir` if that is set."""
     daemon = [sys.executable, *python_flags, "-m", "jaco.server.daemon"]
-    return daemon + ["--name", node.name, "--data-dir", str(node.data_dir), "--listen", listen]
+    data = data_dir or str(node.data_dir)
+    return daemon + ["--name", node.name, "--data-dir", data, "--listen", listen]
 
 
 def test_a_member_that_comes_up_right_after_a_refused_ask_is_seen_at_the_next(
@@ -174,3 +176,28 @@ def test_a_jacod_that_cannot_listen_says_so_and_stops_its_etcd(single: Cluster) 
     assert result.returncode == Unavailable.exit_code, result.stderr
     assert lines[-1] == f"jacod: cannot listen on {listen} (in use?)"
     assert any("etcd stopped (exit code" in line for line in lines[:-1]), result.stderr
+
+
+def test_a_relative_data_dir_is_found_by_etcd_in_its_own_directory(
+    single: Cluster, tmp_path: Path
+) -> None:
+    """etcd runs in the data dir's etcd-socket/, so every path it is given must not depend on
+    jacod's working directory: a jacod started with a relative --data-dir serves a backup."""
+    node = single.nodes["node-1"]
+    node.stop()
+    with (tmp_path / "jacod.log").open("wb") as log:
+        jacod = subprocess.Popen(
+            _jacod(node, node.server, data_dir=node.data_dir.name),
+            cwd=node.data_dir.parent,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        single.wait_ready([node.name], via=node, timeout=60)
+        archive = tmp_path / "relative.tar.gz"
+        single.ok("backup", "-o", str(archive), server=node.server)
+        assert archive.stat().st_size > 0
+    finally:
+        jacod.terminate()
+        jacod.wait(30)
