@@ -80,13 +80,12 @@ def run(
                         out.unlink(missing_ok=True)
                         snap.unlink(missing_ok=True)
                         samples.setdefault(label, []).extend(lat)
-                        rounds.append(
-                            {"round": round_ + 1, "variant": label, "n": len(lat),
-                             "p50": pct(lat, 0.5), "p99": pct(lat, 0.99)}
-                        )  # fmt: skip
+                        one = {"round": round_ + 1, "variant": label, "n": len(lat),
+                               "p50": pct(lat, 0.5), "p99": pct(lat, 0.99)}  # fmt: skip
+                        rounds.append(one)
                         print(
-                            f"  round {round_ + 1} {label}: n={len(lat)} p50 "
-                            f"{pct(lat, 0.5) * 1000:.1f} ms p99 {pct(lat, 0.99) * 1000:.1f} ms",
+                            f"  round {one['round']} {label}: n={one['n']} p50 "
+                            f"{one['p50'] * 1000:.1f} ms p99 {one['p99'] * 1000:.1f} ms",
                             flush=True,
                         )
     return samples, rounds

@@ -76,7 +76,7 @@ class DataDir:
     etcd_log = property(lambda self: self.path / "etcd.log")
     # jacod's way to its member: a unix socket in a directory only jacod's user may enter
     etcd_socket_dir = property(lambda self: self.path / "etcd-socket")
-    etcd_socket = property(lambda self: self.path / "etcd-socket" / ETCD_SOCKET)
+    etcd_socket = property(lambda self: self.etcd_socket_dir / ETCD_SOCKET)
     lock_file = property(lambda self: self.path / "jacod.lock")
     restore_marker = property(lambda self: self.path / "restore.json")
 
