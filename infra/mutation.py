@@ -1675,6 +1675,13 @@ MUTATIONS: list[Mutation] = [
         k("tests/unit/test_decrypter.py", "nothing_left"),
     ),
     m(
+        "etcd socket: channels share a connection and a refused one's backoff (stop 43)",
+        "jaco/model/etcd.py",
+        '        ("grpc.use_local_subchannel_pool", 1),\n',
+        "",
+        k("tests/test_etcd_start.py", "refused_ask"),
+    ),
+    m(
         "etcd socket: its directory, loosened, is not made private again at start (stop 43)",
         "jaco/node/etcd_member.py",
         "    os.chmod(data.etcd_socket_dir, 0o700)\n",

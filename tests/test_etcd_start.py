@@ -80,14 +80,21 @@ def test_a_member_that_comes_up_right_after_a_refused_ask_is_seen_at_the_next(
     async def scenario() -> tuple[bool, bool, int]:
         member = EtcdMember(data, config)
         member.client = Etcd(data.etcd_socket)  # as start() makes it, before polling
+        # Another channel, still open, whose connection was refused: gRPC shares a connection
+        # among channels of the same arguments, and its backoff with it, unless each channel
+        # has a pool of its own (channel_options). Held open, the refused one stays shared.
+        refused = Etcd(data.etcd_socket)
         try:
+            with contextlib.suppress(Unavailable):
+                await refused.status(timeout=2)
             before = await member.answers()  # refused: nothing listens
             async with _forwarding(data.etcd_socket, target):
                 after = await member.answers()  # at once, no wait for a backoff
-                # and the client jacod goes on with works through the same port
+                # and the client jacod goes on with works through the same socket
                 revision = (await member.client.status()).revision if after else 0
             return before, after, revision
         finally:
+            await refused.close()
             await member.client.close()
 
     before, after, revision = asyncio.run(scenario())

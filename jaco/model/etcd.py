@@ -47,13 +47,17 @@ MAX_PAGE = 100_000  # records in one page, at most
 FIRST_PAGE = 1000  # records in a range read's first page, before its records' size is known
 PART_PAGES = 8  # a part of a range holding more pages than this is split (Etcd._pages)
 TXN_READS = 1000  # reads in one transaction (jacod starts etcd with --max-txn-ops=2048)
-
-
 SUN_PATH = 108  # the bytes a unix socket's address holds (sockaddr_un.sun_path), its NUL included
 
 
 def channel_options(max_message: int = MAX_MESSAGE) -> list[tuple[str, Any]]:
-    return [("grpc.max_receive_message_length", max_message)]
+    """Each channel gets a connection of its own: gRPC shares one among channels of the same
+    arguments (with TLS, each client's credentials kept them apart), and a refused one's
+    backoff with it, which failed a start's next ask at once (tests/test_etcd_start.py)."""
+    return [
+        ("grpc.max_receive_message_length", max_message),
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
 
 
 def socket_target(socket: Path) -> tuple[str, int | None]:
