@@ -72,6 +72,7 @@ def backup(
         return
     from jaco.archive.format import check_archive_output
     from jaco.client.backup import take_backup
+    from jaco.memory import keep_freed_memory
 
     if output is None:
         raise InvalidArgument("--output FILE is required (or use `jaco backup inspect FILE`)")
@@ -81,6 +82,7 @@ def backup(
     replaces = check_archive_output(output)  # before the server is contacted
     for left in sweep_partials(output.parent):
         err.print(f"removed {safe(left.name)}, left by an interrupted backup", soft_wrap=True)
+    keep_freed_memory()  # the stream's 1 MiB messages reuse the pages of those before
     with open_client(server) as client, progress() as bar:
         task = bar.add_task("snapshot", total=None)
         result = take_backup(
