@@ -12,7 +12,7 @@ from inside the process (an operator's own MALLOC_* variable, read by glibc at s
   each. glibc returns the top of its heap to the kernel as soon as 2 MiB of it are free, so the
   next messages are written to pages the kernel must map again: `jaco backup` of a 512 MiB
   store took 80 000–225 000 page faults, where it takes 16 000–18 000 once freed memory is kept
-  up to 8 MiB and blocks under 4 MiB come from the heap, and its CPU fell by 0.1–0.3 s
+  up to 8 MiB and blocks under 4 MiB come from the heap, and its CPU fell by 0.1–0.9 s
   (docs/benchmarks.md, stop 44). Its peak RSS did not move.
 """
 
