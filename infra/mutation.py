@@ -652,7 +652,7 @@ MUTATIONS: list[Mutation] = [
     m(
         "flows: the arena cap overrides the operator's MALLOC_ARENA_MAX (stop 28)",
         "jaco/memory.py",
-        'if "MALLOC_ARENA_MAX" in os.environ or mallopt is None:',
+        'if _chosen("MALLOC_ARENA_MAX", "glibc.malloc.arena_max") or mallopt is None:',
         "if mallopt is None:",
         "tests/unit/test_malloc_settings.py",
     ),
@@ -664,27 +664,41 @@ MUTATIONS: list[Mutation] = [
         k("tests/unit/test_malloc_settings.py", "backup_command"),
     ),
     m(
-        "flows: importing them keeps glibc's trimming of freed messages (stop 44)",
-        "flows/__init__.py",
-        "\nkeep_freed_memory()\n",
-        "\n",
+        "keep_freed_memory: the mmap threshold alone, glibc's trim left (stop 44)",
+        "jaco/memory.py",
+        '    ("MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold", _M_TRIM_THRESHOLD, '
+        "TRIM_THRESHOLD),\n",
+        "",
         k("tests/unit/test_malloc_settings.py", "kept_for_the_next"),
     ),
     m(
-        "keep_freed_memory: the mmap threshold alone, glibc's trim left (stop 44)",
+        "keep_freed_memory: whatever is freed is kept, 64 MiB at a heap's top (stop 44)",
         "jaco/memory.py",
-        """    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    )""",
-        "    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))",
-        k("tests/unit/test_malloc_settings.py", "kept_for_the_next"),
+        "TRIM_THRESHOLD = 8 * 1024 * 1024",
+        "TRIM_THRESHOLD = 64 * 1024 * 1024",
+        k("tests/unit/test_malloc_settings.py", "past_the_threshold"),
     ),
     m(
         "keep_freed_memory: overrides the operator's MALLOC_*_THRESHOLD_ (stop 44)",
         "jaco/memory.py",
-        "    if chosen or mallopt is None:",
-        "    if mallopt is None:",
-        k("tests/unit/test_malloc_settings.py", "operator or environment"),
+        "        if not _chosen(variable, tunable) and mallopt(parameter, value)",
+        "        if mallopt(parameter, value)",
+        k("tests/unit/test_malloc_settings.py", "operator_set"),
+    ),
+    m(
+        "malloc settings: GLIBC_TUNABLES not read (stop 44)",
+        "jaco/memory.py",
+        'tunables = os.environ.get("GLIBC_TUNABLES", "").split(":")',
+        "tunables: list[str] = []",
+        "tests/unit/test_malloc_settings.py",
+    ),
+    m(
+        "keep_freed_memory: an operator's one threshold leaves jaco's other unset (stop 44)",
+        "jaco/memory.py",
+        "    if mallopt is None:\n        return []\n    return [",
+        "    if mallopt is None or any(_chosen(v, t) for v, t, _, _ in _THRESHOLDS):\n"
+        "        return []\n    return [",
+        k("tests/unit/test_malloc_settings.py", "operator_set"),
     ),
     m(
         "native snapshot pass: spilled runs are never merged as they come (stop 28)",

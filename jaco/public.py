@@ -45,7 +45,7 @@ from jaco.errors import (
     is_retryable,
 )
 from jaco.files import create_private, private_output, sha256_file, sweep_partials, write_private
-from jaco.memory import cap_malloc_arenas, keep_freed_memory
+from jaco.memory import cap_malloc_arenas
 from jaco.streams import ChunkReader, HashingReader
 
 __all__ = [
@@ -81,7 +81,6 @@ __all__ = [
     "follow_changes",
     "is_age_file",
     "is_retryable",
-    "keep_freed_memory",
     "load_identities",
     "open_client",
     "parse_identities",
