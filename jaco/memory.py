@@ -15,9 +15,10 @@ from inside the process. A setting the operator made (a `MALLOC_*` variable or a
   2 MiB of it are free, so the next messages are written to pages the kernel must map again:
   `jaco backup` of a 512 MiB store took 79 000–225 000 page faults, and 16 000–19 000 once up
   to 8 MiB of freed memory is kept and blocks under 4 MiB come from the heap; its CPU fell by
-  0.1–0.9 s (docs/benchmarks.md, stop 44). Its peak RSS did not move. Blocks of 4 MiB and more
-  are then mapped afresh each time, which is why the flows (boto3 reads 8 MiB upload parts)
-  do not set it.
+  0.1–0.9 s (docs/benchmarks.md, stop 44). Its peak RSS did not move. The flows do not set it:
+  in the flow's process (Prefect's and boto3's allocations beside the backup's) it bought
+  nothing measurable, and blocks of 4 MiB and more, such as boto3's 8 MiB upload parts, would
+  be mapped afresh each time.
 """
 
 from __future__ import annotations
