@@ -700,6 +700,34 @@ MUTATIONS: list[Mutation] = [
         "        return []\n    return [",
         k("tests/unit/test_malloc_settings.py", "operator_set"),
     ),
+    Mutation(
+        "etcd socket: a backup's snapshot stream over the member's TLS port (stop 44)",
+        "jaco/model/etcd_snapshot.py",
+        (
+            (
+                "        return cls(etcd.target, timeout)\n",
+                "        from pathlib import Path\n"
+                "        from jaco.node.config import DataDir\n"
+                '        data = DataDir(Path(etcd.target.removeprefix("unix:")).parent.parent)\n'
+                '        return cls(f"127.0.0.1:{data.load().etcd_client_port}", timeout, data)\n',
+            ),
+            (
+                "    def __init__(self, target: str, timeout: float):\n",
+                "    def __init__(self, target: str, timeout: float, data=None):\n",
+            ),
+            (
+                "        self._channel = grpc.insecure_channel(target, options=options)\n",
+                "        tls = (data.ca_cert, data.node_key, data.node_cert) if data else ()\n"
+                "        creds = grpc.ssl_channel_credentials(*(f.read_bytes() for f in tls))\n"
+                "        self._channel = (\n"
+                "            grpc.secure_channel(target, creds, options=options)\n"
+                "            if data\n"
+                "            else grpc.insecure_channel(target, options=options)\n"
+                "        )\n",
+            ),
+        ),
+        (k("tests/test_etcd_socket.py", "snapshot_stream_takes"),),
+    ),
     m(
         "native snapshot pass: spilled runs are never merged as they come (stop 28)",
         "native/src/sort.rs",

@@ -22,9 +22,12 @@ import tempfile
 from pathlib import Path
 
 from infra.localcluster import Cluster, wait_for
+from jaco.client.connection import open_client
 from jaco.model.etcd import SUN_PATH, Etcd
 from jaco.node.config import DataDir
 from jaco.node.etcd_member import prepare_socket_dir
+from jaco.v1 import jaco_pb2 as pb
+from tests.conftest import fill
 
 NOBODY = ("--reuid=65534", "--regid=65534", "--clear-groups")
 
@@ -96,6 +99,30 @@ def test_jacod_reaches_its_member_over_a_socket_in_a_private_directory(single: C
         wait_for(lambda: mine in _tcp_peers(pid), 30, "jacod to accept our connection")
         assert f"127.0.0.1:{node.client_port}" not in _tcp_peers(pid)
     assert _connect(data.etcd_socket) == "connected"  # jacod's user (root here) does
+
+
+def test_a_backups_snapshot_stream_takes_the_socket_too(single: Cluster) -> None:
+    """The check above, while etcd's snapshot stream is open: a stream that went over TLS would
+    hold a connection to the member's port only while a backup runs."""
+    node = single.nodes["node-1"]
+    assert node.process is not None
+    fill(single, 40)  # 32 MB: more than jacod queues and gRPC buffers while the client stalls
+    scratch = Path(node.data_dir) / "backup-tmp"
+    with open_client(node.server, single.token) as client:
+        stream = client.stream("Backup", pb.BackupRequest(), timeout=120)
+        try:
+            first = next(stream)
+            assert first.WhichOneof("part") == "snapshot_size"
+            assert first.snapshot_size > 32_000_000
+            # the client reads no more: jacod's receiver stalls with etcd's stream open
+            wait_for(lambda: any(scratch.glob("snapshot-*.bin")), 30, "the scratch copy")
+            peers = _tcp_peers(node.process.pid)
+            mine = {p for p in peers if p.startswith("127.0.0.1:") and p != node.server}
+            assert mine, peers  # jacod's side of our API connection: the check sees TCP
+            assert f"127.0.0.1:{node.client_port}" not in peers
+            assert any(scratch.glob("snapshot-*.bin"))  # still streaming when looked at
+        finally:
+            stream.close()  # cancels the call
 
 
 def test_the_socket_directory_keeps_other_users_out() -> None:
