@@ -15,6 +15,7 @@ from pathlib import Path
 
 from infra.localcluster import JACO, Cluster, cluster_of, wait_for
 from jaco.client.connection import open_client
+from jaco.node.config import DataDir
 from jaco.v1 import jaco_pb2 as pb
 from tests.mounts import tmpfs
 from tests.netfaults import FaultyProxy
@@ -127,7 +128,7 @@ def test_bad_tokens_get_no_backup(big: Cluster, tmp_path: Path) -> None:
 def test_stale_server_snapshot_is_removed_on_restart(tmp_path: Path) -> None:
     with cluster_of(tmp_path / "c", 1) as cluster:
         node = cluster.nodes["node-1"]
-        stale = node.data_dir / "backup-tmp" / "snapshot-1-2.bin"
+        stale = DataDir(node.data_dir).backup_dir / "snapshot-1-2.bin"
         stale.parent.mkdir(mode=0o700, exist_ok=True)
         stale.write_bytes(b"CA key inside")  # what a jacod killed mid-backup leaves
         node.stop()
@@ -145,7 +146,7 @@ def test_a_client_gone_while_etcd_stalls_frees_the_node_at_once(tmp_path: Path) 
     with cluster_of(tmp_path / "c", 1) as cluster:
         fill(cluster, 60)  # about 48 MiB: more than the buffers between etcd and the client
         node = cluster.nodes["node-1"]
-        scratch = node.data_dir / "backup-tmp"
+        scratch = DataDir(node.data_dir).backup_dir
         assert node.process is not None
         jacod = node.process.pid
         # Backups abandoned after their first messages leave no connection to etcd behind

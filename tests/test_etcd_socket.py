@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from infra.localcluster import Cluster, wait_for
+from infra.localcluster import Cluster, Node, wait_for
 from jaco.client.connection import open_client
 from jaco.model.etcd import SUN_PATH, Etcd
 from jaco.node.config import DataDir
@@ -85,19 +85,25 @@ def _tcp_peers(pid: int) -> set[str]:
     return peers
 
 
+def _jacods_peers(node: Node) -> set[str]:
+    """The remote ends of node's jacod's TCP connections, once they include one the test opens
+    to its API: what shows that the check sees jacod's TCP connections at all."""
+    assert node.process is not None
+    pid = node.process.pid
+    host, port = node.server.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as ours:
+        mine = "{}:{}".format(*ours.getsockname())
+        wait_for(lambda: mine in _tcp_peers(pid), 30, "jacod to accept our connection")
+        return _tcp_peers(pid)
+
+
 def test_jacod_reaches_its_member_over_a_socket_in_a_private_directory(single: Cluster) -> None:
     node = single.nodes["node-1"]
     data = DataDir(node.data_dir)
     assert stat.S_ISSOCK(data.etcd_socket.stat().st_mode)
     assert stat.S_IMODE(data.etcd_socket_dir.stat().st_mode) == 0o700
     # jacod works (the fixture waited for READY) and holds no connection to the TLS port
-    assert node.process is not None
-    host, port = node.server.rsplit(":", 1)
-    with socket.create_connection((host, int(port))) as ours:  # one it must see: ours
-        mine = "{}:{}".format(*ours.getsockname())
-        pid = node.process.pid
-        wait_for(lambda: mine in _tcp_peers(pid), 30, "jacod to accept our connection")
-        assert f"127.0.0.1:{node.client_port}" not in _tcp_peers(pid)
+    assert f"127.0.0.1:{node.client_port}" not in _jacods_peers(node)
     assert _connect(data.etcd_socket) == "connected"  # jacod's user (root here) does
 
 
@@ -105,9 +111,8 @@ def test_a_backups_snapshot_stream_takes_the_socket_too(single: Cluster) -> None
     """The check above, while etcd's snapshot stream is open: a stream that went over TLS would
     hold a connection to the member's port only while a backup runs."""
     node = single.nodes["node-1"]
-    assert node.process is not None
     fill(single, 40)  # 32 MB: more than jacod queues and gRPC buffers while the client stalls
-    scratch = Path(node.data_dir) / "backup-tmp"
+    scratch = DataDir(node.data_dir).backup_dir
     with open_client(node.server, single.token) as client:
         stream = client.stream("Backup", pb.BackupRequest(), timeout=120)
         try:
@@ -116,10 +121,7 @@ def test_a_backups_snapshot_stream_takes_the_socket_too(single: Cluster) -> None
             assert first.snapshot_size > 32_000_000
             # the client reads no more: jacod's receiver stalls with etcd's stream open
             wait_for(lambda: any(scratch.glob("snapshot-*.bin")), 30, "the scratch copy")
-            peers = _tcp_peers(node.process.pid)
-            mine = {p for p in peers if p.startswith("127.0.0.1:") and p != node.server}
-            assert mine, peers  # jacod's side of our API connection: the check sees TCP
-            assert f"127.0.0.1:{node.client_port}" not in peers
+            assert f"127.0.0.1:{node.client_port}" not in _jacods_peers(node)
             assert any(scratch.glob("snapshot-*.bin"))  # still streaming when looked at
         finally:
             stream.close()  # cancels the call

@@ -6,6 +6,9 @@ $JACO_DATA_DIR/           (default /var/lib/jaco, mode 0700)
   pki/node.crt node.key   this node's certificate and key (0600)
   etcd/                   the etcd member's data
   etcd.log                the etcd member's log
+  etcd-socket/etcd:0      the member's unix socket for jacod (directory 0700)
+  backup-tmp/             a backup's scratch copy of the snapshot while it streams (it
+                          holds the CA key: removed at every start)
   jacod.lock              held (flock) by the running jacod
   restore.json            left by `jaco restore` until the first boot records it
 """
@@ -77,6 +80,7 @@ class DataDir:
     # jacod's way to its member: a unix socket in a directory only jacod's user may enter
     etcd_socket_dir = property(lambda self: self.path / "etcd-socket")
     etcd_socket = property(lambda self: self.etcd_socket_dir / ETCD_SOCKET)
+    backup_dir = property(lambda self: self.path / "backup-tmp")
     lock_file = property(lambda self: self.path / "jacod.lock")
     restore_marker = property(lambda self: self.path / "restore.json")
 

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import shutil
-from pathlib import Path
 
 from jaco.errors import JacoError
 from jaco.model.etcd import Etcd, op_put
@@ -56,14 +55,9 @@ class Node:
         assert self._store is not None
         return self._store
 
-    @property
-    def backup_dir(self) -> Path:
-        """Where a backup's scratch copy of the snapshot lives while it streams."""
-        return self.data.path / "backup-tmp"
-
     async def start(self) -> None:
         # A jacod killed mid-backup leaves its snapshot temp file: it holds the CA key.
-        shutil.rmtree(self.backup_dir, ignore_errors=True)
+        shutil.rmtree(self.data.backup_dir, ignore_errors=True)
         self._etcd = await self.member.start()
         self._store = Store(self._etcd)
         await self._complete_restore()

@@ -359,7 +359,7 @@ class JacoService(pb_grpc.JacoServicer):
             meta: BackupMeta | None = None
             async with (
                 self.node.backup_lock,
-                aclosing(stream_snapshot(self.store, self.node.backup_dir)) as parts,
+                aclosing(stream_snapshot(self.store, self.node.data.backup_dir)) as parts,
             ):
                 async for part in parts:
                     if isinstance(part, bytes):  # a data message, serialized already
