@@ -1868,8 +1868,9 @@ MUTATIONS: list[Mutation] = [
     m(
         "age_v1: the last chunk not flagged as last (stop 45)",
         "jaco/archive/age_v1.py",
-        '(b"\\x01" if last else b"\\x00")',
-        'b"\\x00"',
+        'aead.encrypt_into(\n                    counter.to_bytes(11, "big")'
+        ' + (b"\\x01" if last else b"\\x00"),',
+        'aead.encrypt_into(\n                    counter.to_bytes(11, "big") + b"\\x00",',
         k("tests/unit/test_age_v1.py", "age_and_pyrage_decrypt"),
     ),
     m(
@@ -1942,6 +1943,63 @@ MUTATIONS: list[Mutation] = [
         "        if len(x25519) == len(parsed):\n",
         "        if x25519:\n",
         k("tests/unit/test_age_v1.py", "ssh_recipient"),
+    ),
+    m(
+        "age_v1 reader: the header's MAC not checked (stop 45)",
+        "jaco/archive/age_v1.py",
+        "            if not hmac.compare_digest(expected, mac):\n",
+        "            if False:\n",
+        k("tests/unit/test_age_v1.py", "header_changed"),
+    ),
+    m(
+        "age_v1 reader: each block's final chunk taken as the last (stop 45)",
+        "jaco/archive/age_v1.py",
+        "            last = not more and at + piece == filled\n",
+        "            last = at + piece == filled\n",
+        k("tests/unit/test_age_v1.py", "reads_what_age"),
+    ),
+    m(
+        "age_v1 reader: an empty last chunk after others taken (stop 45)",
+        "jaco/archive/age_v1.py",
+        "            if piece < TAG or (piece == TAG and (counter or not last)):\n",
+        "            if piece < TAG:\n",
+        k("tests/unit/test_age_v1.py", "empty_or_unflagged"),
+    ),
+    m(
+        "age_v1 reader: the header read without a bound (stop 45)",
+        "jaco/archive/age_v1.py",
+        "    if so_far + len(line) > HEADER_MAX:\n",
+        "    if False:\n",
+        k("tests/unit/test_age_v1.py", "within_its_bound"),
+    ),
+    m(
+        "age_v1 reader: base64 not held to its canonical form (stop 45)",
+        "jaco/archive/age_v1.py",
+        "    if _b64(data) != text:\n",
+        "    if False:\n",
+        k("tests/unit/test_age_v1.py", "header_changed"),
+    ),
+    m(
+        "age_v1 reader: a stanza line over 64 columns taken (stop 45)",
+        "jaco/archive/age_v1.py",
+        "            if len(piece) > 65:\n",
+        "            if False:\n",
+        k("tests/unit/test_age_v1.py", "header_changed"),
+    ),
+    m(
+        "age_v1 reader: a chunk's plaintext written before it is authenticated (stop 45)",
+        "jaco/archive/age_v1.py",
+        "            except InvalidTag:\n                raise AgeError(\n",
+        "            except InvalidTag:\n                write(out[done : done + piece - TAG])\n"
+        "                raise AgeError(\n",
+        k("tests/unit/test_age_v1.py", "payload_cut"),
+    ),
+    m(
+        "decrypter: a damaged payload reported as a wrong key (stop 45)",
+        "jaco/archive/decrypter.py",
+        "        _end(EXIT_DAMAGED if exc.damaged else EXIT_NO_KEY, exc)\n",
+        "        _end(EXIT_NO_KEY, exc)\n",
+        k("tests/unit/test_decrypter.py", "damaged_payload"),
     ),
 ]
 

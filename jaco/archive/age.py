@@ -1,12 +1,12 @@
 """age encryption of archives, streaming, hashed on the way through: to X25519 recipients by
 jaco.archive.age_v1 (OpenSSL's primitives), to any ssh-ed25519 recipient by pyrage.
 
-`pyrage.encrypt_io` / `decrypt_io` stream in constant memory (the other pyrage calls hold the
-whole file). pyrage can report success after a failed final write, so an encryption is only
-trusted once its ciphertext has been decrypted again (by pyrage, whoever encrypted it) and the
-plaintext's SHA-256 matched: the pipeline's verify step does that on the uploaded object. Keys
-are in age's own formats: `age1…` X25519 recipients, `ssh-ed25519 …` public keys, and identity
-files of `AGE-SECRET-KEY-1…` lines (what `age-keygen` writes).
+`pyrage.encrypt_io` streams in constant memory (the other pyrage calls hold the whole file).
+A writer can report success after a failed final write, so an encryption is only trusted once
+its ciphertext has been decrypted again (jaco.archive.decrypter) and the plaintext's SHA-256
+matched: the pipeline's verify step does that on the uploaded object. Keys are in age's own
+formats: `age1…` X25519 recipients, `ssh-ed25519 …` public keys, and identity files of
+`AGE-SECRET-KEY-1…` lines (what `age-keygen` writes).
 """
 
 from __future__ import annotations

@@ -120,12 +120,12 @@ def decrypting(
     copy: IO[bytes] | None = None,
     hashes: bool = True,
 ) -> Iterator[tuple[IO[bytes], Decryption]]:
-    """Decrypt `ciphertext` in a process of its own (jaco.archive.decrypter: pyrage holds the
-    GIL) fed by a thread of this one: yields the plaintext to read and the Decryption, filled
-    in once the block is left (the plaintext's SHA-256, hashed on the way unless `hashes` is
-    False: a core-second per GiB; `copy` gets the plaintext too). The ciphertext is the
-    caller's to hash, as it reads it (until stop 33 this hashed it too, for callers that all
-    hashed it already or did not need it).
+    """Decrypt `ciphertext` in a process of its own (jaco.archive.decrypter: the decryption
+    stays off this process's GIL) fed by a thread of this one: yields the plaintext to read
+    and the Decryption, filled in once the block is left (the plaintext's SHA-256, hashed on
+    the way unless `hashes` is False: a core-second per GiB; `copy` gets the plaintext too).
+    The ciphertext is the caller's to hash, as it reads it (until stop 33 this hashed it too,
+    for callers that all hashed it already or did not need it).
 
     Leaving the block reads the plaintext to its end and raises a decryption's failure.
     Leaving it with an ArchiveError raises the decryption's failure instead, if it had one:

@@ -1,11 +1,15 @@
-"""jaco's own age v1 writer (jaco.archive.age_v1): what it writes is age, read back by the `age`
-CLI (Go) and by pyrage (rage) at every chunk and block boundary, to each of several recipients;
-each file has keys of its own; a recipient is only taken with its Bech32 checksum right."""
+"""jaco's own age v1 (jaco.archive.age_v1). The writer: what it writes is age, read back by the
+`age` CLI (Go) and by pyrage (rage) at every chunk and block boundary, to each of several
+recipients; each file has keys of its own; a recipient is only taken with its Bech32 checksum
+right. The reader (the decrypter's): it reads what age and rage write, and refuses a payload
+cut, lengthened or changed, an empty or unflagged last chunk, and a header changed, malformed
+or without end, each with its reason."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 import subprocess
 from pathlib import Path
@@ -18,7 +22,20 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from jaco.archive.age import encrypt_file, parse_identities
-from jaco.archive.age_v1 import BLOCK, CHUNK, bech32_decode, x25519_recipient_key
+from jaco.archive.age_v1 import (
+    BLOCK,
+    CHUNK,
+    HEADER_MAX,
+    LINE_MAX,
+    TAG,
+    AgeError,
+    _b64,
+    bech32_decode,
+    decrypt_stream,
+    header,
+    identity_keys,
+    x25519_recipient_key,
+)
 from jaco.errors import InvalidArgument
 
 # age's payload: chunks of 64 KiB, the last flagged, full or short, empty only when all is.
@@ -163,3 +180,172 @@ def test_an_ssh_recipient_is_still_pyrage_s(tmp_path: Path) -> None:
     assert stanzas[:2] == [b"X25519", b"ssh-ed25519"]  # (rage adds a "grease" stanza after)
     assert _age_decrypt(cipher, tmp_path / "key") == plain.read_bytes()
     assert _age_decrypt(cipher, tmp_path / "ssh") == plain.read_bytes()
+
+
+# -- the reader (the decrypter's) ----------------------------------------------------------
+
+
+def _decrypt(data: bytes, identities: list[X25519PrivateKey]) -> bytes:
+    source, out = io.BytesIO(data), bytearray()
+    size = decrypt_stream(source.readline, source.readinto, out.extend, identities)
+    assert size == len(out)
+    return bytes(out)
+
+
+def _failure(
+    data: bytes, identities: list[X25519PrivateKey], written: bytearray | None = None
+) -> AgeError:
+    source, out = io.BytesIO(data), bytearray() if written is None else written
+    with pytest.raises(AgeError) as caught:
+        decrypt_stream(source.readline, source.readinto, out.extend, identities)
+    return caught.value
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> tuple[str, list[X25519PrivateKey]]:
+    recipient = _keygen(tmp_path / "key")
+    return recipient, identity_keys((tmp_path / "key").read_text().splitlines()[-1])
+
+
+def _sealed_by_age(tmp_path: Path, recipient: str, plaintext: bytes) -> bytes:
+    (tmp_path / "p").write_bytes(plaintext)
+    subprocess.run(["age", "-r", recipient, "-o", str(tmp_path / "c"), str(tmp_path / "p")],
+                   check=True)  # fmt: skip
+    return (tmp_path / "c").read_bytes()
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_it_reads_what_age_and_rage_write(
+    tmp_path: Path, key: tuple[str, list[X25519PrivateKey]], size: int
+) -> None:
+    recipient, identities = key
+    plaintext = os.urandom(size)
+    assert _decrypt(_sealed_by_age(tmp_path, recipient, plaintext), identities) == plaintext
+    by_rage = pyrage.encrypt(plaintext, [pyrage.x25519.Recipient.from_str(recipient)])
+    assert b"-grease" in by_rage  # a stanza of a type it passes over
+    assert _decrypt(bytes(by_rage), identities) == plaintext
+
+
+def _payload(data: bytes) -> int:
+    return _payload_at(data) + 16  # the first chunk, after the nonce
+
+
+def test_a_payload_cut_lengthened_or_changed_is_damaged(
+    tmp_path: Path, key: tuple[str, list[X25519PrivateKey]]
+) -> None:
+    recipient, identities = key
+    plaintext = os.urandom(2 * BLOCK + CHUNK)  # 33 chunks, the last full
+    data = _sealed_by_age(tmp_path, recipient, plaintext)
+    start, sealed_chunk = _payload(data), CHUNK + TAG
+    cases = {
+        "cut at a chunk's end": data[:-sealed_chunk],
+        "cut at a block's end": data[: start + 16 * sealed_chunk],
+        "cut inside a chunk": data[:-100],
+        "cut to less than a tag": data[: start + 32 * sealed_chunk + 7],
+        "cut in the nonce": data[: start - 3],
+        "nothing after the nonce": data[:start],
+        "a byte more": data + b"\0",
+        "a tag's worth more": data + bytes(16),
+        "its last chunk again": data + data[-sealed_chunk:],
+        "a payload byte changed": _flip(data, start + 5 * sealed_chunk + 9),
+        "the nonce changed": _flip(data, start - 1),
+    }
+    for case, damaged in cases.items():
+        written = bytearray()
+        failure = _failure(damaged, identities, written)
+        assert failure.damaged, (case, failure)
+        assert "payload" in str(failure), (case, failure)
+        # only whole blocks whose every chunk was authenticated reach the reader
+        assert len(written) % BLOCK == 0 and written == plaintext[: len(written)], case
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+
+
+def _seal(file_key: bytes, chunks: list[tuple[bytes, bool]], recipient: bytes) -> bytes:
+    """An age file whose chunks and last flags the test chooses."""
+    nonce = os.urandom(16)
+    aead = ChaCha20Poly1305(
+        HKDF(algorithm=hashes.SHA256(), length=32, salt=nonce, info=b"payload").derive(file_key)
+    )
+    body = b"".join(
+        aead.encrypt(i.to_bytes(11, "big") + (b"\x01" if last else b"\x00"), chunk, None)
+        for i, (chunk, last) in enumerate(chunks)
+    )
+    return header([recipient], file_key) + nonce + body
+
+
+def test_an_empty_or_unflagged_last_chunk_is_refused(
+    key: tuple[str, list[X25519PrivateKey]],
+) -> None:
+    recipient, identities = key
+    raw, file_key, full = x25519_recipient_key(recipient), os.urandom(16), os.urandom(CHUNK)
+    assert _decrypt(_seal(file_key, [(full, False), (b"x", True)], raw), identities) == full + b"x"
+    assert _decrypt(_seal(file_key, [(b"", True)], raw), identities) == b""  # all of it empty
+    refused = {
+        "an empty last chunk after a full one": [(full, False), (b"", True)],
+        "the last chunk not flagged": [(full, False), (b"x", False)],
+        "a short chunk before the last": [(b"x", False), (full, True)],
+        "a full chunk flagged before the last": [(full, True), (b"x", True)],
+        "no chunk": [],
+    }
+    for case, chunks in refused.items():
+        failure = _failure(_seal(file_key, chunks, raw), identities)
+        assert failure.damaged, (case, failure)
+
+
+def test_a_header_changed_malformed_or_unbounded_is_refused_before_the_payload(
+    tmp_path: Path, key: tuple[str, list[X25519PrivateKey]]
+) -> None:
+    recipient, identities = key
+    data = _sealed_by_age(tmp_path, recipient, os.urandom(1000))
+    lines = data[: _payload_at(data)].split(b"\n")
+    version, stanza, body, mac = lines[0], lines[1], lines[2], lines[3]
+    payload = data[_payload_at(data) :]
+
+    def built(*header_lines: bytes) -> bytes:
+        return b"\n".join(header_lines) + b"\n" + payload
+
+    other = X25519PrivateKey.generate()
+    zero_share = b"-> X25519 " + _b64(bytes(32))
+    cases = {
+        "no identity matched": [
+            (data, [other]),
+            (built(version, stanza, _flip(body, 5), mac), identities),
+            (built(version, _flip(stanza, 15), body, mac), identities),
+        ],
+        "MAC does not match": [
+            (built(version, b"-> other-kind arg", b"", stanza, body, mac), identities),
+            (built(version, stanza, body, b"--- " + _b64(os.urandom(32))), identities),
+        ],
+        "not an age v1 file": [(b"age-encryption.org/v2\n" + data[22:], identities)],
+        "not age's base64": [
+            (built(version, stanza, body, mac[:-1] + b"B"), identities),  # not canonical
+            (built(version, stanza, body, mac + b"="), identities),
+        ],
+        "malformed line": [
+            (built(version, b"-> ", b"", stanza, body, mac), identities),
+            (built(version, b"-> a\tb", b"", stanza, body, mac), identities),
+            (built(version, b"x " + stanza, body, mac), identities),
+        ],
+        "malformed X25519 stanza": [(built(version, stanza + b" more", body, mac), identities)],
+        "low order": [(built(version, zero_share, body, mac), identities)],
+        "over 64 columns": [(built(version, stanza, b"A" * 65, mac), identities)],
+        "line over its bound": [(built(version, b"-> " + b"a" * LINE_MAX, mac), identities)],
+        "cut short": [(data[: _payload_at(data) - 10], identities)],
+    }
+    for words, attempts in cases.items():
+        for sealed, who in attempts:
+            failure = _failure(sealed, who)
+            assert words in str(failure) and not failure.damaged, (words, failure)
+
+
+def test_the_header_is_read_within_its_bound(key: tuple[str, list[X25519PrivateKey]]) -> None:
+    """Stanzas without end: refused once 1 MiB is read, not read on."""
+    _, identities = key
+    endless = b"age-encryption.org/v1\n" + b"-> grease a\n\n" * (HEADER_MAX // 12 + 10_000)
+    source = io.BytesIO(endless)
+    with pytest.raises(AgeError, match="the header is over its bound"):
+        decrypt_stream(source.readline, source.readinto, bytearray().extend, identities)
+    assert HEADER_MAX <= source.tell() <= HEADER_MAX + LINE_MAX
