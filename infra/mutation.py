@@ -2001,6 +2001,13 @@ MUTATIONS: list[Mutation] = [
         "        _end(EXIT_NO_KEY, exc)\n",
         k("tests/unit/test_decrypter.py", "damaged_payload"),
     ),
+    m(
+        "decrypter: the payload's first bytes, in the header's buffer, passed over (stop 45)",
+        "jaco/archive/decrypter.py",
+        "            self._held = memoryview(self._buffered.read1(len(self._buffered.peek(1))))\n",
+        "            self._held = memoryview(b'')\n",
+        k("tests/unit/test_decrypter.py", "never_sees_its_key"),
+    ),
 ]
 
 

@@ -22,7 +22,7 @@ import sys
 from jaco.archive.age_v1 import AgeError, decrypt_stream, identity_keys
 
 EXIT_NO_KEY, EXIT_DAMAGED, EXIT_READER_LEFT = 14, 15, 3
-BLOCK = 1024 * 1024
+HEADER_BUFFER = 64 * 1024
 
 
 def _end(code: int, words: object = "") -> None:
@@ -36,12 +36,34 @@ def _write_all(view: memoryview) -> None:
         view = view[os.write(1, view) :]
 
 
+class _Stdin:
+    """stdin: its header read a line at a time through a buffer, then the payload straight
+    into the caller's blocks, what the buffer still holds first. A BufferedReader's
+    `readinto` copied nearly every byte through its own buffer (the blocks are not a multiple
+    of what a pipe gives): 0.55 s of 2.2 s of the decrypter's CPU per 2 GiB."""
+
+    def __init__(self) -> None:
+        self._raw = io.FileIO(0, closefd=False)
+        self._buffered = io.BufferedReader(self._raw, HEADER_BUFFER)
+        self.readline = self._buffered.readline
+        self._held: memoryview | None = None
+
+    def readinto(self, view: memoryview) -> int:
+        if self._held is None:  # the header has been read: take what its buffer holds
+            self._held = memoryview(self._buffered.read1(len(self._buffered.peek(1))))
+        if self._held:
+            n = min(len(view), len(self._held))
+            view[:n], self._held = self._held[:n], self._held[n:]
+            return n
+        return self._raw.readinto(view) or 0
+
+
 def main() -> None:
     with os.fdopen(int(sys.argv[1]), "r") as keys:
         text = keys.read()
     try:
         identities = identity_keys(text)
-        source = io.BufferedReader(io.FileIO(0, closefd=False), BLOCK)
+        source = _Stdin()
         decrypt_stream(source.readline, source.readinto, _write_all, identities)
     except AgeError as exc:
         _end(EXIT_DAMAGED if exc.damaged else EXIT_NO_KEY, exc)
