@@ -9,7 +9,8 @@ docs/benchmarks.md, stop 31), hence a process. Since stop 45 it is OpenSSL's Cha
 file descriptor FD, a pipe, never in the argument list or the environment. Exit 0; EXIT_NO_KEY
 if they do not open the ciphertext (no stanza for them, or a header malformed or changed),
 EXIT_DAMAGED if its payload is damaged, cut short or followed by more, each with the reason as
-the one line on stderr; EXIT_READER_LEFT if the plaintext's reader went away.
+the one line on stderr; EXIT_READER_LEFT if the plaintext's reader went away; 1 for anything
+else (an identity that is not one: the caller's failure, not the backup's).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import io
 import os
 import sys
 
-from jaco.archive.age_v1 import AgeError, decrypt_stream, identity_keys
+from jaco.archive.age_v1_read import AgeError, decrypt_stream, identity_keys
 
 EXIT_NO_KEY, EXIT_DAMAGED, EXIT_READER_LEFT = 14, 15, 3
 HEADER_BUFFER = 64 * 1024
@@ -63,6 +64,9 @@ def main() -> None:
         text = keys.read()
     try:
         identities = identity_keys(text)
+    except AgeError as exc:  # the caller's keys, not the backup's fault: not exit 14
+        _end(1, exc)
+    try:
         source = _Stdin()
         decrypt_stream(source.readline, source.readinto, _write_all, identities)
     except AgeError as exc:

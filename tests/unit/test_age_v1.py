@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import io
 import os
 import subprocess
@@ -21,25 +22,29 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from jaco.archive.age import encrypt_file, parse_identities
+from jaco.archive.age import DecryptionFailed, Identities, encrypt_file, parse_identities
 from jaco.archive.age_v1 import (
     BLOCK,
     CHUNK,
-    HEADER_MAX,
-    LINE_MAX,
     TAG,
-    AgeError,
     _b64,
     bech32_decode,
-    decrypt_stream,
     header,
-    identity_keys,
     x25519_recipient_key,
 )
-from jaco.errors import InvalidArgument
+from jaco.archive.age_v1_read import (
+    HEADER_MAX,
+    LINE_MAX,
+    AgeError,
+    decrypt_stream,
+    identity_keys,
+)
+from jaco.archive.encrypted import decrypting
+from jaco.errors import InvalidArgument, JacoError
 
 # age's payload: chunks of 64 KiB, the last flagged, full or short, empty only when all is.
 SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK + CHUNK]
+SIZES += [16 * BLOCK + 1]  # more blocks than the hashing threads queue: their buffers reused
 
 
 def _keygen(path: Path) -> str:
@@ -156,6 +161,8 @@ def test_a_recipient_is_refused_unless_its_bech32_is_right() -> None:
         with pytest.raises(InvalidArgument, match=f"invalid age recipient .*{reason}"):
             x25519_recipient_key(text)
     # a key of another length, checksum right
+    with pytest.raises(InvalidArgument, match="invalid age recipient .*not a 32-byte key"):
+        x25519_recipient_key(_bech32_of("age", os.urandom(31)))
     identity = str(pyrage.x25519.Identity.generate())
     secret = bech32_decode(identity, "age-secret-key-")
     assert len(secret) == 32
@@ -259,6 +266,13 @@ def test_a_payload_cut_lengthened_or_changed_is_damaged(
         assert len(written) % BLOCK == 0 and written == plaintext[: len(written)], case
 
 
+def _other_b64(line: bytes, at: int) -> bytes:
+    """`line` with the base64 character at `at` replaced by the next one of the alphabet: still
+    base64 (a bit flip could make it + / or @ and be refused for that instead)."""
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    return line[:at] + bytes([alphabet[(alphabet.index(line[at]) + 1) % 64]]) + line[at + 1 :]
+
+
 def _flip(data: bytes, at: int) -> bytes:
     return data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
 
@@ -309,11 +323,12 @@ def test_a_header_changed_malformed_or_unbounded_is_refused_before_the_payload(
 
     other = X25519PrivateKey.generate()
     zero_share = b"-> X25519 " + _b64(bytes(32))
+    share31 = b"-> X25519 " + _b64(os.urandom(31))
     cases = {
         "no identity matched": [
             (data, [other]),
-            (built(version, stanza, _flip(body, 5), mac), identities),
-            (built(version, _flip(stanza, 15), body, mac), identities),
+            (built(version, stanza, _other_b64(body, 5), mac), identities),
+            (built(version, _other_b64(stanza, 15), body, mac), identities),
         ],
         "MAC does not match": [
             (built(version, b"-> other-kind arg", b"", stanza, body, mac), identities),
@@ -323,13 +338,21 @@ def test_a_header_changed_malformed_or_unbounded_is_refused_before_the_payload(
         "not age's base64": [
             (built(version, stanza, body, mac[:-1] + b"B"), identities),  # not canonical
             (built(version, stanza, body, mac + b"="), identities),
+            (built(version, stanza, body, b"--- " + b"A" * 45), identities),  # 45: no length
+            (built(version, stanza, body[:-1] + b".", mac), identities),
         ],
         "malformed line": [
             (built(version, b"-> ", b"", stanza, body, mac), identities),
             (built(version, b"-> a\tb", b"", stanza, body, mac), identities),
             (built(version, b"x " + stanza, body, mac), identities),
         ],
-        "malformed X25519 stanza": [(built(version, stanza + b" more", body, mac), identities)],
+        "malformed X25519 stanza": [
+            (built(version, stanza + b" more", body, mac), identities),
+            (built(version, stanza, _b64(os.urandom(33)), mac), identities),  # age: 32 bytes
+            (built(version, share31, body, mac), identities),
+            # wherever it stands: after the stanza that opens it, too
+            (built(version, stanza, body, stanza + b" more", body, mac), identities),
+        ],
         "low order": [(built(version, zero_share, body, mac), identities)],
         "over 64 columns": [(built(version, stanza, b"A" * 65, mac), identities)],
         "line over its bound": [(built(version, b"-> " + b"a" * LINE_MAX, mac), identities)],
@@ -349,3 +372,90 @@ def test_the_header_is_read_within_its_bound(key: tuple[str, list[X25519PrivateK
     with pytest.raises(AgeError, match="the header is over its bound"):
         decrypt_stream(source.readline, source.readinto, bytearray().extend, identities)
     assert HEADER_MAX <= source.tell() <= HEADER_MAX + LINE_MAX
+
+
+def test_two_identities_try_every_stanza_and_a_malformed_one_is_refused(tmp_path: Path) -> None:
+    """age's order: each identity tries the stanzas in turn. A file for the second identity is
+    read; one that also holds a malformed X25519 stanza is refused, whatever the order of the
+    identities (age refuses it where it meets it first); a low-order share, where an identity
+    meets it before its own stanza, as age does. Its MAC right: made by a file key's holder."""
+    first, second = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    raw = second.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    file_key = os.urandom(16)
+    good = _seal(file_key, [(b"plain", True)], raw)
+    assert _decrypt(good, [first, second]) == b"plain"
+    lines = good[: _payload_at(good)].split(b"\n")
+    payload = good[_payload_at(good) :]
+
+    def crafted(*extra: bytes) -> bytes:
+        text = b"\n".join([lines[0], lines[1], lines[2], *extra]) + b"\n---"
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"", info=b"header")
+        mac = hmac.new(key.derive(file_key), text, hashlib.sha256).digest()
+        return text + b" " + _b64(mac) + b"\n" + payload
+
+    malformed = crafted(lines[1] + b" more", lines[2])
+    for order in ([first, second], [second, first]):
+        assert "malformed X25519 stanza" in str(_failure(malformed, order))
+    low_order = crafted(b"-> X25519 " + _b64(bytes(32)), _b64(os.urandom(32)))
+    assert "low order" in str(_failure(low_order, [first, second]))
+    assert _decrypt(low_order, [second, first]) == b"plain"  # its own stanza first: age reads it
+
+
+def test_identities_and_recipients_of_the_wrong_kind_are_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(AgeError, match="not an age X25519 identity: bad checksum"):
+        identity_keys("AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ")
+    recipient = str(pyrage.x25519.Identity.generate().to_public())
+    assert _bech32_of("age", x25519_recipient_key(recipient)) == recipient  # the test's encoder
+    with pytest.raises(AgeError, match="not an age X25519 identity: not a 32-byte key"):
+        identity_keys(_bech32_of("age-secret-key-", os.urandom(31)).upper())
+    low_order = "age1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq5cu47z"
+    assert x25519_recipient_key(low_order) == bytes(32)
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x" * 100)
+    with pytest.raises(InvalidArgument, match="not a usable X25519 key"):
+        encrypt_file(plain, tmp_path / "cipher.age", [low_order])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]  # nothing left behind
+
+
+def _bech32_of(hrp: str, data: bytes) -> str:
+    """Bech32 (BIP 173) of `data`, the test's own encoder."""
+    values, acc, bits = [], 0, 0
+    for byte in data:
+        acc, bits = acc << 8 | byte, bits + 8
+        while bits >= 5:
+            bits -= 5
+            values.append(acc >> bits & 31)
+    if bits:
+        values.append(acc << (5 - bits) & 31)
+    check = 1
+    for value in [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp] + values + [0] * 6:
+        top = check >> 25
+        check = (check & 0x1FFFFFF) << 5 ^ value
+        for i, generator in enumerate((0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)):
+            check ^= generator if top >> i & 1 else 0
+    check ^= 1
+    alphabet = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+    return (
+        hrp
+        + "1"
+        + "".join(alphabet[v] for v in values + [check >> 5 * (5 - i) & 31 for i in range(6)])
+    )
+
+
+def test_an_identity_that_is_not_one_is_the_caller_s_failure_not_the_backup_s(
+    tmp_path: Path, key: tuple[str, list[X25519PrivateKey]]
+) -> None:
+    """The decrypter exits 1 for it, not 14: verify takes 14 for a backup that does not
+    decrypt, and deletes it."""
+    recipient, _ = key
+    cipher = tmp_path / "cipher.age"
+    cipher.write_bytes(_sealed_by_age(tmp_path, recipient, b"plain"))
+    bad = Identities("a mistyped identity")
+    bad.append(_bech32_of("age-secret-key-", os.urandom(31)).upper())
+    with pytest.raises(JacoError) as caught:
+        with decrypting(cipher, bad) as (plain, _):
+            plain.read(10)
+    assert not isinstance(caught.value, DecryptionFailed), caught.value
+    assert "the decrypter failed (an identity is not an age X25519 identity" in str(caught.value)
