@@ -41,12 +41,13 @@ X25519_LABEL = b"age-encryption.org/v1/X25519"
 _BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 
 
-def _b64(data: bytes) -> bytes:
+def b64(data: bytes) -> bytes:
     """age's base64: RFC 4648's standard alphabet, no padding."""
     return base64.b64encode(data).rstrip(b"=")
 
 
-def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    """HKDF-SHA-256 to 32 bytes: how age derives every key from another."""
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
 
 
@@ -108,16 +109,16 @@ def _stanza(recipient: bytes, file_key: bytes) -> bytes:
         shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient))
     except ValueError:  # a point of low order: the shared secret would be all zeros
         raise InvalidArgument("an age recipient is not a usable X25519 key (low order)") from None
-    wrap_key = _hkdf(shared, share + recipient, X25519_LABEL)
+    wrap_key = hkdf(shared, share + recipient, X25519_LABEL)
     body = ChaCha20Poly1305(wrap_key).encrypt(bytes(12), file_key, None)
-    return b"-> X25519 " + _b64(share) + b"\n" + _b64(body) + b"\n"
+    return b"-> X25519 " + b64(share) + b"\n" + b64(body) + b"\n"
 
 
 def header(recipients: list[bytes], file_key: bytes) -> bytes:
     """The header for `recipients` (raw X25519 public keys), its MAC made with `file_key`."""
     text = VERSION_LINE + b"\n" + b"".join(_stanza(r, file_key) for r in recipients) + b"---"
-    mac = hmac.new(_hkdf(file_key, b"", b"header"), text, hashlib.sha256).digest()
-    return text + b" " + _b64(mac) + b"\n"
+    mac = hmac.new(hkdf(file_key, b"", b"header"), text, hashlib.sha256).digest()
+    return text + b" " + b64(mac) + b"\n"
 
 
 class _Hasher:
@@ -166,7 +167,7 @@ def encrypt_stream(
         raise InvalidArgument("no age recipients: the archive would leave the host unencrypted")
     file_key = os.urandom(16)
     nonce = os.urandom(16)
-    aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
+    aead = ChaCha20Poly1305(hkdf(file_key, nonce, b"payload"))
     plain, cipher = _Hasher(), _Hasher()
     try:
         start = header(recipients, file_key) + nonce
@@ -174,10 +175,10 @@ def encrypt_stream(
         write(memoryview(start))
         counter = 0
         block = plain.buffer(BLOCK)
-        filled = _fill(readinto, block)
+        filled = fill(readinto, block)
         while True:
             following = plain.buffer(BLOCK) if filled == BLOCK else None
-            more = _fill(readinto, following) if following is not None else 0
+            more = fill(readinto, following) if following is not None else 0
             # age's last chunk is flagged; it may be full, and is empty only if all of it is.
             out = cipher.buffer(CIPHER_BLOCK)
             view, sealed = memoryview(block), memoryview(out)
@@ -208,7 +209,7 @@ def encrypt_stream(
     return plain.sha.hexdigest(), cipher.sha.hexdigest()
 
 
-def _fill(readinto: Callable[[memoryview], int], block: bytearray) -> int:
+def fill(readinto: Callable[[memoryview], int], block: bytearray) -> int:
     """Fill `block` as far as the source goes (short only at its end)."""
     view = memoryview(block)
     at = 0

@@ -27,10 +27,10 @@ from jaco.archive.age_v1 import (
     TAG,
     VERSION_LINE,
     X25519_LABEL,
-    _b64,
-    _fill,
-    _hkdf,
+    b64,
     bech32_decode,
+    fill,
+    hkdf,
 )
 
 LINE_MAX = 4096  # a header line; age's own are under 100 bytes
@@ -54,7 +54,7 @@ def _unb64(text: bytes, what: str) -> bytes:
     if not set(text) <= _B64 or len(text) % 4 == 1:
         raise AgeError(f"the header's {what} is not age's base64")
     data = base64.b64decode(text + b"=" * (-len(text) % 4))
-    if _b64(data) != text:
+    if b64(data) != text:
         raise AgeError(f"the header's {what} is not age's base64")
     return data
 
@@ -149,12 +149,12 @@ def file_key(
                 shared = identity.exchange(X25519PublicKey.from_public_bytes(share))
             except ValueError:
                 raise AgeError("the header holds an X25519 share of low order") from None
-            wrap_key = _hkdf(shared, share + ours, X25519_LABEL)
+            wrap_key = hkdf(shared, share + ours, X25519_LABEL)
             try:
                 key = ChaCha20Poly1305(wrap_key).decrypt(bytes(12), body, None)
             except InvalidTag:
                 continue
-            expected = hmac.new(_hkdf(key, b"", b"header"), mac_text, hashlib.sha256).digest()
+            expected = hmac.new(hkdf(key, b"", b"header"), mac_text, hashlib.sha256).digest()
             if not hmac.compare_digest(expected, mac):
                 raise AgeError("the header's MAC does not match: it was changed")
             return key
@@ -174,15 +174,15 @@ def decrypt_stream(
     mac_text, stanzas, mac = read_header(readline)
     key = file_key(mac_text, stanzas, mac, identities)
     nonce = bytearray(16)
-    if _fill(readinto, nonce) != 16:
+    if fill(readinto, nonce) != 16:
         raise AgeError("the payload is cut short before its nonce", damaged=True)
-    aead = ChaCha20Poly1305(_hkdf(key, bytes(nonce), b"payload"))
+    aead = ChaCha20Poly1305(hkdf(key, bytes(nonce), b"payload"))
     sealed, following = bytearray(CIPHER_BLOCK), bytearray(CIPHER_BLOCK)
     plain = bytearray(BLOCK)
-    filled = _fill(readinto, sealed)
+    filled = fill(readinto, sealed)
     counter = size = 0
     while True:
-        more = _fill(readinto, following) if filled == CIPHER_BLOCK else 0
+        more = fill(readinto, following) if filled == CIPHER_BLOCK else 0
         view, out = memoryview(sealed), memoryview(plain)
         at = done = 0
         while at < filled or not counter:

@@ -27,7 +27,7 @@ from jaco.archive.age_v1 import (
     BLOCK,
     CHUNK,
     TAG,
-    _b64,
+    b64,
     bech32_decode,
     header,
     x25519_recipient_key,
@@ -322,8 +322,8 @@ def test_a_header_changed_malformed_or_unbounded_is_refused_before_the_payload(
         return b"\n".join(header_lines) + b"\n" + payload
 
     other = X25519PrivateKey.generate()
-    zero_share = b"-> X25519 " + _b64(bytes(32))
-    share31 = b"-> X25519 " + _b64(os.urandom(31))
+    zero_share = b"-> X25519 " + b64(bytes(32))
+    share31 = b"-> X25519 " + b64(os.urandom(31))
     cases = {
         "no identity matched": [
             (data, [other]),
@@ -332,7 +332,7 @@ def test_a_header_changed_malformed_or_unbounded_is_refused_before_the_payload(
         ],
         "MAC does not match": [
             (built(version, b"-> other-kind arg", b"", stanza, body, mac), identities),
-            (built(version, stanza, body, b"--- " + _b64(os.urandom(32))), identities),
+            (built(version, stanza, body, b"--- " + b64(os.urandom(32))), identities),
         ],
         "not an age v1 file": [(b"age-encryption.org/v2\n" + data[22:], identities)],
         "not age's base64": [
@@ -348,7 +348,7 @@ def test_a_header_changed_malformed_or_unbounded_is_refused_before_the_payload(
         ],
         "malformed X25519 stanza": [
             (built(version, stanza + b" more", body, mac), identities),
-            (built(version, stanza, _b64(os.urandom(33)), mac), identities),  # age: 32 bytes
+            (built(version, stanza, b64(os.urandom(33)), mac), identities),  # age: 32 bytes
             (built(version, share31, body, mac), identities),
             # wherever it stands: after the stanza that opens it, too
             (built(version, stanza, body, stanza + b" more", body, mac), identities),
@@ -393,12 +393,12 @@ def test_two_identities_try_every_stanza_and_a_malformed_one_is_refused(tmp_path
         text = b"\n".join([lines[0], lines[1], lines[2], *extra]) + b"\n---"
         key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"", info=b"header")
         mac = hmac.new(key.derive(file_key), text, hashlib.sha256).digest()
-        return text + b" " + _b64(mac) + b"\n" + payload
+        return text + b" " + b64(mac) + b"\n" + payload
 
     malformed = crafted(lines[1] + b" more", lines[2])
     for order in ([first, second], [second, first]):
         assert "malformed X25519 stanza" in str(_failure(malformed, order))
-    low_order = crafted(b"-> X25519 " + _b64(bytes(32)), _b64(os.urandom(32)))
+    low_order = crafted(b"-> X25519 " + b64(bytes(32)), b64(os.urandom(32)))
     assert "low order" in str(_failure(low_order, [first, second]))
     assert _decrypt(low_order, [second, first]) == b"plain"  # its own stanza first: age reads it
 
