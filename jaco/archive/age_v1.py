@@ -17,6 +17,7 @@ its own, so no (key, nonce) pair is ever used twice.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -161,15 +162,19 @@ def encrypt_stream(
     recipients: list[bytes],
 ) -> tuple[str, str]:
     """Encrypt everything `readinto` gives to `recipients` (raw X25519 keys), passing the age
-    file to `write`; returns the SHA-256 of the plaintext and of the ciphertext, each hashed
-    on a thread of its own while the next block is read and encrypted."""
+    file to `write` (done with each view when it returns: its buffer is used again); returns
+    the SHA-256 of the plaintext and of the ciphertext, each hashed on a thread of its own
+    while the next block is read and encrypted."""
     if not recipients:
         raise InvalidArgument("no age recipients: the archive would leave the host unencrypted")
     file_key = os.urandom(16)
     nonce = os.urandom(16)
     aead = ChaCha20Poly1305(hkdf(file_key, nonce, b"payload"))
-    plain, cipher = _Hasher(), _Hasher()
-    try:
+    with contextlib.ExitStack() as stack:  # each thread ended however this ends
+        plain = _Hasher()
+        stack.callback(plain.close)
+        cipher = _Hasher()
+        stack.callback(cipher.close)
         start = header(recipients, file_key) + nonce
         cipher.sha.update(start)
         write(memoryview(start))
@@ -203,9 +208,6 @@ def encrypt_stream(
                 break
             assert following is not None
             block, filled = following, more
-    finally:
-        plain.close()
-        cipher.close()
     return plain.sha.hexdigest(), cipher.sha.hexdigest()
 
 
