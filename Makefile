@@ -6,7 +6,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := etcd-server etcd-client bubblewrap age
+APT_PACKAGES := etcd-server etcd-client bubblewrap age openssh-client
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # jaco._native (native/, Rust) is compiled by `make venv`: rustup's cargo where it is installed,
 # else Debian's (`make deps` installs it when no cargo is found).
@@ -16,7 +16,8 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 deps:
 	@missing=""; \
-	for b in etcd:etcd-server etcdctl:etcd-client bwrap:bubblewrap age:age cargo:cargo; do \
+	for b in etcd:etcd-server etcdctl:etcd-client bwrap:bubblewrap age:age ssh-keygen:openssh-client \
+	         cargo:cargo; do \
 	  command -v $${b%%:*} >/dev/null || missing="$$missing $${b##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
