@@ -79,13 +79,18 @@ class Bounded:
 
 class BlockSha256:
     """SHA-256 of whole blocks, `threaded` on a thread of its own: hashlib lets go of the GIL
-    while it hashes a large buffer, so the thread that feeds it (pyrage, decrypting or
-    encrypting) goes on meanwhile on another core. A block must not change once handed over.
-    `close` ends the thread whether or not the digest was taken; no block may follow it."""
+    while it hashes a large buffer, so the thread that feeds it (an encrypter, the reader of a
+    decryption) goes on meanwhile on another core. A block must not change once handed over.
+    With `spare`, each bytearray block is put there once hashed, for the feeder to fill again
+    (no new memory per block). `close` ends the thread whether or not the digest was taken;
+    no block may follow it."""
 
-    def __init__(self, threaded: bool = False) -> None:
+    def __init__(
+        self, threaded: bool = False, spare: queue.SimpleQueue[bytearray] | None = None
+    ) -> None:
         self._sha = hashlib.sha256()
         self._threaded = threaded
+        self._spare = spare
         self._blocks: queue.Queue[bytes | bytearray | None] = queue.Queue(4)
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -93,6 +98,8 @@ class BlockSha256:
     def _run(self) -> None:
         while (block := self._blocks.get()) is not None:
             self._sha.update(block)
+            if self._spare is not None and isinstance(block, bytearray):
+                self._spare.put(block)
 
     def update(self, block: bytes | bytearray) -> None:
         if self._closed:

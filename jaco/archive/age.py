@@ -144,13 +144,12 @@ def encrypt_file(source: Path, target: Path, recipients: list[str]) -> tuple[str
     parsed = [parse_recipient(r) for r in recipients]
     if not parsed:
         raise InvalidArgument("no age recipients: the archive would leave the host unencrypted")
-    x25519 = [r for r in recipients if r.strip().startswith("age1")]
     # Unbuffered source: both paths read it in 1 MiB blocks.
     with contextlib.ExitStack() as stack:
         src = stack.enter_context(open(source, "rb", buffering=0))
         out = stack.enter_context(private_output(target, durable=False))
-        if len(x25519) == len(parsed):
-            keys = [x25519_recipient_key(r) for r in x25519]
+        if all(isinstance(p, pyrage.x25519.Recipient) for p in parsed):
+            keys = [x25519_recipient_key(r) for r in recipients]
             return encrypt_stream(src.readinto, out.write, keys)
         # Both hashes on threads of their own, beside pyrage (closed however this ends).
         reader = HashingReader(src, threaded=True)

@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import os
 import queue
-import threading
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from jaco.errors import InvalidArgument
+from jaco.streams import BlockSha256
 
 CHUNK = 64 * 1024  # age's payload chunk (plaintext bytes)
 TAG = 16
@@ -122,38 +122,27 @@ def header(recipients: list[bytes], file_key: bytes) -> bytes:
     return text + b" " + b64(mac) + b"\n"
 
 
-class _Hasher:
-    """SHA-256 of blocks on a thread of its own (hashlib lets go of the GIL); each block is
-    handed back through `spare` once hashed, for the next one to be filled in."""
+def chunk_nonce(counter: int, last: bool) -> bytes:
+    """A payload chunk's nonce: its 11-byte big-endian counter, then 1 for the last chunk."""
+    return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
 
-    def __init__(self) -> None:
-        self.sha = hashlib.sha256()
-        self.spare: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        self._blocks: queue.Queue[bytearray | bytes | None] = queue.Queue(4)
-        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
-        self._thread.start()
 
-    def _run(self) -> None:
-        while (block := self._blocks.get()) is not None:
-            self.sha.update(block)
-            if isinstance(block, bytearray):  # a whole buffer from `buffer`
-                self.spare.put(block)
+def _hashed_on_its_thread(
+    stack: contextlib.ExitStack,
+) -> tuple[BlockSha256, Callable[[int], bytearray]]:
+    """A threaded BlockSha256 that hands its blocks back, ended with `stack`, and what gives a
+    buffer to fill: one it handed back, or a new one."""
+    spare: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+    sha = BlockSha256(threaded=True, spare=spare)
+    stack.callback(sha.close)
 
-    def buffer(self, size: int) -> bytearray:
+    def buffer(size: int) -> bytearray:
         try:
-            return self.spare.get_nowait()
+            return spare.get_nowait()
         except queue.Empty:
             return bytearray(size)
 
-    def update(self, buffer: bytearray, size: int) -> None:
-        """Hash `buffer[:size]`. A whole buffer is handed back once hashed and is not to change
-        until then; a part (the last block) is copied."""
-        self._blocks.put(buffer if size == len(buffer) else bytes(buffer[:size]))
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._blocks.put(None)
-            self._thread.join()
+    return sha, buffer
 
 
 def encrypt_stream(
@@ -171,28 +160,26 @@ def encrypt_stream(
     nonce = os.urandom(16)
     aead = ChaCha20Poly1305(hkdf(file_key, nonce, b"payload"))
     with contextlib.ExitStack() as stack:  # each thread ended however this ends
-        plain = _Hasher()
-        stack.callback(plain.close)
-        cipher = _Hasher()
-        stack.callback(cipher.close)
+        plain, plain_buffer = _hashed_on_its_thread(stack)
+        cipher, cipher_buffer = _hashed_on_its_thread(stack)
         start = header(recipients, file_key) + nonce
-        cipher.sha.update(start)
+        cipher.update(start)
         write(memoryview(start))
         counter = 0
-        block = plain.buffer(BLOCK)
+        block = plain_buffer(BLOCK)
         filled = fill(readinto, block)
         while True:
-            following = plain.buffer(BLOCK) if filled == BLOCK else None
+            following = plain_buffer(BLOCK) if filled == BLOCK else None
             more = fill(readinto, following) if following is not None else 0
             # age's last chunk is flagged; it may be full, and is empty only if all of it is.
-            out = cipher.buffer(CIPHER_BLOCK)
+            out = cipher_buffer(CIPHER_BLOCK)
             view, sealed = memoryview(block), memoryview(out)
             at = done = 0
             while True:
                 size = min(CHUNK, filled - at)
                 last = not more and at + size == filled
                 aead.encrypt_into(
-                    counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00"),
+                    chunk_nonce(counter, last),
                     view[at : at + size],
                     None,
                     sealed[done : done + size + TAG],
@@ -201,14 +188,15 @@ def encrypt_stream(
                 at, done = at + size, done + size + TAG
                 if at == filled:
                     break
-            plain.update(block, filled)
+            # a whole buffer is handed back once hashed; the last, short one is hashed as a copy
+            plain.update(block if filled == BLOCK else bytes(block[:filled]))
             write(sealed[:done])
-            cipher.update(out, done)
+            cipher.update(out if done == CIPHER_BLOCK else bytes(out[:done]))
             if not more:
                 break
             assert following is not None
             block, filled = following, more
-    return plain.sha.hexdigest(), cipher.sha.hexdigest()
+    return plain.hexdigest(), cipher.hexdigest()
 
 
 def fill(readinto: Callable[[memoryview], int], block: bytearray) -> int:

@@ -29,6 +29,7 @@ from jaco.archive.age_v1 import (
     X25519_LABEL,
     b64,
     bech32_decode,
+    chunk_nonce,
     fill,
     hkdf,
 )
@@ -192,7 +193,7 @@ def decrypt_stream(
                 raise AgeError("the payload is cut short or has an empty chunk", damaged=True)
             try:
                 aead.decrypt_into(
-                    counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00"),
+                    chunk_nonce(counter, last),
                     view[at : at + piece],
                     None,
                     out[done : done + piece - TAG],
