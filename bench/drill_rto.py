@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cpu_split import cpu_seconds
-from bench.node_ready import HERE, commit_of, jaco_side
+from bench.node_ready import HERE, jaco_side, trees_of
 from bench.run import (
     BUCKET,
     build,
@@ -63,8 +63,7 @@ def one_drill(tree: Path, args: dict[str, Any], env: dict[str, str], work: Path,
 
 
 def run(before: list[Path], random_mib: int, repeat: int, value_kib: int = 48) -> dict[str, Any]:
-    trees = {commit_of(tree): tree.resolve() for tree in before}
-    trees[f"{commit_of(HERE)} (this tree)"] = HERE
+    trees = trees_of(before)
     with tempfile.TemporaryDirectory(prefix="jaco-drill-rto-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         with services(work / "services") as ctx:

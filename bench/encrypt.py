@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.node_ready import HERE, commit_of
+from bench.node_ready import HERE, trees_of
 from bench.run import measure, save_results, stage, turning
 
 GOAL = 1.5
@@ -60,7 +60,8 @@ def run(before: list[Path], mib: int, repeat: int) -> dict[str, list[dict[str, A
 
             return side
 
-        sides = {f"jaco {commit_of(tree)}": tree_side(tree.resolve()) for tree in [HERE, *before]}
+        trees = trees_of(before)
+        sides = {f"jaco {label}": tree_side(tree) for label, tree in trees.items()}
         sides["age"] = command(["age", "-r", recipient, "-o", str(work / "age.out"), str(archive)],
                                work / "age.out")  # fmt: skip
         sides["cp"] = command(["cp", str(archive), str(work / "copy.out")], work / "copy.out")

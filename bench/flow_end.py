@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.node_ready import HERE, commit_of
+from bench.node_ready import trees_of
 from bench.realistic import fill
 from bench.run import BUCKET, PY, save_results, services, stage, stage_env, turning
 from infra.localcluster import cluster_of
@@ -76,8 +76,7 @@ def other_runs() -> None:
 
 
 def run(before: list[Path], keys: int, repeat: int, others: int) -> dict[str, list[dict[str, Any]]]:
-    trees = {commit_of(tree): tree.resolve() for tree in before}
-    trees[f"{commit_of(HERE)} (this tree)"] = HERE
+    trees = trees_of(before)
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
     with tempfile.TemporaryDirectory(prefix="jaco-flow-end-") as tmp:
         work = Path(tmp)

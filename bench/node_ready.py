@@ -144,6 +144,14 @@ def commit_of(tree: Path) -> str:
     ).stdout.strip()
 
 
+def trees_of(before: list[Path]) -> dict[str, Path]:
+    """The `--before` trees by their commits, then this one, named apart from a `--before` of
+    the same commit (whose side it would otherwise replace)."""
+    trees = {commit_of(tree): tree.resolve() for tree in before}
+    trees[f"{commit_of(HERE)} (this tree)"] = HERE
+    return trees
+
+
 def described_commit(tree: Path) -> str:
     """commit_of, saying whether jaco/ differs from it (an uncommitted A/B)."""
     dirty = subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD", "--", "jaco"])
@@ -151,8 +159,7 @@ def described_commit(tree: Path) -> str:
 
 
 def run(before: list[Path], random_mib: int, repeat: int) -> dict[str, list[dict[str, float]]]:
-    trees = {commit_of(tree): tree.resolve() for tree in before}
-    trees[f"{commit_of(HERE)} (this tree)"] = HERE
+    trees = trees_of(before)
     with tempfile.TemporaryDirectory(prefix="jaco-node-ready-") as tmp:
         work = Path(tmp)
         archive, snapshot = work / "jaco.tar.gz", work / "etcdctl.db"
