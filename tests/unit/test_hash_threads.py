@@ -1,4 +1,4 @@
-"""SHA-256 on threads of their own beside pyrage (`jaco.streams.BlockSha256`): the same
+"""SHA-256 on threads of their own beside the encrypter (`jaco.streams.BlockSha256`): the same
 digests as hashing inline, and no thread left behind however an encryption ends.
 (Decryption runs in a process of its own since stop 31: tests/unit/test_decrypter.py.)"""
 
