@@ -884,8 +884,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "hashing threads: the digest is taken before the last blocks are hashed (stop 30)",
         "jaco/streams.py",
-        "        self.close()\n        return self._sha.hexdigest()",
-        "        return self._sha.hexdigest()",
+        "        self.close()\n        self._raise_failure()\n        return self._sha.hexdigest()",
+        "        self._raise_failure()\n        return self._sha.hexdigest()",
         "tests/unit/test_hash_threads.py",
     ),
     m(
@@ -1931,8 +1931,10 @@ MUTATIONS: list[Mutation] = [
     m(
         "age_v1: a block handed back before it is hashed (stop 45)",
         "jaco/streams.py",
-        "            self._thread.start()\n        self._blocks.put(block)\n",
-        "            self._thread.start()\n        self._blocks.put(block)\n"
+        "            self._thread.start()\n        self._raise_failure()\n"
+        "        self._blocks.put(block)\n",
+        "            self._thread.start()\n        self._raise_failure()\n"
+        "        self._blocks.put(block)\n"
         "        if self._spare is not None and isinstance(block, bytearray):\n"
         "            self._spare.put(block)\n",
         k("tests/unit/test_age_v1.py", "age_and_pyrage_decrypt"),
@@ -2040,12 +2042,12 @@ MUTATIONS: list[Mutation] = [
     m(
         "age_v1: a hashing thread hands its buffer back before hashing it (stop 45, review)",
         "jaco/streams.py",
-        "            self._sha.update(block)\n"
-        "            if self._spare is not None and isinstance(block, bytearray):\n"
-        "                self._spare.put(block)\n",
-        "            if self._spare is not None and isinstance(block, bytearray):\n"
-        "                self._spare.put(block)\n"
-        "            self._sha.update(block)\n",
+        "                self._sha.update(block)\n"
+        "                if self._spare is not None and isinstance(block, bytearray):\n"
+        "                    self._spare.put(block)\n",
+        "                if self._spare is not None and isinstance(block, bytearray):\n"
+        "                    self._spare.put(block)\n"
+        "                self._sha.update(block)\n",
         k("tests/unit/test_age_v1.py", "age_and_pyrage_decrypt"),
     ),
     m(
@@ -2077,6 +2079,28 @@ MUTATIONS: list[Mutation] = [
         "    except ValueError:  # a point of low order: the shared secret would be all zeros\n",
         "    except KeyError:\n",
         k("tests/unit/test_age_v1.py", "wrong_kind"),
+    ),
+    m(
+        "BlockSha256: a failed hashing thread stops taking blocks (stop 46)",
+        "jaco/streams.py",
+        "            while self._blocks.get() is not None:\n"
+        "                pass  # the feeder goes on",
+        "            while False:\n                pass  # the feeder goes on",
+        k("tests/unit/test_hash_threads.py", "fails or dies"),
+    ),
+    m(
+        "BlockSha256: the feeder not told at its next update (stop 46)",
+        "jaco/streams.py",
+        "        self._raise_failure()\n        self._blocks.put(block)\n",
+        "        self._blocks.put(block)\n",
+        k("tests/unit/test_hash_threads.py", "fails"),
+    ),
+    m(
+        "BlockSha256: the digest of a failed thread given out (stop 46)",
+        "jaco/streams.py",
+        "        self.close()\n        self._raise_failure()\n",
+        "        self.close()\n",
+        k("tests/unit/test_hash_threads.py", "fails"),
     ),
 ]
 

@@ -83,7 +83,9 @@ class BlockSha256:
     decryption) goes on meanwhile on another core. A block must not change once handed over.
     With `spare`, each bytearray block is put there once hashed, for the feeder to fill again
     (no new memory per block). `close` ends the thread whether or not the digest was taken;
-    no block may follow it."""
+    no block may follow it. Should the thread fail (a MemoryError), it goes on taking blocks
+    without hashing them, so its feeder is never left waiting on a full queue, and the error
+    is raised to the feeder by its next `update`, and by `hexdigest`."""
 
     def __init__(
         self, threaded: bool = False, spare: queue.SimpleQueue[bytearray] | None = None
@@ -94,12 +96,22 @@ class BlockSha256:
         self._blocks: queue.Queue[bytes | bytearray | None] = queue.Queue(4)
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._error: BaseException | None = None
 
     def _run(self) -> None:
-        while (block := self._blocks.get()) is not None:
-            self._sha.update(block)
-            if self._spare is not None and isinstance(block, bytearray):
-                self._spare.put(block)
+        try:
+            while (block := self._blocks.get()) is not None:
+                self._sha.update(block)
+                if self._spare is not None and isinstance(block, bytearray):
+                    self._spare.put(block)
+        except BaseException as exc:  # noqa: BLE001 - handed to the feeder, which raises it
+            self._error = exc
+            while self._blocks.get() is not None:
+                pass  # the feeder goes on to its next update or its close, and learns then
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"the SHA-256 thread failed: {self._error!r}") from self._error
 
     def update(self, block: bytes | bytearray) -> None:
         if self._closed:
@@ -110,6 +122,7 @@ class BlockSha256:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
             self._thread.start()
+        self._raise_failure()
         self._blocks.put(block)
 
     def close(self) -> None:
@@ -122,6 +135,7 @@ class BlockSha256:
     def hexdigest(self) -> str:
         """The digest of every block handed over (the thread's last ones included)."""
         self.close()
+        self._raise_failure()
         return self._sha.hexdigest()
 
 

@@ -9,11 +9,16 @@ import io
 import os
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
+import pyrage
 import pytest
 
+import jaco.streams
 from jaco.archive.age import HashingWriter, encrypt_file, parse_identities
+from jaco.archive.age_v1 import encrypt_stream, x25519_recipient_key
 from jaco.archive.encrypted import decrypting
 from jaco.streams import CHUNK, BlockSha256, HashingReader
 from tests.mounts import tmpfs
@@ -88,3 +93,81 @@ def test_an_encryption_that_fails_leaves_no_hashing_thread(tmp_path: Path) -> No
         with pytest.raises(OSError, match="No space left on device"):
             encrypt_file(plain, small / "cipher", [recipient])
         assert _hash_threads() == []
+
+
+class _FailsAfter:
+    """A SHA-256 whose update fails after `n` blocks (a MemoryError on the hashing thread)."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+        self._sha = hashlib.sha256()
+
+    def update(self, block: bytes | bytearray) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise MemoryError("no memory for this block")
+        self._sha.update(block)
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def _ends_within(work: Callable[[], object], seconds: float = 30) -> BaseException | None:
+    """Run `work` on a thread; what it raised, or a failure if it was still waiting after
+    `seconds` (a feeder left on a full queue: without the guard it would wait forever)."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "the feeder was left waiting on a dead hashing thread"
+    return raised[0] if raised else None
+
+
+def test_a_hashing_thread_that_fails_does_not_leave_its_feeder_waiting() -> None:
+    hasher = BlockSha256(threaded=True)
+    hasher._sha = _FailsAfter(2)  # type: ignore[assignment]
+
+    fed: list[int] = []
+
+    def feed() -> None:
+        for _ in range(40):  # ten times the queue's four
+            hasher.update(bytearray(CHUNK))
+            fed.append(1)
+        hasher.hexdigest()
+
+    raised = _ends_within(feed)
+    assert isinstance(raised, RuntimeError), raised
+    assert len(fed) < 40  # the feeder learned it at an update, not only at the end
+    assert "the SHA-256 thread failed: MemoryError('no memory for this block')" in str(raised)
+    assert _ends_within(hasher.close) is None  # the thread took the end-of-blocks and ended
+    assert _hash_threads() == []
+    quiet = BlockSha256(threaded=True)  # one that fails after the last block: the digest says
+    quiet._sha = _FailsAfter(1)  # type: ignore[assignment]
+    quiet.update(b"a")
+    quiet.update(b"b")
+    with pytest.raises(RuntimeError, match="the SHA-256 thread failed"):
+        quiet.hexdigest()
+    assert _hash_threads() == []
+
+
+def test_age_v1_encryption_fails_when_a_hashing_thread_dies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The encrypter's hash threads (plaintext and ciphertext) hand back their blocks: one
+    that dies must end the encryption with its error, not hang it."""
+    monkeypatch.setattr(jaco.streams, "hashlib", SimpleNamespace(sha256=lambda: _FailsAfter(3)))
+    source = io.BytesIO(os.urandom(12 * CHUNK))
+    out = io.BytesIO()
+    recipient = pyrage.x25519.Identity.generate().to_public()
+    key = x25519_recipient_key(str(recipient))
+    raised = _ends_within(lambda: encrypt_stream(source.readinto, out.write, [key]))
+    assert isinstance(raised, RuntimeError), raised
+    assert "the SHA-256 thread failed" in str(raised)
+    assert _hash_threads() == []
