@@ -10,6 +10,7 @@ file, tests, caught) and exits non-zero if any break survived or did not apply.
 
     python -m infra.mutation                 # every mutation
     python -m infra.mutation --only restore  # those whose name contains "restore"
+    python -m infra.mutation --unit          # those whose tests are all unit tests
     python -m infra.mutation --list
 """
 
@@ -36,6 +37,7 @@ DRILL_UNIT = "tests/unit/test_drill_input.py"
 SNAPSHOT = "tests/test_snapshot_file.py"
 ENCRYPTED = "tests/test_restore_encrypted.py"
 DRILL_FLOW = "tests/test_drill_flow.py"
+UNIT = "tests/unit/"
 
 
 @dataclass(frozen=True)
@@ -2187,10 +2189,19 @@ def shown(selection: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="", help="run the mutations whose name has this")
+    parser.add_argument(
+        "--unit",
+        action="store_true",
+        help="only the mutations whose tests are all under tests/unit (minutes, not hours)",
+    )
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--log", default=str(ROOT / "build" / "mutation.log"))
     args = parser.parse_args()
-    chosen = [x for x in MUTATIONS if args.only in x.name]
+    chosen = [
+        x
+        for x in MUTATIONS
+        if args.only in x.name and (not args.unit or all(t.startswith(UNIT) for t in x.tests))
+    ]
     if args.list:
         for x in chosen:
             print(f"{x.name}  [{x.path}]  {' '.join(x.tests)}")

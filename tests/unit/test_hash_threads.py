@@ -84,9 +84,20 @@ def test_encrypt_then_decrypt_hashes_both_sides_and_leaves_no_thread(tmp_path: P
     assert _hash_threads() == []
 
 
-def test_an_encryption_that_fails_leaves_no_hashing_thread(tmp_path: Path) -> None:
-    """The disk fills after blocks were hashed on both sides: both threads end."""
-    recipient = _keygen(tmp_path / "key")
+@pytest.mark.parametrize("kind", ["x25519", "ssh-ed25519"])
+def test_an_encryption_that_fails_leaves_no_hashing_thread(tmp_path: Path, kind: str) -> None:
+    """The disk fills after blocks were hashed on both sides: both threads end, whichever
+    encrypter ran (jaco's age_v1 for X25519 keys, pyrage with an ssh-ed25519 one)."""
+    if kind == "x25519":
+        recipient = _keygen(tmp_path / "key")
+    else:
+        ssh = tmp_path / "ssh"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh)],
+            check=True,
+            capture_output=True,
+        )
+        recipient = (tmp_path / "ssh.pub").read_text().strip()
     plain = tmp_path / "plain"
     plain.write_bytes(os.urandom(3 * CHUNK))
     with tmpfs(tmp_path / "small", "size=1m") as small:
