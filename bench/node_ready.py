@@ -147,15 +147,17 @@ def commit_of(tree: Path) -> str:
 def trees_of(before: list[Path]) -> dict[str, Path]:
     """The `--before` trees by their commits, then this one, named apart from a `--before` of
     the same commit (whose side it would otherwise replace)."""
-    trees = {commit_of(tree): tree.resolve() for tree in before}
-    trees[f"{commit_of(HERE)} (this tree)"] = HERE
+    trees = {described_commit(tree): tree.resolve() for tree in before}
+    trees[f"{described_commit(HERE)} (this tree)"] = HERE
     return trees
 
 
 def described_commit(tree: Path) -> str:
-    """commit_of, saying whether jaco/ differs from it (an uncommitted A/B)."""
-    dirty = subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD", "--", "jaco"])
-    return commit_of(tree) + (" with changes to jaco/" if dirty.returncode else "")
+    """commit_of, saying whether the code a bench runs differs from it (an uncommitted A/B,
+    which would otherwise read as its base commit: stop 46's drill A/B did)."""
+    code = ["jaco", "flows", "native"]
+    dirty = subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD", "--", *code])
+    return commit_of(tree) + (" with uncommitted changes" if dirty.returncode else "")
 
 
 def run(before: list[Path], random_mib: int, repeat: int) -> dict[str, list[dict[str, float]]]:

@@ -2104,6 +2104,13 @@ MUTATIONS: list[Mutation] = [
         "        self.close()\n",
         k("tests/unit/test_hash_threads.py", "fails"),
     ),
+    m(
+        "bench: a tree's uncommitted flows/ and native/ read as its base commit (stop 46)",
+        "bench/node_ready.py",
+        '    code = ["jaco", "flows", "native"]\n',
+        '    code = ["jaco"]\n',
+        k("tests/unit/test_bench_labels.py", "uncommitted"),
+    ),
 ]
 
 
