@@ -69,6 +69,21 @@ def _flip_snapshot(good: Path, out: Path) -> Path:
     )
 
 
+def _flip_snapshot_trailed(good: Path, out: Path) -> Path:
+    """A byte of snapshot.bin flipped and etcd's trailer made to match the change: only
+    meta.json's SHA-256 of the snapshot can tell (the trailer's check cannot)."""
+    meta, snap = A.members(good)
+    body = bytearray(snap[:-32])
+    body[len(body) // 3] ^= 0x01
+    return A.build(
+        out,
+        [
+            A.regular("snapshot.bin", A.etcd_trailed(bytes(body))),
+            A.regular("meta.json", A.meta_bytes(meta)),
+        ],
+    )
+
+
 def _with_entries(extra: Callable[[dict, bytes], list]) -> Callable[[Path, Path], Path]:  # type: ignore[type-arg]
     def make(good: Path, out: Path) -> Path:
         meta, snap = A.members(good)
@@ -104,7 +119,16 @@ CASES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
         _appended,
         "is corrupt or truncated|unexpected data after the end",
     ),
-    ("flipped byte in snapshot.bin", _flip_snapshot, "does not match the SHA-256"),
+    (
+        "flipped byte in snapshot.bin",
+        _flip_snapshot,
+        "snapshot.bin does not match the SHA-256 etcd appended to it",
+    ),
+    (
+        "flipped byte in snapshot.bin, etcd's trailer matching",
+        _flip_snapshot_trailed,
+        "snapshot.bin does not match the SHA-256 in meta.json",
+    ),
     ("not gzip at all", _not_gzip, "is corrupt or truncated"),
     (
         "meta.json missing a field",
