@@ -11,12 +11,14 @@ file, tests, caught) and exits non-zero if any break survived or did not apply.
     python -m infra.mutation                 # every mutation
     python -m infra.mutation --only restore  # those whose name contains "restore"
     python -m infra.mutation --unit          # those whose tests are all unit tests
+    python -m infra.mutation --jobs 2        # two runners side by side, each its own copy
     python -m infra.mutation --list
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import shutil
 import subprocess
@@ -2193,35 +2195,18 @@ def shown(selection: str) -> str:
     return selection.replace("tests/", "").replace("::-k ", " -k ")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="", help="run the mutations whose name has this")
-    parser.add_argument(
-        "--unit",
-        action="store_true",
-        help="only the mutations whose tests are all under tests/unit (minutes, not hours)",
-    )
-    parser.add_argument("--list", action="store_true")
-    parser.add_argument("--log", default=str(ROOT / "build" / "mutation.log"))
-    args = parser.parse_args()
-    chosen = [
-        x
-        for x in MUTATIONS
-        if args.only in x.name and (not args.unit or all(t.startswith(UNIT) for t in x.tests))
-    ]
-    if args.list:
-        for x in chosen:
-            print(f"{x.name}  [{x.path}]  {' '.join(x.tests)}")
-        return
-    log = Path(args.log)
-    log.parent.mkdir(parents=True, exist_ok=True)
+Row = tuple[str, str, str, str]  # check, file, tests, verdict
+
+
+def run_part(part: list[Mutation], log: Path) -> dict[str, Row]:
+    """Each break of `part` in turn, on a scratch copy of its own; its row by name."""
     log.write_text("")
-    rows: list[tuple[str, str, str, str]] = []
+    rows: dict[str, Row] = {}
     with tempfile.TemporaryDirectory(prefix="jaco-mutation-") as tmp:
         tree = Path(tmp)
         scratch_copy(tree)
         build_native(tree)
-        for mutation in chosen:
+        for mutation in part:
             started = time.monotonic()
             original = apply(tree, mutation)
             native = mutation.path.startswith("native/")
@@ -2237,20 +2222,72 @@ def main() -> None:
                     if native:
                         build_native(tree)
                 verdict = "yes" if caught else "NO"
-            tests = ", ".join(
-                t.replace("tests/", "").replace("::-k ", " -k ") for t in mutation.tests
-            )
-            rows.append((mutation.name, mutation.path, tests, verdict))
+            tests = ", ".join(shown(t) for t in mutation.tests)
+            rows[mutation.name] = (mutation.name, mutation.path, tests, verdict)
             print(
                 f"{verdict:>13}  {mutation.name}  ({time.monotonic() - started:.0f}s)", flush=True
             )
+    return rows
+
+
+def parts(chosen: list[Mutation], jobs: int) -> list[list[Mutation]]:
+    """`chosen` dealt out to `jobs` runners. Every break of native/ goes to the first: the
+    builds share one cargo target directory, and only one runner may build a broken module."""
+    dealt: list[list[Mutation]] = [[] for _ in range(max(1, jobs))]
+    others = [x for x in chosen if not x.path.startswith("native/")]
+    dealt[0] += [x for x in chosen if x.path.startswith("native/")]
+    for i, mutation in enumerate(others):
+        dealt[(i + 1) % len(dealt)].append(mutation)
+    return [part for part in dealt if part]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="", help="run the mutations whose name has this")
+    parser.add_argument(
+        "--unit",
+        action="store_true",
+        help="only the mutations whose tests are all under tests/unit (minutes, not hours)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runners side by side, each on a scratch copy of its own (the tests are made to "
+        "run two at a time, as `make test` runs them): 2 takes the whole list in about 40 "
+        "minutes on two cores",
+    )
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--log", default=str(ROOT / "build" / "mutation.log"))
+    args = parser.parse_args()
+    chosen = [
+        x
+        for x in MUTATIONS
+        if args.only in x.name and (not args.unit or all(t.startswith(UNIT) for t in x.tests))
+    ]
+    if args.list:
+        for x in chosen:
+            print(f"{x.name}  [{x.path}]  {' '.join(x.tests)}")
+        return
+    log = Path(args.log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    dealt = parts(chosen, args.jobs)
+    logs = [log] if len(dealt) <= 1 else [
+        log.with_name(f"{log.stem}-{i + 1}{log.suffix}") for i in range(len(dealt))
+    ]  # fmt: skip
+    found: dict[str, Row] = {}
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(dealt))) as pool:
+        for rows in pool.map(run_part, dealt, logs):
+            found.update(rows)
+    ordered = [found[x.name] for x in chosen]
     print()
     print("| check broken on purpose | file | tests run | caught |")
     print("|---|---|---|---|")
-    for name, path, tests, verdict in rows:
+    for name, path, tests, verdict in ordered:
         print(f"| {name} | `{path}` | `{tests}` | {verdict} |")
-    bad = [r for r in rows if r[3] != "yes"]
-    print(f"\n{len(rows) - len(bad)} of {len(rows)} breaks caught; log: {log}")
+    bad = [r for r in ordered if r[3] != "yes"]
+    shown_logs = ", ".join(str(x) for x in logs)
+    print(f"\n{len(ordered) - len(bad)} of {len(ordered)} breaks caught; log: {shown_logs}")
     sys.exit(1 if bad else 0)
 
 

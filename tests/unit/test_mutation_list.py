@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.mutation import MUTATIONS, Mutation
+from infra.mutation import MUTATIONS, Mutation, parts
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,3 +19,18 @@ def test_each_break_names_one_place_in_its_file(mutation: Mutation) -> None:
     for old, new in mutation.replacements:
         assert text.count(old) == 1, f"{old!r} occurs {text.count(old)} times"
         text = text.replace(old, new)
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+def test_the_breaks_dealt_to_runners_are_each_run_once_and_native_ones_by_one(jobs: int) -> None:
+    """`--jobs`: each break goes to exactly one runner, and every break of native/ to the
+    first, the only one that may build a broken module into the shared cargo target."""
+    dealt = parts(MUTATIONS, jobs)
+    assert len(dealt) == jobs
+    names = [x.name for part in dealt for x in part]
+    assert sorted(names) == sorted(x.name for x in MUTATIONS)
+    native = {x.name for x in MUTATIONS if x.path.startswith("native/")}
+    assert native, "the list has breaks of the Rust code"
+    assert native <= {x.name for x in dealt[0]}
+    assert all(not x.path.startswith("native/") for part in dealt[1:] for x in part)
+    assert parts([], jobs) == []
