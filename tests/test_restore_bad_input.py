@@ -60,28 +60,20 @@ def _rehashed(
     return make
 
 
-def _flip_snapshot(good: Path, out: Path) -> Path:
-    meta, snap = A.members(good)
-    flipped = bytearray(snap)
-    flipped[len(flipped) // 3] ^= 0x01
-    return A.build(
-        out, [A.regular("snapshot.bin", bytes(flipped)), A.regular("meta.json", A.meta_bytes(meta))]
-    )
+def _flipped(trailed: bool) -> Callable[[Path, Path], Path]:
+    """A byte of snapshot.bin flipped, meta.json as it was. With `trailed`, etcd's trailer is
+    made to match the change: only meta.json's SHA-256 of the snapshot can tell."""
 
+    def make(good: Path, out: Path) -> Path:
+        meta, snap = A.members(good)
+        flipped = bytearray(snap[:-32] if trailed else snap)
+        flipped[len(flipped) // 3] ^= 0x01
+        snap = A.etcd_trailed(bytes(flipped)) if trailed else bytes(flipped)
+        return A.build(
+            out, [A.regular("snapshot.bin", snap), A.regular("meta.json", A.meta_bytes(meta))]
+        )
 
-def _flip_snapshot_trailed(good: Path, out: Path) -> Path:
-    """A byte of snapshot.bin flipped and etcd's trailer made to match the change: only
-    meta.json's SHA-256 of the snapshot can tell (the trailer's check cannot)."""
-    meta, snap = A.members(good)
-    body = bytearray(snap[:-32])
-    body[len(body) // 3] ^= 0x01
-    return A.build(
-        out,
-        [
-            A.regular("snapshot.bin", A.etcd_trailed(bytes(body))),
-            A.regular("meta.json", A.meta_bytes(meta)),
-        ],
-    )
+    return make
 
 
 def _with_entries(extra: Callable[[dict, bytes], list]) -> Callable[[Path, Path], Path]:  # type: ignore[type-arg]
@@ -121,12 +113,12 @@ CASES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
     ),
     (
         "flipped byte in snapshot.bin",
-        _flip_snapshot,
+        _flipped(trailed=False),
         "snapshot.bin does not match the SHA-256 etcd appended to it",
     ),
     (
         "flipped byte in snapshot.bin, etcd's trailer matching",
-        _flip_snapshot_trailed,
+        _flipped(trailed=True),
         "snapshot.bin does not match the SHA-256 in meta.json",
     ),
     ("not gzip at all", _not_gzip, "is corrupt or truncated"),
