@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import logging
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from flows.catalog import BackupRecord, Verified
 from flows.params import BackupParams
 from flows.retention import RetentionPolicy
 from infra.localcluster import Cluster
+from tests.keys import age_keygen  # noqa: F401 - the tests import it from here too
 
 BUCKET = "backups"
 # A drill on a sandbox tmpfs of 64 KiB (JACO_DRILL_TMPFS): the restore's own space check.
@@ -21,15 +21,6 @@ SANDBOX_FULL = re.compile(
     r"drill check\(s\) failed: restore: restoring this backup needs (\d+) bytes but the "
     r"filesystem holding /var/lib/jaco has only (\d+) free; nothing was written"
 )
-
-
-def age_keygen(path: Path) -> str:
-    """A real age identity file; returns its recipient (public key)."""
-    subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
-    for line in path.read_text().splitlines():
-        if line.startswith("# public key: "):
-            return line.split(": ", 1)[1]
-    raise AssertionError("age-keygen wrote no public key")
 
 
 def params(source: Cluster, keys: dict[str, Any], local: Path, **over: Any) -> BackupParams:

@@ -41,17 +41,11 @@ from jaco.archive.age_v1_read import (
 )
 from jaco.archive.encrypted import decrypting
 from jaco.errors import InvalidArgument, JacoError
+from tests.keys import age_keygen, ssh_keygen
 
 # age's payload: chunks of 64 KiB, the last flagged, full or short, empty only when all is.
 SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK + CHUNK]
 SIZES += [16 * BLOCK + 1]  # more blocks than the hashing threads queue: their buffers reused
-
-
-def _keygen(path: Path) -> str:
-    subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
-    return next(
-        line.split(": ", 1)[1] for line in path.read_text().splitlines() if "public key" in line
-    )
 
 
 def _age_decrypt(cipher: Path, key: Path) -> bytes:
@@ -89,7 +83,7 @@ def _header_lines(data: bytes) -> list[bytes]:
 
 @pytest.mark.parametrize("size", SIZES)
 def test_age_and_pyrage_decrypt_what_it_writes(tmp_path: Path, size: int) -> None:
-    recipient = _keygen(tmp_path / "key")
+    recipient = age_keygen(tmp_path / "key")
     plain = tmp_path / "plain"
     plain.write_bytes(os.urandom(size))
     cipher = tmp_path / "cipher.age"
@@ -108,7 +102,7 @@ def test_age_and_pyrage_decrypt_what_it_writes(tmp_path: Path, size: int) -> Non
 
 def test_every_recipient_can_decrypt_and_each_file_has_keys_of_its_own(tmp_path: Path) -> None:
     keys = [tmp_path / f"key{i}" for i in range(3)]
-    recipients = [_keygen(key) for key in keys]
+    recipients = [age_keygen(key) for key in keys]
     plain = tmp_path / "plain"
     plain.write_bytes(os.urandom(CHUNK + 5))
     first, second = tmp_path / "first.age", tmp_path / "second.age"
@@ -120,9 +114,8 @@ def test_every_recipient_can_decrypt_and_each_file_has_keys_of_its_own(tmp_path:
     lines_one, lines_two = _header_lines(one), _header_lines(two)
     assert lines_one[0] == b"age-encryption.org/v1"
     stanzas = [line for line in lines_one if line.startswith(b"-> ")]
-    assert [line.split()[1] for line in stanzas] == [
-        b"X25519"
-    ] * 3  # and no other: rage would add a grease stanza
+    # X25519 and no other: rage would add a grease stanza
+    assert [line.split()[1] for line in stanzas] == [b"X25519"] * 3
     shares = {line for line in lines_one + lines_two if line.startswith(b"-> ")}
     assert len(shares) == 6  # an ephemeral key per recipient and file
     # and a file key per file: unwrapped from each file's first stanza, as age -d does
@@ -175,11 +168,8 @@ def test_a_recipient_is_refused_unless_its_bech32_is_right() -> None:
 def test_an_ssh_recipient_is_still_pyrage_s(tmp_path: Path) -> None:
     """With any ssh-ed25519 recipient the whole file is pyrage's (X25519 stanzas beside an
     ssh-ed25519 one are written by rage, not by age_v1, which knows only X25519)."""
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "ssh")], check=True
-    )
-    ssh = (tmp_path / "ssh.pub").read_text().strip()
-    recipient = _keygen(tmp_path / "key")
+    ssh = ssh_keygen(tmp_path / "ssh")
+    recipient = age_keygen(tmp_path / "key")
     plain = tmp_path / "plain"
     plain.write_bytes(os.urandom(CHUNK * 2 + 1))
     cipher = tmp_path / "cipher.age"
@@ -212,7 +202,7 @@ def _failure(
 
 @pytest.fixture
 def key(tmp_path: Path) -> tuple[str, list[X25519PrivateKey]]:
-    recipient = _keygen(tmp_path / "key")
+    recipient = age_keygen(tmp_path / "key")
     return recipient, identity_keys((tmp_path / "key").read_text().splitlines()[-1])
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,18 +20,12 @@ from jaco.archive.age import HashingWriter, encrypt_file, parse_identities
 from jaco.archive.age_v1 import encrypt_stream, x25519_recipient_key
 from jaco.archive.encrypted import decrypting
 from jaco.streams import CHUNK, BlockSha256, HashingReader
+from tests.keys import age_keygen, ssh_keygen
 from tests.mounts import tmpfs
 
 
 def _hash_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "sha256"]
-
-
-def _keygen(path: Path) -> str:
-    subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
-    return next(
-        line.split(": ", 1)[1] for line in path.read_text().splitlines() if "public key" in line
-    )
 
 
 def test_blocks_hashed_on_a_thread_give_the_inline_digest() -> None:
@@ -63,7 +56,7 @@ def test_threaded_reader_and_writer_hash_what_passes(tmp_path: Path) -> None:
 
 
 def test_encrypt_then_decrypt_hashes_both_sides_and_leaves_no_thread(tmp_path: Path) -> None:
-    recipient = _keygen(tmp_path / "key")
+    recipient = age_keygen(tmp_path / "key")
     identities = parse_identities((tmp_path / "key").read_text())
     plain = tmp_path / "plain"
     plain.write_bytes(os.urandom(3 * CHUNK + 5))
@@ -89,15 +82,9 @@ def test_an_encryption_that_fails_leaves_no_hashing_thread(tmp_path: Path, kind:
     """The disk fills after blocks were hashed on both sides: both threads end, whichever
     encrypter ran (jaco's age_v1 for X25519 keys, pyrage with an ssh-ed25519 one)."""
     if kind == "x25519":
-        recipient = _keygen(tmp_path / "key")
+        recipient = age_keygen(tmp_path / "key")
     else:
-        ssh = tmp_path / "ssh"
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh)],
-            check=True,
-            capture_output=True,
-        )
-        recipient = (tmp_path / "ssh.pub").read_text().strip()
+        recipient = ssh_keygen(tmp_path / "ssh")
     plain = tmp_path / "plain"
     plain.write_bytes(os.urandom(3 * CHUNK))
     with tmpfs(tmp_path / "small", "size=1m") as small:
