@@ -2113,6 +2113,13 @@ MUTATIONS: list[Mutation] = [
         '    code = ["jaco"]\n',
         k("tests/unit/test_bench_labels.py", "uncommitted"),
     ),
+    m(
+        "write-behind: written windows left in the page cache (stop 47)",
+        "jaco/files.py",
+        "            self._drop(self._waited, self._started)\n",
+        "",
+        k("tests/test_write_behind.py", "few_of_its_pages_in_memory"),
+    ),
 ]
 
 

@@ -1,5 +1,5 @@
 """A file's pages in memory as the kernel counts them (cachestat(2), Linux 6.5+): how much of
-what was written the disk does not have yet."""
+what was written the disk does not have yet, and how much of the file is cached at all."""
 
 from __future__ import annotations
 
@@ -20,11 +20,21 @@ class _CacheStat(ctypes.Structure):
     ]
 
 
-def waiting_bytes(fd: int) -> int:
-    """The file's pages in memory that the disk does not have yet (dirty or being written)."""
+def _cachestat(fd: int) -> _CacheStat:
     found, whole = _CacheStat(), _Range(0, 0)  # len 0: to the end of the file
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.syscall(CACHESTAT, fd, ctypes.byref(whole), ctypes.byref(found), 0) != 0:
         code = ctypes.get_errno()
         raise AssertionError(f"cachestat(2) failed ({os.strerror(code)}): needs Linux 6.5+")
+    return found
+
+
+def waiting_bytes(fd: int) -> int:
+    """The file's pages in memory that the disk does not have yet (dirty or being written)."""
+    found = _cachestat(fd)
     return (found.dirty + found.writeback) * os.sysconf("SC_PAGE_SIZE")
+
+
+def cached_bytes(fd: int) -> int:
+    """The file's pages in memory, whether the disk has them or not."""
+    return _cachestat(fd).cache * os.sysconf("SC_PAGE_SIZE")

@@ -19,7 +19,7 @@ import pytest
 import jaco.files
 from jaco.files import WriteBehind
 from tests.mounts import failing_disk
-from tests.pages import waiting_bytes
+from tests.pages import cached_bytes, waiting_bytes
 
 MIB = 1024 * 1024
 
@@ -46,6 +46,30 @@ def test_a_long_write_keeps_at_most_two_windows_waiting_for_the_disk() -> None:
     assert left_to_the_kernel >= 32 * MIB, left_to_the_kernel
     # the window being written, the one started, and the last MiB not yet a whole window
     assert waiting <= 2 * 4 * MIB + MIB, waiting
+
+
+def test_a_long_write_keeps_few_of_its_pages_in_memory_once_written() -> None:
+    """Written back, a window's pages are dropped from the page cache too: a 2 GiB archive does
+    not take 2 GiB of the node's memory, nor, on a VM that hands freed memory to its host,
+    2 GiB of first touches (docs/benchmarks.md, stop 47). What was written is all there."""
+    with tempfile.NamedTemporaryFile(dir="/var/tmp") as plain:
+        _write(plain, None)
+        os.fsync(plain.fileno())
+        kept_by_the_kernel = cached_bytes(plain.fileno())
+    with tempfile.NamedTemporaryFile(dir="/var/tmp") as out:
+        block = os.urandom(MIB)
+        behind = WriteBehind(out, 4 * MIB)
+        for _ in range(64):
+            out.write(block)
+            out.flush()
+            behind.wrote()
+        cached = cached_bytes(out.fileno())
+        out.seek(0)
+        assert all(out.read(MIB) == block for _ in range(64))
+    # written back, the plain file's 64 MiB all stay cached
+    assert kept_by_the_kernel >= 60 * MIB, kept_by_the_kernel
+    # the window being written, the one started, and the last MiB not yet a whole window
+    assert cached <= 2 * 4 * MIB + MIB, cached
 
 
 def test_a_write_the_disk_fails_is_raised_by_the_write_behind(tmp_path: Path) -> None:
