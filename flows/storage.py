@@ -24,7 +24,7 @@ from flows.download import Download, Resuming
 from flows.errors import StorageError
 from flows.s3client import _s3_client, _s3_error
 from flows.secrets import S3Settings
-from jaco.public import private_output, sweep_partials, write_private
+from jaco.public import WriteBehind, private_output, sweep_partials, write_private
 
 CHUNK = 1024 * 1024
 DOWNLOAD_QUEUE = 16  # chunks of 256 KiB a download holds before they are written
@@ -224,7 +224,13 @@ class LocalStore:
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             write_private(_sidecar(target), json.dumps(metadata, sort_keys=True).encode())
             with open(path, "rb") as source, private_output(target) as out:
-                shutil.copyfileobj(source, out, CHUNK)
+                # On disk a window at a time, and gone from memory once there: the copy is
+                # read again only by a restore, maybe days later (jaco.files.WriteBehind)
+                behind = WriteBehind(out)
+                while chunk := source.read(CHUNK):
+                    out.write(chunk)
+                    out.flush()
+                    behind.wrote()
         except OSError as exc:
             _sidecar(target).unlink(missing_ok=True)
             raise StorageError(

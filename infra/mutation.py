@@ -2120,6 +2120,27 @@ MUTATIONS: list[Mutation] = [
         "",
         k("tests/test_write_behind.py", "few_of_its_pages_in_memory"),
     ),
+    m(
+        "read-once: the pages read left in the page cache (stop 47)",
+        "jaco/files.py",
+        "            _forget(self._fd, self._forgotten, self._read)\n",
+        "",
+        k("tests/test_write_behind.py", "read_once or encrypt_stage"),
+    ),
+    m(
+        "encrypt: the archive read into the page cache whole (stop 47)",
+        "jaco/archive/age.py",
+        'src = ReadOnce(stack.enter_context(open(source, "rb", buffering=0)))',
+        'src = stack.enter_context(open(source, "rb", buffering=0))',
+        k("tests/test_write_behind.py", "encrypt_stage"),
+    ),
+    m(
+        "local store: the copy left in the page cache (stop 47)",
+        "flows/storage.py",
+        "                    behind.wrote()\n",
+        "",
+        k("tests/test_write_behind.py", "local_copy"),
+    ),
 ]
 
 

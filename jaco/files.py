@@ -192,10 +192,7 @@ class WriteBehind:
         self._waited, self._started = self._started, end
 
     def _drop(self, start: int, end: int) -> None:
-        """Let the kernel forget the pages of [start, end), written to disk: read again, they
-        come from the disk. Advice only, so a refusal changes nothing but the memory kept."""
-        with contextlib.suppress(OSError, AttributeError):  # AttributeError: not POSIX
-            os.posix_fadvise(self._fd, start, end - start, os.POSIX_FADV_DONTNEED)
+        _forget(self._fd, start, end)
 
     def _call(self, start: int, end: int, flags: int) -> None:
         if self._sync is None or self._sync(self._fd, start, end - start, flags) == 0:
@@ -209,6 +206,43 @@ class WriteBehind:
             self._sync = None
             return
         raise OSError(code, os.strerror(code))
+
+
+def _forget(fd: int, start: int, end: int) -> None:
+    """Let the kernel forget the cached pages of [start, end) of `fd`, which the disk has: read
+    again, they come from the disk. Advice only, so a refusal changes nothing but the memory
+    kept."""
+    with contextlib.suppress(OSError, AttributeError):  # AttributeError: not POSIX
+        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+
+
+class ReadOnce:
+    """A file read once, from its start to its end, whose pages the page cache forgets a window
+    behind the reader: WriteBehind's counterpart for a long read (the encrypt stage's read of
+    a backup archive that `jaco backup` did not leave cached). Read into the page cache and
+    kept there, a 2 GiB archive would take 2 GiB of the node's memory, first touches included,
+    for bytes that are never read again. `raw` must be unbuffered (open(..., buffering=0)):
+    what the reader has taken is exactly what is forgotten."""
+
+    def __init__(self, raw: IO[bytes], window: int | None = None) -> None:
+        self._raw, self._fd, self._window = raw, raw.fileno(), window or WRITE_BEHIND
+        self._read = self._forgotten = 0
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        n = self._raw.readinto(buffer) or 0  # type: ignore[attr-defined]
+        self._took(n)
+        return n  # type: ignore[no-any-return]
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._took(len(data))
+        return data
+
+    def _took(self, n: int) -> None:
+        self._read += n
+        if self._read - self._forgotten >= self._window:
+            _forget(self._fd, self._forgotten, self._read)
+            self._forgotten = self._read
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -44,7 +44,14 @@ from jaco.errors import (
     Unavailable,
     is_retryable,
 )
-from jaco.files import create_private, private_output, sha256_file, sweep_partials, write_private
+from jaco.files import (
+    WriteBehind,
+    create_private,
+    private_output,
+    sha256_file,
+    sweep_partials,
+    write_private,
+)
 from jaco.memory import cap_malloc_arenas
 from jaco.streams import ChunkReader, HashingReader
 
@@ -72,6 +79,7 @@ __all__ = [
     "TrustError",
     "Unauthenticated",
     "Unavailable",
+    "WriteBehind",
     "cap_malloc_arenas",
     "cluster_id",
     "create_private",

@@ -1,23 +1,29 @@
-"""jaco.files.WriteBehind: a long write to disk keeps few of its pages waiting in memory, so a
-2 GiB backup's pages are not written back by the kernel in one long stretch beside etcd's log
-fsyncs (docs/benchmarks.md, stop 42). The pages are counted by the kernel (cachestat(2),
-Linux 6.5+); a disk that fails its writes is a real one (ext4 on a loop device whose backing
-file cannot grow), and its error is raised, not left for an fsync that would no longer see
-it."""
+"""jaco.files.WriteBehind and ReadOnce: a long write to disk keeps few of its pages waiting in
+memory, so a 2 GiB backup's pages are not written back by the kernel in one long stretch beside
+etcd's log fsyncs (docs/benchmarks.md, stop 42); once on disk they leave memory, and a long read
+done once (the encrypt stage's) forgets what it has read, so a 2 GiB archive never takes 2 GiB
+of the node's memory (stop 47). The pages are counted by the kernel (cachestat(2), Linux 6.5+);
+a disk that fails its writes is a real one (ext4 on a loop device whose backing file cannot
+grow), and its error is raised, not left for an fsync that would no longer see it."""
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 import pytest
 
 import jaco.files
-from jaco.files import WriteBehind
+from flows.storage import LocalStore
+from jaco.archive.age import encrypt_file
+from jaco.files import ReadOnce, WriteBehind, sha256_file
+from tests.keys import age_keygen, ssh_keygen
 from tests.mounts import failing_disk
 from tests.pages import cached_bytes, waiting_bytes
 
@@ -69,6 +75,69 @@ def test_a_long_write_keeps_few_of_its_pages_in_memory_once_written() -> None:
     # written back, the plain file's 64 MiB all stay cached
     assert kept_by_the_kernel >= 60 * MIB, kept_by_the_kernel
     # the window being written, the one started, and the last MiB not yet a whole window
+    assert cached <= 2 * 4 * MIB + MIB, cached
+
+
+def _on_disk(directory: Path, mib: int = 64) -> tuple[Path, str]:
+    """A file of random bytes, fsynced (its pages clean, so they may be dropped), and its
+    SHA-256; still cached, as a file just written is."""
+    path, sha256 = directory / "archive", hashlib.sha256()
+    with open(path, "wb") as out:
+        for _ in range(mib):
+            block = os.urandom(MIB)
+            sha256.update(block)
+            out.write(block)
+        out.flush()
+        os.fsync(out.fileno())
+    return path, sha256.hexdigest()
+
+
+def test_a_file_read_once_leaves_few_of_its_pages_in_memory() -> None:
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
+        path, sha256 = _on_disk(Path(tmp))
+        with open(path, "rb", buffering=0) as raw:
+            cached_before = cached_bytes(raw.fileno())
+            reader, read = ReadOnce(raw, 4 * MIB), hashlib.sha256()
+            while block := reader.read(MIB // 2):
+                read.update(block)
+            buffer = bytearray(MIB)
+            assert reader.readinto(buffer) == 0  # at the end
+            cached = cached_bytes(raw.fileno())
+    assert read.hexdigest() == sha256  # every byte, in order
+    assert cached_before >= 60 * MIB, cached_before  # the kernel keeps what was written
+    # the window being read, and what the kernel read ahead of it
+    assert cached <= 4 * MIB + 4 * MIB, cached
+
+
+@pytest.mark.parametrize("keygen", [age_keygen, ssh_keygen], ids=["x25519", "ssh-ed25519"])
+def test_the_encrypt_stage_leaves_few_of_the_archives_pages_in_memory(
+    monkeypatch: pytest.MonkeyPatch, keygen: Callable[[Path], str]
+) -> None:
+    """The archive is read once by the encrypt stage, on either path (jaco's age writer,
+    pyrage): `jaco backup` did not leave it in memory and the stage does not bring it back
+    whole (a 2 GiB archive, 2 GiB of the node's memory)."""
+    monkeypatch.setattr(jaco.files, "WRITE_BEHIND", 4 * MIB)
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
+        path, sha256 = _on_disk(Path(tmp))
+        recipient = keygen(Path(tmp) / "key")
+        plain_sha, _ = encrypt_file(path, Path(tmp) / "archive.age", [recipient])
+        with open(path, "rb") as raw:
+            cached = cached_bytes(raw.fileno())
+    assert plain_sha == sha256
+    assert cached <= 4 * MIB + 4 * MIB, cached
+
+
+def test_the_local_copy_leaves_few_of_its_pages_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local store's copy of an encrypted archive is read again only by a restore: written,
+    it does not stay in memory (a 2 GiB copy, 2 GiB of the node's memory)."""
+    monkeypatch.setattr(jaco.files, "WRITE_BEHIND", 4 * MIB)
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
+        path, sha256 = _on_disk(Path(tmp))
+        LocalStore(Path(tmp) / "store").put("c1/archive.age", path, {"sha256": sha256})
+        stored = Path(tmp) / "store" / "c1" / "archive.age"
+        with open(stored, "rb") as raw:
+            cached = cached_bytes(raw.fileno())
+        assert sha256_file(stored) == sha256
     assert cached <= 2 * 4 * MIB + MIB, cached
 
 

@@ -19,7 +19,7 @@ import pyrage
 
 from jaco.archive.age_v1 import encrypt_stream, x25519_recipient_key
 from jaco.errors import InvalidArgument, JacoError
-from jaco.files import private_output
+from jaco.files import ReadOnce, private_output
 from jaco.streams import CHUNK, BlockSha256, HashingReader, Writable
 
 PIPE_BYTES = 1024 * 1024  # Linux's default pipe-max-size
@@ -146,7 +146,8 @@ def encrypt_file(source: Path, target: Path, recipients: list[str]) -> tuple[str
         raise InvalidArgument("no age recipients: the archive would leave the host unencrypted")
     # Unbuffered source: both paths read it in 1 MiB blocks.
     with contextlib.ExitStack() as stack:
-        src = stack.enter_context(open(source, "rb", buffering=0))
+        # Read once (`jaco backup` left it on disk, not in memory), a window at a time
+        src = ReadOnce(stack.enter_context(open(source, "rb", buffering=0)))
         out = stack.enter_context(private_output(target, durable=False))
         if all(isinstance(p, pyrage.x25519.Recipient) for p in parsed):
             keys = [x25519_recipient_key(r) for r in recipients]
