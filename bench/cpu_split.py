@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from bench.node_ready import described_commit
@@ -32,6 +33,13 @@ from bench.run import MIB, RESULTS, fill_random, measure, peak_kib, reset_peak
 from infra.localcluster import JACO, Cluster, Node, cluster_of
 
 TICK = os.sysconf("SC_CLK_TCK")
+# Seconds between one side's end and the next side's start. This VM hands memory freed for 2 s
+# back to its host (free page reporting) and charges about ten times a copy for touching it
+# again; a side that started at once would write into the pages the side before it had just
+# freed (its output file, jacod's scratch copy), warm, and which side found how many decided
+# a second or more at 2 GiB (docs/benchmarks.md, stop 47). Settled, every side starts cold, as
+# a scheduled backup does.
+SETTLE = 5.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -86,6 +94,7 @@ def run(
                     for stage, cmd in stages.items():
                         snap.unlink(missing_ok=True)
                         archive.unlink(missing_ok=True)
+                        time.sleep(SETTLE)
                         reset_peak(jacod)
                         etcd0, jacod0 = cpu_seconds(etcd), cpu_seconds(jacod)
                         own = tree is not None and stage == "jaco backup"
