@@ -2116,7 +2116,7 @@ MUTATIONS: list[Mutation] = [
     m(
         "write-behind: written windows left in the page cache (stop 47)",
         "jaco/files.py",
-        "            self._drop(self._waited, self._started)\n",
+        "            _forget(self._fd, self._waited, self._started)\n",
         "",
         k("tests/test_write_behind.py", "few_of_its_pages_in_memory"),
     ),

@@ -188,11 +188,8 @@ class WriteBehind:
         self._call(self._started, end, _WRITE)
         if self._waited < self._started:
             self._call(self._waited, self._started, _WAIT_BEFORE | _WRITE | _WAIT_AFTER)
-            self._drop(self._waited, self._started)
+            _forget(self._fd, self._waited, self._started)
         self._waited, self._started = self._started, end
-
-    def _drop(self, start: int, end: int) -> None:
-        _forget(self._fd, start, end)
 
     def _call(self, start: int, end: int, flags: int) -> None:
         if self._sync is None or self._sync(self._fd, start, end - start, flags) == 0:
