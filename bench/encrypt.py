@@ -7,7 +7,8 @@ records gzip to random-looking bytes too) is encrypted, each round and in an ord
 round by round, by each tree's encrypt stage (bench.stage's `encrypt`: the flow's encrypt task
 in a process of its own, both SHA-256 included), by `age -r KEY -o OUT FILE` and copied by
 `cp`, every output a new file as in `make bench`, every side reading the archive from disk
-(its pages dropped from memory first), as the pipeline's encrypt task finds it. The goal
+(its pages dropped from memory first, then bench.cpu_split's SETTLE seconds, so that no side
+writes into pages the one before it just freed), as the pipeline's encrypt task finds it. The goal
 (docs/benchmarks.md): the stage ≤ 1.5× age. A TREE is a worktree of another commit with
 jaco/_native*.so copied in. Results:
 bench/results/encrypt-<time>.json.
@@ -22,10 +23,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.cpu_split import SETTLE
 from bench.node_ready import HERE, trees_of
 from bench.run import measure, save_results, stage, turning
 
@@ -51,6 +54,7 @@ def run(before: list[Path], mib: int, repeat: int) -> dict[str, list[dict[str, A
             task finds it: `jaco backup` leaves no page of it cached (jaco.files.WriteBehind)."""
             with open(archive, "rb") as f:
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            time.sleep(SETTLE)  # the pages just freed (these, the last output's) go cold
 
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 

@@ -228,6 +228,7 @@ def backup_cluster(params: BackupParams) -> dict[str, Any]:
                 raise
         with stages.stage("local-copy", enc.size):
             local_copy.result()
+            enc.path.unlink()  # both stores hold it now (verify reads them), nor its pages
             retrying(catalog_task)(params, record, run)
         with stages.stage("verify", enc.size):
             try:

@@ -2141,6 +2141,27 @@ MUTATIONS: list[Mutation] = [
         "",
         k("tests/test_write_behind.py", "local_copy"),
     ),
+    m(
+        "read-once: the last part window left in the page cache (stop 47)",
+        "jaco/files.py",
+        "self._read - self._forgotten >= self._window or n == 0:",
+        "self._read - self._forgotten >= self._window:",
+        k("tests/test_write_behind.py", "last_part_window"),
+    ),
+    m(
+        "read-once: forgets from the file's start, not where the reader began (stop 47)",
+        "jaco/files.py",
+        "self._read = self._forgotten = os.lseek(self._fd, 0, os.SEEK_CUR)",
+        "self._read = self._forgotten = 0",
+        k("tests/test_write_behind.py", "last_part_window"),
+    ),
+    m(
+        "forget: a folio that began before the range left in the page cache (stop 47)",
+        "jaco/files.py",
+        "    start -= start % LARGEST_FOLIO\n",
+        "",
+        k("tests/test_write_behind.py", "folio"),
+    ),
 ]
 
 

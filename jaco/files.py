@@ -205,10 +205,19 @@ class WriteBehind:
         raise OSError(code, os.strerror(code))
 
 
+# The page cache holds a file in folios of up to 2 MiB (a PMD with 4 KiB pages), and the kernel
+# forgets only the folios a range covers whole: a window's first one may have begun before it.
+LARGEST_FOLIO = 2 * 1024 * 1024
+
+
 def _forget(fd: int, start: int, end: int) -> None:
-    """Let the kernel forget the cached pages of [start, end) of `fd`, which the disk has: read
-    again, they come from the disk. Advice only, so a refusal changes nothing but the memory
-    kept."""
+    """Let the kernel forget the cached pages of [start, end) of `fd`, which the disk has, and
+    the rest of the folio `start` falls in (the range before `start` is done with too): read
+    again, they come from the disk. A folio that `end` falls in is forgotten by the next call.
+    Advice only, so a refusal changes nothing but the memory kept."""
+    if end <= start:
+        return  # (a length of 0 would mean: to the end of the file)
+    start -= start % LARGEST_FOLIO
     with contextlib.suppress(OSError, AttributeError):  # AttributeError: not POSIX
         os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
 
@@ -219,11 +228,11 @@ class ReadOnce:
     a backup archive that `jaco backup` did not leave cached). Read into the page cache and
     kept there, a 2 GiB archive would take 2 GiB of the node's memory, first touches included,
     for bytes that are never read again. `raw` must be unbuffered (open(..., buffering=0)):
-    what the reader has taken is exactly what is forgotten."""
+    what the reader has taken is exactly what is forgotten, from where `raw` stood to its end."""
 
     def __init__(self, raw: IO[bytes], window: int | None = None) -> None:
         self._raw, self._fd, self._window = raw, raw.fileno(), window or WRITE_BEHIND
-        self._read = self._forgotten = 0
+        self._read = self._forgotten = os.lseek(self._fd, 0, os.SEEK_CUR)
 
     def readinto(self, buffer: memoryview | bytearray) -> int:
         n = self._raw.readinto(buffer) or 0  # type: ignore[attr-defined]
@@ -237,7 +246,7 @@ class ReadOnce:
 
     def _took(self, n: int) -> None:
         self._read += n
-        if self._read - self._forgotten >= self._window:
+        if self._read - self._forgotten >= self._window or n == 0:  # n == 0: at the end
             _forget(self._fd, self._forgotten, self._read)
             self._forgotten = self._read
 

@@ -20,10 +20,10 @@ class _CacheStat(ctypes.Structure):
     ]
 
 
-def _cachestat(fd: int) -> _CacheStat:
-    found, whole = _CacheStat(), _Range(0, 0)  # len 0: to the end of the file
+def _cachestat(fd: int, start: int = 0, length: int = 0) -> _CacheStat:
+    found, span = _CacheStat(), _Range(start, length)  # length 0: to the end of the file
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syscall(CACHESTAT, fd, ctypes.byref(whole), ctypes.byref(found), 0) != 0:
+    if libc.syscall(CACHESTAT, fd, ctypes.byref(span), ctypes.byref(found), 0) != 0:
         code = ctypes.get_errno()
         raise AssertionError(f"cachestat(2) failed ({os.strerror(code)}): needs Linux 6.5+")
     return found
@@ -35,6 +35,7 @@ def waiting_bytes(fd: int) -> int:
     return (found.dirty + found.writeback) * os.sysconf("SC_PAGE_SIZE")
 
 
-def cached_bytes(fd: int) -> int:
-    """The file's pages in memory, whether the disk has them or not."""
-    return _cachestat(fd).cache * os.sysconf("SC_PAGE_SIZE")
+def cached_bytes(fd: int, start: int = 0, length: int = 0) -> int:
+    """The file's pages in memory (from `start`, `length` bytes; 0: to its end), whether the
+    disk has them or not."""
+    return _cachestat(fd, start, length).cache * os.sysconf("SC_PAGE_SIZE")

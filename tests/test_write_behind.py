@@ -109,6 +109,42 @@ def test_a_file_read_once_leaves_few_of_its_pages_in_memory() -> None:
     assert cached <= 4 * MIB + 4 * MIB, cached
 
 
+def test_a_read_once_forgets_its_last_part_window_and_only_from_where_it_began() -> None:
+    """A file that is not a whole number of windows, read from its fifth MiB on: at its end
+    the last 2.5 MiB, less than a window, are forgotten too; the first 4 MiB, read before the
+    reader took the file, stay."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
+        path = Path(tmp) / "archive"
+        path.write_bytes(os.urandom(30 * MIB + MIB // 2))
+        with open(path, "rb", buffering=0) as raw:
+            os.fsync(raw.fileno())
+            head = raw.read(4 * MIB)
+            reader, rest = ReadOnce(raw, 4 * MIB), bytearray()
+            buffer = bytearray(MIB // 2)
+            while n := reader.readinto(buffer):
+                rest += buffer[:n]
+            cached_head = cached_bytes(raw.fileno(), 0, 4 * MIB)
+            cached_rest = cached_bytes(raw.fileno(), 4 * MIB)
+        assert head + rest == path.read_bytes()
+    assert cached_head == 4 * MIB, cached_head
+    assert cached_rest == 0, cached_rest
+
+
+def test_a_window_that_does_not_begin_on_a_folio_is_forgotten_whole() -> None:
+    """The page cache keeps a file in folios of up to 2 MiB and forgets only those a range
+    covers whole: windows of 3 MiB (their edges inside folios) leave nothing behind either."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
+        path = Path(tmp) / "archive"
+        path.write_bytes(os.urandom(30 * MIB))
+        with open(path, "rb", buffering=0) as raw:
+            os.fsync(raw.fileno())
+            reader = ReadOnce(raw, 3 * MIB)
+            while reader.read(MIB):
+                pass
+            cached = cached_bytes(raw.fileno())
+    assert cached == 0, cached
+
+
 @pytest.mark.parametrize("keygen", [age_keygen, ssh_keygen], ids=["x25519", "ssh-ed25519"])
 def test_the_encrypt_stage_leaves_few_of_the_archives_pages_in_memory(
     monkeypatch: pytest.MonkeyPatch, keygen: Callable[[Path], str]
@@ -118,12 +154,15 @@ def test_the_encrypt_stage_leaves_few_of_the_archives_pages_in_memory(
     whole (a 2 GiB archive, 2 GiB of the node's memory)."""
     monkeypatch.setattr(jaco.files, "WRITE_BEHIND", 4 * MIB)
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
-        path, sha256 = _on_disk(Path(tmp))
+        path, sha256 = _on_disk(Path(tmp), 62)  # not a whole number of windows
         recipient = keygen(Path(tmp) / "key")
+        with open(path, "rb") as raw:
+            cached_before = cached_bytes(raw.fileno())
         plain_sha, _ = encrypt_file(path, Path(tmp) / "archive.age", [recipient])
         with open(path, "rb") as raw:
             cached = cached_bytes(raw.fileno())
     assert plain_sha == sha256
+    assert cached_before >= 60 * MIB, cached_before  # all cached before the stage read it
     assert cached <= 4 * MIB + 4 * MIB, cached
 
 
