@@ -29,17 +29,10 @@ from pathlib import Path
 
 from bench.node_ready import described_commit
 from bench.realistic import fill
-from bench.run import MIB, RESULTS, fill_random, measure, peak_kib, reset_peak
+from bench.run import MIB, RESULTS, SETTLE, fill_random, measure, peak_kib, reset_peak
 from infra.localcluster import JACO, Cluster, Node, cluster_of
 
 TICK = os.sysconf("SC_CLK_TCK")
-# Seconds between one side's end and the next side's start. This VM hands memory freed for 2 s
-# back to its host (free page reporting) and charges about ten times a copy for touching it
-# again; a side that started at once would write into the pages the side before it had just
-# freed (its output file, jacod's scratch copy), warm, and which side found how many decided
-# a second or more at 2 GiB (docs/benchmarks.md, stop 47). Settled, every side starts cold, as
-# a scheduled backup does.
-SETTLE = 5.0
 
 
 def cpu_seconds(pid: int) -> float:

@@ -7,7 +7,7 @@ records gzip to random-looking bytes too) is encrypted, each round and in an ord
 round by round, by each tree's encrypt stage (bench.stage's `encrypt`: the flow's encrypt task
 in a process of its own, both SHA-256 included), by `age -r KEY -o OUT FILE` and copied by
 `cp`, every output a new file as in `make bench`, every side reading the archive from disk
-(its pages dropped from memory first, then bench.cpu_split's SETTLE seconds, so that no side
+(its pages dropped from memory first, then bench.run's SETTLE seconds, so that no side
 writes into pages the one before it just freed), as the pipeline's encrypt task finds it. The goal
 (docs/benchmarks.md): the stage ≤ 1.5× age. A TREE is a worktree of another commit with
 jaco/_native*.so copied in. Results:
@@ -28,9 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.cpu_split import SETTLE
 from bench.node_ready import HERE, trees_of
-from bench.run import measure, save_results, stage, turning
+from bench.run import SETTLE, measure, save_results, stage, turning
 
 GOAL = 1.5
 

@@ -59,6 +59,14 @@ DATASETS = {"bulk": 48, "small": 0}  # --dataset: KiB per record (0: bench.reali
 # this many alternating rounds at every size: single runs at 512 MiB read 1.70x and 1.42x
 # in an hour where alternating A/Bs of the same code read 1.16-1.26x (stop 44).
 SNAPSHOT_ROUNDS = 3
+# Seconds between one side's end and the next side's start. This VM hands memory freed for 2 s
+# back to its host (free page reporting) and charges about ten times a copy for touching it
+# again; a side that started at once would write into the pages the side before it had just
+# freed (its output file, jacod's scratch copy), warm, and which side found how many decided
+# a second or more at 2 GiB (docs/benchmarks.md, stop 47). Settled, every side starts cold, as
+# a scheduled backup does.
+SETTLE = 5.0
+
 _no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -168,7 +176,9 @@ def alternating(n: int, ours: Callable[[], dict], ref: Callable[[], dict]) -> tu
     """`repeat` of jaco's stage and its reference, interleaved: the reference first in even
     rounds, jaco first in odd ones. This VM charges the first writer of memory it has not
     touched lately (docs/benchmarks.md, stop 30), so whichever runs second finds the pages
-    the first just freed; in a fixed order one side always did. Use an even `n` (or 3)."""
+    the first just freed; in a fixed order one side always did. Use an even `n` (or 3). The
+    backup and its reference also wait SETTLE seconds after removing their last output, so
+    that neither writes into pages just freed (stop 47)."""
     runs: dict[str, list[dict]] = {"ours": [], "ref": []}
     for round_ in range(n):
         order = [("ref", ref), ("ours", ours)]
@@ -498,6 +508,7 @@ def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> d
 
         def save() -> dict:
             ref_snap.unlink(missing_ok=True)
+            time.sleep(SETTLE)
             return measure(node.snapshot_save_command(ref_snap), {"ETCDCTL_API": "3"})
 
         archive = work / "cluster.tar.gz"
@@ -505,6 +516,7 @@ def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> d
 
         def backup() -> dict:
             archive.unlink(missing_ok=True)
+            time.sleep(SETTLE)
             reset_peak(jacod_pid)
             r = jaco_cli(["backup", "--output", str(archive)], env, work)
             jacod_peaks.append(peak_kib(jacod_pid))
