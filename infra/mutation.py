@@ -2052,6 +2052,7 @@ MUTATIONS: list[Mutation] = [
         "                if self._spare is not None and isinstance(block, bytearray):\n"
         "                    self._spare.put(block)\n"
         "                self._sha.update(block)\n",
+        k("tests/unit/test_hash_threads.py", "handed_back"),
         k("tests/unit/test_age_v1.py", "age_and_pyrage_decrypt"),
     ),
     m(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,44 @@ def test_blocks_hashed_on_a_thread_give_the_inline_digest() -> None:
     with pytest.raises(RuntimeError, match="closed BlockSha256 was fed"):
         hasher.update(b"more")
     assert BlockSha256(threaded=True).hexdigest() == hashlib.sha256().hexdigest()  # none fed
+
+
+class _HeldHash:
+    """A SHA-256 whose `update` waits until `go` is set: the hashing thread held mid-block."""
+
+    def __init__(self) -> None:
+        self.sha, self.go = hashlib.sha256(), threading.Event()
+
+    def update(self, block: bytes | bytearray) -> None:
+        self.go.wait(30)
+        self.sha.update(block)
+
+    def hexdigest(self) -> str:
+        return self.sha.hexdigest()
+
+
+def test_a_block_is_handed_back_to_the_spares_only_once_hashed() -> None:
+    """The feeder fills a spare block again at once (age_v1's reads): handed back before its
+    hash, a block would be hashed with the next one's bytes. Held mid-hash, the thread has not
+    handed it back (the wait below gives it a second to do so wrongly); let go, it has, and the
+    digest is the block's as fed."""
+    spare: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+    hasher = BlockSha256(threaded=True, spare=spare)
+    held = _HeldHash()
+    hasher._sha = held  # type: ignore[assignment]
+    block = bytearray(os.urandom(CHUNK))
+    fed = hashlib.sha256(block).hexdigest()
+    hasher.update(block)
+    try:
+        handed_back = spare.get(timeout=1)
+    except queue.Empty:
+        handed_back = None
+    if handed_back is not None:
+        handed_back[:] = os.urandom(CHUNK)  # what the feeder does with a spare: fill it again
+    held.go.set()
+    assert handed_back is None, "a block was handed back while its hash still read it"
+    assert hasher.hexdigest() == fed
+    assert spare.get(timeout=30) is block  # handed back once hashed
 
 
 def test_threaded_reader_and_writer_hash_what_passes(tmp_path: Path) -> None:
