@@ -30,13 +30,15 @@ from tests.pages import cached_bytes, waiting_bytes
 MIB = 1024 * 1024
 
 
-def _write(out: IO[bytes], behind: WriteBehind | None, mib: int = 64) -> None:
+def _write(out: IO[bytes], behind: WriteBehind | None, mib: int = 64) -> bytes:
+    """`mib` times the same random MiB, written as the archive writer does; returns the MiB."""
     block = os.urandom(MIB)
     for _ in range(mib):
         out.write(block)
         out.flush()
         if behind is not None:
             behind.wrote()
+    return block
 
 
 def test_a_long_write_keeps_at_most_two_windows_waiting_for_the_disk() -> None:
@@ -63,12 +65,7 @@ def test_a_long_write_keeps_few_of_its_pages_in_memory_once_written() -> None:
         os.fsync(plain.fileno())
         kept_by_the_kernel = cached_bytes(plain.fileno())
     with tempfile.NamedTemporaryFile(dir="/var/tmp") as out:
-        block = os.urandom(MIB)
-        behind = WriteBehind(out, 4 * MIB)
-        for _ in range(64):
-            out.write(block)
-            out.flush()
-            behind.wrote()
+        block = _write(out, WriteBehind(out, 4 * MIB))
         cached = cached_bytes(out.fileno())
         out.seek(0)
         assert all(out.read(MIB) == block for _ in range(64))
@@ -78,18 +75,18 @@ def test_a_long_write_keeps_few_of_its_pages_in_memory_once_written() -> None:
     assert cached <= 2 * 4 * MIB + MIB, cached
 
 
-def _on_disk(directory: Path, mib: int = 64) -> tuple[Path, str]:
-    """A file of random bytes, fsynced (its pages clean, so they may be dropped), and its
-    SHA-256; still cached, as a file just written is."""
-    path, sha256 = directory / "archive", hashlib.sha256()
+def _on_disk(directory: Path, size: int = 64 * MIB) -> tuple[Path, str]:
+    """A file of `size` random bytes, fsynced (its pages clean, so they may be dropped), and
+    its SHA-256; still cached, as a file just written is. Written in one call, so the page
+    cache holds it in its largest folios (2 MiB here): written a MiB at a time, its folios
+    end on every MiB, and a window edge on a MiB falls inside none (the folio test would
+    pass without the fix it guards)."""
+    data, path = os.urandom(size), directory / "archive"
     with open(path, "wb") as out:
-        for _ in range(mib):
-            block = os.urandom(MIB)
-            sha256.update(block)
-            out.write(block)
+        out.write(data)
         out.flush()
         os.fsync(out.fileno())
-    return path, sha256.hexdigest()
+    return path, hashlib.sha256(data).hexdigest()
 
 
 def test_a_file_read_once_leaves_few_of_its_pages_in_memory() -> None:
@@ -114,10 +111,8 @@ def test_a_read_once_forgets_its_last_part_window_and_only_from_where_it_began()
     the last 2.5 MiB, less than a window, are forgotten too; the first 4 MiB, read before the
     reader took the file, stay."""
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
-        path = Path(tmp) / "archive"
-        path.write_bytes(os.urandom(30 * MIB + MIB // 2))
+        path, _ = _on_disk(Path(tmp), 30 * MIB + MIB // 2)
         with open(path, "rb", buffering=0) as raw:
-            os.fsync(raw.fileno())
             head = raw.read(4 * MIB)
             reader, rest = ReadOnce(raw, 4 * MIB), bytearray()
             buffer = bytearray(MIB // 2)
@@ -134,10 +129,8 @@ def test_a_window_that_does_not_begin_on_a_folio_is_forgotten_whole() -> None:
     """The page cache keeps a file in folios of up to 2 MiB and forgets only those a range
     covers whole: windows of 3 MiB (their edges inside folios) leave nothing behind either."""
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
-        path = Path(tmp) / "archive"
-        path.write_bytes(os.urandom(30 * MIB))
+        path, _ = _on_disk(Path(tmp), 30 * MIB)
         with open(path, "rb", buffering=0) as raw:
-            os.fsync(raw.fileno())
             reader = ReadOnce(raw, 3 * MIB)
             while reader.read(MIB):
                 pass
@@ -154,7 +147,7 @@ def test_the_encrypt_stage_leaves_few_of_the_archives_pages_in_memory(
     whole (a 2 GiB archive, 2 GiB of the node's memory)."""
     monkeypatch.setattr(jaco.files, "WRITE_BEHIND", 4 * MIB)
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
-        path, sha256 = _on_disk(Path(tmp), 62)  # not a whole number of windows
+        path, sha256 = _on_disk(Path(tmp), 62 * MIB)  # not a whole number of windows
         recipient = keygen(Path(tmp) / "key")
         with open(path, "rb") as raw:
             cached_before = cached_bytes(raw.fileno())
@@ -174,9 +167,11 @@ def test_the_local_copy_leaves_few_of_its_pages_in_memory(monkeypatch: pytest.Mo
         path, sha256 = _on_disk(Path(tmp))
         LocalStore(Path(tmp) / "store").put("c1/archive.age", path, {"sha256": sha256})
         stored = Path(tmp) / "store" / "c1" / "archive.age"
-        with open(stored, "rb") as raw:
-            cached = cached_bytes(raw.fileno())
+        with open(stored, "rb") as raw, open(path, "rb") as source:
+            cached, source_cached = cached_bytes(raw.fileno()), cached_bytes(source.fileno())
         assert sha256_file(stored) == sha256
+    # the control: the source, only read, is still all cached; the copy is not
+    assert source_cached >= 60 * MIB, source_cached
     assert cached <= 2 * 4 * MIB + MIB, cached
 
 
