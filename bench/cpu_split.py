@@ -24,12 +24,11 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench.node_ready import described_commit
 from bench.realistic import fill
-from bench.run import MIB, RESULTS, SETTLE, fill_random, measure, peak_kib, reset_peak
+from bench.run import MIB, RESULTS, fill_random, measure, peak_kib, reset_peak, settled
 from infra.localcluster import JACO, Cluster, Node, cluster_of
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -85,9 +84,7 @@ def run(
                     jacod, etcd = node.process.pid, node.etcd_pid()
                     assert etcd is not None
                     for stage, cmd in stages.items():
-                        snap.unlink(missing_ok=True)
-                        archive.unlink(missing_ok=True)
-                        time.sleep(SETTLE)
+                        settled(snap, archive)
                         reset_peak(jacod)
                         etcd0, jacod0 = cpu_seconds(etcd), cpu_seconds(jacod)
                         own = tree is not None and stage == "jaco backup"

@@ -23,13 +23,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.node_ready import HERE, trees_of
-from bench.run import SETTLE, measure, save_results, stage, turning
+from bench.run import measure, save_results, settled, stage, turning
 
 GOAL = 1.5
 
@@ -48,19 +47,19 @@ def run(before: list[Path], mib: int, repeat: int) -> dict[str, list[dict[str, A
             f.flush()
             os.fsync(f.fileno())
 
-        def uncached() -> None:
+        def uncached(output: Path) -> None:
             """Each side finds the archive on disk, not in memory, as the pipeline's encrypt
-            task finds it: `jaco backup` leaves no page of it cached (jaco.files.WriteBehind)."""
+            task finds it: `jaco backup` leaves no page of it cached (jaco.files.WriteBehind).
+            Then the pages just freed (these, the last output's) go cold."""
             with open(archive, "rb") as f:
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-            time.sleep(SETTLE)  # the pages just freed (these, the last output's) go cold
+            settled(output)
 
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
         def tree_side(tree: Path) -> Callable[[], dict[str, Any]]:
             def side() -> dict[str, Any]:
-                (work / "cluster.tar.gz.age").unlink(missing_ok=True)
-                uncached()
+                uncached(work / "cluster.tar.gz.age")
                 args = {"archive": str(archive), "recipients": [recipient]}
                 got = stage("encrypt", args, env, work, tree=None if tree == HERE else tree)
                 return {"seconds": got["seconds"], "cpu": got["cpu_seconds"]}
@@ -69,8 +68,7 @@ def run(before: list[Path], mib: int, repeat: int) -> dict[str, list[dict[str, A
 
         def command(cmd: list[str], out: Path) -> Callable[[], dict[str, Any]]:
             def side() -> dict[str, Any]:
-                out.unlink(missing_ok=True)
-                uncached()
+                uncached(out)
                 got = measure(cmd)
                 return {"seconds": got["seconds"], "cpu": got["cpu_seconds"]}
 

@@ -67,6 +67,14 @@ SNAPSHOT_ROUNDS = 3
 # a scheduled backup does.
 SETTLE = 5.0
 
+
+def settled(*outputs: Path) -> None:
+    """Remove a side's last outputs, then wait SETTLE seconds before it runs again."""
+    for path in outputs:
+        path.unlink(missing_ok=True)
+    time.sleep(SETTLE)
+
+
 _no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -507,16 +515,14 @@ def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> d
         ref_snap = work / "etcdctl.db"
 
         def save() -> dict:
-            ref_snap.unlink(missing_ok=True)
-            time.sleep(SETTLE)
+            settled(ref_snap)
             return measure(node.snapshot_save_command(ref_snap), {"ETCDCTL_API": "3"})
 
         archive = work / "cluster.tar.gz"
         jacod_peaks: list[int] = []
 
         def backup() -> dict:
-            archive.unlink(missing_ok=True)
-            time.sleep(SETTLE)
+            settled(archive)
             reset_peak(jacod_pid)
             r = jaco_cli(["backup", "--output", str(archive)], env, work)
             jacod_peaks.append(peak_kib(jacod_pid))
