@@ -21,6 +21,13 @@ def test_each_break_names_one_place_in_its_file(mutation: Mutation) -> None:
         text = text.replace(old, new)
 
 
+def test_each_break_has_a_name_of_its_own() -> None:
+    """The runners' rows are gathered by name (`--jobs`): two breaks of one name would report
+    one verdict twice and lose the other."""
+    names = [x.name for x in MUTATIONS]
+    assert len(set(names)) == len(names), sorted({n for n in names if names.count(n) > 1})
+
+
 @pytest.mark.parametrize("jobs", [1, 2, 3])
 def test_the_breaks_dealt_to_runners_are_each_run_once_and_native_ones_by_one(jobs: int) -> None:
     """`--jobs`: each break goes to exactly one runner, and every break of native/ to the
