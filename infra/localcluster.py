@@ -103,10 +103,20 @@ class Node:
             str(self.peer_port),
         ]
 
-    def start(self) -> None:
+    def start(self, argv: list[str] | None = None) -> None:
+        """Start jacod (`argv`: another command line for it, such as the systemd unit's)."""
         log = open(self.data_dir.parent / f"{self.name}.jacod.log", "ab")  # noqa: SIM115
         cmd, preexec = dying_with_parent(
-            [JACOD, "--name", self.name, "--data-dir", str(self.data_dir), "--listen", self.server],
+            argv
+            or [
+                JACOD,
+                "--name",
+                self.name,
+                "--data-dir",
+                str(self.data_dir),
+                "--listen",
+                self.server,
+            ],
             when=not self.outlive_parent,
         )
         self.process = subprocess.Popen(

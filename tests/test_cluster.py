@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 from infra.localcluster import JACO, JACOD, Cluster, cluster_of, free_port, run, wait_for
+from jaco.errors import DataDirError
 
 
 def test_three_nodes_ready_and_writes_visible_everywhere(cluster3: Cluster) -> None:
@@ -74,14 +75,43 @@ def test_restart_keeps_state_and_second_daemon_refused(single: Cluster) -> None:
     assert second.code != 0
     assert "another jacod is running" in second.err
     assert "Traceback" not in second.err
+    other = [JACOD, "--name", "node-9", "--data-dir", str(node.data_dir), "--listen", "127.0.0.1:1"]
+    wrong = run(other, timeout=30)
+    assert wrong.code == DataDirError.exit_code
+    assert wrong.err.strip() == f"jacod: {node.data_dir} belongs to node node-1, not node-9"
 
     assert node.stop() == 0
-    node.start()
+    # Started by the systemd unit's own command line: no --name, the data dir names the node.
+    node.start(_unit_command(data_dir=str(node.data_dir), listen=node.server))
     single.wait_ready(["node-1"])
     status = single.ok("status", "--json").json()
     assert [(d["name"], d["replicas"]) for d in status["deployments"]] == [("keep", 2)]
     routes = single.ok("route", "ls", "--json").json()["routes"]
     assert [r["name"] for r in routes] == ["keep-route"]
+
+
+def _unit_command(data_dir: str, listen: str) -> list[str]:
+    """infra/systemd/jaco.service's ExecStart with infra/systemd/jaco.default's environment
+    (the data dir and listen address replaced), expanded as systemd does: ${X} is one word,
+    a bare $X word splits at whitespace (none when empty)."""
+    unit = Path(__file__).parents[1] / "infra" / "systemd"
+    lines = (unit / "jaco.default").read_text().splitlines()
+    env = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    env |= {"JACO_DATA_DIR": data_dir, "JACO_LISTEN": listen}
+    (start,) = [
+        x for x in (unit / "jaco.service").read_text().splitlines() if x.startswith("ExecStart=")
+    ]
+    words = start.removeprefix("ExecStart=").split()
+    assert words[0] == "/usr/local/bin/jacod"
+    argv = [JACOD]
+    for word in words[1:]:
+        if word.startswith("${"):
+            argv.append(env[word[2:-1]])
+        elif word.startswith("$"):
+            argv.extend(env.get(word[1:], "").split())
+        else:
+            argv.append(word)
+    return argv
 
 
 def test_sigkill_of_jacod_takes_etcd_with_it(single: Cluster) -> None:

@@ -28,7 +28,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Run one jaco node: its etcd member and the TLS gRPC API. The data dir "
         "must have been primed by `jaco cluster init`, `jaco node join` or `jaco restore`.",
     )
-    parser.add_argument("--name", required=True, help="this node's name (as primed)")
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="this node's name, checked against the data dir's (default: the node the data dir "
+        "was primed for, so a unit file need not repeat the name given to init, join or restore)",
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     data = DataDir(args.data_dir or data_dir_from_env())
     try:
         config = data.load()
-        if config.name != args.name:
+        if args.name is not None and config.name != args.name:
             raise DataDirError(f"{data.path} belongs to node {config.name}, not {args.name}")
         if args.etcd_client_port:
             config.etcd_client_port = args.etcd_client_port
