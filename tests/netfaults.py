@@ -22,6 +22,7 @@ class FaultyProxy:
         listen_host: str = "127.0.0.1",
         cut_once_after: int | None = None,
         asked_for: bytes | None = None,
+        listen_port: int = 0,
     ) -> None:
         self.target_port = target_port
         self.cut_after = cut_after  # bytes from server to client before the connection drops
@@ -37,7 +38,7 @@ class FaultyProxy:
         self.blackhole_after: int | None = None
         self.blackholed = threading.Event()
         self.delay = delay_per_chunk
-        self.listener = socket.create_server((listen_host, 0))
+        self.listener = socket.create_server((listen_host, listen_port))
         self.host = listen_host
         self.port = self.listener.getsockname()[1]
         self.cuts = 0

@@ -8,7 +8,9 @@ import stat
 from pathlib import Path
 
 from infra.localcluster import JACO, JACOD, Cluster, cluster_of, free_port, run, wait_for
-from jaco.errors import DataDirError
+from jaco.client.connection import DEFAULT_PORT, LOCAL_SERVER
+from jaco.errors import DataDirError, Unavailable
+from tests.netfaults import FaultyProxy
 
 
 def test_three_nodes_ready_and_writes_visible_everywhere(cluster3: Cluster) -> None:
@@ -167,3 +169,24 @@ def test_init_writes_private_files_and_refuses_non_empty_dir(tmp_path: Path) -> 
     assert again.code != 0
     assert "is not empty; refusing to overwrite it" in again.err
     assert {p.name: p.stat().st_mtime_ns for p in data.iterdir()} == before
+
+
+def test_commands_default_to_the_node_on_this_host(single: Cluster) -> None:
+    """Neither --server nor JACO_SERVER: the node on this host (127.0.0.1:7000), as the backup
+    page's bare `jaco cluster status` on the restored node expects; etcdctl's way."""
+    node = single.nodes["node-1"]
+    unset = {"JACO_SERVER": ""}
+    with socket.socket() as holder:  # bound, not listening: 7000 refuses while it is held
+        holder.bind(("127.0.0.1", DEFAULT_PORT))
+        refused = single.jaco("cluster", "status", env=unset)
+    assert refused.code == Unavailable.exit_code
+    assert refused.err == (
+        f"error: cannot reach {LOCAL_SERVER}: Connection refused (no --server or JACO_SERVER "
+        "given: tried the node on this host)\n"
+    )
+    local = FaultyProxy(node.api_port, listen_port=DEFAULT_PORT)  # the node, as if on 7000
+    try:
+        nodes = single.ok("cluster", "status", "--json", env=unset).json()["nodes"]
+    finally:
+        local.close()
+    assert [n["name"] for n in nodes] == ["node-1"]

@@ -39,7 +39,8 @@ Server = Annotated[
         "--server",
         "-s",
         envvar="JACO_SERVER",
-        help="A jacod API address HOST:PORT (env JACO_SERVER).",
+        help="A jacod API address HOST:PORT (env JACO_SERVER; default: the node on this host, "
+        "127.0.0.1:7000).",
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

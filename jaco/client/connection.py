@@ -34,6 +34,9 @@ from jaco.v1 import jaco_pb2 as pb
 from jaco.v1 import jaco_pb2_grpc as pb_grpc
 
 DEFAULT_PORT = 7000
+# Where a command goes with neither --server nor JACO_SERVER: the node on this host, as
+# etcdctl's default is the member on this host (the backup page's bare `jaco cluster status`).
+LOCAL_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
 KEEPALIVE_MS = 10_000
 BACKUP_TIMEOUT = 300.0  # a whole backup's deadline unless told (jaco backup --timeout)
 MAX_BACKUP_TIMEOUT = 7 * 86400.0
@@ -88,6 +91,7 @@ class Connection:
 
 def connect_info(server: str | None, token: str | None, kind: str = OPERATOR) -> Connection:
     server = server or os.environ.get("JACO_SERVER", "")
+    named, server = bool(server), server or LOCAL_SERVER
     token = token if token is not None else os.environ.get("JACO_TOKEN", "")
     if not token:
         raise InvalidArgument("no token: set JACO_TOKEN to an operator token")
@@ -103,7 +107,14 @@ def connect_info(server: str | None, token: str | None, kind: str = OPERATOR) ->
         if fingerprint(ca_pem) != parsed.ca_fingerprint:
             raise TrustError(f"JACO_CA_CERT {ca_file} is not the CA this token belongs to")
     else:
-        ca_pem = fetch_pinned_ca(server, parsed.ca_fingerprint)
+        try:
+            ca_pem = fetch_pinned_ca(server, parsed.ca_fingerprint)
+        except Unavailable as exc:
+            if named:
+                raise
+            raise Unavailable(
+                f"{exc.message} (no --server or JACO_SERVER given: tried the node on this host)"
+            ) from None
     return Connection(server, token, ca_pem)
 
 
