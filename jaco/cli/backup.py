@@ -195,12 +195,10 @@ def restore_cmd(
     """
     # Imported here: the node-side modules (PKI, etcd) would cost every command startup time.
     from jaco.archive.encrypted import identities_for
-    from jaco.node.bootstrap import Ports, default_advertise_host
+    from jaco.node.bootstrap import Ports, advertised
     from jaco.node.restore import restore
 
-    ports = Ports(
-        advertise_host or default_advertise_host(), api_port, etcd_client_port, etcd_peer_port
-    )
+    ports = Ports(advertised(advertise_host, err.print), api_port, etcd_client_port, etcd_peer_port)
     data = open_data_dir(data_dir)
     notify = lambda note: err.print(safe(note), soft_wrap=True)  # noqa: E731
     if segments is None:

@@ -57,11 +57,9 @@ def cluster_init(
     Creates the cluster id, the cluster CA, this node's certificates, a single-member etcd and
     the first operator token, which is printed once: store it like a password.
     """
-    from jaco.node.bootstrap import Ports, default_advertise_host, init_cluster
+    from jaco.node.bootstrap import Ports, advertised, init_cluster
 
-    ports = Ports(
-        advertise_host or default_advertise_host(), api_port, etcd_client_port, etcd_peer_port
-    )
+    ports = Ports(advertised(advertise_host, err.print), api_port, etcd_client_port, etcd_peer_port)
     data = open_data_dir(data_dir)
     cluster_id, token = init_cluster(data, name, ports, subnet)
     if token_file:
@@ -162,11 +160,9 @@ def node_join(
     """
     join_token = _join_token(token, token_file)
     node_name = name or socket.gethostname().split(".")[0].lower()
-    from jaco.node.bootstrap import Ports, default_advertise_host, join_cluster
+    from jaco.node.bootstrap import Ports, advertised, join_cluster
 
-    ports = Ports(
-        advertise_host or default_advertise_host(), api_port, etcd_client_port, etcd_peer_port
-    )
+    ports = Ports(advertised(advertise_host, err.print), api_port, etcd_client_port, etcd_peer_port)
     data = open_data_dir(data_dir)
     cluster_id = join_cluster(
         data,

@@ -8,6 +8,7 @@ node to admit this one as an etcd learner (it is promoted to voter once it has c
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import shutil
 import socket
 import time
@@ -73,6 +74,21 @@ def default_advertise_host() -> str:
         return socket.gethostbyname(socket.gethostname())
     except OSError:
         return "127.0.0.1"
+
+
+def advertised(given: str | None, warn: Callable[[str], None]) -> str:
+    """The address other nodes reach this one at: --advertise-host, else what the host's name
+    resolves to. Where that is a loopback address (Debian's /etc/hosts maps the host's name to
+    127.0.1.1) the node works alone, but no other node can reach or join it: `warn` says so."""
+    if given:
+        return given
+    host = default_advertise_host()
+    if ipaddress.ip_address(host).is_loopback:
+        warn(
+            f"warning: this host's name resolves to {host}, a loopback address: no other node "
+            "can reach or join this one (give --advertise-host an address they can reach)"
+        )
+    return host
 
 
 def write_pki(data: DataDir, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> None:
