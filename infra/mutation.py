@@ -2163,6 +2163,41 @@ MUTATIONS: list[Mutation] = [
         "",
         k("tests/test_write_behind.py", "folio"),
     ),
+    m(
+        "advertise: a loopback host name taken without a warning (stop 48)",
+        "jaco/node/bootstrap.py",
+        "    if ipaddress.ip_address(host).is_loopback:\n",
+        "    if False:\n",
+        k("tests/unit/test_advertised.py", "loopback"),
+    ),
+    m(
+        "advertise: any private address warned about as loopback (stop 48)",
+        "jaco/node/bootstrap.py",
+        "    if ipaddress.ip_address(host).is_loopback:\n",
+        "    if ipaddress.ip_address(host).is_private:\n",
+        k("tests/unit/test_advertised.py", "loopback"),
+    ),
+    m(
+        "jacod: serves a data dir primed for another node name (stop 48)",
+        "jaco/server/daemon.py",
+        "        if args.name is not None and config.name != args.name:",
+        "        if False:",
+        k("tests/test_cluster.py", "restart_keeps_state"),
+    ),
+    m(
+        "cli: no server given and the node on this host not tried (stop 48)",
+        "jaco/client/connection.py",
+        "    named, server = bool(server), server or LOCAL_SERVER",
+        "    named = bool(server)",
+        k("tests/test_cluster.py", "node_on_this_host"),
+    ),
+    m(
+        "systemd unit: jacod started with the --name of /etc/default/jaco again (stop 48)",
+        "infra/systemd/jaco.service",
+        "ExecStart=/usr/local/bin/jacod --data-dir",
+        "ExecStart=/usr/local/bin/jacod --name ${NODE_NAME} --data-dir",
+        k("tests/test_cluster.py", "restart_keeps_state"),
+    ),
 ]
 
 
