@@ -47,7 +47,10 @@ def check_host(host: str, what: str = "host") -> str:
     except UnicodeError:
         ascii_name = ""
     labels = ascii_name.split(".")
-    if not ascii_name or len(ascii_name) > 253 or not all(_LABEL_RE.match(x) for x in labels):
+    # All digits at the end is an IP address mistyped (10.0.0.300), never a DNS name: no
+    # top-level domain is numeric (RFC 3696, 2).
+    malformed = not all(_LABEL_RE.match(x) for x in labels) or labels[-1].isdigit()
+    if not ascii_name or len(ascii_name) > 253 or malformed:
         raise InvalidArgument(
             f"invalid {what} {host!r}: use an IP address or a DNS name (letters, digits, "
             "'-' and '.')"
