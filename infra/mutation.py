@@ -2198,6 +2198,20 @@ MUTATIONS: list[Mutation] = [
         "ExecStart=/usr/local/bin/jacod --name ${NODE_NAME} --data-dir",
         k("tests/test_cluster.py", "restart_keeps_state"),
     ),
+    m(
+        "restore: the loopback warning printed before the work, a refusal then two lines (stop 48)",
+        "jaco/cli/backup.py",
+        "advertised(advertise_host, warnings.append)",
+        "advertised(advertise_host, err.print)",
+        k("tests/test_cli_input.py", "api-port and not advertise-host"),
+    ),
+    m(
+        "host names: a mistyped IP address (10.0.0.300) taken as a DNS name (stop 48)",
+        "jaco/model/names.py",
+        " or labels[-1].isdigit()",
+        "",
+        k("tests/test_cli_input.py", "10.0.0.300 or 999.1.1.1 or 10.0.0"),
+    ),
 ]
 
 

@@ -76,10 +76,28 @@ CASES: list[tuple[list[str], str]] = [
         ["cluster", "init", "--name", "n1", *OFFLINE[:2], "--advertise-host", "évil.."],
         "invalid --advertise-host 'évil..'",
     ),
+    # An IP address mistyped is not a DNS name (no top-level domain is numeric).
+    (
+        ["restore", "--input", "{tmp}/none.tar.gz", "--name", "r1", *OFFLINE[:2]]
+        + ["--advertise-host", "10.0.0.300"],
+        "invalid --advertise-host '10.0.0.300': use an IP address or a DNS name",
+    ),
+    (
+        ["cluster", "init", "--name", "n1", *OFFLINE[:2], "--advertise-host", "999.1.1.1"],
+        "invalid --advertise-host '999.1.1.1'",
+    ),
+    (["route", "add", "r", "--host", "10.0.0", "--deployment", "d"], "invalid route host '10.0.0'"),
+    # Without --advertise-host, a refusal is still its one line: the warning that a host name
+    # resolving to loopback may earn comes only once the command has done its work.
+    (
+        ["restore", "--input", "{tmp}/none.tar.gz", "--name", "r1", *OFFLINE[:2]]
+        + ["--api-port", "0"],
+        "--api-port 0 is not a port number",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("args", "message"), CASES, ids=[" ".join(c[0])[:60] for c in CASES])
+@pytest.mark.parametrize(("args", "message"), CASES, ids=[" ".join(c[0]) for c in CASES])
 def test_bad_input_is_refused_before_anything_is_sent(
     tmp_path: Path, silent_server: socket.socket, args: list[str], message: str
 ) -> None:

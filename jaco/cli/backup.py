@@ -24,6 +24,7 @@ from jaco.cli.common import (
     open_data_dir,
     operator_errors,
     out,
+    primed,
     print_json,
     progress,
     safe,
@@ -198,7 +199,10 @@ def restore_cmd(
     from jaco.node.bootstrap import Ports, advertised
     from jaco.node.restore import restore
 
-    ports = Ports(advertised(advertise_host, err.print), api_port, etcd_client_port, etcd_peer_port)
+    warnings: list[str] = []
+    ports = Ports(
+        advertised(advertise_host, warnings.append), api_port, etcd_client_port, etcd_peer_port
+    )
     data = open_data_dir(data_dir)
     notify = lambda note: err.print(safe(note), soft_wrap=True)  # noqa: E731
     if segments is None:
@@ -217,7 +221,7 @@ def restore_cmd(
         f"Restored cluster {meta.cluster_id} {point} into {safe(data.path)} as node {name}; "
         f"state digest {meta.state_digest[:16]}… verified."
     )
-    out.print(f"Start it: systemctl start jaco  (or: jacod --name {name} --data-dir {data.path})")
+    primed(data, warnings)
 
 
 def _target(to_revision: int | None, to_time: str | None, before_event: int | None) -> Any:

@@ -22,6 +22,7 @@ from jaco.cli.common import (
     open_data_dir,
     operator_errors,
     out,
+    primed,
     print_json,
     read_secret,
     safe,
@@ -59,13 +60,16 @@ def cluster_init(
     """
     from jaco.node.bootstrap import Ports, advertised, init_cluster
 
-    ports = Ports(advertised(advertise_host, err.print), api_port, etcd_client_port, etcd_peer_port)
+    warnings: list[str] = []
+    ports = Ports(
+        advertised(advertise_host, warnings.append), api_port, etcd_client_port, etcd_peer_port
+    )
     data = open_data_dir(data_dir)
     cluster_id, token = init_cluster(data, name, ports, subnet)
     if token_file:
         write_private(token_file, token.encode() + b"\n")
     out.print(f"Created cluster {cluster_id} with node {name} in {data.path}")
-    out.print(f"Start it with: jacod --name {name} --data-dir {data.path}")
+    primed(data, warnings)
     if token_file:
         out.print(f"The first operator token was written to {token_file} (mode 0600).")
     else:
@@ -162,7 +166,10 @@ def node_join(
     node_name = name or socket.gethostname().split(".")[0].lower()
     from jaco.node.bootstrap import Ports, advertised, join_cluster
 
-    ports = Ports(advertised(advertise_host, err.print), api_port, etcd_client_port, etcd_peer_port)
+    warnings: list[str] = []
+    ports = Ports(
+        advertised(advertise_host, warnings.append), api_port, etcd_client_port, etcd_peer_port
+    )
     data = open_data_dir(data_dir)
     cluster_id = join_cluster(
         data,
@@ -174,10 +181,7 @@ def node_join(
         lambda line: err.print(safe(line), soft_wrap=True),
     )
     out.print(f"Node {node_name} admitted to cluster {cluster_id}; data dir {data.path} primed.")
-    out.print(
-        f"Start it with: systemctl start jaco  (or: jacod --name {node_name} "
-        f"--data-dir {data.path})"
-    )
+    primed(data, warnings)
 
 
 def _join_token(flag: str | None, token_file: Path | None) -> str:

@@ -145,6 +145,21 @@ def open_data_dir(path: Path | None) -> DataDir:
     return DataDir(path or data_dir_from_env())
 
 
+def primed(data: DataDir, warnings: list[str]) -> None:
+    """What a command that primed a data dir says last: how to start its node (the systemd
+    unit serves the default data dir; jacod takes the node's name from the data dir), then
+    its warnings, after the work, so that a refusal stays its one line."""
+    from jaco.node.config import DEFAULT_DATA_DIR
+
+    where = data.path.absolute()
+    if where == Path(DEFAULT_DATA_DIR):
+        out.print(f"Start it: systemctl start jaco  (or: jacod --data-dir {safe(where)})")
+    else:
+        out.print(f"Start it: jacod --data-dir {safe(where)}")
+    for line in warnings:
+        err.print(safe(line))
+
+
 def message_dict(message: Any) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict
 
