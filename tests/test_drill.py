@@ -10,6 +10,7 @@ from pathlib import Path
 
 from infra.localcluster import JACO, Cluster, Node, cluster_of, run
 from tests.archives import members
+from tests.refusal import refused
 
 
 def restore_into(cluster: Cluster, archive: Path, name: str) -> tuple[Node, str]:
@@ -93,6 +94,25 @@ def test_seed_drill_backup_restore_rejoin(tmp_path: Path) -> None:
             drill.wait_ready([name])
         assert drill.states() == {"drill-1": "READY", "drill-2": "READY", "drill-3": "READY"}
         assert drill.ok("status", "--json", server=drill.nodes["drill-3"].server).json() == before
+
+        # The old names did not come back, so their replicas stay where the backup placed
+        # them, on no node: `node remove` of an old name (no record, no etcd member) places
+        # them on the nodes there are; the other replicas stay as they were.
+        placed = {r["id"]: r["node"] for d in before["deployments"] for r in d["placed"]}
+        on_old = sorted(i for i, n in placed.items() if n == "node-1")
+        assert on_old, placed
+        removed = drill.ok("node", "remove", "node-1").out.strip()
+        moved = len(on_old)
+        assert removed == f"Removed node node-1 (etcd had no member left; {moved} replicas moved)"
+        now = drill.ok("status", "--json").json()
+        placed_now = {r["id"]: r["node"] for d in now["deployments"] for r in d["placed"]}
+        assert {placed_now[i] for i in on_old} <= {"drill-1", "drill-2", "drill-3"}
+        assert {i: n for i, n in placed_now.items() if i not in on_old} == {
+            i: n for i, n in placed.items() if i not in on_old
+        }
+        event = json.loads(drill.ok("audit", "--type", "NODE_REMOVED", "--json").out)
+        assert event["detail"]["name"] == "node-1" and event["detail"]["replicas_moved"] == moved
+        refused(drill.jaco("node", "remove", "node-1"), 3, "^error: no node named node-1$")
     finally:
         drill.stop_all()
 

@@ -116,7 +116,10 @@ def node_remove(
     """Remove a node the cluster has lost for good (its host gone, its disk wiped): its etcd
     member, its record and liveness key; the replicas placed on it go to the other nodes.
     A learner that never came back blocks every later join until it is removed. Ask another
-    node than the one removed. To have it back: an empty data dir and a new join token."""
+    node than the one removed. To have it back: an empty data dir and a new join token. After
+    a restore, replicas stay placed on the nodes the backup names, for each to find its own
+    when it rejoins under its old name: for one that will not (the node the restore replaced,
+    if restored under another name), remove that name, and its replicas are placed here."""
     with open_client(server) as client:
         reply = client.call("RemoveNode", pb.RemoveNodeRequest(name=name))
     member = "its etcd member removed" if reply.member_removed else "etcd had no member left"

@@ -101,16 +101,19 @@ class Membership(Access):
     async def remove_node(self, actor: str, name: str, member_removed: bool) -> int:
         """Forget a node whose etcd member is gone: its record and liveness key, and the
         replicas placed on it placed again on the voters still alive (the least loaded
-        first), in one transaction. Returns how many replicas moved."""
+        first), in one transaction. Returns how many replicas moved. A name with no record
+        but replicas still placed on it is a node of the cluster before a restore that has not
+        rejoined under its name (the restore keeps placements as they were): its replicas move
+        the same way."""
         alive = await self.alive()
 
         async def fn(view: View, change: Change) -> int:
             record = await view.get(P_NODES + name)
-            if record is None:
-                raise NotFound(f"no node named {name}")
-            ready = scheduler.ready_nodes(await view.list(P_NODES), set(alive), leaving=name)
             placements = await view.list(P_SCHEDULER)
             orphans = [p for p in placements if p.get("node") == name]
+            if record is None and not orphans:
+                raise NotFound(f"no node named {name}")
+            ready = scheduler.ready_nodes(await view.list(P_NODES), set(alive), leaving=name)
             if orphans:
                 load = Counter(p["node"] for p in placements if p.get("node") != name)
                 for placement, target in zip(
@@ -124,7 +127,7 @@ class Membership(Access):
             change.audit(
                 "NODE_REMOVED",
                 name=name,
-                member_id=record.get("member_id"),
+                member_id=(record or {}).get("member_id"),
                 member_removed=member_removed,
                 replicas_moved=len(orphans),
             )

@@ -16,7 +16,7 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from jaco.errors import InvalidArgument, JacoError, LearnerPending, NotFound, Unavailable
+from jaco.errors import InvalidArgument, JacoError, LearnerPending, Unavailable
 from jaco.model import pki
 from jaco.model.etcd_errors import MembershipSettling, TooManyLearners
 from jaco.model.etcd_types import Member
@@ -90,9 +90,9 @@ async def remove(node: Node, actor: str, name: str) -> pb.RemovedNode:
         raise InvalidArgument(
             f"node {name} is the node you are talking to: remove it through another node"
         )
-    record = next((n for n in await node.store.nodes() if n["name"] == name), None)
-    if record is None:
-        raise NotFound(f"no node named {name}")
+    # No record: perhaps a node of the cluster before a restore, with replicas still placed
+    # on it (no etcd member either); the store says whether there is anything to remove.
+    record = next((n for n in await node.store.nodes() if n["name"] == name), {})
     member_removed = False
     if record.get("member_id"):
         member_id = int(record["member_id"], 16)
