@@ -2212,6 +2212,13 @@ MUTATIONS: list[Mutation] = [
         "",
         k("tests/test_cli_input.py", "10.0.0.300 or 999.1.1.1 or 10.0.0"),
     ),
+    m(
+        "node remove: an old node's replicas left stranded after a restore (stop 48)",
+        "jaco/model/membership.py",
+        "            if record is None and not orphans:",
+        "            if record is None:",
+        k("tests/test_drill.py", "seed_drill"),
+    ),
 ]
 
 
