@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -9,7 +10,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+import pytest
+
 from infra.localcluster import JACO, Cluster, Node, Result, cluster_of, free_port, run, wait_for
+from jaco.errors import Conflict
+from jaco.model.etcd import Etcd
+from jaco.model.store import Store
+from jaco.node.config import DataDir
 
 
 def _join(cluster: Cluster, name: str, token: str) -> tuple[Node, Result]:
@@ -241,6 +248,15 @@ def test_join_token_sources_and_the_deprecated_flag(tmp_path: Path) -> None:
         assert not data.exists()
 
 
+async def _remove_unseen(via: Node, name: str) -> int:
+    """The store's removal of `name` by a caller that found no record of it."""
+    etcd = Etcd(DataDir(via.data_dir).etcd_socket)
+    try:
+        return await Store(etcd).remove_node("test", name, member_removed=False, member_id="")
+    finally:
+        await etcd.close()
+
+
 def test_a_lost_node_is_removed_and_joins_and_replicas_go_on(tmp_path: Path) -> None:
     """A learner whose host never came back blocks every later join: `jaco node remove` frees
     its place. A voter lost for good is removed through another node, its replicas placed on
@@ -293,6 +309,12 @@ def test_a_lost_node_is_removed_and_joins_and_replicas_go_on(tmp_path: Path) -> 
             "error: removing node node-4 now would leave fewer started voters than a quorum"
         ), below.err
         assert set(_members(cluster)) == {"node-1", "node-2", "node-4"}
+        # A removal that found no record (as when it began before a join under that name
+        # finished) does not take the record it finds now, nor its replicas: that record's
+        # etcd member would be left without one, blocking every later join.
+        with pytest.raises(Conflict, match="^node node-2 changed while it was being removed"):
+            asyncio.run(_remove_unseen(via, "node-2"))
+        assert placed() == before and "node-2" in _names(cluster)
 
         gone = cluster.ok("node", "remove", "node-2", server=via.server)
         assert gone.out.strip() == "Removed node node-2 (its etcd member removed; 2 replicas moved)"

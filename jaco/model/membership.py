@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from jaco.errors import AlreadyExists, NotFound
+from jaco.errors import AlreadyExists, Conflict, NotFound
 from jaco.model import audit, pki, scheduler, tokens
 from jaco.model.access import Access, name_taken, token_record
 from jaco.model.digest import StateDigest
@@ -98,13 +98,17 @@ class Membership(Access):
 
         await self.mutate(actor, fn)
 
-    async def remove_node(self, actor: str, name: str, member_removed: bool) -> int:
+    async def remove_node(
+        self, actor: str, name: str, member_removed: bool, member_id: str = ""
+    ) -> int:
         """Forget a node whose etcd member is gone: its record and liveness key, and the
         replicas placed on it placed again on the voters still alive (the least loaded
         first), in one transaction. Returns how many replicas moved. A name with no record
         but replicas still placed on it is a node of the cluster before a restore that has not
         rejoined under its name (the restore keeps placements as they were): its replicas move
-        the same way."""
+        the same way. `member_id` is the one the caller found on the record before it removed
+        the member ("": no record): a record that changed since (a join under that name
+        finishing) is not removed, lest its new member be left without one."""
         alive = await self.alive()
 
         async def fn(view: View, change: Change) -> int:
@@ -113,6 +117,11 @@ class Membership(Access):
             orphans = [p for p in placements if p.get("node") == name]
             if record is None and not orphans:
                 raise NotFound(f"no node named {name}")
+            if (record or {}).get("member_id", "") != member_id:
+                raise Conflict(
+                    f"node {name} changed while it was being removed (a join under its name "
+                    "finished): run the removal again"
+                )
             ready = scheduler.ready_nodes(await view.list(P_NODES), set(alive), leaving=name)
             if orphans:
                 load = Counter(p["node"] for p in placements if p.get("node") != name)

@@ -108,7 +108,7 @@ async def remove(node: Node, actor: str, name: str) -> pb.RemovedNode:
                         "quorum: start the stopped nodes first (`jaco cluster status`)"
                     ) from None
                 member_removed = True
-    moved = await node.store.remove_node(actor, name, member_removed)
+    moved = await node.store.remove_node(actor, name, member_removed, record.get("member_id", ""))
     log.info("node %s removed (etcd member removed: %s, %d replicas moved)",
              name, member_removed, moved)  # fmt: skip
     return pb.RemovedNode(name=name, member_removed=member_removed, replicas_moved=moved)
