@@ -171,7 +171,10 @@ def node_join(
 
     warnings: list[str] = []
     ports = Ports(
-        advertised(advertise_host, warnings.append), api_port, etcd_client_port, etcd_peer_port
+        advertised(advertise_host, warnings.append, peer),
+        api_port,
+        etcd_client_port,
+        etcd_peer_port,
     )
     data = open_data_dir(data_dir)
     cluster_id = join_cluster(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jaco.client.connection import Client, Connection, fetch_pinned_ca
+from jaco.client.connection import Client, Connection, fetch_pinned_ca, split_server
 from jaco.errors import InvalidArgument, LearnerPending, TrustError
 from jaco.files import write_private
 from jaco.model import pki, tokens
@@ -76,19 +76,33 @@ def default_advertise_host() -> str:
         return "127.0.0.1"
 
 
-def advertised(given: str | None, warn: Callable[[str], None]) -> str:
+def advertised(given: str | None, warn: Callable[[str], None], peer: str = "") -> str:
     """The address other nodes reach this one at: --advertise-host, else what the host's name
     resolves to. Where that is a loopback address (Debian's /etc/hosts maps the host's name to
-    127.0.1.1) the node works alone, but no other node can reach or join it: `warn` says so."""
+    127.0.1.1) a new or restored node works alone, but no other node can reach or join it:
+    `warn` says so. A node joining a `peer` on another host could never be reached by it, and
+    its etcd learner would block every later join: refused, before anything is sent."""
     if given:
         return given
     host = default_advertise_host()
     if ipaddress.ip_address(host).is_loopback:
+        if peer and not _loopback(split_server(peer)[0]):
+            raise InvalidArgument(
+                f"this host's name resolves to {host}, a loopback address, which {peer} could "
+                "never reach: give --advertise-host this node's address"
+            )
         warn(
             f"warning: this host's name resolves to {host}, a loopback address: no other node "
             "can reach or join this one (give --advertise-host an address they can reach)"
         )
     return host
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def write_pki(data: DataDir, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> None:
