@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,13 +88,7 @@ CASES: list[tuple[list[str], str]] = [
         "invalid --advertise-host '999.1.1.1'",
     ),
     (["route", "add", "r", "--host", "10.0.0", "--deployment", "d"], "invalid route host '10.0.0'"),
-    # Without --advertise-host, a refusal is still its one line: the warning that a host name
-    # resolving to loopback may earn comes only once the command has done its work.
-    (
-        ["restore", "--input", "{tmp}/none.tar.gz", "--name", "r1", *OFFLINE[:2]]
-        + ["--api-port", "0"],
-        "--api-port 0 is not a port number",
-    ),
+    (["status", "--server", "0x7f000001:7000"], "invalid server address '0x7f000001:7000'"),
 ]
 
 
@@ -103,6 +98,36 @@ def test_bad_input_is_refused_before_anything_is_sent(
 ) -> None:
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     result = run([JACO, *args], env=silent_env(silent_server), timeout=30)
+    refused(result, 2, message)
+    assert untouched(silent_server), "the server was contacted"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "something was written"
+
+
+# The CLI on a host whose name resolves to loopback, as on a default Debian host, wherever
+# the test runs: only the resolver's answer is replaced.
+LOOPBACK_HOST = [
+    sys.executable,
+    "-c",
+    "import socket, sys; socket.gethostbyname = lambda name: '127.0.1.1'; "
+    "sys.argv[0] = 'jaco'; from jaco.cli.main import main; main()",
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["restore", "--input", "{tmp}/none.tar.gz", "--name", "r1"], "--api-port 0 is not a"),
+        (["cluster", "init", "--name", "n1"], "--api-port 0 is not a port number"),
+    ],
+)
+def test_a_refusal_on_a_loopback_named_host_is_one_line(
+    tmp_path: Path, silent_server: socket.socket, args: list[str], message: str
+) -> None:
+    """The warning such a host earns comes once the command has done its work: a refusal
+    before that stays its one line."""
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    flags = ["--data-dir", str(tmp_path / "data"), "--api-port", "0"]
+    result = run([*LOOPBACK_HOST, *args, *flags], env=silent_env(silent_server), timeout=30)
     refused(result, 2, message)
     assert untouched(silent_server), "the server was contacted"
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "something was written"

@@ -3,9 +3,11 @@ a number of replicas."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import re
+import socket
 
 from jaco.errors import InvalidArgument
 
@@ -48,8 +50,12 @@ def check_host(host: str, what: str = "host") -> str:
         ascii_name = ""
     labels = ascii_name.split(".")
     # All digits at the end is an IP address mistyped (10.0.0.300), never a DNS name: no
-    # top-level domain is numeric (RFC 3696, 2).
+    # top-level domain is numeric (RFC 3696, 2); nor is what the resolver reads as an IPv4
+    # address in another form (0x7f000001, 10.0.0.0x1: inet_aton's).
     malformed = not all(_LABEL_RE.match(x) for x in labels) or labels[-1].isdigit()
+    with contextlib.suppress(OSError):
+        socket.inet_aton(ascii_name)
+        malformed = True
     if not ascii_name or len(ascii_name) > 253 or malformed:
         raise InvalidArgument(
             f"invalid {what} {host!r}: use an IP address or a DNS name (letters, digits, "
