@@ -11,6 +11,7 @@ from infra.localcluster import JACO, JACOD, Cluster, cluster_of, free_port, run,
 from jaco.client.connection import DEFAULT_PORT, LOCAL_SERVER
 from jaco.errors import DataDirError, Unavailable
 from tests.netfaults import FaultyProxy
+from tests.refusal import refused
 
 
 def test_three_nodes_ready_and_writes_visible_everywhere(cluster3: Cluster) -> None:
@@ -190,3 +191,16 @@ def test_commands_default_to_the_node_on_this_host(single: Cluster) -> None:
     finally:
         local.close()
     assert [n["name"] for n in nodes] == ["node-1"]
+
+
+def test_a_node_without_quorum_says_so_whatever_is_asked(tmp_path: Path) -> None:
+    """Of two nodes, one stopped: the other's member knows no leader. Whether etcd answers
+    "request timed out" (a linearizable read, `cluster status`) or lets jacod's own deadline
+    pass (`status`, `audit`), the one line says what is wrong: no quorum, not "not answering"."""
+    with cluster_of(tmp_path, 2) as cluster:
+        alone, stopped = cluster.nodes["node-1"], cluster.nodes["node-2"]
+        assert stopped.stop() == 0
+        for args in (("status",), ("audit",), ("cluster", "status")):
+            result = cluster.jaco(*args, server=alone.server)
+            line = refused(result, Unavailable.exit_code, "^error: this node's etcd member reaches")
+            assert "no quorum" in line and "use another node" in line, line

@@ -23,6 +23,7 @@ from jaco.model.etcd_errors import (
     MembershipSettling,
     TooLarge,
     member_add_error,
+    no_quorum,
     translate,
 )
 from jaco.model.etcd_keys import part_end, prefix_end, shared_prefix
@@ -47,6 +48,7 @@ MAX_PAGE = 100_000  # records in one page, at most
 FIRST_PAGE = 1000  # records in a range read's first page, before its records' size is known
 PART_PAGES = 8  # a part of a range holding more pages than this is split (Etcd._pages)
 TXN_READS = 1000  # reads in one transaction (jacod starts etcd with --max-txn-ops=2048)
+PROBE_TIMEOUT = 2.0  # the member's own status, asked after a deadline passed: local, quick
 SUN_PATH = 108  # the bytes a unix socket's address holds (sockaddr_un.sun_path), its NUL included
 
 
@@ -125,7 +127,20 @@ class Etcd:
         try:
             return await method(request, timeout=timeout or self.timeout)
         except grpc.aio.AioRpcError as exc:
+            # A request that outlived its deadline: etcd did not say why (it answers "request
+            # timed out" only to some). A member that still answers but knows no leader is
+            # cut off from its quorum; say that, not "not answering".
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and await self._leaderless():
+                raise no_quorum("it knows no leader") from None
             raise translate(exc) from None
+
+    async def _leaderless(self) -> bool:
+        """Whether the member answers its own status, and knows no leader."""
+        try:
+            status = await self._maintenance.Status(rpc.StatusRequest(), timeout=PROBE_TIMEOUT)
+        except grpc.aio.AioRpcError:
+            return False
+        return status.leader == 0
 
     async def get(self, key: str, revision: int = 0) -> tuple[KV | None, int]:
         """One key (at `revision`, or the latest), and the store revision read."""

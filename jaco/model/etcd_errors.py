@@ -31,16 +31,20 @@ class MembershipSettling(Unavailable):
 NO_QUORUM = ("request timed out", "no leader")
 
 
+def no_quorum(detail: str) -> Unavailable:
+    """The member answered: it is the cluster it cannot reach (a partition, peers down)."""
+    return Unavailable(
+        f"this node's etcd member reaches no quorum ({detail}): the node is cut off from "
+        "the other nodes, or too many of them are down; use another node, and check "
+        "`jaco cluster status` there"
+    )
+
+
 def translate(exc: Any) -> JacoError:  # an RpcError that is also a grpc.Call
     code = exc.code()
     detail = exc.details() or code.name
     if detail.startswith("etcdserver: ") and any(w in detail for w in NO_QUORUM):
-        # The member answered: it is the cluster it cannot reach (a partition, peers down).
-        return Unavailable(
-            f"this node's etcd member reaches no quorum ({detail}): the node is cut off from "
-            "the other nodes, or too many of them are down; use another node, and check "
-            "`jaco cluster status` there"
-        )
+        return no_quorum(detail)
     if "required revision has been compacted" in detail:
         return Compacted(
             "that revision is compacted: etcd no longer holds that point of the history "
