@@ -2240,6 +2240,13 @@ MUTATIONS: list[Mutation] = [
         "        pass",
         k("tests/test_cli_input.py", "0x7f000001"),
     ),
+    m(
+        "etcd: a deadline passed on a member without quorum said as 'not answering' (stop 48)",
+        "jaco/model/etcd.py",
+        "DEADLINE_EXCEEDED and await self._leaderless():",
+        "DEADLINE_EXCEEDED and False:",
+        k("tests/test_cluster.py", "without_quorum"),
+    ),
 ]
 
 
