@@ -3,7 +3,9 @@
 It uses the etcd v3 gRPC stubs that ship with `aetcd` over a `grpc.aio` channel to the local
 member's unix socket (aetcd's own client has no learner support). Everything above this module sees
 plain dataclasses and jaco exceptions, so a newer etcd only changes this file and
-`etcd_member.py`.
+`etcd_member.py`. It is longer than usual for that reason: every call jaco makes to etcd (reads
+paged to bounded memory, transactions, watches, leases, membership, status, the no-quorum
+probe) is here and nowhere else.
 """
 
 from __future__ import annotations
