@@ -131,8 +131,10 @@ class Etcd:
         except grpc.aio.AioRpcError as exc:
             # A request that outlived its deadline: etcd did not say why (it answers "request
             # timed out" only to some). A member that still answers but knows no leader is
-            # cut off from its quorum; say that, not "not answering".
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and await self._leaderless():
+            # cut off from its quorum; say that, not "not answering". (Not after a Status of
+            # its own: asking the same again could only add its wait, as in readiness polls.)
+            deadline = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            if deadline and method is not self._maintenance.Status and await self._leaderless():
                 raise no_quorum("it knows no leader") from None
             raise translate(exc) from None
 
