@@ -2247,6 +2247,13 @@ MUTATIONS: list[Mutation] = [
         "method is not self._maintenance.Status and False:",
         k("tests/test_cluster.py", "without_quorum"),
     ),
+    m(
+        "cli: the warnings of a primed data dir never printed (stop 48, read-through)",
+        "jaco/cli/common.py",
+        "    for line in warnings:",
+        "    for line in []:",
+        k("tests/test_cli_input.py", "hint_then_the_warning"),
+    ),
 ]
 
 

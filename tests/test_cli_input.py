@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.localcluster import JACO, Cluster, cluster_of, run
+from infra.localcluster import JACO, Cluster, cluster_of, free_port, run
 from jaco.client.connection import open_client
 from jaco.errors import InvalidArgument
 from jaco.model.audit import EVENT_TYPES
@@ -176,3 +176,21 @@ def test_the_server_refuses_unknown_event_types_too(damaged: Cluster) -> None:
     with open_client(damaged.nodes["node-1"].server, damaged.token) as client:
         with pytest.raises(InvalidArgument, match="invalid --type 'NOPE': use one of"):
             list(client.stream("Audit", pb.AuditRequest(types=["NOPE"]), timeout=30))
+
+
+def test_init_on_a_loopback_named_host_ends_with_the_hint_then_the_warning(
+    tmp_path: Path,
+) -> None:
+    """Its success: the start hint names the data dir primed (no --name: jacod reads it there),
+    and the warning comes last, on stderr, as the only line there."""
+    data = tmp_path / "data"
+    ports = ["--api-port", str(free_port()), "--etcd-client-port", str(free_port())]
+    ports += ["--etcd-peer-port", str(free_port())]
+    args = ["cluster", "init", "--name", "n1", "--data-dir", str(data), *ports]
+    result = run([*LOOPBACK_HOST, *args, "--token-file", str(tmp_path / "token")], timeout=120)
+    assert result.code == 0, result.err
+    assert f"Start it: jacod --data-dir {data}\n" in result.out
+    assert result.err == (
+        "warning: this host's name resolves to 127.0.1.1, a loopback address: no other node "
+        "can reach or join this one (give --advertise-host an address they can reach)\n"
+    )
