@@ -112,12 +112,12 @@ class Membership(Access):
         alive = await self.alive()
 
         async def fn(view: View, change: Change) -> int:
-            record = await view.get(P_NODES + name)
+            record = await view.get(P_NODES + name) or {}
             placements = await view.list(P_SCHEDULER)
             orphans = [p for p in placements if p.get("node") == name]
-            if record is None and not orphans:
+            if not record and not orphans:
                 raise NotFound(f"no node named {name}")
-            if (record or {}).get("member_id", "") != member_id:
+            if record.get("member_id", "") != member_id:
                 raise Conflict(
                     f"node {name} changed while it was being removed (a join under its name "
                     "finished): run the removal again"
@@ -136,7 +136,7 @@ class Membership(Access):
             change.audit(
                 "NODE_REMOVED",
                 name=name,
-                member_id=(record or {}).get("member_id"),
+                member_id=record.get("member_id"),
                 member_removed=member_removed,
                 replicas_moved=len(orphans),
             )
