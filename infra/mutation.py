@@ -2200,9 +2200,9 @@ MUTATIONS: list[Mutation] = [
     ),
     m(
         "restore: the loopback warning printed before the work, a refusal then two lines (stop 48)",
-        "jaco/cli/backup.py",
-        "advertised(advertise_host, warnings.append)",
-        "advertised(advertise_host, err.print)",
+        "jaco/node/bootstrap.py",
+        "advertised(advertise_host, warnings.append, peer)",
+        'advertised(advertise_host, lambda w: print(w, file=__import__("sys").stderr), peer)',
         k("tests/test_cli_input.py", "loopback_named"),
     ),
     m(
@@ -2215,8 +2215,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "node remove: an old node's replicas left stranded after a restore (stop 48)",
         "jaco/model/membership.py",
-        "            if record is None and not orphans:",
-        "            if record is None:",
+        "            if not record and not orphans:",
+        "            if not record:",
         k("tests/test_drill.py", "seed_drill"),
     ),
     m(
@@ -2229,7 +2229,7 @@ MUTATIONS: list[Mutation] = [
     m(
         "node remove: a record that appeared since the caller looked is removed (stop 48)",
         "jaco/model/membership.py",
-        """            if (record or {}).get("member_id", "") != member_id:""",
+        """            if record.get("member_id", "") != member_id:""",
         "            if False:",
         k("tests/test_join.py", "lost_node"),
     ),

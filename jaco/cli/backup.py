@@ -196,13 +196,10 @@ def restore_cmd(
     """
     # Imported here: the node-side modules (PKI, etcd) would cost every command startup time.
     from jaco.archive.encrypted import identities_for
-    from jaco.node.bootstrap import Ports, advertised
+    from jaco.node.bootstrap import node_ports
     from jaco.node.restore import restore
 
-    warnings: list[str] = []
-    ports = Ports(
-        advertised(advertise_host, warnings.append), api_port, etcd_client_port, etcd_peer_port
-    )
+    ports, warnings = node_ports(advertise_host, api_port, etcd_client_port, etcd_peer_port)
     data = open_data_dir(data_dir)
     notify = lambda note: err.print(safe(note), soft_wrap=True)  # noqa: E731
     if segments is None:

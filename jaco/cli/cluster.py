@@ -58,12 +58,9 @@ def cluster_init(
     Creates the cluster id, the cluster CA, this node's certificates, a single-member etcd and
     the first operator token, which is printed once: store it like a password.
     """
-    from jaco.node.bootstrap import Ports, advertised, init_cluster
+    from jaco.node.bootstrap import init_cluster, node_ports
 
-    warnings: list[str] = []
-    ports = Ports(
-        advertised(advertise_host, warnings.append), api_port, etcd_client_port, etcd_peer_port
-    )
+    ports, warnings = node_ports(advertise_host, api_port, etcd_client_port, etcd_peer_port)
     data = open_data_dir(data_dir)
     cluster_id, token = init_cluster(data, name, ports, subnet)
     if token_file:
@@ -167,15 +164,9 @@ def node_join(
     """
     join_token = _join_token(token, token_file)
     node_name = name or socket.gethostname().split(".")[0].lower()
-    from jaco.node.bootstrap import Ports, advertised, join_cluster
+    from jaco.node.bootstrap import join_cluster, node_ports
 
-    warnings: list[str] = []
-    ports = Ports(
-        advertised(advertise_host, warnings.append, peer),
-        api_port,
-        etcd_client_port,
-        etcd_peer_port,
-    )
+    ports, warnings = node_ports(advertise_host, api_port, etcd_client_port, etcd_peer_port, peer)
     data = open_data_dir(data_dir)
     cluster_id = join_cluster(
         data,

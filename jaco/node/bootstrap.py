@@ -98,6 +98,16 @@ def advertised(given: str | None, warn: Callable[[str], None], peer: str = "") -
     return host
 
 
+def node_ports(
+    advertise_host: str | None, api_port: int, client_port: int, peer_port: int, peer: str = ""
+) -> tuple[Ports, list[str]]:
+    """The ports of a node init, join or restore primes, and the warnings to print once it
+    is done (`advertised`: a refusal before the work stays its one line)."""
+    warnings: list[str] = []
+    host = advertised(advertise_host, warnings.append, peer)
+    return Ports(host, api_port, client_port, peer_port), warnings
+
+
 def _loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
