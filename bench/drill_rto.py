@@ -9,10 +9,12 @@ and a Prefect server (bench.run.services). Its backup is taken twice: `jaco back
 archive (what restore to READY restores, as in `make bench`) and the backup-cluster flow (what
 the drill restores, from S3). Then each round runs, for each tree, restore to READY (its `jaco
 restore` of the archive, then its jacod to READY: bench.node_ready's) and the drill-restore
-flow (bench.stage's `drill`, bwrap), in an order that turns round by round. Per drill: its RTO
-and the checks that make it up, the CPU seconds of the flow's stage process as GNU time reports
-them (the bwrap sandbox's processes are not among them), the sandbox's (its agent's report: the
-agent and all it started; trees before stop 41 report none: nan), and SeaweedFS's. The goal
+flow (bench.stage's `drill`, bwrap), in an order that turns round by round, each side
+starting SETTLE seconds after the one before it ended, on cold memory (bench.run.cold). Per
+drill: its RTO and the checks that make it up, the CPU seconds of the flow's stage process as
+GNU time reports them (the bwrap sandbox's processes are not among them), the sandbox's (its
+agent's report: the agent and all it started; trees before stop 41 report none: nan), and
+SeaweedFS's. The goal
 (issue 16): RTO ≤ 1.3× restore to READY of its tree. A TREE is a worktree of another commit
 with jaco/_native*.so copied in (as for bench.node_ready). Results:
 bench/results/drill-rto-<time>.json.
@@ -38,6 +40,7 @@ from bench.run import (
     jaco_cli,
     save_results,
     services,
+    settled,
     stage,
     stage_env,
     turning,
@@ -115,6 +118,7 @@ def _restore_side(tree: Path, archive: Path, work: Path, token: str) -> dict[str
 
 def _rounds(sides: dict[str, Any], runs: dict[str, list[dict[str, Any]]], repeat: int) -> None:
     for round_, label in turning(list(sides), repeat):
+        settled()  # every side cold (bench.run.cold)
         got = sides[label]()
         runs[label].append(got)
         shown = ", ".join(f"{k} {v:.2f}" for k, v in got.items() if isinstance(v, float))
