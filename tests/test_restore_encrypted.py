@@ -75,13 +75,16 @@ def test_an_encrypted_backup_restores_as_it_is_decrypted(
         restored.stop_all()
 
 
-def _not_an_archive(good: Path, out: Path) -> Path:
-    recipient = (good.parent / "ops.key").read_text().split("public key: ")[1].split()[0]
-    junk = out.with_suffix(".junk")
-    junk.write_bytes(b"\x1f\x8b" + bytes(range(256)) * 400)
-    subprocess.run(["age", "-r", recipient, "-o", str(out), str(junk)], check=True)
-    junk.unlink()
-    return out
+def _encrypting(plaintext: bytes) -> Callable[[Path, Path], Path]:
+    def make(good: Path, out: Path) -> Path:
+        recipient = (good.parent / "ops.key").read_text().split("public key: ")[1].split()[0]
+        junk = out.with_suffix(".junk")
+        junk.write_bytes(plaintext)
+        subprocess.run(["age", "-r", recipient, "-o", str(out), str(junk)], check=True)
+        junk.unlink()
+        return out
+
+    return make
 
 
 CASES = [
@@ -94,8 +97,13 @@ CASES = [
      r"the backup's ciphertext is damaged or truncated"),
     ("cut in half", A.cut_in_half, ["--identity", "{key}"], 14,
      r"the backup's ciphertext is damaged or truncated"),
-    ("an encrypted file that is no archive", _not_an_archive, ["--identity", "{key}"], 12,
-     r"cluster\.tar\.gz\.age is corrupt or truncated"),
+    ("an encrypted file that is no archive", _encrypting(b"\x1f\x8b" + bytes(range(256)) * 400),
+     ["--identity", "{key}"], 12, r"cluster\.tar\.gz\.age is corrupt or truncated: its gzip "
+     r"header names an unknown compression method$"),
+    # the decrypter's plaintext is peeked at: not gzip from its first byte, not after its end
+    ("an encrypted zipfile", _encrypting(b"PK\x03\x04" + b"x" * 5000),
+     ["--identity", "{key}"], 12,
+     r"cluster\.tar\.gz\.age is corrupt or truncated: it is not a gzip file$"),
 ]  # fmt: skip
 
 

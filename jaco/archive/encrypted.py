@@ -68,6 +68,10 @@ class _Plaintext:
         self._found.plaintext_size += n
         return n
 
+    def peek(self, n: int = 1) -> bytes:
+        """What the next read returns first, not consumed (nor hashed, nor copied)."""
+        return self._raw.peek(n)
+
     def read(self, n: int = -1) -> bytes:
         block = bytearray(CHUNK if n < 0 else n)
         got = self.readinto(memoryview(block))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import tarfile
 import time
 import zlib
@@ -182,6 +183,8 @@ def read_archive_stream(
     reserve: Reserve | None = None,
 ) -> BackupMeta:
     """`read_archive` for a stream (e.g. a pipe from a decrypter); returns the verified meta."""
+    peek = getattr(raw, "peek", None)  # files and pipes; a gzip stream's first bytes
+    head = peek(2)[:2] if peek is not None else None
     try:
         with _gzip_open(raw, "rb") as gz:
             try:
@@ -195,8 +198,44 @@ def read_archive_stream(
             _drain_padding(gz)  # reaching gzip's end checks its CRC and length
         return meta
     except (EOFError, zlib.error, isal_zlib.error, gzip.BadGzipFile, TarFormatError) as exc:  # type: ignore[misc]
-        reason = exc or "unexpected end of data"
+        reason = plain_reason(exc, None if head is None else GZIP_MAGIC.startswith(head))
         raise ArchiveError(f"{name} is corrupt or truncated: {reason}") from None
+
+
+GZIP_SAYS = (  # what gzip and igzip say, and what it means to an operator
+    ("Compressed file ended before", "it ends before its compressed stream does"),
+    ("CRC check failed", "its content does not match the CRC that gzip recorded"),
+    ("Incorrect length of data", "its length does not match the length that gzip recorded"),
+    ("Corrupted gzip header", "its gzip header is damaged"),
+    ("Unknown compression method", "its gzip header names an unknown compression method"),
+)
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def plain_reason(exc: BaseException, gzip_at_start: bool | None = None) -> str:
+    """Why an archive's gzip or tar stream was refused, in an operator's words: gzip's and
+    zlib's own messages are Python's and zlib's ("Not a gzipped file (b'PK')", "Error -3
+    Invalid lookback distance found"), and bytes appended to a backup read as a second gzip
+    member that is not one. `gzip_at_start`: the stream began as gzip does (None: not known,
+    the stream could not be peeked at)."""
+    said = str(exc)
+    if isinstance(exc, TarFormatError):
+        return said  # jaco.archive.ustar's own words
+    if isinstance(exc, gzip.BadGzipFile) and said.startswith("Not a gzipped file"):
+        if gzip_at_start is None:
+            return "it holds data that is not gzip"
+        return "data that is not gzip follows its gzip stream" if gzip_at_start else (
+            "it is not a gzip file"
+        )  # fmt: skip
+    if isinstance(exc, EOFError) and said == "unexpected end of data":  # TarReader's
+        return "it ends before the archive does"
+    for says, means in GZIP_SAYS:
+        if said.startswith(says):
+            return means
+    detail = re.sub(r"^Error -?\d+ (while decompressing data: )?", "", said)
+    return f"its compressed data is damaged ({detail[:1].lower()}{detail[1:]})"
 
 
 def _read_on(gz: IO[bytes], limit: int) -> None:
