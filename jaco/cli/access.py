@@ -13,6 +13,7 @@ from jaco.cli.common import (
     operator_errors,
     out,
     print_json,
+    print_table,
     safe,
     table,
 )
@@ -61,7 +62,7 @@ def token_ls(server: Server = "", as_json: AsJson = False) -> None:
         (t.id, t.role, t.description, t.created_at, "yes" if t.revoked else "")
         for t in reply.tokens
     ]
-    out.print(table(("ID", "ROLE", "DESCRIPTION", "CREATED", "REVOKED"), rows))
+    print_table(table(("ID", "ROLE", "DESCRIPTION", "CREATED", "REVOKED"), rows))
 
 
 @token_app.command("revoke")

@@ -26,6 +26,7 @@ from jaco.cli.common import (
     out,
     primed,
     print_json,
+    print_table,
     progress,
     safe,
     table,
@@ -141,7 +142,7 @@ def backup_inspect(
     ):
         rows.append((key, getattr(meta, key)))
     rows.append(("records", ", ".join(f"{k}={v}" for k, v in meta.counts.items())))
-    out.print(table((), rows, f"{archive.name}: verified"))
+    print_table(table((), rows, f"{archive.name}: verified"))
     meta.check_version()  # intact, but can this jaco restore it?
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from jaco.cli.common import AsJson, operator_errors, out, print_json, safe, table
+from jaco.cli.common import AsJson, operator_errors, out, print_json, print_table, safe, table
 from jaco.errors import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ def backup_ls(
                 ("passed " if drill.passed else "FAILED ") + _ago(drill.at) if drill else "-",
                 f"{drill.rto_seconds:.1f}s" if drill and drill.rto_seconds else "-",
             )
-        out.print(listing)
+        print_table(listing)
         for record in gone:
             out.print(
                 f"  verified backup {safe(record.key)} is gone from the store (deleted by hand, by "
@@ -220,7 +220,7 @@ def backup_describe(
         print_json(_json(view.model_copy(update={"backups": [backup]}))["backups"][0])
         return
     fields = backup.model_dump(mode="json", exclude={"drills"}).items()
-    out.print(table((), fields, title=backup.key))
+    print_table(table((), fields, title=backup.key))
     for drill in backup.drills:
         result = "passed" if drill.passed else "FAILED"
         rto = f", RTO {drill.rto_seconds:.1f}s" if drill.rto_seconds else ""

@@ -24,6 +24,7 @@ from jaco.cli.common import (
     out,
     primed,
     print_json,
+    print_table,
     read_secret,
     safe,
     table,
@@ -87,7 +88,7 @@ def cluster_status(server: Server = "", as_json: AsJson = False) -> None:
         for n in reply.nodes
     ]
     columns = ("NAME", "ADDRESS", "STATE", "LEADER", "RAFT INDEX", "RAFT TERM")
-    out.print(table(columns, rows, f"cluster {reply.cluster_id}"))
+    print_table(table(columns, rows, f"cluster {reply.cluster_id}"))
 
 
 @node_app.command("issue-join-token")

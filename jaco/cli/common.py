@@ -87,6 +87,20 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[object]], title: objec
     return shown
 
 
+def print_table(shown: Table) -> None:
+    """A table at its natural width, wider than the terminal if it must be, as kubectl and
+    etcdctl print theirs (the terminal wraps the long lines). Rich fits a table to the
+    terminal, or to 80 columns in a pipe, by cutting cells with "…": a backup's key, a
+    checksum or a name that an operator cannot copy or compare."""
+    from rich.measure import Measurement
+    from rich.segment import Segments
+
+    natural = Measurement.get(out, out.options.update(width=1 << 16), shown).maximum
+    options = out.options.update(width=max(natural, out.width))
+    lines = out.render_lines(shown, options, pad=False, new_lines=True)
+    out.print(Segments([segment for line in lines for segment in line]), soft_wrap=True)
+
+
 def check_range(flag: str, value: float, low: float, high: float, unit: str = "") -> None:
     """Refuse a number outside [low, high] (and NaN) before anything is sent: protobuf would
     raise on an out-of-range integer, and a server should not be asked to judge it."""

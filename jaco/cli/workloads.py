@@ -18,6 +18,7 @@ from jaco.cli.common import (
     operator_errors,
     out,
     print_json,
+    print_table,
     safe,
     table,
 )
@@ -48,7 +49,7 @@ def status(server: Server = "", as_json: AsJson = False) -> None:
             shown = (d.name, d.image, d.replicas) if i == 0 else ("", "", "")
             rows.append((*shown, r.id, r.ip, r.node))
     columns = ("DEPLOYMENT", "IMAGE", "REPLICAS", "REPLICA", "IP", "NODE")
-    out.print(table(columns, rows, f"deployments of cluster {reply.cluster_id}"))
+    print_table(table(columns, rows, f"deployments of cluster {reply.cluster_id}"))
 
 
 def write_status_json(pages: Iterable[Any], out: TextIO) -> None:
@@ -178,7 +179,7 @@ def route_ls(server: Server = "", as_json: AsJson = False) -> None:
     if as_json:
         return print_json(reply)
     rows = [(r.name, r.host, r.path, r.deployment, r.port) for r in reply.routes]
-    out.print(table(("NAME", "HOST", "PATH", "DEPLOYMENT", "PORT"), rows))
+    print_table(table(("NAME", "HOST", "PATH", "DEPLOYMENT", "PORT"), rows))
 
 
 @route_app.command("rm")
@@ -231,4 +232,4 @@ def cert_ls(server: Server = "", as_json: AsJson = False) -> None:
     if as_json:
         return print_json(reply)
     rows = [(c.serial, c.common_name, ", ".join(c.dns_names), c.not_after) for c in reply.certs]
-    out.print(table(("SERIAL", "COMMON NAME", "NAMES", "NOT AFTER"), rows))
+    print_table(table(("SERIAL", "COMMON NAME", "NAMES", "NOT AFTER"), rows))

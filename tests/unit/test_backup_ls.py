@@ -57,3 +57,25 @@ def test_a_verified_backup_whose_object_is_gone_is_shown_gone_not_newest(tmp_pat
     assert "(revision 40, segments of cluster-2026-12-04-40)" in shown.out, shown.out
     assert view["window"]["base"] == "cluster-2026-12-04-40"
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_listings_in_a_pipe_show_keys_and_checksums_whole(tmp_path: Path) -> None:
+    """Rich fits a table to 80 columns in a pipe by cutting cells with "…": `backup ls` cut the
+    file names an operator passes to `backup describe`, which cut the checksums."""
+    catalog = Catalog(open_store(f"file://{tmp_path}"), "jaco", "alpha")
+    names = [f"cluster-2026-12-04-{index}.tar.gz.age" for index in (41, 12345678)]
+    for name in names:
+        catalog.record_backup(_record("alpha", name))
+    env = {"COLUMNS": "80"}
+
+    listed = run([JACO, "backup", "ls", "--store", str(tmp_path)], env=env)
+    assert listed.code == 0, listed.err
+    rows = [line for line in listed.out.splitlines() if ".tar.gz.age" in line]
+    assert sorted(line.split()[0] for line in rows) == sorted(names), listed.out
+    assert "…" not in listed.out, listed.out
+
+    shown = run([JACO, "backup", "describe", names[1], "--store", str(tmp_path)], env=env)
+    assert shown.code == 0, shown.err
+    assert "…" not in shown.out, shown.out
+    for digest in ("0" * 64, "1" * 64, "2" * 64, "3" * 64):
+        assert digest in shown.out, shown.out
