@@ -154,6 +154,8 @@ def main() -> None:
         try:
             with prefect_server.using(server):
                 code = demonstrate(root, cluster, server, serving, config, env, metrics)
+                if code == 0:
+                    say(where_to_look(server.ui, metrics, kept=args.keep))
             if args.keep and code == 0:
                 keep_running(root, cluster, s3, server, serving, config, env, metrics)
                 return
@@ -162,8 +164,7 @@ def main() -> None:
                 stop(serving)
                 server.stop()
     if code == 0:
-        say(f"\nAll done in {time.monotonic() - begun:.0f}s; everything is stopped. "
-            "`python -m infra.demo --keep` leaves it running to explore.")  # fmt: skip
+        say(f"\nAll done in {time.monotonic() - begun:.0f}s; everything is stopped.")
     sys.exit(code)
 
 
@@ -187,14 +188,25 @@ def demonstrate(
         say(f"\nThe demo FAILED: {failed.name}: {failed.state.message if failed.state else ''}")
         say(f"(logs: {root / 'serve.log'}, {server.log})")
         return 1
-    say(f"""
-In the Prefect UI ({server.ui}):
+    return 0
+
+
+def where_to_look(ui: str, metrics: int, kept: bool) -> str:
+    """What the Prefect UI and the metrics show. Their addresses only while they run: without
+    --keep the demo stops them as soon as this is printed."""
+    shows = """
   Deployments — backup-demo (hourly), weekly-drill-demo, drill-demo (Run → Quick run or
     Custom run), retention-demo, jaco-watchdog (every 5 minutes)
   Runs — the backup and the drill just run; open one, then its Artifacts tab for the report
-    and the tables rendered from the catalog (jaco-backups-demo, jaco-drills-demo)
-Metrics: http://127.0.0.1:{metrics}/metrics (jaco_backup_last_verified_timestamp_seconds, ...)""")
-    return 0
+    and the tables rendered from the catalog (jaco-backups-demo, jaco-drills-demo)"""
+    if not kept:
+        return f"""
+With --keep (`python -m infra.demo --keep`) everything stays running, and the Prefect UI
+shows:{shows}
+and the metrics endpoint serves jaco_backup_last_verified_timestamp_seconds, ..."""
+    return f"""
+In the Prefect UI ({ui}):{shows}
+Metrics: http://127.0.0.1:{metrics}/metrics (jaco_backup_last_verified_timestamp_seconds, ...)"""
 
 
 def drill_summary(config: Path, env: dict[str, str]) -> str:

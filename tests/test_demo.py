@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from infra.localcluster import free_port
@@ -44,6 +45,9 @@ def test_the_demo_runs_the_deployments_and_ends_cleanly(tmp_path: Path) -> None:
     assert "drill-restore/drill-demo: Completed" in text
     assert re.search(r"Restore drill of demo: PASSED in a (docker|bwrap) sandbox", text)
     assert "Deployments — backup-demo" in text
+    summary = text[text.index("Restore drill of demo") :]
+    assert "With --keep" in summary
+    assert "127.0.0.1:" not in summary, "an address printed after which the demo stops it"
     last, exited = lines[-2], lines[-1]
     assert last[1].startswith("All done in") and exited[0] - last[0] < 10
     leftovers = subprocess.run(
@@ -59,6 +63,14 @@ def test_keep_prints_commands_that_work_and_stop_ends_it_all(tmp_path: Path) -> 
     assert code == 0 and stderr == "", (text[-2000:], stderr[-2000:])
     pids = json.loads((root / "pids.json").read_text())
     try:
+        ui = re.search(r"In the Prefect UI \((http://127\.0\.0\.1:\d+)", text)
+        assert ui, text[-2000:]
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(ui[1]) as page:
+            assert page.status == 200
+        metrics = re.search(r"Metrics: (http://\S+)", text)
+        assert metrics, text[-2000:]
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(metrics[1]) as got:
+            assert b"jaco_backup_last_verified_timestamp_seconds" in got.read()
         commands = [line.strip() for line in text.splitlines() if line.startswith("  ")]
         export = next(c for c in commands if c.startswith("export "))
         for command in [c for c in commands if "/jaco " in c or c.startswith("curl")]:
