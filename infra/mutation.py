@@ -2254,6 +2254,41 @@ MUTATIONS: list[Mutation] = [
         "    for line in []:",
         k("tests/test_cli_input.py", "hint_then_the_warning"),
     ),
+    m(
+        "cli: tables cut to the terminal's width, or 80 columns in a pipe, with '…' (stop 49)",
+        "jaco/cli/common.py",
+        "    out.print(Segments([segment for line in lines for segment in line]), soft_wrap=True)",
+        "    out.print(shown)",
+        k("tests/unit/test_backup_ls.py", "pipe"),
+    ),
+    m(
+        "archive: a damaged gzip stream refused in gzip's and zlib's words (stop 49)",
+        "jaco/archive/format.py",
+        "    said = str(exc)\n    if isinstance(exc, TarFormatError):",
+        "    said = str(exc)\n    if True:",
+        "tests/unit/test_archive_messages.py",
+    ),
+    m(
+        "archive: data after a gzip stream said to be no gzip file at all (stop 49)",
+        "jaco/archive/format.py",
+        'return "data that is not gzip follows its gzip stream" if gzip_at_start else (',
+        'return "it is not a gzip file" if gzip_at_start else (',
+        "tests/unit/test_archive_messages.py",
+    ),
+    m(
+        "archive: the decrypter's plaintext cannot be peeked at (stop 49)",
+        "jaco/archive/encrypted.py",
+        "    def peek(self, n: int = 1) -> bytes:",
+        "    def _peek(self, n: int = 1) -> bytes:",
+        k("tests/test_restore_encrypted.py", "zipfile"),
+    ),
+    m(
+        "demo: the UI's and the metrics' addresses printed, then stopped (stop 49)",
+        "infra/demo.py",
+        "say(where_to_look(server.ui, metrics, kept=args.keep))",
+        "say(where_to_look(server.ui, metrics, kept=True))",
+        k("tests/test_demo.py", "ends_cleanly"),
+    ),
 ]
 
 
