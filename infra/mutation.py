@@ -2289,6 +2289,13 @@ MUTATIONS: list[Mutation] = [
         "say(where_to_look(server.ui, metrics, kept=True))",
         k("tests/test_demo.py", "ends_cleanly"),
     ),
+    m(
+        "etcd: a Status past its deadline asked again, its wait added (stop 49)",
+        "jaco/model/etcd.py",
+        "if deadline and method is not self._maintenance.Status and",
+        "if deadline and True and",
+        "tests/unit/test_etcd_deadline.py",
+    ),
 ]
 
 

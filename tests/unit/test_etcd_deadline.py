@@ -1,0 +1,102 @@
+"""What jacod's etcd client does when a request outlives its deadline.
+
+It asks the member's own status: a member that answers but knows no leader is cut off from
+its quorum, and the one line says so (stop 48). After a Status call's own deadline it asks
+nothing more: the same question again could only add its wait, to readiness polls above all
+(EtcdMember.answers polls Status while etcd starts). A real gRPC server speaks etcd's
+Maintenance and KV services on a unix socket and counts what it is asked: a member that holds
+back one answer and not another cannot be made of a real etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from aetcd import rpc
+
+from jaco.errors import Unavailable
+from jaco.model.etcd import Etcd
+
+
+class Member:
+    """Range never answers; Status answers with `leader` (None: never answers)."""
+
+    def __init__(self, leader: int | None) -> None:
+        self.leader = leader
+        self.asked: Counter[str] = Counter()
+
+    async def status(self, request: Any, context: Any) -> Any:
+        self.asked["Status"] += 1
+        if self.leader is None:
+            await asyncio.sleep(60)
+        return rpc.StatusResponse(leader=self.leader or 0)
+
+    async def range(self, request: Any, context: Any) -> Any:
+        self.asked["Range"] += 1
+        await asyncio.sleep(60)
+        return rpc.RangeResponse()
+
+    def handlers(self) -> list[Any]:
+        def unary(fn: Any, request: Any, response: Any) -> Any:
+            return grpc.unary_unary_rpc_method_handler(
+                fn,
+                request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString,
+            )
+
+        return [
+            grpc.method_handlers_generic_handler(
+                "etcdserverpb.Maintenance",
+                {"Status": unary(self.status, rpc.StatusRequest, rpc.StatusResponse)},
+            ),
+            grpc.method_handlers_generic_handler(
+                "etcdserverpb.KV",
+                {"Range": unary(self.range, rpc.RangeRequest, rpc.RangeResponse)},
+            ),
+        ]
+
+
+async def _asking(tmp_path: Path, member: Member, ask: Any) -> str:
+    socket = tmp_path / "etcd.sock"
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(member.handlers())
+    server.add_insecure_port(f"unix:{socket}")
+    await server.start()
+    etcd = Etcd(socket, timeout=0.3)
+    try:
+        with pytest.raises(Unavailable) as refused:
+            await ask(etcd)
+        return str(refused.value)
+    finally:
+        await etcd.close()
+        await server.stop(None)
+
+
+def test_a_read_past_its_deadline_on_a_member_without_a_leader_says_no_quorum(
+    tmp_path: Path,
+) -> None:
+    member = Member(leader=0)
+    said = asyncio.run(_asking(tmp_path, member, lambda etcd: etcd.get("/jaco/v1/x")))
+    assert said.startswith("this node's etcd member reaches no quorum (it knows no leader)"), said
+    assert member.asked == Counter(Range=1, Status=1)
+
+
+def test_a_read_past_its_deadline_on_a_member_with_a_leader_is_not_called_no_quorum(
+    tmp_path: Path,
+) -> None:
+    member = Member(leader=7)
+    said = asyncio.run(_asking(tmp_path, member, lambda etcd: etcd.get("/jaco/v1/x")))
+    assert "quorum" not in said, said
+    assert member.asked == Counter(Range=1, Status=1)
+
+
+def test_a_status_past_its_deadline_is_not_asked_again(tmp_path: Path) -> None:
+    member = Member(leader=None)
+    said = asyncio.run(_asking(tmp_path, member, lambda etcd: etcd.status()))
+    assert "quorum" not in said, said
+    assert member.asked == Counter(Status=1)
