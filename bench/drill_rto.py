@@ -118,7 +118,7 @@ def _restore_side(tree: Path, archive: Path, work: Path, token: str) -> dict[str
 
 def _rounds(sides: dict[str, Any], runs: dict[str, list[dict[str, Any]]], repeat: int) -> None:
     for round_, label in turning(list(sides), repeat):
-        settled()  # every side cold (bench.run.cold)
+        settled()  # every side cold, as in bench.run's restore to READY and drill
         got = sides[label]()
         runs[label].append(got)
         shown = ", ".join(f"{k} {v:.2f}" for k, v in got.items() if isinstance(v, float))

@@ -76,10 +76,9 @@ def settled(*outputs: Path) -> None:
 
 
 def cold(side: Callable[[], dict]) -> Callable[[], dict]:
-    """`side`, each time after SETTLE seconds: restore to READY, its reference and the drill
-    (each removes what it wrote) start on memory this VM has taken back, as a restore on a
-    recovery host and a scheduled drill do, not on the pages the side before them just freed
-    (stop 49; before, restore to READY took 7.1 to 12.1 s for the same restore)."""
+    """`side`, each time after SETTLE seconds: restore to READY and its reference (each
+    removes what it wrote) start on memory this VM has taken back, as a restore on a recovery
+    host does, not on the pages the side before them just freed."""
 
     def run() -> dict:
         settled()
@@ -198,8 +197,8 @@ def alternating(n: int, ours: Callable[[], dict], ref: Callable[[], dict]) -> tu
     rounds, jaco first in odd ones. This VM charges the first writer of memory it has not
     touched lately (docs/benchmarks.md, stop 30), so whichever runs second finds the pages
     the first just freed; in a fixed order one side always did. Use an even `n` (or 3). The
-    backup and its reference also wait SETTLE seconds after removing their last output, so
-    that neither writes into pages just freed (stop 47)."""
+    backup, restore to READY and their references also wait SETTLE seconds after removing
+    their last output (`settled`, `cold`), so that none writes into pages just freed."""
     runs: dict[str, list[dict]] = {"ours": [], "ref": []}
     for round_ in range(n):
         order = [("ref", ref), ("ours", ours)]
@@ -654,7 +653,7 @@ def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> d
                 "timeout_seconds": 1800,
             }
         }
-        settled()  # cold, as restore to READY, its denominator, is (stop 49)
+        settled()  # cold, as restore to READY, its denominator, is (`cold`)
         rows["drill"] = stage("drill", drill_args, env, work)
         print(
             f"   drill: RTO {rows['drill']['rto_seconds']:.2f}s, flow "

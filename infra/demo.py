@@ -155,7 +155,7 @@ def main() -> None:
             with prefect_server.using(server):
                 code = demonstrate(root, cluster, server, serving, config, env, metrics)
                 if code == 0:
-                    say(where_to_look(server.ui, metrics, kept=args.keep))
+                    say(where_to_look(kept=args.keep))
             if args.keep and code == 0:
                 keep_running(root, cluster, s3, server, serving, config, env, metrics)
                 return
@@ -191,22 +191,20 @@ def demonstrate(
     return 0
 
 
-def where_to_look(ui: str, metrics: int, kept: bool) -> str:
-    """What the Prefect UI and the metrics show. Their addresses only while they run: without
-    --keep the demo stops them as soon as this is printed."""
+def where_to_look(kept: bool) -> str:
+    """What the Prefect UI and the metrics show; their addresses only with --keep, below
+    (without it the demo stops them as soon as this is printed)."""
     shows = """
   Deployments — backup-demo (hourly), weekly-drill-demo, drill-demo (Run → Quick run or
     Custom run), retention-demo, jaco-watchdog (every 5 minutes)
   Runs — the backup and the drill just run; open one, then its Artifacts tab for the report
-    and the tables rendered from the catalog (jaco-backups-demo, jaco-drills-demo)"""
-    if not kept:
-        return f"""
-With --keep (`python -m infra.demo --keep`) everything stays running, and the Prefect UI
-shows:{shows}
+    and the tables rendered from the catalog (jaco-backups-demo, jaco-drills-demo)
 and the metrics endpoint serves jaco_backup_last_verified_timestamp_seconds, ..."""
+    if kept:
+        return f"\nIn the Prefect UI (its address below):{shows}"
     return f"""
-In the Prefect UI ({ui}):{shows}
-Metrics: http://127.0.0.1:{metrics}/metrics (jaco_backup_last_verified_timestamp_seconds, ...)"""
+With --keep (`python -m infra.demo --keep`) everything stays running, and the Prefect UI
+shows:{shows}"""
 
 
 def drill_summary(config: Path, env: dict[str, str]) -> str:

@@ -2271,8 +2271,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "archive: data after a gzip stream said to be no gzip file at all (stop 49)",
         "jaco/archive/format.py",
-        'return "data that is not gzip follows its gzip stream" if gzip_at_start else (',
-        'return "it is not a gzip file" if gzip_at_start else (',
+        'return "data that is not gzip follows its gzip stream"  # it began as gzip',
+        'return "it is not a gzip file"',
         "tests/unit/test_archive_messages.py",
     ),
     m(
@@ -2285,8 +2285,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "demo: the UI's and the metrics' addresses printed, then stopped (stop 49)",
         "infra/demo.py",
-        "say(where_to_look(server.ui, metrics, kept=args.keep))",
-        "say(where_to_look(server.ui, metrics, kept=True))",
+        "say(where_to_look(kept=args.keep))",
+        'say(where_to_look(kept=args.keep) + f"\\nthe Prefect UI: {server.ui}")',
         k("tests/test_demo.py", "ends_cleanly"),
     ),
     m(
@@ -2295,6 +2295,13 @@ MUTATIONS: list[Mutation] = [
         "if deadline and method is not self._maintenance.Status and",
         "if deadline and True and",
         "tests/unit/test_etcd_deadline.py",
+    ),
+    m(
+        "cli: a table's title wider than the table cut to the terminal (stop 49, review)",
+        "jaco/cli/common.py",
+        'for part in (shown, shown.title or "")',
+        "for part in (shown,)",
+        "tests/unit/test_print_table.py",
     ),
 ]
 

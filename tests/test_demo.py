@@ -63,14 +63,10 @@ def test_keep_prints_commands_that_work_and_stop_ends_it_all(tmp_path: Path) -> 
     assert code == 0 and stderr == "", (text[-2000:], stderr[-2000:])
     pids = json.loads((root / "pids.json").read_text())
     try:
-        ui = re.search(r"In the Prefect UI \((http://127\.0\.0\.1:\d+)", text)
+        ui = re.search(r"the Prefect UI\s+at (http://127\.0\.0\.1:\d+)", text)
         assert ui, text[-2000:]
         with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(ui[1]) as page:
-            assert page.status == 200
-        metrics = re.search(r"Metrics: (http://\S+)", text)
-        assert metrics, text[-2000:]
-        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(metrics[1]) as got:
-            assert b"jaco_backup_last_verified_timestamp_seconds" in got.read()
+            assert page.status == 200  # the metrics: the curl command below
         commands = [line.strip() for line in text.splitlines() if line.startswith("  ")]
         export = next(c for c in commands if c.startswith("export "))
         for command in [c for c in commands if "/jaco " in c or c.startswith("curl")]:

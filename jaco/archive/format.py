@@ -31,7 +31,7 @@ from typing import IO, cast
 from isal import igzip_threaded, isal_zlib
 
 from jaco.archive.bolt import ETCD_TRAILER, SnapshotFileError, check_head
-from jaco.archive.deflate import GzipWriter
+from jaco.archive.deflate import HEADER, GzipWriter
 from jaco.archive.meta import MAX_META_BYTES, MAX_SNAPSHOT_BYTES, BackupMeta
 from jaco.archive.ustar import TarFormatError, TarReader
 from jaco.errors import ArchiveError, InvalidArgument, JacoError
@@ -41,6 +41,16 @@ from jaco.streams import CHUNK, BlockSha256, Bounded, ChunkReader, HashingReader
 LOOK_AHEAD = 64 * CHUNK
 META_NAME = "meta.json"
 SNAPSHOT_NAME = "snapshot.bin"
+
+
+GZIP_SAYS = (  # what gzip and igzip say, and what it means to an operator
+    # cut short, or a few bytes appended: too few for a second member's header
+    ("Compressed file ended before", "its gzip stream is cut short, or bytes were added after it"),
+    ("CRC check failed", "its content does not match the CRC that gzip recorded"),
+    ("Incorrect length of data", "its length does not match the length that gzip recorded"),
+    ("Corrupted gzip header", "its gzip header is damaged"),
+    ("Unknown compression method", "its gzip header names an unknown compression method"),
+)
 
 
 def _gzip_open(raw: IO[bytes], mode: str = "wb") -> IO[bytes]:
@@ -184,7 +194,7 @@ def read_archive_stream(
 ) -> BackupMeta:
     """`read_archive` for a stream (e.g. a pipe from a decrypter); returns the verified meta."""
     peek = getattr(raw, "peek", None)  # files and pipes; a gzip stream's first bytes
-    head = peek(2)[:2] if peek is not None else None
+    gzip_at_start = _starts_as_gzip(peek(2)[:2] if peek is not None else None)
     try:
         with _gzip_open(raw, "rb") as gz:
             try:
@@ -198,37 +208,35 @@ def read_archive_stream(
             _drain_padding(gz)  # reaching gzip's end checks its CRC and length
         return meta
     except (EOFError, zlib.error, isal_zlib.error, gzip.BadGzipFile, TarFormatError) as exc:  # type: ignore[misc]
-        reason = plain_reason(exc, None if head is None else GZIP_MAGIC.startswith(head))
+        reason = plain_reason(exc, gzip_at_start)
         raise ArchiveError(f"{name} is corrupt or truncated: {reason}") from None
 
 
-GZIP_SAYS = (  # what gzip and igzip say, and what it means to an operator
-    ("Compressed file ended before", "it ends before its compressed stream does"),
-    ("CRC check failed", "its content does not match the CRC that gzip recorded"),
-    ("Incorrect length of data", "its length does not match the length that gzip recorded"),
-    ("Corrupted gzip header", "its gzip header is damaged"),
-    ("Unknown compression method", "its gzip header names an unknown compression method"),
-)
-
-
-GZIP_MAGIC = b"\x1f\x8b"
+def _starts_as_gzip(head: bytes | None) -> bool | None:
+    """Whether a stream's first bytes are gzip's; None when they do not tell (not peeked at,
+    none, or only a first byte that gzip's could be)."""
+    if not head:
+        return None
+    if not HEADER.startswith(head):
+        return False
+    return True if len(head) == 2 else None
 
 
 def plain_reason(exc: BaseException, gzip_at_start: bool | None = None) -> str:
     """Why an archive's gzip or tar stream was refused, in an operator's words: gzip's and
     zlib's own messages are Python's and zlib's ("Not a gzipped file (b'PK')", "Error -3
     Invalid lookback distance found"), and bytes appended to a backup read as a second gzip
-    member that is not one. `gzip_at_start`: the stream began as gzip does (None: not known,
-    the stream could not be peeked at)."""
+    member (igzip reads ahead, so where the error came up does not tell which).
+    `gzip_at_start`: the stream began as gzip does (None: not known)."""
     said = str(exc)
     if isinstance(exc, TarFormatError):
         return said  # jaco.archive.ustar's own words
-    if isinstance(exc, gzip.BadGzipFile) and said.startswith("Not a gzipped file"):
+    if gzip_at_start is False:
+        return "it is not a gzip file"  # whatever gzip made of it, a few bytes or many
+    if said.startswith("Not a gzipped file"):
         if gzip_at_start is None:
             return "it holds data that is not gzip"
-        return "data that is not gzip follows its gzip stream" if gzip_at_start else (
-            "it is not a gzip file"
-        )  # fmt: skip
+        return "data that is not gzip follows its gzip stream"  # it began as gzip
     if isinstance(exc, EOFError) and said == "unexpected end of data":  # TarReader's
         return "it ends before the archive does"
     for says, means in GZIP_SAYS:

@@ -95,8 +95,12 @@ def print_table(shown: Table) -> None:
     from rich.measure import Measurement
     from rich.segment import Segments
 
-    natural = Measurement.get(out, out.options.update(width=1 << 16), shown).maximum
-    options = out.options.update(width=max(natural, out.width))
+    unbounded = out.options.update(width=1 << 16)
+    natural = max(
+        Measurement.get(out, unbounded, part).maximum for part in (shown, shown.title or "")
+    )
+    # no_wrap: a title wider than the table stays one line (rich wraps it to the table's width)
+    options = out.options.update(width=max(natural, out.width), no_wrap=True, overflow="ignore")
     lines = out.render_lines(shown, options, pad=False, new_lines=True)
     out.print(Segments([segment for line in lines for segment in line]), soft_wrap=True)
 

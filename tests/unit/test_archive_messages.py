@@ -21,7 +21,7 @@ from jaco.errors import ArchiveError
 
 PLAIN = {
     "it is not a gzip file",
-    "it ends before its compressed stream does",
+    "its gzip stream is cut short, or bytes were added after it",
     "it ends before the archive does",
     "its content does not match the CRC that gzip recorded",
     "its length does not match the length that gzip recorded",
@@ -68,7 +68,10 @@ def _flip(data: bytes, at: int, mask: int = 0x01) -> bytes:
     ("damage", "reason"),
     [
         (b"PK\x03\x04" + b"x" * 5000, "it is not a gzip file"),
-        (GOOD[: len(GOOD) // 2], "it ends before its compressed stream does"),
+        (GOOD[: len(GOOD) // 2], "its gzip stream is cut short, or bytes were added after it"),
+        (GOOD + b"junk", "its gzip stream is cut short, or bytes were added after it"),
+        (b"Not Found", "it is not a gzip file"),  # what a web server said, saved as the backup
+        (b"x", "it is not a gzip file"),
         (_flip(GOOD, len(GOOD) - 8), "its content does not match the CRC that gzip recorded"),
         (_flip(GOOD, len(GOOD) - 4), "its length does not match the length that gzip recorded"),
         (GOOD + b"junk" * 100, "data that is not gzip follows its gzip stream"),
@@ -80,6 +83,9 @@ def _flip(data: bytes, at: int, mask: int = 0x01) -> bytes:
     ids=[
         "not gzip",
         "cut",
+        "4 bytes appended",
+        "9 bytes",
+        "1 byte",
         "crc",
         "length",
         "appended",
@@ -101,7 +107,7 @@ def test_a_stream_that_cannot_be_peeked_at_is_not_guessed_about() -> None:
 
 
 def test_no_flipped_byte_is_reported_in_gzip_or_zlib_words() -> None:
-    """Every byte of the compressed stream's first 2000 flipped in turn: each refusal is one
+    """Every third byte of the compressed stream's first 2000 flipped in turn: each refusal is one
     of the plain reasons, and inflate's own errors ("Error -3 Invalid lookback distance
     found") come out as damaged data with zlib's detail in lower case."""
     reasons = set()

@@ -67,8 +67,9 @@ async def _asking(tmp_path: Path, member: Member, ask: Any) -> str:
     server.add_generic_rpc_handlers(member.handlers())
     server.add_insecure_port(f"unix:{socket}")
     await server.start()
-    etcd = Etcd(socket, timeout=0.3)
+    etcd = Etcd(socket, timeout=1.0)
     try:
+        await etcd._channel.channel_ready()  # the deadline is the request's, not the connect's
         with pytest.raises(Unavailable) as refused:
             await ask(etcd)
         return str(refused.value)
