@@ -2303,6 +2303,13 @@ MUTATIONS: list[Mutation] = [
         "for part in (shown,)",
         "tests/unit/test_print_table.py",
     ),
+    m(
+        "decrypt: the plaintext read 8 MiB at a time, each copied to the hash's queue (stop 49)",
+        "jaco/archive/encrypted.py",
+        "n = self._raw.readinto(memoryview(buffer)[:CHUNK])",
+        "n = self._raw.readinto(buffer)",
+        k("tests/unit/test_decrypter.py", "chunk"),
+    ),
 ]
 
 

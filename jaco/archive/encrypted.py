@@ -56,7 +56,9 @@ class _Plaintext:
         self._started = time.monotonic()
 
     def readinto(self, buffer: memoryview) -> int:
-        n = self._raw.readinto(buffer)
+        # At most a CHUNK: igzip asks for 8 MiB, and each block read is copied to the hash's
+        # queue of four (32 MiB of a verify's peak, where 4 do).
+        n = self._raw.readinto(memoryview(buffer)[:CHUNK])
         if not n:
             if not self._found.seconds:
                 self._found.seconds = time.monotonic() - self._started
@@ -73,8 +75,11 @@ class _Plaintext:
         return self._raw.peek(n)
 
     def read(self, n: int = -1) -> bytes:
-        block = bytearray(CHUNK if n < 0 else n)
-        got = self.readinto(memoryview(block))
+        """`n` bytes (-1: a CHUNK), fewer only at the plaintext's end."""
+        block = memoryview(bytearray(CHUNK if n < 0 else n))
+        got = 0
+        while got < len(block) and (more := self.readinto(block[got:])):
+            got += more
         return bytes(block[:got])
 
     def finish(self) -> None:

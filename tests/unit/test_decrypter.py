@@ -334,3 +334,24 @@ def test_a_part_with_nothing_left_reads_nothing() -> None:
             assert spliced(Bounded(never_written, 0), out.fileno()) == 0  # no wait for a byte
             out.close()
             assert moved.read() == b""
+
+
+def test_a_read_of_the_plaintext_hands_at_most_a_chunk_to_the_hash(tmp_path: Path) -> None:
+    """igzip reads the plaintext 8 MiB at a time, and each block read is copied to the hash's
+    queue of four: verify's read of a 2 GiB backup peaked 38 MiB above the flow process's
+    memory, 12 MiB with a block of a MiB at most (docs/benchmarks.md, stop 49)."""
+    from jaco.streams import CHUNK
+
+    data = os.urandom(10 * CHUNK + 5)
+    identity = pyrage.x25519.Identity.generate()
+    path = tmp_path / "big.age"
+    path.write_bytes(pyrage.encrypt(data, [identity.to_public()]))
+    identities = Identities("the test identity")
+    identities.append(identity)
+    sizes = []
+    buffer = memoryview(bytearray(8 * CHUNK))
+    with decrypting(path, identities) as (plain, found):
+        while n := plain.readinto(buffer):  # type: ignore[attr-defined]
+            sizes.append(n)
+    assert sum(sizes) == len(data) and max(sizes) <= CHUNK, sizes
+    assert found.plaintext_sha256 == hashlib.sha256(data).hexdigest()
