@@ -64,8 +64,8 @@ SNAPSHOT_ROUNDS = 3
 # again; a side that started at once would write into the pages the side before it had just
 # freed (its output file, jacod's scratch copy), warm, and which side found how many decided
 # a second or more at 2 GiB (docs/benchmarks.md, stop 47). Settled, every side starts cold, as
-# a scheduled backup does.
-SETTLE = 5.0
+# a scheduled backup does. JACO_BENCH_SETTLE=0 measures the old way (warm), for comparison.
+SETTLE = float(os.environ.get("JACO_BENCH_SETTLE", "5"))
 
 
 def settled(*outputs: Path) -> None:

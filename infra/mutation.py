@@ -2306,9 +2306,16 @@ MUTATIONS: list[Mutation] = [
     m(
         "decrypt: the plaintext read 8 MiB at a time, each copied to the hash's queue (stop 49)",
         "jaco/archive/encrypted.py",
-        "n = self._raw.readinto(memoryview(buffer)[:CHUNK])",
-        "n = self._raw.readinto(buffer)",
+        'view = memoryview(buffer).cast("B")[:CHUNK]',
+        'view = memoryview(buffer).cast("B")',
         k("tests/unit/test_decrypter.py", "chunk"),
+    ),
+    m(
+        "decrypt: a read into a view of wider items cut and hashed by items (stop 49, review)",
+        "jaco/archive/encrypted.py",
+        'view = memoryview(buffer).cast("B")[:CHUNK]',
+        "view = memoryview(buffer)[:CHUNK]",
+        k("tests/unit/test_decrypter.py", "wider"),
     ),
 ]
 

@@ -56,17 +56,21 @@ class _Plaintext:
         self._started = time.monotonic()
 
     def readinto(self, buffer: memoryview) -> int:
-        # At most a CHUNK: igzip asks for 8 MiB, and each block read is copied to the hash's
-        # queue of four (32 MiB of a verify's peak, where 4 do).
-        n = self._raw.readinto(memoryview(buffer)[:CHUNK])
+        # At most a CHUNK: igzip asks for 8 MiB, and the hash's queue holds four copies of
+        # what each read returned (up to 32 MiB of 8 MiB copies). Counted in bytes, whatever
+        # the caller's view is of.
+        view = memoryview(buffer).cast("B")[:CHUNK]
+        if not view:
+            return 0  # asked for nothing: not the plaintext's end
+        n = self._raw.readinto(view)
         if not n:
             if not self._found.seconds:
                 self._found.seconds = time.monotonic() - self._started
             return 0
         if self._sha is not None:
-            self._sha.update(bytes(buffer[:n]))
+            self._sha.update(bytes(view[:n]))
         if self._copy is not None:
-            self._copy.write(buffer[:n])
+            self._copy.write(view[:n])
         self._found.plaintext_size += n
         return n
 

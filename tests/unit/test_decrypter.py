@@ -355,3 +355,20 @@ def test_a_read_of_the_plaintext_hands_at_most_a_chunk_to_the_hash(tmp_path: Pat
             sizes.append(n)
     assert sum(sizes) == len(data) and max(sizes) <= CHUNK, sizes
     assert found.plaintext_sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_read_into_a_view_of_wider_items_is_counted_in_bytes(
+    sealed: tuple[Path, Identities],
+) -> None:
+    """readinto returns bytes; a view of 4-byte items, cut and hashed by items, hashed and
+    kept the wrong bytes. An empty view is not the plaintext's end."""
+    path, identities = sealed
+    got = bytearray()
+    with decrypting(path, identities) as (plain, found):
+        assert plain.readinto(memoryview(bytearray())) == 0  # type: ignore[attr-defined]
+        assert not found.seconds
+        buffer = memoryview(bytearray(64 * 1024)).cast("I")
+        while n := plain.readinto(buffer):  # type: ignore[attr-defined]
+            got += buffer.cast("B")[:n]
+    assert bytes(got) == DATA
+    assert found.plaintext_sha256 == hashlib.sha256(DATA).hexdigest()
