@@ -2257,8 +2257,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "cli: tables cut to the terminal's width, or 80 columns in a pipe, with '…' (stop 49)",
         "jaco/cli/common.py",
-        "    out.print(Segments([segment for line in lines for segment in line]), soft_wrap=True)",
-        "    out.print(shown)",
+        "out.print(Segments([segment for line in lines for segment in line]))",
+        "out.print(shown)",
         k("tests/unit/test_backup_ls.py", "pipe"),
     ),
     m(

@@ -208,7 +208,7 @@ def read_archive_stream(
             _drain_padding(gz)  # reaching gzip's end checks its CRC and length
         return meta
     except (EOFError, zlib.error, isal_zlib.error, gzip.BadGzipFile, TarFormatError) as exc:  # type: ignore[misc]
-        reason = plain_reason(exc, gzip_at_start)
+        reason = _plain_reason(exc, gzip_at_start)
         raise ArchiveError(f"{name} is corrupt or truncated: {reason}") from None
 
 
@@ -222,7 +222,7 @@ def _starts_as_gzip(head: bytes | None) -> bool | None:
     return True if len(head) == 2 else None
 
 
-def plain_reason(exc: BaseException, gzip_at_start: bool | None = None) -> str:
+def _plain_reason(exc: BaseException, gzip_at_start: bool | None = None) -> str:
     """Why an archive's gzip or tar stream was refused, in an operator's words: gzip's and
     zlib's own messages are Python's and zlib's ("Not a gzipped file (b'PK')", "Error -3
     Invalid lookback distance found"), and bytes appended to a backup read as a second gzip

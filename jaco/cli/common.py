@@ -102,7 +102,7 @@ def print_table(shown: Table) -> None:
     # no_wrap: a title wider than the table stays one line (rich wraps it to the table's width)
     options = out.options.update(width=max(natural, out.width), no_wrap=True, overflow="ignore")
     lines = out.render_lines(shown, options, pad=False, new_lines=True)
-    out.print(Segments([segment for line in lines for segment in line]), soft_wrap=True)
+    out.print(Segments([segment for line in lines for segment in line]))  # `out` soft-wraps
 
 
 def check_range(flag: str, value: float, low: float, high: float, unit: str = "") -> None:
