@@ -16,7 +16,7 @@ import tarfile
 
 import pytest
 
-from jaco.archive.format import read_archive_stream
+from jaco.archive.format import _starts_as_gzip, read_archive_stream
 from jaco.errors import ArchiveError
 
 PLAIN = {
@@ -97,6 +97,24 @@ def _flip(data: bytes, at: int, mask: int = 0x01) -> bytes:
 )
 def test_each_damage_is_named_plainly(damage: bytes, reason: str) -> None:
     assert _reason(damage) == reason
+
+
+@pytest.mark.parametrize(
+    ("head", "starts"),
+    [
+        (None, None),
+        (b"", None),
+        (b"P", False),
+        (b"\x1f", None),
+        (b"\x1f\x8b", True),
+        (b"\x1fx", False),
+    ],
+)
+def test_the_first_bytes_say_gzip_only_when_both_are_seen(
+    head: bytes | None, starts: bool | None
+) -> None:
+    """A pipe's peek may give one byte: a first byte gzip's could be tells nothing yet."""
+    assert _starts_as_gzip(head) is starts
 
 
 def test_a_stream_that_cannot_be_peeked_at_is_not_guessed_about() -> None:

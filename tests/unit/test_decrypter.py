@@ -46,14 +46,18 @@ def _read(pid: int, name: str) -> bytes:
         return b""
 
 
-@pytest.fixture
-def sealed(tmp_path: Path) -> tuple[Path, Identities]:
+def _seal(path: Path, data: bytes) -> tuple[Path, Identities]:
+    """`data` encrypted to a new identity at `path`, and that identity."""
     identity = pyrage.x25519.Identity.generate()
-    path = tmp_path / "data.age"
-    path.write_bytes(pyrage.encrypt(DATA, [identity.to_public()]))
+    path.write_bytes(pyrage.encrypt(data, [identity.to_public()]))
     identities = Identities("the test identity")
     identities.append(identity)
     return path, identities
+
+
+@pytest.fixture
+def sealed(tmp_path: Path) -> tuple[Path, Identities]:
+    return _seal(tmp_path / "data.age", DATA)
 
 
 def test_the_decrypter_is_a_process_that_never_sees_its_key_in_argv_or_env(
@@ -343,11 +347,7 @@ def test_a_read_of_the_plaintext_hands_at_most_a_chunk_to_the_hash(tmp_path: Pat
     from jaco.streams import CHUNK
 
     data = os.urandom(10 * CHUNK + 5)
-    identity = pyrage.x25519.Identity.generate()
-    path = tmp_path / "big.age"
-    path.write_bytes(pyrage.encrypt(data, [identity.to_public()]))
-    identities = Identities("the test identity")
-    identities.append(identity)
+    path, identities = _seal(tmp_path / "big.age", data)
     sizes = []
     buffer = memoryview(bytearray(8 * CHUNK))
     with decrypting(path, identities) as (plain, found):
