@@ -14,10 +14,10 @@ starting SETTLE seconds after the one before it ended, on cold memory (bench.run
 drill: its RTO and the checks that make it up, the CPU seconds of the flow's stage process as
 GNU time reports them (the bwrap sandbox's processes are not among them), the sandbox's (its
 agent's report: the agent and all it started; trees before stop 41 report none: nan), and
-SeaweedFS's. The goal
-(issue 16): RTO ≤ 1.3× restore to READY of its tree. A TREE is a worktree of another commit
-with jaco/_native*.so copied in (as for bench.node_ready). Results:
-bench/results/drill-rto-<time>.json.
+SeaweedFS's. The goal (issue 16): RTO ≤ 1.3× restore to READY of its tree. A TREE is a
+worktree of another commit with jaco/_native*.so copied in (as for bench.node_ready). Results:
+bench/results/drill-rto-<time>.json. With four sides (`--before`), use a multiple of four
+rounds: each side then takes each place once (round 1 is the slowest on this VM).
 """
 
 from __future__ import annotations
