@@ -2243,8 +2243,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "etcd: a deadline passed on a member without quorum said as 'not answering' (stop 48)",
         "jaco/model/etcd.py",
-        "method is not self._maintenance.Status and await self._leaderless():",
-        "method is not self._maintenance.Status and False:",
+        "and not asked_status and await self._leaderless():",
+        "and not asked_status and False:",
         k("tests/test_cluster.py", "without_quorum"),
     ),
     m(
@@ -2292,8 +2292,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "etcd: a Status past its deadline asked again, its wait added (stop 49)",
         "jaco/model/etcd.py",
-        "if deadline and method is not self._maintenance.Status and",
-        "if deadline and True and",
+        "asked_status = method is self._maintenance.Status",
+        "asked_status = False",
         "tests/unit/test_etcd_deadline.py",
     ),
     m(
@@ -2323,6 +2323,13 @@ MUTATIONS: list[Mutation] = [
         "    return True if len(head) == 2 else None",
         "    return True",
         k("tests/unit/test_archive_messages.py", "both_are_seen"),
+    ),
+    m(
+        "etcd: the member's own word for a passed deadline taken for etcd refusing (stop 50)",
+        "jaco/model/etcd_errors.py",
+        '        exc.details() == "context deadline exceeded"',
+        "        False",
+        k("tests/unit/test_etcd_deadline.py", "own_word"),
     ),
 ]
 

@@ -26,6 +26,7 @@ from jaco.model.etcd_errors import (
     TooLarge,
     member_add_error,
     no_quorum,
+    past_deadline,
     translate,
 )
 from jaco.model.etcd_keys import part_end, prefix_end, shared_prefix
@@ -133,8 +134,8 @@ class Etcd:
             # timed out" only to some). A member that still answers but knows no leader is
             # cut off from its quorum; say that, not "not answering". (Not after a Status of
             # its own: asking the same again could only add its wait, as in readiness polls.)
-            deadline = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            if deadline and method is not self._maintenance.Status and await self._leaderless():
+            asked_status = method is self._maintenance.Status
+            if past_deadline(exc) and not asked_status and await self._leaderless():
                 raise no_quorum("it knows no leader") from None
             raise translate(exc) from None
 
@@ -396,7 +397,7 @@ class Etcd:
         try:
             resp = await self._cluster.MemberAdd(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            if not past_deadline(exc):
                 raise member_add_error(exc, peer_url) from None
             # raft drops a conf change proposed while another one is pending (a promotion, a
             # join through another node) and etcd waits for it until the deadline; or it was

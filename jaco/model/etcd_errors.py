@@ -40,6 +40,16 @@ def no_quorum(detail: str) -> Unavailable:
     )
 
 
+def past_deadline(exc: Any) -> bool:
+    """Whether a call ended because its deadline passed: the client's, or the member's copy of
+    it (gRPC sends the deadline along). When the member's passes first, etcd 3.4 hands Go's
+    context error to gRPC as it is, which sends it in Go's words, as UNKNOWN: the words, not
+    the code, tell."""
+    return exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED or (
+        exc.details() == "context deadline exceeded"
+    )
+
+
 def translate(exc: Any) -> JacoError:  # an RpcError that is also a grpc.Call
     code = exc.code()
     detail = exc.details() or code.name
@@ -53,7 +63,7 @@ def translate(exc: Any) -> JacoError:  # an RpcError that is also a grpc.Call
     # gRPC's client says "Received…"; etcd's server, of a request too large, "received…"
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Received message larger than max" in detail:
         return TooLarge(f"etcd's answer is larger than this client accepts: {detail}")
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if code == grpc.StatusCode.UNAVAILABLE or past_deadline(exc):
         return Unavailable(f"the local etcd member is not answering: {detail}")
     return EtcdError(f"etcd: {detail}")
 
