@@ -1,6 +1,7 @@
 """Serve every jaco deployment for the clusters of one site configuration.
 
     python -m deployments.serve --config /etc/jaco/clusters.toml [--metrics-port 9464]
+        [--poll-seconds 10]
 
 For each cluster NAME: `backup-cluster/backup-NAME` (cron), `drill-restore/weekly-drill-NAME`
 (cron), `drill-restore/drill-NAME` (on demand: "Custom run" in the UI edits its parameters)
@@ -34,6 +35,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here")
     parser.add_argument("--metrics-address", default="127.0.0.1")
     parser.add_argument(
+        "--poll-seconds",
+        type=int,
+        help="ask the Prefect server for runs to start this often: a run asked for (an "
+        "on-demand drill, Quick run) starts within it (default: PREFECT_RUNNER_POLL_FREQUENCY, "
+        "Prefect's 10 s)",
+    )
+    parser.add_argument(
         "--replace",
         action="store_true",
         help="take over deployments of the same names registered on a work pool",
@@ -53,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"metrics on http://{args.metrics_address}:{args.metrics_port}/metrics", flush=True)
     from prefect import serve
 
-    serve(*[flow.to_deployment(**options) for flow, options in made])
+    polling = {"query_seconds": args.poll_seconds} if args.poll_seconds else {}
+    serve(*[flow.to_deployment(**options) for flow, options in made], **polling)
 
 
 if __name__ == "__main__":

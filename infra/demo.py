@@ -21,6 +21,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from infra.ports import free_port
 from infra.seaweed import SeaweedS3, running_seaweed
 
 BUCKET = "jaco-backups"
+POLL_SECONDS = 2  # the runs it asks for start within this (Prefect's default: 10 s)
 DEPLOYMENTS = [
     "backup-cluster/backup-demo",
     "drill-restore/weekly-drill-demo",
@@ -84,7 +87,7 @@ def serve(root: Path, config: Path, env: dict[str, str], metrics: int, keep: boo
     log = open(root / "serve.log", "wb")  # noqa: SIM115 - handed to the process
     process = subprocess.Popen(
         [sys.executable, "-m", "deployments.serve", "--config", str(config),
-         "--metrics-port", str(metrics)],
+         "--metrics-port", str(metrics), "--poll-seconds", str(POLL_SECONDS)],
         env={**os.environ, **env},
         stdout=log,
         stderr=log,
@@ -109,7 +112,7 @@ def run_through(name: str) -> Any:
 
     say(f"  running {name} ...")
     started = time.monotonic()
-    run = run_deployment(name, timeout=900)
+    run: Any = run_deployment(name, timeout=900, poll_interval=1)
     state = run.state
     say(f"  {name}: {state.name if state else '?'} in {time.monotonic() - started:.0f}s")
     return run
@@ -133,8 +136,9 @@ def main() -> None:
         shutil.rmtree(root)
     (root / "keys").mkdir(parents=True, mode=0o700)
     port = args.ui_port if port_free(args.ui_port) else free_port()
-    say("Starting a 3-node jaco cluster on 127.0.0.1 (init + 2 joins)...")
+    say("Starting a 3-node jaco cluster on 127.0.0.1 (init + 2 joins), and a Prefect server...")
     with (
+        prefect_beside(root / "prefect", port, keep=args.keep) as starting,
         cluster_of(root / "cluster", 3, outlive_parent=args.keep) as cluster,
         running_seaweed(root / "s3", keep=args.keep) as s3,
     ):
@@ -147,7 +151,7 @@ def main() -> None:
         recipient = age_keygen(root / "keys" / "verify.key")
         config = site_config(root, cluster, recipient)
         say(f"\nSeaweedFS S3 on {s3.endpoint}; Prefect server and UI on 127.0.0.1:{port} ...")
-        server = prefect_server.start(root / "prefect", port, ui=True, outlive_parent=args.keep)
+        server = starting.result()
         metrics = free_port()
         env = {**s3.env(), **server.env()}
         serving = serve(root, config, env, metrics, args.keep)
@@ -162,10 +166,22 @@ def main() -> None:
         finally:
             if not args.keep:
                 stop(serving)
-                server.stop()
     if code == 0:
         say(f"\nAll done in {time.monotonic() - begun:.0f}s; everything is stopped.")
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def prefect_beside(home: Path, port: int, keep: bool) -> Iterator[Future[Any]]:
+    """The Prefect server and its UI, started while the cluster starts: its new database's
+    migrations take most of its 15-20 s. Stopped on the way out, unless kept."""
+    with ThreadPoolExecutor(1) as pool:
+        starting = pool.submit(prefect_server.start, home, port, ui=True, outlive_parent=keep)
+        try:
+            yield starting
+        finally:
+            if not keep and starting.exception() is None:  # a start that failed stopped itself
+                starting.result().stop()
 
 
 def demonstrate(

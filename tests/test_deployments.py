@@ -52,7 +52,16 @@ def test_serve_registers_deployments_and_an_on_demand_drill_completes(
     # be registered on a work pool by a test that ran before on this server (test_work_pool,
     # test_fleet); served, it would be refused. That refusal is test_fleet's to check.
     serving = subprocess.Popen(
-        [sys.executable, "-m", "deployments.serve", "--config", str(config), "--replace"],
+        [
+            sys.executable,
+            "-m",
+            "deployments.serve",
+            "--config",
+            str(config),
+            "--replace",
+            "--poll-seconds",
+            "1",
+        ],  # fmt: skip
         env=env,
         stdout=log,
         stderr=log,
@@ -81,7 +90,9 @@ def test_serve_registers_deployments_and_an_on_demand_drill_completes(
         # "Custom run": parameters edited for this run only.
         params = {**on_demand.parameters["params"], "workdir": str(tmp_path / "drills")}
         started = time.monotonic()
-        run = run_deployment("drill-restore/drill-prod", parameters={"params": params}, timeout=600)
+        run = run_deployment(
+            "drill-restore/drill-prod", parameters={"params": params}, timeout=600, poll_interval=1
+        )
         assert run.state is not None and run.state.is_completed(), (
             run.state,
             _tail(log),

@@ -126,7 +126,9 @@ def test_one_process_serves_every_cluster_with_its_own_secrets(
     assert _deployment("backup-cluster/backup-alpha").work_pool_name == "fleet-pool"
 
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
-    serving = subprocess.Popen([*serve, "--replace"], env=env, stdout=log, stderr=log)
+    serving = subprocess.Popen(
+        [*serve, "--replace", "--poll-seconds", "1"], env=env, stdout=log, stderr=log
+    )
     try:
         before = wait_for(lambda: _scrape(port), 120, "the metrics endpoint")
         for name in NAMES:
@@ -141,7 +143,9 @@ def test_one_process_serves_every_cluster_with_its_own_secrets(
 
             def one(name: str) -> None:
                 try:
-                    states[name] = run_deployment(f"{prefix}-{name}", timeout=600).state
+                    states[name] = run_deployment(
+                        f"{prefix}-{name}", timeout=600, poll_interval=1
+                    ).state
                 except Exception as exc:  # noqa: BLE001 - reported by the assertion below
                     states[name] = exc
 
