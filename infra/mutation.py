@@ -2331,6 +2331,13 @@ MUTATIONS: list[Mutation] = [
         "        False",
         k("tests/unit/test_etcd_deadline.py", "own_word"),
     ),
+    m(
+        "client: a ping's answer awaited gRPC's minute, not the keepalive's 10 s (stop 50)",
+        "jaco/client/connection.py",
+        '                ("grpc.http2.ping_timeout_ms", KEEPALIVE_MS),',
+        "",
+        k("tests/test_pipeline.py", "silent_server"),
+    ),
 ]
 
 

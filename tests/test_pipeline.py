@@ -29,9 +29,11 @@ from flows.storage import open_store
 from infra.localcluster import Cluster, cluster_of
 from infra.seaweed import READ_ONLY, SeaweedS3, running_seaweed
 from jaco.client.connection import open_client
+from jaco.errors import Unavailable
 from jaco.v1 import jaco_pb2 as pb
 from tests.netfaults import FaultyProxy
 from tests.pipeline import BUCKET, age_keygen, flow_logs, params, task_runs
+from tests.refusal import refused
 
 
 @pytest.fixture(scope="module")
@@ -372,6 +374,26 @@ def test_leader_going_silent_is_detected_by_keepalive(env: dict[str, Any], tmp_p
     assert state.is_completed(), state.message
     assert elapsed < 200  # keepalive, not the 300 s call deadline, ended the silent call
     assert [r.run_count for r in _task_runs(state, "take-backup")] == [1]
+
+
+def test_a_silent_server_is_given_up_by_keepalive_not_by_the_backups_deadline(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    """A server gone silent mid-stream (no FIN, no RST): the channel's keepalive (a ping every
+    10 s, its answer awaited 10 s) ends the call long before the backup's deadline, here 60 s.
+    gRPC awaits a ping's answer for its own ping timeout too, a minute unless set: the deadline
+    had ended the call, at 60 s, not keepalive."""
+    cluster: Cluster = env["cluster"]
+    proxy = FaultyProxy(cluster.leader().api_port)
+    proxy.blackhole_after = 20_000
+    out = tmp_path / "silent.tar.gz"
+    try:
+        result = cluster.jaco("backup", "--timeout", "60", "-o", str(out), server=proxy.address)
+    finally:
+        proxy.close()
+    assert proxy.blackholed.is_set()
+    refused(result, Unavailable.exit_code, r"^error: .*\(ping timeout\)")
+    assert list(tmp_path.iterdir()) == [], "a backup that failed left a file"
 
 
 def test_leader_node_killed(

@@ -143,9 +143,12 @@ class Client:
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 # A server that vanishes without a FIN/RST (power loss, partition) is noticed
-                # in ~20 s instead of at the call's deadline.
+                # in ~20 s instead of at the call's deadline. gRPC (1.5x and later) waits for a
+                # ping's answer for the longer of the keepalive timeout and its own ping
+                # timeout, a minute unless set: 70 s, not 20 (tests/test_pipeline.py).
                 ("grpc.keepalive_time_ms", KEEPALIVE_MS),
                 ("grpc.keepalive_timeout_ms", KEEPALIVE_MS),
+                ("grpc.http2.ping_timeout_ms", KEEPALIVE_MS),
                 ("grpc.http2.max_pings_without_data", 0),
             ],
         )
