@@ -2338,6 +2338,20 @@ MUTATIONS: list[Mutation] = [
         "",
         k("tests/test_pipeline.py", "silent_server"),
     ),
+    m(
+        "tests: xdist re-sorts modules by their number of tests, the longest last (stop 50)",
+        "tests/conftest.py",
+        "    config.option.loadscopereorder = False",
+        "    pass",
+        k("tests/unit/test_schedule_order.py", "scheduler"),
+    ),
+    m(
+        "tests: the longest modules not collected first (stop 50)",
+        "tests/conftest.py",
+        '        return (-seconds[scope], scope) if scope in seconds else (0, "")',
+        '        return (0, "")',
+        k("tests/unit/test_schedule_order.py", "collected_first"),
+    ),
 ]
 
 

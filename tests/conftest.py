@@ -41,6 +41,46 @@ GROUPS = {
     "tests/test_multihost.py": "docker",
 }
 
+# Seconds the longest modules took in a full run (stop 50, rounded; only their order matters).
+# Their scopes are handed out longest first, the rest after them in random order, so that no
+# long scope starts last while the other worker idles. xdist's own order, by number of tests,
+# had the demo (2 tests, 90 s) and the Docker group (269 s) among the last.
+SECONDS = {
+    "tests/test_pitr.py": 170,
+    "tests/test_multihost.py": 140,
+    "tests/test_join.py": 140,
+    "tests/test_pipeline.py": 130,
+    "tests/test_crash_recovery.py": 100,
+    "tests/test_cluster.py": 90,
+    "tests/test_demo.py": 90,
+    "tests/test_drill_flow.py": 80,
+    "tests/test_drill.py": 70,
+    "tests/test_docker_pool.py": 65,
+    "tests/test_fleet.py": 60,
+    "tests/test_docker.py": 60,
+    "tests/test_drill_checks.py": 55,
+    "tests/test_work_pool.py": 55,
+    "tests/test_cli.py": 50,
+    "tests/test_stream_start.py": 50,
+    "tests/test_deployments.py": 45,
+    "tests/test_restore_seeded.py": 45,
+    "tests/test_watchdog.py": 45,
+    "tests/test_snapshot_file.py": 40,
+    "tests/test_restore_bad_input.py": 40,
+}
+
+
+def _scope(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return GROUPS.get(path, path)
+
+
+def _scope_seconds() -> dict[str, int]:
+    seconds: dict[str, int] = {}
+    for path, took in SECONDS.items():
+        seconds[_scope(path)] = seconds.get(_scope(path), 0) + took
+    return seconds
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Each pytest process (each worker) a drill scope of its own: its drills sweep, and its
@@ -57,23 +97,32 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Whole modules (and GROUPS) to a worker, in the order collected. xdist's own `loadgroup`
-    would do it by marker, but it renames items through an attribute pytest 9 no longer reads
-    (every test then goes its own way, module fixtures started on both workers)."""
+    """Whole modules (and GROUPS) to a worker, in the order collected (longest first, see
+    SECONDS), not re-sorted by number of tests. xdist's own `loadgroup` would do it by marker,
+    but it renames items through an attribute pytest 9 no longer reads (every test then goes
+    its own way, module fixtures started on both workers)."""
     from xdist.scheduler import LoadScopeScheduling
 
     class ByModule(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return GROUPS.get(path, path)
+            return _scope(nodeid)
 
+    config.option.loadscopereorder = False
     return ByModule(config, log)
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-randomly has shuffled the order
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test marked last_in_module moves behind the last test of its module: the order of
-    everything else stays as it was (random or not)."""
+    """The longest scopes first (SECONDS), each scope's modules together; then a test marked
+    last_in_module moves behind the last test of its module. Any other order stays as it was
+    (random or not): within a module, and among the modules SECONDS does not name."""
+    seconds = _scope_seconds()
+
+    def longest_first(item: pytest.Item) -> tuple[int, str]:
+        scope = _scope(item.nodeid)
+        return (-seconds[scope], scope) if scope in seconds else (0, "")
+
+    items.sort(key=longest_first)  # stable: the rest keep their order
     for item in [i for i in items if i.get_closest_marker("last_in_module")]:
         items.remove(item)
         same = [n for n, other in enumerate(items) if other.module is item.module]
