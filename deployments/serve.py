@@ -25,6 +25,13 @@ from flows.config import load_config, site_config_path
 from flows.errors import PipelineError
 
 
+def _seconds(text: str) -> int:
+    """A whole number of seconds, 1 or more (0 would have the runner ask without a pause)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds, 1 or more")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m deployments.serve",
@@ -36,10 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics-address", default="127.0.0.1")
     parser.add_argument(
         "--poll-seconds",
-        type=int,
-        help="ask the Prefect server for runs to start this often: a run asked for (an "
-        "on-demand drill, Quick run) starts within it (default: PREFECT_RUNNER_POLL_FREQUENCY, "
-        "Prefect's 10 s)",
+        type=_seconds,
+        help="ask the Prefect server for runs to start about this often: a run asked for (an "
+        "on-demand drill, Quick run) starts a little after (default: "
+        "PREFECT_RUNNER_POLL_FREQUENCY, Prefect's 10 s)",
     )
     parser.add_argument(
         "--replace",

@@ -29,10 +29,11 @@ from typing import Any
 from infra import prefect_server
 from infra.localcluster import BIN, JACO, Cluster, cluster_of, run, wait_for
 from infra.ports import free_port
+from infra.prefect_server import PrefectServer
 from infra.seaweed import SeaweedS3, running_seaweed
 
 BUCKET = "jaco-backups"
-POLL_SECONDS = 2  # the runs it asks for start within this (Prefect's default: 10 s)
+POLL_SECONDS = 2  # how often the runner asks for runs to start (Prefect's default: 10 s)
 DEPLOYMENTS = [
     "backup-cluster/backup-demo",
     "drill-restore/weekly-drill-demo",
@@ -164,7 +165,7 @@ def main() -> None:
                 keep_running(root, cluster, s3, server, serving, config, env, metrics)
                 return
         finally:
-            if not args.keep:
+            if not server.kept:
                 stop(serving)
     if code == 0:
         say(f"\nAll done in {time.monotonic() - begun:.0f}s; everything is stopped.")
@@ -172,16 +173,22 @@ def main() -> None:
 
 
 @contextlib.contextmanager
-def prefect_beside(home: Path, port: int, keep: bool) -> Iterator[Future[Any]]:
+def prefect_beside(home: Path, port: int, keep: bool) -> Iterator[Future[PrefectServer]]:
     """The Prefect server and its UI, started while the cluster starts: its new database's
-    migrations take most of its 15-20 s. Stopped on the way out, unless kept."""
+    migrations take most of its 15-20 s. Stopped on the way out, whatever happened, unless
+    `keep_running` recorded it for --stop."""
+    server = prefect_server.launch(home, port, ui=True, outlive_parent=keep)
+
+    def answering() -> PrefectServer:
+        server.wait_healthy()
+        return server
+
     with ThreadPoolExecutor(1) as pool:
-        starting = pool.submit(prefect_server.start, home, port, ui=True, outlive_parent=keep)
         try:
-            yield starting
+            yield pool.submit(answering)
         finally:
-            if not keep and starting.exception() is None:  # a start that failed stopped itself
-                starting.result().stop()
+            if not server.kept:
+                server.stop()  # a wait for it then ends at once
 
 
 def demonstrate(
@@ -239,8 +246,8 @@ def drill_summary(config: Path, env: dict[str, str]) -> str:
 
 
 def keep_running(
-    root: Path, cluster: Cluster, s3: SeaweedS3, server: Any, serving: Any, config: Path,
-    env: dict[str, str], metrics: int,
+    root: Path, cluster: Cluster, s3: SeaweedS3, server: PrefectServer, serving: Any,
+    config: Path, env: dict[str, str], metrics: int,
 ) -> None:  # fmt: skip
     pids = {  # in the order --stop stops them: the server's users before the server
         "deployments.serve": serving.pid,
@@ -249,6 +256,7 @@ def keep_running(
         "s3": s3.process.pid if s3.process else 0,
     }
     (root / "pids.json").write_text(json.dumps(pids))
+    server.kept = True  # leaving the context must not stop it, nor the deployments
     for node in cluster.nodes.values():
         node.process = None  # detach: leaving the context must not stop them
     s3.process = None

@@ -2332,11 +2332,11 @@ MUTATIONS: list[Mutation] = [
         k("tests/unit/test_etcd_deadline.py", "own_word"),
     ),
     m(
-        "client: a ping's answer awaited gRPC's minute, not the keepalive's 10 s (stop 50)",
+        "client: a ping's answer awaited gRPC's minute, not 30 s (stop 50)",
         "jaco/client/connection.py",
-        '                ("grpc.http2.ping_timeout_ms", KEEPALIVE_MS),',
+        '                ("grpc.http2.ping_timeout_ms", PING_TIMEOUT_MS),',
         "",
-        k("tests/test_pipeline.py", "silent_server"),
+        k("tests/test_pipeline.py", "gone_quiet"),
     ),
     m(
         "tests: xdist re-sorts modules by their number of tests, the longest last (stop 50)",
@@ -2351,6 +2351,13 @@ MUTATIONS: list[Mutation] = [
         '        return (-seconds[scope], scope) if scope in seconds else (0, "")',
         '        return (0, "")',
         k("tests/unit/test_schedule_order.py", "collected_first"),
+    ),
+    m(
+        "etcd: a learner added past the member's deadline refused, not looked for (stop 50)",
+        "jaco/model/etcd.py",
+        "            if not past_deadline(exc):",
+        "            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:",
+        k("tests/unit/test_etcd_deadline.py", "learner_added"),
     ),
 ]
 

@@ -30,6 +30,7 @@ class PrefectServer:
     home: Path
     port: int
     process: subprocess.Popen[bytes]
+    kept: bool = False  # left running on purpose (`make demo --keep` recorded its PID)
 
     @property
     def url(self) -> str:
@@ -47,6 +48,19 @@ class PrefectServer:
         """The environment of a process that uses this server (a serve process, a worker)."""
         return {"PREFECT_API_URL": self.url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
+    def wait_healthy(self, timeout: float = 180) -> None:
+        """Until its API answers; a server that exited is not waited for."""
+
+        def answers_or_exited() -> bool:
+            if self.process.poll() is not None:
+                return True
+            with _no_proxy.open(f"{self.url}/health", timeout=2) as reply:
+                return bool(reply.status == 200)
+
+        wait_for(answers_or_exited, timeout, f"the Prefect server (see {self.log})")
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited; see {self.log}")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -57,13 +71,14 @@ class PrefectServer:
                 self.process.wait()
 
 
-def start(
+def launch(
     home: Path,
     port: int | None = None,
     ui: bool = False,
     scheduler: bool = True,
     outlive_parent: bool = False,
 ) -> PrefectServer:
+    """`prefect server start`, not waited for (`wait_healthy`)."""
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     env = {
@@ -83,16 +98,20 @@ def start(
         process = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=preexec
         )
-    server = PrefectServer(home, port, process)
+    return PrefectServer(home, port, process)
 
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"the Prefect server exited; see {server.log}")
-        with _no_proxy.open(f"{server.url}/health", timeout=2) as reply:
-            return bool(reply.status == 200)
 
+def start(
+    home: Path,
+    port: int | None = None,
+    ui: bool = False,
+    scheduler: bool = True,
+    outlive_parent: bool = False,
+) -> PrefectServer:
+    """A server launched and answering; stopped if it does not come up."""
+    server = launch(home, port, ui, scheduler, outlive_parent)
     try:
-        wait_for(healthy, 180, f"the Prefect server (see {server.log})")
+        server.wait_healthy()
     except BaseException:
         server.stop()
         raise

@@ -41,10 +41,9 @@ GROUPS = {
     "tests/test_multihost.py": "docker",
 }
 
-# Seconds the longest modules took in a full run (stop 50, rounded; only their order matters).
-# Their scopes are handed out longest first, the rest after them in random order, so that no
-# long scope starts last while the other worker idles. xdist's own order, by number of tests,
-# had the demo (2 tests, 90 s) and the Docker group (269 s) among the last.
+# Seconds the longest modules take in a full run (rounded: only their order matters; see
+# docs/testing.md, "Two workers"). Their scopes are handed out longest first, the rest after
+# them in random order, so that no long scope starts last while the other worker idles.
 SECONDS = {
     "tests/test_pitr.py": 170,
     "tests/test_multihost.py": 140,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -17,15 +18,15 @@ from infra.localcluster import free_port
 from infra.ports import REGISTRY_ENV
 
 
-def _demo(root: Path, *args: str) -> tuple[int, list[tuple[float, str]], str]:
+def _demo(root: Path, *args: str, port: int = 0) -> tuple[int, list[tuple[float, str]], str]:
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("PREFECT_", "JACO_")) or k == REGISTRY_ENV  # ports: one registry
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "infra.demo", "--root", str(root), "--ui-port", str(free_port()),
-         *args],
+        [sys.executable, "-m", "infra.demo", "--root", str(root),
+         "--ui-port", str(port or free_port()), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert process.stdout is not None and process.stderr is not None
@@ -36,7 +37,8 @@ def _demo(root: Path, *args: str) -> tuple[int, list[tuple[float, str]], str]:
 
 
 def test_the_demo_runs_the_deployments_and_ends_cleanly(tmp_path: Path) -> None:
-    code, lines, stderr = _demo(tmp_path / "demo")
+    port = free_port()
+    code, lines, stderr = _demo(tmp_path / "demo", port=port)
     text = "\n".join(line for _, line in lines)
     assert code == 0, text[-3000:]
     assert stderr == "", stderr[-3000:]
@@ -54,6 +56,8 @@ def test_the_demo_runs_the_deployments_and_ends_cleanly(tmp_path: Path) -> None:
         ["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True
     ).stdout.split()
     assert leftovers == [], "the demo left processes running"
+    with socket.socket() as probe:  # the Prefect server's command line names no demo path
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the Prefect server still answers"
 
 
 def test_keep_prints_commands_that_work_and_stop_ends_it_all(tmp_path: Path) -> None:

@@ -38,6 +38,11 @@ DEFAULT_PORT = 7000
 # etcdctl's default is the member on this host (the backup page's bare `jaco cluster status`).
 LOCAL_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
 KEEPALIVE_MS = 10_000
+# Every ping's answer waits behind what the server has queued for the link, gRPC's own
+# flow-control pings' too: a stream slower than PING_TIMEOUT_MS allows is cut (loopback
+# through a throttling proxy: 30 s cut a stream at 100 kB/s, not at 150; 10 s at 200 kB/s;
+# gRPC's default minute at 40, not at 70). See docs/pipeline.md.
+PING_TIMEOUT_MS = 30_000
 BACKUP_TIMEOUT = 300.0  # a whole backup's deadline unless told (jaco backup --timeout)
 MAX_BACKUP_TIMEOUT = 7 * 86400.0
 # A call that reads every record on the server (the state digest, the audit chain): about
@@ -143,12 +148,12 @@ class Client:
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 # A server that vanishes without a FIN/RST (power loss, partition) is noticed
-                # in ~20 s instead of at the call's deadline. gRPC (1.5x and later) waits for a
-                # ping's answer for the longer of the keepalive timeout and its own ping
-                # timeout, a minute unless set: 70 s, not 20 (tests/test_pipeline.py).
+                # by a ping unanswered for PING_TIMEOUT_MS, about 40 s, not at the call's
+                # deadline. gRPC ends an unanswered ping after its ping timeout (a minute
+                # unless set), not after the keepalive timeout.
                 ("grpc.keepalive_time_ms", KEEPALIVE_MS),
                 ("grpc.keepalive_timeout_ms", KEEPALIVE_MS),
-                ("grpc.http2.ping_timeout_ms", KEEPALIVE_MS),
+                ("grpc.http2.ping_timeout_ms", PING_TIMEOUT_MS),
                 ("grpc.http2.max_pings_without_data", 0),
             ],
         )

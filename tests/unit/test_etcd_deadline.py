@@ -11,7 +11,9 @@ back one answer and not another cannot be made of a real etcd.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ class Member:
     def __init__(self, leader: int | None, says_why: bool = False) -> None:
         self.leader = leader
         self.says_why = says_why
+        self.added: list[str] = []
         self.asked: Counter[str] = Counter()
 
     async def status(self, request: Any, context: Any) -> Any:
@@ -46,6 +49,17 @@ class Member:
         await asyncio.sleep(60)
         return rpc.RangeResponse()
 
+    async def member_add(self, request: Any, context: Any) -> Any:
+        """The learner is added, but the answer comes after the member's copy of the deadline."""
+        self.asked["MemberAdd"] += 1
+        self.added = list(request.peerURLs)
+        await context.abort(grpc.StatusCode.UNKNOWN, "context deadline exceeded")
+
+    async def member_list(self, request: Any, context: Any) -> Any:
+        self.asked["MemberList"] += 1
+        member = rpc.Member(ID=42, name="", peerURLs=self.added, isLearner=True)
+        return rpc.MemberListResponse(members=[member])
+
     def handlers(self) -> list[Any]:
         def unary(fn: Any, request: Any, response: Any) -> Any:
             return grpc.unary_unary_rpc_method_handler(
@@ -55,6 +69,17 @@ class Member:
             )
 
         return [
+            grpc.method_handlers_generic_handler(
+                "etcdserverpb.Cluster",
+                {
+                    "MemberAdd": unary(
+                        self.member_add, rpc.MemberAddRequest, rpc.MemberAddResponse
+                    ),
+                    "MemberList": unary(
+                        self.member_list, rpc.MemberListRequest, rpc.MemberListResponse
+                    ),
+                },
+            ),
             grpc.method_handlers_generic_handler(
                 "etcdserverpb.Maintenance",
                 {"Status": unary(self.status, rpc.StatusRequest, rpc.StatusResponse)},
@@ -66,7 +91,9 @@ class Member:
         ]
 
 
-async def _asking(tmp_path: Path, member: Member, ask: Any) -> str:
+@contextlib.asynccontextmanager
+async def _client_of(tmp_path: Path, member: Member) -> AsyncIterator[Etcd]:
+    """jacod's etcd client, connected to `member` served on a unix socket."""
     socket = tmp_path / "etcd.sock"
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(member.handlers())
@@ -75,12 +102,17 @@ async def _asking(tmp_path: Path, member: Member, ask: Any) -> str:
     etcd = Etcd(socket, timeout=1.0)
     try:
         await etcd._channel.channel_ready()  # the deadline is the request's, not the connect's
-        with pytest.raises(Unavailable) as refused:
-            await ask(etcd)
-        return str(refused.value)
+        yield etcd
     finally:
         await etcd.close()
         await server.stop(None)
+
+
+async def _asking(tmp_path: Path, member: Member, ask: Any) -> str:
+    async with _client_of(tmp_path, member) as etcd:
+        with pytest.raises(Unavailable) as refused:
+            await ask(etcd)
+        return str(refused.value)
 
 
 def test_a_read_past_its_deadline_on_a_member_without_a_leader_says_no_quorum(
@@ -116,6 +148,20 @@ def test_etcds_own_word_for_a_passed_deadline_is_a_deadline_too(
     else:
         assert said == "the local etcd member is not answering: context deadline exceeded", said
     assert member.asked == Counter(Range=1, Status=1)
+
+
+def test_a_learner_added_past_the_members_deadline_is_found_added(tmp_path: Path) -> None:
+    """A MemberAdd answered UNKNOWN "context deadline exceeded" may have added the learner: it is
+    looked for among the members, as after the client's own deadline, not refused."""
+    member = Member(leader=7)
+
+    async def add() -> tuple[int, list[Any]]:
+        async with _client_of(tmp_path, member) as etcd:
+            return await etcd.add_learner("https://10.0.0.9:2380")
+
+    added, members = asyncio.run(add())
+    assert added == 42 and [m.peer_urls for m in members] == [("https://10.0.0.9:2380",)]
+    assert member.asked == Counter(MemberAdd=1, MemberList=1)
 
 
 def test_a_status_past_its_deadline_is_not_asked_again(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ def test_the_longest_modules_are_collected_first_and_the_rest_keep_their_random_
         [*listed.args[:-2], "--randomly-seed=8", "tests"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+    assert other.returncode == 0, other.stderr[-2000:]
     rest = [line.split("::", 1)[0] for line in other.stdout.splitlines() if "::" in line]
     untimed = [m for m in dict.fromkeys(rest) if m not in SECONDS]
     assert untimed != [m for m in modules if m not in SECONDS], "the rest not in random order"
@@ -62,8 +63,8 @@ class _Worker:
 
 
 def test_the_scheduler_hands_out_scopes_in_collected_order_not_by_number_of_tests() -> None:
-    """xdist re-sorts scopes by their number of tests unless told not to: the demo's two tests
-    went after a hundred one-second ones."""
+    """xdist re-sorts scopes by their number of tests unless told not to, which would hand a
+    module of two long tests out after every module of many short ones."""
     from tests.conftest import pytest_xdist_make_scheduler
 
     option = SimpleNamespace(loadscopereorder=True)
