@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from infra.localcluster import BIN, wait_for
 from infra.ports import free_port
@@ -101,15 +102,9 @@ def launch(
     return PrefectServer(home, port, process)
 
 
-def start(
-    home: Path,
-    port: int | None = None,
-    ui: bool = False,
-    scheduler: bool = True,
-    outlive_parent: bool = False,
-) -> PrefectServer:
-    """A server launched and answering; stopped if it does not come up."""
-    server = launch(home, port, ui, scheduler, outlive_parent)
+def start(home: Path, **options: Any) -> PrefectServer:
+    """A server launched (`launch`'s options) and answering; stopped if it does not come up."""
+    server = launch(home, **options)
     try:
         server.wait_healthy()
     except BaseException:
