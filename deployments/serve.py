@@ -27,7 +27,7 @@ from flows.errors import PipelineError
 
 def _seconds(text: str) -> int:
     """A whole number of seconds, 1 or more (0 would have the runner ask without a pause)."""
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds, 1 or more")
     return int(text)
 

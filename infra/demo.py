@@ -155,8 +155,9 @@ def main() -> None:
         server = starting.result()
         metrics = free_port()
         env = {**s3.env(), **server.env()}
-        serving = serve(root, config, env, metrics, args.keep)
+        serving = None
         try:
+            serving = serve(root, config, env, metrics, args.keep)
             with prefect_server.using(server):
                 code = demonstrate(root, cluster, server, serving, config, env, metrics)
                 if code == 0:
@@ -165,7 +166,7 @@ def main() -> None:
                 keep_running(root, cluster, s3, server, serving, config, env, metrics)
                 return
         finally:
-            if not server.kept:
+            if serving is not None and not server.kept:
                 stop(serving)
     if code == 0:
         say(f"\nAll done in {time.monotonic() - begun:.0f}s; everything is stopped.")

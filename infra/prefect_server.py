@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, Unpack
 
 from infra.localcluster import BIN, wait_for
 from infra.ports import free_port
@@ -102,7 +102,16 @@ def launch(
     return PrefectServer(home, port, process)
 
 
-def start(home: Path, **options: Any) -> PrefectServer:
+class LaunchOptions(TypedDict, total=False):
+    """`launch`'s options, as `start` passes them on."""
+
+    port: int | None
+    ui: bool
+    scheduler: bool
+    outlive_parent: bool
+
+
+def start(home: Path, **options: Unpack[LaunchOptions]) -> PrefectServer:
     """A server launched (`launch`'s options) and answering; stopped if it does not come up."""
     server = launch(home, **options)
     try:

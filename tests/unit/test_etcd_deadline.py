@@ -57,8 +57,9 @@ class Member:
 
     async def member_list(self, request: Any, context: Any) -> Any:
         self.asked["MemberList"] += 1
-        member = rpc.Member(ID=42, name="", peerURLs=self.added, isLearner=True)
-        return rpc.MemberListResponse(members=[member])
+        voter = rpc.Member(ID=7, name="node-1", peerURLs=["https://10.0.0.1:2380"])
+        learner = rpc.Member(ID=42, name="", peerURLs=self.added, isLearner=True)
+        return rpc.MemberListResponse(members=[voter, learner])
 
     def handlers(self) -> list[Any]:
         def unary(fn: Any, request: Any, response: Any) -> Any:
@@ -160,7 +161,7 @@ def test_a_learner_added_past_the_members_deadline_is_found_added(tmp_path: Path
             return await etcd.add_learner("https://10.0.0.9:2380")
 
     added, members = asyncio.run(add())
-    assert added == 42 and [m.peer_urls for m in members] == [("https://10.0.0.9:2380",)]
+    assert added == 42 and [m.id for m in members] == [7, 42]
     assert member.asked == Counter(MemberAdd=1, MemberList=1)
 
 
