@@ -2359,6 +2359,13 @@ MUTATIONS: list[Mutation] = [
         "            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:",
         k("tests/unit/test_etcd_deadline.py", "learner_added"),
     ),
+    m(
+        "serve: --poll-seconds 0 taken, the runner then asks without a pause (stop 50, review)",
+        "deployments/serve.py",
+        "    if not (text.isascii() and text.isdigit()) or int(text) < 1:",
+        "    if not (text.isascii() and text.isdigit()) or int(text) < 0:",
+        "tests/unit/test_serve_args.py",
+    ),
 ]
 
 
