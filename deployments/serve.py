@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"metrics on http://{args.metrics_address}:{args.metrics_port}/metrics", flush=True)
     from prefect import serve
 
-    polling = {"query_seconds": args.poll_seconds} if args.poll_seconds else {}
+    polling = {} if args.poll_seconds is None else {"query_seconds": args.poll_seconds}
     serve(*[flow.to_deployment(**options) for flow, options in made], **polling)
 
 

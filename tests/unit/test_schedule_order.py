@@ -18,10 +18,12 @@ def test_every_module_timed_or_grouped_exists() -> None:
     assert [p for p in {*SECONDS, *GROUPS} if not (ROOT / p).is_file()] == []
 
 
-def test_the_longest_modules_are_collected_first_and_the_rest_keep_their_random_order() -> None:
+def _modules_collected(seed: int) -> list[str]:
+    """The test modules in the order `pytest` collects them with pytest-randomly's `seed`, one
+    entry per run of adjacent tests of a module."""
     listed = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "randomly",
-         "-p", "no:cacheprovider", "--randomly-seed=7", "tests"],
+         "-p", "no:cacheprovider", f"--randomly-seed={seed}", "tests"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert listed.returncode == 0, listed.stderr[-2000:]
@@ -30,19 +32,18 @@ def test_the_longest_modules_are_collected_first_and_the_rest_keep_their_random_
         path = line.split("::", 1)[0]
         if "::" in line and (not modules or modules[-1] != path):
             modules.append(path)
+    return modules
+
+
+def test_the_longest_modules_are_collected_first_and_the_rest_keep_their_random_order() -> None:
+    modules = _modules_collected(7)
     assert len(modules) == len(set(modules)), "a module's tests were split apart"
     timed = [m for m in modules if m in SECONDS]
     assert modules[: len(timed)] == timed, "a module SECONDS names came after one it does not"
     docker = [modules.index(m) for m in GROUPS]
     assert max(docker) - min(docker) == len(GROUPS) - 1, "the Docker group's modules apart"
     assert modules[0] in GROUPS, "the Docker group, the longest scope, first"
-    other = subprocess.run(
-        [*listed.args[:-2], "--randomly-seed=8", "tests"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert other.returncode == 0, other.stderr[-2000:]
-    rest = [line.split("::", 1)[0] for line in other.stdout.splitlines() if "::" in line]
-    untimed = [m for m in dict.fromkeys(rest) if m not in SECONDS]
+    untimed = [m for m in _modules_collected(8) if m not in SECONDS]
     assert untimed != [m for m in modules if m not in SECONDS], "the rest not in random order"
 
 
