@@ -2366,6 +2366,20 @@ MUTATIONS: list[Mutation] = [
         "    if not (text.isascii() and text.isdigit()) or int(text) < 0:",
         "tests/unit/test_serve_args.py",
     ),
+    m(
+        "backup: jacod's meta pass on asyncio's shared threads, not lowered (stop 51)",
+        "jaco/server/snapshot.py",
+        "            state = await _yielding(read_snapshot_state, path)",
+        "            state = await asyncio.to_thread(read_snapshot_state, path)",
+        k("tests/test_snapshot_file.py", "meta_pass"),
+    ),
+    m(
+        "backup: the meta pass's own thread not lowered (stop 51)",
+        "jaco/server/snapshot.py",
+        '"snapshot-meta", initializer=_yield_cpu)',
+        '"snapshot-meta")',
+        k("tests/test_snapshot_file.py", "meta_pass"),
+    ),
 ]
 
 

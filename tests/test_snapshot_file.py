@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import random
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import pytest
 from infra.localcluster import Cluster, Node, cluster_of
 from jaco import _native
 from jaco.archive.bolt import BoltFile, SnapshotFileError
+from jaco.archive.meta import BackupMeta
 from jaco.archive.snapshot_file import (
     RUN_BYTES,
     SnapshotState,
@@ -37,6 +40,9 @@ from jaco.model.etcd import Etcd, op_delete, op_put
 from jaco.model.keys import P_ALIVE, ROOT
 from jaco.model.store import Store
 from jaco.node.config import DataDir
+from jaco.server import snapshot
+from jaco.server.snapshot import stream_snapshot
+from jaco.v1 import jaco_pb2 as pb
 from tests.mounts import tmpfs
 
 BULK = ROOT + "bulk/"
@@ -252,6 +258,51 @@ def test_reader_spilling_sorted_runs_reads_the_same(
     assert _summary(read_snapshot_state(snapshot, missing)) == _summary(whole)
     with pytest.raises(FileNotFoundError):
         read_snapshot_state(snapshot, missing, 64 * 1024)
+
+
+def test_a_backups_meta_pass_yields_the_cpu(
+    shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """jacod reads a backup's meta out of its scratch copy on a thread of its own, lowered like
+    the receiving thread, and so is any thread the pass starts: a backup yields the CPU to etcd
+    and the API's writes to its end. The event loop's thread and asyncio's shared threads,
+    which serve the API, keep their priority. The meta is that of the bytes sent."""
+    cluster, _, _ = shaped
+    seen: dict[str, int] = {}
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def observed(path: Path) -> SnapshotState:
+        seen["pass"] = nice()
+        started: list[int] = []
+        child = threading.Thread(target=lambda: started.append(nice()))
+        child.start()
+        child.join()
+        seen["started"] = started[0]
+        return read_snapshot_state(path)
+
+    monkeypatch.setattr(snapshot, "read_snapshot_state", observed)
+
+    async def backup() -> list[Any]:
+        etcd = _etcd(cluster.nodes["node-1"])
+        try:
+            return [part async for part in stream_snapshot(Store(etcd), tmp_path / "scratch")]
+        finally:
+            seen["loop"], seen["shared"] = nice(), await asyncio.to_thread(nice)
+            await etcd.close()
+
+    parts = asyncio.run(backup())
+    lowered = min(19, seen["loop"] + snapshot.BACKUP_NICE)
+    assert (seen["pass"], seen["started"]) == (lowered, lowered), seen
+    assert seen["shared"] == seen["loop"] == nice(), seen
+    sent = b"".join(pb.BackupChunk.FromString(part).data for part in parts[1:-1])
+    meta = parts[-1]
+    assert isinstance(meta, BackupMeta) and meta.snapshot_sha256 == hashlib.sha256(sent).hexdigest()
+    copy = tmp_path / "sent.db"
+    copy.write_bytes(sent)
+    assert meta.state_digest == read_snapshot_state(copy).state_digest
+    assert list((tmp_path / "scratch").iterdir()) == []  # the scratch copy holds the CA key
 
 
 LOW_NOFILE = """

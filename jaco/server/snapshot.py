@@ -14,13 +14,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import os
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, ParamSpec, TypeVar
 
 from jaco import __version__
 from jaco.archive.bolt import ETCD_TRAILER, SnapshotFileError
@@ -37,9 +38,12 @@ from jaco.server.convert import data_chunk
 SNAPSHOT_TIMEOUT = 600.0
 MESSAGE_BYTES = 1024 * 1024  # etcd sends 32 KiB pieces; pass them on in 1 MiB messages
 QUEUED_PIECES = 8  # at most this many MiB wait between the receiving thread and the client
-# The receiving thread's nice, above jacod's: a backup yields the CPU to etcd and to the API's
-# writes (bench/write_p99: their p99 during a backup 1.49x -> 1.03x that during etcdctl's).
+# The nice of a backup's threads (the receiving thread, the meta pass), above jacod's: a backup
+# yields the CPU to etcd and to the API's writes (bench/write_p99: their p99 during a backup
+# 1.49x -> 1.03x that during etcdctl's with the receiving thread lowered).
 BACKUP_NICE = 10
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,8 @@ async def stream_snapshot(
     A worker thread receives etcd's stream, writes and hashes a scratch copy in `directory`
     (mode 0600) and hands 1 MiB pieces to the event loop as serialized BackupChunk messages
     (`bytes`), which the loop only passes on: it stays free for the API while a snapshot
-    streams. The scratch copy lets the meta be read from the very bytes sent; it is deleted
-    when the generator ends, however it ends.
+    streams. The scratch copy lets the meta be read from the very bytes sent (on a thread
+    lowered like the receiving one); it is deleted when the generator ends, however it ends.
     """
     etcd = store.etcd
     # A linearizable read first: a follower catches up to the commit index before it snapshots.
@@ -82,7 +86,7 @@ async def stream_snapshot(
             raise Unavailable(f"etcd's snapshot stream ended after {size} of {expected} bytes")
         status = await etcd.status()
         try:
-            state = await asyncio.to_thread(read_snapshot_state, path)
+            state = await _yielding(read_snapshot_state, path)
         except SnapshotFileError as exc:
             raise Unavailable(f"etcd sent an unreadable snapshot: {exc}") from None
         members = {n.get("member_id"): n["name"] for n in await store.nodes()}
@@ -179,6 +183,18 @@ class _Receiver:
         self.sha256.update(piece)
         self.size += size
         return self._hand_over(wire)
+
+
+async def _yielding(work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`work` on a thread of its own, lowered by BACKUP_NICE like the receiving thread (and so
+    are the threads it starts: a new thread inherits its creator's nice). Not on asyncio's
+    shared threads, which serve the API afterwards and could not be raised again."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, "snapshot-meta", initializer=_yield_cpu)
+    try:
+        call = functools.partial(work, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
+    finally:
+        pool.shutdown(wait=False)  # done, or left to end on its own if the call was cancelled
 
 
 def _yield_cpu() -> None:
