@@ -1,6 +1,6 @@
-"""Write latency during a backup, with enough samples for its p99: Deploy calls timed one after
-another while `etcdctl snapshot save` or `jaco backup` runs, alternating round by round on one
-store, all samples of a variant pooled.
+"""Write latency during a backup, with enough samples for its p99: Scale calls timed one after
+another (bench.run.WriteProbe) while `etcdctl snapshot save` or `jaco backup` runs, alternating
+round by round on one store, all samples of a variant pooled.
 
     python -m bench.write_p99 [--random-mib 512] [--repeat 5] [--nice 10] [--before TREE]
 
@@ -17,17 +17,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import itertools
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from bench.cpu_split import restart
 from bench.node_ready import described_commit
-from bench.run import MIB, RESULTS, deploy_latencies, fill_random, pct
+from bench.run import MIB, RESULTS, WriteProbe, fill_random, pct, settled
 from infra.localcluster import JACO, cluster_of
 
 
@@ -59,9 +59,9 @@ def run(
                 variants[f"nice -n {nice} jaco backup"] = ["nice", "-n", str(nice)] + variants[
                     "jaco backup"
                 ]
-            names = itertools.count()
             with open_client(node.server, cluster.token) as client:
-                samples["quiet"] = deploy_latencies(client, "quiet", 200)
+                probe = WriteProbe(client)
+                samples["quiet"] = probe.latencies(200)
                 for round_ in range(repeat):
                     order = list(variants.items())  # every other round backwards
                     for label, cmd in order[:: -1 if round_ % 2 else 1]:
@@ -69,19 +69,25 @@ def run(
                         if before is not None and label != "etcdctl snapshot save":
                             restart(cluster, node, tree)  # jacod from the tree of the client
                         run_env = {**env, "PYTHONPATH": str(tree)} if tree else env
+                        began, starts = time.perf_counter(), []
                         proc = subprocess.Popen(
                             cmd, env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
                         )
-                        lat = deploy_latencies(
-                            client, f"w{next(names)}", 20, until=lambda p=proc: p.poll() is None
+                        lat = probe.latencies(
+                            20, until=lambda p=proc: p.poll() is None, starts=starts
                         )
                         if proc.wait() != 0:
                             raise SystemExit(f"{label} failed")
-                        out.unlink(missing_ok=True)
-                        snap.unlink(missing_ok=True)
+                        # when each call started, and when the backup ended (its last call may
+                        # start after): where in the backup the slow calls fall
+                        ended = time.perf_counter() - began
+                        at = [round(s - began, 3) for s in starts]
+                        settled(out, snap)  # the next one starts on pages not just freed
                         samples.setdefault(label, []).extend(lat)
                         one = {"round": round_ + 1, "variant": label, "n": len(lat),
-                               "p50": pct(lat, 0.5), "p99": pct(lat, 0.99)}  # fmt: skip
+                               "p50": pct(lat, 0.5), "p99": pct(lat, 0.99),
+                               "seconds": round(ended, 3), "started_at": at,
+                               "latencies": lat}  # fmt: skip
                         rounds.append(one)
                         print(
                             f"  round {one['round']} {label}: n={one['n']} p50 "
