@@ -2380,6 +2380,13 @@ MUTATIONS: list[Mutation] = [
         '"snapshot-meta")',
         k("tests/test_snapshot_file.py", "meta_pass"),
     ),
+    m(
+        "backup: jacod removes its scratch copy on the event loop, every call waiting (stop 51)",
+        "jaco/server/snapshot.py",
+        "        await _yielding(path.unlink, missing_ok=True)",
+        "        path.unlink(missing_ok=True)",
+        k("tests/test_snapshot_file.py", "meta_pass"),
+    ),
 ]
 
 
