@@ -1128,8 +1128,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "backup: jacod's receiving thread not lowered in priority (stop 34)",
         "jaco/server/snapshot.py",
-        "        _yield_cpu()\n",
-        "",
+        "        assert self._stream is not None\n        _yield_cpu()\n",
+        "        assert self._stream is not None\n",
         k("tests/test_backup.py", "etcd_stalls"),
     ),
     m(
@@ -2383,9 +2383,23 @@ MUTATIONS: list[Mutation] = [
     m(
         "backup: jacod removes its scratch copy on the event loop, every call waiting (stop 51)",
         "jaco/server/snapshot.py",
-        "        await _yielding(path.unlink, missing_ok=True)",
-        "        path.unlink(missing_ok=True)",
+        '    threading.Thread(target=remove, name="snapshot-removal").start()',
+        "    path.unlink(missing_ok=True)",
         k("tests/test_snapshot_file.py", "meta_pass"),
+    ),
+    m(
+        "backup: the scratch copy's removal not lowered (stop 51, review)",
+        "jaco/server/snapshot.py",
+        "    def remove() -> None:\n        _yield_cpu()\n",
+        "    def remove() -> None:\n",
+        k("tests/test_snapshot_file.py", "meta_pass"),
+    ),
+    m(
+        "backup: a second cancellation skips the scratch copy's removal (stop 51, review)",
+        "jaco/server/snapshot.py",
+        "        try:\n            await receiver.stop()\n        finally:",
+        "        if True:\n            await receiver.stop()\n",
+        k("tests/test_snapshot_file.py", "cancelled_twice"),
     ),
 ]
 
