@@ -300,9 +300,11 @@ async def fill_random(node: Node, total: int, value_bytes: int) -> int:
 class WriteProbe:
     """Write latency as the API's callers see it: `Scale` calls of one deployment of its own
     (created here), between 1 and 2 replicas, one after another. Each call changes a replica,
-    its placement, its IP and the audit log through jacod and etcd, and costs the same however
-    many came before it: a new deployment per call (as until stop 51) reads a placement table
-    one record longer each time, and its p50 tripled over one bench.write_p99 run."""
+    its placement, its IP and the audit log through jacod and etcd. A call up reads the
+    placement and IPAM tables, a call down does not (its median about a third lower), and
+    each costs the same however many came before it; a new deployment per call read a table
+    one record longer each time (docs/benchmarks.md, "Write latency at 2 GiB, measured
+    again")."""
 
     NAME = "write-probe"
 

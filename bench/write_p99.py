@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -73,20 +74,25 @@ def run(
                         proc = subprocess.Popen(
                             cmd, env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
                         )
+                        # when the backup's process ends, as it ends (a call may be under way)
+                        ended: list[float] = []
+                        waiter = threading.Thread(
+                            target=lambda p=proc, e=ended: (p.wait(), e.append(time.perf_counter()))
+                        )
+                        waiter.start()
                         lat = probe.latencies(
                             20, until=lambda p=proc: p.poll() is None, starts=starts
                         )
-                        if proc.wait() != 0:
+                        waiter.join()
+                        if proc.returncode != 0:
                             raise SystemExit(f"{label} failed")
-                        # when each call started, and when the backup ended (its last call may
-                        # start after): where in the backup the slow calls fall
-                        ended = time.perf_counter() - began
+                        # where in the backup the slow calls fall
                         at = [round(s - began, 3) for s in starts]
                         settled(out, snap)  # the next one starts on pages not just freed
                         samples.setdefault(label, []).extend(lat)
                         one = {"round": round_ + 1, "variant": label, "n": len(lat),
                                "p50": pct(lat, 0.5), "p99": pct(lat, 0.99),
-                               "seconds": round(ended, 3), "started_at": at,
+                               "seconds": round(ended[0] - began, 3), "started_at": at,
                                "latencies": lat}  # fmt: skip
                         rounds.append(one)
                         print(
