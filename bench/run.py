@@ -32,9 +32,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -321,7 +323,7 @@ class WriteProbe:
         """`n` calls, or calls until `until()` is false and `n` are done, in seconds each;
         each call's start (time.perf_counter) goes to `starts` if given."""
         out: list[float] = []
-        while (until is None and len(out) < n) or (until is not None and (until() or len(out) < n)):
+        while len(out) < n or (until is not None and until()):
             self._replicas = 3 - self._replicas
             started = time.perf_counter()
             self._client.call(
@@ -331,6 +333,27 @@ class WriteProbe:
             if starts is not None:
                 starts.append(started)
         return out
+
+    def during(self, cmd: list[str], env: dict[str, str]) -> During:
+        """At least 20 calls, and calls for as long as `cmd` runs: each call's latency and
+        start, and when `cmd` ended, as it ended (a call may be under way then)."""
+        began, starts, ended = time.perf_counter(), [], []
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        waiter = threading.Thread(target=lambda: (proc.wait(), ended.append(time.perf_counter())))
+        waiter.start()
+        latencies = self.latencies(20, until=lambda: proc.poll() is None, starts=starts)
+        waiter.join()
+        return During(latencies, [s - began for s in starts], ended[0] - began, proc.returncode)
+
+
+@dataclass(frozen=True)
+class During:
+    """What WriteProbe.during saw, in seconds from the command's start."""
+
+    latencies: list[float]
+    started_at: list[float]
+    seconds: float
+    returncode: int
 
 
 def build(root: Path, size_mib: int, value_kib: int) -> tuple[Cluster, dict[str, Any]]:
@@ -695,21 +718,12 @@ def run_size(size_mib: int, ctx: dict[str, Any], reps: int, value_kib: int) -> d
             probe = WriteProbe(client)
             quiet = probe.latencies(100)
 
-            def during(cmd: list[str]) -> list[float]:
-                proc = subprocess.Popen(
-                    cmd,
-                    env={**os.environ, **env},
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                lat = probe.latencies(20, until=lambda: proc.poll() is None)
-                proc.wait()
-                return lat
-
-            out = work / "during.tar.gz"
-            busy = during([str(BIN / "jaco"), "backup", "--output", str(out)])
+            out, run_env = work / "during.tar.gz", {**os.environ, **env}
+            jaco_cmd = [str(BIN / "jaco"), "backup", "--output", str(out)]
+            busy = probe.during(jaco_cmd, run_env).latencies
             settled(out)
-            ref_busy = during(node.snapshot_save_command(work / "during.db"))
+            ref_cmd = node.snapshot_save_command(work / "during.db")
+            ref_busy = probe.during(ref_cmd, run_env).latencies
             (work / "during.db").unlink(missing_ok=True)
         rows["write_latency"] = {
             "quiet_p50_ms": pct(quiet, 0.5) * 1000,

@@ -19,11 +19,8 @@ import asyncio
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 from bench.cpu_split import restart
@@ -70,29 +67,16 @@ def run(
                         if before is not None and label != "etcdctl snapshot save":
                             restart(cluster, node, tree)  # jacod from the tree of the client
                         run_env = {**env, "PYTHONPATH": str(tree)} if tree else env
-                        began, starts = time.perf_counter(), []
-                        proc = subprocess.Popen(
-                            cmd, env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                        )
-                        # when the backup's process ends, as it ends (a call may be under way)
-                        ended: list[float] = []
-                        waiter = threading.Thread(
-                            target=lambda p=proc, e=ended: (p.wait(), e.append(time.perf_counter()))
-                        )
-                        waiter.start()
-                        lat = probe.latencies(
-                            20, until=lambda p=proc: p.poll() is None, starts=starts
-                        )
-                        waiter.join()
-                        if proc.returncode != 0:
+                        seen = probe.during(cmd, run_env)
+                        if seen.returncode != 0:
                             raise SystemExit(f"{label} failed")
-                        # where in the backup the slow calls fall
-                        at = [round(s - began, 3) for s in starts]
+                        lat = seen.latencies
                         settled(out, snap)  # the next one starts on pages not just freed
                         samples.setdefault(label, []).extend(lat)
                         one = {"round": round_ + 1, "variant": label, "n": len(lat),
                                "p50": pct(lat, 0.5), "p99": pct(lat, 0.99),
-                               "seconds": round(ended[0] - began, 3), "started_at": at,
+                               "seconds": round(seen.seconds, 3),
+                               "started_at": [round(t, 3) for t in seen.started_at],
                                "latencies": lat}  # fmt: skip
                         rounds.append(one)
                         print(

@@ -14,7 +14,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime as dt
-import functools
 import hashlib
 import itertools
 import os
@@ -22,7 +21,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, ParamSpec, TypeVar
+from typing import IO, TypeVar
 
 from jaco import __version__
 from jaco.archive.bolt import ETCD_TRAILER, SnapshotFileError
@@ -44,7 +43,6 @@ QUEUED_PIECES = 8  # at most this many MiB wait between the receiving thread and
 # p99 during a backup 1.75x that during etcdctl's save, 2.21x with these threads not lowered).
 BACKUP_NICE = 10
 _SCRATCH_NAMES = itertools.count()  # a copy being removed never shares the next one's name
-P = ParamSpec("P")
 T = TypeVar("T")
 
 
@@ -190,14 +188,13 @@ class _Receiver:
         return self._hand_over(wire)
 
 
-async def _yielding(work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """`work` on a thread of its own, lowered by BACKUP_NICE like the receiving thread (and so
-    are the threads it starts: a new thread inherits its creator's nice). Not on asyncio's
-    shared threads, which serve the API afterwards and could not be raised again."""
+async def _yielding(work: Callable[..., T], *args: object) -> T:
+    """`work(*args)` on a thread of its own, lowered by BACKUP_NICE like the receiving thread
+    (and so are the threads it starts: a new thread inherits its creator's nice). Not on
+    asyncio's shared threads, which serve the API afterwards and could not be raised again."""
     pool = concurrent.futures.ThreadPoolExecutor(1, "snapshot-meta", initializer=_yield_cpu)
     try:
-        call = functools.partial(work, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(pool, call)
+        return await asyncio.get_running_loop().run_in_executor(pool, work, *args)
     finally:
         pool.shutdown(wait=False)  # done, or left to end on its own if the call was cancelled
 
