@@ -2,13 +2,14 @@
 another (bench.run.WriteProbe) while `etcdctl snapshot save` or `jaco backup` runs, alternating
 round by round on one store, all samples of a variant pooled.
 
-    python -m bench.write_p99 [--random-mib 512] [--repeat 5] [--nice 10] [--before TREE]
+    python -m bench.write_p99 [--random-mib 512] [--repeat 5] [--nice 10] [--before TREE]...
 
 `make bench` times one backup of each (about a hundred samples: its p99 is close to their
-maximum); this pools `--repeat` of them. With `--nice N` a third variant runs `jaco backup`
-under `nice -n N`, as a worker that yields its CPU would; with `--before` (a worktree of another
-commit, its jaco/_native*.so copied in) one runs jacod and `jaco backup` from that tree, jacod
-restarted before each backup of either tree. Quiet samples (no backup) come first.
+maximum); this pools `--repeat` of them. With `--nice N` a variant runs `jaco backup` under
+`nice -n N`, as a worker that yields its CPU would; each `--before` (a worktree of another
+commit, its jaco/_native*.so copied in) is a variant that runs jacod and `jaco backup` from that
+tree, labelled by the tree's directory name, jacod restarted before each backup of any tree.
+Quiet samples (no backup) come first.
 Results go to bench/results/write-p99-<time>.json.
 """
 
@@ -30,7 +31,7 @@ from infra.localcluster import JACO, cluster_of
 
 
 def run(
-    random_mib: int, repeat: int, nice: int | None, before: Path | None
+    random_mib: int, repeat: int, nice: int | None, before: list[Path]
 ) -> tuple[dict[str, list[float]], list[dict[str, object]]]:
     """The samples of each variant, pooled, and each backup's own figures (round by round)."""
     from jaco.client.connection import open_client
@@ -50,9 +51,9 @@ def run(
                 "jaco backup": [str(JACO), "backup", "--output", str(out)],
             }
             trees: dict[str, Path] = {}
-            if before is not None:
-                variants["jaco backup, before"] = variants["jaco backup"]
-                trees["jaco backup, before"] = before.resolve()
+            for other in before:  # labelled by the tree's directory name
+                variants[f"jaco backup, {other.name}"] = variants["jaco backup"]
+                trees[f"jaco backup, {other.name}"] = other.resolve()
             if nice is not None:
                 variants[f"nice -n {nice} jaco backup"] = ["nice", "-n", str(nice)] + variants[
                     "jaco backup"
@@ -64,7 +65,7 @@ def run(
                     order = list(variants.items())  # every other round backwards
                     for label, cmd in order[:: -1 if round_ % 2 else 1]:
                         tree = trees.get(label)
-                        if before is not None and label != "etcdctl snapshot save":
+                        if before and label != "etcdctl snapshot save":
                             restart(cluster, node, tree)  # jacod from the tree of the client
                         run_env = {**env, "PYTHONPATH": str(tree)} if tree else env
                         seen = probe.during(cmd, run_env)
@@ -92,7 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--random-mib", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--nice", type=int, help="a variant: jaco backup under nice -n N")
-    parser.add_argument("--before", type=Path, help="a variant: jacod and jaco from another tree")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        action="append",
+        default=[],
+        help="a variant: jacod and jaco from another tree (repeatable; labelled by its name)",
+    )
     args = parser.parse_args(argv)
     samples, rounds = run(args.random_mib, args.repeat, args.nice, args.before)
     ref = pct(samples["etcdctl snapshot save"], 0.99)
@@ -110,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "random_mib": args.random_mib,
                 "repeat": args.repeat,
-                "before": str(args.before or ""),
+                "before": [str(tree) for tree in args.before],
                 "commit": described_commit(Path(__file__).resolve().parent.parent),
-                "before_commit": described_commit(args.before) if args.before else "",
+                "before_commit": [described_commit(tree) for tree in args.before],
                 "rounds": rounds,
                 "samples": samples,
             }
