@@ -52,8 +52,8 @@ def run(
             }
             trees: dict[str, Path] = {}
             for other in before:  # labelled by the tree's directory name
-                variants[f"jaco backup, {other.name}"] = variants["jaco backup"]
-                trees[f"jaco backup, {other.name}"] = other.resolve()
+                variants[f"jaco backup, {other.resolve().name}"] = variants["jaco backup"]
+                trees[f"jaco backup, {other.resolve().name}"] = other.resolve()
             if nice is not None:
                 variants[f"nice -n {nice} jaco backup"] = ["nice", "-n", str(nice)] + variants[
                     "jaco backup"
@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         help="a variant: jacod and jaco from another tree (repeatable; labelled by its name)",
     )
     args = parser.parse_args(argv)
+    names = [tree.resolve().name for tree in args.before]
+    if len(set(names)) != len(names):
+        parser.error(f"--before trees need names of their own (a variant each): {names}")
     samples, rounds = run(args.random_mib, args.repeat, args.nice, args.before)
     ref = pct(samples["etcdctl snapshot save"], 0.99)
     print(f"\n{'variant':<28} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'p99 / etcdctl':>14}")
