@@ -2339,6 +2339,13 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_pipeline.py", "gone_quiet"),
     ),
     m(
+        "client: no keepalive pings, a silent server waited on until the deadline (stop 52)",
+        "jaco/client/connection.py",
+        '                ("grpc.keepalive_time_ms", KEEPALIVE_MS),\n',
+        "",
+        k("tests/test_pipeline.py", "going_silent"),
+    ),
+    m(
         "tests: xdist re-sorts modules by their number of tests, the longest last (stop 50)",
         "tests/conftest.py",
         "    config.option.loadscopereorder = False",

@@ -10,10 +10,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -363,16 +363,16 @@ def test_leader_going_silent_is_detected_by_keepalive(env: dict[str, Any], tmp_p
     proxy = FaultyProxy(leader.api_port)
     proxy.blackhole_after = 20_000
     try:
-        started = time.monotonic()
         state = run_flow(
             params(cluster, keys, tmp_path / "local", servers=[proxy.address, follower.server])
         )
-        elapsed = time.monotonic() - started
     finally:
         proxy.close()
     assert proxy.blackholed.is_set()
     assert state.is_completed(), state.message
-    assert elapsed < 200  # keepalive, not the 300 s call deadline, ended the silent call
+    # keepalive, not the call's deadline, ended the silent call; the run says so
+    logs = flow_logs(state)
+    assert re.search(rf"server {re.escape(proxy.address)} unavailable \(.*ping timeout", logs), logs
     assert [r.run_count for r in _task_runs(state, "take-backup")] == [1]
 
 
@@ -438,6 +438,7 @@ def test_wrong_verify_identity_is_refused_before_anything_is_taken(
 def test_bad_token_fails_fast_and_alerts(
     env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Fast: a token the cluster refuses is not retried (the take-backup task ran once)."""
     cluster = env["cluster"]
     forged = cluster.token[: cluster.token.rindex(".") + 1] + "C" * 43
     monkeypatch.setenv("JACO_TOKEN", forged)
@@ -457,9 +458,7 @@ def test_bad_token_fails_fast_and_alerts(
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("JACO_ALERT_WEBHOOK", f"http://127.0.0.1:{server.server_port}/hook")
     try:
-        started = time.monotonic()
         state = run_flow(params(cluster, env["keys"], tmp_path / "local"))
-        assert time.monotonic() - started < 60
     finally:
         server.shutdown()
     assert state.is_failed()
