@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -89,7 +88,6 @@ def test_serve_registers_deployments_and_an_on_demand_drill_completes(
             assert on_demand.schedules == []
         # "Custom run": parameters edited for this run only.
         params = {**on_demand.parameters["params"], "workdir": str(tmp_path / "drills")}
-        started = time.monotonic()
         run = run_deployment(
             "drill-restore/drill-prod", parameters={"params": params}, timeout=600, poll_interval=1
         )
@@ -97,7 +95,6 @@ def test_serve_registers_deployments_and_an_on_demand_drill_completes(
             run.state,
             _tail(log),
         )
-        assert time.monotonic() - started < 600
         assert list((tmp_path / "drills").iterdir()) == []
     finally:
         serving.terminate()
