@@ -2346,6 +2346,13 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_pipeline.py", "going_silent"),
     ),
     m(
+        "flows: what a flow's process imported left in every full collection (stop 52)",
+        "flows/tasks.py",
+        "\ngc.freeze()\n",
+        "\n",
+        k("tests/unit/test_flow_heap_frozen.py", "freezes"),
+    ),
+    m(
         "tests: xdist re-sorts modules by their number of tests, the longest last (stop 50)",
         "tests/conftest.py",
         "    config.option.loadscopereorder = False",
