@@ -51,9 +51,10 @@ from jaco.public import (
 T = TypeVar("T", bound=Task[Any, Any])
 
 # What is imported by now (Prefect, its dependencies, jaco) is a heap of long-lived objects that
-# every full collection would scan again, in a process that runs a flow: making an S3 client
-# (botocore's models) took 0.15 s instead of 0.07 (docs/benchmarks.md, stop 52). Frozen, they
-# are left out of collections; what is made after is collected as ever.
+# every full collection would scan again in the process that imports this module (a flow's run,
+# the serving process, the stream runner; a test worker too): making an S3 client (botocore's
+# models) took 0.15 s instead of 0.07 (docs/benchmarks.md, stop 52). Frozen, they are left out
+# of collections; what is made after is collected as ever.
 gc.freeze()
 
 

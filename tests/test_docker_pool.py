@@ -60,6 +60,7 @@ def _prefect(*args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.timeout(900)  # the drill's run (up to 600 s) and the removal after it (180 s)
 def test_a_drill_runs_as_an_ephemeral_container_of_a_docker_work_pool(
     network: str, stored1: dict[str, Any], prefect: str, tmp_path: Path
 ) -> None:

@@ -362,15 +362,16 @@ def test_leader_going_silent_is_detected_by_keepalive(env: dict[str, Any], tmp_p
     # After 20 kB the leader answers nothing and closes nothing: a host that lost power.
     proxy = FaultyProxy(leader.api_port)
     proxy.blackhole_after = 20_000
-    try:
+    servers = [proxy.address, follower.server]
+    try:  # a deadline of 120 s: were pings not sent, it would end the call, and the run goes on
         state = run_flow(
-            params(cluster, keys, tmp_path / "local", servers=[proxy.address, follower.server])
+            params(cluster, keys, tmp_path / "local", servers=servers, timeout_seconds=120)
         )
     finally:
         proxy.close()
     assert proxy.blackholed.is_set()
     assert state.is_completed(), state.message
-    # keepalive, not the call's deadline, ended the silent call; the run says so
+    # a ping unanswered (30 s), not the call's deadline, ended the silent call; the run says so
     logs = flow_logs(state)
     assert re.search(rf"server {re.escape(proxy.address)} unavailable \(.*ping timeout", logs), logs
     assert [r.run_count for r in _task_runs(state, "take-backup")] == [1]
