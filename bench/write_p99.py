@@ -51,9 +51,9 @@ def run(
                 "jaco backup": [str(JACO), "backup", "--output", str(out)],
             }
             trees: dict[str, Path] = {}
-            for other in before:  # labelled by the tree's directory name
-                variants[f"jaco backup, {other.resolve().name}"] = variants["jaco backup"]
-                trees[f"jaco backup, {other.resolve().name}"] = other.resolve()
+            for other in before:  # resolved trees, labelled by their directory name
+                variants[f"jaco backup, {other.name}"] = variants["jaco backup"]
+                trees[f"jaco backup, {other.name}"] = other
             if nice is not None:
                 variants[f"nice -n {nice} jaco backup"] = ["nice", "-n", str(nice)] + variants[
                     "jaco backup"
@@ -101,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a variant: jacod and jaco from another tree (repeatable; labelled by its name)",
     )
     args = parser.parse_args(argv)
-    names = [tree.resolve().name for tree in args.before]
-    if len(set(names)) != len(names):
+    before = [tree.resolve() for tree in args.before]
+    if len({tree.name for tree in before}) != len(before):
+        names = [tree.name for tree in before]
         parser.error(f"--before trees need names of their own (a variant each): {names}")
-    samples, rounds = run(args.random_mib, args.repeat, args.nice, args.before)
+    samples, rounds = run(args.random_mib, args.repeat, args.nice, before)
     ref = pct(samples["etcdctl snapshot save"], 0.99)
     print(f"\n{'variant':<28} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'p99 / etcdctl':>14}")
     for label, lat in samples.items():
