@@ -2353,6 +2353,13 @@ MUTATIONS: list[Mutation] = [
         k("tests/unit/test_flow_heap_frozen.py", "freezes"),
     ),
     m(
+        "tests: the hostile archives' memory limit not applied (stop 52, read-through)",
+        "tests/test_hostile_archives.py",
+        'LIMITED = ["prlimit", f"--data={MEMORY_LIMIT}", "--"]',
+        "LIMITED: list[str] = []",
+        k("tests/test_hostile_archives.py", "memory_limit_is_real"),
+    ),
+    m(
         "tests: xdist re-sorts modules by their number of tests, the longest last (stop 50)",
         "tests/conftest.py",
         "    config.option.loadscopereorder = False",

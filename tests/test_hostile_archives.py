@@ -15,6 +15,7 @@ import gzip
 import json
 import os
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from tests.refusal import refused
 MEMORY_LIMIT = 512 * 1024 * 1024  # half what the bombs below declare
 SECONDS = 10.0  # a refusal after the first few KiB of the stream, plus interpreter start-up
 GiB = 1024**3
+LIMITED = ["prlimit", f"--data={MEMORY_LIMIT}", "--"]  # what _jaco runs jaco under
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def _jaco(args: list[str], tmp: Path) -> tuple[Result, float]:
     before its exec (grpc/grpc#43055; docs/testing.md)."""
     started = time.monotonic()
     proc = subprocess.run(
-        ["prlimit", f"--data={MEMORY_LIMIT}", "--", JACO, *args],
+        [*LIMITED, JACO, *args],
         capture_output=True,
         text=True,
         env={**os.environ, "TMPDIR": str(tmp)},
@@ -190,6 +192,15 @@ def test_hostile_archive_is_refused_within_bounds(
     assert seconds < SECONDS, f"restore took {seconds:.1f} s"
     assert _left_behind(tmpdir, data_dir) == []
     assert [p.name for p in parent.iterdir()] == ["data"]
+
+
+def test_the_memory_limit_is_real() -> None:
+    """The bound the refusals above are held to: a process run as _jaco runs jaco cannot take
+    more than MEMORY_LIMIT (else every bomb would pass however much memory it made jaco take)."""
+    grab = f"bytearray({MEMORY_LIMIT})"
+    assert run([sys.executable, "-c", grab]).code == 0  # the same allocation, unlimited
+    limited = run([*LIMITED, sys.executable, "-c", grab])
+    assert limited.code != 0 and "MemoryError" in limited.err, limited
 
 
 def test_healthy_archive_inspects_and_restores_under_the_same_limits(
