@@ -477,9 +477,9 @@ MUTATIONS: list[Mutation] = [
     ),
     m(
         "drill: the state digest check runs under the client's default deadline (stop 26)",
-        "jaco/drill/checks.py",
-        '"StateDigest", pb.StateDigestRequest(revision=index), timeout=WHOLE_STORE_TIMEOUT',
-        '"StateDigest", pb.StateDigestRequest(revision=index)',
+        "jaco/client/history.py",
+        'client.call("StateDigest", request, timeout=WHOLE_STORE_TIMEOUT)',
+        'client.call("StateDigest", request)',
         k("tests/test_drill_checks.py", "own_deadline"),
     ),
     m(
@@ -2421,6 +2421,27 @@ MUTATIONS: list[Mutation] = [
         "        try:\n            await receiver.stop()\n        finally:",
         "        if True:\n            await receiver.stop()\n",
         k("tests/test_snapshot_file.py", "cancelled_twice"),
+    ),
+    m(
+        "state digest: jacod computes version 1 whatever version is asked for (stop 53)",
+        "jaco/server/service.py",
+        "self.store.state_digest(request.revision, request.digest_version or 1)",
+        "self.store.state_digest(request.revision, 1)",
+        k("tests/test_drill_checks.py", "versions_through"),
+    ),
+    m(
+        "state digest: the client takes an answer of another version than it asked (stop 53)",
+        "jaco/client/history.py",
+        "    if answered != version:",
+        "    if False:",
+        k("tests/test_drill_checks.py", "versions_through"),
+    ),
+    m(
+        "state digest: version 2 hashes the value itself, not its SHA-256 (stop 53)",
+        "jaco/model/digest.py",
+        "key, hashlib.sha256(value).digest()))",
+        "key, value))",
+        k("tests/unit/test_key_order.py", "v2"),
     ),
 ]
 

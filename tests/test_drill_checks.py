@@ -14,6 +14,7 @@ They are the drill's second line, proven here on their own against real nodes.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from collections.abc import Iterator
@@ -32,7 +33,9 @@ from jaco.archive.meta import BackupMeta
 from jaco.client import history
 from jaco.client.connection import open_client
 from jaco.drill import checks
+from jaco.errors import InvalidArgument, JacoError
 from jaco.model.audit import event_hash
+from jaco.model.digest import StateDigest, StateDigestV2
 from jaco.model.keys import K_HEAD, P_DEPLOYMENTS, P_REPLICAS, encode, event_key
 from jaco.v1 import jaco_pb2 as pb
 from tests.archives import members
@@ -329,3 +332,58 @@ def test_checks_that_read_the_whole_store_set_their_own_deadline(stored1: dict[s
     # The two audit checks share one walk of the log (12 s at 10⁶ keys): one verification,
     # which also finds the RESTORE_COMPLETED events, and no listing.
     assert asked == ["StateDigest", "VerifyAudit", "StateDigest"], asked
+
+
+def _records_at(node: Node, revision: int) -> list[tuple[bytes, bytes]]:
+    """Every record under /jaco/v1/ at `revision`, read by etcdctl (not by jaco), key order."""
+    command = [*node.etcdctl_command(), "get", "--prefix", "/jaco/v1/", f"--rev={revision}"]
+    out = subprocess.run([*command, "-w", "json"], check=True, capture_output=True).stdout
+    kvs = json.loads(out).get("kvs", [])
+    records = [(base64.b64decode(kv["key"]), base64.b64decode(kv.get("value", ""))) for kv in kvs]
+    return sorted(records)
+
+
+def test_state_digest_versions_through_the_api(stored1: dict[str, Any]) -> None:
+    """The StateDigest call computes the version asked for (jaco/model/digest.py), says which
+    it computed, and refuses one it does not know; a client asking for version 2 refuses an
+    answer that does not say 2 (an older jacod's: it knows only 1 and leaves the field 0).
+    Each digest is held to its definition over etcd's own records, read by etcdctl."""
+    cluster: Cluster = stored1["cluster"]
+    node = cluster.nodes["node-1"]
+    with open_client(node.server, cluster.token) as client:
+        revision = int(client.call("StateDigest", pb.StateDigestRequest()).revision)
+        records = _records_at(node, revision)
+        one, two = StateDigest(), StateDigestV2()
+        for key, value in records:
+            one.add(key, value)
+            two.add(key, value)
+        # A request without a version (every client before versions) is version 1.
+        plain = client.call("StateDigest", pb.StateDigestRequest(revision=revision))
+        assert plain.digest_version == 1
+        assert (dict(plain.counts), plain.state_digest) == one.result()
+        v2 = history.state_at(client, revision, 2)
+        assert v2.digest_version == 2 and v2.revision == revision
+        assert (dict(v2.counts), v2.state_digest) == two.result()
+        assert v2.state_digest != plain.state_digest and sum(v2.counts.values()) > 10
+        assert history.digest_at(client, revision, 1) == plain.state_digest
+        with pytest.raises(InvalidArgument) as refused:
+            client.call("StateDigest", pb.StateDigestRequest(revision=revision, digest_version=3))
+        assert str(refused.value) == (
+            "state digest version 3 is not known to this jaco (it knows 1, 2)"
+        )
+        # An older jacod's answer: the field left 0, whatever was asked.
+        call = client.call
+
+        def older(method: str, request: Any, **kw: Any) -> Any:
+            answer = call(method, request, **kw)
+            answer.ClearField("digest_version")
+            return answer
+
+        client.call = older  # type: ignore[method-assign]
+        assert history.digest_at(client, revision, 1) == plain.state_digest
+        with pytest.raises(JacoError) as older_refused:
+            history.state_at(client, revision, 2)
+        assert str(older_refused.value) == (
+            "the cluster's jacod computed state digest version 1, not 2: "
+            "it is older than this jaco; upgrade it"
+        )

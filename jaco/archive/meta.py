@@ -71,6 +71,12 @@ class BackupMeta(BaseModel):
         return self.model_dump_json(indent=2, exclude_none=True).encode() + b"\n"
 
     @property
+    def digest_version(self) -> Literal[1]:
+        """Which state digest `state_digest` is (`jaco.model.digest`): formats 1 and 2 hold
+        version 1."""
+        return 1
+
+    @property
     def taken_on(self) -> dt.date:
         return self.taken_at.date()
 

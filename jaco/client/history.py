@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from jaco.client.connection import WHOLE_STORE_TIMEOUT, Client
-from jaco.errors import Compacted
+from jaco.errors import Compacted, JacoError
 from jaco.v1 import jaco_pb2 as pb
 
 
@@ -14,10 +14,26 @@ def cluster_id(client: Client) -> str:
     return str(client.call("Status", pb.StatusRequest(limit=1)).cluster_id)
 
 
-def digest_at(client: Client, revision: int) -> str:
-    """The state digest at `revision`, read from etcd's history (`Compacted` if it is gone)."""
-    request = pb.StateDigestRequest(revision=revision)
-    return str(client.call("StateDigest", request, timeout=WHOLE_STORE_TIMEOUT).state_digest)
+def state_at(client: Client, revision: int, version: int = 1) -> pb.StateDigestResponse:
+    """The state digest of `version` (`jaco.model.digest`) at `revision` (0: the latest), read
+    from etcd's history (`Compacted` if it is gone). A server that answers with another
+    version than asked (an older jacod answers 0 to anything: it knows only 1) is refused:
+    digests of two versions never match, and a drill comparing them would fail for no fault
+    of the backup."""
+    request = pb.StateDigestRequest(revision=revision, digest_version=version)
+    state = client.call("StateDigest", request, timeout=WHOLE_STORE_TIMEOUT)
+    answered = state.digest_version or 1
+    if answered != version:
+        raise JacoError(
+            f"the cluster's jacod computed state digest version {answered}, not {version}: "
+            "it is older than this jaco; upgrade it"
+        )
+    return state
+
+
+def digest_at(client: Client, revision: int, version: int = 1) -> str:
+    """The state digest of `version` at `revision` (`Compacted` if it is gone)."""
+    return str(state_at(client, revision, version).state_digest)
 
 
 def random_point(client: Client, low: int, high: int, rng: random.Random) -> tuple[int, str] | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from jaco.archive.meta import BackupMeta
 from jaco.client.connection import WHOLE_STORE_TIMEOUT, Client
+from jaco.client.history import state_at
 from jaco.model.tokens import parse_token
 from jaco.v1 import jaco_pb2 as pb
 
@@ -141,9 +142,7 @@ def state_digest(meta: BackupMeta, client: Client) -> Result:
     """The running node's own store, read through its API at the snapshot index: the same
     records, counted and hashed the way the backup's meta.json was?"""
     index = meta.snapshot_index
-    state = client.call(
-        "StateDigest", pb.StateDigestRequest(revision=index), timeout=WHOLE_STORE_TIMEOUT
-    )
+    state = state_at(client, index, meta.digest_version)
     counts = dict(state.counts)
     ok = state.state_digest == meta.state_digest and counts == meta.counts
     return ok, (

@@ -10,7 +10,7 @@ from typing import Any
 from jaco.errors import AlreadyExists, Conflict, NotFound
 from jaco.model import audit, pki, scheduler, tokens
 from jaco.model.access import Access, name_taken, token_record
-from jaco.model.digest import StateDigest
+from jaco.model.digest import digest_for
 from jaco.model.engine import Change, View
 from jaco.model.etcd_types import Revision
 from jaco.model.keys import (
@@ -37,6 +37,7 @@ class StateAt:
     counts: dict[str, int]
     state_digest: str
     audit_head: dict[str, Any] | None
+    digest_version: int = 1
 
 
 class Membership(Access):
@@ -187,20 +188,21 @@ class Membership(Access):
         values = (kv.value async for kv in stored)
         return await audit.verify_stored(values, head, anchors, find_types)
 
-    async def state_digest(self, revision: int = 0) -> StateAt:
+    async def state_digest(self, revision: int = 0, version: int = 1) -> StateAt:
         """Per-table record counts, a SHA-256 over every record and the audit head, at one
-        revision (0: the latest).
+        revision (0: the latest), the digest of `version` (`jaco.model.digest`).
 
         Liveness keys are left out: they are heartbeats, not state. Computed the same way on
         the backed-up cluster and on the restored store, it proves the restore is exact.
         """
+        digest = digest_for(version)
         head_kv, read_at = await self.etcd.get(K_HEAD, revision=revision)
         revision = revision or read_at
-        digest = StateDigest()
         async for page in self.etcd.record_pages(ROOT, revision):
             digest.add_page(page)
         counts, state_digest = digest.result()
-        return StateAt(revision, counts, state_digest, decode(head_kv) if head_kv else None)
+        head = decode(head_kv) if head_kv else None
+        return StateAt(revision, counts, state_digest, head, digest.version)
 
     async def complete_restore(self, node: dict[str, Any], marker: dict[str, Any]) -> bool:
         """First boot after `jaco restore`: this node becomes the only member; once only."""

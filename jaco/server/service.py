@@ -264,9 +264,11 @@ class JacoService(pb_grpc.JacoServicer):
 
     @rpc
     async def StateDigest(self, request: Any, context: Any, who: Principal) -> Any:
-        state = await self.store.state_digest(request.revision)
+        # 0 is a client older than versions: it means 1. An unknown one is InvalidArgument.
+        state = await self.store.state_digest(request.revision, request.digest_version or 1)
         head = state.audit_head or {}
         return pb.StateDigestResponse(
+            digest_version=state.digest_version,
             revision=state.revision,
             counts=state.counts,
             state_digest=state.state_digest,

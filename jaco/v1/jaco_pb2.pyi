@@ -956,18 +956,25 @@ Global___AuditVerification: _TypeAlias = AuditVerification  # noqa: Y015
 
 @_typing.final
 class StateDigestRequest(_message.Message):
+    """digest_version: which definition of the state digest (jaco/model/digest.py); 0 means 1,
+    the only one older servers know.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REVISION_FIELD_NUMBER: _builtins.int
+    DIGEST_VERSION_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
+    digest_version: _builtins.int
     def __init__(
         self,
         *,
         revision: _builtins.int = ...,
+        digest_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest_version", b"digest_version", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1002,10 +1009,13 @@ class StateDigestResponse(_message.Message):
     STATE_DIGEST_FIELD_NUMBER: _builtins.int
     AUDIT_HEAD_SEQ_FIELD_NUMBER: _builtins.int
     AUDIT_HEAD_HASH_FIELD_NUMBER: _builtins.int
+    DIGEST_VERSION_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     state_digest: _builtins.str
     audit_head_seq: _builtins.int
     audit_head_hash: _builtins.str
+    digest_version: _builtins.int
+    """The version computed, echoed: 0 from a server older than versions (it computed 1)."""
     @_builtins.property
     def counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     def __init__(
@@ -1016,10 +1026,11 @@ class StateDigestResponse(_message.Message):
         state_digest: _builtins.str = ...,
         audit_head_seq: _builtins.int = ...,
         audit_head_hash: _builtins.str = ...,
+        digest_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_head_hash", b"audit_head_hash", "audit_head_seq", b"audit_head_seq", "counts", b"counts", "revision", b"revision", "state_digest", b"state_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_head_hash", b"audit_head_hash", "audit_head_seq", b"audit_head_seq", "counts", b"counts", "digest_version", b"digest_version", "revision", b"revision", "state_digest", b"state_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
