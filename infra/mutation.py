@@ -2443,6 +2443,27 @@ MUTATIONS: list[Mutation] = [
         "key, value))",
         k("tests/unit/test_key_order.py", "v2"),
     ),
+    m(
+        "state digest v2: the file's walk keeps a key's first record, not its latest (stop 53)",
+        "jaco/archive/snapshot_file.py",
+        "            if held is None or (stored, page, index) > held[:3]:",
+        "            if held is None:",
+        k("tests/test_snapshot_file.py", "v2_counts_only"),
+    ),
+    m(
+        "state digest v2: a record past its page read on (stop 53)",
+        "jaco/archive/bolt.py",
+        "                if start + ksize + vsize > len(page):",
+        "                if False:",
+        k("tests/test_snapshot_file.py", "v2_walk_refuses"),
+    ),
+    m(
+        "state digest v2: a leaf spanning more than MAX_SPAN read whole (stop 53)",
+        "jaco/archive/bolt.py",
+        "            if span > MAX_SPAN:",
+        "            if False:",
+        k("tests/test_snapshot_file.py", "v2_walk_refuses"),
+    ),
 ]
 
 

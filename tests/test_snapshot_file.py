@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aetcd.rpc import kv_pb2
 
 from infra.localcluster import Cluster, Node, cluster_of, wait_for
 from jaco import _native
-from jaco.archive.bolt import BoltFile, SnapshotFileError
+from jaco.archive.bolt import LEAF, LEAF_ELEMENT, PAGE_HEADER, BoltFile, SnapshotFileError
 from jaco.archive.meta import BackupMeta
 from jaco.archive.snapshot_file import (
     RUN_BYTES,
@@ -91,6 +92,15 @@ def shaped(
                 await etcd.txn([], [op_put(key, b"t") for key in tail[50:]])
                 await etcd.txn([], [op_put(P_ALIVE + "ghost", b"heartbeat")])
                 await etcd.txn([], [op_put("/elsewhere/key", b"not jaco's")])
+                # Compacted, as etcd does every hour: the history above goes, and the pages
+                # that held it are free but keep their bytes (stale leaves a pass must not
+                # trust, some of them reused by the writes after).
+                _, now = await etcd.get(f"{BULK}000-000")
+                compact = [*node.etcdctl_command(), "compact", str(now), "--physical"]
+                await asyncio.to_thread(subprocess.run, compact, check=True, capture_output=True)
+                for batch in range(3):
+                    ops = [op_put(f"{BULK}after-{batch}-{i:02d}", b"a" * 300) for i in range(20)]
+                    await etcd.txn([], [*ops, op_put(f"{BULK}{batch + 10:03d}-000", b"v3")])
             finally:
                 await etcd.close()
 
@@ -124,12 +134,75 @@ def test_reader_agrees_with_etcd_and_the_live_store(
     counts, digest = asyncio.run(live())
     assert (state.counts, state.state_digest) == (counts, digest)
     # What went in: 3000 bulk keys, one deleted per batch of the last five, one re-created;
-    # 200 more, ten of them deleted.
-    assert state.counts["bulk"] == 3000 - 5 + 1 + 200 - 10
+    # 200 more, ten of them deleted; 60 after the compaction.
+    assert state.counts["bulk"] == 3000 - 5 + 1 + 200 - 10 + 60
     assert state.counts["deployments"] == 1
     assert "alive" not in state.counts
     assert state.cluster["cluster_id"] == shown["cluster_id"]
     assert pki.fingerprint(state.ca.cert_pem) == shown["ca_fingerprint"]
+
+
+def _unreached_records(path: Path) -> list[tuple[bytes, bytes]]:
+    """Key-bucket records on leaf pages the snapshot's key tree does not reach (free pages,
+    keeping what earlier commits wrote): (key, stored revision). Every page position is
+    tried, as a pass over the stream must; what does not parse is passed over."""
+    found = []
+    with BoltFile(path) as bolt:
+        reached: set[int] = set()
+        covered: set[int] = set()
+        for page, _, data in bolt.spanned_leaves(bolt.bucket_root(b"key"), reached):
+            covered.update(range(page, page + len(data) // bolt.page_size))
+        covered |= reached
+        for page in range(2, bolt.size // bolt.page_size):
+            head = bolt.read(page * bolt.page_size, bolt.page_size)
+            pid, flags, count, overflow = PAGE_HEADER.unpack_from(head)
+            end = (page + 1 + overflow) * bolt.page_size
+            if pid != page or flags != LEAF or page in covered or end > bolt.size:
+                continue
+            data = bolt.read(page * bolt.page_size, end - page * bolt.page_size)
+            for i in range(count):
+                at = PAGE_HEADER.size + i * LEAF_ELEMENT.size
+                if at + LEAF_ELEMENT.size > len(data):
+                    break
+                _, pos, ksize, vsize = LEAF_ELEMENT.unpack_from(data, at)
+                stored = data[at + pos : at + pos + ksize]
+                if ksize not in (17, 18) or stored[8:9] != b"_" or at + pos + ksize + vsize > end:
+                    continue
+                value = data[at + pos + ksize : at + pos + ksize + vsize]
+                with contextlib.suppress(Exception):
+                    found.append((bytes(kv_pb2.KeyValue.FromString(value).key), stored))
+    return found
+
+
+def test_digest_v2_counts_only_what_the_page_tree_reaches(
+    shaped: tuple[Cluster, Path, dict[str, Any]],
+) -> None:
+    """State digest version 2 read from the file (the walk a streaming pass is to be held to)
+    is the live store's version 2 at the snapshot's revision, and agrees with version 1 on
+    everything but the digest. The compacted store holds, on pages its tree no longer
+    reaches, records of keys it no longer has: a pass that trusted every leaf-looking page
+    would count them."""
+    cluster, snapshot, _ = shaped
+    node = cluster.nodes["node-1"]
+    one = read_snapshot_state(snapshot)
+    two = read_snapshot_state_reference(snapshot, version=2)
+
+    async def live() -> tuple[Any, set[bytes]]:
+        etcd = _etcd(node)
+        try:
+            at = await Store(etcd).state_digest(two.revision, 2)
+            return at, {key.encode() for key in await etcd.keys(ROOT, two.revision)}
+        finally:
+            await etcd.close()
+
+    at, keys = asyncio.run(live())
+    assert at.digest_version == 2 and at.revision == two.revision
+    assert (two.counts, two.state_digest) == (at.counts, at.state_digest)
+    assert _summary(two)[:2] + _summary(two)[3:] == _summary(one)[:2] + _summary(one)[3:]
+    assert two.state_digest != one.state_digest
+    unreached = _unreached_records(snapshot)
+    gone = {key for key, _ in unreached if key.startswith(BULK.encode()) and key not in keys}
+    assert gone, (len(unreached), sorted(gone)[:5])  # 14 of 137 records here
 
 
 def test_reader_refuses_damaged_files_cleanly(
@@ -194,14 +267,58 @@ def test_reader_refuses_damaged_files_cleanly(
         read_snapshot_state(damaged)
 
 
+def test_digest_v2_walk_refuses_damage_within_its_pages(
+    shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The walk of state digest version 2 reads each leaf whole and holds every element and
+    record to its page: what version 1 would read past the page, or leave unparsed, it
+    refuses, naming the page. Random damage: it reads, or refuses with SnapshotFileError."""
+    _, snapshot, _ = shaped
+    good = snapshot.read_bytes()
+    damaged = tmp_path / "damaged.db"
+
+    def read(data: bytes | bytearray) -> SnapshotState:
+        damaged.write_bytes(bytes(data))
+        return read_snapshot_state_reference(damaged, version=2)
+
+    rng = random.Random(12)
+    for _ in range(60):
+        data = bytearray(good)
+        for _ in range(rng.choice((1, 8))):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        with contextlib.suppress(SnapshotFileError):
+            read(data)
+    with BoltFile(snapshot) as bolt:
+        ps = bolt.page_size
+        leaf, count, page = next(bolt.spanned_leaves(bolt.bucket_root(b"key"), set()))
+    at = leaf * ps
+    element = at + PAGE_HEADER.size  # element 0: flags, pos, key size, value size
+    cases: list[tuple[int, bytes, str]] = [
+        (at + 10, (len(page) // 16).to_bytes(2, "little"), f"page {leaf} is damaged"),
+        (element + 4, len(page).to_bytes(4, "little"), f"page {leaf} is damaged"),
+        (at + 12, (5000).to_bytes(4, "little"), f"page {leaf} is damaged"),  # 20 MB of overflow
+        (element + 12, b"\xff\xff\xff\xff", "larger than etcd allows"),
+        (element + 8, (16).to_bytes(4, "little"), "malformed revision"),
+    ]
+    start = PAGE_HEADER.size + LEAF_ELEMENT.unpack_from(page, PAGE_HEADER.size)[1] + 17
+    cases.append((at + start, b"\xff", "damaged key-value record"))  # field 31, wire type 7
+    for offset, raw, said in cases:
+        data = bytearray(good)
+        data[offset : offset + len(raw)] = raw
+        with pytest.raises(SnapshotFileError, match=said):
+            read(data)
+    assert read(good).counts == read_snapshot_state(snapshot).counts
+
+
 READ_ONE = """
 import sys
 from pathlib import Path
 from jaco.archive.bolt import SnapshotFileError
 from jaco.archive.snapshot_file import read_snapshot_state, read_snapshot_state_reference
-for read in (read_snapshot_state, read_snapshot_state_reference):
+for read, version in ((read_snapshot_state, 1), (read_snapshot_state_reference, 1),
+                      (read_snapshot_state_reference, 2)):
     try:
-        read(Path(sys.argv[1]))
+        read(Path(sys.argv[1])) if version == 1 else read(Path(sys.argv[1]), version=2)
         print("read")
     except SnapshotFileError as exc:
         print(exc)
@@ -212,9 +329,9 @@ def test_a_page_tree_that_loops_or_leads_past_the_file_is_refused(
     shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     """The key bucket's root page names itself as its first child, or a page past the file's
-    end (just past, far past, or past any file's offset): both readers refuse in the same
-    words. Read in a process of its own, bounded in time: a walk that missed the loop would
-    never end."""
+    end (just past, far past, or past any file's offset): both readers, and the walk of
+    state digest version 2, refuse in the same words. Read in a process of its own, bounded
+    in time: a walk that missed the loop would never end."""
     _, snapshot, _ = shaped
     good = snapshot.read_bytes()
     with BoltFile(snapshot) as bolt:
@@ -236,7 +353,7 @@ def test_a_page_tree_that_loops_or_leads_past_the_file_is_refused(
             timeout=60,
             check=False,
         )
-        assert read.stdout.splitlines() == [said, said], (page, read.stderr[-400:])
+        assert read.stdout.splitlines() == [said] * 3, (page, read.stderr[-400:])
 
 
 def test_reader_spilling_sorted_runs_reads_the_same(

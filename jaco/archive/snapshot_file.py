@@ -22,7 +22,7 @@ from jaco.archive.key_order import latest_in_key_order
 from jaco.errors import InstallationError, JacoError
 from jaco.files import disk_full
 from jaco.model import pki
-from jaco.model.digest import StateDigest
+from jaco.model.digest import StateDigest, StateDigestV2
 from jaco.model.keys import B_ALIVE, B_ROOT, K_CA, K_CLUSTER, K_HEAD
 
 try:
@@ -83,9 +83,12 @@ def read_snapshot_state(
 
 
 def read_snapshot_state_reference(
-    path: Path, scratch: Path | None = None, run_bytes: int | None = None
+    path: Path, scratch: Path | None = None, run_bytes: int | None = None, *, version: int = 1
 ) -> SnapshotState:
-    """read_snapshot_state, in Python: the definition the compiled pass is held to."""
+    """read_snapshot_state, in Python: the definition the compiled pass is held to. With
+    `version=2`, the state digest of version 2 (`jaco.model.digest`), by `_reference_v2`."""
+    if version == 2:
+        return _reference_v2(path)
     records: dict[bytes, bytes] = {}
     digest = StateDigest()
     with BoltFile(path) as bolt:
@@ -102,6 +105,42 @@ def read_snapshot_state_reference(
         revision = bolt.revision
     counts, state_digest = digest.result()
     return _state(revision, counts, state_digest, records)
+
+
+def _reference_v2(path: Path) -> SnapshotState:
+    """The pass of state digest version 2 over a snapshot file, as a walk of its page tree:
+    only the pages the snapshot's root reaches count, whatever the free pages hold. Of each
+    key, the record of the highest revision (a tie, only in a damaged file, to the later page
+    and index) is the latest; a deletion there leaves the key out. Held in memory: this is the
+    definition a streaming pass is to be held to, not the product's path.
+
+    Refusals, first found first: the meta pages; the root tree's walk to the key bucket; the
+    key bucket's pages in the tree's order, each page's first fault (`BoltFile.key_records`);
+    then a key that is not UTF-8, in key order."""
+    latest: dict[bytes, tuple[bytes, int, int, bytes | None]] = {}
+    with BoltFile(path) as bolt:
+        for key, stored, page, index, value in bolt.key_records():
+            if not _counted(key):
+                continue
+            held = latest.get(key)
+            if held is None or (stored, page, index) > held[:3]:
+                latest[key] = (stored, page, index, value)
+        revision = bolt.revision
+    digest = StateDigestV2()
+    wanted: dict[bytes, bytes] = {}
+    for key in sorted(latest):
+        value = latest[key][3]
+        if value is None:
+            continue
+        try:
+            key.decode()
+        except UnicodeDecodeError:
+            raise SnapshotFileError("the snapshot holds a key that is not UTF-8") from None
+        digest.add(key, value)
+        if key in _WANTED:
+            wanted[key] = value
+    counts, state_digest = digest.result()
+    return _state(revision, counts, state_digest, wanted)
 
 
 def _state(
