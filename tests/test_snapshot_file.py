@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import random
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -31,11 +33,14 @@ from jaco import _native
 from jaco.archive.bolt import LEAF, LEAF_ELEMENT, PAGE_HEADER, BoltFile, SnapshotFileError
 from jaco.archive.meta import BackupMeta
 from jaco.archive.snapshot_file import (
+    FEED_BYTES,
     RUN_BYTES,
     SnapshotState,
+    StatePass,
     read_snapshot_state,
     read_snapshot_state_reference,
 )
+from jaco.archive.tree_walk import key_bucket_root, key_records, spanned_leaves
 from jaco.errors import JacoError
 from jaco.model import pki
 from jaco.model.etcd import Etcd, op_delete, op_put
@@ -48,6 +53,7 @@ from jaco.v1 import jaco_pb2 as pb
 from tests.mounts import tmpfs
 
 BULK = ROOT + "bulk/"
+BULK_B = BULK.encode()
 
 
 def _etcd(node: Node) -> Etcd:
@@ -144,13 +150,19 @@ def test_reader_agrees_with_etcd_and_the_live_store(
 
 def _unreached_records(path: Path) -> list[tuple[bytes, bytes]]:
     """Key-bucket records on leaf pages the snapshot's key tree does not reach (free pages,
-    keeping what earlier commits wrote): (key, stored revision). Every page position is
-    tried, as a pass over the stream must; what does not parse is passed over."""
-    found = []
+    keeping what earlier commits wrote): (key, stored revision)."""
+    return [record for records in _unreached_leaves(path).values() for record in records]
+
+
+def _unreached_leaves(path: Path) -> dict[int, list[tuple[bytes, bytes]]]:
+    """Leaf pages the key tree does not reach, by page id, with the key-bucket records they
+    hold. Every page position is tried, as a pass over the stream must; what does not parse
+    is passed over."""
+    found: dict[int, list[tuple[bytes, bytes]]] = {}
     with BoltFile(path) as bolt:
         reached: set[int] = set()
         covered: set[int] = set()
-        for page, _, data in bolt.spanned_leaves(bolt.bucket_root(b"key"), reached):
+        for page, _, data in spanned_leaves(bolt, key_bucket_root(bolt), reached):
             covered.update(range(page, page + len(data) // bolt.page_size))
         covered |= reached
         for page in range(2, bolt.size // bolt.page_size):
@@ -160,6 +172,7 @@ def _unreached_records(path: Path) -> list[tuple[bytes, bytes]]:
             if pid != page or flags != LEAF or page in covered or end > bolt.size:
                 continue
             data = bolt.read(page * bolt.page_size, end - page * bolt.page_size)
+            records = found.setdefault(page, [])
             for i in range(count):
                 at = PAGE_HEADER.size + i * LEAF_ELEMENT.size
                 if at + LEAF_ELEMENT.size > len(data):
@@ -170,7 +183,7 @@ def _unreached_records(path: Path) -> list[tuple[bytes, bytes]]:
                     continue
                 value = data[at + pos + ksize : at + pos + ksize + vsize]
                 with contextlib.suppress(Exception):
-                    found.append((bytes(kv_pb2.KeyValue.FromString(value).key), stored))
+                    records.append((bytes(kv_pb2.KeyValue.FromString(value).key), stored))
     return found
 
 
@@ -186,6 +199,7 @@ def test_digest_v2_counts_only_what_the_page_tree_reaches(
     node = cluster.nodes["node-1"]
     one = read_snapshot_state(snapshot)
     two = read_snapshot_state_reference(snapshot, version=2)
+    assert _summary(read_snapshot_state(snapshot, version=2)) == _summary(two)
 
     async def live() -> tuple[Any, set[bytes]]:
         etcd = _etcd(node)
@@ -272,14 +286,22 @@ def test_digest_v2_walk_refuses_damage_within_its_pages(
 ) -> None:
     """The walk of state digest version 2 reads each leaf whole and holds every element and
     record to its page: what version 1 would read past the page, or leave unparsed, it
-    refuses, naming the page. Random damage: it reads, or refuses with SnapshotFileError."""
+    refuses, naming the page. Random damage: it reads, or refuses with SnapshotFileError. The
+    pass over the stream says the same, word for word."""
     _, snapshot, _ = shaped
     good = snapshot.read_bytes()
     damaged = tmp_path / "damaged.db"
 
     def read(data: bytes | bytearray) -> SnapshotState:
         damaged.write_bytes(bytes(data))
-        return read_snapshot_state_reference(damaged, version=2)
+        stream = _outcome_v2(damaged, tmp_path, None)
+        try:
+            state = read_snapshot_state_reference(damaged, version=2)
+        except SnapshotFileError as exc:
+            assert stream == ("refused", str(exc))
+            raise
+        assert stream == _summary(state)
+        return state
 
     rng = random.Random(12)
     for _ in range(60):
@@ -290,7 +312,7 @@ def test_digest_v2_walk_refuses_damage_within_its_pages(
             read(data)
     with BoltFile(snapshot) as bolt:
         ps = bolt.page_size
-        leaf, count, page = next(bolt.spanned_leaves(bolt.bucket_root(b"key"), set()))
+        leaf, count, page = next(spanned_leaves(bolt, key_bucket_root(bolt), set()))
     at = leaf * ps
     element = at + PAGE_HEADER.size  # element 0: flags, pos, key size, value size
     cases: list[tuple[int, bytes, str]] = [
@@ -316,7 +338,7 @@ from pathlib import Path
 from jaco.archive.bolt import SnapshotFileError
 from jaco.archive.snapshot_file import read_snapshot_state, read_snapshot_state_reference
 for read, version in ((read_snapshot_state, 1), (read_snapshot_state_reference, 1),
-                      (read_snapshot_state_reference, 2)):
+                      (read_snapshot_state_reference, 2), (read_snapshot_state, 2)):
     try:
         read(Path(sys.argv[1])) if version == 1 else read(Path(sys.argv[1]), version=2)
         print("read")
@@ -329,7 +351,7 @@ def test_a_page_tree_that_loops_or_leads_past_the_file_is_refused(
     shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     """The key bucket's root page names itself as its first child, or a page past the file's
-    end (just past, far past, or past any file's offset): both readers, and the walk of
+    end (just past, far past, or past any file's offset): both readers, and both passes of
     state digest version 2, refuse in the same words. Read in a process of its own, bounded
     in time: a walk that missed the loop would never end."""
     _, snapshot, _ = shaped
@@ -353,7 +375,7 @@ def test_a_page_tree_that_loops_or_leads_past_the_file_is_refused(
             timeout=60,
             check=False,
         )
-        assert read.stdout.splitlines() == [said] * 3, (page, read.stderr[-400:])
+        assert read.stdout.splitlines() == [said] * 4, (page, read.stderr[-400:])
 
 
 def test_reader_spilling_sorted_runs_reads_the_same(
@@ -585,3 +607,198 @@ def test_a_scratch_disk_filling_up_is_said_not_raised(
         )
         assert list(small.iterdir()) == []
         assert shutil.disk_usage(small).used == 0
+
+
+def _outcome_v2(
+    path: Path, scratch: Path, run_bytes: int | None, chunks: Iterator[int] | None = None
+) -> tuple[Any, ...]:
+    """The pass of version 2 over the file's bytes, fed in pieces of the sizes `chunks` gives
+    (default: the 1 MiB of a backup's stream); its summary or its refusal."""
+    data = path.read_bytes()
+    try:
+        with StatePass(scratch, run_bytes) as state_pass:
+            at = 0
+            while at < len(data):
+                size = next(chunks) if chunks is not None else FEED_BYTES
+                state_pass.feed(data[at : at + size])
+                at += size
+            return _summary(state_pass.finish())
+    except SnapshotFileError as exc:
+        return ("refused", str(exc))
+
+
+def test_the_stream_pass_is_the_walk_of_version_2(
+    shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The compiled pass over the stream (what jacod is to run on a backup's bytes as they go
+    by) against the walk of the page tree that defines version 2: the same state and the same
+    refusal, word for word, from the same damage, whatever the pieces it is fed in, in memory
+    and spilling runs (of 16 KiB, of 1 KiB), leaving nothing behind."""
+    _, snapshot, _ = shaped
+    good = snapshot.read_bytes()
+    rng = random.Random(29)
+    damaged = tmp_path / "damaged.db"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    variants: list[bytes] = [good]
+    for _ in range(100):
+        data = bytearray(good)
+        for _ in range(rng.choice((1, 4, 32))):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        variants.append(bytes(data))
+    variants += [good[:size] for size in (0, 79, 100, 4096, 4200, 8192 + 90)]
+    variants += [good[:size] for size in rng.sample(range(8192, len(good)), 8)]
+    key = f"{BULK}007-042".encode()
+    variants.append(good.replace(key, key[:-2] + b"\xb9" + key[-1:]))
+    seen = set()
+    for i, data in enumerate(variants):
+        damaged.write_bytes(data)
+        try:
+            walked: tuple[Any, ...] = _summary(read_snapshot_state_reference(damaged, version=2))
+        except SnapshotFileError as exc:
+            walked = ("refused", str(exc))
+        seen.add(walked[1] if walked[0] == "refused" else "read")
+        for run_bytes in (None, 32 * 1024):
+            assert _outcome_v2(damaged, scratch, run_bytes) == walked, i
+        if i % 10 == 0:  # pieces of every size: page boundaries fall anywhere within them
+            sizes = [1, 7] if len(data) < 20000 else [61] if i == 0 else []
+            for size in [*sizes, 4095, 4096, 32768, 100003]:
+                assert _outcome_v2(damaged, scratch, None, itertools.repeat(size)) == walked
+            odd = iter(lambda: rng.randrange(1, 50000), None)
+            assert _outcome_v2(damaged, scratch, 2048, odd) == walked, i
+    assert list(scratch.iterdir()) == []
+    assert "read" in seen and len(seen) >= 5, seen
+
+
+def _page_bytes(data: bytes | bytearray, page: int, size: int) -> bytearray:
+    return bytearray(data[page * size : (page + 1) * size])
+
+
+def test_the_stream_pass_trusts_only_pages_the_tree_reaches(
+    shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """What a free page holds does not count, though the stream cannot tell it is free when it
+    goes by: a live leaf copied onto a free page, its revisions raised past the snapshot's and
+    its values changed (what a commit during the stream may write there), changes neither
+    the digest nor the revision, in memory and in runs of a record or two (no record is
+    dropped as superseded before the tree is known). A leaf header faked inside a live
+    value's overflow, and a free page whose stale overflow claims the live pages after it,
+    are passed over, or read, as the walk does."""
+    _, snapshot, _ = shaped
+    good = snapshot.read_bytes()
+    want = _summary(read_snapshot_state_reference(snapshot, version=2))
+    with BoltFile(snapshot) as bolt:
+        ps = bolt.page_size
+        leaves = list(spanned_leaves(bolt, key_bucket_root(bolt), set()))
+    unreached = [page for page, records in _unreached_leaves(snapshot).items() if records]
+    with BoltFile(snapshot) as bolt:  # a leaf of bulk records only: identity and CA stay
+        bulk = {page for _, _, page, _, _ in key_records(bolt)}
+        bulk -= {page for key, _, page, _, _ in key_records(bolt) if not key.startswith(BULK_B)}
+    live = next(
+        (page, count, data)
+        for page, count, data in leaves
+        if len(data) == ps and count > 3 and page in bulk
+    )
+    free = next(page for page in unreached if good[page * ps + 12 : page * ps + 16] == bytes(4))
+    damaged = tmp_path / "damaged.db"
+
+    # A live leaf onto a free page, newer and different.
+    page_id, count, leaf = live
+    copy = bytearray(leaf)
+    copy[0:8] = free.to_bytes(8, "little")
+    for i in range(count):
+        pos, ksize, vsize = struct.unpack_from("<III", copy, PAGE_HEADER.size + i * 16 + 4)
+        start = PAGE_HEADER.size + i * 16 + pos
+        copy[start : start + 8] = (2**40 + i).to_bytes(8, "big")  # revision main
+        record = kv_pb2.KeyValue.FromString(bytes(copy[start + ksize : start + ksize + vsize]))
+        record.value = b"X" * len(record.value)  # same length: the page's layout holds
+        encoded = record.SerializeToString()
+        assert len(encoded) == vsize
+        copy[start + ksize : start + ksize + vsize] = encoded
+    data = bytearray(good)
+    data[free * ps : (free + 1) * ps] = copy
+    damaged.write_bytes(data)
+    assert _summary(read_snapshot_state_reference(damaged, version=2)) == want
+    for run_bytes in (None, 2, 2048):
+        assert _outcome_v2(damaged, tmp_path, run_bytes) == want
+    # The same bytes on the live page itself: the raised revisions and the changed values
+    # count, so the free page's were passed over for being free, not for being unreadable.
+    copy[0:8] = page_id.to_bytes(8, "little")
+    data = bytearray(good)
+    data[page_id * ps : (page_id + 1) * ps] = copy
+    damaged.write_bytes(data)
+    changed = _outcome_v2(damaged, tmp_path, 2)
+    assert changed == _summary(read_snapshot_state_reference(damaged, version=2))
+    assert changed[0] == 2**40 + count - 1 and changed[2] != want[2]
+
+    # A leaf header faked at an overflow page of a live value.
+    big = next(page for page, _, data in leaves if len(data) > ps)
+    fake = bytearray(good)
+    fake[(big + 1) * ps : (big + 2) * ps] = copy[:ps]
+    fake[(big + 1) * ps : (big + 1) * ps + 8] = (big + 1).to_bytes(8, "little")
+    damaged.write_bytes(fake)
+    walked = _summary(read_snapshot_state_reference(damaged, version=2))
+    assert walked[0] == want[0] and walked[1] == want[1]  # no record of the fake counted
+    assert _outcome_v2(damaged, tmp_path, None) == walked
+
+    # A free page whose overflow claims the pages after it, live ones among them.
+    stale = bytearray(good)
+    stale[free * ps + 12 : free * ps + 16] = (8).to_bytes(4, "little")
+    damaged.write_bytes(stale)
+    assert _outcome_v2(damaged, tmp_path, None) == want
+    assert list(tmp_path.iterdir()) == [damaged]
+
+
+STREAM_ONE = """
+import sys
+from pathlib import Path
+from jaco.archive.bolt import SnapshotFileError
+from jaco.archive.snapshot_file import read_snapshot_state
+try:
+    print(read_snapshot_state(Path(sys.argv[1]), version=2).counts)
+except SnapshotFileError as exc:
+    print(exc)
+"""
+
+
+def test_the_stream_pass_refuses_pages_that_claim_the_same_bytes_over_and_over(
+    shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """A page made a 16 MiB leaf of 65 535 elements, each the same 14 MiB record: the stream,
+    which must parse every page as it goes by, whether the tree reaches it or not, would hash
+    900 GB. It stops at eight times the bytes received and refuses, in seconds (in a process
+    of its own, bounded in time)."""
+    _, snapshot, _ = shaped
+    good = snapshot.read_bytes()
+    with BoltFile(snapshot) as bolt:
+        ps = bolt.page_size
+    span = 16 * 1024 * 1024
+    free = next(
+        page
+        for page, records in sorted(_unreached_leaves(snapshot).items())
+        if records and page * ps + span <= len(good)
+    )
+    at = free * ps
+    value = kv_pb2.KeyValue(key=f"{BULK}again".encode(), value=b"v" * (14 * 1024 * 1024))
+    record = (7).to_bytes(8, "big") + b"_" + bytes(8) + value.SerializeToString()
+    count = 65535
+    first = PAGE_HEADER.size + count * 16  # the records after the element headers
+    page = bytearray(PAGE_HEADER.pack(free, LEAF, count, span // ps - 1))
+    for i in range(count):
+        page += struct.pack("<IIII", 0, first - (PAGE_HEADER.size + i * 16), 17, len(record) - 17)
+    page += record
+    assert len(page) <= span
+    data = bytearray(good)
+    data[at : at + len(page)] = page
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(data)
+    read = subprocess.run(
+        [sys.executable, "-c", STREAM_ONE, str(damaged)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert read.stdout.splitlines() == [
+        "the snapshot file's pages overlap as no bbolt file's do"
+    ], read.stderr[-400:]

@@ -41,13 +41,6 @@ PEEK = 4096  # enough of a KeyValue to read its key (keys are short; the key com
 MAX_RECORD = 64 * 1024 * 1024
 
 
-# The most a page and its overflow may span in the walk of state digest version 2, which reads
-# each leaf whole: a record may hold at most MAX_RECORD, and etcd's 1.5 MiB request limit
-# (jaco never raises it) keeps real leaves far smaller. A stream of pages must hold one span
-# at a time, so this bounds its memory on hostile input.
-MAX_SPAN = 16 * 1024 * 1024
-
-
 class SnapshotFileError(Exception):
     """The file is not a readable etcd snapshot (or is damaged)."""
 
@@ -279,54 +272,6 @@ class BoltFile:
                     yield key, peek
                 else:
                     yield key, (offset + start + ksize, vsize)
-        self.revision = revision
-
-    def spanned_leaves(self, root: int, seen: set[int]) -> Iterator[tuple[int, int, bytes]]:
-        """Leaf pages under `root`, in key order, each read whole with its overflow: (page id,
-        element count, bytes). A span over MAX_SPAN is refused: no real leaf is that large."""
-        for offset, count, first in self.leaves(root, seen):
-            page_id, span = offset // self.page_size, len(first)
-            span *= PAGE_HEADER.unpack_from(first)[3] + 1
-            if span > MAX_SPAN:
-                raise SnapshotFileError(f"the snapshot file's page {page_id} is damaged")
-            yield page_id, count, first if span == len(first) else self.read(offset, span)
-
-    def key_records(self) -> Iterator[tuple[bytes, bytes, int, int, bytes | None]]:
-        """Every record of the key bucket, in the tree's order: (key, its revision as stored,
-        17 bytes, page id, index in the page, value or None for a deletion). The store
-        revision, over all keys, is in `self.revision` once the iterator is exhausted.
-
-        State digest version 2's walk, stricter than `revisions` where only a damaged file
-        differs: every element header and record must lie within its page (and overflow),
-        every KeyValue must parse, as etcd's own start-up parses them all. Each page's
-        first fault is raised, in this order: an element header past the page, a record
-        larger than etcd allows, a record past the page, a malformed revision, a damaged
-        KeyValue."""
-        revision = 0
-        for page_id, count, page in self.spanned_leaves(self.bucket_root(KEY_BUCKET), set()):
-            damaged = f"the snapshot file's page {page_id} is damaged"
-            for index in range(count):
-                at = PAGE_HEADER.size + index * LEAF_ELEMENT.size
-                if at + LEAF_ELEMENT.size > len(page):
-                    raise SnapshotFileError(damaged)
-                _, pos, ksize, vsize = LEAF_ELEMENT.unpack_from(page, at)
-                if ksize + vsize > MAX_RECORD:
-                    raise SnapshotFileError("the snapshot holds a record larger than etcd allows")
-                start = at + pos
-                if start + ksize + vsize > len(page):
-                    raise SnapshotFileError(damaged)
-                stored = page[start : start + ksize]
-                if ksize not in (REVISION_KEY, REVISION_KEY + 1) or stored[8:9] != b"_":
-                    raise SnapshotFileError("the snapshot's key bucket holds a malformed revision")
-                revision = max(revision, int.from_bytes(stored[:8], "big"))
-                try:
-                    kv = kv_pb2.KeyValue.FromString(page[start + ksize : start + ksize + vsize])
-                except Exception as exc:  # protobuf's DecodeError
-                    raise SnapshotFileError(
-                        "the snapshot holds a damaged key-value record"
-                    ) from exc
-                value = None if ksize > REVISION_KEY else bytes(kv.value)
-                yield bytes(kv.key), stored[:REVISION_KEY], page_id, index, value
         self.revision = revision
 
     def value(self, record: Record) -> bytes:

@@ -13,12 +13,15 @@ compiled one is tested against (tests/test_snapshot_file.py), not used by the pr
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jaco.archive.bolt import BoltFile, SnapshotFileError
 from jaco.archive.key_order import latest_in_key_order
+from jaco.archive.tree_walk import key_records
 from jaco.errors import InstallationError, JacoError
 from jaco.files import disk_full
 from jaco.model import pki
@@ -54,22 +57,43 @@ class SnapshotState:
 
 
 def read_snapshot_state(
-    path: Path, scratch: Path | None = None, run_bytes: int | None = None
+    path: Path, scratch: Path | None = None, run_bytes: int | None = None, *, version: int = 1
 ) -> SnapshotState:
-    """Revision, counts, digest, cluster identity, CA and audit head of an etcd snapshot file.
+    """Revision, counts, digest, cluster identity, CA and audit head of an etcd snapshot file,
+    the state digest of `version` (`jaco.model.digest`).
 
     One pass over the file's records, then a merge in key order: memory stays bounded
     whatever the number of keys; a store too large for one run (half of `run_bytes`, 8 MiB:
     one run fills while the one before is sorted and written on a second thread) spills
     sorted runs to unnamed files in `scratch` (default: the snapshot's own directory).
-    Raises SnapshotFileError if the file is not a readable etcd snapshot of a jaco store.
+    Version 1 walks the file's page tree; version 2 reads it once from start to end, as a
+    stream of its bytes would be read (`StatePass`). Raises SnapshotFileError if the file is
+    not a readable etcd snapshot of a jaco store.
     """
+    if version == 2:
+        with StatePass(scratch or path.parent, run_bytes) as state_pass, path.open("rb") as f:
+            while piece := f.read(FEED_BYTES):
+                state_pass.feed(piece)
+            return state_pass.finish()
     if _native is None:
         raise InstallationError(MISSING)
     scratch = scratch or path.parent
     where = (path, scratch, B_ROOT, B_ALIVE, list(_WANTED))
-    try:
+    with _refusals(scratch):
         revision, counts, digest, found = _native.snapshot_state(*where, run_bytes or RUN_BYTES)
+    return _state(revision, dict(counts), digest, dict(found))
+
+
+# What one feed of a file's pass hands over: the pieces a backup's stream comes in.
+FEED_BYTES = 1024 * 1024
+
+
+@contextmanager
+def _refusals(scratch: Path) -> Iterator[None]:
+    """The compiled pass's refusals in jaco's terms: SnapshotFileError, or the scratch disk
+    full named as such."""
+    try:
+        yield
     except _native.SnapshotError as exc:
         raise SnapshotFileError(str(exc)) from None
     except OSError as exc:
@@ -79,7 +103,35 @@ def read_snapshot_state(
                 "spilled there, did not fit (they need up to the snapshot's size)"
             ) from None
         raise
-    return _state(revision, dict(counts), digest, dict(found))
+
+
+class StatePass:
+    """State digest version 2 of a snapshot, its bytes fed in order as they come (from a file,
+    or from etcd's stream): no copy of them is kept, only the sort's runs, spilled to unnamed
+    files in `scratch` when the store is larger than one run. `finish()` gives the
+    SnapshotState, or raises SnapshotFileError for what the file's page tree would refuse."""
+
+    def __init__(self, scratch: Path, run_bytes: int | None = None) -> None:
+        if _native is None:
+            raise InstallationError(MISSING)
+        self.scratch = scratch
+        wanted = list(_WANTED)
+        self._pass = _native.StreamPass(scratch, B_ROOT, B_ALIVE, wanted, run_bytes or RUN_BYTES)
+
+    def __enter__(self) -> StatePass:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pass.abort()  # its runs' files closed (unnamed: gone), its thread joined
+
+    def feed(self, piece: bytes) -> None:
+        with _refusals(self.scratch):
+            self._pass.feed(piece)
+
+    def finish(self) -> SnapshotState:
+        with _refusals(self.scratch):
+            revision, counts, digest, found = self._pass.finish()
+        return _state(revision, dict(counts), digest, dict(found))
 
 
 def read_snapshot_state_reference(
@@ -119,7 +171,7 @@ def _reference_v2(path: Path) -> SnapshotState:
     then a key that is not UTF-8, in key order."""
     latest: dict[bytes, tuple[bytes, int, int, bytes | None]] = {}
     with BoltFile(path) as bolt:
-        for key, stored, page, index, value in bolt.key_records():
+        for key, stored, page, index, value in key_records(bolt):
             if not _counted(key):
                 continue
             held = latest.get(key)

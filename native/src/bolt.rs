@@ -7,16 +7,16 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 pub const PEEK: usize = 4096;
-const MAGIC: u32 = 0xED0C_DAED;
-const VERSION: u32 = 2;
-const PAGE_HEADER: usize = 16;
-const META: usize = 64;
-const ELEMENT: usize = 16;
-const BRANCH: u16 = 0x01;
-const LEAF: u16 = 0x02;
-const BUCKET_LEAF: u32 = 0x01;
-const REVISION_KEY: usize = 17;
-const MAX_RECORD: u64 = 64 * 1024 * 1024;
+pub(crate) const MAGIC: u32 = 0xED0C_DAED;
+pub(crate) const VERSION: u32 = 2;
+pub(crate) const PAGE_HEADER: usize = 16;
+pub(crate) const META: usize = 64;
+pub(crate) const ELEMENT: usize = 16;
+pub(crate) const BRANCH: u16 = 0x01;
+pub(crate) const LEAF: u16 = 0x02;
+pub(crate) const BUCKET_LEAF: u32 = 0x01;
+pub(crate) const REVISION_KEY: usize = 17;
+pub(crate) const MAX_RECORD: u64 = 64 * 1024 * 1024;
 
 pub enum Error {
     /// The file is not a readable etcd snapshot: the message says why.
@@ -30,13 +30,13 @@ pub fn damaged<T>(message: impl Into<String>) -> Result<T> {
     Err(Error::Snapshot(message.into()))
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
+pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
 }
-fn u64_at(b: &[u8], at: usize) -> u64 {
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
@@ -60,11 +60,11 @@ impl Visited {
     }
 }
 
-fn page_size_ok(size: u64) -> bool {
+pub(crate) fn page_size_ok(size: u64) -> bool {
     (512..=1 << 16).contains(&size) && size & (size - 1) == 0
 }
 
-fn fnv64a(data: &[u8]) -> u64 {
+pub(crate) fn fnv64a(data: &[u8]) -> u64 {
     let mut h: u64 = 0xCBF2_9CE4_8422_2325;
     for &byte in data {
         h = (h ^ byte as u64).wrapping_mul(0x0000_0100_0000_01B3);
@@ -419,7 +419,7 @@ fn varint(data: &[u8], at: &mut usize) -> Option<u64> {
 
 /// (key, value) of an mvccpb.KeyValue: fields 1 and 5, the last of each winning, every other
 /// field skipped by its wire type; anything that does not parse is damage.
-fn key_value(data: &[u8]) -> Result<(&[u8], &[u8])> {
+pub(crate) fn key_value(data: &[u8]) -> Result<(&[u8], &[u8])> {
     let bad = || Error::Snapshot("the snapshot holds a damaged key-value record".into());
     let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
     let mut at = 0usize;

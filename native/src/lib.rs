@@ -17,6 +17,7 @@
 mod bolt;
 mod hashing;
 mod sort;
+mod stream;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -29,6 +30,7 @@ use pyo3::types::PyBytes;
 
 use crate::bolt::{damaged, Bolt, Error, Result};
 use crate::sort::Sorter;
+use crate::stream::Stream;
 
 create_exception!(
     _native,
@@ -132,26 +134,26 @@ fn snapshot_state(
     wanted: Vec<Vec<u8>>,
     run_bytes: usize,
 ) -> PyResult<Scanned> {
-    let outcome = py.allow_threads(|| {
+    let scanned_state = py.allow_threads(|| {
         std::panic::catch_unwind(|| scan(&path, &scratch, &root, &alive, &wanted, run_bytes))
     });
-    let state = match outcome {
-        Ok(Ok(state)) => state,
-        Ok(Err(Error::Snapshot(message))) => return Err(SnapshotError::new_err(message)),
-        Ok(Err(Error::Io(error))) => return Err(os_error(error)),
-        Err(_) => {
-            return Err(PyRuntimeError::new_err(
-                "the snapshot reader failed (a bug)",
-            ))
-        }
-    };
-    let counts = state
-        .counts
+    let state = outcome(scanned_state)?;
+    Ok(scanned(py, state.revision, state.counts, state.digest, state.wanted))
+}
+
+/// What a pass found, as Python values.
+fn scanned(
+    py: Python<'_>,
+    revision: u64,
+    counts: BTreeMap<Vec<u8>, u64>,
+    digest: String,
+    wanted: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Scanned {
+    let counts = counts
         .into_iter()
         .map(|(table, n)| (String::from_utf8_lossy(&table).into_owned(), n))
         .collect();
-    let wanted = state
-        .wanted
+    let wanted = wanted
         .into_iter()
         .map(|(k, v)| {
             (
@@ -160,12 +162,88 @@ fn snapshot_state(
             )
         })
         .collect();
-    Ok((state.revision, counts, state.digest, wanted))
+    (revision, counts, digest, wanted)
+}
+
+/// The pass of state digest version 2 over a snapshot's bytes as they arrive (stream.rs):
+/// StreamPass(scratch, root, alive, wanted, run_bytes), then feed(bytes) for every piece in
+/// order, then finish() -> what snapshot_state returns, or SnapshotError. Each call runs
+/// without the GIL. A pass that failed (an I/O error of its sort, a panic) refuses any further
+/// call.
+#[pyclass(module = "jaco._native")]
+struct StreamPass {
+    stream: Option<Stream>,
+}
+
+fn outcome<T>(result: std::thread::Result<crate::bolt::Result<T>>) -> PyResult<T> {
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(Error::Snapshot(message))) => Err(SnapshotError::new_err(message)),
+        Ok(Err(Error::Io(error))) => Err(os_error(error)),
+        Err(_) => Err(PyRuntimeError::new_err("the snapshot reader failed (a bug)")),
+    }
+}
+
+impl StreamPass {
+    fn live(&mut self) -> PyResult<&mut Stream> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| PyRuntimeError::new_err("this snapshot pass has ended"))
+    }
+}
+
+#[pymethods]
+impl StreamPass {
+    #[new]
+    #[pyo3(signature = (scratch, root, alive, wanted, run_bytes))]
+    fn new(
+        scratch: PathBuf,
+        root: Vec<u8>,
+        alive: Vec<u8>,
+        wanted: Vec<Vec<u8>>,
+        run_bytes: usize,
+    ) -> StreamPass {
+        let run_bytes = run_bytes.clamp(2, MAX_RUN_BYTES);
+        StreamPass {
+            stream: Some(Stream::new(&scratch, root, alive, wanted, run_bytes)),
+        }
+    }
+
+    fn feed(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        let stream = self.live()?;
+        let fed = py.allow_threads(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream.feed(data)))
+        });
+        let result = outcome(fed);
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    /// Ends the pass where it is: its sort's files closed (and so gone), its thread joined.
+    fn abort(&mut self, py: Python<'_>) {
+        let stream = self.stream.take();
+        py.allow_threads(|| drop(stream));
+    }
+
+    fn finish(&mut self, py: Python<'_>) -> PyResult<Scanned> {
+        let stream = match self.stream.take() {
+            Some(stream) => stream,
+            None => return Err(PyRuntimeError::new_err("this snapshot pass has ended")),
+        };
+        let done = py.allow_threads(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream.finish()))
+        });
+        let state = outcome(done)?;
+        Ok(scanned(py, state.revision, state.counts, state.digest, state.wanted))
+    }
 }
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(snapshot_state, m)?)?;
+    m.add_class::<StreamPass>()?;
     m.add("SnapshotError", m.py().get_type_bound::<SnapshotError>())?;
     Ok(())
 }

@@ -1,0 +1,588 @@
+//! State digest version 2 in one pass over a snapshot's bytes as they arrive, with no copy of
+//! them kept: docs/plans/scratchless-meta-pass.md. jaco/archive/bolt.py's `spanned_leaves`,
+//! `key_bucket_root` and `key_records` (a walk of the page tree, read at random) are the
+//! definition this pass is held to, refusal for refusal (tests/test_snapshot_file.py).
+//!
+//! The bytes come in file order (etcd streams bbolt's file as it lies, free pages included),
+//! so a page's place in the tree is not known while it goes by, and a free page may even be
+//! rewritten by a commit while it streams. So every page position whose header names it is
+//! parsed as it completes, as a leaf or a branch, whatever it is: a leaf's records go into the
+//! external sort as (key, revision, page, index) with the SHA-256 of their value (no value
+//! bytes), its damage is noted, not raised; a branch's children are noted. At the end the two
+//! walks of the reference run over these notes (the root tree to the key bucket, the key
+//! tree), raising what a page they reach holds, and mark the key tree's leaves live. The merge
+//! then takes, of each key, the record of the highest (revision, page, index) on a live page.
+//! Memory: the window of bytes (the oldest page still incomplete, at most MAX_SPAN, plus one
+//! fed piece), a few bytes per page of the file, the sort's runs.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::bolt::{
+    damaged, fnv64a, key_value, page_size_ok, u16_at, u32_at, u64_at, Record, Result,
+    BRANCH, BUCKET_LEAF, ELEMENT, LEAF, MAGIC, MAX_RECORD, META, PAGE_HEADER, REVISION_KEY,
+    VERSION,
+};
+use crate::hashing;
+use crate::sort::Sorter;
+
+/// The most a page and its overflow may span (jaco/archive/bolt.py's MAX_SPAN).
+pub const MAX_SPAN: u64 = 16 * 1024 * 1024;
+pub const V2_TAG: &[u8] = b"jaco state digest v2\n";
+const PAST_END: &str = "the snapshot file is truncated (a page lies past its end)";
+const LOOPS: &str = "the snapshot file's page tree is damaged (a page loops)";
+const LARGER: &str = "the snapshot holds a record larger than etcd allows";
+// How many times the bytes received a pass may parse (Stream::spend).
+const OVERLAP: u64 = 8;
+
+// What a page position turned out to be.
+const ABSENT: u8 = 0; // not whole in the stream: past its end
+const MISMATCH: u8 = 1; // its header names another page
+const OTHER: u8 = 2; // neither leaf nor branch
+const TOO_LARGE: u8 = 3; // a span over MAX_SPAN
+const PENDING: u8 = 4; // a span not yet (at the end: never) whole
+const LEAF_PAGE: u8 = 5;
+const BRANCH_PAGE: u8 = 6;
+
+// A record's payload in the sort: a deletion, the SHA-256 of its value, or (a wanted key) the
+// value itself.
+const DELETED: u8 = 0;
+const HASHED: u8 = 1;
+const VALUE: u8 = 2;
+
+/// What a leaf, read as a leaf of the root tree, says of the key bucket.
+enum RootView {
+    Found(u64),
+    Refused(String),
+}
+
+pub struct State {
+    pub revision: u64,
+    pub counts: BTreeMap<Vec<u8>, u64>,
+    pub digest: String,
+    pub wanted: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+pub struct Stream {
+    root: Vec<u8>,
+    alive: Vec<u8>,
+    wanted: Vec<Vec<u8>>,
+    sorter: Sorter,
+    received: u64,
+    head: Vec<u8>,                // the file's first 80 bytes
+    metas: [Option<Vec<u8>>; 2],  // the two meta pages' 64 bytes
+    page_size: u64,               // 0 until known; stays 0 when bad
+    next_page: u64,               // the next position to classify
+    buf: Vec<u8>,                 // the window: bytes from buf_start on
+    buf_start: u64,
+    pending: BinaryHeap<Reverse<(u64, u64, u16, u16)>>, // (span end, page, flags, count)
+    pending_starts: BTreeSet<u64>,
+    kinds: Vec<u8>,
+    max_rev: HashMap<u64, u64>,
+    children: HashMap<u64, Vec<u64>>,
+    bad_branch: HashSet<u64>,
+    key_poison: HashMap<u64, String>,
+    root_view: HashMap<u64, RootView>,
+    parsed: u64,
+    overlapping: bool,
+}
+
+/// A key in the sort's order, made one with what follows it: 0x00 escaped as 0x00 0xff, then
+/// 0x00 0x00, so that no key's bytes run into the next field and keys keep their byte order.
+fn composite(key: &[u8], revision: &[u8], page: u64, index: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 2 + REVISION_KEY + 10);
+    for &b in key {
+        out.push(b);
+        if b == 0 {
+            out.push(0xff);
+        }
+    }
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(revision);
+    out.extend_from_slice(&page.to_be_bytes());
+    out.extend_from_slice(&index.to_be_bytes());
+    out
+}
+
+/// (key, page) of a composite.
+fn split_composite(composite: &[u8]) -> (Vec<u8>, u64) {
+    let mut key = Vec::with_capacity(composite.len());
+    let mut at = 0;
+    while at + 1 < composite.len() {
+        let b = composite[at];
+        if b == 0 {
+            if composite[at + 1] == 0 {
+                break;
+            }
+            at += 1; // the escape's 0xff
+        }
+        key.push(b);
+        at += 1;
+    }
+    let page_at = at + 2 + REVISION_KEY;
+    (key, u64::from_be_bytes(composite[page_at..page_at + 8].try_into().unwrap()))
+}
+
+impl Stream {
+    pub fn new(
+        scratch: &Path,
+        root: Vec<u8>,
+        alive: Vec<u8>,
+        wanted: Vec<Vec<u8>>,
+        run_bytes: usize,
+    ) -> Stream {
+        Stream {
+            root,
+            alive,
+            wanted,
+            sorter: Sorter::new(scratch, run_bytes),
+            received: 0,
+            head: Vec::new(),
+            metas: [None, None],
+            page_size: 0,
+            next_page: 0,
+            buf: Vec::new(),
+            buf_start: 0,
+            pending: BinaryHeap::new(),
+            pending_starts: BTreeSet::new(),
+            kinds: Vec::new(),
+            max_rev: HashMap::new(),
+            children: HashMap::new(),
+            bad_branch: HashSet::new(),
+            key_poison: HashMap::new(),
+            root_view: HashMap::new(),
+            parsed: 0,
+            overlapping: false,
+        }
+    }
+
+    fn bytes(&self, from: u64, to: u64) -> &[u8] {
+        &self.buf[(from - self.buf_start) as usize..(to - self.buf_start) as usize]
+    }
+
+    /// The next bytes of the stream. Fails only on the sort's I/O (a full scratch disk): the
+    /// file's damage is noted, and raised by `finish` if the walks reach it.
+    pub fn feed(&mut self, data: &[u8]) -> Result<()> {
+        self.received += data.len() as u64;
+        if self.head.len() < 80 {
+            let take = (80 - self.head.len()).min(data.len());
+            self.head.extend_from_slice(&data[..take]);
+            if self.head.len() == 80 {
+                let size = u32_at(&self.head, PAGE_HEADER + 8) as u64;
+                if page_size_ok(size) {
+                    self.page_size = size;
+                }
+            }
+        }
+        let dead = self.head.len() == 80 && self.page_size == 0;
+        if dead || self.overlapping {
+            return Ok(()); // refused at the end; nothing more to keep
+        }
+        self.buf.extend_from_slice(data);
+        if self.page_size == 0 {
+            return Ok(());
+        }
+        let ps = self.page_size;
+        while (self.next_page + 1) * ps <= self.received {
+            let p = self.next_page;
+            self.next_page += 1;
+            self.classify(p)?;
+            if self.overlapping {
+                self.buf = Vec::new();
+                return Ok(());
+            }
+        }
+        self.parse_complete()?;
+        if self.overlapping {
+            self.buf = Vec::new();
+            return Ok(());
+        }
+        let mut keep = self.next_page * ps;
+        if let Some(&oldest) = self.pending_starts.iter().next() {
+            keep = keep.min(oldest * ps);
+        }
+        let drop = keep.saturating_sub(self.buf_start) as usize;
+        if drop > 0 && drop >= self.buf.len() / 2 {
+            self.buf.drain(..drop);
+            self.buf_start += drop as u64;
+        }
+        Ok(())
+    }
+
+    fn classify(&mut self, p: u64) -> Result<()> {
+        let ps = self.page_size;
+        let at = p * ps;
+        if p < 2 {
+            self.kinds.push(ABSENT);
+            let from = at + PAGE_HEADER as u64;
+            let meta = self.bytes(from, from + META as u64).to_vec();
+            self.metas[p as usize] = Some(meta);
+            return Ok(());
+        }
+        let header = self.bytes(at, at + PAGE_HEADER as u64);
+        let (id, flags) = (u64_at(header, 0), u16_at(header, 8));
+        let (count, overflow) = (u16_at(header, 10), u32_at(header, 12));
+        let span = (overflow as u64 + 1) * ps;
+        let kind = if id != p {
+            MISMATCH
+        } else if flags & (LEAF | BRANCH) == 0 {
+            OTHER
+        } else if span > MAX_SPAN {
+            TOO_LARGE
+        } else {
+            self.pending.push(Reverse((at + span, p, flags, count)));
+            self.pending_starts.insert(p);
+            PENDING
+        };
+        self.kinds.push(kind);
+        Ok(())
+    }
+
+    /// Parses every page whose span is whole.
+    fn parse_complete(&mut self) -> Result<()> {
+        while let Some(&Reverse((end, p, flags, count))) = self.pending.peek() {
+            if end > self.received {
+                break;
+            }
+            self.pending.pop();
+            self.pending_starts.remove(&p);
+            if !self.spend(end - p * self.page_size) {
+                return Ok(());
+            }
+            if flags & LEAF != 0 {
+                self.kinds[p as usize] = LEAF_PAGE;
+                self.parse_leaf(p, p * self.page_size, end, count as usize)?;
+            } else {
+                self.kinds[p as usize] = BRANCH_PAGE;
+                let page = self.bytes(p * self.page_size, end);
+                let count = count as usize;
+                let children: Option<Vec<u64>> = if PAGE_HEADER + count * ELEMENT > page.len() {
+                    None
+                } else {
+                    Some(
+                        (0..count)
+                            .map(|i| u64_at(page, PAGE_HEADER + i * ELEMENT + 8))
+                            .collect(),
+                    )
+                };
+                match children {
+                    Some(children) => {
+                        self.children.insert(p, children);
+                    }
+                    None => {
+                        self.bad_branch.insert(p);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts `bytes` of parsing against the budget: a page's span, a record's bytes. Past
+    /// OVERLAP times the bytes received (plus two spans), the pass stops: a real file's pages
+    /// and records are parsed once each, with stale ones over the same bytes now and then,
+    /// while a hostile one could make every position claim a 16 MiB span, or every element of
+    /// a page the same 16 MiB record, and so cost terabytes of parsing for a few megabytes.
+    fn spend(&mut self, bytes: u64) -> bool {
+        self.parsed += bytes;
+        if self.parsed > OVERLAP * self.received + 2 * MAX_SPAN {
+            self.overlapping = true;
+        }
+        !self.overlapping
+    }
+
+    /// A leaf read two ways: as the root tree's (does it name the key bucket?) and as the
+    /// key bucket's (its records), each stopping at its first fault, in the reference's order.
+    fn parse_leaf(&mut self, p: u64, from: u64, to: u64, count: usize) -> Result<()> {
+        let start = (from - self.buf_start) as usize;
+        let end = (to - self.buf_start) as usize;
+        let page = std::mem::take(&mut self.buf);
+        let outcome = self.leaf_records(p, &page[start..end], count);
+        let view = root_view(p, &page[start..end], count);
+        self.buf = page;
+        if let Some(view) = view {
+            self.root_view.insert(p, view);
+        }
+        outcome
+    }
+
+    fn leaf_records(&mut self, p: u64, page: &[u8], count: usize) -> Result<()> {
+        let mut revision = 0u64;
+        let mut fault: Option<String> = None;
+        for index in 0..count {
+            let at = PAGE_HEADER + index * ELEMENT;
+            if at + ELEMENT > page.len() {
+                fault = Some(format!("the snapshot file's page {p} is damaged"));
+                break;
+            }
+            let (pos, ksize, vsize) = (
+                u32_at(page, at + 4) as usize,
+                u32_at(page, at + 8) as usize,
+                u32_at(page, at + 12) as usize,
+            );
+            if (ksize + vsize) as u64 > MAX_RECORD {
+                fault = Some(LARGER.into());
+                break;
+            }
+            let start = at + pos;
+            if start + ksize + vsize > page.len() {
+                fault = Some(format!("the snapshot file's page {p} is damaged"));
+                break;
+            }
+            if !self.spend((ksize + vsize) as u64) {
+                break;
+            }
+            let stored = &page[start..start + ksize];
+            if !(ksize == REVISION_KEY || ksize == REVISION_KEY + 1) || stored[8] != b'_' {
+                fault = Some("the snapshot's key bucket holds a malformed revision".into());
+                break;
+            }
+            revision = revision.max(u64::from_be_bytes(stored[..8].try_into().unwrap()));
+            let (key, value) = match key_value(&page[start + ksize..start + ksize + vsize]) {
+                Ok(kv) => kv,
+                Err(_) => {
+                    fault = Some("the snapshot holds a damaged key-value record".into());
+                    break;
+                }
+            };
+            if !key.starts_with(&self.root) || key.starts_with(&self.alive) {
+                continue;
+            }
+            let mut payload = Vec::with_capacity(33);
+            if ksize > REVISION_KEY {
+                payload.push(DELETED);
+            } else if self.wanted.iter().any(|w| w.as_slice() == key) {
+                payload.push(VALUE);
+                payload.extend_from_slice(value);
+            } else {
+                payload.push(HASHED);
+                payload.extend_from_slice(&Sha256::digest(value));
+            }
+            let sorted = composite(key, &stored[..REVISION_KEY], p, index as u16);
+            self.sorter.add(&sorted, Record::Value(&payload))?;
+        }
+        self.max_rev.insert(p, revision);
+        if let Some(message) = fault {
+            self.key_poison.insert(p, message);
+        }
+        Ok(())
+    }
+
+    /// The kind of page `id` as a walk reaches it, or the walk's refusal.
+    fn reach(&self, id: u64, seen: &mut HashSet<u64>) -> Result<u8> {
+        if id < 2 || seen.contains(&id) {
+            return damaged(LOOPS);
+        }
+        seen.insert(id);
+        let kind = self.kinds.get(id as usize).copied().unwrap_or(ABSENT);
+        match kind {
+            ABSENT | PENDING => damaged(PAST_END),
+            MISMATCH | TOO_LARGE => damaged(format!("the snapshot file's page {id} is damaged")),
+            OTHER => damaged(format!("the snapshot file's page {id} is not a tree page")),
+            _ => {
+                if kind == BRANCH_PAGE && self.bad_branch.contains(&id) {
+                    return damaged(format!("the snapshot file's page {id} is damaged"));
+                }
+                Ok(kind)
+            }
+        }
+    }
+
+    fn children_of(&self, id: u64, stack: &mut Vec<u64>) {
+        if let Some(children) = self.children.get(&id) {
+            stack.extend(children.iter().rev());
+        }
+    }
+
+    /// The meta the reference's BoltFile chooses: (root page, pages).
+    fn meta(&self) -> Result<(u64, u64)> {
+        let size = self.received;
+        if size < 80 {
+            return damaged("the snapshot file is too short to be an etcd snapshot");
+        }
+        let ps = self.page_size;
+        if ps == 0 {
+            return damaged("the snapshot file is not a bbolt database (bad page size)");
+        }
+        let mut best: Option<(u64, u64, u64)> = None;
+        for page in 0..2u64 {
+            let at = page * ps + PAGE_HEADER as u64;
+            let raw: Vec<u8> = match &self.metas[page as usize] {
+                Some(raw) => raw.clone(),
+                None if at + META as u64 <= size => self.bytes(at, at + META as u64).to_vec(),
+                None => return damaged(PAST_END),
+            };
+            let (magic, version) = (u32_at(&raw, 0), u32_at(&raw, 4));
+            let (root, pages, txid) = (u64_at(&raw, 16), u64_at(&raw, 40), u64_at(&raw, 48));
+            if magic != MAGIC || version != VERSION || fnv64a(&raw[..META - 8]) != u64_at(&raw, 56)
+            {
+                continue;
+            }
+            if best.map_or(true, |b| txid > b.0) {
+                best = Some((txid, root, pages));
+            }
+        }
+        let (root, pages) = match best {
+            Some((_, root, pages)) => (root, pages),
+            None => return damaged("the snapshot file is not a bbolt database (no valid meta)"),
+        };
+        let needed = (pages as u128) * (ps as u128);
+        if needed > size as u128 {
+            return damaged(format!(
+                "the snapshot file is truncated: {size} bytes of {needed}"
+            ));
+        }
+        Ok((root, pages))
+    }
+
+    /// Revision, counts, digest and wanted records of what was fed, or the first refusal a
+    /// walk of the page tree meets (meta, root tree, key tree, then keys not UTF-8).
+    pub fn finish(self) -> Result<State> {
+        let (root, _) = self.meta()?;
+        if self.overlapping {
+            return damaged("the snapshot file's pages overlap as no bbolt file's do");
+        }
+        let mut seen = HashSet::new();
+        let mut stack = vec![root];
+        let mut key_root: Option<u64> = None;
+        while let Some(id) = stack.pop() {
+            if self.reach(id, &mut seen)? == BRANCH_PAGE {
+                self.children_of(id, &mut stack);
+                continue;
+            }
+            match self.root_view.get(&id) {
+                Some(RootView::Found(found)) => {
+                    key_root = Some(*found);
+                    break;
+                }
+                Some(RootView::Refused(message)) => return damaged(message.clone()),
+                None => {}
+            }
+        }
+        let key_root = match key_root {
+            Some(found) => found,
+            None => return damaged("the snapshot has no b'key' bucket (not an etcd store)"),
+        };
+        let mut seen = HashSet::new();
+        let mut live = HashSet::new();
+        let mut revision = 0u64;
+        let mut stack = vec![key_root];
+        while let Some(id) = stack.pop() {
+            if self.reach(id, &mut seen)? == BRANCH_PAGE {
+                self.children_of(id, &mut stack);
+                continue;
+            }
+            if let Some(message) = self.key_poison.get(&id) {
+                return damaged(message.clone());
+            }
+            live.insert(id);
+            revision = revision.max(self.max_rev.get(&id).copied().unwrap_or(0));
+        }
+        let Stream {
+            root: prefix,
+            sorter,
+            ..
+        } = self;
+        let mut counts: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        let mut found = Vec::new();
+        let ((), sha) = hashing::pipelined(|feed| {
+            feed.update(V2_TAG);
+            let mut current: Option<(Vec<u8>, Option<Vec<u8>>)> = None;
+            let mut emit = |key: Vec<u8>, latest: Option<Vec<u8>>| -> Result<()> {
+                let payload = match latest {
+                    Some(payload) if payload[0] != DELETED => payload,
+                    _ => return Ok(()),
+                };
+                if std::str::from_utf8(&key).is_err() {
+                    return damaged("the snapshot holds a key that is not UTF-8");
+                }
+                let hash: [u8; 32] = if payload[0] == VALUE {
+                    found.push((key.clone(), payload[1..].to_vec()));
+                    Sha256::digest(&payload[1..]).into()
+                } else {
+                    payload[1..33].try_into().unwrap()
+                };
+                feed.update(&(key.len() as u32).to_be_bytes());
+                feed.update(&key);
+                feed.update(&hash);
+                let rest = &key[prefix.len()..];
+                let table = rest.split(|&b| b == b'/').next().unwrap_or(rest);
+                match counts.get_mut(table) {
+                    Some(n) => *n += 1,
+                    None => {
+                        counts.insert(table.to_vec(), 1);
+                    }
+                }
+                Ok(())
+            };
+            sorter.finish(|sorted, record| {
+                let payload = match record {
+                    Record::Value(payload) => payload,
+                    _ => return damaged("the snapshot reader's sort lost a record (a bug)"),
+                };
+                let (key, page) = split_composite(sorted);
+                let same = current.as_ref().map_or(false, |(k, _)| *k == key);
+                if !same {
+                    if let Some((done, latest)) = current.take() {
+                        emit(done, latest)?;
+                    }
+                    current = Some((key, None));
+                }
+                if live.contains(&page) {
+                    if let Some((_, latest)) = current.as_mut() {
+                        *latest = Some(payload.to_vec());
+                    }
+                }
+                Ok(())
+            })?;
+            match current.take() {
+                Some((done, latest)) => emit(done, latest),
+                None => Ok(()),
+            }
+        })?;
+        Ok(State {
+            revision,
+            counts,
+            digest: sha.iter().map(|b| format!("{b:02x}")).collect(),
+            wanted: found,
+        })
+    }
+}
+
+/// A leaf read as the root tree's, element by element, to the first fault or the first
+/// element named `key` (None: neither).
+fn root_view(p: u64, page: &[u8], count: usize) -> Option<RootView> {
+    let damaged_page = || Some(RootView::Refused(format!("the snapshot file's page {p} is damaged")));
+    for index in 0..count {
+        let at = PAGE_HEADER + index * ELEMENT;
+        if at + ELEMENT > page.len() {
+            return damaged_page();
+        }
+        let (flags, pos) = (u32_at(page, at), u32_at(page, at + 4) as usize);
+        let (ksize, vsize) = (u32_at(page, at + 8) as usize, u32_at(page, at + 12) as usize);
+        if (ksize + vsize) as u64 > MAX_RECORD {
+            return Some(RootView::Refused(LARGER.into()));
+        }
+        let start = at + pos;
+        if start + ksize > page.len() {
+            return damaged_page();
+        }
+        if &page[start..start + ksize] != b"key" {
+            continue;
+        }
+        if start + ksize + vsize.min(16) > page.len() {
+            return damaged_page();
+        }
+        if flags & BUCKET_LEAF == 0 || vsize < 16 {
+            return Some(RootView::Refused("the snapshot's b'key' is not a bucket".into()));
+        }
+        return Some(match u64_at(page, start + ksize) {
+            0 => RootView::Refused("the snapshot's b'key' bucket is inline".into()),
+            root => RootView::Found(root),
+        });
+    }
+    None
+}
