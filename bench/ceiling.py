@@ -1,5 +1,5 @@
 """How much of a backup's cost is jacod's meta work: `jaco backup` served by this tree's jacod,
-and by a copy of it without its scratch copy, stream SHA-256 and meta pass (bench/ceiling.patch),
+and by a copy of it without its stream SHA-256 and meta pass (bench/ceiling.patch),
 each beside `etcdctl snapshot save`, alternating round by round.
 
     python -m bench.ceiling --random-mib 512 [--repeat 3]   # random 48 KiB records

@@ -2390,8 +2390,8 @@ MUTATIONS: list[Mutation] = [
     m(
         "backup: jacod's meta pass on asyncio's shared threads, not lowered (stop 51)",
         "jaco/server/snapshot.py",
-        "            state = await _yielding(read_snapshot_state, path)",
-        "            state = await asyncio.to_thread(read_snapshot_state, path)",
+        "await _yielding(receiver.state_pass.finish)",
+        "await asyncio.to_thread(receiver.state_pass.finish)",
         k("tests/test_snapshot_file.py", "meta_pass"),
     ),
     m(
@@ -2402,25 +2402,19 @@ MUTATIONS: list[Mutation] = [
         k("tests/test_snapshot_file.py", "meta_pass"),
     ),
     m(
-        "backup: jacod removes its scratch copy on the event loop, every call waiting (stop 51)",
-        "jaco/server/snapshot.py",
-        '    threading.Thread(target=remove, name="snapshot-removal").start()',
-        "    path.unlink(missing_ok=True)",
-        k("tests/test_snapshot_file.py", "meta_pass"),
-    ),
-    m(
-        "backup: the scratch copy's removal not lowered (stop 51, review)",
-        "jaco/server/snapshot.py",
-        "    def remove() -> None:\n        _yield_cpu()\n",
-        "    def remove() -> None:\n",
-        k("tests/test_snapshot_file.py", "meta_pass"),
-    ),
-    m(
-        "backup: a second cancellation skips the scratch copy's removal (stop 51, review)",
+        "backup: a second cancellation skips ending the meta's pass (stop 51, stop 53)",
         "jaco/server/snapshot.py",
         "        try:\n            await receiver.stop()\n        finally:",
         "        if True:\n            await receiver.stop()\n",
         k("tests/test_snapshot_file.py", "cancelled_twice"),
+    ),
+    m(
+        "backup: the meta's pass fed on the event loop's thread, not the lowered one (stop 53)",
+        "jaco/server/snapshot.py",
+        "        for blob in pending:\n            self.state_pass.feed(blob)\n",
+        "        for blob in pending:\n            self._loop.call_soon_threadsafe("
+        "self.state_pass.feed, blob)\n",
+        k("tests/test_snapshot_file.py", "meta_pass"),
     ),
     m(
         "state digest: jacod computes version 1 whatever version is asked for (stop 53)",
@@ -2491,6 +2485,13 @@ MUTATIONS: list[Mutation] = [
         "            keep = keep.min(oldest * ps);",
         "            keep = keep.min(oldest * ps + ps);",
         k("tests/test_snapshot_file.py", "stream_pass_is"),
+    ),
+    m(
+        "restore: the state digest recomputed as version 1 whatever the format (stop 53)",
+        "jaco/node/restore.py",
+        "read_snapshot_state(snapshot, scratch, version=meta.digest_version)",
+        "read_snapshot_state(snapshot, scratch)",
+        k("tests/test_restore_bad_input.py", "version and digest"),
     ),
 ]
 

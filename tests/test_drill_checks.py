@@ -328,7 +328,8 @@ def test_checks_that_read_the_whole_store_set_their_own_deadline(stored1: dict[s
         # a live cluster, never restored: no RESTORE_COMPLETED, but the chain was read whole
         assert "chain intact" in chain.history()[1]
         assert chain.anchors_hold()[0]
-        assert history.digest_at(client, meta.snapshot_index) == meta.state_digest
+        at = history.digest_at(client, meta.snapshot_index, meta.digest_version)
+        assert at == meta.state_digest
     # The two audit checks share one walk of the log (12 s at 10⁶ keys): one verification,
     # which also finds the RESTORE_COMPLETED events, and no listing.
     assert asked == ["StateDigest", "VerifyAudit", "StateDigest"], asked

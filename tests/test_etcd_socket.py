@@ -28,6 +28,7 @@ from jaco.node.config import DataDir
 from jaco.node.etcd_member import prepare_socket_dir
 from jaco.v1 import jaco_pb2 as pb
 from tests.conftest import fill
+from tests.threads import receiving
 
 NOBODY = ("--reuid=65534", "--regid=65534", "--clear-groups")
 
@@ -112,7 +113,8 @@ def test_a_backups_snapshot_stream_takes_the_socket_too(single: Cluster) -> None
     hold a connection to the member's port only while a backup runs."""
     node = single.nodes["node-1"]
     fill(single, 40)  # 32 MB: more than jacod queues and gRPC buffers while the client stalls
-    scratch = DataDir(node.data_dir).backup_dir
+    assert node.process is not None
+    jacod = node.process.pid
     with open_client(node.server, single.token) as client:
         stream = client.stream("Backup", pb.BackupRequest(), timeout=120)
         try:
@@ -120,9 +122,9 @@ def test_a_backups_snapshot_stream_takes_the_socket_too(single: Cluster) -> None
             assert first.WhichOneof("part") == "snapshot_size"
             assert first.snapshot_size > 32_000_000
             # the client reads no more: jacod's receiver stalls with etcd's stream open
-            wait_for(lambda: any(scratch.glob("snapshot-*.bin")), 30, "the scratch copy")
+            wait_for(lambda: receiving(jacod), 30, "the backup's receiving thread")
             assert f"127.0.0.1:{node.client_port}" not in _jacods_peers(node)
-            assert any(scratch.glob("snapshot-*.bin"))  # still streaming when looked at
+            assert receiving(jacod)  # still streaming when looked at
         finally:
             stream.close()  # cancels the call
 

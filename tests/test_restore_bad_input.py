@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from infra.localcluster import JACO, Cluster, Node, cluster_of, run
+from jaco.archive.snapshot_file import read_snapshot_state
 from tests import archives as A
 from tests.refusal import refused
 
@@ -38,6 +39,23 @@ def _meta_variant(change: Callable[[dict], None]) -> Callable[[Path, Path], Path
         return A.build(
             out, [A.regular("snapshot.bin", snap), A.regular("meta.json", A.meta_bytes(meta))]
         )
+
+    return make
+
+
+def _digest_of_version(version: int, archive_format: int) -> Callable[[Path, Path], Path]:
+    """meta.json of `archive_format` holding the true state digest of `version`, read from the
+    snapshot itself: right for its format only when the format holds that version."""
+
+    def make(good: Path, out: Path) -> Path:
+        meta, snap = A.members(good)
+        snapshot = out.with_name("snapshot.db")
+        snapshot.write_bytes(snap)
+        state = read_snapshot_state(snapshot, version=version)
+        snapshot.unlink()
+        meta.update(format=archive_format, state_digest=state.state_digest)
+        first = [A.regular("snapshot.bin", snap), A.regular("meta.json", A.meta_bytes(meta))]
+        return A.build(out, first if archive_format != 1 else first[::-1])
 
     return make
 
@@ -150,7 +168,21 @@ CASES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
         _meta_variant(lambda m: m.update(jaco_version="2.0.0")),
         "restore needs the same major version",
     ),
-    ("unknown format", _meta_variant(lambda m: m.update(format=9)), "format 9 is not supported"),
+    (
+        "unknown format",
+        _meta_variant(lambda m: m.update(format=9)),
+        r"format 9 is not supported \(this jaco reads formats 1, 2, 3\)",
+    ),
+    (
+        "format 3 holding a version 1 digest",
+        _digest_of_version(1, 3),
+        "does not hold exactly what was backed up",
+    ),
+    (
+        "format 2 holding a version 2 digest",
+        _digest_of_version(2, 2),
+        "does not hold exactly what was backed up",
+    ),
     (
         "state digest not matching content",
         _meta_variant(_wrong_digest),
@@ -218,11 +250,11 @@ CASES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
         "the archive lacks meta.json",
     ),
     (
-        "meta before snapshot in a format 2 archive",
+        "meta before snapshot in a format 3 archive",
         _with_entries(
             lambda m, s: [A.regular("meta.json", A.meta_bytes(m)), A.regular("snapshot.bin", s)]
         ),
-        "meta.json comes before snapshot.bin in a format 2 archive",
+        "meta.json comes before snapshot.bin in a format 3 archive",
     ),
     (
         "a member named ../x",
@@ -276,6 +308,8 @@ CASES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
 GZIP_WORDS = re.compile(r"b'|Error -\d|gzipped")  # what gzip and zlib would have said
 RESTORE_ONLY = {c[0] for c in CASES if "hashes" in c[0] and "zeros" not in c[0]} | {
     "state digest not matching content",
+    "format 3 holding a version 1 digest",
+    "format 2 holding a version 2 digest",
     "meta.json naming another cluster",
     "meta.json naming another CA (hashes matching)",
     "meta.json counts that lie, its digest matching",
@@ -377,15 +411,15 @@ def test_restore_refuses_running_daemon(source: tuple[Cluster, Path]) -> None:
     assert cluster.ok("status", "--json").json()["deployments"][0]["name"] == "web"
 
 
-def test_format_1_archive_still_restores(source: tuple[Cluster, Path], tmp_path: Path) -> None:
-    """Archives of older jaco (meta.json first, format 1) restore as before."""
+@pytest.mark.parametrize("archive_format", [1, 2])
+def test_older_formats_still_restore(
+    source: tuple[Cluster, Path], tmp_path: Path, archive_format: int
+) -> None:
+    """Archives of older jaco restore as before: format 1 (meta.json first) and format 2, both
+    holding the state digest of version 1."""
     cluster, good = source
-    meta, snap = A.members(good)
-    meta["format"] = 1
-    old = A.build(
-        tmp_path / "old.tar.gz",
-        [A.regular("meta.json", A.meta_bytes(meta)), A.regular("snapshot.bin", snap)],
-    )
+    assert A.members(good)[0]["format"] == 3
+    old = _digest_of_version(1, archive_format)(good, tmp_path / "old.tar.gz")
     restored = Cluster(tmp_path / "restored")
     restored.root.mkdir()
     restored.token = cluster.token

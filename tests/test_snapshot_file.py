@@ -400,74 +400,92 @@ def test_reader_spilling_sorted_runs_reads_the_same(
         read_snapshot_state(snapshot, missing, 64 * 1024)
 
 
-def test_a_backups_meta_pass_and_cleanup_yield_the_cpu(
+def _fds_under(directory: Path) -> list[str]:
+    """What this process holds open under `directory` (unnamed files too: "…/#123 (deleted)")."""
+    fds = Path("/proc/self/fd")
+    targets = [os.readlink(fd) for fd in fds.iterdir() if fd.is_symlink()]
+    return [t for t in targets if t.startswith(str(directory))]
+
+
+def test_a_backups_meta_pass_yields_the_cpu_and_keeps_no_copy(
     shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """jacod reads a backup's meta out of its scratch copy on a thread of its own, lowered like
-    the receiving thread, and so is any thread the pass starts; the copy is removed on another
-    such thread, not on the event loop (docs/benchmarks.md, "Write latency at 2 GiB, measured
-    again"). The event loop's thread and asyncio's shared threads, which serve the API, keep
-    their priority. The meta is that of the bytes sent."""
+    """jacod reads a backup's meta from the bytes as they go by: the receiving thread, lowered
+    for the backup, feeds the pass (and any thread the pass starts from there inherits its
+    nice), the pass ends on a thread of its own lowered alike, and the event loop's thread and
+    asyncio's shared threads, which serve the API, keep their priority. No copy of the bytes
+    is written, nor anything else for a store that fits the pass's sort: the backup's directory
+    stays empty and no file under it is open at any time. The meta is that of the bytes sent,
+    state digest version 2, the live store's at that revision."""
     cluster, _, _ = shaped
-    seen: dict[str, int] = {}
+    seen: dict[str, Any] = {"fed by": set(), "held": []}
     scratch = tmp_path / "scratch"
 
     def nice() -> int:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
-    unlink = os.unlink
+    class Observed(StatePass):
+        def feed(self, piece: bytes) -> None:
+            seen["fed by"].add((threading.get_native_id(), nice()))
+            seen["held"] += [*os.listdir(scratch), *_fds_under(scratch)]
+            super().feed(piece)
 
-    def removing(path: Any, *args: Any, **kwargs: Any) -> None:
-        if Path(path).parent == scratch:
-            seen["removed by"], seen["removed at"] = threading.get_native_id(), nice()
-        unlink(path, *args, **kwargs)
+        def finish(self) -> SnapshotState:
+            seen["pass"] = nice()
+            started: list[int] = []
+            child = threading.Thread(target=lambda: started.append(nice()))
+            child.start()
+            child.join()
+            seen["started"] = started[0]
+            return super().finish()
 
-    monkeypatch.setattr(os, "unlink", removing)
+    monkeypatch.setattr(snapshot, "StatePass", Observed)
 
-    def observed(path: Path) -> SnapshotState:
-        seen["pass"] = nice()
-        started: list[int] = []
-        child = threading.Thread(target=lambda: started.append(nice()))
-        child.start()
-        child.join()
-        seen["started"] = started[0]
-        return read_snapshot_state(path)
-
-    monkeypatch.setattr(snapshot, "read_snapshot_state", observed)
-
-    async def backup() -> list[Any]:
+    async def backup() -> tuple[list[Any], Any]:
         etcd = _etcd(cluster.nodes["node-1"])
         try:
-            return [part async for part in stream_snapshot(Store(etcd), scratch)]
+            parts = [part async for part in stream_snapshot(Store(etcd), scratch)]
+            meta = parts[-1]
+            assert isinstance(meta, BackupMeta)
+            return parts, await Store(etcd).state_digest(meta.snapshot_index, 2)
         finally:
             seen["loop"], seen["shared"] = nice(), await asyncio.to_thread(nice)
             seen["loop thread"] = threading.get_native_id()
             await etcd.close()
 
-    parts = asyncio.run(backup())
-    # the scratch copy holds the CA key; its removal may end after the meta
-    wait_for(lambda: not any(scratch.iterdir()), 15, "the scratch copy to be removed")
+    parts, live = asyncio.run(backup())
     lowered = min(19, seen["loop"] + snapshot.BACKUP_NICE)
     assert lowered > seen["loop"], seen  # else "lowered" would prove nothing
+    [(feeder, fed_at)] = seen["fed by"]  # one thread fed every piece
+    assert feeder != seen["loop thread"] and fed_at == lowered, seen
     assert (seen["pass"], seen["started"]) == (lowered, lowered), seen
     assert seen["shared"] == seen["loop"] == nice(), seen
-    assert seen["removed by"] != seen["loop thread"] and seen["removed at"] == lowered, seen
+    assert seen["held"] == [] and list(scratch.iterdir()) == [], seen["held"]
     sent = b"".join(pb.BackupChunk.FromString(part).data for part in parts[1:-1])
     meta = parts[-1]
-    assert isinstance(meta, BackupMeta) and meta.snapshot_sha256 == hashlib.sha256(sent).hexdigest()
+    assert meta.snapshot_sha256 == hashlib.sha256(sent).hexdigest() and meta.format == 3
     copy = tmp_path / "sent.db"
     copy.write_bytes(sent)
-    assert meta.state_digest == read_snapshot_state(copy).state_digest
+    assert meta.state_digest == read_snapshot_state_reference(copy, version=2).state_digest
+    assert (meta.state_digest, meta.counts) == (live.state_digest, live.counts)
 
 
-def test_a_backup_cancelled_twice_still_removes_its_scratch_copy(
-    shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path
+def test_a_backup_cancelled_twice_ends_its_pass(
+    shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A backup's call cancelled (the client gone), then cancelled again while jacod waits for
-    its receiving thread to stop (a server stopping, say): the scratch copy, which holds the CA
-    key, is still removed."""
+    its receiving thread to stop (a server stopping, say): its pass is still ended (its runs'
+    files, which may hold the CA key's record, closed and gone), and its receiving thread."""
     cluster, _, _ = shaped
     scratch = tmp_path / "scratch"
+    aborted: list[bool] = []
+
+    class Observed(StatePass):
+        def abort(self) -> None:
+            super().abort()
+            aborted.append(True)
+
+    monkeypatch.setattr(snapshot, "StatePass", Observed)
 
     async def cancelled_twice() -> None:
         etcd = _etcd(cluster.nodes["node-1"])
@@ -481,7 +499,6 @@ def test_a_backup_cancelled_twice_still_removes_its_scratch_copy(
         try:
             task = asyncio.create_task(consume())
             await streaming.wait()
-            assert any(scratch.iterdir())  # the copy exists
             task.cancel()
             for _ in range(5):  # once it waits for the receiving thread, and after
                 await asyncio.sleep(0)
@@ -492,7 +509,13 @@ def test_a_backup_cancelled_twice_still_removes_its_scratch_copy(
             await etcd.close()
 
     asyncio.run(cancelled_twice())
-    wait_for(lambda: not any(scratch.iterdir()), 15, "the scratch copy to be removed")
+    assert aborted == [True]
+    wait_for(
+        lambda: "snapshot-receiver" not in [t.name for t in threading.enumerate()],
+        15,
+        "the receiving thread to end",
+    )
+    assert _fds_under(scratch) == []
 
 
 LOW_NOFILE = """

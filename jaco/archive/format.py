@@ -274,7 +274,9 @@ def _read_members(tar: TarReader, sink: IO[bytes] | None, reserve: Reserve | Non
                 raise ArchiveError("meta.json is larger than any real one")
             meta = BackupMeta.parse(tar.read(member.size))
             if snapshot is None and meta.format != 1:
-                raise ArchiveError("meta.json comes before snapshot.bin in a format 2 archive")
+                raise ArchiveError(
+                    f"meta.json comes before snapshot.bin in a format {meta.format} archive"
+                )
         elif member.size > MAX_SNAPSHOT_BYTES:
             raise ArchiveError("snapshot.bin is larger than any snapshot jaco writes")
         elif meta is not None and member.size != meta.snapshot_size:

@@ -18,7 +18,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from jaco import __version__
 from jaco.errors import ArchiveError, IncompatibleVersion
 
-FORMAT: Literal[2] = 2  # 2: snapshot.bin, then meta.json; 1 (still read): meta.json first
+# 3: as 2, its state digest of version 2 (jaco.model.digest); 2: snapshot.bin, then meta.json,
+# digest version 1; 1: meta.json first, version 1. All three are read.
+FORMAT: Literal[3] = 3
+DIGEST_VERSION: Literal[2] = 2  # the state digest of FORMAT
 MAX_META_BYTES = 64 * 1024
 MAX_SNAPSHOT_BYTES = 64 * 1024**3
 
@@ -49,7 +52,7 @@ class BackupMeta(BaseModel):
     jaco_version: Version
     taken_at: Annotated[dt.datetime, AfterValidator(_utc)]
     leader_at_snapshot: Name
-    format: Literal[1, 2]
+    format: Literal[1, 2, 3]
     snapshot_sha256: Sha256
     snapshot_size: int = Field(ge=0, le=MAX_SNAPSHOT_BYTES)
     counts: dict[Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")], Annotated[int, Field(ge=0)]]
@@ -71,10 +74,10 @@ class BackupMeta(BaseModel):
         return self.model_dump_json(indent=2, exclude_none=True).encode() + b"\n"
 
     @property
-    def digest_version(self) -> Literal[1]:
-        """Which state digest `state_digest` is (`jaco.model.digest`): formats 1 and 2 hold
-        version 1."""
-        return 1
+    def digest_version(self) -> Literal[1, 2]:
+        """Which state digest `state_digest` is (`jaco.model.digest`): version 2 from format 3
+        on, version 1 in formats 1 and 2."""
+        return 2 if self.format >= 3 else 1
 
     @property
     def taken_on(self) -> dt.date:
@@ -94,7 +97,7 @@ def _first_error(exc: ValidationError) -> str:
     error = exc.errors(include_url=False)[0]
     where = ".".join(str(part) for part in error["loc"]) or "the document"
     if error["loc"] == ("format",) and type(error.get("input")) is int:
-        return f"archive format {error['input']} is not supported (this jaco reads formats 1, 2)"
+        return f"archive format {error['input']} is not supported (this jaco reads formats 1, 2, 3)"
     if error["type"] == "missing":
         return f"it lacks the field {where!r}"
     if error["type"] in ("json_invalid", "recursion_loop") or not error["loc"]:

@@ -122,7 +122,12 @@ class StatePass:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._pass.abort()  # its runs' files closed (unnamed: gone), its thread joined
+        self.abort()
+
+    def abort(self) -> None:
+        """End the pass where it is, from any thread: its runs' files closed (unnamed: gone),
+        its thread joined. Nothing after a finish."""
+        self._pass.abort()
 
     def feed(self, piece: bytes) -> None:
         with _refusals(self.scratch):

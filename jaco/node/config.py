@@ -7,8 +7,8 @@ $JACO_DATA_DIR/           (default /var/lib/jaco, mode 0700)
   etcd/                   the etcd member's data
   etcd.log                the etcd member's log
   etcd-socket/etcd:0      the member's unix socket for jacod (directory 0700)
-  backup-tmp/             a backup's scratch copy of the snapshot while it streams (it
-                          holds the CA key: removed at every start)
+  backup-tmp/             a large backup's sorted runs of records while it streams, in
+                          unnamed files (gone with the process); removed at every start
   jacod.lock              held (flock) by the running jacod
   restore.json            left by `jaco restore` until the first boot records it
 """

@@ -141,7 +141,7 @@ def _prime(
 
 def _check_snapshot(snapshot: Path, meta: BackupMeta, scratch: Path) -> SnapshotState:
     try:
-        state = read_snapshot_state(snapshot, scratch)
+        state = read_snapshot_state(snapshot, scratch, version=meta.digest_version)
     except SnapshotFileError as exc:
         raise ArchiveError(f"snapshot.bin is not a readable jaco store: {exc}") from None
     if state.revision != meta.snapshot_index:

@@ -56,7 +56,7 @@ class Node:
         return self._store
 
     async def start(self) -> None:
-        # A jacod killed mid-backup leaves its snapshot temp file: it holds the CA key.
+        # A jacod before format 3 killed mid-backup left its snapshot copy (with the CA key).
         shutil.rmtree(self.data.backup_dir, ignore_errors=True)
         self._etcd = await self.member.start()
         self._store = Store(self._etcd)

@@ -1,11 +1,11 @@
 """Taking a snapshot on a node: etcd's snapshot stream, passed on as it arrives, then its meta.
 
 The snapshot is etcd's own Maintenance.Snapshot stream, byte for byte, so `etcdctl snapshot
-restore` can read it. The bytes go to the caller as etcd sends them (and to a private scratch
-file); once the stream is complete, the meta is read out of that file itself
-(jaco.archive.snapshot_file): its store revision (`snapshot_index`), the per-table counts,
-the state digest and the audit head are those of exactly the bytes sent, with no second read
-of the live store and no extra load on it.
+restore` can read it. The bytes go to the caller as etcd sends them, and through the pass of
+state digest version 2 (jaco.archive.snapshot_file.StatePass) on their way: its store
+revision (`snapshot_index`), the per-table counts, the state digest and the audit head are
+those of exactly the bytes sent, with no second read of the live store, no extra load on it,
+and no copy of the bytes on the node's disk.
 """
 
 from __future__ import annotations
@@ -15,18 +15,17 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import hashlib
-import itertools
 import os
 import threading
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import TypeVar
 
 from jaco import __version__
 from jaco.archive.bolt import ETCD_TRAILER, SnapshotFileError
 from jaco.archive.meta import FORMAT, AuditHead, BackupMeta
-from jaco.archive.snapshot_file import read_snapshot_state
+from jaco.archive.snapshot_file import StatePass
 from jaco.errors import Unavailable
 from jaco.model import pki
 from jaco.model.etcd import Etcd
@@ -38,11 +37,11 @@ from jaco.server.convert import data_chunk
 SNAPSHOT_TIMEOUT = 600.0
 MESSAGE_BYTES = 1024 * 1024  # etcd sends 32 KiB pieces; pass them on in 1 MiB messages
 QUEUED_PIECES = 8  # at most this many MiB wait between the receiving thread and the client
-# The nice of a backup's threads (receiving, meta pass, removal), above jacod's: a backup
-# yields the CPU to etcd and to the API's writes (bench.write_p99 at 2 GiB: the API's write
-# p99 during a backup 1.75x that during etcdctl's save, 2.21x with these threads not lowered).
+# The nice of a backup's threads (receiving and feeding the meta's pass, ending it), above
+# jacod's: a backup yields the CPU to etcd and to the API's writes (bench.write_p99 at 2 GiB:
+# the API's write p99 during a backup 1.75x that during etcdctl's save, 2.21x with these
+# threads not lowered, stop 34).
 BACKUP_NICE = 10
-_SCRATCH_NAMES = itertools.count()  # a copy being removed never shares the next one's name
 T = TypeVar("T")
 
 
@@ -58,19 +57,18 @@ async def stream_snapshot(
 ) -> AsyncGenerator[Announce | bytes | BackupMeta, None]:
     """Announce the size, pass on the snapshot's bytes, then yield its meta.
 
-    A worker thread receives etcd's stream, writes and hashes a scratch copy in `directory`
-    (mode 0600) and hands 1 MiB pieces to the event loop as serialized BackupChunk messages
-    (`bytes`), which the loop only passes on: it stays free for the API while a snapshot
-    streams. The scratch copy lets the meta be read from the very bytes sent, on a thread
-    lowered like the receiving one; its removal starts on another before the meta is yielded,
-    and however the generator ends.
+    A worker thread receives etcd's stream, hashes it, hands 1 MiB pieces to the event loop
+    as serialized BackupChunk messages (`bytes`), which the loop only passes on (it stays
+    free for the API while a snapshot streams), and feeds each piece to the meta's pass once
+    it is handed over. The pass ends on a thread lowered like the receiving one. Only a store
+    too large for the pass's sort in memory writes to `directory`: its sorted runs, in unnamed
+    files (gone when closed, or when the process dies), a fraction of the snapshot's size.
     """
     etcd = store.etcd
     # A linearizable read first: a follower catches up to the commit index before it snapshots.
     await etcd.get(K_HEAD)
     directory.mkdir(mode=0o700, exist_ok=True)  # noqa: ASYNC240 - one syscall
-    path = directory / f"snapshot-{os.getpid()}-{next(_SCRATCH_NAMES)}.bin"
-    receiver = _Receiver(etcd, path, asyncio.get_running_loop())
+    receiver = _Receiver(etcd, StatePass(directory), asyncio.get_running_loop())
     receiver.start()
     try:
         expected = -1
@@ -87,7 +85,7 @@ async def stream_snapshot(
             raise Unavailable(f"etcd's snapshot stream ended after {size} of {expected} bytes")
         status = await etcd.status()
         try:
-            state = await _yielding(read_snapshot_state, path)
+            state = await _yielding(receiver.state_pass.finish)
         except SnapshotFileError as exc:
             raise Unavailable(f"etcd sent an unreadable snapshot: {exc}") from None
         members = {n.get("member_id"): n["name"] for n in await store.nodes()}
@@ -95,7 +93,7 @@ async def stream_snapshot(
         try:
             await receiver.stop()
         finally:  # also when a second cancellation ends the wait for the receiving thread
-            _remove_behind(path)
+            receiver.state_pass.abort()  # its runs' files closed: a finished pass has none
     yield BackupMeta(
         cluster_id=state.cluster["cluster_id"],
         snapshot_index=state.revision,
@@ -118,13 +116,14 @@ class _Receiver:
     messages out, serialized (after the total size, an int; then None, or the exception that
     ended it)."""
 
-    def __init__(self, etcd: Etcd, path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, etcd: Etcd, state_pass: StatePass, loop: asyncio.AbstractEventLoop) -> None:
         self.pieces: asyncio.Queue[int | bytes | BaseException | None] = asyncio.Queue(
             QUEUED_PIECES
         )
         self.sha256 = hashlib.sha256()
         self.size = 0  # bytes received from etcd
-        self._etcd, self._path, self._loop = etcd, path, loop
+        self.state_pass = state_pass
+        self._etcd, self._loop = etcd, loop
         self._stopping = threading.Event()
         self._stream: SnapshotStream | None = None
         self._thread = threading.Thread(target=self._run, name="snapshot-receiver", daemon=True)
@@ -155,37 +154,38 @@ class _Receiver:
         assert self._stream is not None
         _yield_cpu()
         try:
-            fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            # No fsync: a scratch copy, deleted after streaming (a crash removes it anyway).
-            with os.fdopen(fd, "wb") as out:
-                pending: list[bytes] = []
-                pending_bytes = 0
-                announced = False
-                for blob, remaining in self._stream:
-                    if not announced:
-                        announced = True
-                        if not self._hand_over(len(blob) + remaining + ETCD_TRAILER):
-                            return
-                    pending.append(blob)
-                    pending_bytes += len(blob)
-                    if pending_bytes >= MESSAGE_BYTES or not remaining:
-                        if not self._pass_on(out, pending, pending_bytes):
-                            return
-                        pending, pending_bytes = [], 0
-                if pending and not self._pass_on(out, pending, pending_bytes):
-                    return
+            pending: list[bytes] = []
+            pending_bytes = 0
+            announced = False
+            for blob, remaining in self._stream:
+                if not announced:
+                    announced = True
+                    if not self._hand_over(len(blob) + remaining + ETCD_TRAILER):
+                        return
+                pending.append(blob)
+                pending_bytes += len(blob)
+                if pending_bytes >= MESSAGE_BYTES or not remaining:
+                    if not self._pass_on(pending, pending_bytes):
+                        return
+                    pending, pending_bytes = [], 0
+            if pending and not self._pass_on(pending, pending_bytes):
+                return
             self._hand_over(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
             if not self._stopping.is_set():
                 self._hand_over(exc)
 
-    def _pass_on(self, out: IO[bytes], pending: list[bytes], size: int) -> bool:
+    def _pass_on(self, pending: list[bytes], size: int) -> bool:
+        """Hands one message to the loop, then feeds its pieces to the meta's pass (which the
+        client need not wait for: the loop sends while this thread parses)."""
         wire = data_chunk(pending, size)
-        piece = memoryview(wire)[len(wire) - size :]  # the data, not copied
-        out.write(piece)
-        self.sha256.update(piece)
+        self.sha256.update(memoryview(wire)[len(wire) - size :])  # the data, not copied
         self.size += size
-        return self._hand_over(wire)
+        if not self._hand_over(wire):
+            return False
+        for blob in pending:
+            self.state_pass.feed(blob)
+        return True
 
 
 async def _yielding(work: Callable[..., T], *args: object) -> T:
@@ -197,21 +197,6 @@ async def _yielding(work: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, work, *args)
     finally:
         pool.shutdown(wait=False)  # done, or left to end on its own if the call was cancelled
-
-
-def _remove_behind(path: Path) -> None:
-    """Start removing `path` on a thread of its own, lowered like the receiving thread, and
-    return at once: removing a copy of gigabytes frees its cached pages and its blocks, seconds
-    that neither the event loop (every call the node serves) nor the backup should wait for
-    (docs/benchmarks.md, "Write latency at 2 GiB, measured again"). Nothing to await, so no
-    cancellation skips it; jacod's exit waits for the thread, and its start removes whatever a
-    killed jacod left."""
-
-    def remove() -> None:
-        _yield_cpu()
-        path.unlink(missing_ok=True)
-
-    threading.Thread(target=remove, name="snapshot-removal").start()
 
 
 def _yield_cpu() -> None:

@@ -21,7 +21,9 @@ mod stream;
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError};
@@ -167,12 +169,13 @@ fn scanned(
 
 /// The pass of state digest version 2 over a snapshot's bytes as they arrive (stream.rs):
 /// StreamPass(scratch, root, alive, wanted, run_bytes), then feed(bytes) for every piece in
-/// order, then finish() -> what snapshot_state returns, or SnapshotError. Each call runs
-/// without the GIL. A pass that failed (an I/O error of its sort, a panic) refuses any further
-/// call.
+/// order, then finish() -> what snapshot_state returns, or SnapshotError; abort() ends it
+/// where it is, from any thread, also while another feeds or finishes (it waits for a feed;
+/// a finish has the pass to itself already). Each call runs without the GIL. A pass that
+/// failed (an I/O error of its sort, a panic) or ended refuses any further call.
 #[pyclass(module = "jaco._native")]
 struct StreamPass {
-    stream: Option<Stream>,
+    stream: Mutex<Option<Stream>>,
 }
 
 fn outcome<T>(result: std::thread::Result<crate::bolt::Result<T>>) -> PyResult<T> {
@@ -184,11 +187,14 @@ fn outcome<T>(result: std::thread::Result<crate::bolt::Result<T>>) -> PyResult<T
     }
 }
 
+fn ended() -> PyErr {
+    PyRuntimeError::new_err("this snapshot pass has ended")
+}
+
 impl StreamPass {
-    fn live(&mut self) -> PyResult<&mut Stream> {
-        self.stream
-            .as_mut()
-            .ok_or_else(|| PyRuntimeError::new_err("this snapshot pass has ended"))
+    fn lock(&self) -> MutexGuard<'_, Option<Stream>> {
+        // A panic while it was held ended that pass (taken out below); the lock is still good.
+        self.stream.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -204,38 +210,37 @@ impl StreamPass {
         run_bytes: usize,
     ) -> StreamPass {
         let run_bytes = run_bytes.clamp(2, MAX_RUN_BYTES);
+        let stream = Stream::new(&scratch, root, alive, wanted, run_bytes);
         StreamPass {
-            stream: Some(Stream::new(&scratch, root, alive, wanted, run_bytes)),
+            stream: Mutex::new(Some(stream)),
         }
     }
 
-    fn feed(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
-        let stream = self.live()?;
-        let fed = py.allow_threads(|| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream.feed(data)))
-        });
-        let result = outcome(fed);
-        if result.is_err() {
-            self.stream = None;
-        }
-        result
+    fn feed(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        py.allow_threads(|| {
+            let mut held = self.lock();
+            let stream = held.as_mut().ok_or_else(ended)?;
+            let fed = std::panic::catch_unwind(AssertUnwindSafe(|| stream.feed(data)));
+            let result = outcome(fed);
+            if result.is_err() {
+                *held = None;
+            }
+            result
+        })
     }
 
-    /// Ends the pass where it is: its sort's files closed (and so gone), its thread joined.
-    fn abort(&mut self, py: Python<'_>) {
-        let stream = self.stream.take();
-        py.allow_threads(|| drop(stream));
+    fn abort(&self, py: Python<'_>) {
+        py.allow_threads(|| {
+            let stream = self.lock().take();
+            drop(stream); // its sort's files closed (and so gone), its thread joined
+        })
     }
 
-    fn finish(&mut self, py: Python<'_>) -> PyResult<Scanned> {
-        let stream = match self.stream.take() {
-            Some(stream) => stream,
-            None => return Err(PyRuntimeError::new_err("this snapshot pass has ended")),
-        };
-        let done = py.allow_threads(|| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream.finish()))
-        });
-        let state = outcome(done)?;
+    fn finish(&self, py: Python<'_>) -> PyResult<Scanned> {
+        let state = py.allow_threads(|| {
+            let stream = self.lock().take().ok_or_else(ended)?;
+            outcome(std::panic::catch_unwind(AssertUnwindSafe(|| stream.finish())))
+        })?;
         Ok(scanned(py, state.revision, state.counts, state.digest, state.wanted))
     }
 }

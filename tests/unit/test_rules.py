@@ -221,8 +221,13 @@ def test_meta_round_trips_and_refuses_what_is_not_meta() -> None:
         BackupMeta.parse(json.dumps({k: v for k, v in _meta().items() if k != "snapshot_index"}))
     with pytest.raises(ArchiveError, match="'snapshot_index' has the wrong type"):
         BackupMeta.parse(json.dumps(_meta(snapshot_index="42")))
-    with pytest.raises(ArchiveError, match="format 9 is not supported"):
+    with pytest.raises(ArchiveError, match=r"format 9 is not supported \(.*formats 1, 2, 3\)"):
         BackupMeta.parse(json.dumps(_meta(format=9)))
+    assert [BackupMeta.parse(json.dumps(_meta(format=f))).digest_version for f in (1, 2, 3)] == [
+        1,
+        1,
+        2,
+    ]
     for markup in ("[bold red blink]x", "\x1b[2J", "a\nerror: fake"):
         with pytest.raises(ArchiveError, match="'cluster_id' has the wrong type or form"):
             BackupMeta.parse(json.dumps(_meta(cluster_id=markup)))
