@@ -2493,6 +2493,34 @@ MUTATIONS: list[Mutation] = [
         "read_snapshot_state(snapshot, scratch)",
         k("tests/test_restore_bad_input.py", "version and digest"),
     ),
+    m(
+        "backup: the meta's pass ended on the event loop's thread (stop 53, review)",
+        "jaco/server/snapshot.py",
+        "            _end_behind(receiver.state_pass)",
+        "            receiver.state_pass.abort()",
+        k("tests/test_snapshot_file.py", "cancelled_twice"),
+    ),
+    m(
+        "state digest v2 stream: what branches hold left unbounded (stop 53, review)",
+        "native/src/stream.rs",
+        "                        if self.held > self.received / 2 + MAX_SPAN {",
+        "                        if self.held > u64::MAX - 1 {",
+        k("tests/test_snapshot_file.py", "branches_hold"),
+    ),
+    m(
+        "snapshot passes: a KeyValue holding a group refused, as protobuf does not (stop 53)",
+        "native/src/bolt.rs",
+        "            3 => {\n                if groups.len() == GROUP_DEPTH {",
+        "            3 => {\n                if !groups.is_empty() || groups.is_empty() {",
+        k("tests/test_snapshot_file.py", "v2_walk_refuses"),
+    ),
+    m(
+        "state digest v2 stream: a deletion taken for a record (stop 53, review)",
+        "native/src/stream.rs",
+        "            if ksize > REVISION_KEY {\n                payload.push(DELETED);",
+        "            if ksize > 99 {\n                payload.push(DELETED);",
+        k("tests/test_snapshot_file.py", "v2_counts_only"),
+    ),
 ]
 
 

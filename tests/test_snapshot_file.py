@@ -30,7 +30,15 @@ from aetcd.rpc import kv_pb2
 
 from infra.localcluster import Cluster, Node, cluster_of, wait_for
 from jaco import _native
-from jaco.archive.bolt import LEAF, LEAF_ELEMENT, PAGE_HEADER, BoltFile, SnapshotFileError
+from jaco.archive import snapshot_file
+from jaco.archive.bolt import (
+    BRANCH,
+    LEAF,
+    LEAF_ELEMENT,
+    PAGE_HEADER,
+    BoltFile,
+    SnapshotFileError,
+)
 from jaco.archive.meta import BackupMeta
 from jaco.archive.snapshot_file import (
     FEED_BYTES,
@@ -107,6 +115,9 @@ def shaped(
                 for batch in range(3):
                     ops = [op_put(f"{BULK}after-{batch}-{i:02d}", b"a" * 300) for i in range(20)]
                     await etcd.txn([], [*ops, op_put(f"{BULK}{batch + 10:03d}-000", b"v3")])
+                # deletions after it (tombstones on pages the tree reaches), one key re-created
+                await etcd.txn([], [op_delete(f"{BULK}020-{i:03d}") for i in (2, 3, 4)])
+                await etcd.txn([], [op_put(f"{BULK}020-003", b"back")])
             finally:
                 await etcd.close()
 
@@ -140,8 +151,8 @@ def test_reader_agrees_with_etcd_and_the_live_store(
     counts, digest = asyncio.run(live())
     assert (state.counts, state.state_digest) == (counts, digest)
     # What went in: 3000 bulk keys, one deleted per batch of the last five, one re-created;
-    # 200 more, ten of them deleted; 60 after the compaction.
-    assert state.counts["bulk"] == 3000 - 5 + 1 + 200 - 10 + 60
+    # 200 more, ten of them deleted; 60 after the compaction, three deleted, one re-created.
+    assert state.counts["bulk"] == 3000 - 5 + 1 + 200 - 10 + 60 - 3 + 1
     assert state.counts["deployments"] == 1
     assert "alive" not in state.counts
     assert state.cluster["cluster_id"] == shown["cluster_id"]
@@ -311,11 +322,23 @@ def test_digest_v2_walk_refuses_damage_within_its_pages(
         with contextlib.suppress(SnapshotFileError):
             read(data)
     with BoltFile(snapshot) as bolt:
-        ps = bolt.page_size
-        leaf, count, page = next(spanned_leaves(bolt, key_bucket_root(bolt), set()))
+        ps, root, key_root = bolt.page_size, bolt.root, key_bucket_root(bolt)
+        leaf, count, page = next(spanned_leaves(bolt, key_root, set()))
+        root_page = bolt.read(root * ps, ps)
     at = leaf * ps
     element = at + PAGE_HEADER.size  # element 0: flags, pos, key size, value size
+    # The root tree's leaf and its element naming the key bucket.
+    assert PAGE_HEADER.unpack_from(root_page)[1] == LEAF
+    named = next(
+        PAGE_HEADER.size + i * 16
+        for i in range(PAGE_HEADER.unpack_from(root_page)[2])
+        if _element_key(root_page, PAGE_HEADER.size + i * 16) == b"key"
+    )
+    bucket = named + LEAF_ELEMENT.unpack_from(root_page, named)[1] + 3  # its value: root, seq
     cases: list[tuple[int, bytes, str]] = [
+        (root * ps + named, bytes(4), "the snapshot's b'key' is not a bucket"),  # its flags
+        (root * ps + bucket, bytes(8), "the snapshot's b'key' bucket is inline"),
+        (key_root * ps + 10, (ps // 16).to_bytes(2, "little"), f"page {key_root} is damaged"),
         (at + 10, (len(page) // 16).to_bytes(2, "little"), f"page {leaf} is damaged"),
         (element + 4, len(page).to_bytes(4, "little"), f"page {leaf} is damaged"),
         (at + 12, (5000).to_bytes(4, "little"), f"page {leaf} is damaged"),  # 20 MB of overflow
@@ -330,6 +353,25 @@ def test_digest_v2_walk_refuses_damage_within_its_pages(
         with pytest.raises(SnapshotFileError, match=said):
             read(data)
     assert read(good).counts == read_snapshot_state(snapshot).counts
+    # A record whose revision fields are a group of the same length instead (protobuf's
+    # parser, which the walk uses, skips groups; the compiled one must too): both read it,
+    # and its key and value are the same.
+    _, ksize, vsize = struct.unpack_from("<III", page, PAGE_HEADER.size + 4)
+    record = kv_pb2.KeyValue.FromString(page[start : start + vsize])
+    head = kv_pb2.KeyValue(key=record.key).SerializeToString()
+    tail = kv_pb2.KeyValue(value=record.value).SerializeToString() if record.value else b""
+    room = vsize - len(head) - len(tail) - 2  # the group's start and end tags
+    filler = b"\x0d\x00\x00\x00\x00" * (room % 2) + b"\x08\x00" * ((room - 5 * (room % 2)) // 2)
+    grouped = head + b"\x13" + filler + b"\x14" + tail  # field 2 as a group
+    assert len(grouped) == vsize and kv_pb2.KeyValue.FromString(grouped).value == record.value
+    data = bytearray(good)
+    data[at + start : at + start + vsize] = grouped
+    assert read(data).state_digest == read(good).state_digest
+
+
+def _element_key(page: bytes, at: int) -> bytes:
+    _, pos, ksize, _ = LEAF_ELEMENT.unpack_from(page, at)
+    return page[at + pos : at + pos + ksize]
 
 
 READ_ONE = """
@@ -474,16 +516,24 @@ def test_a_backup_cancelled_twice_ends_its_pass(
     shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A backup's call cancelled (the client gone), then cancelled again while jacod waits for
-    its receiving thread to stop (a server stopping, say): its pass is still ended (its runs'
-    files, which may hold the CA key's record, closed and gone), and its receiving thread."""
+    its receiving thread to stop (a server stopping, say): its pass is still ended, on a
+    lowered thread of its own, not the event loop's, and so is its receiving thread; its runs'
+    files (spilled here: runs of 2 KiB; they may hold the CA key's record) closed and gone."""
     cluster, _, _ = shaped
     scratch = tmp_path / "scratch"
-    aborted: list[bool] = []
+    aborted: list[tuple[int, int]] = []
+    spilled: list[str] = []
+    monkeypatch.setattr(snapshot_file, "RUN_BYTES", 4096)
 
     class Observed(StatePass):
+        def feed(self, piece: bytes) -> None:
+            super().feed(piece)
+            spilled.extend(_fds_under(scratch))
+
         def abort(self) -> None:
+            tid = threading.get_native_id()
+            aborted.append((tid, os.getpriority(os.PRIO_PROCESS, tid)))
             super().abort()
-            aborted.append(True)
 
     monkeypatch.setattr(snapshot, "StatePass", Observed)
 
@@ -494,7 +544,9 @@ def test_a_backup_cancelled_twice_ends_its_pass(
         async def consume() -> None:
             async with aclosing(stream_snapshot(Store(etcd), scratch)) as parts:
                 async for _ in parts:
-                    streaming.set()
+                    if spilled:  # a run written: mid-pass, with something to close
+                        streaming.set()
+            streaming.set()  # (the whole backup done first: the test fails, not hangs)
 
         try:
             task = asyncio.create_task(consume())
@@ -508,8 +560,12 @@ def test_a_backup_cancelled_twice_ends_its_pass(
         finally:
             await etcd.close()
 
+    loop_thread = threading.get_native_id()  # asyncio.run's loop runs on this thread
     asyncio.run(cancelled_twice())
-    assert aborted == [True]
+    wait_for(lambda: aborted, 15, "the pass to be ended")
+    [(thread, nice)] = aborted
+    assert thread != loop_thread and nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+    assert spilled, "no run was spilled: the test would not see one left open"
     wait_for(
         lambda: "snapshot-receiver" not in [t.name for t in threading.enumerate()],
         15,
@@ -683,7 +739,7 @@ def test_the_stream_pass_is_the_walk_of_version_2(
         seen.add(walked[1] if walked[0] == "refused" else "read")
         for run_bytes in (None, 32 * 1024):
             assert _outcome_v2(damaged, scratch, run_bytes) == walked, i
-        if i % 10 == 0:  # pieces of every size: page boundaries fall anywhere within them
+        if i % 10 == 0 or len(data) < 20000:  # pieces of any size: page boundaries anywhere
             sizes = [1, 7] if len(data) < 20000 else [61] if i == 0 else []
             for size in [*sizes, 4095, 4096, 32768, 100003]:
                 assert _outcome_v2(damaged, scratch, None, itertools.repeat(size)) == walked
@@ -825,3 +881,23 @@ def test_the_stream_pass_refuses_pages_that_claim_the_same_bytes_over_and_over(
     assert read.stdout.splitlines() == [
         "the snapshot file's pages overlap as no bbolt file's do"
     ], read.stderr[-400:]
+
+
+def test_the_stream_pass_bounds_what_branches_hold(
+    shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Every page made a branch of 2047 children spanning eight pages: the stream, which notes
+    every branch's children until the tree is known, would hold four times the bytes it
+    received (a 1 GiB archive: 4 GiB of memory in `jaco restore`). It refuses once they hold
+    more than half the bytes received, as no real file's branches do."""
+    _, snapshot, _ = shaped
+    good = snapshot.read_bytes()
+    with BoltFile(snapshot) as bolt:
+        ps = bolt.page_size
+    data = bytearray(good)
+    for page in range(2, len(good) // ps - 8):
+        data[page * ps : page * ps + 16] = PAGE_HEADER.pack(page, BRANCH, 2047, 7)
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(data)
+    said = "the snapshot file's pages overlap as no bbolt file's do"
+    assert _outcome_v2(damaged, tmp_path, None) == ("refused", said)

@@ -93,7 +93,7 @@ async def stream_snapshot(
         try:
             await receiver.stop()
         finally:  # also when a second cancellation ends the wait for the receiving thread
-            receiver.state_pass.abort()  # its runs' files closed: a finished pass has none
+            _end_behind(receiver.state_pass)
     yield BackupMeta(
         cluster_id=state.cluster["cluster_id"],
         snapshot_index=state.revision,
@@ -197,6 +197,20 @@ async def _yielding(work: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, work, *args)
     finally:
         pool.shutdown(wait=False)  # done, or left to end on its own if the call was cancelled
+
+
+def _end_behind(state_pass: StatePass) -> None:
+    """End `state_pass` on a thread of its own, lowered like the receiving thread, and return
+    at once: a large store's spilled runs are closed there, and the kernel frees their blocks
+    and cached pages, which neither the event loop (every call the node serves) nor the
+    backup should wait for. Nothing to await, so no cancellation skips it; jacod's exit waits
+    for the thread. A finished pass has nothing left to end."""
+
+    def end() -> None:
+        _yield_cpu()
+        state_pass.abort()
+
+    threading.Thread(target=end, name="snapshot-pass-end").start()
 
 
 def _yield_cpu() -> None:

@@ -402,14 +402,17 @@ fn fast_key(peek: &[u8]) -> Option<&[u8]> {
 }
 
 fn varint(data: &[u8], at: &mut usize) -> Option<u64> {
+    varint_of(data, at, 10)
+}
+
+/// A base-128 varint of at most `most` bytes, as protobuf's parser (upb) reads it: bits past
+/// the 64th dropped, an eleventh byte (a sixth for a tag) refused.
+fn varint_of(data: &[u8], at: &mut usize, most: u32) -> Option<u64> {
     let mut value = 0u64;
-    for shift in (0..70).step_by(7) {
+    for i in 0..most {
         let byte = *data.get(*at)?;
         *at += 1;
-        if shift == 63 && byte > 1 {
-            return None;
-        }
-        value |= ((byte & 0x7f) as u64) << shift;
+        value |= ((byte & 0x7f) as u64).checked_shl(7 * i).unwrap_or(0);
         if byte & 0x80 == 0 {
             return Some(value);
         }
@@ -417,14 +420,19 @@ fn varint(data: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
+// How deep groups may nest (upb's default depth limit).
+const GROUP_DEPTH: usize = 100;
+
 /// (key, value) of an mvccpb.KeyValue: fields 1 and 5, the last of each winning, every other
-/// field skipped by its wire type; anything that does not parse is damage.
+/// field skipped by its wire type, groups included (as protobuf's own parser does, which the
+/// Python reference uses); anything that does not parse is damage.
 pub(crate) fn key_value(data: &[u8]) -> Result<(&[u8], &[u8])> {
     let bad = || Error::Snapshot("the snapshot holds a damaged key-value record".into());
     let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
+    let mut groups: Vec<u64> = Vec::new(); // the field numbers of the groups open
     let mut at = 0usize;
     while at < data.len() {
-        let tag = varint(data, &mut at).ok_or_else(bad)?;
+        let tag = varint_of(data, &mut at, 5).ok_or_else(bad)?;
         let (field, wire) = (tag >> 3, tag & 7);
         if field == 0 || field > (1 << 29) - 1 {
             return Err(bad());
@@ -447,14 +455,28 @@ pub(crate) fn key_value(data: &[u8]) -> Result<(&[u8], &[u8])> {
                     .ok_or_else(bad)?;
                 let bytes = &data[at..end as usize];
                 at = end as usize;
-                match field {
-                    1 => key = bytes,
-                    5 => value = bytes,
+                match (field, groups.is_empty()) {
+                    (1, true) => key = bytes,
+                    (5, true) => value = bytes,
                     _ => {}
+                }
+            }
+            3 => {
+                if groups.len() == GROUP_DEPTH {
+                    return Err(bad());
+                }
+                groups.push(field);
+            }
+            4 => {
+                if groups.pop() != Some(field) {
+                    return Err(bad());
                 }
             }
             _ => return Err(bad()),
         }
+    }
+    if !groups.is_empty() {
+        return Err(bad());
     }
     Ok((key, value))
 }

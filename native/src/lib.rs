@@ -170,9 +170,10 @@ fn scanned(
 /// The pass of state digest version 2 over a snapshot's bytes as they arrive (stream.rs):
 /// StreamPass(scratch, root, alive, wanted, run_bytes), then feed(bytes) for every piece in
 /// order, then finish() -> what snapshot_state returns, or SnapshotError; abort() ends it
-/// where it is, from any thread, also while another feeds or finishes (it waits for a feed;
-/// a finish has the pass to itself already). Each call runs without the GIL. A pass that
-/// failed (an I/O error of its sort, a panic) or ended refuses any further call.
+/// where it is, from any thread, also while another feeds (it waits for the feed). A finish
+/// already running has the pass to itself: abort() does nothing to it, it ends on its own.
+/// Each call runs without the GIL. A pass that failed (an I/O error of its sort, a panic) or
+/// ended refuses any further call.
 #[pyclass(module = "jaco._native")]
 struct StreamPass {
     stream: Mutex<Option<Stream>>,
