@@ -97,6 +97,33 @@ impl<'a> Record<'a> {
     }
 }
 
+/// Of the two meta pages' 64 bytes, the valid one of the highest txid: (root page, pages);
+/// refused when neither is valid, or when its pages do not fit in `size` bytes.
+pub(crate) fn newest_meta(metas: [&[u8]; 2], page_size: u64, size: u64) -> Result<(u64, u64)> {
+    let mut best: Option<(u64, u64, u64)> = None; // txid, root, pages
+    for raw in metas {
+        let (magic, version) = (u32_at(raw, 0), u32_at(raw, 4));
+        let (root, pages, txid) = (u64_at(raw, 16), u64_at(raw, 40), u64_at(raw, 48));
+        if magic != MAGIC || version != VERSION || fnv64a(&raw[..META - 8]) != u64_at(raw, 56) {
+            continue;
+        }
+        if best.map_or(true, |b| txid > b.0) {
+            best = Some((txid, root, pages));
+        }
+    }
+    let (root, pages) = match best {
+        Some((_, root, pages)) => (root, pages),
+        None => return damaged("the snapshot file is not a bbolt database (no valid meta)"),
+    };
+    let needed = (pages as u128) * (page_size as u128);
+    if needed > size as u128 {
+        return damaged(format!(
+            "the snapshot file is truncated: {size} bytes of {needed}"
+        ));
+    }
+    Ok((root, pages))
+}
+
 pub struct Bolt {
     file: File,
     size: u64,
@@ -121,33 +148,9 @@ impl Bolt {
         if !page_size_ok(page_size) {
             return damaged("the snapshot file is not a bbolt database (bad page size)");
         }
-        let mut best: Option<(u64, u64, u64)> = None; // txid, root, pages
-        for page in 0..2u64 {
-            let raw = bolt.read(page * page_size + PAGE_HEADER as u64, META)?;
-            let (magic, version) = (u32_at(&raw, 0), u32_at(&raw, 4));
-            let (root, pages, txid, checksum) = (
-                u64_at(&raw, 16),
-                u64_at(&raw, 40),
-                u64_at(&raw, 48),
-                u64_at(&raw, 56),
-            );
-            if magic != MAGIC || version != VERSION || fnv64a(&raw[..META - 8]) != checksum {
-                continue;
-            }
-            if best.map_or(true, |b| txid > b.0) {
-                best = Some((txid, root, pages));
-            }
-        }
-        let (root, pages) = match best {
-            Some((_, root, pages)) => (root, pages),
-            None => return damaged("the snapshot file is not a bbolt database (no valid meta)"),
-        };
-        let needed = (pages as u128) * (page_size as u128);
-        if needed > size as u128 {
-            return damaged(format!(
-                "the snapshot file is truncated: {size} bytes of {needed}"
-            ));
-        }
+        let first = bolt.read(PAGE_HEADER as u64, META)?;
+        let second = bolt.read(page_size + PAGE_HEADER as u64, META)?;
+        let (root, _) = newest_meta([&first, &second], page_size, size)?;
         bolt.page_size = page_size;
         bolt.root = root;
         Ok(bolt)

@@ -28,9 +28,8 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::bolt::{
-    damaged, fnv64a, key_value, page_size_ok, u16_at, u32_at, u64_at, Record, Result,
-    BRANCH, BUCKET_LEAF, ELEMENT, LEAF, MAGIC, MAX_RECORD, META, PAGE_HEADER, REVISION_KEY,
-    VERSION,
+    damaged, key_value, newest_meta, page_size_ok, u16_at, u32_at, u64_at, Record, Result,
+    BRANCH, BUCKET_LEAF, ELEMENT, LEAF, MAX_RECORD, META, PAGE_HEADER, REVISION_KEY,
 };
 use crate::hashing;
 use crate::sort::Sorter;
@@ -453,35 +452,16 @@ impl Stream {
         if ps == 0 {
             return damaged("the snapshot file is not a bbolt database (bad page size)");
         }
-        let mut best: Option<(u64, u64, u64)> = None;
+        let mut raws: Vec<Vec<u8>> = Vec::with_capacity(2);
         for page in 0..2u64 {
             let at = page * ps + PAGE_HEADER as u64;
-            let raw: Vec<u8> = match &self.metas[page as usize] {
+            raws.push(match &self.metas[page as usize] {
                 Some(raw) => raw.clone(),
                 None if at + META as u64 <= size => self.bytes(at, at + META as u64).to_vec(),
                 None => return damaged(PAST_END),
-            };
-            let (magic, version) = (u32_at(&raw, 0), u32_at(&raw, 4));
-            let (root, pages, txid) = (u64_at(&raw, 16), u64_at(&raw, 40), u64_at(&raw, 48));
-            if magic != MAGIC || version != VERSION || fnv64a(&raw[..META - 8]) != u64_at(&raw, 56)
-            {
-                continue;
-            }
-            if best.map_or(true, |b| txid > b.0) {
-                best = Some((txid, root, pages));
-            }
+            });
         }
-        let (root, pages) = match best {
-            Some((_, root, pages)) => (root, pages),
-            None => return damaged("the snapshot file is not a bbolt database (no valid meta)"),
-        };
-        let needed = (pages as u128) * (ps as u128);
-        if needed > size as u128 {
-            return damaged(format!(
-                "the snapshot file is truncated: {size} bytes of {needed}"
-            ));
-        }
-        Ok((root, pages))
+        newest_meta([&raws[0], &raws[1]], ps, size)
     }
 
     /// Revision, counts, digest and wanted records of what was fed, or the first refusal a
