@@ -64,6 +64,15 @@ BULK = ROOT + "bulk/"
 BULK_B = BULK.encode()
 
 
+def _flipped(good: bytes, rng: random.Random, flips: tuple[int, ...]) -> bytes:
+    """`good` with as many random bits flipped as `rng` picks of `flips`: they land in page
+    headers, the tree, records, free pages or values."""
+    data = bytearray(good)
+    for _ in range(rng.choice(flips)):
+        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    return bytes(data)
+
+
 def _etcd(node: Node) -> Etcd:
     return Etcd(DataDir(node.data_dir).etcd_socket)
 
@@ -248,9 +257,7 @@ def test_reader_refuses_damaged_files_cleanly(
     # the reader either reads (a changed value shows in the state digest, not here) or
     # refuses with SnapshotFileError; any other exception fails this test.
     for _ in range(150):
-        data = bytearray(good)
-        for _ in range(rng.choice((1, 8))):
-            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        data = _flipped(good, rng, (1, 8))
         with contextlib.suppress(SnapshotFileError):
             read(data)
 
@@ -316,9 +323,7 @@ def test_digest_v2_walk_refuses_damage_within_its_pages(
 
     rng = random.Random(12)
     for _ in range(60):
-        data = bytearray(good)
-        for _ in range(rng.choice((1, 8))):
-            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        data = _flipped(good, rng, (1, 8))
         with contextlib.suppress(SnapshotFileError):
             read(data)
     with BoltFile(snapshot) as bolt:
@@ -532,8 +537,9 @@ def test_a_backup_cancelled_twice_ends_its_pass(
 
         def abort(self) -> None:
             tid = threading.get_native_id()
-            aborted.append((tid, os.getpriority(os.PRIO_PROCESS, tid)))
+            nice = os.getpriority(os.PRIO_PROCESS, tid)
             super().abort()
+            aborted.append((tid, nice))  # once done: the runs' files closed by now
 
     monkeypatch.setattr(snapshot, "StatePass", Observed)
 
@@ -635,10 +641,7 @@ def test_the_compiled_pass_is_the_python_definition(
     damaged = tmp_path / "damaged.db"
     variants: list[bytes] = [good]
     for _ in range(120):
-        data = bytearray(good)
-        for _ in range(rng.choice((1, 4, 32))):
-            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-        variants.append(bytes(data))
+        variants.append(_flipped(good, rng, (1, 4, 32)))
     variants += [good[:size] for size in (0, 100, 4096, *rng.sample(range(8192, len(good)), 8))]
     key = f"{BULK}007-042".encode()
     variants.append(good.replace(key, key[:-2] + b"\xb9" + key[-1:]))
@@ -721,10 +724,7 @@ def test_the_stream_pass_is_the_walk_of_version_2(
     scratch.mkdir()
     variants: list[bytes] = [good]
     for _ in range(100):
-        data = bytearray(good)
-        for _ in range(rng.choice((1, 4, 32))):
-            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-        variants.append(bytes(data))
+        variants.append(_flipped(good, rng, (1, 4, 32)))
     variants += [good[:size] for size in (0, 79, 100, 4096, 4200, 8192 + 90)]
     variants += [good[:size] for size in rng.sample(range(8192, len(good)), 8)]
     key = f"{BULK}007-042".encode()
@@ -778,7 +778,14 @@ def test_the_stream_pass_trusts_only_pages_the_tree_reaches(
         for page, count, data in leaves
         if len(data) == ps and count > 3 and page in bulk
     )
-    free = next(page for page in unreached if good[page * ps + 12 : page * ps + 16] == bytes(4))
+    with BoltFile(snapshot) as bolt:  # the key tree's pages, branches and leaves
+        reached: set[int] = set()
+        for _ in spanned_leaves(bolt, key_bucket_root(bolt), reached):
+            pass
+    one_page = [page for page in unreached if good[page * ps + 12 : page * ps + 16] == bytes(4)]
+    free = one_page[0]
+    # one whose next eight pages hold some the tree reaches
+    claiming = next(page for page in one_page if reached & set(range(page + 1, page + 9)))
     damaged = tmp_path / "damaged.db"
 
     # A live leaf onto a free page, newer and different.
@@ -822,7 +829,7 @@ def test_the_stream_pass_trusts_only_pages_the_tree_reaches(
 
     # A free page whose overflow claims the pages after it, live ones among them.
     stale = bytearray(good)
-    stale[free * ps + 12 : free * ps + 16] = (8).to_bytes(4, "little")
+    stale[claiming * ps + 12 : claiming * ps + 16] = (8).to_bytes(4, "little")
     damaged.write_bytes(stale)
     assert _outcome_v2(damaged, tmp_path, None) == want
     assert list(tmp_path.iterdir()) == [damaged]

@@ -131,7 +131,7 @@ class BoltFile:
             )
         return page_size, best[1]
 
-    def _page(self, page_id: int, seen: set[int]) -> tuple[int, int, int, int, bytes]:
+    def page(self, page_id: int, seen: set[int]) -> tuple[int, int, int, int, bytes]:
         """(offset, flags, element count, length in bytes, first page) of one page, visited
         once; one read for the header and the first page together."""
         if page_id in seen or page_id < 2:
@@ -151,7 +151,7 @@ class BoltFile:
         stack = [root]
         while stack:
             page_id = stack.pop()
-            offset, flags, count, length, first = self._page(page_id, seen)
+            offset, flags, count, length, first = self.page(page_id, seen)
             if flags & LEAF:
                 yield offset, count, first
                 continue

@@ -13,11 +13,11 @@ compiled one is tested against (tests/test_snapshot_file.py), not used by the pr
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jaco.archive.bolt import BoltFile, SnapshotFileError
 from jaco.archive.key_order import latest_in_key_order
@@ -42,6 +42,7 @@ _WANTED = (K_CLUSTER.encode(), K_CA.encode(), K_HEAD.encode())
 # peak at about 22 MiB above its process from 10⁶ to 10⁷ keys (64 MiB: 69 MiB), at the same
 # speed (docs/benchmarks.md, stop 29).
 RUN_BYTES = 16 * 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -146,22 +147,31 @@ def read_snapshot_state_reference(
     `version=2`, the state digest of version 2 (`jaco.model.digest`), by `_reference_v2`."""
     if version == 2:
         return _reference_v2(path)
-    records: dict[bytes, bytes] = {}
-    digest = StateDigest()
     with BoltFile(path) as bolt:
         stored = bolt.revisions(_counted)
-        for key, record in latest_in_key_order(stored, scratch or path.parent, run_bytes):
-            try:
-                key.decode()
-            except UnicodeDecodeError:
-                raise SnapshotFileError("the snapshot holds a key that is not UTF-8") from None
-            value = bolt.value(record)
-            digest.add(key, value)
-            if key in _WANTED:
-                records[key] = value
+        latest = latest_in_key_order(stored, scratch or path.parent, run_bytes)
+        digested = _digested(latest, StateDigest(), bolt.value)
         revision = bolt.revision
-    counts, state_digest = digest.result()
-    return _state(revision, counts, state_digest, records)
+    return _state(revision, *digested)
+
+
+def _digested(
+    records: Iterable[tuple[bytes, T]], digest: StateDigest, value_of: Callable[[T], bytes]
+) -> tuple[dict[str, int], str, dict[bytes, bytes]]:
+    """Counts, digest and the wanted records of `records`, the latest of each counted key in
+    key order (either reference's), each value taken by `value_of` once its key is found to
+    be UTF-8 (the compiled passes' order of refusals)."""
+    wanted: dict[bytes, bytes] = {}
+    for key, record in records:
+        try:
+            key.decode()
+        except UnicodeDecodeError:
+            raise SnapshotFileError("the snapshot holds a key that is not UTF-8") from None
+        value = value_of(record)
+        digest.add(key, value)
+        if key in _WANTED:
+            wanted[key] = value
+    return (*digest.result(), wanted)
 
 
 def _reference_v2(path: Path) -> SnapshotState:
@@ -172,7 +182,7 @@ def _reference_v2(path: Path) -> SnapshotState:
     definition a streaming pass is to be held to, not the product's path.
 
     Refusals, first found first: the meta pages; the root tree's walk to the key bucket; the
-    key bucket's pages in the tree's order, each page's first fault (`BoltFile.key_records`);
+    key bucket's pages in the tree's order, each page's first fault (`tree_walk.key_records`);
     then a key that is not UTF-8, in key order."""
     latest: dict[bytes, tuple[bytes, int, int, bytes | None]] = {}
     with BoltFile(path) as bolt:
@@ -183,21 +193,8 @@ def _reference_v2(path: Path) -> SnapshotState:
             if held is None or (stored, page, index) > held[:3]:
                 latest[key] = (stored, page, index, value)
         revision = bolt.revision
-    digest = StateDigestV2()
-    wanted: dict[bytes, bytes] = {}
-    for key in sorted(latest):
-        value = latest[key][3]
-        if value is None:
-            continue
-        try:
-            key.decode()
-        except UnicodeDecodeError:
-            raise SnapshotFileError("the snapshot holds a key that is not UTF-8") from None
-        digest.add(key, value)
-        if key in _WANTED:
-            wanted[key] = value
-    counts, state_digest = digest.result()
-    return _state(revision, counts, state_digest, wanted)
+    present = ((key, value) for key in sorted(latest) if (value := latest[key][3]) is not None)
+    return _state(revision, *_digested(present, StateDigestV2(), bytes))
 
 
 def _state(

@@ -46,18 +46,10 @@ def spanned_leaves(bolt: BoltFile, root: int, seen: set[int]) -> Iterator[tuple[
     stack = [root]
     while stack:
         page_id = stack.pop()
-        if page_id in seen or page_id < 2:
-            raise SnapshotFileError("the snapshot file's page tree is damaged (a page loops)")
-        seen.add(page_id)
-        offset = page_id * bolt.page_size
-        first = bolt.read(offset, bolt.page_size)
-        pid, flags, count, overflow = PAGE_HEADER.unpack_from(first)
+        offset, flags, count, span, first = bolt.page(page_id, seen)  # loops, past end, its id
         damaged = f"the snapshot file's page {page_id} is damaged"
-        if pid != page_id:
-            raise SnapshotFileError(damaged)
         if not flags & (LEAF | BRANCH):
             raise SnapshotFileError(f"the snapshot file's page {page_id} is not a tree page")
-        span = (overflow + 1) * bolt.page_size
         if span > MAX_SPAN:
             raise SnapshotFileError(damaged)
         page = first if span == len(first) else bolt.read(offset, span)
