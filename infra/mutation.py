@@ -2521,6 +2521,20 @@ MUTATIONS: list[Mutation] = [
         "            if ksize > 99 {\n                payload.push(DELETED);",
         k("tests/test_snapshot_file.py", "v2_counts_only"),
     ),
+    m(
+        "backup: a thread started to end a pass that has finished (stop 54)",
+        "jaco/server/snapshot.py",
+        "    if state_pass.ended:\n        return\n",
+        "",
+        k("tests/test_snapshot_file.py", "meta_pass"),
+    ),
+    m(
+        "stream pass: taken for ended while a feed holds it (stop 54)",
+        "native/src/lib.rs",
+        "Err(TryLockError::WouldBlock) => false,",
+        "Err(TryLockError::WouldBlock) => true,",
+        k("tests/test_snapshot_file.py", "left_to_end"),
+    ),
 ]
 
 

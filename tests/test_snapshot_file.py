@@ -459,8 +459,9 @@ def test_a_backups_meta_pass_yields_the_cpu_and_keeps_no_copy(
 ) -> None:
     """jacod reads a backup's meta from the bytes as they go by: the receiving thread, lowered
     for the backup, feeds the pass (and any thread the pass starts from there inherits its
-    nice), the pass ends on a thread of its own lowered alike, and the event loop's thread and
-    asyncio's shared threads, which serve the API, keep their priority. No copy of the bytes
+    nice), the pass ends on a thread of its own lowered alike (and once ended leaves nothing
+    to end: no thread is started for it), and the event loop's thread and asyncio's shared
+    threads, which serve the API, keep their priority. No copy of the bytes
     is written, nor anything else for a store that fits the pass's sort: the backup's directory
     stays empty and no file under it is open at any time. The meta is that of the bytes sent,
     state digest version 2, the live store's at that revision."""
@@ -486,6 +487,10 @@ def test_a_backups_meta_pass_yields_the_cpu_and_keeps_no_copy(
             seen["started"] = started[0]
             return super().finish()
 
+        def abort(self) -> None:
+            seen["aborted"] = threading.current_thread().name
+            super().abort()
+
     monkeypatch.setattr(snapshot, "StatePass", Observed)
 
     async def backup() -> tuple[list[Any], Any]:
@@ -508,6 +513,7 @@ def test_a_backups_meta_pass_yields_the_cpu_and_keeps_no_copy(
     assert (seen["pass"], seen["started"]) == (lowered, lowered), seen
     assert seen["shared"] == seen["loop"] == nice(), seen
     assert seen["held"] == [] and list(scratch.iterdir()) == [], seen["held"]
+    assert "aborted" not in seen, seen  # a finished pass: no thread started to end it
     sent = b"".join(pb.BackupChunk.FromString(part).data for part in parts[1:-1])
     meta = parts[-1]
     assert meta.snapshot_sha256 == hashlib.sha256(sent).hexdigest() and meta.format == 3
@@ -578,6 +584,37 @@ def test_a_backup_cancelled_twice_ends_its_pass(
         "the receiving thread to end",
     )
     assert _fds_under(scratch) == []
+
+
+def test_a_pass_says_when_nothing_is_left_to_end(
+    shaped: tuple[Cluster, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """jacod starts a thread to end a backup's pass only when something is left to end:
+    `ended` is False for a pass still open, also while a feed holds it (asked without
+    waiting for the feed), and True once it finished, was aborted or failed."""
+    _, snapshot, _ = shaped
+    data = snapshot.read_bytes()
+    open_pass = StatePass(tmp_path)
+    assert not open_pass.ended
+    asked: list[bool] = []
+    feeder = threading.Thread(target=open_pass.feed, args=(data,))
+    feeder.start()
+    while feeder.is_alive():
+        asked.append(open_pass.ended)
+    feeder.join()
+    assert asked and not any(asked) and not open_pass.ended
+    assert open_pass.finish().state_digest == read_snapshot_state(snapshot, version=2).state_digest
+    assert open_pass.ended
+    aborted = StatePass(tmp_path)
+    aborted.feed(data[: len(data) // 2])
+    aborted.abort()
+    assert aborted.ended
+    failed = StatePass(tmp_path)
+    failed.feed(bytes(len(data)))
+    with pytest.raises(SnapshotFileError):
+        failed.finish()
+    assert failed.ended
+    assert list(tmp_path.iterdir()) == []
 
 
 LOW_NOFILE = """

@@ -125,6 +125,12 @@ class StatePass:
     def __exit__(self, *exc: object) -> None:
         self.abort()
 
+    @property
+    def ended(self) -> bool:
+        """Whether nothing is left to end (finished, aborted, failed); False while a feed
+        holds the pass, without waiting for it."""
+        return self._pass.ended
+
     def abort(self) -> None:
         """End the pass where it is, from any thread: its runs' files closed (unnamed: gone),
         its thread joined. Nothing after a finish."""

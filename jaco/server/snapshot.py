@@ -210,6 +210,8 @@ def _end_behind(state_pass: StatePass) -> None:
         _yield_cpu()
         state_pass.abort()
 
+    if state_pass.ended:
+        return
     threading.Thread(target=end, name="snapshot-pass-end").start()
 
 

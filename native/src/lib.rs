@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError};
@@ -228,6 +228,17 @@ impl StreamPass {
             }
             result
         })
+    }
+
+    /// Whether nothing is left to end: finished, aborted or failed. False while a feed holds
+    /// the pass (it does not wait for it).
+    #[getter]
+    fn ended(&self) -> bool {
+        match self.stream.try_lock() {
+            Ok(held) => held.is_none(),
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().is_none(),
+            Err(TryLockError::WouldBlock) => false,
+        }
     }
 
     fn abort(&self, py: Python<'_>) {

@@ -219,11 +219,7 @@ impl Stream {
         while (self.next_page + 1) * ps <= self.received {
             let p = self.next_page;
             self.next_page += 1;
-            self.classify(p)?;
-            if self.overlapping {
-                self.buf = Vec::new();
-                return Ok(());
-            }
+            self.classify(p);
         }
         self.parse_complete()?;
         if self.overlapping {
@@ -242,7 +238,7 @@ impl Stream {
         Ok(())
     }
 
-    fn classify(&mut self, p: u64) -> Result<()> {
+    fn classify(&mut self, p: u64) {
         let ps = self.page_size;
         let at = p * ps;
         self.key_faults.push(NO_FAULT);
@@ -252,7 +248,7 @@ impl Stream {
             let from = at + PAGE_HEADER as u64;
             let meta = self.bytes(from, from + META as u64).to_vec();
             self.metas[p as usize] = Some(meta);
-            return Ok(());
+            return;
         }
         let header = self.bytes(at, at + PAGE_HEADER as u64);
         let (id, flags) = (u64_at(header, 0), u16_at(header, 8));
@@ -270,7 +266,6 @@ impl Stream {
             PENDING
         };
         self.kinds.push(kind);
-        Ok(())
     }
 
     /// Parses every page whose span is whole.
