@@ -2461,15 +2461,15 @@ MUTATIONS: list[Mutation] = [
     m(
         "state digest v2 stream: records on free pages counted, liveness ignored (stop 53)",
         "native/src/stream.rs",
-        "                if live.contains(&page) {",
+        "                if usize::try_from(page).map_or(false, |page| live.contains(page)) {",
         "                if !page.is_power_of_two() || page > 0 {",
         k("tests/test_snapshot_file.py", "trusts_only"),
     ),
     m(
         "state digest v2 stream: the revision taken over every page, free ones too (stop 53)",
         "native/src/stream.rs",
-        "            revision = revision.max(self.max_rev.get(&id).copied().unwrap_or(0));",
-        "            revision = self.max_rev.values().copied().max().unwrap_or(0);",
+        "            revision = revision.max(self.max_rev[id as usize]);",
+        "            revision = self.max_rev.iter().copied().max().unwrap_or(0);",
         k("tests/test_snapshot_file.py", "trusts_only"),
     ),
     m(
@@ -2534,6 +2534,13 @@ MUTATIONS: list[Mutation] = [
         "Err(TryLockError::WouldBlock) => false,",
         "Err(TryLockError::WouldBlock) => true,",
         k("tests/test_snapshot_file.py", "left_to_end"),
+    ),
+    m(
+        "stream pass: 24 bytes more held a page position (stop 54)",
+        "native/src/stream.rs",
+        "        self.max_rev.push(0);",
+        "        self.max_rev.extend_from_slice(&[0; 4]);",
+        k("tests/test_snapshot_memory.py", "few_bytes"),
     ),
 ]
 

@@ -124,6 +124,42 @@ def bolt_head(page_size: int = 4096) -> bytes:
     return (page + meta).ljust(page_size, b"\0")
 
 
+def bolt_tree(path: Path, leaves: int, page_size: int = 512) -> int:
+    """A bbolt file of `page_size` pages whose b'key' bucket's tree reaches `leaves` empty
+    leaves through branches as full as a page allows: a pass over it keeps its notes of every
+    page, and nothing in its sort. Returns the file's page count."""
+    fanout = (page_size - 16) // 16
+    levels, ids, next_id = [], list(range(4, 4 + leaves)), 4 + leaves
+    while len(ids) > 1:
+        groups = [ids[i : i + fanout] for i in range(0, len(ids), fanout)]
+        levels.append(groups)
+        ids = list(range(next_id, next_id + len(groups)))
+        next_id += len(groups)
+    key_root, pages = ids[0], next_id
+
+    def page(pid: int, flags: int, body: bytes, count: int) -> bytes:
+        return (struct.pack("<QHHI", pid, flags, count, 0) + body).ljust(page_size, b"\0")
+
+    def meta(pid: int, txid: int) -> bytes:
+        raw = struct.pack("<IIII QQ QQQ", 0xED0CDAED, 2, page_size, 0, 3, 0, 2, pages, txid)
+        return page(pid, 0x04, raw + struct.pack("<Q", fnv64a(raw)), 0)
+
+    bucket = struct.pack("<QQ", key_root, 0)  # a bucket of its own pages (root not 0)
+    root_leaf = struct.pack("<IIII", 1, 16, 3, len(bucket)) + b"key" + bucket
+    with path.open("wb") as out:
+        out.write(meta(0, 1) + meta(1, 2) + page(2, 0x10, b"", 0) + page(3, 0x02, root_leaf, 1))
+        empty = bytes(page_size - 16)
+        for pid in range(4, 4 + leaves):
+            out.write(struct.pack("<QHHI", pid, 0x02, 0, 0) + empty)
+        pid = 4 + leaves
+        for groups in levels:
+            for children in groups:
+                body = b"".join(struct.pack("<IIQ", 0, 0, child) for child in children)
+                out.write(page(pid, 0x01, body, len(children)))
+                pid += 1
+    return pages
+
+
 def etcd_trailed(body: bytes) -> bytes:
     """`body` with the SHA-256 etcd appends to every snapshot it streams."""
     return body + hashlib.sha256(body).digest()

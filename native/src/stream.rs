@@ -13,10 +13,12 @@
 //! tree), raising what a page they reach holds, and mark the key tree's leaves live. The merge
 //! then takes, of each key, the record of the highest (revision, page, index) on a live page.
 //! Memory: the window of bytes (the oldest page still incomplete, at most MAX_SPAN, plus one
-//! fed piece); three bytes a page position (its kind, its first fault read either way); an
-//! entry of a map for each leaf holding records and for each branch, whose children (8 bytes
-//! each) may hold no more than half the bytes received; the sort's runs. At etcd's 4 KiB
-//! pages that is well under 1 % of the snapshot (a hostile file of 512-byte pages: about 6 %).
+//! fed piece); eleven bytes a page position (its kind, its first fault read either way, its
+//! highest revision as a leaf) and a bit for each walk; an entry of a map for each branch,
+//! whose children (8 bytes each) may hold no more than half the bytes received; the sort's
+//! runs. At etcd's 4 KiB pages that is well under 1 % of the snapshot, 24 MiB for a million
+//! pages (tests/test_snapshot_memory.py; a hostile file of 512-byte pages: about 2 %, with
+//! what its branches name bounded apart).
 //! Parsing is bounded too (Stream::spend), checked as pages complete: a file within one
 //! piece of that bound may be refused when fed in small pieces and read in large ones; real
 //! files are far from it.
@@ -110,7 +112,7 @@ pub struct Stream {
     key_faults: Vec<u8>,  // per page position: its first fault as a key-bucket leaf
     root_faults: Vec<u8>, // per page position: its first fault as a root-tree leaf
     key_roots: HashMap<u64, u64>, // leaves naming the key bucket: its root page
-    max_rev: HashMap<u64, u64>,
+    max_rev: Vec<u64>, // per page position: the highest revision its records hold as a leaf
     children: HashMap<u64, Vec<u64>>,
     held: u64, // bytes the children hold (bounded: a hostile file could name millions)
     bad_branch: HashSet<u64>,
@@ -180,7 +182,7 @@ impl Stream {
             key_faults: Vec::new(),
             root_faults: Vec::new(),
             key_roots: HashMap::new(),
-            max_rev: HashMap::new(),
+            max_rev: Vec::new(),
             children: HashMap::new(),
             held: 0,
             bad_branch: HashSet::new(),
@@ -243,6 +245,7 @@ impl Stream {
         let at = p * ps;
         self.key_faults.push(NO_FAULT);
         self.root_faults.push(NO_FAULT);
+        self.max_rev.push(0);
         if p < 2 {
             self.kinds.push(ABSENT);
             let from = at + PAGE_HEADER as u64;
@@ -403,20 +406,18 @@ impl Stream {
             let sorted = composite(key, &stored[..REVISION_KEY], p, index as u16);
             self.sorter.add(&sorted, Record::Value(&payload))?;
         }
-        if revision > 0 {
-            self.max_rev.insert(p, revision);
-        }
+        self.max_rev[p as usize] = revision;
         self.key_faults[p as usize] = fault;
         Ok(())
     }
 
     /// The kind of page `id` as a walk reaches it, or the walk's refusal.
-    fn reach(&self, id: u64, seen: &mut HashSet<u64>) -> Result<u8> {
-        if id < 2 || seen.contains(&id) {
+    fn reach(&self, id: u64, seen: &mut Pages) -> Result<u8> {
+        let at = usize::try_from(id).unwrap_or(usize::MAX);
+        if id < 2 || seen.contains(at) {
             return damaged(LOOPS);
         }
-        seen.insert(id);
-        let at = usize::try_from(id).unwrap_or(usize::MAX);
+        seen.insert(at);
         let kind = self.kinds.get(at).copied().unwrap_or(ABSENT);
         match kind {
             ABSENT | PENDING => damaged(PAST_END),
@@ -466,7 +467,7 @@ impl Stream {
         if self.overlapping {
             return damaged("the snapshot file's pages overlap as no bbolt file's do");
         }
-        let mut seen = HashSet::new();
+        let mut seen = Pages::new(self.kinds.len());
         let mut stack = vec![root];
         let mut key_root: Option<u64> = None;
         while let Some(id) = stack.pop() {
@@ -487,8 +488,8 @@ impl Stream {
             Some(found) => found,
             None => return damaged("the snapshot has no b'key' bucket (not an etcd store)"),
         };
-        let mut seen = HashSet::new();
-        let mut live = HashSet::new();
+        let mut seen = Pages::new(self.kinds.len());
+        let mut live = Pages::new(self.kinds.len());
         let mut revision = 0u64;
         let mut stack = vec![key_root];
         while let Some(id) = stack.pop() {
@@ -500,8 +501,8 @@ impl Stream {
             if code != NO_FAULT {
                 return fault(code, id);
             }
-            live.insert(id);
-            revision = revision.max(self.max_rev.get(&id).copied().unwrap_or(0));
+            live.insert(id as usize);
+            revision = revision.max(self.max_rev[id as usize]);
         }
         let Stream {
             root: prefix,
@@ -553,7 +554,7 @@ impl Stream {
                     }
                     current = Some((key, None));
                 }
-                if live.contains(&page) {
+                if usize::try_from(page).map_or(false, |page| live.contains(page)) {
                     if let Some((_, latest)) = current.as_mut() {
                         *latest = Some(payload.to_vec());
                     }
@@ -571,6 +572,27 @@ impl Stream {
             digest: sha.iter().map(|b| format!("{b:02x}")).collect(),
             wanted: found,
         })
+    }
+}
+
+/// A set of page positions of the file, a bit each: what a walk has reached (a million pages
+/// of a 4 GiB store in 128 KiB, where a hash set took tens of MiB).
+struct Pages(Vec<u64>);
+
+impl Pages {
+    fn new(pages: usize) -> Pages {
+        Pages(vec![0; (pages + 63) / 64])
+    }
+
+    /// Positions past the file are never in the set (adding one does nothing).
+    fn contains(&self, page: usize) -> bool {
+        self.0.get(page / 64).map_or(false, |word| word & (1 << (page % 64)) != 0)
+    }
+
+    fn insert(&mut self, page: usize) {
+        if let Some(word) = self.0.get_mut(page / 64) {
+            *word |= 1 << (page % 64);
+        }
     }
 }
 
