@@ -513,6 +513,11 @@ def test_a_backups_meta_pass_yields_the_cpu_and_keeps_no_copy(
     assert (seen["pass"], seen["started"]) == (lowered, lowered), seen
     assert seen["shared"] == seen["loop"] == nice(), seen
     assert seen["held"] == [] and list(scratch.iterdir()) == [], seen["held"]
+    wait_for(
+        lambda: "snapshot-pass-end" not in [t.name for t in threading.enumerate()],
+        15,
+        "any thread ending the pass to end",
+    )
     assert "aborted" not in seen, seen  # a finished pass: no thread started to end it
     sent = b"".join(pb.BackupChunk.FromString(part).data for part in parts[1:-1])
     meta = parts[-1]

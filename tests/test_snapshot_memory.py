@@ -131,7 +131,7 @@ def test_the_stream_pass_holds_a_few_bytes_a_page(tmp_path: Path) -> None:
         text=True,
     )
     added = json.loads(done.stdout)["added"]
-    # both walks went through every page; what stops it is the store's content
+    # the key tree's walk reached every leaf; what stops the pass is the store's content
     assert "the snapshot holds no jaco cluster" in done.stderr, done.stderr
     # a byte a page at least (its kind): the measure sees the notes
     assert pages < added <= PAGE_BYTES * pages, (added / pages, done.stderr)

@@ -127,8 +127,8 @@ class StatePass:
 
     @property
     def ended(self) -> bool:
-        """Whether nothing is left to end (finished, aborted, failed); False while a feed
-        holds the pass, without waiting for it."""
+        """Whether a finish or an abort has taken the pass (and ends it) or a failure dropped
+        it: nobody else need end it. False while a feed holds the pass, without waiting."""
         return self._pass.ended
 
     def abort(self) -> None:

@@ -230,8 +230,9 @@ impl StreamPass {
         })
     }
 
-    /// Whether nothing is left to end: finished, aborted or failed. False while a feed holds
-    /// the pass (it does not wait for it).
+    /// Whether the pass was taken by a finish or an abort (which end it: closing its runs,
+    /// joining its thread, maybe still under way) or dropped by a failure. False while a feed
+    /// holds the pass (it does not wait for it).
     #[getter]
     fn ended(&self) -> bool {
         match self.stream.try_lock() {

@@ -15,10 +15,11 @@
 //! Memory: the window of bytes (the oldest page still incomplete, at most MAX_SPAN, plus one
 //! fed piece); eleven bytes a page position (its kind, its first fault read either way, its
 //! highest revision as a leaf) and a bit for each walk; an entry of a map for each branch,
-//! whose children (8 bytes each) may hold no more than half the bytes received; the sort's
-//! runs. At etcd's 4 KiB pages that is well under 1 % of the snapshot, 24 MiB for a million
-//! pages (tests/test_snapshot_memory.py; a hostile file of 512-byte pages: about 2 %, with
-//! what its branches name bounded apart).
+//! whose children (8 bytes each) may hold no more than half the bytes received, and for each
+//! leaf naming a `key` bucket (one in a real file); the sort's runs. At etcd's 4 KiB pages
+//! that is well under 1 % of the snapshot, 24 MiB for a million pages
+//! (tests/test_snapshot_memory.py). A hostile file of 512-byte pages: about 2 %, up to about
+//! 9 % if every page is a leaf naming a `key` bucket, and its branches' children apart.
 //! Parsing is bounded too (Stream::spend), checked as pages complete: a file within one
 //! piece of that bound may be refused when fed in small pieces and read in large ones; real
 //! files are far from it.
