@@ -116,10 +116,11 @@ def bomb(path: Path, head: bytes, zeros: int) -> Path:
     return path
 
 
-def bolt_head(page_size: int = 4096) -> bytes:
-    """A first page that looks like an etcd snapshot's (a bbolt meta page)."""
+def bolt_head(page_size: int = 4096, pages: int = 4, txid: int = 1) -> bytes:
+    """A first page that looks like an etcd snapshot's (a bbolt meta page: root tree at page
+    3, freelist at 2, `pages` pages, transaction `txid`)."""
     page = struct.pack("<QHHI", 0, 0x04, 0, 0)
-    meta = struct.pack("<IIII QQ QQQ", 0xED0CDAED, 2, page_size, 0, 3, 0, 2, 4, 1)
+    meta = struct.pack("<IIII QQ QQQ", 0xED0CDAED, 2, page_size, 0, 3, 0, 2, pages, txid)
     meta += struct.pack("<Q", fnv64a(meta))
     return (page + meta).ljust(page_size, b"\0")
 
@@ -140,14 +141,11 @@ def bolt_tree(path: Path, leaves: int, page_size: int = 512) -> int:
     def page(pid: int, flags: int, body: bytes, count: int) -> bytes:
         return (struct.pack("<QHHI", pid, flags, count, 0) + body).ljust(page_size, b"\0")
 
-    def meta(pid: int, txid: int) -> bytes:
-        raw = struct.pack("<IIII QQ QQQ", 0xED0CDAED, 2, page_size, 0, 3, 0, 2, pages, txid)
-        return page(pid, 0x04, raw + struct.pack("<Q", fnv64a(raw)), 0)
-
     bucket = struct.pack("<QQ", key_root, 0)  # a bucket of its own pages (root not 0)
     root_leaf = struct.pack("<IIII", 1, 16, 3, len(bucket)) + b"key" + bucket
     with path.open("wb") as out:
-        out.write(meta(0, 1) + meta(1, 2) + page(2, 0x10, b"", 0) + page(3, 0x02, root_leaf, 1))
+        out.write(bolt_head(page_size, pages, 1) + bolt_head(page_size, pages, 2))
+        out.write(page(2, 0x10, b"", 0) + page(3, 0x02, root_leaf, 1))
         empty = bytes(page_size - 16)
         for pid in range(4, 4 + leaves):
             out.write(struct.pack("<QHHI", pid, 0x02, 0, 0) + empty)

@@ -42,7 +42,8 @@ _WANTED = (K_CLUSTER.encode(), K_CA.encode(), K_HEAD.encode())
 # peak at about 22 MiB above its process from 10⁶ to 10⁷ keys (64 MiB: 69 MiB), at the same
 # speed (docs/benchmarks.md, stop 29).
 RUN_BYTES = 16 * 1024 * 1024
-T = TypeVar("T")
+
+T = TypeVar("T")  # a reference's record, as `_digested` takes it
 
 
 @dataclass(frozen=True)

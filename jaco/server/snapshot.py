@@ -206,12 +206,13 @@ def _end_behind(state_pass: StatePass) -> None:
     backup should wait for. Nothing to await, so no cancellation skips it; jacod's exit waits
     for the thread. A finished pass has nothing left to end."""
 
+    if state_pass.ended:
+        return
+
     def end() -> None:
         _yield_cpu()
         state_pass.abort()
 
-    if state_pass.ended:
-        return
     threading.Thread(target=end, name="snapshot-pass-end").start()
 
 
